@@ -1,0 +1,1 @@
+"""Avro schemas of Attune: the single source of truth for every event and output."""

@@ -1,0 +1,1 @@
+"""Attune flows: the composition root, configuration and the `attune` CLI."""

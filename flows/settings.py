@@ -1,0 +1,140 @@
+"""Configuration of Attune: the one reader of ``ATTUNE_*`` environment variables.
+
+Every setting is a field of :class:`Settings` with its environment variable,
+default and a line of documentation. CLI flags override fields with
+:meth:`Settings.replace`. The README configuration reference is generated from
+this class (``attune config --markdown``) and a test keeps the two in step.
+
+>>> s = Settings.from_env({"ATTUNE_KAFKA_BOOTSTRAP": "127.0.0.1:9092", "ATTUNE_PARTITIONS": "4"})
+>>> s.kafka_bootstrap, s.partitions, s.topic_events
+('127.0.0.1:9092', 4, 'attune.events')
+>>> s.topic_trigger("cart_abandoned")
+'attune.triggers.cart_abandoned'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+_SECRET_MARK = "secret"
+
+
+def _setting(default: Any, doc: str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"doc": doc, _SECRET_MARK: secret})
+
+
+def default_state_dir() -> Path:
+    """Where local servers keep their data, logs and pid files (``~/.cache/attune``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "attune"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Attune's settings; each field reads ``ATTUNE_<FIELD NAME IN CAPITALS>``."""
+
+    kafka_bootstrap: str = _setting(
+        "", "Kafka bootstrap servers (host:port,...). Empty: no Kafka (embedded default)."
+    )
+    kafka_security_protocol: str = _setting(
+        "PLAINTEXT", "Kafka security.protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_mechanism: str = _setting("", "Kafka SASL mechanism (PLAIN, SCRAM-SHA-256...).")
+    kafka_sasl_username: str = _setting("", "Kafka SASL username.")
+    kafka_sasl_password: str = _setting("", "Kafka SASL password.", secret=True)
+    kafka_ssl_cafile: str = _setting("", "CA file to verify the Kafka brokers' certificates.")
+    schema_registry_url: str = _setting(
+        "",
+        "Confluent schema registry URL. Set: Confluent wire format (magic 0 + schema id). "
+        "Empty: Avro single-object encoding (0xC3 0x01 + CRC-64-AVRO fingerprint).",
+    )
+    redis_url: str = _setting(
+        "", "Redis URL (redis:// or rediss:// for TLS). Empty: no Redis (embedded default)."
+    )
+    redis_username: str = _setting("", "Redis ACL username (overrides the URL's).")
+    redis_password: str = _setting("", "Redis password (overrides the URL's).", secret=True)
+    redis_prefix: str = _setting("attune:", "Prefix of every Redis key Attune writes.")
+    redis_ttl_s: int = _setting(30 * 24 * 3600, "TTL in seconds of every per-user Redis key.")
+    topic_events: str = _setting("attune.events", "Topic of user events (Avro).")
+    topic_items: str = _setting("attune.items", "Topic of item catalogue updates (Avro).")
+    topic_triggers_prefix: str = _setting(
+        "attune.triggers.", "Prefix of trigger topics; the trigger kind is appended."
+    )
+    topic_segments: str = _setting("attune.segments", "Topic of segment membership changes.")
+    topic_dlq: str = _setting("attune.dlq", "Dead-letter topic: input that could not be used.")
+    partitions: int = _setting(3, "Partitions for topics created by `attune topics create`.")
+    kafka_port: int = _setting(19092, "Port of the local Kafka broker (`attune local up`).")
+    kafka_controller_port: int = _setting(19093, "Controller port of the local Kafka broker.")
+    redis_port: int = _setting(16379, "Port of the local Redis server (`attune local up`).")
+    state_dir: str = _setting(
+        "", "Directory for local server data, jars cache and logs. Empty: ~/.cache/attune."
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every setting from ``environ`` (default: ``os.environ``)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(env_name(f.name))
+            if raw is None:
+                continue
+            values[f.name] = _convert(f.name, f.default, raw)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied, skipping ``None`` (flags not given)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def topic_trigger(self, kind: str) -> str:
+        """The trigger topic of one trigger kind."""
+        return f"{self.topic_triggers_prefix}{kind}"
+
+    def resolved_state_dir(self) -> Path:
+        return Path(self.state_dir) if self.state_dir else default_state_dir()
+
+    def masked(self) -> dict[str, Any]:
+        """Every setting, with secrets replaced by ``'***'`` when set: safe to print or log."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = "***" if f.metadata.get(_SECRET_MARK) and value else value
+        return out
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.masked().items())
+        return f"Settings({inner})"
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable of a setting: ``redis_url`` -> ``ATTUNE_REDIS_URL``."""
+    return f"ATTUNE_{field_name.upper()}"
+
+
+def _convert(name: str, default: Any, raw: str) -> Any:
+    if isinstance(default, bool):
+        if raw.lower() in {"1", "true", "yes", "on"}:
+            return True
+        if raw.lower() in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError(f"{env_name(name)}={raw!r} is not a boolean; use true or false")
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"{env_name(name)}={raw!r} is not an integer") from None
+    return raw
+
+
+def reference_markdown() -> str:
+    """The configuration reference table that README.md embeds."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for f in fields(Settings):
+        default = f.default if f.default != "" else "(empty)"
+        rows.append(f"| `{env_name(f.name)}` | `{default}` | {f.metadata['doc']} |")
+    return "\n".join(rows) + "\n"

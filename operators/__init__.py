@@ -1,0 +1,1 @@
+"""Attune operators: the pure logic (codec, state, segments...) and thin Bytewax wrappers."""

@@ -1,0 +1,453 @@
+"""Typed events and outputs: one frozen, slotted dataclass per Avro record in avro/.
+
+Bare dicts stop at the codec boundary (:mod:`operators.codec`); everything past
+decoding sees these types. Times are ints, epoch milliseconds UTC, everywhere in
+process (the Avro fields are ``timestamp-millis``). Money is an int in minor
+currency units (cents), so sums are exact and replays are byte-identical.
+
+Field names equal the Avro field names, so a decoded record maps onto a class
+with ``cls(**record)`` and back with :func:`to_record`.
+
+>>> e = Event(event_id="e1", event_type=EventType.PRODUCT_VIEW, event_time=1_700_000_000_000,
+...           user_id="u1", payload=ProductView(item_id="i9", category="shoes/running"))
+>>> e.user_key
+'u1'
+>>> validate_event(e) is None
+True
+>>> validate_event(Event(event_id="", event_type=EventType.SEARCH, event_time=1_700_000_000_000,
+...                      user_id="u1", payload=Search(query="boots")))
+'event_id is empty'
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class EventType(StrEnum):
+    """Type of a user event; the symbols of ``attune.event.EventType``."""
+
+    PAGE_VIEW = "PAGE_VIEW"
+    PRODUCT_VIEW = "PRODUCT_VIEW"
+    SEARCH = "SEARCH"
+    ADD_TO_CART = "ADD_TO_CART"
+    REMOVE_FROM_CART = "REMOVE_FROM_CART"
+    PURCHASE = "PURCHASE"
+    DWELL = "DWELL"
+    CONSENT = "CONSENT"
+    IDENTIFY = "IDENTIFY"
+    ERASURE = "ERASURE"
+    UNKNOWN = "UNKNOWN"
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """``attune.event.Context``: where and how an event happened."""
+
+    device: str | None = None
+    channel: str | None = None
+    country: str | None = None
+    region: str | None = None
+    timezone: str | None = None
+    page_url: str | None = None
+    referrer: str | None = None
+    utm_source: str | None = None
+    utm_medium: str | None = None
+    utm_campaign: str | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LineItem:
+    """``attune.event.LineItem``: one line of a cart or an order."""
+
+    item_id: str
+    quantity: int
+    unit_price_minor: int
+    category: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PageView:
+    """``attune.event.PageView``."""
+
+    page_type: str = "OTHER"
+    category: str | None = None
+    title: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProductView:
+    """``attune.event.ProductView``."""
+
+    item_id: str
+    category: str | None = None
+    price_minor: int | None = None
+    currency: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    """``attune.event.Search``."""
+
+    query: str
+    category: str | None = None
+    results_count: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AddToCart:
+    """``attune.event.AddToCart``."""
+
+    item_id: str
+    quantity: int
+    unit_price_minor: int
+    currency: str
+    category: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveFromCart:
+    """``attune.event.RemoveFromCart``."""
+
+    item_id: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class Purchase:
+    """``attune.event.Purchase``: a completed checkout."""
+
+    order_id: str
+    lines: tuple[LineItem, ...]
+    total_minor: int
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dwell:
+    """``attune.event.Dwell``: heartbeat with the page's visible time so far."""
+
+    dwell_ms: int
+    item_id: str | None = None
+    page_view_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentUpdate:
+    """``attune.event.ConsentUpdate``: ``None`` leaves a purpose as it was."""
+
+    analytics: bool | None = None
+    personalization: bool | None = None
+    marketing: bool | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Identify:
+    """``attune.event.Identify``: the envelope's anonymous id belongs to its user id."""
+
+    method: str = "OTHER"
+    email: str | None = None
+    phone: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureRequest:
+    """``attune.event.ErasureRequest``."""
+
+    request_id: str
+    reason: str | None = None
+
+
+Payload = (
+    PageView
+    | ProductView
+    | Search
+    | AddToCart
+    | RemoveFromCart
+    | Purchase
+    | Dwell
+    | ConsentUpdate
+    | Identify
+    | ErasureRequest
+)
+
+#: Payload class of each event type, and the Avro full name of each payload class.
+PAYLOAD_OF_TYPE: dict[EventType, type[Any]] = {
+    EventType.PAGE_VIEW: PageView,
+    EventType.PRODUCT_VIEW: ProductView,
+    EventType.SEARCH: Search,
+    EventType.ADD_TO_CART: AddToCart,
+    EventType.REMOVE_FROM_CART: RemoveFromCart,
+    EventType.PURCHASE: Purchase,
+    EventType.DWELL: Dwell,
+    EventType.CONSENT: ConsentUpdate,
+    EventType.IDENTIFY: Identify,
+    EventType.ERASURE: ErasureRequest,
+}
+TYPE_OF_PAYLOAD: dict[type[Any], EventType] = {v: k for k, v in PAYLOAD_OF_TYPE.items()}
+AVRO_NAME_OF_PAYLOAD: dict[type[Any], str] = {
+    cls: f"attune.event.{cls.__name__}" for cls in PAYLOAD_OF_TYPE.values()
+}
+PAYLOAD_OF_AVRO_NAME: dict[str, type[Any]] = {v: k for k, v in AVRO_NAME_OF_PAYLOAD.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """``attune.event.Event``: a user event, header and payload."""
+
+    event_id: str
+    event_type: EventType
+    event_time: int
+    payload: Payload
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    session_id: str | None = None
+    context: Context | None = None
+
+    @property
+    def user_key(self) -> str:
+        """The id this event is keyed by before identity stitching: user id, else anonymous id."""
+        return self.user_id or self.anonymous_id or ""
+
+
+@dataclass(frozen=True, slots=True)
+class ItemUpdate:
+    """``attune.item.ItemUpdate``: the whole current version of a catalogue item."""
+
+    item_id: str
+    title: str
+    category_path: tuple[str, ...]
+    price_minor: int
+    currency: str
+    in_stock: bool
+    created_time: int
+    updated_time: int
+    brand: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """``attune.output.Trigger``: published to ``attune.triggers.<kind>``."""
+
+    trigger_id: str
+    kind: str
+    user_id: str
+    cause_event_time: int
+    emit_time: int
+    reason: str
+    cart_lines: tuple[LineItem, ...] = ()
+    cart_value_minor: int | None = None
+    currency: str | None = None
+    item_id: str | None = None
+    segment: str | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentChange:
+    """``attune.output.SegmentChange``: published to ``attune.segments``."""
+
+    user_id: str
+    segment: str
+    change: str  # ENTERED | EXITED
+    source: str  # RULE | CLUSTER
+    event_time: int
+    emit_time: int
+    reason: str | None = None
+
+
+class ErrorClass(StrEnum):
+    """Why input was dead-lettered; the symbols of ``attune.output.ErrorClass``."""
+
+    TRUNCATED = "TRUNCATED"
+    BAD_MAGIC = "BAD_MAGIC"
+    UNKNOWN_FINGERPRINT = "UNKNOWN_FINGERPRINT"
+    UNKNOWN_SCHEMA_ID = "UNKNOWN_SCHEMA_ID"
+    INVALID_ENUM = "INVALID_ENUM"
+    INVALID_UNION = "INVALID_UNION"
+    MISSING_FIELD = "MISSING_FIELD"
+    TRAILING_BYTES = "TRAILING_BYTES"
+    MALFORMED = "MALFORMED"
+    INVALID_VALUE = "INVALID_VALUE"
+    LATE = "LATE"
+    SOURCE_ERROR = "SOURCE_ERROR"
+    OTHER = "OTHER"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """``attune.output.DeadLetter``: input that could not be used, kept whole."""
+
+    original: bytes
+    error_class: ErrorClass
+    reason: str
+    dead_time: int
+    source_topic: str | None = None
+    source_partition: int | None = None
+    source_offset: int | None = None
+    event_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a message came from: Kafka topic/partition/offset, or file path and record index."""
+
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+
+
+# --- conversion at the codec boundary -------------------------------------------------------
+
+
+def to_record(obj: Any) -> Any:
+    """A dataclass (nested) as the plain dict/list structure fastavro writes."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_record(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [to_record(x) for x in obj]
+    if isinstance(obj, StrEnum):
+        return obj.value
+    return obj
+
+
+def _lines(raw: list[dict[str, Any]]) -> tuple[LineItem, ...]:
+    return tuple(LineItem(**line) for line in raw)
+
+
+def payload_from_record(avro_name: str, record: dict[str, Any]) -> Payload:
+    """Build a payload dataclass from its decoded Avro record (``KeyError`` for unknown names)."""
+    cls = PAYLOAD_OF_AVRO_NAME[avro_name]
+    if cls is Purchase:
+        return Purchase(
+            order_id=record["order_id"],
+            lines=_lines(record["lines"]),
+            total_minor=record["total_minor"],
+            currency=record["currency"],
+        )
+    payload: Payload = cls(**record)
+    return payload
+
+
+def event_from_record(record: dict[str, Any]) -> Event:
+    """Build an :class:`Event` from a decoded envelope whose payload is ``(name, record)``."""
+    name, raw_payload = record["payload"]
+    ctx = record["context"]
+    return Event(
+        event_id=record["event_id"],
+        event_type=EventType(record["event_type"]),
+        event_time=record["event_time"],
+        payload=payload_from_record(name, raw_payload),
+        user_id=record["user_id"],
+        anonymous_id=record["anonymous_id"],
+        session_id=record["session_id"],
+        context=Context(**ctx) if ctx is not None else None,
+    )
+
+
+def event_to_record(event: Event) -> dict[str, Any]:
+    """An :class:`Event` as the dict fastavro writes, the payload as ``(name, record)``."""
+    record: dict[str, Any] = to_record(event)
+    record["payload"] = (AVRO_NAME_OF_PAYLOAD[type(event.payload)], record["payload"])
+    return record
+
+
+def item_from_record(record: dict[str, Any]) -> ItemUpdate:
+    return ItemUpdate(
+        item_id=record["item_id"],
+        title=record["title"],
+        category_path=tuple(record["category_path"]),
+        price_minor=record["price_minor"],
+        currency=record["currency"],
+        in_stock=record["in_stock"],
+        created_time=record["created_time"],
+        updated_time=record["updated_time"],
+        brand=record["brand"],
+        tags=tuple(record["tags"]),
+    )
+
+
+def trigger_from_record(record: dict[str, Any]) -> Trigger:
+    return Trigger(**{**record, "cart_lines": _lines(record["cart_lines"])})
+
+
+def segment_change_from_record(record: dict[str, Any]) -> SegmentChange:
+    return SegmentChange(**record)
+
+
+def dead_letter_from_record(record: dict[str, Any]) -> DeadLetter:
+    return DeadLetter(**{**record, "error_class": ErrorClass(record["error_class"])})
+
+
+# --- validation: values the schema cannot express --------------------------------------------
+
+#: Event times outside [2000-01-01, 2100-01-01) are a client clock or encoding bug.
+MIN_EVENT_TIME_MS = 946_684_800_000
+MAX_EVENT_TIME_MS = 4_102_444_800_000
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+def validate_event(event: Event) -> str | None:
+    """``None`` if the event is usable, else the reason it is not (for a dead letter)."""
+    if not event.event_id:
+        return "event_id is empty"
+    if event.event_type is EventType.UNKNOWN:
+        return "event_type is UNKNOWN (written with a newer schema than this reader knows)"
+    expected = PAYLOAD_OF_TYPE[event.event_type]
+    if type(event.payload) is not expected:
+        return (
+            f"event_type {event.event_type.value} does not match payload "
+            f"{type(event.payload).__name__} (expected {expected.__name__})"
+        )
+    if not event.user_id and not event.anonymous_id:
+        return "neither user_id nor anonymous_id is set"
+    if not MIN_EVENT_TIME_MS <= event.event_time < MAX_EVENT_TIME_MS:
+        return f"event_time {event.event_time} is outside 2000-01-01..2100-01-01"
+    return _validate_payload(event)
+
+
+def _validate_payload(event: Event) -> str | None:
+    p = event.payload
+    if isinstance(p, AddToCart):
+        if not p.item_id:
+            return "add-to-cart item_id is empty"
+        if p.quantity < 1:
+            return f"add-to-cart quantity {p.quantity} < 1"
+        if p.unit_price_minor < 0:
+            return f"add-to-cart unit_price_minor {p.unit_price_minor} < 0"
+        if not _CURRENCY.match(p.currency):
+            return f"add-to-cart currency {p.currency!r} is not an ISO 4217 code"
+    elif isinstance(p, RemoveFromCart):
+        if p.quantity < 1:
+            return f"remove-from-cart quantity {p.quantity} < 1"
+    elif isinstance(p, Purchase):
+        if not p.order_id:
+            return "purchase order_id is empty"
+        if not p.lines:
+            return "purchase has no lines"
+        if p.total_minor < 0:
+            return f"purchase total_minor {p.total_minor} < 0"
+        if not _CURRENCY.match(p.currency):
+            return f"purchase currency {p.currency!r} is not an ISO 4217 code"
+        for line in p.lines:
+            if line.quantity < 1 or line.unit_price_minor < 0:
+                return f"purchase line {line.item_id}: quantity < 1 or negative price"
+    elif isinstance(p, ProductView):
+        if not p.item_id:
+            return "product-view item_id is empty"
+        if p.price_minor is not None and p.price_minor < 0:
+            return f"product-view price_minor {p.price_minor} < 0"
+    elif isinstance(p, Dwell):
+        if p.dwell_ms < 0:
+            return f"dwell_ms {p.dwell_ms} < 0"
+    elif isinstance(p, Identify) and not event.user_id:
+        return "identify without user_id"
+    return None
