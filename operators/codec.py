@@ -29,11 +29,11 @@ not change the fingerprint: logical types are not part of the canonical form).
 ...            user_id="u1", payload=Search(query="trail shoes"))
 >>> data = codec.encode_event(ev)
 >>> data[:2].hex(), len(data)
-('c301', 38)
+('c301', 42)
 >>> codec.decode_event(data) == ev
 True
 >>> codec.decode_event(data[:20]).reason
-'truncated: the datum ends inside field event_time (28 bytes after the header expected, 10 present)'
+'truncated: the datum ends inside field user_id (11 bytes after the header expected, 10 present)'
 """
 
 from __future__ import annotations
