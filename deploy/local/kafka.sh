@@ -1,0 +1,339 @@
+#!/usr/bin/env bash
+# Run a real Apache Kafka 4.1.0 broker on loopback, without Docker.
+#
+# One process in KRaft mode, broker and controller combined (node 1), with the
+# machine's Java 17 and the Kafka jars fetched once from Maven Central by
+# deploy/local/pom.xml. Used by hand, by flows/local.py (`attune local ...`)
+# and by the pytest session fixtures in tests/conftest.py.
+#
+#   kafka.sh up [--cache-dir DIR]   start (or find already running) and wait until ready
+#   kafka.sh down [--keep]          stop; delete the broker's data unless --keep
+#   kafka.sh status                 one line: "<up|starting|down> bootstrap=... log=..."
+#   kafka.sh check [--cache-dir DIR]  say what is missing (java, mvn) and how to install it
+#
+# Environment (the same variables flows/settings.py reads; defaults equal):
+#   ATTUNE_STATE_DIR              data, logs, pid file, jar cache (default ~/.cache/attune)
+#   ATTUNE_KAFKA_PORT             PLAINTEXT listener (default 19092)
+#   ATTUNE_KAFKA_CONTROLLER_PORT  CONTROLLER listener (default 19093)
+#   ATTUNE_PARTITIONS             num.partitions for topics created without a count (default 3)
+#
+# Layout under the state dir:
+#   kafka-4.1.0/libs/             the jars (46, ~43 MB); fetched only when missing.
+#                                 --cache-dir DIR reads them from DIR/kafka-4.1.0/libs
+#                                 instead (tests share the default cache).
+#   kafka-<port>/server.properties, kafka.pid, kafka.log (previous run: kafka.log.1)
+#   kafka-<port>/data/            log.dirs and KRaft metadata; `down` deletes it so the
+#                                 next `up` starts from an empty cluster, `down --keep`
+#                                 keeps topics and offsets for the next `up`.
+#
+# auto.create.topics.enable=false: a misspelt topic fails loudly instead of
+# appearing with default settings. Create topics explicitly with
+# `attune topics create` (flows/topics.py).
+#
+# Exit status: 0 on success (`up` when already up and `down` when already down
+# included; `status` when up), 1 on error, 3 from `status` when not up.
+set -euo pipefail
+
+readonly KAFKA_VERSION=4.1.0
+readonly EXPECTED_JARS=46          # what deploy/local/pom.xml resolves to
+readonly START_TIMEOUT_S=60        # bound on "process started" -> "metadata request answered"
+readonly STOP_TIMEOUT_S=30         # SIGTERM (controlled shutdown), then SIGKILL
+# 2-core machines: keep the heap modest.
+readonly JAVA_OPTS=(-Xmx512m -Xms256m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true
+    -Dorg.slf4j.simpleLogger.showDateTime=true
+    "-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd'T'HH:mm:ss.SSS")
+
+# Builtins only until the tools are checked: `check` must work with an empty PATH.
+HERE=${BASH_SOURCE[0]%/*}
+[[ $HERE == "${BASH_SOURCE[0]}" ]] && HERE=.
+STATE_DIR=${ATTUNE_STATE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/attune}
+[[ $STATE_DIR == /* ]] || STATE_DIR=$PWD/$STATE_DIR
+PORT=${ATTUNE_KAFKA_PORT:-19092}
+CONTROLLER_PORT=${ATTUNE_KAFKA_CONTROLLER_PORT:-19093}
+PARTITIONS=${ATTUNE_PARTITIONS:-3}
+CACHE_DIR=$STATE_DIR
+
+say() { printf 'kafka: %s\n' "$*" >&2; }
+die() { printf 'kafka: %s\n' "$*" >&2; exit 1; }
+
+for _v in PORT CONTROLLER_PORT PARTITIONS; do
+    [[ ${!_v} =~ ^[0-9]+$ ]] || die "$_v=${!_v} is not a number (check ATTUNE_KAFKA_PORT, ATTUNE_KAFKA_CONTROLLER_PORT, ATTUNE_PARTITIONS)"
+done
+((PORT != CONTROLLER_PORT)) || die "ATTUNE_KAFKA_PORT and ATTUNE_KAFKA_CONTROLLER_PORT are both $PORT; they must differ"
+
+CMD=${1:-}
+[[ $# -gt 0 ]] && shift
+KEEP=0
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --keep) KEEP=1 ;;
+        --cache-dir) [[ $# -ge 2 ]] || die "--cache-dir needs a directory"; CACHE_DIR=$2; shift ;;
+        --cache-dir=*) CACHE_DIR=${1#--cache-dir=} ;;
+        *) die "unknown option $1 (usage: kafka.sh up [--cache-dir DIR] | down [--keep] | status | check)" ;;
+    esac
+    shift
+done
+[[ $CACHE_DIR == /* ]] || CACHE_DIR=$PWD/$CACHE_DIR
+
+JARS_DIR=$CACHE_DIR/kafka-$KAFKA_VERSION/libs
+INSTANCE_DIR=$STATE_DIR/kafka-$PORT
+DATA_DIR=$INSTANCE_DIR/data
+PROPS=$INSTANCE_DIR/server.properties
+PIDFILE=$INSTANCE_DIR/kafka.pid
+LOG=$INSTANCE_DIR/kafka.log
+
+jars_cached() {
+    [[ -f $JARS_DIR/kafka_2.13-$KAFKA_VERSION.jar && -f $JARS_DIR/kafka-server-$KAFKA_VERSION.jar ]] || return 1
+    local jars=("$JARS_DIR"/*.jar)
+    ((${#jars[@]} >= EXPECTED_JARS))
+}
+
+check_tools() {
+    local missing=()
+    command -v java >/dev/null 2>&1 ||
+        missing+=("java not found on PATH; install it with apt-get install openjdk-17-jre-headless (Kafka $KAFKA_VERSION needs Java 17 or newer)")
+    if ! jars_cached && ! command -v mvn >/dev/null 2>&1; then
+        missing+=("mvn not found on PATH (needed once to fetch the Kafka $KAFKA_VERSION jars into $JARS_DIR); install it with apt-get install maven")
+    fi
+    if ((${#missing[@]})); then
+        printf 'kafka: %s\n' "${missing[@]}" >&2
+        exit 1
+    fi
+    local version
+    version=$(java -version 2>&1) || die "java -version failed: $version"
+    if [[ $version =~ version\ \"([0-9]+) ]] && ((BASH_REMATCH[1] < 17)); then
+        die "Kafka $KAFKA_VERSION needs Java 17 or newer, $(command -v java) is Java ${BASH_REMATCH[1]}; install openjdk-17-jre-headless and put it first on PATH"
+    fi
+}
+
+fetch_jars() {
+    jars_cached && return 0
+    local tmp=$JARS_DIR.partial.$$
+    say "fetching the Kafka $KAFKA_VERSION jars from Maven Central into $JARS_DIR (once, about a minute)"
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    if ! mvn -q -B -f "$HERE/pom.xml" dependency:copy-dependencies -DoutputDirectory="$tmp" >"$tmp.log" 2>&1; then
+        tail -n 30 "$tmp.log" >&2 || true
+        rm -rf "$tmp"
+        die "mvn could not fetch the Kafka jars (output above, full log $tmp.log); check network access to Maven Central (or a mirror in ~/.m2/settings.xml)"
+    fi
+    rm -f "$tmp.log"
+    # Rename into place so an interrupted fetch never looks like a cache.
+    rm -rf "$JARS_DIR"
+    mv "$tmp" "$JARS_DIR"
+    jars_cached || die "mvn finished but $JARS_DIR lacks the expected $EXPECTED_JARS jars; delete it and retry"
+}
+
+# True when something accepts TCP connections on 127.0.0.1:$1.
+port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+
+# True when the broker answers a Metadata request (v4: the oldest Kafka 4 still
+# serves) listing at least one broker. Raw bytes so that no client is needed.
+metadata_ok() {
+    local out bytes
+    # size=27 | api_key=3 api_version=4 correlation_id=1 client_id="attune-probe" | topics=null allow_auto_create=false
+    out=$(timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PORT || exit 1
+        printf '\x00\x00\x00\x1b\x00\x03\x00\x04\x00\x00\x00\x01\x00\x0cattune-probe\xff\xff\xff\xff\x00' >&3
+        od -An -tu1 -N16 <&3" 2>/dev/null) || return 1
+    read -ra bytes <<<"$out"
+    ((${#bytes[@]} == 16)) || return 1
+    # Response: size(4) correlation_id(4) throttle_time_ms(4) brokers array length(4) ...
+    ((bytes[4] == 0 && bytes[5] == 0 && bytes[6] == 0 && bytes[7] == 1)) || return 1
+    (((bytes[12] << 24 | bytes[13] << 16 | bytes[14] << 8 | bytes[15]) >= 1))
+}
+
+# True while process $1 runs (a zombie waiting for its parent to reap it has exited).
+alive() {
+    kill -0 "$1" 2>/dev/null || return 1
+    local stat
+    [[ -r /proc/$1/stat ]] && read -r stat <"/proc/$1/stat" 2>/dev/null || return 0
+    stat=${stat##*) }
+    [[ ${stat%% *} != Z ]]
+}
+
+# The pid of *our* broker (pid file, process alive, command line names our
+# server.properties), else fail: a stale pid reused by another process is never ours.
+our_pid() {
+    [[ -f $PIDFILE ]] || return 1
+    local pid cmdline
+    read -r pid <"$PIDFILE" || return 1
+    [[ $pid =~ ^[0-9]+$ ]] && alive "$pid" || return 1
+    if [[ -r /proc/$pid/cmdline ]]; then
+        cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline")
+    else
+        cmdline=$(ps -o command= -p "$pid" 2>/dev/null) || return 1
+    fi
+    [[ $cmdline == *kafka.Kafka* && $cmdline == *"$PROPS"* ]] || return 1
+    printf '%s\n' "$pid"
+}
+
+write_properties() {
+    cat >"$PROPS" <<EOF
+# Written by deploy/local/kafka.sh on every start; edits are overwritten.
+process.roles=broker,controller
+node.id=1
+listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+controller.quorum.bootstrap.servers=127.0.0.1:$CONTROLLER_PORT
+log.dirs=$DATA_DIR
+num.partitions=$PARTITIONS
+# Topics are created explicitly (attune topics create, test fixtures).
+auto.create.topics.enable=false
+# One broker: every internal topic has one replica.
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+# Fewer internal partitions than the default 50: the first consumer group joins faster.
+offsets.topic.num.partitions=5
+transaction.state.log.num.partitions=5
+# No 3 s wait before the first rebalance of a new consumer group.
+group.initial.rebalance.delay.ms=0
+EOF
+}
+
+format_storage() {
+    [[ -f $DATA_DIR/meta.properties ]] && {
+        local formatted_for=""
+        [[ -f $DATA_DIR/attune-controller-port ]] && read -r formatted_for <"$DATA_DIR/attune-controller-port"
+        [[ -z $formatted_for || $formatted_for == "$CONTROLLER_PORT" ]] ||
+            die "$DATA_DIR was formatted for controller port $formatted_for, not $CONTROLLER_PORT; run 'kafka.sh down' (without --keep) to start clean"
+        return 0
+    }
+    local cluster_id
+    # Any 16 random bytes in URL-safe base64 without padding is a valid cluster id.
+    cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+    mkdir -p "$DATA_DIR"
+    say "formatting $DATA_DIR (cluster id $cluster_id)"
+    if ! java -Xmx256m -cp "$JARS_DIR/*" kafka.tools.StorageTool format --standalone \
+        -t "$cluster_id" -c "$PROPS" >>"$LOG" 2>&1; then
+        tail -n 30 "$LOG" >&2 || true
+        rm -rf "$DATA_DIR"
+        die "formatting the storage failed (log above, full log $LOG)"
+    fi
+    printf '%s\n' "$CONTROLLER_PORT" >"$DATA_DIR/attune-controller-port"
+}
+
+# Stop the process $1: SIGTERM, wait, then SIGKILL.
+stop_pid() {
+    local pid=$1 deadline=$((SECONDS + STOP_TIMEOUT_S))
+    kill -TERM "$pid" 2>/dev/null || return 0
+    while alive "$pid"; do
+        if ((SECONDS >= deadline)); then
+            say "pid $pid still running ${STOP_TIMEOUT_S}s after SIGTERM; sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            deadline=$((SECONDS + 5))
+            while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
+            break
+        fi
+        sleep 0.1
+    done
+}
+
+fail_start() {
+    {
+        printf 'kafka: %s\n' "$1"
+        printf 'kafka: last 40 lines of %s:\n' "$LOG"
+        tail -n 40 "$LOG" 2>/dev/null | sed 's/^/    /'
+        if [[ -d $DATA_DIR ]]; then
+            printf 'kafka: if %s holds data from an older run, "kafka.sh down" deletes it and the next "up" starts clean\n' "$DATA_DIR"
+        fi
+    } >&2
+    local pid
+    if pid=$(our_pid); then stop_pid "$pid"; fi
+    rm -f "$PIDFILE"
+    exit 1
+}
+
+wait_ready() {
+    local pid=$1 started=$SECONDS deadline=$((SECONDS + START_TIMEOUT_S))
+    while :; do
+        alive "$pid" || fail_start "the broker (pid $pid) exited during start-up"
+        if port_open "$PORT" && metadata_ok; then
+            say "up at 127.0.0.1:$PORT (pid $pid, ready after $((SECONDS - started))s)"
+            return 0
+        fi
+        ((SECONDS < deadline)) || fail_start "the broker (pid $pid) did not answer a metadata request on 127.0.0.1:$PORT within ${START_TIMEOUT_S}s"
+        sleep 0.25
+    done
+}
+
+cmd_up() {
+    check_tools
+    local pid
+    if pid=$(our_pid); then
+        if metadata_ok; then
+            say "already up at 127.0.0.1:$PORT (pid $pid)"
+            return 0
+        fi
+        say "already starting (pid $pid); waiting until ready"
+        wait_ready "$pid"
+        return 0
+    fi
+    rm -f "$PIDFILE"
+    local p
+    for p in "$PORT" "$CONTROLLER_PORT"; do
+        port_open "$p" && die "port $p on 127.0.0.1 is already in use by another process; stop it, or choose other ports with ATTUNE_KAFKA_PORT / ATTUNE_KAFKA_CONTROLLER_PORT"
+    done
+    fetch_jars
+    mkdir -p "$INSTANCE_DIR"
+    [[ -f $LOG ]] && mv -f "$LOG" "$LOG.1"
+    write_properties
+    format_storage
+    say "starting on 127.0.0.1:$PORT (controller 127.0.0.1:$CONTROLLER_PORT, log $LOG)"
+    # setsid: the broker outlives this script and a Ctrl-C in its terminal;
+    # the inner shell records its own pid, then becomes java.
+    setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' kafka-launch "$PIDFILE" \
+        java "${JAVA_OPTS[@]}" -cp "$JARS_DIR/*" kafka.Kafka "$PROPS" \
+        </dev/null >>"$LOG" 2>&1 &
+    local deadline=$((SECONDS + 5))
+    until [[ -s $PIDFILE ]]; do
+        ((SECONDS < deadline)) || fail_start "the broker did not start (no pid file $PIDFILE)"
+        sleep 0.05
+    done
+    read -r pid <"$PIDFILE"
+    wait_ready "$pid"
+}
+
+cmd_down() {
+    local pid
+    if pid=$(our_pid); then
+        say "stopping pid $pid"
+        stop_pid "$pid"
+        say "stopped"
+    else
+        say "already down"
+    fi
+    rm -f "$PIDFILE"
+    if ((KEEP)); then
+        [[ -d $DATA_DIR ]] && say "kept $DATA_DIR (--keep)"
+    elif [[ -d $DATA_DIR ]]; then
+        rm -rf -- "$DATA_DIR"
+        say "deleted $DATA_DIR (use down --keep to keep topics for the next up)"
+    fi
+    return 0
+}
+
+cmd_status() {
+    local pid state=down rc=3 extra=""
+    if pid=$(our_pid); then
+        if metadata_ok; then state=up rc=0; else state=starting; fi
+        extra=" pid=$pid"
+    elif [[ -f $PIDFILE ]]; then
+        extra=" (stale pid file)"
+    fi
+    printf '%s bootstrap=127.0.0.1:%s%s log=%s\n' "$state" "$PORT" "$extra" "$LOG"
+    return "$rc"
+}
+
+case $CMD in
+    up) cmd_up ;;
+    down) cmd_down ;;
+    status) cmd_status ;;
+    check) check_tools; say "java found$(jars_cached && echo ", jars cached in $JARS_DIR" || echo ", mvn found")" ;;
+    *) die "usage: kafka.sh up [--cache-dir DIR] | down [--keep] | status | check" ;;
+esac

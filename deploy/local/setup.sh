@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian/Ubuntu machine for Attune: the system packages the real
+# local servers need (Java 17 and Maven for Kafka, Debian's redis-server), then
+# the attune package with its test extras, editable. Installs only what is
+# missing; safe to run again. The Kafka jars are fetched by deploy/local/kafka.sh
+# the first time a broker starts (once, cached in ~/.cache/attune).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+need=()
+command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || need+=(maven)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+if ((${#need[@]})); then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || {
+            echo "setup: need root or sudo to install ${need[*]} (apt-get install ${need[*]})" >&2
+            exit 1
+        }
+        sudo=sudo
+    fi
+    echo "setup: installing ${need[*]}" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+python -m pip install -q -e ".[test]"
+echo "setup: done (java: $(command -v java), mvn: $(command -v mvn), redis-server: $(command -v redis-server))" >&2
