@@ -67,6 +67,28 @@ class Settings:
     )
     topic_segments: str = _setting("attune.segments", "Topic of segment membership changes.")
     topic_dlq: str = _setting("attune.dlq", "Dead-letter topic: input that could not be used.")
+    session_gap_s: int = _setting(1800, "Inactivity gap that ends a session, in seconds.")
+    allowed_lateness_s: int = _setting(
+        600,
+        "How far (seconds) an event may trail its source partition's newest event time; "
+        "later ones go to the dead-letter topic with class LATE.",
+    )
+    state_ttl_s: int = _setting(
+        30 * 24 * 3600, "Per-user flow state is discarded after this many idle seconds."
+    )
+    segments_file: str = _setting(
+        "", "YAML file of rule segments. Empty: the shipped defaults (flows/segments.yaml)."
+    )
+    kafka_batch_size: int = _setting(1000, "Messages the Kafka source reads per poll.")
+    kafka_tail: bool = _setting(
+        True, "Keep waiting for new events at the end of the topic (false: stop there)."
+    )
+    input_file: str = _setting(
+        "", "Avro event file to replay when no Kafka is configured. Empty: the generator."
+    )
+    generate_users: int = _setting(1000, "Embedded default: users the generator simulates.")
+    generate_days: int = _setting(7, "Embedded default: days the generator simulates.")
+    generate_seed: int = _setting(7, "Embedded default: generator seed.")
     partitions: int = _setting(3, "Partitions for topics created by `attune topics create`.")
     kafka_port: int = _setting(19092, "Port of the local Kafka broker (`attune local up`).")
     kafka_controller_port: int = _setting(19093, "Controller port of the local Kafka broker.")

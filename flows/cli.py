@@ -1,0 +1,146 @@
+"""The ``attune`` command: one entry point, a subcommand per job.
+
+``attune generate`` writes synthetic events; ``attune local up|down|status``
+runs a real Kafka broker and Redis on loopback; ``attune topics create``
+creates the design topics; ``attune inspect`` summarises an event file;
+``attune config`` prints the settings (secrets masked) or their reference.
+Settings come from ``ATTUNE_*`` variables (:mod:`flows.settings`); flags
+override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import orjson
+
+from flows.settings import Settings, reference_markdown
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env().replace(
+        kafka_bootstrap=getattr(args, "bootstrap", None),
+        partitions=getattr(args, "partitions", None),
+    )
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from flows import generate
+
+    return generate.run(args)
+
+
+def _cmd_local(args: argparse.Namespace) -> int:
+    from flows import local
+
+    settings = Settings.from_env()
+    if args.action == "up":
+        servers = local.up(settings)
+        print(f"kafka  {servers.kafka_bootstrap}\nredis  {servers.redis_url}")
+        print(
+            f"export ATTUNE_KAFKA_BOOTSTRAP={servers.kafka_bootstrap} "
+            f"ATTUNE_REDIS_URL={servers.redis_url}"
+        )
+    elif args.action == "down":
+        local.down(settings, keep_data=args.keep)
+    else:
+        lines = local.status(settings)
+        for name, line in lines.items():
+            print(f"{name:<6} {line}")
+        return 0 if all(line.startswith("up") for line in lines.values()) else 3
+    return 0
+
+
+def _cmd_topics(args: argparse.Namespace) -> int:
+    from flows import local, topics
+
+    settings = _settings(args)
+    bootstrap = settings.kafka_bootstrap or local.addresses(settings).kafka_bootstrap
+    if args.action == "create":
+        created = topics.create_topics(bootstrap, settings, partitions=args.partitions)
+        for name in topics.design_topics(settings):
+            print(f"{name:<32} {'created' if name in created else 'exists'}")
+    elif args.action == "delete":
+        topics.delete_topics(bootstrap, topics.design_topics(settings), settings=settings)
+    else:
+        for name in topics.list_topics(bootstrap, settings=settings):
+            print(name)
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from flows.inspect import summarize
+
+    for path in args.files:
+        print(summarize(path).render())
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    if args.markdown:
+        sys.stdout.write(reference_markdown())
+    else:
+        sys.stdout.buffer.write(
+            orjson.dumps(Settings.from_env().masked(), option=orjson.OPT_INDENT_2) + b"\n"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attune",
+        description="Attune: real-time personalization from Avro events on Kafka to Redis.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    from flows import generate
+
+    gen = sub.add_parser(
+        "generate",
+        help="write synthetic events (Avro file + ground truth) or produce them to Kafka",
+        description="Deterministic synthetic events for a seed, with the ground truth tests use.",
+    )
+    generate.add_arguments(gen)
+    gen.set_defaults(func=_cmd_generate)
+
+    loc = sub.add_parser("local", help="run a real Kafka broker and Redis on loopback")
+    loc.add_argument("action", choices=["up", "down", "status"])
+    loc.add_argument("--keep", action="store_true", help="down: keep Kafka's data")
+    loc.set_defaults(func=_cmd_local)
+
+    top = sub.add_parser("topics", help="create, delete or list the design topics")
+    top.add_argument("action", choices=["create", "delete", "list"])
+    top.add_argument("--bootstrap", help="Kafka bootstrap (default: settings, else local broker)")
+    top.add_argument("--partitions", type=int, help="partitions per topic (create)")
+    top.set_defaults(func=_cmd_topics)
+
+    ins = sub.add_parser("inspect", help="summarise Avro event files; corrupt records are counted")
+    ins.add_argument("files", nargs="+", help="Avro object container files of events")
+    ins.set_defaults(func=_cmd_inspect)
+
+    cfg = sub.add_parser("config", help="print the settings (secrets masked)")
+    cfg.add_argument("--markdown", action="store_true", help="print the reference table")
+    cfg.set_defaults(func=_cmd_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        code: int = args.func(args)
+    except (RuntimeError, ValueError, OSError) as exc:
+        print(f"attune {args.command}: {exc}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The embedded default: the dataflow's outputs kept in process, summarised on screen.
+
+For the first run and for demos, with no Kafka and no Redis: the flow's Redis
+operations, segment changes and dead letters are applied to a
+:class:`LocalStore` (plain dicts), and ``attune run`` prints a summary (events/s,
+users, sessions, segment sizes, sample profiles) and writes a JSON report.
+This is a demo sink, not a stand-in for Redis in tests: integration tests use
+the real server.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import orjson
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from operators.events import DeadLetter, SegmentChange
+from operators.redis_sink import AliasWrite, ForgetUser, ProfileWrite, SegmentsWrite
+
+
+@dataclass
+class LocalStore:
+    """What the flow wrote, by kind. Thread-safe (workers share it)."""
+
+    profiles: dict[str, dict[str, str]] = field(default_factory=dict)
+    segments: dict[str, set[str]] = field(default_factory=dict)
+    audiences: dict[str, set[str]] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+    segment_changes: Counter[str] = field(default_factory=Counter)
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    dead_examples: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    _shared: ClassVar[LocalStore | None] = None
+
+    @classmethod
+    def shared(cls) -> LocalStore:
+        """The process's store (what ``python -m bytewax.run`` writes into)."""
+        if cls._shared is None:
+            cls._shared = cls()
+        return cls._shared
+
+    def apply(self, items: list[Any]) -> None:
+        with self.lock:
+            for item in items:
+                self._apply(item)
+
+    def _apply(self, item: Any) -> None:
+        if isinstance(item, ProfileWrite):
+            self.profiles[item.user] = dict(item.fields)
+        elif isinstance(item, SegmentsWrite):
+            mine = self.segments.setdefault(item.user, set())
+            for name in item.entered:
+                mine.add(name)
+                self.audiences.setdefault(name, set()).add(item.user)
+            for name in item.exited:
+                mine.discard(name)
+                self.audiences.setdefault(name, set()).discard(item.user)
+        elif isinstance(item, ForgetUser):
+            self.profiles.pop(item.user, None)
+            self.segments.pop(item.user, None)
+            self.aliases.pop(item.user, None)
+            for name in item.audiences:
+                self.audiences.get(name, set()).discard(item.user)
+        elif isinstance(item, AliasWrite):
+            self.aliases[item.anonymous_id] = item.user
+        elif isinstance(item, SegmentChange):
+            self.segment_changes[f"{item.segment} {item.change}"] += 1
+        elif isinstance(item, DeadLetter):
+            self.dead_letters[item.error_class.value] += 1
+            if len(self.dead_examples) < 3:
+                self.dead_examples.append(item.reason)
+        else:
+            raise TypeError(f"the embedded store does not take {type(item).__name__}")
+
+    def events_applied(self) -> int:
+        return sum(int(p.get("events") or 0) for p in self.profiles.values())
+
+    def report(self, elapsed_s: float, samples: int = 3) -> dict[str, Any]:
+        """The summary as a JSON-able dict."""
+        events = self.events_applied()
+        dead = sum(self.dead_letters.values())
+        busiest = sorted(
+            self.profiles.items(), key=lambda kv: (-int(kv[1].get("events") or 0), kv[0])
+        )
+        return {
+            "elapsed_s": round(elapsed_s, 3),
+            "events_applied": events,
+            "dead_letters": dead,
+            "events_per_s": round((events + dead) / elapsed_s, 1) if elapsed_s > 0 else None,
+            "users": len(self.profiles),
+            "anonymous_merged": len(self.aliases),
+            "sessions": sum(int(p.get("sessions") or 0) for p in self.profiles.values()),
+            "segment_sizes": {k: len(v) for k, v in sorted(self.audiences.items())},
+            "segment_changes": dict(sorted(self.segment_changes.items())),
+            "dead_letters_by_class": dict(sorted(self.dead_letters.items())),
+            "dead_letter_examples": self.dead_examples,
+            "sample_profiles": {
+                user: {**fields, "segments": sorted(self.segments.get(user, ()))}
+                for user, fields in busiest[:samples]
+            },
+        }
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report as text for a terminal."""
+    lines = [
+        f"events applied   {report['events_applied']:>10}   "
+        f"({report['events_per_s']} events/s incl. dead letters, {report['elapsed_s']} s)",
+        f"dead letters     {report['dead_letters']:>10}   {report['dead_letters_by_class']}",
+        f"users            {report['users']:>10}   "
+        f"(+{report['anonymous_merged']} anonymous ids merged into users)",
+        f"sessions         {report['sessions']:>10}",
+        "segment sizes:",
+    ]
+    lines += [f"  {name:<26}{n:>8}" for name, n in report["segment_sizes"].items()]
+    lines.append("sample profiles (busiest users):")
+    for user, fields in report["sample_profiles"].items():
+        lines.append(f"  {user}")
+        lines.append("    " + ", ".join(f"{k}={v}" for k, v in fields.items()))
+    return "\n".join(lines)
+
+
+def write_report(report: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+
+
+class _StorePartition(StatelessSinkPartition[Any]):
+    def __init__(self, store: LocalStore) -> None:
+        self.store = store
+
+    def write_batch(self, items: list[Any]) -> None:
+        self.store.apply(items)
+
+
+class LocalStoreSink(DynamicSink[Any]):
+    """Applies every output to a :class:`LocalStore`."""
+
+    def __init__(self, store: LocalStore) -> None:
+        self.store = store
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _StorePartition:
+        return _StorePartition(self.store)

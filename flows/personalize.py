@@ -1,0 +1,330 @@
+"""The personalization dataflow: the one place where sources, operators and sinks meet.
+
+``python -m bytewax.run flows.personalize:flow`` runs it with settings from the
+environment (``ATTUNE_*``, :mod:`flows.settings`); ``attune run`` adds flags and
+a live summary. With no Kafka and no Redis configured it is the embedded
+default: generated events (or ``ATTUNE_INPUT_FILE``) in, results kept in
+process and summarised (:mod:`flows.embedded`).
+
+Stages (docs/architecture.md has the picture)::
+
+    source (Kafka | file | generator): decode + validate + per-partition watermark
+      -> dead letters ............................................ -> attune.dlq
+      -> events with a user id ..................................... -> user state
+      -> anonymous-only events + links from IDENTIFY -> identity (by anonymous id)
+                                                                    -> user state
+    user state (by canonical user): dedupe, sessions, windows, cart, segments
+      -> Redis ops (profiles, segment sets, aliases, forgets) ....... -> Redis
+      -> segment changes .......................................... -> attune.segments
+
+Tests and benches pass their own ``source``/``sinks``; production passes none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeGuard, cast
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import Source
+from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
+
+from flows.settings import Settings
+from operators.codec import Codec, read_container
+from operators.events import DeadLetter, Event, ItemUpdate, SegmentChange, item_from_record
+from operators.identity import IdentityLogic, Link, Routed, link_of
+from operators.kafka_sink import CheckedKafkaSink, KafkaOut, to_kafka
+from operators.profiles import Keyed, Output, PriceBands, ProfileConfig, UserLogic
+from operators.redis_sink import AliasWrite, ForgetUser, ProfileWrite, RedisConfig, RedisSink
+from operators.redis_sink import SegmentsWrite as _SegmentsWrite
+from operators.segments import load_rules
+from operators.sources import EventListSource, FileEventSource, KafkaEventSource
+
+RedisOp = ProfileWrite | _SegmentsWrite | ForgetUser | AliasWrite
+REDIS_OPS = (ProfileWrite, _SegmentsWrite, ForgetUser, AliasWrite)
+
+#: Price band quantile: an item priced at or above this quantile of its
+#: category's catalogue prices is in the top ("premium") band.
+PREMIUM_QUANTILE = 2 / 3
+
+
+@dataclass(frozen=True)
+class Sinks:
+    """Where the flow's three outputs go."""
+
+    redis: Sink[Any]
+    segments: Sink[Any]
+    dead_letters: Sink[Any]
+
+
+def profile_config(settings: Settings, items: list[ItemUpdate] | None = None) -> ProfileConfig:
+    """The per-user step's configuration: rules, price bands, gaps and TTLs."""
+    rules = load_rules(Path(settings.segments_file) if settings.segments_file else None)
+    return ProfileConfig(
+        session_gap_ms=settings.session_gap_s * 1000,
+        state_ttl=timedelta(seconds=settings.state_ttl_s),
+        rules=rules,
+        price_bands=PriceBands.from_items(items or [], PREMIUM_QUANTILE),
+    )
+
+
+def _identity_logic(ttl: timedelta, resume: bytes | None) -> IdentityLogic:
+    return IdentityLogic(resume, ttl)
+
+
+def _user_logic(cfg: ProfileConfig, resume: bytes | None) -> UserLogic:
+    return UserLogic(resume, cfg)
+
+
+def _is_event(item: Event | DeadLetter) -> TypeGuard[Event]:
+    return isinstance(item, Event)
+
+
+def _anonymous_only(event: Event) -> bool:
+    return event.user_id is None
+
+
+def _anonymous_key(item: Event | Link) -> str:
+    return item.anonymous_id or ""
+
+
+def _by_user(kv: tuple[str, Routed]) -> tuple[str, Keyed]:
+    routed = kv[1]
+    return routed[0], routed
+
+
+def _known(event: Event) -> tuple[str, Keyed]:
+    user = event.user_id or ""
+    return user, (user, event)
+
+
+def _unkey(kv: tuple[str, Output]) -> Output:
+    return kv[1]
+
+
+def _is_redis_op(out: Output) -> bool:
+    return isinstance(out, REDIS_OPS)
+
+
+def build_flow(
+    settings: Settings,
+    source: Source[Event | DeadLetter] | None = None,
+    sinks: Sinks | None = None,
+    items: list[ItemUpdate] | None = None,
+) -> Dataflow:
+    """Wire the personalization dataflow.
+
+    Args:
+        settings: configuration (topics, gaps, lateness, Redis, Kafka).
+        source: where events come from; default: Kafka if configured, else
+            the generator (embedded default).
+        sinks: where outputs go; default: Redis and Kafka topics if
+            configured, else in process (embedded default).
+        items: the catalogue (for price bands); default: read from the items
+            topic, the replay file's ``.items.avro``, or the generator.
+    """
+    if source is None or items is None:
+        default_source, default_items = default_input(settings)
+        source = source or default_source
+        items = default_items if items is None else items
+    sinks = sinks or default_sinks(settings)
+    cfg = profile_config(settings, items)
+
+    flow = Dataflow("attune_personalize")
+    decoded = op.input("events", flow, source)
+    valid = op.branch("valid", decoded, _is_event)
+    events: Stream[Event] = valid.trues
+    dead = cast(Stream[DeadLetter], valid.falses)
+
+    anon = op.branch("anonymous_only", events, _anonymous_only)
+    links = op.filter_map("links", anon.falses, link_of)
+    to_identity = op.merge("to_identity", anon.trues, links)
+    keyed_anon = op.key_on("by_anonymous_id", to_identity, _anonymous_key)
+    routed = op.stateful_batch("identity", keyed_anon, partial(_identity_logic, cfg.state_ttl))
+    from_identity = op.map("route_to_user", routed, _by_user)
+    known = op.map("known_user", anon.falses, _known)
+    to_users = op.merge("to_users", known, from_identity)
+    user_out = op.stateful_batch("user_state", to_users, partial(_user_logic, cfg))
+    outputs = op.map("unkey", user_out, _unkey)
+
+    redis_or_not = op.branch("redis_ops", outputs, _is_redis_op)
+    segment_changes = op.filter_map("segment_changes", redis_or_not.falses, _segment_change_or_none)
+    op.output("redis", redis_or_not.trues, sinks.redis)
+    op.output("segments_out", segment_changes, sinks.segments)
+    op.output("dead_letters_out", dead, sinks.dead_letters)
+    return flow
+
+
+def _segment_change_or_none(out: Output) -> SegmentChange | None:
+    return out if isinstance(out, SegmentChange) else None
+
+
+# --- defaults: Kafka and Redis when configured, else embedded ----------------------------------
+
+
+def default_input(settings: Settings) -> tuple[Source[Event | DeadLetter], list[ItemUpdate]]:
+    """Kafka if configured; else the replay file (``ATTUNE_INPUT_FILE``); else the generator."""
+    lateness = settings.allowed_lateness_s * 1000
+    if settings.kafka_bootstrap:
+        return (
+            KafkaEventSource(
+                settings.kafka_bootstrap,
+                settings.topic_events,
+                allowed_lateness_ms=lateness,
+                config=kafka_security(settings),
+                tail=settings.kafka_tail,
+                batch_size=settings.kafka_batch_size,
+            ),
+            read_items_topic(settings),
+        )
+    if settings.input_file:
+        from flows.generate import default_paths
+
+        path = Path(settings.input_file)
+        return (
+            FileEventSource(path, allowed_lateness_ms=lateness),
+            read_items_file(default_paths(path)[1]),
+        )
+    from operators.generator import GeneratorConfig, generate
+
+    config = GeneratorConfig(
+        users=settings.generate_users, days=settings.generate_days, seed=settings.generate_seed
+    )
+
+    def events() -> Iterator[Event]:
+        return iter(generate(config).events)
+
+    return (
+        EventListSource(events, allowed_lateness_ms=lateness),
+        list(generate(config).items),
+    )
+
+
+def default_sinks(settings: Settings) -> Sinks:
+    """Redis and Kafka when configured; the embedded store otherwise."""
+    if settings.redis_url and settings.kafka_bootstrap:
+        codec = Codec()
+        return Sinks(
+            redis=RedisSink(RedisConfig.from_settings(settings)),
+            segments=EncodingKafkaSink(settings, settings.topic_segments, codec),
+            dead_letters=EncodingKafkaSink(settings, settings.topic_dlq, codec),
+        )
+    if settings.redis_url or settings.kafka_bootstrap:
+        raise ValueError(
+            "set both ATTUNE_KAFKA_BOOTSTRAP and ATTUNE_REDIS_URL (the flow reads Kafka and "
+            "writes Redis), or neither for the embedded default"
+        )
+    from flows.embedded import LocalStore, LocalStoreSink
+
+    store = LocalStore.shared()
+    sink = LocalStoreSink(store)
+    return Sinks(sink, sink, sink)
+
+
+def kafka_security(settings: Settings) -> dict[str, str]:
+    """librdkafka security settings from :class:`Settings` (one translation, in kafka_sink)."""
+    from flows.topics import client_options
+    from operators.kafka_sink import librdkafka_security
+
+    return librdkafka_security(client_options(settings))
+
+
+class EncodingKafkaSink(DynamicSink[Any]):
+    """Typed outputs (segment changes, dead letters) encoded for one topic, then delivered
+    through a :class:`CheckedKafkaSink` (every delivery checked)."""
+
+    def __init__(self, settings: Settings, topic: str, codec: Codec) -> None:
+        from flows.topics import client_options
+
+        self.inner = CheckedKafkaSink(settings.kafka_bootstrap, security=client_options(settings))
+        self.topic = topic
+        self.codec = codec
+
+    def build(
+        self, step_id: str, worker_index: int, worker_count: int
+    ) -> StatelessSinkPartition[Any]:
+        return _EncodingPartition(
+            self.inner.build(step_id, worker_index, worker_count), self.codec, self.topic
+        )
+
+
+class _EncodingPartition(StatelessSinkPartition[Any]):
+    def __init__(self, inner: StatelessSinkPartition[KafkaOut], codec: Codec, topic: str) -> None:
+        self.inner = inner
+        self.codec = codec
+        self.topic = topic
+
+    def write_batch(self, items: list[Any]) -> None:
+        self.inner.write_batch([to_kafka(item, self.codec, self.topic) for item in items])
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def read_items_file(path: Path) -> list[ItemUpdate]:
+    """The catalogue from an Avro container file of item updates (missing file: empty)."""
+    if not path.exists():
+        return []
+    return [
+        item_from_record(rec.value)
+        for rec in read_container(path, "attune.item.ItemUpdate")
+        if not isinstance(rec.value, DeadLetter)
+    ]
+
+
+def read_items_topic(settings: Settings, timeout_s: float = 30.0) -> list[ItemUpdate]:
+    """The catalogue snapshot: the items topic read from the beginning to its current end."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    codec = Codec()
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": "attune-catalogue",
+            "enable.auto.commit": False,
+            **kafka_security(settings),
+        }
+    )
+    try:
+        meta = consumer.list_topics(settings.topic_items, timeout=timeout_s)
+        topic = meta.topics.get(settings.topic_items)
+        if topic is None or topic.error is not None:
+            return []
+        parts = [TopicPartition(settings.topic_items, p, 0) for p in topic.partitions]
+        ends = {
+            tp.partition: consumer.get_watermark_offsets(tp, timeout=timeout_s)[1] for tp in parts
+        }
+        todo = {p for p, end in ends.items() if end > 0}
+        consumer.assign(parts)
+        items: list[ItemUpdate] = []
+        while todo:
+            msgs = consumer.consume(1000, timeout_s)
+            if not msgs:
+                raise RuntimeError(
+                    f"reading {settings.topic_items} stalled for {timeout_s} s "
+                    f"with partitions {sorted(todo)} unfinished"
+                )
+            for msg in msgs:
+                part, offset = msg.partition(), msg.offset()
+                if msg.error() is not None or part is None or offset is None:
+                    continue
+                item = codec.decode_item(msg.value() or b"")
+                if isinstance(item, ItemUpdate):
+                    items.append(item)
+                if offset + 1 >= ends[part]:
+                    todo.discard(part)
+        return items
+    finally:
+        consumer.close()
+
+
+def __getattr__(name: str) -> Any:
+    """``flows.personalize:flow`` for ``python -m bytewax.run``, built on first access."""
+    if name == "flow":
+        return build_flow(Settings.from_env())
+    raise AttributeError(name)

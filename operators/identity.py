@@ -1,0 +1,145 @@
+"""Identity stitching: anonymous activity joins its user, and the user's state follows.
+
+Sits between decoding and per-user state. Events that carry a ``user_id`` go
+straight to that user's key. Events with only an ``anonymous_id`` go through
+this step, keyed by the anonymous id, and so does a :class:`Link` made from
+every ``IDENTIFY`` event (the contract: an ``IDENTIFY`` with both ids says the
+anonymous id belongs to the user).
+
+A Bytewax dataflow is acyclic, so one user's state cannot move from one key to
+another inside the per-user step; this step, upstream of it, is where an
+anonymous visitor's history waits until it has an owner:
+
+- Before the link, an anonymous id's events go to the per-user step under the
+  anonymous id (anonymous visitors get profiles too) and a bounded copy is
+  kept here.
+- On the link this step emits a :class:`Forget` for the anonymous key (its
+  state and Redis keys go, an alias points to the user) and sends the kept
+  events to the user's key, so the user's state counts the anonymous activity
+  once (per-user dedupe by event id absorbs any overlap).
+- Afterwards, anonymous-only events go straight to the user.
+
+An anonymous id later linked to a different user (a shared device) routes to
+the newest user without handing history over again.
+
+>>> from operators.events import Event, EventType, PageView
+>>> pv = Event("e1", EventType.PAGE_VIEW, 1_767_571_200_000, PageView(), anonymous_id="a1")
+>>> state, out = identity_step(None, pv)
+>>> [(key, type(item).__name__) for key, item in out]
+[('a1', 'Event')]
+>>> state, out = identity_step(state, Link("a1", "u1", 1_767_571_260_000))
+>>> [(key, type(item).__name__) for key, item in out]
+[('a1', 'Forget'), ('u1', 'Event')]
+>>> identity_step(state, pv)[1][0][0]  # later anonymous events go to the user
+'u1'
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from bytewax.operators import StatefulBatchLogic
+
+from operators.events import Event, EventType
+
+#: At most this many anonymous events are kept for the hand-over; beyond it the
+#: oldest copies go (they stay counted under the anonymous id until it is
+#: forgotten). Bounds memory per anonymous visitor.
+MAX_ANONYMOUS_BUFFER = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """``anonymous_id`` belongs to ``user_id`` from ``event_time`` on (made from IDENTIFY)."""
+
+    anonymous_id: str
+    user_id: str
+    event_time: int
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """The anonymous id's state merged into ``user_id``: drop it and leave an alias."""
+
+    anonymous_id: str
+    user_id: str
+    event_time: int
+
+
+UserInput = Event | Forget
+Routed = tuple[str, UserInput]
+
+
+def link_of(event: Event) -> Link | None:
+    """The link an event makes: an IDENTIFY with an anonymous id other than its user id."""
+    if (
+        event.event_type is EventType.IDENTIFY
+        and event.anonymous_id
+        and event.user_id
+        and event.anonymous_id != event.user_id
+    ):
+        return Link(event.anonymous_id, event.user_id, event.event_time)
+    return None
+
+
+@dataclass(slots=True)
+class IdentityState:
+    """What one anonymous id remembers: its user once linked, else its recent events."""
+
+    user_id: str | None = None
+    buffer: list[Event] = field(default_factory=list)
+    dropped: int = 0  # anonymous events no longer in the buffer (cap reached)
+
+
+def identity_step(
+    state: IdentityState | None, item: Event | Link
+) -> tuple[IdentityState, list[Routed]]:
+    """Route an anonymous-only event, or apply a link; returns ``(user key, input)`` pairs."""
+    st = state or IdentityState()
+    if isinstance(item, Link):
+        if st.user_id is None:
+            out: list[Routed] = [
+                (item.anonymous_id, Forget(item.anonymous_id, item.user_id, item.event_time))
+            ]
+            out.extend((item.user_id, e) for e in st.buffer)
+            st.buffer = []
+            st.user_id = item.user_id
+            return st, out
+        st.user_id = item.user_id
+        return st, []
+    if st.user_id is not None:
+        return st, [(st.user_id, item)]
+    if len(st.buffer) >= MAX_ANONYMOUS_BUFFER:
+        del st.buffer[0]
+        st.dropped += 1
+    st.buffer.append(item)
+    return st, [(item.anonymous_id or "", item)]
+
+
+class IdentityLogic(StatefulBatchLogic[Event | Link, Routed, bytes]):
+    """Bytewax wrapper of :func:`identity_step`; the state goes after ``ttl`` idle."""
+
+    def __init__(self, resume: bytes | None, ttl: timedelta) -> None:
+        self.state: IdentityState | None = pickle.loads(resume) if resume is not None else None
+        self.ttl = ttl
+        self.idle_since = datetime.now(UTC)
+
+    def on_batch(self, values: list[Event | Link]) -> tuple[Iterable[Routed], bool]:
+        out: list[Routed] = []
+        for item in values:
+            self.state, routed = identity_step(self.state, item)
+            out.extend(routed)
+        self.idle_since = datetime.now(UTC)
+        return out, StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[Iterable[Routed], bool]:
+        return [], datetime.now(UTC) >= self.idle_since + self.ttl
+
+    def notify_at(self) -> datetime | None:
+        return self.idle_since + self.ttl
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self.state or IdentityState(), protocol=pickle.HIGHEST_PROTOCOL)

@@ -1,0 +1,337 @@
+"""Event sources: Kafka, an Avro container file, or the generator; decoded, with a watermark.
+
+The first stage of the flow. Every source yields the same thing, an
+:class:`~operators.events.Event` or a :class:`~operators.events.DeadLetter`,
+in batches, and each is a Bytewax ``FixedPartitionedSource`` whose partition
+state (position + watermark) is snapshotted for recovery.
+
+Decoding happens here, in the source partition, on the batch just read: no
+extra step, no per-message wrapper objects, and the original bytes are at hand
+for dead letters.
+
+Lateness is decided here too, per source partition: the partition's watermark
+is the largest event time it has yielded; an event more than
+``allowed_lateness_ms`` behind it is dead-lettered with class ``LATE``. A Kafka
+partition's order is fixed, so the decision is the same whatever the number of
+workers, their speed or a restart (the watermark is part of the snapshot).
+Events within the allowed lateness pass and are placed in order downstream.
+
+Kafka's own errors (other than end-of-partition) become ``SOURCE_ERROR`` dead
+letters; none is dropped.
+
+>>> from operators.events import Event, EventType, Search
+>>> wm = Watermark(allowed_lateness_ms=60_000)
+>>> e = lambda i, t: Event(f"e{i}", EventType.SEARCH, t, Search("q"), user_id="u")
+>>> wm.admit(e(1, 1_767_571_200_000)) is None
+True
+>>> print(wm.admit(e(2, 1_767_571_100_000)))
+late: event time 1767571100000 is 100000 ms behind this partition's watermark \
+1767571200000 (allowed lateness 60000 ms)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import KafkaError as ConfluentKafkaError
+from confluent_kafka.admin import AdminClient
+
+from operators.codec import Codec, read_events_file
+from operators.events import DeadLetter, ErrorClass, Event, Source
+
+Item = Event | DeadLetter
+
+
+@dataclass(slots=True)
+class Watermark:
+    """The largest event time a partition has yielded, and the lateness it allows."""
+
+    allowed_lateness_ms: int
+    max_time: int = 0
+
+    def admit(self, event: Event) -> str | None:
+        """``None`` and advance if the event is in time, else the reason it is late."""
+        t = event.event_time
+        if t >= self.max_time:
+            self.max_time = t
+            return None
+        behind = self.max_time - t
+        if behind <= self.allowed_lateness_ms:
+            return None
+        return (
+            f"late: event time {t} is {behind} ms behind this partition's watermark "
+            f"{self.max_time} (allowed lateness {self.allowed_lateness_ms} ms)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionState:
+    """What a source partition resumes from: its position and its watermark."""
+
+    position: int
+    watermark: int
+
+
+def check_lateness(
+    item: Item, wm: Watermark, codec: Codec, original: Callable[[], bytes], source: Source
+) -> Item:
+    """Pass dead letters and in-time events; turn a late event into a ``LATE`` dead letter."""
+    if isinstance(item, DeadLetter):
+        return item
+    reason = wm.admit(item)
+    if reason is None:
+        return item
+    return codec.dead_letter(original(), ErrorClass.LATE, reason, source, item.event_id)
+
+
+# --- Kafka -----------------------------------------------------------------------------------
+
+
+class _KafkaPartition(StatefulSourcePartition[Item, PartitionState]):
+    def __init__(
+        self,
+        config: dict[str, Any],
+        topic: str,
+        partition: int,
+        *,
+        resume: PartitionState | None,
+        batch_size: int,
+        tail: bool,
+        codec: Codec,
+        wm: Watermark,
+    ) -> None:
+        self.offset = OFFSET_BEGINNING if resume is None else resume.position
+        if resume is not None:
+            wm.max_time = resume.watermark
+        self.consumer = Consumer(config)
+        self.consumer.assign([TopicPartition(topic, partition, self.offset)])
+        self.topic = topic
+        self.partition = partition
+        self.batch_size = batch_size
+        self.tail = tail
+        self.codec = codec
+        self.wm = wm
+        self.eof = False
+
+    def next_batch(self) -> list[Item]:
+        if self.eof:
+            raise StopIteration
+        msgs = self.consumer.consume(self.batch_size, 0.05)
+        out: list[Item] = []
+        codec = self.codec
+        wm = self.wm
+        for msg in msgs:
+            err = msg.error()
+            src = Source(self.topic, self.partition, msg.offset())
+            if err is not None:
+                if err.code() == ConfluentKafkaError._PARTITION_EOF:
+                    if not self.tail:
+                        self.eof = True
+                        break
+                    continue
+                out.append(
+                    codec.dead_letter(
+                        msg.value() or b"",
+                        ErrorClass.SOURCE_ERROR,
+                        f"Kafka consumer error on {self.topic}[{self.partition}]: {err.str()}",
+                        src,
+                    )
+                )
+                continue
+            value: bytes = msg.value() or b""
+            decoded = codec.decode_event(value, src)
+            if isinstance(decoded, Event):
+                reason = wm.admit(decoded)
+                if reason is not None:
+                    decoded = codec.dead_letter(
+                        value, ErrorClass.LATE, reason, src, decoded.event_id
+                    )
+            out.append(decoded)
+            self.offset = (msg.offset() or 0) + 1
+        return out
+
+    def snapshot(self) -> PartitionState:
+        return PartitionState(self.offset, self.wm.max_time)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class KafkaEventSource(FixedPartitionedSource[Item, PartitionState]):
+    """User events from a Kafka topic, one Bytewax partition per Kafka partition.
+
+    ``tail=False`` stops at the end of every partition (replays, tests, benches).
+    Offsets live in Bytewax's recovery snapshots, not in a consumer group.
+    """
+
+    def __init__(
+        self,
+        brokers: str,
+        topic: str,
+        *,
+        allowed_lateness_ms: int,
+        config: dict[str, Any] | None = None,
+        tail: bool = True,
+        batch_size: int = 1000,
+        codec_factory: Callable[[], Codec] = Codec,
+    ) -> None:
+        self.brokers = brokers
+        self.topic = topic
+        self.allowed_lateness_ms = allowed_lateness_ms
+        self.extra = dict(config or {})
+        self.tail = tail
+        self.batch_size = batch_size
+        self.codec_factory = codec_factory
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "bootstrap.servers": self.brokers,
+            "group.id": "attune-unused",  # assign() only: no group coordination
+            "enable.auto.commit": False,
+            "enable.partition.eof": not self.tail,
+            **self.extra,
+        }
+
+    def list_parts(self) -> list[str]:
+        admin = AdminClient({k: v for k, v in self._config().items() if k not in _CONSUMER_ONLY})
+        meta = admin.list_topics(self.topic, timeout=30)
+        topic = meta.topics.get(self.topic)
+        if topic is None or topic.error is not None:
+            raise RuntimeError(
+                f"Kafka topic {self.topic!r} at {self.brokers} is not readable "
+                f"({topic.error if topic else 'missing'}); create it with `attune topics create`"
+            )
+        return [str(p) for p in sorted(topic.partitions)]
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: PartitionState | None
+    ) -> _KafkaPartition:
+        return _KafkaPartition(
+            self._config(),
+            self.topic,
+            int(for_part),
+            resume=resume_state,
+            batch_size=self.batch_size,
+            tail=self.tail,
+            codec=self.codec_factory(),
+            wm=Watermark(self.allowed_lateness_ms),
+        )
+
+
+_CONSUMER_ONLY = frozenset({"group.id", "enable.auto.commit", "enable.partition.eof"})
+
+
+# --- file and generator ----------------------------------------------------------------------
+
+
+class _IteratorPartition(StatefulSourcePartition[Item, PartitionState]):
+    """A single partition over a deterministic iterator; resumes by skipping ``position``."""
+
+    def __init__(
+        self,
+        items: Iterator[tuple[Item, Callable[[], bytes], Source]],
+        resume: PartitionState | None,
+        batch_size: int,
+        codec: Codec,
+        wm: Watermark,
+    ) -> None:
+        self.items = items
+        self.position = 0
+        self.batch_size = batch_size
+        self.codec = codec
+        self.wm = wm
+        if resume is not None:
+            for _ in range(resume.position):
+                next(self.items, None)
+            self.position = resume.position
+            wm.max_time = resume.watermark
+
+    def next_batch(self) -> list[Item]:
+        out: list[Item] = []
+        for item, original, src in self.items:
+            out.append(check_lateness(item, self.wm, self.codec, original, src))
+            if len(out) >= self.batch_size:
+                break
+        if not out:
+            raise StopIteration
+        self.position += len(out)
+        return out
+
+    def snapshot(self) -> PartitionState:
+        return PartitionState(self.position, self.wm.max_time)
+
+
+class FileEventSource(FixedPartitionedSource[Item, PartitionState]):
+    """Replay an Avro object container file of events (one partition, file order)."""
+
+    def __init__(self, path: Path | str, *, allowed_lateness_ms: int, batch_size: int = 1000):
+        self.path = Path(path)
+        self.allowed_lateness_ms = allowed_lateness_ms
+        self.batch_size = batch_size
+
+    def list_parts(self) -> list[str]:
+        return [str(self.path)]
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: PartitionState | None
+    ) -> _IteratorPartition:
+        codec = Codec()
+
+        def items() -> Iterator[tuple[Item, Callable[[], bytes], Source]]:
+            src_name = str(self.path)
+            for index, value in read_events_file(self.path, codec):
+                src = Source(src_name, None, index)
+                yield value, _encoder(codec, value), src
+
+        return _IteratorPartition(
+            items(), resume_state, self.batch_size, codec, Watermark(self.allowed_lateness_ms)
+        )
+
+
+class EventListSource(FixedPartitionedSource[Item, PartitionState]):
+    """Events from a deterministic, re-creatable sequence (the generator), one partition.
+
+    ``make_events`` is called once per (re)start; on resume the first
+    ``position`` events are skipped, so it must yield the same sequence again.
+    """
+
+    def __init__(
+        self,
+        make_events: Callable[[], Iterator[Event]],
+        *,
+        allowed_lateness_ms: int,
+        name: str = "generator",
+        batch_size: int = 1000,
+    ) -> None:
+        self.make_events = make_events
+        self.allowed_lateness_ms = allowed_lateness_ms
+        self.name = name
+        self.batch_size = batch_size
+
+    def list_parts(self) -> list[str]:
+        return [self.name]
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: PartitionState | None
+    ) -> _IteratorPartition:
+        codec = Codec()
+
+        def items() -> Iterator[tuple[Item, Callable[[], bytes], Source]]:
+            for index, event in enumerate(self.make_events()):
+                yield event, _encoder(codec, event), Source(self.name, None, index)
+
+        return _IteratorPartition(
+            items(), resume_state, self.batch_size, codec, Watermark(self.allowed_lateness_ms)
+        )
+
+
+def _encoder(codec: Codec, value: Item) -> Callable[[], bytes]:
+    """The bytes a late event's dead letter keeps: re-encoded (only built when late)."""
+    if isinstance(value, DeadLetter):
+        return lambda: value.original
+    return lambda: codec.encode_event(value)

@@ -1,0 +1,423 @@
+"""The Redis and Kafka sinks against the real servers of deploy/local.
+
+Redis: what a batch leaves (values, a TTL on every key), replays leave Redis
+byte-identical, forgetting a user leaves nothing of it, errors raise.
+Kafka: every message is delivered and read back exactly once; a message the
+broker refuses (a topic that does not exist, a message too large) raises
+:class:`~operators.kafka_sink.DeliveryError` with the count and the reason,
+also out of a running dataflow.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import bytewax.operators as op
+import pytest
+import redis
+from bytewax.dataflow import Dataflow
+from bytewax.outputs import DynamicSink
+from bytewax.testing import TestingSource, run_main
+from kafka import KafkaConsumer
+
+from operators.codec import Codec
+from operators.events import SegmentChange
+from operators.features import PROFILE_FIELDS
+from operators.kafka_sink import CheckedKafkaSink, DeliveryError, KafkaOut, to_kafka
+from operators.redis_keys import RedisKeys
+from operators.redis_sink import (
+    AliasWrite,
+    ForgetUser,
+    JsonWrite,
+    ProfileWrite,
+    RedisConfig,
+    RedisOp,
+    RedisSink,
+    RedisSinkError,
+    SegmentsWrite,
+)
+
+KEYS = RedisKeys()
+TTL_S = 3600
+WAIT_S = 30.0
+
+
+def run_flow(items: Iterable[Any], sink: DynamicSink[Any], batch_size: int = 50) -> None:
+    flow = Dataflow("sink_test")
+    stream = op.input("in", flow, TestingSource(list(items), batch_size=batch_size))
+    op.output("out", stream, sink)
+    run_main(flow)
+
+
+def profile(user: str, events: int, device: str | None = "mobile") -> ProfileWrite:
+    return ProfileWrite.from_features(
+        user,
+        {
+            "events": events,
+            "page_views": events // 2,
+            "first_seen_ms": 1_700_000_000_000,
+            "last_seen_ms": 1_700_000_000_000 + events,
+            "top_category_7d": "shoes/running",
+            "device_top": device,
+        },
+    )
+
+
+def all_keys(client: redis.Redis) -> list[bytes]:
+    return sorted(client.scan_iter(count=1000))
+
+
+def snapshot(client: redis.Redis) -> dict[bytes, Any]:
+    """Every key: its type and content; hashes and strings also as DUMP bytes."""
+    out: dict[bytes, Any] = {}
+    for key in all_keys(client):
+        kind = client.type(key)
+        if kind == b"hash":
+            out[key] = (kind, list(client.hgetall(key).items()), client.dump(key))
+        elif kind == b"set":
+            out[key] = (kind, sorted(client.smembers(key)))
+        elif kind == b"string":
+            out[key] = (kind, client.get(key), client.dump(key))
+        else:
+            raise AssertionError(f"unexpected type {kind!r} of {key!r}")
+    return out
+
+
+@pytest.fixture
+def redis_config(redis_url: str) -> RedisConfig:
+    return RedisConfig(redis_url, ttl_s=TTL_S)
+
+
+# --- Redis ------------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_dataflow_writes_profiles_segments_aliases_each_with_a_ttl(
+    redis_client: redis.Redis, redis_config: RedisConfig
+) -> None:
+    ops: list[RedisOp] = []
+    for i in range(200):
+        user = f"user-{i}"
+        ops.append(profile(user, events=1))
+        ops.append(SegmentsWrite(user, entered=("browsers",)))
+        ops.append(profile(user, events=2 + i))
+        if i % 3 == 0:
+            ops.append(SegmentsWrite(user, entered=("vip",), exited=("browsers",)))
+    ops.append(ForgetUser("anon-1"))
+    ops.append(AliasWrite("anon-1", "user-1"))
+    ops.append(JsonWrite(KEYS.model("kmeans"), b'{"k":4}'))
+
+    run_flow(ops, RedisSink(redis_config), batch_size=64)
+
+    assert redis_client.hgetall(KEYS.profile("user-7")) == {
+        **{name.encode(): b"" for name in PROFILE_FIELDS},
+        b"events": b"9",
+        b"page_views": b"4",
+        b"first_seen_ms": b"1700000000000",
+        b"last_seen_ms": b"1700000000009",
+        b"top_category_7d": b"shoes/running",
+        b"device_top": b"mobile",
+    }
+    assert redis_client.smembers(KEYS.segments("user-3")) == {b"vip"}
+    assert redis_client.smembers(KEYS.segments("user-4")) == {b"browsers"}
+    vip = {f"user-{i}".encode() for i in range(0, 200, 3)}
+    assert redis_client.smembers(KEYS.audience("vip")) == vip
+    browsers = {f"user-{i}".encode() for i in range(200) if i % 3}
+    assert redis_client.smembers(KEYS.audience("browsers")) == browsers
+    assert redis_client.get(KEYS.alias("anon-1")) == b"user-1"
+    assert redis_client.get(KEYS.model("kmeans")) == b'{"k":4}'
+
+    keys = all_keys(redis_client)
+    assert len(keys) == 200 * 2 + 2 + 1 + 1  # profiles, segments, audiences, alias, model
+    for key in keys:
+        ttl = redis_client.ttl(key)
+        if key == KEYS.model("kmeans").encode():
+            assert ttl == -1  # shared model parameters: kept until replaced
+        else:
+            assert 0 < ttl <= TTL_S, key
+
+
+@pytest.mark.integration
+def test_replaying_batches_leaves_redis_byte_identical(
+    redis_client: redis.Redis, redis_config: RedisConfig
+) -> None:
+    first: list[RedisOp] = [
+        *(profile(f"u{i}", events=i) for i in range(50)),
+        *(SegmentsWrite(f"u{i}", entered=("vip", "loyal")) for i in range(0, 50, 2)),
+        AliasWrite("anon-9", "u9"),
+    ]
+    second: list[RedisOp] = [
+        *(profile(f"u{i}", events=100 + i, device=None) for i in range(0, 50, 5)),
+        *(SegmentsWrite(f"u{i}", exited=("vip",), entered=("new",)) for i in range(0, 50, 4)),
+        ForgetUser("u48", audiences=("loyal", "new")),
+        JsonWrite(KEYS.model("persona"), b'{"0":"bargain hunters"}', ttl_s=TTL_S),
+    ]
+    part = RedisSink(redis_config).build("redis", 0, 1)
+    try:
+        part.write_batch(first)
+        part.write_batch(second)
+        before = snapshot(redis_client)
+        # Recovery resumes from a snapshot taken before both: they run again.
+        part.write_batch(first)
+        part.write_batch(second)
+        after = snapshot(redis_client)
+    finally:
+        part.close()
+
+    assert after == before
+    # 49 profiles and 24 segment sets (u48 forgotten), an alias, 3 audiences, a model key.
+    assert len(before) == 49 + 24 + 1 + 3 + 1
+
+
+@pytest.mark.integration
+def test_forget_user_removes_every_key_and_audience_membership(
+    redis_client: redis.Redis, redis_config: RedisConfig
+) -> None:
+    awkward = "Zoë}{:x"
+    part = RedisSink(redis_config).build("redis", 0, 1)
+    try:
+        for user in (awkward, "other"):
+            part.write_batch(
+                [
+                    profile(user, events=5),
+                    SegmentsWrite(user, entered=("vip", "loyal")),
+                    AliasWrite(user, "someone"),
+                ]
+            )
+            redis_client.set(KEYS.recs(user), b"[]", ex=TTL_S)  # written by the ranking step
+        assert len(all_keys(redis_client)) == 2 * 4 + 2
+
+        part.write_batch([ForgetUser(awkward, audiences=("vip", "loyal"))])
+    finally:
+        part.close()
+
+    left = all_keys(redis_client)
+    assert not set(KEYS.user_keys(awkward)) & {k.decode() for k in left}
+    assert sorted(left) == sorted(
+        [k.encode() for k in KEYS.user_keys("other")]
+        + [KEYS.audience("vip").encode(), KEYS.audience("loyal").encode()]
+    )
+    for segment in ("vip", "loyal"):
+        assert redis_client.smembers(KEYS.audience(segment)) == {b"other"}
+
+
+@pytest.mark.integration
+def test_a_refused_command_fails_the_batch_loudly(
+    redis_client: redis.Redis, redis_config: RedisConfig
+) -> None:
+    redis_client.set(KEYS.profile("u1"), b"not a hash")
+    part = RedisSink(redis_config).build("redis", 0, 1)
+    try:
+        with pytest.raises(RedisSinkError, match=r"refused 1 of 4 commands.*HSET.*WRONGTYPE"):
+            part.write_batch([profile("u1", events=1), profile("u2", events=1)])
+        # Every reply of the failed batch was read: the next batch sees its own.
+        redis_client.delete(KEYS.profile("u1"))
+        part.write_batch([profile("u1", events=2)])
+    finally:
+        part.close()
+    assert redis_client.hget(KEYS.profile("u1"), "events") == b"2"
+
+
+@pytest.mark.integration
+def test_a_connection_closed_by_the_server_is_replaced(
+    redis_client: redis.Redis, redis_config: RedisConfig
+) -> None:
+    part = RedisSink(redis_config).build("redis", 0, 1)
+    try:
+        part.write_batch([profile("u1", events=1)])
+        assert redis_client.client_kill_filter(_type="normal", skipme=True) >= 1
+        part.write_batch([profile("u1", events=2)])
+    finally:
+        part.close()
+    assert redis_client.hget(KEYS.profile("u1"), "events") == b"2"
+
+
+@pytest.mark.integration
+def test_unreachable_redis_fails_at_build_naming_where(redis_url: str) -> None:
+    closed_port = "redis://127.0.0.1:1/0"
+    with pytest.raises(RedisSinkError, match=r"127\.0\.0\.1:1/0 is not reachable"):
+        RedisSink(RedisConfig(closed_port, socket_timeout_s=2.0)).build("redis", 0, 1)
+
+
+# --- Kafka ------------------------------------------------------------------------------------
+
+
+def read_back(bootstrap: str, topic: str, expected: int) -> list[tuple[bytes | None, bytes]]:
+    """Messages of ``topic`` from the start, until ``expected`` arrived or WAIT_S passed."""
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    got: list[tuple[bytes | None, bytes]] = []
+    deadline = time.monotonic() + WAIT_S
+    try:
+        while len(got) < expected and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                got += [(r.key, r.value) for r in records]
+        # Anything beyond `expected` would be a duplicate: one more short look.
+        for records in consumer.poll(timeout_ms=500).values():
+            got += [(r.key, r.value) for r in records]
+    finally:
+        consumer.close()
+    return got
+
+
+@pytest.mark.integration
+def test_dataflow_delivers_every_message_exactly(
+    kafka_bootstrap: str, fresh_topic: Callable[..., str]
+) -> None:
+    topic = fresh_topic(partitions=3)
+    codec = Codec()
+    changes = [
+        SegmentChange(
+            user_id=f"user-{i % 37}",
+            segment="vip",
+            change="ENTERED" if i % 2 else "EXITED",
+            source="RULE",
+            event_time=1_700_000_000_000 + i,
+            emit_time=1_700_000_000_000 + i,
+        )
+        for i in range(1000)
+    ]
+    outs = [to_kafka(change, codec, topic) for change in changes]
+
+    run_flow(outs, CheckedKafkaSink(kafka_bootstrap), batch_size=128)
+
+    got = read_back(kafka_bootstrap, topic, len(outs))
+    assert Counter(got) == Counter((o.key, o.value) for o in outs)
+    decoded = [codec.decode_segment_change(value) for _, value in got]
+    assert all(isinstance(change, SegmentChange) for change in decoded)
+    assert sorted(decoded, key=lambda c: getattr(c, "event_time", 0)) == changes
+
+
+@pytest.mark.integration
+def test_missing_topic_raises_delivery_error_with_count_and_reason(kafka_bootstrap: str) -> None:
+    missing = f"test.missing.{uuid.uuid4().hex[:12]}"  # the broker does not auto-create topics
+    sink = CheckedKafkaSink(kafka_bootstrap, config={"message.timeout.ms": 3000})
+    part = sink.build("kafka", 0, 1)
+    started = time.monotonic()
+    with pytest.raises(DeliveryError) as raised:
+        part.write_batch([KafkaOut(missing, b"u1", b"v%d" % i) for i in range(5)])
+    message = str(raised.value)
+    assert "batch of 5 messages: 5 failed" in message
+    assert missing in message
+    assert "Unknown topic or partition" in message, message
+    assert time.monotonic() - started < WAIT_S
+
+
+@pytest.mark.integration
+def test_too_large_message_raises_delivery_error(
+    kafka_bootstrap: str, fresh_topic: Callable[..., str]
+) -> None:
+    topic = fresh_topic(partitions=1)
+    big = KafkaOut(topic, b"u1", b"x" * 2_000_000)
+    small = [KafkaOut(topic, b"u1", b"small %d" % i) for i in range(3)]
+
+    # Refused by the producer itself (its message.max.bytes is 1 MB by default)...
+    part = CheckedKafkaSink(kafka_bootstrap).build("kafka", 0, 1)
+    with pytest.raises(DeliveryError, match=f"1 failed .*too large.* on topic {topic}"):
+        part.write_batch([small[0], big, small[1]])
+    # ... or, with a larger producer limit, by the broker (message.max.bytes ~1 MB).
+    lenient = CheckedKafkaSink(kafka_bootstrap, config={"message.max.bytes": 10_000_000})
+    part = lenient.build("kafka", 0, 1)
+    with pytest.raises(DeliveryError, match=f"1 failed .*too large.* on topic {topic}"):
+        part.write_batch([big, small[2]])
+
+    # The small ones went through.
+    assert Counter(read_back(kafka_bootstrap, topic, 3)) == Counter((o.key, o.value) for o in small)
+
+
+@pytest.mark.integration
+def test_delivery_failure_stops_the_dataflow(kafka_bootstrap: str) -> None:
+    missing = f"test.missing.{uuid.uuid4().hex[:12]}"
+    outs = [KafkaOut(missing, None, b"v%d" % i) for i in range(10)]
+    sink = CheckedKafkaSink(kafka_bootstrap, config={"message.timeout.ms": 2000})
+    with pytest.raises(Exception, match="error writing output batch") as raised:
+        run_flow(outs, sink, batch_size=10)
+    cause = raised.value.__cause__
+    assert isinstance(cause, DeliveryError)
+    assert "batch of 10 messages: 10 failed" in str(cause)
+
+
+# --- Kafka sink without a broker: configuration and local failures ----------------------------
+
+NO_BROKER = "127.0.0.1:1"  # nothing listens on port 1
+
+
+def test_security_options_are_translated_from_client_options() -> None:
+    from flows.settings import Settings
+    from flows.topics import client_options
+
+    settings = Settings(
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="SCRAM-SHA-256",
+        kafka_sasl_username="attune",
+        kafka_sasl_password="pw",
+        kafka_ssl_cafile="/etc/ca.pem",
+    )
+    sink = CheckedKafkaSink(NO_BROKER, security=client_options(settings))
+    config = sink.producer_config("out", 3)
+    assert {k: config[k] for k in sink.security} == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-256",
+        "sasl.username": "attune",
+        "sasl.password": "pw",
+        "ssl.ca.location": "/etc/ca.pem",
+    }
+    assert config["acks"] == "all" and config["enable.idempotence"] is True
+    assert config["client.id"] == "attune-out-3"
+    assert CheckedKafkaSink(NO_BROKER, security=client_options(Settings())).security == {}
+
+
+def test_unknown_security_option_and_weakened_guarantees_are_refused() -> None:
+    with pytest.raises(ValueError, match="ssl_certfile"):
+        CheckedKafkaSink(NO_BROKER, security={"ssl_certfile": "/x.pem"})
+    with pytest.raises(ValueError, match="weaken"):
+        CheckedKafkaSink(NO_BROKER, config={"acks": 1})
+    with pytest.raises(ValueError, match="weaken"):
+        CheckedKafkaSink(NO_BROKER, config={"enable.idempotence": "false"})
+    CheckedKafkaSink(NO_BROKER, config={"acks": -1, "linger.ms": 20})  # same guarantees
+    with pytest.raises(ValueError, match="ATTUNE_KAFKA_BOOTSTRAP"):
+        CheckedKafkaSink("")
+
+
+def test_outputs_are_keyed_by_user_and_dead_letters_have_no_key() -> None:
+    from operators.events import DeadLetter, ErrorClass
+
+    codec = Codec()
+    change = SegmentChange("u7", "vip", "ENTERED", "RULE", 1_700_000_000_000, 1_700_000_000_001)
+    letter = DeadLetter(b"\x00", ErrorClass.TRUNCATED, "empty", 1_700_000_000_000, "attune.events")
+    assert to_kafka(change, codec, "attune.segments") == KafkaOut(
+        "attune.segments", b"u7", codec.encode_output(change)
+    )
+    assert to_kafka(letter, codec, "attune.dlq").key is None
+
+
+def test_message_larger_than_the_producer_accepts_fails_without_a_broker() -> None:
+    part = CheckedKafkaSink(NO_BROKER).build("kafka", 0, 1)
+    with pytest.raises(DeliveryError, match=r"1 failed .*too large.* on topic t"):
+        part.write_batch([KafkaOut("t", None, b"x" * 2_000_000)])
+
+
+def test_unconfirmed_messages_fail_the_batch_after_the_flush_bound() -> None:
+    part = CheckedKafkaSink(NO_BROKER, flush_timeout_s=0.5).build("kafka", 0, 1)
+    started = time.monotonic()
+    with pytest.raises(DeliveryError, match=r"3 still undelivered after waiting 0\.5s"):
+        part.write_batch([KafkaOut("t", b"k", b"v")] * 3)
+    assert time.monotonic() - started < 5
+
+
+def test_a_full_local_queue_fails_the_batch_after_the_bound() -> None:
+    sink = CheckedKafkaSink(
+        NO_BROKER, config={"queue.buffering.max.messages": 10}, flush_timeout_s=0.5
+    )
+    part = sink.build("kafka", 0, 1)
+    with pytest.raises(DeliveryError, match=r"local queue stayed full for 0\.5s"):
+        part.write_batch([KafkaOut("t", b"k", b"v")] * 20)

@@ -1,0 +1,115 @@
+"""The personalization dataflow, run with Bytewax in process against the generator's truth."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+
+from bytewax.testing import cluster_main, run_main
+
+from flows.embedded import LocalStore, LocalStoreSink
+from flows.personalize import Sinks, build_flow
+from flows.settings import Settings
+from operators.codec import EVENT, write_container
+from operators.events import Event, event_to_record
+from operators.generator import Generated, GeneratorConfig, GroundTruth, generate
+from operators.sources import EventListSource, FileEventSource
+
+COUNTERS = (
+    "events",
+    "page_views",
+    "product_views",
+    "searches",
+    "add_to_carts",
+    "purchases",
+    "revenue_minor",
+    "sessions",
+    "first_seen_ms",
+    "last_seen_ms",
+)
+SETTINGS = Settings.from_env().replace(kafka_bootstrap="", redis_url="")
+
+
+@cache
+def generated() -> tuple[tuple[Event, ...], Generated]:
+    g = generate(GeneratorConfig(users=300, days=5, seed=3))
+    return tuple(g.events), g
+
+
+def run_flow(workers: int = 1) -> LocalStore:
+    events, g = generated()
+
+    def make() -> Iterator[Event]:
+        return iter(events)
+
+    store = LocalStore()
+    sink = LocalStoreSink(store)
+    source = EventListSource(make, allowed_lateness_ms=SETTINGS.allowed_lateness_s * 1000)
+    flow = build_flow(SETTINGS, source=source, sinks=Sinks(sink, sink, sink), items=g.items)
+    if workers == 1:
+        run_main(flow)
+    else:
+        cluster_main(flow, [], 0, worker_count_per_proc=workers)
+    return store
+
+
+def assert_profiles_match_truth(store: LocalStore, truth: GroundTruth) -> None:
+    exact = truth.exact_users()
+    assert len(exact) > 200
+    mismatched = {}
+    for user in exact:
+        profile = store.profiles.get(user)
+        assert profile is not None, f"no profile for {user}"
+        t = truth.users[user]
+        diff = {
+            c: (profile[c], getattr(t, c)) for c in COUNTERS if int(profile[c]) != getattr(t, c)
+        }
+        if diff:
+            mismatched[user] = diff
+    assert mismatched == {}
+
+
+def test_profiles_equal_the_ground_truth_exactly() -> None:
+    _, g = generated()
+    store = run_flow()
+    assert_profiles_match_truth(store, g.truth)
+    # too-late events are dead-lettered (class LATE), every one and nothing else
+    assert dict(store.dead_letters) == {"LATE": len(g.truth.too_late_event_ids)}
+    # anonymous ids that identified are merged, and no profile is left under them
+    identified = [u for u in g.truth.users.values() if u.identity == "identified"]
+    assert identified
+    for u in identified:
+        for anon in u.anonymous_ids:
+            assert store.aliases.get(anon) == u.user
+            assert anon not in store.profiles
+
+
+def test_two_workers_give_the_same_results_as_one() -> None:
+    one = run_flow(1)
+    two = run_flow(2)
+    assert two.profiles == one.profiles
+    assert two.segments == one.segments
+    assert two.audiences == one.audiences
+    assert two.aliases == one.aliases
+    assert two.dead_letters == one.dead_letters
+
+
+def test_a_corrupt_file_gives_dead_letters_and_the_flow_goes_on(tmp_path: Path) -> None:
+    events, g = generated()
+    path = tmp_path / "events.avro"
+    with path.open("wb") as fh:
+        write_container(fh, EVENT, (event_to_record(e) for e in events[:3000]), b"k" * 16, "null")
+    raw = bytearray(path.read_bytes())
+    target = events[1000].event_id.encode()
+    at = raw.index(target) + len(target)
+    raw[at] = 0x7E  # the EventType enum index of record 1000: out of range
+    path.write_bytes(bytes(raw))
+
+    store = LocalStore()
+    sink = LocalStoreSink(store)
+    source = FileEventSource(path, allowed_lateness_ms=SETTINGS.allowed_lateness_s * 1000)
+    run_main(build_flow(SETTINGS, source=source, sinks=Sinks(sink, sink, sink), items=g.items))
+    assert store.dead_letters["INVALID_ENUM"] == 1
+    assert any("record 1000" in r for r in store.dead_examples)
+    assert store.events_applied() > 2000  # records before and after the broken block

@@ -1,0 +1,47 @@
+"""README.md stays true: its test command is what CI runs, its settings table is generated."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from flows.settings import Settings, env_name, reference_markdown
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bash_blocks(text: str) -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+
+
+def test_readme_opens_with_the_two_commands_and_ci_runs_the_second() -> None:
+    readme = (ROOT / "README.md").read_text()
+    run_job, run_tests = (block.strip() for block in _bash_blocks(readme)[:2])
+    assert "attune" in run_job
+    assert "pytest" in run_tests
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert run_tests in ci_lines
+
+
+def test_configuration_reference_is_generated_from_settings() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("<!-- config-reference:start -->\n")[1].split(
+        "<!-- config-reference:end -->"
+    )[0]
+    assert table == reference_markdown()
+
+
+def test_settings_read_the_environment_and_mask_secrets() -> None:
+    s = Settings.from_env(
+        {env_name("redis_password"): "hunter2", "ATTUNE_REDIS_TTL_S": "60", "OTHER": "x"}
+    )
+    assert s.redis_ttl_s == 60
+    assert s.masked()["redis_password"] == "***"
+    assert "hunter2" not in repr(s)
+
+
+def test_bad_setting_names_the_variable() -> None:
+    with pytest.raises(ValueError, match="ATTUNE_PARTITIONS='three' is not an integer"):
+        Settings.from_env({"ATTUNE_PARTITIONS": "three"})

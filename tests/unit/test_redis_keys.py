@@ -1,0 +1,172 @@
+"""Redis key names: shapes, prefix, and one hash slot for all keys of a user.
+
+The slot function is written here from the Redis Cluster specification
+(CRC16-XMODEM of the hash tag, modulo 16384) rather than taken from the code
+under test, and checked against the spec's test vector and redis-py's own.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from operators.redis_keys import USER_KEY_KINDS, RedisKeys, escape_tag
+
+SLOTS = 16384
+
+
+def crc16_xmodem(data: bytes) -> int:
+    """CRC16-CCITT (XMODEM): polynomial 0x1021, initial value 0, no reflection."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def hash_tag(key: bytes) -> bytes:
+    """What Redis Cluster hashes: the text between the first '{' and the next '}', if non-empty."""
+    start = key.find(b"{")
+    if start != -1:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
+
+
+def key_slot(key: str) -> int:
+    return crc16_xmodem(hash_tag(key.encode())) % SLOTS
+
+
+AWKWARD_IDS = [
+    "u1",
+    "",
+    "{",
+    "}",
+    "{}",
+    "}{",
+    "a}b",
+    "a{b}c",
+    "x:y:z",
+    "50%",
+    "%7D",
+    "%25}",
+    "user:{u:other}",
+    "Zoë-🛒-用户",
+    " spaced id ",
+    "a" * 300,
+]
+
+
+def test_crc16_test_vector_of_the_cluster_spec() -> None:
+    assert crc16_xmodem(b"123456789") == 0x31C3
+
+
+def test_slot_function_agrees_with_redis_py() -> None:
+    crc = pytest.importorskip("redis.crc")
+    for key in ["attune:{u:u1}:profile", "plain", "a{}b", "{a}{b}", "{{x}}", "x{y"]:
+        assert key_slot(key) == crc.key_slot(key.encode()), key
+
+
+def test_key_shapes_with_default_prefix() -> None:
+    keys = RedisKeys()
+    assert keys.profile("u1") == "attune:{u:u1}:profile"
+    assert keys.segments("u1") == "attune:{u:u1}:segments"
+    assert keys.recs("u1") == "attune:{u:u1}:recs"
+    assert keys.alias("anon-7") == "attune:{u:anon-7}:alias"
+    assert keys.audience("big_spenders") == "attune:segment:big_spenders"
+    assert keys.trending("category:shoes") == "attune:trending:category:shoes"
+    assert keys.model("kmeans") == "attune:model:kmeans"
+    assert keys.user_keys("u1") == [
+        "attune:{u:u1}:profile",
+        "attune:{u:u1}:segments",
+        "attune:{u:u1}:recs",
+        "attune:{u:u1}:alias",
+    ]
+
+
+def test_prefix_is_applied_to_every_key() -> None:
+    keys = RedisKeys("shop7:")
+    built = [
+        *keys.user_keys("u1"),
+        keys.audience("s"),
+        keys.trending("global"),
+        keys.model("m"),
+    ]
+    assert all(key.startswith("shop7:") for key in built)
+    assert keys.profile("u1") == "shop7:{u:u1}:profile"
+
+
+@pytest.mark.parametrize("prefix", ["a{b:", "x}:", "{"])
+def test_prefix_with_braces_is_refused(prefix: str) -> None:
+    with pytest.raises(ValueError, match="hash tag"):
+        RedisKeys(prefix)
+
+
+def test_user_keys_lists_every_per_user_key() -> None:
+    keys = RedisKeys()
+    assert keys.user_keys("u1") == [
+        keys.profile("u1"),
+        keys.segments("u1"),
+        keys.recs("u1"),
+        keys.alias("u1"),
+    ]
+    assert len(USER_KEY_KINDS) == len(keys.user_keys("u1"))
+
+
+@pytest.mark.parametrize("user", AWKWARD_IDS)
+def test_all_keys_of_a_user_share_one_slot_and_the_tag_is_the_whole_id(user: str) -> None:
+    keys = RedisKeys()
+    user_keys = keys.user_keys(user)
+    assert {key_slot(key) for key in user_keys} == {key_slot(keys.profile(user))}
+    # The tag covers the whole (escaped) id, not a prefix of it cut at a '}'.
+    for key in user_keys:
+        assert hash_tag(key.encode()) == f"u:{escape_tag(user)}".encode()
+
+
+def test_ids_that_differ_after_a_brace_do_not_share_a_tag() -> None:
+    keys = RedisKeys()
+    # Unescaped, "a}x" and "a}y" would both hash the tag "u:a" (one hot slot for
+    # every id starting "a}"); escaped, each id hashes on its own.
+    assert hash_tag(keys.profile("a}x").encode()) == b"u:a%7Dx"
+    assert hash_tag(keys.profile("a}y").encode()) == b"u:a%7Dy"
+
+
+def test_escaping_is_injective_on_awkward_ids() -> None:
+    keys = RedisKeys()
+    built = [key for user in AWKWARD_IDS for key in keys.user_keys(user)]
+    assert len(set(built)) == len(built)
+
+
+@given(st.text(), st.text())
+def test_distinct_ids_give_distinct_keys(a: str, b: str) -> None:
+    keys = RedisKeys()
+    if a != b:
+        assert set(keys.user_keys(a)).isdisjoint(keys.user_keys(b))
+    else:
+        assert keys.user_keys(a) == keys.user_keys(b)
+
+
+@given(st.text())
+def test_any_id_keeps_its_keys_in_one_slot(user: str) -> None:
+    keys = RedisKeys()
+    slots = {key_slot(key) for key in keys.user_keys(user)}
+    assert len(slots) == 1
+    assert hash_tag(keys.alias(user).encode()) == f"u:{escape_tag(user)}".encode()
+
+
+@given(st.text())
+def test_escape_round_trips(user: str) -> None:
+    escaped = escape_tag(user)
+    assert "}" not in escaped
+    assert escaped.replace("%7D", "}").replace("%25", "%") == user
+
+
+def test_user_keys_never_look_like_shared_keys() -> None:
+    keys = RedisKeys()
+    shared = {keys.audience("x"), keys.trending("x"), keys.model("x")}
+    for user in AWKWARD_IDS:
+        assert shared.isdisjoint(keys.user_keys(user))

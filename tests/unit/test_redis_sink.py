@@ -1,0 +1,390 @@
+"""Redis sink without Redis: what :func:`plan` coalesces a batch into.
+
+Besides examples of each coalescing rule, a property test runs random
+operation sequences two ways, op by op with plain semantics and through
+``plan`` in random batches on a small Redis model, and checks that they end in
+the same keys and values, with a TTL on every key the sink wrote.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import redis.connection
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from operators.features import PROFILE_FIELDS
+from operators.redis_keys import RedisKeys
+from operators.redis_sink import (
+    AliasWrite,
+    Command,
+    ForgetUser,
+    JsonWrite,
+    ProfileWrite,
+    RedisConfig,
+    RedisOp,
+    RespPacker,
+    SegmentsWrite,
+    encode_value,
+    plan,
+)
+
+KEYS = RedisKeys()
+TTL = 3600
+FIELDS = ("events", "device_top")
+
+
+def test_last_profile_of_a_user_wins_and_every_field_is_written() -> None:
+    commands = plan(
+        [
+            ProfileWrite("u1", {"events": "1", "device_top": "mobile"}),
+            ProfileWrite("u2", {"events": "7"}),
+            ProfileWrite("u1", {"events": "2"}),
+        ],
+        ttl_s=TTL,
+        profile_fields=FIELDS,
+    )
+    assert commands == [
+        ("HSET", "attune:{u:u1}:profile", "events", "2", "device_top", ""),
+        ("EXPIRE", "attune:{u:u1}:profile", TTL),
+        ("HSET", "attune:{u:u2}:profile", "events", "7", "device_top", ""),
+        ("EXPIRE", "attune:{u:u2}:profile", TTL),
+    ]
+
+
+def test_profile_writes_every_profile_field_by_default() -> None:
+    (hset, expire) = plan([ProfileWrite("u1", {"events": "3"})])
+    assert hset[2::2] == PROFILE_FIELDS
+    assert dict(zip(hset[2::2], hset[3::2], strict=True))["events"] == "3"
+    assert expire[0] == "EXPIRE"
+
+
+def test_unknown_profile_field_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"\['evnts'\]"):
+        plan([ProfileWrite("u1", {"evnts": "3"})], profile_fields=FIELDS)
+
+
+def test_profile_from_features_encodes_values() -> None:
+    features: dict[str, Any] = {"events": 12, "top_category_7d": None, "device_top": "mobile"}
+    write = ProfileWrite.from_features("u1", features)
+    assert list(write.fields) == list(PROFILE_FIELDS)
+    assert write.fields["events"] == "12"
+    assert write.fields["top_category_7d"] == ""
+    assert write.fields["last_purchase_ms"] == ""  # absent -> not known
+    assert write.fields["device_top"] == "mobile"
+
+
+@pytest.mark.parametrize(
+    ("value", "encoded"),
+    [
+        (None, ""),
+        (0, "0"),
+        (-5, "-5"),
+        (1_700_000_000_000, "1700000000000"),
+        (0.5, "0.5"),
+        (1 / 3, "0.333333"),
+        (0.1 + 0.2, "0.3"),
+        (12.0, "12.0"),
+        (float("inf"), "inf"),
+        ("x y", "x y"),
+        (False, "0"),
+    ],
+)
+def test_encode_value(value: Any, encoded: str) -> None:
+    assert encode_value(value) == encoded
+
+
+def test_segments_fold_in_order_per_user_and_group_per_audience() -> None:
+    commands = plan(
+        [
+            SegmentsWrite("u1", entered=("vip", "browsers")),
+            SegmentsWrite("u2", entered=("vip",)),
+            SegmentsWrite("u1", exited=("browsers",), entered=("loyal",)),
+            SegmentsWrite("u2", exited=("vip",)),
+            SegmentsWrite("u2", entered=("vip",), exited=("vip",)),  # entries before exits
+        ],
+        ttl_s=TTL,
+        audience_ttl_s=99,
+    )
+    assert commands == [
+        ("SADD", "attune:{u:u1}:segments", "vip", "loyal"),
+        ("SREM", "attune:{u:u1}:segments", "browsers"),
+        ("EXPIRE", "attune:{u:u1}:segments", TTL),
+        ("SREM", "attune:{u:u2}:segments", "vip"),
+        ("EXPIRE", "attune:{u:u2}:segments", TTL),
+        ("SADD", "attune:segment:vip", "u1"),
+        ("SREM", "attune:segment:vip", "u2"),
+        ("EXPIRE", "attune:segment:vip", 99),
+        ("SREM", "attune:segment:browsers", "u1"),
+        ("EXPIRE", "attune:segment:browsers", 99),
+        ("SADD", "attune:segment:loyal", "u1"),
+        ("EXPIRE", "attune:segment:loyal", 99),
+    ]
+
+
+def test_enter_then_exit_in_one_batch_is_a_removal() -> None:
+    commands = plan([SegmentsWrite("u1", entered=("vip",)), SegmentsWrite("u1", exited=("vip",))])
+    assert ("SREM", "attune:{u:u1}:segments", "vip") in commands
+    assert ("SREM", "attune:segment:vip", "u1") in commands
+    assert not [c for c in commands if c[0] == "SADD"]
+    assert commands == plan(
+        [SegmentsWrite("u1", entered=("vip",)), SegmentsWrite("u1", exited=("vip",))]
+    )
+
+
+def test_forget_drops_the_users_earlier_operations() -> None:
+    commands = plan(
+        [
+            ProfileWrite("anon", {"events": "1"}),
+            SegmentsWrite("anon", entered=("browsers",)),
+            AliasWrite("anon", "someone-else"),
+            ProfileWrite("u2", {"events": "4"}),
+            ForgetUser("anon", audiences=("window_shoppers",)),
+        ],
+        ttl_s=TTL,
+        profile_fields=FIELDS,
+    )
+    assert commands == [
+        ("DEL", *KEYS.user_keys("anon")),
+        ("HSET", "attune:{u:u2}:profile", "events", "4", "device_top", ""),
+        ("EXPIRE", "attune:{u:u2}:profile", TTL),
+        # The entry made earlier in the batch is undone, with the given audiences.
+        ("SREM", "attune:segment:browsers", "anon"),
+        ("EXPIRE", "attune:segment:browsers", TTL),
+        ("SREM", "attune:segment:window_shoppers", "anon"),
+        ("EXPIRE", "attune:segment:window_shoppers", TTL),
+    ]
+
+
+def test_operations_after_forget_apply_after_the_delete() -> None:
+    commands = plan(
+        [
+            ForgetUser("u1", audiences=("vip",)),
+            ProfileWrite("u1", {"events": "1"}),
+            SegmentsWrite("u1", entered=("vip",)),
+        ],
+        ttl_s=TTL,
+        profile_fields=FIELDS,
+    )
+    assert commands == [
+        ("DEL", *KEYS.user_keys("u1")),
+        ("HSET", "attune:{u:u1}:profile", "events", "1", "device_top", ""),
+        ("EXPIRE", "attune:{u:u1}:profile", TTL),
+        ("SADD", "attune:{u:u1}:segments", "vip"),
+        ("EXPIRE", "attune:{u:u1}:segments", TTL),
+        ("SADD", "attune:segment:vip", "u1"),
+        ("EXPIRE", "attune:segment:vip", TTL),
+    ]
+
+
+def test_merging_an_anonymous_id_forgets_it_then_writes_its_alias() -> None:
+    merge: list[RedisOp] = [ForgetUser("anon-1", ("browsers",)), AliasWrite("anon-1", "u9")]
+    commands = plan(merge, ttl_s=TTL)
+    assert commands[0] == ("DEL", *KEYS.user_keys("anon-1"))
+    assert commands[1] == ("SET", "attune:{u:anon-1}:alias", "u9", "EX", TTL)
+    # The other order deletes the alias it just wrote: forget first.
+    assert ("SET", "attune:{u:anon-1}:alias", "u9", "EX", TTL) not in plan(merge[::-1])
+
+
+def test_json_writes_last_value_per_key_wins() -> None:
+    commands = plan(
+        [
+            JsonWrite("attune:model:kmeans", b'{"v":1}'),
+            JsonWrite("attune:model:persona", b"{}", ttl_s=60),
+            JsonWrite("attune:model:kmeans", b'{"v":2}'),
+        ]
+    )
+    assert commands == [
+        ("SET", "attune:model:persona", b"{}", "EX", 60),
+        ("SET", "attune:model:kmeans", b'{"v":2}'),
+    ]
+
+
+def test_empty_batch_plans_nothing() -> None:
+    assert plan([]) == []
+
+
+def test_not_an_operation_is_refused() -> None:
+    with pytest.raises(TypeError, match="not a Redis write operation"):
+        plan(["HSET x"])  # type: ignore[list-item]
+
+
+ARGS = st.one_of(st.text(max_size=20), st.binary(max_size=20), st.integers(-(2**63), 2**63 - 1))
+
+
+@given(st.lists(st.tuples(st.sampled_from(["HSET", "SET", "EXPIRE"]), st.lists(ARGS, max_size=6))))
+def test_resp_packer_packs_as_redis_py_does(raw: list[tuple[str, list[Any]]]) -> None:
+    commands: list[Command] = [(name, *args) for name, args in raw]
+    packer = RespPacker(["HSET", "events", "", 3600, "é"])
+    reference = redis.connection.Connection()  # packs only
+    expected = b"".join(b"".join(reference.pack_command(*command)) for command in commands)
+    assert packer.pack(commands) == expected
+
+
+def test_config_validates_and_hides_the_password() -> None:
+    config = RedisConfig("redis://bob:s3cret@127.0.0.1:6379/0", password="other")
+    assert "s3cret" not in repr(config) and "other" not in repr(config)
+    assert config.safe_url == "redis://bob:***@127.0.0.1:6379/0"
+    assert RedisConfig("rediss://h:1/0").safe_url == "rediss://h:1/0"
+    with pytest.raises(ValueError, match="ATTUNE_REDIS_URL"):
+        RedisConfig("")
+    with pytest.raises(ValueError, match="positive"):
+        RedisConfig("redis://h", ttl_s=0)
+    with pytest.raises(ValueError, match="hash tag"):
+        RedisConfig("redis://h", prefix="{x}:")
+
+
+def test_config_from_settings() -> None:
+    from flows.settings import Settings
+
+    settings = Settings(redis_url="redis://h:1/0", redis_password="pw", redis_ttl_s=5)
+    config = RedisConfig.from_settings(settings)
+    assert (config.url, config.password, config.ttl_s, config.prefix) == (
+        "redis://h:1/0",
+        "pw",
+        5,
+        "attune:",
+    )
+
+
+# --- model-based property: plan == op-by-op semantics -----------------------------------------
+
+
+@dataclass
+class RedisModel:
+    """Just enough Redis: strings, hashes, sets (empty ones vanish) and which keys have a TTL."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+    ttl: set[str] = field(default_factory=set)
+
+    def run(self, command: Command) -> None:
+        name, key, *args = command
+        assert isinstance(key, str)
+        if name == "DEL":
+            for k in (key, *args):
+                assert isinstance(k, str)
+                self.data.pop(k, None)
+                self.ttl.discard(k)
+        elif name == "HSET":
+            if key not in self.data:
+                self.ttl.discard(key)
+            self.data.setdefault(key, {}).update(zip(args[::2], args[1::2], strict=True))
+        elif name == "SADD":
+            if key not in self.data:
+                self.ttl.discard(key)
+            self.data.setdefault(key, set()).update(args)
+        elif name == "SREM":
+            members = self.data.get(key, set())
+            members.difference_update(args)
+            if not members:
+                self.data.pop(key, None)
+                self.ttl.discard(key)
+        elif name == "EXPIRE":
+            if key in self.data:
+                self.ttl.add(key)
+        elif name == "SET":
+            self.data[key] = args[0]
+            if "EX" in args[1:]:
+                self.ttl.add(key)
+            else:
+                self.ttl.discard(key)
+        else:
+            raise AssertionError(f"unexpected command {name!r}")
+
+
+def reference(ops: list[RedisOp]) -> dict[str, Any]:
+    """Each operation applied on its own, with the plain meaning of the docstrings."""
+    state: dict[str, Any] = {}
+
+    def srem(key: str, member: str) -> None:
+        if key in state:
+            state[key].discard(member)
+            if not state[key]:
+                del state[key]
+
+    for op in ops:
+        if isinstance(op, ProfileWrite):
+            state[KEYS.profile(op.user)] = {f: op.fields.get(f, "") for f in FIELDS}
+        elif isinstance(op, SegmentsWrite):
+            for segment in op.entered:
+                state.setdefault(KEYS.segments(op.user), set()).add(segment)
+                state.setdefault(KEYS.audience(segment), set()).add(op.user)
+            for segment in op.exited:
+                srem(KEYS.segments(op.user), segment)
+                srem(KEYS.audience(segment), op.user)
+        elif isinstance(op, ForgetUser):
+            for key in KEYS.user_keys(op.user):
+                state.pop(key, None)
+            for segment in op.audiences:
+                srem(KEYS.audience(segment), op.user)
+        elif isinstance(op, AliasWrite):
+            state[KEYS.alias(op.anonymous_id)] = op.user
+        elif isinstance(op, JsonWrite):
+            state[op.key] = op.value
+    return state
+
+
+USERS = st.sampled_from(["u1", "u2", "a}b", "anon-1"])
+SEGMENTS = st.lists(st.sampled_from(["vip", "loyal", "new"]), max_size=2).map(tuple)
+VALUES = st.sampled_from(["", "1", "22"])
+
+
+@st.composite
+def operation_sequences(draw: st.DrawFn) -> list[RedisOp]:
+    ops: list[RedisOp] = []
+    segments_of: dict[str, set[str]] = {}
+    for _ in range(draw(st.integers(0, 25))):
+        kind = draw(st.sampled_from(["profile", "segments", "forget", "alias", "json"]))
+        user = draw(USERS)
+        if kind == "profile":
+            names = draw(st.lists(st.sampled_from(FIELDS), unique=True))
+            ops.append(ProfileWrite(user, {n: draw(VALUES) for n in names}))
+        elif kind == "segments":
+            entered, exited = draw(SEGMENTS), draw(SEGMENTS)
+            ops.append(SegmentsWrite(user, entered, exited))
+            current = segments_of.setdefault(user, set())
+            current |= set(entered)
+            current -= set(exited)
+        elif kind == "forget":
+            # The contract: a caller names the audiences the user is in.
+            ops.append(ForgetUser(user, tuple(sorted(segments_of.pop(user, set())))))
+        elif kind == "alias":
+            ops.append(AliasWrite(user, draw(USERS)))
+        else:
+            ops.append(JsonWrite(KEYS.model(draw(st.sampled_from("ab"))), draw(VALUES).encode()))
+    return ops
+
+
+@settings(max_examples=300, deadline=None)
+@given(operation_sequences(), st.lists(st.integers(1, 6), min_size=1, max_size=8))
+def test_plan_in_any_batches_equals_applying_each_operation(
+    ops: list[RedisOp], batch_sizes: list[int]
+) -> None:
+    model = RedisModel()
+    start = 0
+    i = 0
+    while start < len(ops):
+        size = batch_sizes[i % len(batch_sizes)]
+        for command in plan(ops[start : start + size], ttl_s=TTL, profile_fields=FIELDS):
+            model.run(command)
+        start += size
+        i += 1
+
+    assert model.data == reference(ops)
+    user_or_audience = {k for k in model.data if not k.startswith(KEYS.model(""))}
+    assert user_or_audience <= model.ttl  # every per-user and audience key has a TTL
+
+
+@settings(max_examples=100, deadline=None)
+@given(operation_sequences())
+def test_replaying_a_batch_changes_nothing(ops: list[RedisOp]) -> None:
+    once, twice = RedisModel(), RedisModel()
+    commands = plan(ops, ttl_s=TTL, profile_fields=FIELDS)
+    for command in commands:
+        once.run(command)
+    for command in [*commands, *commands]:
+        twice.run(command)
+    assert once.data == twice.data
