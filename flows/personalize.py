@@ -22,6 +22,7 @@ Tests and benches pass their own ``source``/``sinks``; production passes none.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -302,9 +303,11 @@ def read_items_topic(settings: Settings, timeout_s: float = 30.0) -> list[ItemUp
         todo = {p for p, end in ends.items() if end > 0}
         consumer.assign(parts)
         items: list[ItemUpdate] = []
+        deadline = time.monotonic() + timeout_s
         while todo:
-            msgs = consumer.consume(1000, timeout_s)
-            if not msgs:
+            # consume() returns early only with a full batch: poll with a short timeout.
+            msgs = consumer.consume(1000, 0.2)
+            if not msgs and time.monotonic() > deadline:
                 raise RuntimeError(
                     f"reading {settings.topic_items} stalled for {timeout_s} s "
                     f"with partitions {sorted(todo)} unfinished"

@@ -152,6 +152,8 @@ LATE_ALLOWED_MS = 120 * SECOND_MS
 #: Delay of too-late events: TOO_LATE_MIN_MS .. TOO_LATE_MAX_MS after their event time.
 TOO_LATE_MIN_MS = 3 * HOUR_MS
 TOO_LATE_MAX_MS = 6 * HOUR_MS
+#: A too-late event trails a newer event of its own message key by at least this.
+TOO_LATE_KEY_LEAD_MS = 30 * MINUTE_MS
 #: A duplicate is re-sent 1 s .. DUPLICATE_MAX_DELAY_MS after its original was emitted.
 DUPLICATE_MAX_DELAY_MS = 60 * SECOND_MS
 HEARTBEAT_MS = 10 * SECOND_MS
@@ -1007,6 +1009,7 @@ class _User:
         self.never_returned = False
         self.cart: dict[str, _Line] = {}
         self.prev_too_late = False
+        self.day_events: list[tuple[Event, int, bool]] = []
         self.tally = _Tally()
         # Per-session state, set by _session.
         self.rng = rng
@@ -1055,12 +1058,11 @@ class _User:
         gen.emitted += 1
         r = rng.random()
         delay = 0
-        too_late = False
+        candidate = False
         if r < gen.p_too_late:
             if etype not in _NOT_TOO_LATE and not self.prev_too_late:
                 delay = rng.randint(TOO_LATE_MIN_MS, TOO_LATE_MAX_MS)
-                too_late = True
-                gen.too_late_ids.append(event.event_id)
+                candidate = True
         elif r < gen.p_late:
             if etype not in _NOT_LATE:
                 delay = rng.randint(LATE_MIN_MS, LATE_ALLOWED_MS)
@@ -1071,13 +1073,53 @@ class _User:
             )
             gen.duplicate_ids.append(event.event_id)
             gen.emitted += 1
-        emit = t + delay
-        gen.batch.append((emit, next(gen.seq), event, too_late))
-        self.prev_too_late = too_late
-        if not too_late:
-            self.tally.add(event)
+        # Emission and the tally wait for the end of the day: a too-late candidate
+        # needs the events that follow it (see _flush_day).
+        self.day_events.append((event, delay, candidate))
+        self.prev_too_late = candidate
         self.last_time = t
         return event
+
+    def _flush_day(self) -> None:
+        """Emit the day's events and count them, deciding each too-late candidate.
+
+        A candidate is too late only if a later event of the same message key
+        (user id, else anonymous id) that day is at least ``TOO_LATE_KEY_LEAD_MS``
+        newer; its delay then also covers that event's emission (plus the largest
+        ordinary lateness), so it trails its own key, and so any partition the key
+        maps to, by more than any allowed lateness below ``TOO_LATE_KEY_LEAD_MS``.
+        A candidate without such an event is emitted on time: the realised
+        too-late share is below ``too_late_share``.
+        """
+        gen = self.gen
+        day = self.day_events
+        for i, (event, drawn, candidate) in enumerate(day):
+            too_late = False
+            delay = drawn
+            if candidate:
+                t = event.event_time
+                key = event.user_id or event.anonymous_id
+                newer = next(
+                    (
+                        later.event_time
+                        for later, _, later_candidate in day[i + 1 :]
+                        if later.event_time >= t + TOO_LATE_KEY_LEAD_MS
+                        and not later_candidate
+                        and (later.user_id or later.anonymous_id) == key
+                    ),
+                    None,
+                )
+                if newer is not None:
+                    too_late = True
+                    delay = max(drawn, newer - t + LATE_ALLOWED_MS + SECOND_MS)
+            if too_late:
+                gen.too_late_ids.append(event.event_id)
+                gen.batch.append((event.event_time + delay, next(gen.seq), event, True))
+            else:
+                on_time = 0 if candidate else delay
+                gen.batch.append((event.event_time + on_time, next(gen.seq), event, False))
+                self.tally.add(event)
+        self.day_events = []
 
     def _wait(self, lo_ms: int = SECOND_MS, median_ms: int = 15 * SECOND_MS) -> None:
         """Advance the clock by a think time: log-normal, 1 s .. 14 min."""
@@ -1090,6 +1132,13 @@ class _User:
     # -- days and sessions
 
     def simulate_day(self, day: int, day_start: int) -> None:
+        """Simulate the user's sessions of one day, then emit and count them."""
+        try:
+            self._simulate_day(day, day_start)
+        finally:
+            self._flush_day()
+
+    def _simulate_day(self, day: int, day_start: int) -> None:
         if self.stopped or day < self.arrival_day:
             return
         cfg = self.gen.config

@@ -480,7 +480,8 @@ def test_default_noise_shares(run200: tuple[list[Event], GroundTruth]) -> None:
     n = t.distinct_events
     assert len(t.duplicate_event_ids) / n == pytest.approx(0.01, rel=0.35)
     assert len(t.late_event_ids) / n == pytest.approx(0.02, rel=0.3)
-    assert len(t.too_late_event_ids) / n == pytest.approx(0.003, rel=0.45)
+    # a too-late candidate needs a newer event of its own key that day: fewer realise
+    assert 0.25 * 0.003 <= len(t.too_late_event_ids) / n <= 0.003
 
 
 def test_configured_noise_shares() -> None:
@@ -495,7 +496,7 @@ def test_configured_noise_shares() -> None:
     n = t.distinct_events
     assert len(t.duplicate_event_ids) / n == pytest.approx(0.05, rel=0.2)
     assert len(t.late_event_ids) / n == pytest.approx(0.1, rel=0.2)
-    assert len(t.too_late_event_ids) / n == pytest.approx(0.02, rel=0.3)
+    assert 0.25 * 0.02 <= len(t.too_late_event_ids) / n <= 0.02
 
 
 def test_all_noise_and_privacy_shares_can_be_zero() -> None:
@@ -677,3 +678,19 @@ def test_produce_reports_what_was_acknowledged(monkeypatch: pytest.MonkeyPatch) 
     report = produce(generate(cfg), "x:9092", "events", "items", None, Codec(), progress=False)
     assert (report.events, report.items) == (n, len(generate(cfg).items))
     assert report.topic == "events" and report.bytes > 0
+
+
+def test_too_late_events_trail_a_newer_event_of_their_own_key(
+    run200: tuple[list[Event], GroundTruth],
+) -> None:
+    """So a flow judging lateness per Kafka partition (any key partitioner) agrees."""
+    events, t = run200
+    too_late = set(t.too_late_event_ids)
+    assert too_late
+    newest: dict[str, int] = {}
+    for e in events:
+        key = e.user_id or e.anonymous_id or ""
+        if e.event_id in too_late:
+            assert newest.get(key, 0) - e.event_time >= 30 * 60_000, e.event_id
+        else:
+            newest[key] = max(newest.get(key, 0), e.event_time)
