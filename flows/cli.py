@@ -79,6 +79,20 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from flows import run
+
+    return run.run(args)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.bench == "throughput":
+        import bench.throughput as throughput
+
+        return throughput.run(args)
+    raise ValueError(f"unknown benchmark {args.bench!r}")
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     if args.markdown:
         sys.stdout.write(reference_markdown())
@@ -121,6 +135,28 @@ def build_parser() -> argparse.ArgumentParser:
     ins = sub.add_parser("inspect", help="summarise Avro event files; corrupt records are counted")
     ins.add_argument("files", nargs="+", help="Avro object container files of events")
     ins.set_defaults(func=_cmd_inspect)
+
+    from flows import run
+
+    run_p = sub.add_parser(
+        "run",
+        help="run the personalization dataflow (embedded default without Kafka/Redis)",
+        description="Run the dataflow: Kafka -> Redis when configured, else generated events "
+        "(or --input FILE) in and a summary out.",
+    )
+    run.add_arguments(run_p)
+    run_p.set_defaults(func=_cmd_run)
+
+    import bench.throughput as throughput
+
+    bench_p = sub.add_parser("bench", help="benchmarks: throughput")
+    bench_sub = bench_p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    tp = bench_sub.add_parser(
+        "throughput",
+        help="end-to-end events/s Kafka -> flow -> Redis next to a decode-only baseline",
+    )
+    throughput.add_arguments(tp)
+    bench_p.set_defaults(func=_cmd_bench)
 
     cfg = sub.add_parser("config", help="print the settings (secrets masked)")
     cfg.add_argument("--markdown", action="store_true", help="print the reference table")

@@ -14,13 +14,17 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from operators.clustering import ClusterParams, LocalBoard
+
+if TYPE_CHECKING:
+    from flows.personalize import Sinks
 from operators.events import DeadLetter, SegmentChange
-from operators.redis_sink import AliasWrite, ForgetUser, ProfileWrite, SegmentsWrite
+from operators.redis_sink import AliasWrite, ForgetUser, JsonWrite, ProfileWrite, SegmentsWrite
 
 
 @dataclass
@@ -34,6 +38,9 @@ class LocalStore:
     segment_changes: Counter[str] = field(default_factory=Counter)
     dead_letters: Counter[str] = field(default_factory=Counter)
     dead_examples: list[str] = field(default_factory=list)
+    models: dict[str, bytes] = field(default_factory=dict)
+    board: LocalBoard = field(default_factory=LocalBoard)
+    board_key: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     _shared: ClassVar[LocalStore | None] = None
@@ -44,6 +51,14 @@ class LocalStore:
         if cls._shared is None:
             cls._shared = cls()
         return cls._shared
+
+    def sinks(self, board_key: str) -> Sinks:
+        """The flow's sinks writing here; cluster params under ``board_key`` feed the board."""
+        from flows.personalize import Sinks
+
+        self.board_key = board_key
+        sink = LocalStoreSink(self)
+        return Sinks(sink, sink, sink, self.board)
 
     def apply(self, items: list[Any]) -> None:
         with self.lock:
@@ -69,6 +84,10 @@ class LocalStore:
                 self.audiences.get(name, set()).discard(item.user)
         elif isinstance(item, AliasWrite):
             self.aliases[item.anonymous_id] = item.user
+        elif isinstance(item, JsonWrite):
+            self.models[item.key] = item.value
+            if item.key == self.board_key:
+                self.board.put(ClusterParams.from_json(item.value))
         elif isinstance(item, SegmentChange):
             self.segment_changes[f"{item.segment} {item.change}"] += 1
         elif isinstance(item, DeadLetter):
@@ -77,6 +96,20 @@ class LocalStore:
                 self.dead_examples.append(item.reason)
         else:
             raise TypeError(f"the embedded store does not take {type(item).__name__}")
+
+    def _personas(self) -> list[dict[str, Any]]:
+        params = self.board.get()
+        if params is None:
+            return []
+        return [
+            {
+                "segment": f"persona_{p.cluster}",
+                "size": p.size,
+                "label": p.label,
+                "centroid": {k: round(v, 2) for k, v in p.centroid.items()},
+            }
+            for p in params.personas
+        ]
 
     def events_applied(self) -> int:
         return sum(int(p.get("events") or 0) for p in self.profiles.values())
@@ -100,6 +133,7 @@ class LocalStore:
             "segment_changes": dict(sorted(self.segment_changes.items())),
             "dead_letters_by_class": dict(sorted(self.dead_letters.items())),
             "dead_letter_examples": self.dead_examples,
+            "personas": self._personas(),
             "sample_profiles": {
                 user: {**fields, "segments": sorted(self.segments.get(user, ()))}
                 for user, fields in busiest[:samples]
@@ -119,6 +153,9 @@ def render(report: dict[str, Any]) -> str:
         "segment sizes:",
     ]
     lines += [f"  {name:<26}{n:>8}" for name, n in report["segment_sizes"].items()]
+    if report.get("personas"):
+        lines.append("personas (online k-means on behaviour):")
+        lines += [f"  {p['segment']:<12}{p['size']:>6}  {p['label']}" for p in report["personas"]]
     lines.append("sample profiles (busiest users):")
     for user, fields in report["sample_profiles"].items():
         lines.append(f"  {user}")

@@ -36,17 +36,32 @@ from bytewax.inputs import Source
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
 from flows.settings import Settings
+from operators.clustering import (
+    ClusterLearnerLogic,
+    ClusterVector,
+    ParamsBoard,
+    PublishParams,
+    RedisBoard,
+)
 from operators.codec import Codec, read_container
 from operators.events import DeadLetter, Event, ItemUpdate, SegmentChange, item_from_record
 from operators.identity import IdentityLogic, Link, Routed, link_of
 from operators.kafka_sink import CheckedKafkaSink, KafkaOut, to_kafka
 from operators.profiles import Keyed, Output, PriceBands, ProfileConfig, UserLogic
-from operators.redis_sink import AliasWrite, ForgetUser, ProfileWrite, RedisConfig, RedisSink
+from operators.redis_keys import RedisKeys
+from operators.redis_sink import (
+    AliasWrite,
+    ForgetUser,
+    JsonWrite,
+    ProfileWrite,
+    RedisConfig,
+    RedisSink,
+)
 from operators.redis_sink import SegmentsWrite as _SegmentsWrite
 from operators.segments import load_rules
 from operators.sources import EventListSource, FileEventSource, KafkaEventSource
 
-RedisOp = ProfileWrite | _SegmentsWrite | ForgetUser | AliasWrite
+RedisOp = ProfileWrite | _SegmentsWrite | ForgetUser | AliasWrite | JsonWrite
 REDIS_OPS = (ProfileWrite, _SegmentsWrite, ForgetUser, AliasWrite)
 
 #: Price band quantile: an item priced at or above this quantile of its
@@ -56,22 +71,31 @@ PREMIUM_QUANTILE = 2 / 3
 
 @dataclass(frozen=True)
 class Sinks:
-    """Where the flow's three outputs go."""
+    """Where the flow's three outputs go, and where the per-user step reads cluster params."""
 
     redis: Sink[Any]
     segments: Sink[Any]
     dead_letters: Sink[Any]
+    board: ParamsBoard | None = None
 
 
-def profile_config(settings: Settings, items: list[ItemUpdate] | None = None) -> ProfileConfig:
-    """The per-user step's configuration: rules, price bands, gaps and TTLs."""
+def profile_config(
+    settings: Settings, items: list[ItemUpdate] | None, board: ParamsBoard | None
+) -> ProfileConfig:
+    """The per-user step's configuration: rules, price bands, gaps, TTLs, cluster board."""
     rules = load_rules(Path(settings.segments_file) if settings.segments_file else None)
     return ProfileConfig(
         session_gap_ms=settings.session_gap_s * 1000,
         state_ttl=timedelta(seconds=settings.state_ttl_s),
         rules=rules,
         price_bands=PriceBands.from_items(items or [], PREMIUM_QUANTILE),
+        board=board,
     )
+
+
+def clusters_key(settings: Settings) -> str:
+    """The Redis key of the published cluster parameters and persona summaries."""
+    return RedisKeys(settings.redis_prefix).model("clusters")
 
 
 def _identity_logic(ttl: timedelta, resume: bytes | None) -> IdentityLogic:
@@ -129,12 +153,12 @@ def build_flow(
         items: the catalogue (for price bands); default: read from the items
             topic, the replay file's ``.items.avro``, or the generator.
     """
+    sinks = sinks or default_sinks(settings)  # first: it refuses half a configuration
     if source is None or items is None:
         default_source, default_items = default_input(settings)
         source = source or default_source
         items = default_items if items is None else items
-    sinks = sinks or default_sinks(settings)
-    cfg = profile_config(settings, items)
+    cfg = profile_config(settings, items, sinks.board)
 
     flow = Dataflow("attune_personalize")
     decoded = op.input("events", flow, source)
@@ -155,7 +179,20 @@ def build_flow(
 
     redis_or_not = op.branch("redis_ops", outputs, _is_redis_op)
     segment_changes = op.filter_map("segment_changes", redis_or_not.falses, _segment_change_or_none)
-    op.output("redis", redis_or_not.trues, sinks.redis)
+    # Personas: one vector per user session to ONE learner; its parameters are
+    # published to Redis, where every worker's per-user step reads them.
+    vectors = op.filter_map("cluster_vectors", redis_or_not.falses, _vector_or_none)
+    to_learner = op.key_on("one_learner", vectors, _learner_key)
+    published = op.stateful_batch(
+        "cluster_learner",
+        to_learner,
+        partial(_learner_logic, settings.cluster_k, settings.cluster_seed),
+    )
+    params_write = op.map(
+        "params_to_redis", published, partial(_params_write, clusters_key(settings))
+    )
+    redis_ops = op.merge("all_redis_ops", redis_or_not.trues, params_write)
+    op.output("redis", redis_ops, sinks.redis)
     op.output("segments_out", segment_changes, sinks.segments)
     op.output("dead_letters_out", dead, sinks.dead_letters)
     return flow
@@ -163,6 +200,22 @@ def build_flow(
 
 def _segment_change_or_none(out: Output) -> SegmentChange | None:
     return out if isinstance(out, SegmentChange) else None
+
+
+def _vector_or_none(out: Output) -> ClusterVector | None:
+    return out if isinstance(out, ClusterVector) else None
+
+
+def _learner_key(_: ClusterVector) -> str:
+    return "clusters"
+
+
+def _learner_logic(k: int, seed: int, resume: bytes | None) -> ClusterLearnerLogic:
+    return ClusterLearnerLogic(resume, k, seed)
+
+
+def _params_write(key: str, kv: tuple[str, PublishParams]) -> JsonWrite:
+    return JsonWrite(key, kv[1].params.to_json())
 
 
 # --- defaults: Kafka and Redis when configured, else embedded ----------------------------------
@@ -210,21 +263,22 @@ def default_sinks(settings: Settings) -> Sinks:
     """Redis and Kafka when configured; the embedded store otherwise."""
     if settings.redis_url and settings.kafka_bootstrap:
         codec = Codec()
+        redis_config = RedisConfig.from_settings(settings)
         return Sinks(
-            redis=RedisSink(RedisConfig.from_settings(settings)),
+            redis=RedisSink(redis_config),
             segments=EncodingKafkaSink(settings, settings.topic_segments, codec),
             dead_letters=EncodingKafkaSink(settings, settings.topic_dlq, codec),
+            board=RedisBoard(redis_config.client, clusters_key(settings)),
         )
     if settings.redis_url or settings.kafka_bootstrap:
         raise ValueError(
             "set both ATTUNE_KAFKA_BOOTSTRAP and ATTUNE_REDIS_URL (the flow reads Kafka and "
             "writes Redis), or neither for the embedded default"
         )
-    from flows.embedded import LocalStore, LocalStoreSink
+    from flows.embedded import LocalStore
 
     store = LocalStore.shared()
-    sink = LocalStoreSink(store)
-    return Sinks(sink, sink, sink)
+    return store.sinks(clusters_key(settings))
 
 
 def kafka_security(settings: Settings) -> dict[str, str]:

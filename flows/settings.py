@@ -79,6 +79,8 @@ class Settings:
     segments_file: str = _setting(
         "", "YAML file of rule segments. Empty: the shipped defaults (flows/segments.yaml)."
     )
+    cluster_k: int = _setting(6, "Number of behavioural personas (k-means clusters).")
+    cluster_seed: int = _setting(42, "Seed of the persona clustering.")
     kafka_batch_size: int = _setting(1000, "Messages the Kafka source reads per poll.")
     kafka_tail: bool = _setting(
         True, "Keep waiting for new events at the end of the topic (false: stop there)."

@@ -40,14 +40,17 @@ the k-means centroids live there, so a centroid's coordinates are z-scores.
 from __future__ import annotations
 
 import math
+import pickle
 import random
+import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import mul
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
+from bytewax.operators import StatefulBatchLogic
 from river import cluster, preprocessing
 
 from operators.features import FEATURES, Features
@@ -56,9 +59,15 @@ from operators.segments import cluster_segment
 __all__ = [
     "CLUSTER_FEATURES",
     "LOG1P_FEATURES",
+    "ClusterLearnerLogic",
     "ClusterModel",
     "ClusterParams",
+    "ClusterVector",
+    "LocalBoard",
+    "ParamsBoard",
     "Persona",
+    "PublishParams",
+    "RedisBoard",
     "original_units",
     "vector",
 ]
@@ -551,3 +560,103 @@ class ClusterModel:
             f"ClusterModel(k={self.k}, seed={self.seed}, halflife={self.halflife}, "
             f"n_learned={self.n_learned}, version={self.version})"
         )
+
+
+# --- in the flow: vectors to one learner, parameters published, users assigned ----------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterVector:
+    """A user's behaviour at a session boundary, sent to the one learner."""
+
+    user: str
+    vector: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PublishParams:
+    """New cluster parameters (with persona summaries) for Redis and the boards."""
+
+    params: ClusterParams
+
+
+class ParamsBoard(Protocol):
+    """Where the per-user step reads the latest published :class:`ClusterParams`."""
+
+    def get(self) -> ClusterParams | None: ...
+
+
+class LocalBoard:
+    """In-process board, for the embedded default (one process); the learner's sink puts."""
+
+    def __init__(self) -> None:
+        self.params: ClusterParams | None = None
+
+    def get(self) -> ClusterParams | None:
+        return self.params
+
+    def put(self, params: ClusterParams) -> None:
+        self.params = params
+
+
+class RedisBoard:
+    """Reads the parameters the learner published to Redis, at most every ``refresh_s``.
+
+    Every worker process has one; the client is made on first use (never pickled).
+    Staleness is bounded by the learner's publish interval plus ``refresh_s``.
+    """
+
+    def __init__(self, connect: Callable[[], Any], key: str, refresh_s: float = 2.0) -> None:
+        self.connect = connect
+        self.key = key
+        self.refresh_s = refresh_s
+        self._client: Any = None
+        self._params: ClusterParams | None = None
+        self._checked = 0.0
+
+    def get(self) -> ClusterParams | None:
+        now = time.monotonic()
+        if now - self._checked >= self.refresh_s:
+            self._checked = now
+            if self._client is None:
+                self._client = self.connect()
+            raw = self._client.get(self.key)
+            if raw is not None:
+                self._params = ClusterParams.from_json(raw)
+        return self._params
+
+
+#: The learner publishes after this many new vectors (and at end of input).
+PUBLISH_EVERY = 200
+
+
+class ClusterLearnerLogic(StatefulBatchLogic[ClusterVector, PublishParams, bytes]):
+    """The one learner (a single key): mini-batch learning, periodic publishing.
+
+    It receives one vector per user session, not per event, so it stays far
+    below the per-event rate (design.md's scaling rule).
+    """
+
+    def __init__(self, resume: bytes | None, k: int, seed: int) -> None:
+        self.model: ClusterModel = pickle.loads(resume) if resume else ClusterModel(k=k, seed=seed)
+        self.unpublished = 0
+
+    def on_batch(self, values: list[ClusterVector]) -> tuple[Iterable[PublishParams], bool]:
+        self.model.learn_many([v.vector for v in values])
+        self.unpublished += len(values)
+        if self.unpublished >= PUBLISH_EVERY:
+            return self._publish(), StatefulBatchLogic.RETAIN
+        return [], StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[PublishParams], bool]:
+        return (self._publish() if self.unpublished else []), StatefulBatchLogic.RETAIN
+
+    def _publish(self) -> list[PublishParams]:
+        params = self.model.params()
+        if not params.ready:
+            return []
+        self.unpublished = 0
+        return [PublishParams(params)]
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self.model, protocol=pickle.HIGHEST_PROTOCOL)

@@ -52,6 +52,7 @@ from datetime import UTC, datetime, timedelta
 from bytewax.operators import StatefulBatchLogic
 
 from operators.clock import Clock, SystemClock
+from operators.clustering import ClusterVector, ParamsBoard, vector
 from operators.events import (
     AddToCart,
     Dwell,
@@ -68,7 +69,7 @@ from operators.events import (
 from operators.features import FEATURES, PROFILE_FIELDS, FeatureValue
 from operators.identity import Forget, UserInput
 from operators.redis_sink import AliasWrite, ForgetUser, ProfileWrite, SegmentsWrite
-from operators.segments import RuleSet, membership_changes
+from operators.segments import RuleSet, cluster_segment, membership_changes
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -122,6 +123,8 @@ class ProfileConfig:
     rules: RuleSet | None = None
     price_bands: PriceBands = field(default_factory=PriceBands)
     clock: Clock = field(default_factory=SystemClock)
+    #: Where the latest cluster parameters are read; None: no clustering.
+    board: ParamsBoard | None = None
 
 
 @dataclass(slots=True)
@@ -205,10 +208,11 @@ class UserState:
     devices: dict[str, int] = field(default_factory=dict)
     channels: dict[str, int] = field(default_factory=dict)
     segments: frozenset[str] = frozenset()
+    cluster: int | None = None  # persona assigned from the published cluster parameters
     erased: bool = False
 
 
-Output = ProfileWrite | SegmentsWrite | ForgetUser | AliasWrite | SegmentChange
+Output = ProfileWrite | SegmentsWrite | ForgetUser | AliasWrite | SegmentChange | ClusterVector
 
 
 def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
@@ -220,7 +224,7 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
     if isinstance(item, Forget):
         return [
             *_leave_all(st, item.event_time, cfg),
-            ForgetUser(item.anonymous_id, tuple(sorted(st.segments))),
+            ForgetUser(item.anonymous_id, _audiences(st)),
             AliasWrite(item.anonymous_id, item.user_id),
         ]
     event = item
@@ -232,34 +236,72 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
     if isinstance(event.payload, ErasureRequest):
         # Privacy (#6) owns erasure; here the state goes and every key with it.
         st.erased = True
-        return [*_leave_all(st, t, cfg), ForgetUser(st.user_id, tuple(sorted(st.segments)))]
+        return [*_leave_all(st, t, cfg), ForgetUser(st.user_id, _audiences(st))]
     if not st.events:
         st.first_seen_ms = t
     st.first_seen_ms = min(st.first_seen_ms, t)
-    _sessionize(st, t, cfg.session_gap_ms)
+    new_session = _sessionize(st, t, cfg.session_gap_ms)
     st.max_time = max(st.max_time, t)
     _count(st, event, t, cfg)
     _trim(st)
+    out: list[Output] = []
+    if new_session and st.sessions > 1 and cfg.board is not None:
+        # one vector per session boundary, not per event: the learner is one key
+        out.append(ClusterVector(st.user_id, vector(FeatureView(st, st.max_time))))
     if cfg.rules is None:
-        return []
+        return out
     now = st.max_time
     after = cfg.rules.evaluate(FeatureView(st, now))
     if after == st.segments:
-        return []
+        return out
     before, st.segments = st.segments, after
     changes = cfg.rules.membership_changes(st.user_id, before, after, t, cfg.clock.now_ms())
     entered = tuple(sorted(after - before))
     exited = tuple(sorted(before - after))
-    return [*changes, SegmentsWrite(st.user_id, entered, exited)]
+    return [*out, *changes, SegmentsWrite(st.user_id, entered, exited)]
+
+
+def _audiences(st: UserState) -> tuple[str, ...]:
+    """Every audience the user is in: rule segments and the persona."""
+    persona = () if st.cluster is None else (cluster_segment(st.cluster),)
+    return tuple(sorted((*st.segments, *persona)))
+
+
+def assign_cluster(st: UserState, cfg: ProfileConfig) -> list[Output]:
+    """Assign the user's persona from the latest published parameters; changes if it moved."""
+    params = cfg.board.get() if cfg.board is not None else None
+    if params is None or not params.ready:
+        return []
+    cluster = params.assign(vector(FeatureView(st, st.max_time)))
+    if cluster == st.cluster:
+        return []
+    before = frozenset() if st.cluster is None else frozenset({cluster_segment(st.cluster)})
+    after = frozenset({cluster_segment(cluster)})
+    st.cluster = cluster
+    changes = membership_changes(
+        st.user_id,
+        before,
+        after,
+        st.max_time,
+        cfg.clock.now_ms(),
+        "CLUSTER",
+        descriptions=params.descriptions(),
+    )
+    return [*changes, SegmentsWrite(st.user_id, tuple(after), tuple(before))]
 
 
 def _leave_all(st: UserState, t: int, cfg: ProfileConfig) -> list[Output]:
-    """Exit records for every segment of a state that is going away."""
+    """Exit records for every segment (and the persona) of a state that is going away."""
+    now = cfg.clock.now_ms()
+    out: list[Output] = []
     if cfg.rules is None:
-        return list(membership_changes(st.user_id, st.segments, frozenset(), t, cfg.clock.now_ms()))
-    return list(
-        cfg.rules.membership_changes(st.user_id, st.segments, frozenset(), t, cfg.clock.now_ms())
-    )
+        out.extend(membership_changes(st.user_id, st.segments, frozenset(), t, now))
+    else:
+        out.extend(cfg.rules.membership_changes(st.user_id, st.segments, frozenset(), t, now))
+    if st.cluster is not None:
+        persona = frozenset({cluster_segment(st.cluster)})
+        out.extend(membership_changes(st.user_id, persona, frozenset(), t, now, "CLUSTER"))
+    return out
 
 
 def _remember(st: UserState, event_id: str, t: int, cfg: ProfileConfig) -> None:
@@ -275,9 +317,13 @@ def _remember(st: UserState, event_id: str, t: int, cfg: ProfileConfig) -> None:
         del seen[first]
 
 
-def _sessionize(st: UserState, t: int, gap: int) -> None:
-    """Place event time ``t`` among the session intervals (gap rule), in any arrival order."""
+def _sessionize(st: UserState, t: int, gap: int) -> bool:
+    """Place event time ``t`` among the session intervals (gap rule), in any arrival order.
+
+    Returns whether ``t`` opened a new latest session (a session boundary).
+    """
     starts, ends = st.session_starts, st.session_ends
+    opened = False
     i = bisect_right(starts, t)  # sessions [0, i) start at or before t
     joins_left = i > 0 and t - ends[i - 1] <= gap
     joins_right = i < len(starts) and starts[i] - t <= gap
@@ -295,6 +341,7 @@ def _sessionize(st: UserState, t: int, gap: int) -> None:
         ends.insert(i, t)
         st.sessions += 1
         if i > last:  # a new latest session
+            opened = True
             st.session_events = 0
             st.session_product_views = 0
             st.session_add_to_carts = 0
@@ -302,6 +349,7 @@ def _sessionize(st: UserState, t: int, gap: int) -> None:
         if len(starts) > MAX_SESSIONS:
             del starts[0], ends[0]
     st.session_start_ms = starts[-1]
+    return opened
 
 
 def _in_current_session(st: UserState, t: int) -> bool:
@@ -583,6 +631,7 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
             if st.erased or isinstance(item, Forget):
                 return out, StatefulBatchLogic.DISCARD
         if st.events != before:
+            out.extend(assign_cluster(st, self.cfg))
             out.append(profile_write(st))
         self.idle_since = datetime.now(UTC)
         return out, StatefulBatchLogic.RETAIN

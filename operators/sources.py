@@ -40,11 +40,34 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka import KafkaError as ConfluentKafkaError
 from confluent_kafka.admin import AdminClient
+from prometheus_client import Counter
 
 from operators.codec import Codec, read_events_file
 from operators.events import DeadLetter, ErrorClass, Event, Source
 
 Item = Event | DeadLetter
+
+#: Service metrics (Prometheus), counted per batch, not per event.
+EVENTS_READ = Counter("attune_events_read", "Messages read by the event sources (incl. bad ones)")
+DEAD_LETTERS = Counter("attune_dead_letters", "Input dead-lettered at the source", ["error_class"])
+
+
+def progress() -> tuple[int, int]:
+    """Messages read and dead-lettered by this process's sources so far."""
+    read = sum(
+        s.value for m in EVENTS_READ.collect() for s in m.samples if s.name.endswith("_total")
+    )
+    dead = sum(
+        s.value for m in DEAD_LETTERS.collect() for s in m.samples if s.name.endswith("_total")
+    )
+    return int(read), int(dead)
+
+
+def _count(batch: list[Item]) -> None:
+    EVENTS_READ.inc(len(batch))
+    for item in batch:
+        if isinstance(item, DeadLetter):
+            DEAD_LETTERS.labels(item.error_class.value).inc()
 
 
 @dataclass(slots=True)
@@ -155,6 +178,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, PartitionState]):
                     )
             out.append(decoded)
             self.offset = (msg.offset() or 0) + 1
+        _count(out)
         return out
 
     def snapshot(self) -> PartitionState:
@@ -262,6 +286,7 @@ class _IteratorPartition(StatefulSourcePartition[Item, PartitionState]):
         if not out:
             raise StopIteration
         self.position += len(out)
+        _count(out)
         return out
 
     def snapshot(self) -> PartitionState:

@@ -1,0 +1,1229 @@
+"""``attune bench throughput``: end-to-end events/s, Kafka -> flow -> Redis, next to decode-only.
+
+The first benchmark of Attune (design.md, "Targets"). One run:
+
+1. Servers: ``ATTUNE_KAFKA_BOOTSTRAP`` and ``ATTUNE_REDIS_URL`` when both are
+   set, else the local ones on their default ports (:func:`flows.local.up`),
+   stopped at the end only if this run started them. Redis writes go to a
+   dedicated database (``--redis-db``, default 15), flushed before each flow
+   run; db 0 of a server the bench did not start is never flushed.
+2. Fresh topics named ``bench-<random>.*`` (events, an empty events topic,
+   items, segments, dead letters, triggers), ``--partitions`` each, deleted at
+   the end.
+3. The workload, generated (:mod:`operators.generator`) and produced once
+   (:func:`flows.generate.produce`) before anything is timed; its time is
+   reported on its own line.
+4. ``--repeat`` times, alternately:
+
+   - **decode-only**: confluent-kafka consumers (one per ``--processes``),
+     every partition assigned from the beginning, read to the end, each
+     message decoded with :meth:`operators.codec.Codec.decode_event`, nothing
+     else. events/s = messages / wall seconds (from the first poll to the
+     last message, consumers started together);
+   - **startup-only**: the flow's own command on the empty events topic, so
+     it imports, builds (reads the items topic), connects, finds the end and
+     exits: its wall time is the start-up and shutdown cost;
+   - **end to end**: ``python -m bytewax.run flows.personalize:flow`` in
+     subprocesses (``--processes`` x ``--workers``), settings by ``ATTUNE_*``
+     variables pointing at the fresh topics with ``ATTUNE_KAFKA_TAIL=false``
+     so it exits at the end of the topic. events/s = messages /
+     (wall - startup-only wall). Also shown: the rate including start-up, and
+     a cross-check that needs no subtraction, messages / (exit - the moment
+     the first Redis key appeared).
+
+   After each flow run: peak RSS of each flow process (``os.wait4``), Redis
+   ``used_memory`` delta and profile keys (SCAN), ``MEMORY USAGE`` of 100
+   sampled users' keys, and the dead-letter topic's growth.
+5. A table on stdout (median, min, max over the repeats; verdicts against the
+   design targets on the medians), progress on stderr, and with ``--json`` a
+   file of every figure plus machine information.
+
+The pure parts (argument parsing, statistics, verdicts, the table) are tested
+in tests/unit/test_bench.py; nothing here is asserted against a clock.
+
+>>> stat = Stat.of([30_000.0, 20_000.0, 26_000.0])
+>>> stat.median, stat.low, stat.high
+(26000.0, 20000.0, 30000.0)
+>>> verdict(stat.median, EVENTS_PER_PROCESS_TARGET)
+'pass'
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import platform
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from importlib import metadata
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from flows.settings import Settings, env_name
+
+if TYPE_CHECKING:
+    from flows.generate import ProduceReport
+
+# --- targets (design.md, "Targets") ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A design target: ``value >= bound`` (``at_least``) or ``value <= bound``."""
+
+    bound: float
+    at_least: bool
+    text: str
+
+
+#: End to end, Kafka -> every stage -> Redis, per worker process.
+EVENTS_PER_PROCESS_TARGET = Target(25_000, True, ">= 25,000")
+#: End to end over consume + decode only, measured in the same run.
+RATIO_TARGET = Target(0.25, True, ">= 0.25")
+#: Redis memory per active user (0.4 GiB per million users).
+REDIS_BYTES_PER_USER_TARGET = Target(400, False, "<= 400")
+
+#: What each flow run may take before it is killed (``--flow-timeout``).
+DEFAULT_FLOW_TIMEOUT_S = 600.0
+#: The decode-only reader gives up when no message arrives for this long.
+CONSUME_STALL_S = 60.0
+#: Users whose keys ``MEMORY USAGE`` measures.
+MEMORY_SAMPLE_USERS = 100
+#: The flow the bench runs, as ``python -m bytewax.run`` imports it.
+FLOW_IMPORT = "flows.personalize:flow"
+#: How often the bench looks at the flow processes and Redis while they run.
+POLL_S = 0.01
+#: How often progress lines are written while something runs.
+PROGRESS_EVERY_S = 5.0
+
+
+class BenchError(RuntimeError):
+    """The bench could not run (servers, topics, a failed or stuck flow); the message says why."""
+
+
+# --- arguments -------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _redis_db(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Redis database number") from None
+    if not 0 <= value <= 15:
+        raise argparse.ArgumentTypeError(f"Redis database numbers are 0..15, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``attune bench throughput``."""
+    work = parser.add_argument_group("workload (generated and produced once, before timing)")
+    work.add_argument("--users", type=_positive_int, default=2000, help="simulated users (2000)")
+    work.add_argument("--days", type=_positive_int, default=7, help="simulated days (7)")
+    work.add_argument("--seed", type=int, default=11, help="generator seed (11)")
+    scale = parser.add_argument_group("scale")
+    scale.add_argument(
+        "--partitions",
+        type=_positive_int,
+        default=1,
+        help="partitions of the fresh topics (1: the per-worker figure)",
+    )
+    scale.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=1,
+        help="flow processes (bytewax -i/-a) and decode-only consumers (1)",
+    )
+    scale.add_argument(
+        "--workers", type=_positive_int, default=1, help="worker threads per flow process (-w, 1)"
+    )
+    runs = parser.add_argument_group("runs")
+    runs.add_argument(
+        "--repeat",
+        type=_positive_int,
+        default=1,
+        help="decode-only and end-to-end runs, alternately, N times; median, min, max (1)",
+    )
+    runs.add_argument(
+        "--flow-timeout",
+        type=_positive_float,
+        default=DEFAULT_FLOW_TIMEOUT_S,
+        metavar="SECONDS",
+        help="bound on each flow run and decode-only run; past it, the run is killed "
+        f"({DEFAULT_FLOW_TIMEOUT_S:.0f})",
+    )
+    runs.add_argument(
+        "--redis-db",
+        type=_redis_db,
+        default=15,
+        help="Redis database the flow writes, flushed before each run (15)",
+    )
+    runs.add_argument("--json", type=Path, metavar="PATH", help="also write every figure as JSON")
+
+
+# --- statistics, verdicts, the table (pure) --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Stat:
+    """Median, min and max of one figure over the repeats."""
+
+    median: float
+    low: float
+    high: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Stat:
+        """The statistics of ``values`` (at least one).
+
+        >>> Stat.of([3.0, 1.0, 2.0, 10.0])
+        Stat(median=2.5, low=1.0, high=10.0, n=4)
+        """
+        if not values:
+            raise ValueError("no values to summarise")
+        return cls(
+            float(statistics.median(values)), float(min(values)), float(max(values)), len(values)
+        )
+
+    def as_dict(self) -> dict[str, float]:
+        return {"median": self.median, "min": self.low, "max": self.high, "n": self.n}
+
+
+def verdict(value: float | None, target: Target) -> str:
+    """``pass`` or ``FAIL`` of one value against a target; ``n/a`` without a value.
+
+    >>> verdict(0.3, RATIO_TARGET), verdict(0.2, RATIO_TARGET), verdict(None, RATIO_TARGET)
+    ('pass', 'FAIL', 'n/a')
+    >>> verdict(400, REDIS_BYTES_PER_USER_TARGET), verdict(401, REDIS_BYTES_PER_USER_TARGET)
+    ('pass', 'FAIL')
+    """
+    if value is None:
+        return "n/a"
+    ok = value >= target.bound if target.at_least else value <= target.bound
+    return "pass" if ok else "FAIL"
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One line of the table: a figure's statistics, its format and its target (if any)."""
+
+    label: str
+    key: str
+    fmt: str
+    stat: Stat | None
+    target: Target | None = None
+
+    @property
+    def verdict(self) -> str:
+        if self.target is None:
+            return ""
+        return verdict(None if self.stat is None else self.stat.median, self.target)
+
+
+#: The table's figures: (key in a repeat's figures, label, format, target).
+FIGURES: tuple[tuple[str, str, str, Target | None], ...] = (
+    ("decode_events_per_s", "decode-only events/s (consume + decode)", "{:,.0f}", None),
+    ("e2e_events_per_s", "end-to-end events/s (wall - startup)", "{:,.0f}", None),
+    (
+        "e2e_events_per_s_per_process",
+        "end-to-end events/s per process",
+        "{:,.0f}",
+        EVENTS_PER_PROCESS_TARGET,
+    ),
+    ("ratio", "end-to-end / decode-only", "{:.3f}", RATIO_TARGET),
+    ("e2e_events_per_s_with_startup", "end-to-end events/s incl. startup", "{:,.0f}", None),
+    ("e2e_events_per_s_first_write", "end-to-end events/s, 1st Redis write->exit", "{:,.0f}", None),
+    ("decode_s", "decode-only wall s (first batch -> end)", "{:.2f}", None),
+    ("decode_connect_s", "decode-only connect s (assign -> first batch)", "{:.2f}", None),
+    ("e2e_wall_s", "flow wall s (incl. startup)", "{:.2f}", None),
+    ("startup_s", "flow startup+shutdown s (empty topic)", "{:.2f}", None),
+    ("decode_cpu_us_per_event", "decode-only CPU us/event", "{:.1f}", None),
+    ("flow_cpu_us_per_event", "flow CPU us/event (startup run subtracted)", "{:.1f}", None),
+    ("peak_rss_mib", "flow peak RSS MiB (largest process)", "{:.1f}", None),
+    ("startup_rss_mib", "flow peak RSS MiB, empty topic", "{:.1f}", None),
+    ("rss_bytes_per_user", "flow RSS bytes/active user (peak - empty)", "{:,.0f}", None),
+    (
+        "redis_bytes_per_user",
+        "Redis used_memory delta bytes/active user",
+        "{:,.0f}",
+        REDIS_BYTES_PER_USER_TARGET,
+    ),
+    (
+        "redis_sample_bytes_per_user",
+        f"Redis MEMORY USAGE bytes/user ({MEMORY_SAMPLE_USERS} sampled)",
+        "{:,.0f}",
+        REDIS_BYTES_PER_USER_TARGET,
+    ),
+    ("active_users", "active users (profile keys)", "{:,.0f}", None),
+    ("redis_keys", "Redis keys written", "{:,.0f}", None),
+    ("dead_letters", "dead letters (DLQ topic growth)", "{:,.0f}", None),
+    ("segment_changes", "segment changes (segments topic growth)", "{:,.0f}", None),
+)
+
+
+def summarize(repeats: Sequence[Mapping[str, float | None]]) -> dict[str, Stat | None]:
+    """Median, min and max of every figure over the repeats (``None`` where no repeat has it).
+
+    >>> s = summarize([{"ratio": 0.5, "decode_s": None}, {"ratio": 0.25, "decode_s": None}])
+    >>> s["ratio"], s["decode_s"]
+    (Stat(median=0.375, low=0.25, high=0.5, n=2), None)
+    """
+    keys = list(dict.fromkeys(k for rep in repeats for k in rep))
+    out: dict[str, Stat | None] = {}
+    for key in keys:
+        values = [float(v) for rep in repeats if (v := rep.get(key)) is not None]
+        out[key] = Stat.of(values) if values else None
+    return out
+
+
+def build_rows(summary: Mapping[str, Stat | None]) -> list[Row]:
+    """The table's rows, in :data:`FIGURES` order (figures not measured show ``-``)."""
+    return [Row(label, key, fmt, summary.get(key), target) for key, label, fmt, target in FIGURES]
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """The rows as an aligned text table: figure, median, min, max, target, verdict.
+
+    >>> rows = [Row("ratio", "ratio", "{:.2f}", Stat.of([0.3, 0.2, 0.4]), RATIO_TARGET),
+    ...         Row("users", "users", "{:,.0f}", None)]
+    >>> print(format_table(rows))
+    figure  median   min   max  target   verdict
+    ------  ------  ----  ----  -------  -------
+    ratio     0.30  0.20  0.40  >= 0.25  pass
+    users        -     -     -
+    """
+    header = ("figure", "median", "min", "max", "target", "verdict")
+    lines: list[tuple[str, ...]] = []
+    for row in rows:
+        cells: tuple[str, ...] = ("-", "-", "-")
+        if row.stat is not None:
+            cells = tuple(row.fmt.format(v) for v in (row.stat.median, row.stat.low, row.stat.high))
+        target = row.target.text if row.target else ""
+        lines.append((row.label, *cells, target, row.verdict))
+    widths = [max(len(r[i]) for r in (header, *lines)) for i in range(len(header))]
+    right = {1, 2, 3}
+
+    def fmt(cells: Sequence[str]) -> str:
+        parts = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(parts).rstrip()
+
+    out = [fmt(header), fmt(["-" * w for w in widths])]
+    out.extend(fmt(line) for line in lines)
+    return "\n".join(out)
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """``numerator / denominator``, or ``None`` when either is missing or the denominator is 0.
+
+    >>> ratio(30_000, 120_000), ratio(1, 0), ratio(None, 2)
+    (0.25, None, None)
+    """
+    if numerator is None or denominator is None or denominator == 0:
+        return None
+    return numerator / denominator
+
+
+def repeat_figures(
+    *,
+    events: int,
+    processes: int,
+    decode: DecodeResult,
+    startup: FlowRun,
+    flow: FlowRun,
+    redis_mem: RedisMemory,
+    dead_letters: int,
+    segment_changes: int,
+) -> dict[str, float | None]:
+    """Every figure of one repeat, from its measurements (pure arithmetic).
+
+    The end-to-end rate divides the messages by the flow's wall time minus the
+    startup-only run's wall time; the first-write figure divides them by the
+    time from the first Redis key to the exit of the last process.
+    """
+    processing_s = flow.wall_s - startup.wall_s
+    e2e = events / processing_s if processing_s > 0 else None
+    first_write = None
+    if flow.first_write_s is not None and flow.wall_s > flow.first_write_s:
+        first_write = events / (flow.wall_s - flow.first_write_s)
+    users = redis_mem.profile_users
+    rss_growth = (sum(flow.peak_rss_kib) - sum(startup.peak_rss_kib)) * 1024
+    return {
+        "events": float(events),
+        "decode_events_per_s": decode.events / decode.wall_s if decode.wall_s > 0 else None,
+        "decode_s": decode.wall_s,
+        "decode_connect_s": decode.connect_s,
+        "decode_cpu_us_per_event": decode.cpu_s / decode.events * 1e6 if decode.events else None,
+        "decode_dead_letters": float(decode.dead_letters),
+        "e2e_events_per_s": e2e,
+        "e2e_events_per_s_per_process": None if e2e is None else e2e / processes,
+        "ratio": ratio(e2e, decode.events / decode.wall_s if decode.wall_s > 0 else None),
+        "e2e_events_per_s_with_startup": events / flow.wall_s if flow.wall_s > 0 else None,
+        "e2e_events_per_s_first_write": first_write,
+        "e2e_wall_s": flow.wall_s,
+        "startup_s": startup.wall_s,
+        "flow_first_write_s": flow.first_write_s,
+        "flow_cpu_s": flow.cpu_s,
+        "startup_cpu_s": startup.cpu_s,
+        "flow_cpu_us_per_event": (flow.cpu_s - startup.cpu_s) / events * 1e6 if events else None,
+        "peak_rss_mib": max(flow.peak_rss_kib) / 1024,
+        "peak_rss_mib_total": sum(flow.peak_rss_kib) / 1024,
+        "startup_rss_mib": max(startup.peak_rss_kib) / 1024,
+        "rss_bytes_per_user": rss_growth / users if users else None,
+        "redis_used_memory_delta": float(redis_mem.used_delta),
+        "redis_bytes_per_user": redis_mem.used_delta / users if users else None,
+        "redis_sample_bytes_per_user": redis_mem.sample_bytes_per_user,
+        "active_users": float(users),
+        "redis_keys": float(redis_mem.keys),
+        "dead_letters": float(dead_letters),
+        "segment_changes": float(segment_changes),
+    }
+
+
+# --- flow commands and settings (pure) -------------------------------------------------------
+
+
+def flow_commands(
+    processes: int, workers: int, ports: Sequence[int], python: str = sys.executable
+) -> list[list[str]]:
+    """The command line of each flow process.
+
+    >>> flow_commands(1, 1, [], python="py")
+    [['py', '-m', 'bytewax.run', 'flows.personalize:flow']]
+    >>> for cmd in flow_commands(2, 1, [2101, 2102], python="py"):
+    ...     print(" ".join(cmd[4:]))
+    -i 0 -a 127.0.0.1:2101;127.0.0.1:2102
+    -i 1 -a 127.0.0.1:2101;127.0.0.1:2102
+    """
+    base = [python, "-m", "bytewax.run", FLOW_IMPORT]
+    threads = ["-w", str(workers)] if workers > 1 else []
+    if processes == 1:
+        return [base + threads]
+    if len(ports) != processes:
+        raise ValueError(f"{processes} processes need {processes} ports, got {len(ports)}")
+    addresses = ";".join(f"127.0.0.1:{port}" for port in ports)
+    return [[*base, *threads, "-i", str(i), "-a", addresses] for i in range(processes)]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Every setting as its ``ATTUNE_*`` variable, so a subprocess sees exactly ``settings``.
+
+    >>> env = settings_env(Settings(kafka_tail=False, topic_events="t"))
+    >>> env["ATTUNE_KAFKA_TAIL"], env["ATTUNE_TOPIC_EVENTS"], env["ATTUNE_KAFKA_BATCH_SIZE"]
+    ('false', 't', '1000')
+    """
+    out = {}
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        out[env_name(f.name)] = (
+            ("true" if value else "false") if isinstance(value, bool) else str(value)
+        )
+    return out
+
+
+def redis_db_url(url: str, db: int) -> str:
+    """``url`` pointed at database ``db``.
+
+    >>> redis_db_url("redis://127.0.0.1:16379/0", 15)
+    'redis://127.0.0.1:16379/15'
+    >>> redis_db_url("rediss://u:p@example:6380", 3)
+    'rediss://u:p@example:6380/3'
+    """
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+def bench_topics(stem: str) -> dict[str, str]:
+    """The fresh topics of one bench run, by role.
+
+    >>> sorted(bench_topics("bench-x"))
+    ['dlq', 'empty', 'events', 'items', 'segments', 'triggers_prefix']
+    """
+    return {
+        "events": f"{stem}.events",
+        "empty": f"{stem}.events-empty",
+        "items": f"{stem}.items",
+        "segments": f"{stem}.segments",
+        "dlq": f"{stem}.dlq",
+        "triggers_prefix": f"{stem}.triggers.",
+    }
+
+
+def profile_pattern(prefix: str) -> str:
+    """The SCAN pattern of every profile key under ``prefix`` (glob characters escaped).
+
+    >>> profile_pattern("attune:"), profile_pattern("a*b:")
+    ('attune:{u:*}:profile', 'a\\\\*b:{u:*}:profile')
+    """
+    escaped = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
+    return escaped + "{u:*}:profile"
+
+
+# --- progress --------------------------------------------------------------------------------
+
+
+def say(message: str, stream: IO[str] | None = None) -> None:
+    """A progress line on stderr."""
+    out = stream if stream is not None else sys.stderr
+    out.write(f"bench: {message}\n")
+    out.flush()
+
+
+# --- servers and topics ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Servers:
+    """Where the bench runs and what it must stop at the end."""
+
+    kafka_bootstrap: str
+    redis_url: str
+    started: list[str] = field(default_factory=list)
+    note: str = ""
+
+
+def _use_servers(settings: Settings, stack: contextlib.ExitStack) -> Servers:
+    """The configured servers, or local ones started (and stopped at exit) for the bench."""
+    if settings.kafka_bootstrap and settings.redis_url:
+        return Servers(
+            settings.kafka_bootstrap,
+            settings.redis_url,
+            note="configured servers (ATTUNE_KAFKA_BOOTSTRAP, ATTUNE_REDIS_URL)",
+        )
+    if settings.kafka_bootstrap or settings.redis_url:
+        raise BenchError(
+            "set both ATTUNE_KAFKA_BOOTSTRAP and ATTUNE_REDIS_URL to bench against running "
+            "servers, or neither to start local ones"
+        )
+    from flows import local
+
+    try:
+        before = local.status(settings)
+        down = [name for name, line in before.items() if not line.startswith("up")]
+        say(f"starting local servers ({', '.join(down) or 'already up'}) ...")
+        servers = local.up(settings)
+    except local.LocalServerError as exc:
+        raise BenchError(f"could not start the local servers:\n{exc}") from None
+    if len(down) == len(local.SERVERS):
+        stack.callback(_stop_local, settings)
+        note = (
+            f"local servers started for this run (Kafka {servers.kafka_bootstrap}, Redis "
+            f"{servers.redis_url.rsplit('/', 1)[0]}), stopped at the end"
+        )
+        started = down
+    elif down:
+        note = (
+            f"local servers: {', '.join(down)} started for this run and left running "
+            "(the other was already up); `attune local down` stops both"
+        )
+        started = down
+    else:
+        note = "local servers already running (left running)"
+        started = []
+    return Servers(servers.kafka_bootstrap, servers.redis_url, started, note)
+
+
+def _stop_local(settings: Settings) -> None:
+    from flows import local
+
+    say("stopping the local servers this run started")
+    try:
+        local.down(settings)
+    except local.LocalServerError as exc:
+        say(f"could not stop the local servers: {exc}")
+
+
+def _kafka_config(settings: Settings) -> dict[str, Any]:
+    from flows.personalize import kafka_security
+
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "group.id": "attune-bench",
+        "enable.auto.commit": False,
+        **kafka_security(settings),
+    }
+
+
+def topic_size(settings: Settings, topic: str, timeout_s: float = 30.0) -> int:
+    """Messages in ``topic``: the sum over partitions of high - low watermark."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(_kafka_config(settings))
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout_s)
+        info = meta.topics.get(topic)
+        if info is None or info.error is not None:
+            raise BenchError(f"topic {topic} is not readable ({info.error if info else 'absent'})")
+        total = 0
+        for p in info.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            total += high - low
+        return total
+    finally:
+        consumer.close()
+
+
+# --- decode-only -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeResult:
+    """One decode-only run: messages, wall seconds (all consumers), CPU seconds, dead letters.
+
+    ``wall_s`` runs from the first batch received to the last message decoded;
+    ``connect_s`` is the time before that first batch (assign, connect, first
+    fetch), left out of the rate as the flow's start-up is.
+    """
+
+    events: int
+    wall_s: float
+    connect_s: float
+    cpu_s: float
+    dead_letters: int
+
+
+@dataclass(frozen=True, slots=True)
+class _DecodePart:
+    events: int
+    start: float
+    first: float
+    end: float
+    cpu_s: float
+    dead_letters: int
+
+
+def _decode_partitions(
+    config: Mapping[str, Any],
+    topic: str,
+    partitions: Sequence[int],
+    *,
+    batch_size: int,
+    timeout_s: float,
+    ready: Callable[[], None] = lambda: None,
+) -> _DecodePart:
+    """Read ``partitions`` of ``topic`` from the beginning to their end, decoding every message.
+
+    ``ready`` is called once the consumer exists, right before timing starts
+    (the multi-process run waits for every consumer there).
+    """
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    from operators.codec import Codec
+    from operators.events import DeadLetter
+
+    codec = Codec()
+    consumer = Consumer(dict(config))
+    try:
+        ends = {}
+        for p in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+            if high > low:
+                ends[p] = high
+        ready()
+        cpu0 = time.process_time()
+        start = time.monotonic()
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        todo = set(ends)
+        events = dead = 0
+        decode = codec.decode_event
+        last_message = start
+        first: float | None = None
+        while todo:
+            msgs = consumer.consume(batch_size, 0.005)
+            now = time.monotonic()
+            if not msgs:
+                if now - last_message > CONSUME_STALL_S or now - start > timeout_s:
+                    raise BenchError(
+                        f"decode-only read of {topic} stalled with partitions {sorted(todo)} "
+                        f"unfinished after {events:,} messages"
+                    )
+                continue
+            last_message = now
+            if first is None:
+                first = now
+            for msg in msgs:
+                if msg.error() is not None:
+                    continue
+                if isinstance(decode(msg.value() or b""), DeadLetter):
+                    dead += 1
+                events += 1
+                part, offset = msg.partition(), msg.offset()
+                if part is not None and offset is not None and offset + 1 >= ends.get(part, 0):
+                    todo.discard(part)
+        end = time.monotonic()
+        return _DecodePart(events, start, first or end, end, time.process_time() - cpu0, dead)
+    finally:
+        consumer.close()
+
+
+def _decode_child(  # noqa: PLR0917 - multiprocessing passes args positionally
+    config: dict[str, Any],
+    topic: str,
+    partitions: list[int],
+    batch_size: int,
+    timeout_s: float,
+    barrier: Any,
+    results: Any,
+) -> None:
+    """One decode-only process of a multi-process run (spawned; results through a queue)."""
+    try:
+        part = _decode_partitions(
+            config,
+            topic,
+            partitions,
+            batch_size=batch_size,
+            timeout_s=timeout_s,
+            ready=lambda: barrier.wait(60),
+        )
+        results.put(("ok", asdict(part)))
+    except BaseException as exc:
+        results.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def decode_only(
+    settings: Settings, topic: str, partitions: int, processes: int, timeout_s: float
+) -> DecodeResult:
+    """The decode-only baseline with ``processes`` consumers, partitions dealt round robin."""
+    config = _kafka_config(settings)
+    batch = settings.kafka_batch_size
+    if processes == 1:
+        part = _decode_partitions(
+            config, topic, range(partitions), batch_size=batch, timeout_s=timeout_s
+        )
+        return DecodeResult(
+            part.events,
+            part.end - part.first,
+            part.first - part.start,
+            part.cpu_s,
+            part.dead_letters,
+        )
+    import multiprocessing
+    import queue
+
+    ctx = multiprocessing.get_context("spawn")  # librdkafka threads do not survive fork
+    groups = [list(range(partitions))[i::processes] for i in range(processes)]
+    groups = [g for g in groups if g]
+    barrier = ctx.Barrier(len(groups) + 1)
+    results = ctx.Queue()
+    children = [
+        ctx.Process(
+            target=_decode_child,
+            args=(config, topic, g, batch, timeout_s, barrier, results),
+            daemon=True,
+        )
+        for g in groups
+    ]
+    for child in children:
+        child.start()
+    try:
+        barrier.wait(120)
+        parts = []
+        for _ in children:
+            try:
+                status, value = results.get(timeout=timeout_s + CONSUME_STALL_S)
+            except queue.Empty:
+                raise BenchError(
+                    f"decode-only consumers did not finish within {timeout_s:.0f}s"
+                ) from None
+            if status != "ok":
+                raise BenchError(f"a decode-only consumer failed: {value}")
+            parts.append(_DecodePart(**value))
+    finally:
+        for child in children:
+            child.join(10)
+            if child.is_alive():
+                child.kill()
+    first = min(p.first for p in parts)
+    return DecodeResult(
+        sum(p.events for p in parts),
+        max(p.end for p in parts) - first,
+        first - min(p.start for p in parts),
+        sum(p.cpu_s for p in parts),
+        sum(p.dead_letters for p in parts),
+    )
+
+
+# --- the flow in subprocesses ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FlowRun:
+    """One run of the flow: wall seconds (first start to last exit), first Redis key, resources."""
+
+    wall_s: float
+    first_write_s: float | None
+    peak_rss_kib: list[int]
+    cpu_s: float
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _kill_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    """Kill the flow processes still running (after a failure or the time bound)."""
+    for proc in procs:
+        if proc.returncode is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def _tail(fh: IO[bytes], lines: int = 30) -> str:
+    fh.seek(0)
+    text = fh.read().decode(errors="replace").rstrip().splitlines()
+    return "\n".join(text[-lines:])
+
+
+def run_flow(
+    env: Mapping[str, str],
+    *,
+    processes: int,
+    workers: int,
+    timeout_s: float,
+    label: str,
+    redis_client: Any | None = None,
+) -> FlowRun:
+    """Run the flow's processes to their exit; kill them all past ``timeout_s``.
+
+    Peak RSS and CPU time of each process come from ``os.wait4`` (its own
+    rusage, not the sum over children). ``redis_client``, when given, is
+    polled until the first key appears: the cross-check of the processing time.
+    """
+    commands = flow_commands(processes, workers, _free_ports(processes) if processes > 1 else [])
+    procs: list[subprocess.Popen[bytes]] = []
+    rss: dict[int, int] = {}
+    cpu = 0.0
+    first_write: float | None = None
+    with contextlib.ExitStack() as stack:
+        logs = [stack.enter_context(tempfile.TemporaryFile()) for _ in commands]
+        stack.callback(_kill_all, procs)
+        start = time.monotonic()
+        for cmd, log in zip(commands, logs, strict=True):
+            procs.append(
+                subprocess.Popen(
+                    cmd,
+                    env=dict(env),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        pending = dict(enumerate(procs))
+        next_progress = start + PROGRESS_EVERY_S
+        while pending:
+            for i, proc in list(pending.items()):
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid == 0:
+                    continue
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                del pending[i]
+                rss[i] = usage.ru_maxrss  # KiB on Linux
+                cpu += usage.ru_utime + usage.ru_stime
+                if proc.returncode != 0:
+                    raise BenchError(
+                        f"{label}: flow process {i} ({' '.join(commands[i][1:])}) exited with "
+                        f"{proc.returncode}; its output ends with:\n{_tail(logs[i])}"
+                    )
+            now = time.monotonic()
+            if first_write is None and redis_client is not None and redis_client.dbsize() > 0:
+                first_write = now - start
+            if now - start > timeout_s:
+                raise BenchError(
+                    f"{label}: the flow did not finish within {timeout_s:.0f}s (--flow-timeout) "
+                    f"and was killed; the output of process 0 ends with:\n{_tail(logs[0])}"
+                )
+            if now >= next_progress:
+                next_progress = now + PROGRESS_EVERY_S
+                keys = f", {redis_client.dbsize():,} Redis keys" if redis_client else ""
+                say(f"{label}: running {now - start:.0f}s{keys}")
+            if pending:
+                time.sleep(POLL_S)
+        wall = time.monotonic() - start
+    return FlowRun(wall, first_write, [rss[i] for i in sorted(rss)], cpu)
+
+
+# --- Redis -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RedisMemory:
+    """What one flow run left in Redis."""
+
+    used_delta: int
+    profile_users: int
+    keys: int
+    sample_bytes_per_user: float | None
+
+
+def redis_memory(client: Any, used_before: int, prefix: str, seed: int) -> RedisMemory:
+    """``used_memory`` growth, profile keys (SCAN) and the mean ``MEMORY USAGE`` of sampled users.
+
+    A sampled user's bytes are the sum over every per-user key kind under its
+    hash tag (profile, segments, recs, alias) that exists.
+    """
+    from operators.redis_keys import USER_KEY_KINDS
+
+    used_after = int(client.info("memory")["used_memory"])
+    profiles = sorted(client.scan_iter(match=profile_pattern(prefix), count=1000))
+    sample_mean = None
+    if profiles:
+        sample = random.Random(seed).sample(profiles, min(MEMORY_SAMPLE_USERS, len(profiles)))
+        pipe = client.pipeline(transaction=False)
+        for key in sample:
+            base = key[: -len(b"profile")]
+            for kind in USER_KEY_KINDS:
+                pipe.execute_command("MEMORY", "USAGE", base + kind.encode(), "SAMPLES", "0")
+        sizes = pipe.execute()
+        sample_mean = sum(s or 0 for s in sizes) / len(sample)
+    return RedisMemory(used_after - used_before, len(profiles), int(client.dbsize()), sample_mean)
+
+
+# --- machine ---------------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures were measured on."""
+    info: dict[str, Any] = {
+        "nproc": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    for dist in ("bytewax", "confluent-kafka", "fastavro", "redis"):
+        try:
+            info[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            info[dist] = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        repo = Path(__file__).resolve().parents[1]
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+        info["git"] = head + ("+dirty" if dirty else "") if head else None
+    return info
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    """``attune bench throughput``: 0 when it ran (whatever the verdicts), 1 when it could not."""
+    # kafka-python logs every connection at INFO: it would bury the progress lines.
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    try:
+        report = _bench(args)
+    except BenchError as exc:
+        print(f"attune bench throughput: {exc}", file=sys.stderr)
+        return 1
+    print(report)
+    return 0
+
+
+@dataclass(slots=True)
+class _Run:
+    """What a bench run sets up once: servers, settings for the fresh topics, a Redis client."""
+
+    servers: Servers
+    settings: Settings
+    topics: dict[str, str]
+    redis: Any
+
+
+def _bench(args: argparse.Namespace) -> str:
+    machine = machine_info()
+    machine["load_average_start"] = load_average()
+    with contextlib.ExitStack() as stack:
+        bench = _set_up(args, stack)
+        produced = _produce(args, bench.settings)
+        repeats = [
+            _one_repeat(args, bench, produced.events, f"run {i}/{args.repeat}")
+            for i in range(1, args.repeat + 1)
+        ]
+        machine["load_average_end"] = load_average()
+    summary = summarize(repeats)
+    rows = build_rows(summary)
+    text = "\n\n".join(
+        [_header(args, produced, bench.servers, machine), format_table(rows), _footnote()]
+    )
+    if args.json:
+        doc = _json_doc(
+            args,
+            machine=machine,
+            servers=bench.servers,
+            produced=produced,
+            repeats=repeats,
+            summary=summary,
+            rows=rows,
+        )
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+        say(f"wrote {args.json}")
+    return text
+
+
+def _set_up(args: argparse.Namespace, stack: contextlib.ExitStack) -> _Run:
+    """Servers, fresh topics and a flushed Redis database; their clean-up goes on ``stack``."""
+    import redis
+
+    from flows import topics
+
+    base = Settings.from_env()
+    servers = _use_servers(base, stack)
+    say(servers.note)
+    if args.redis_db == 0 and "redis" not in servers.started:
+        raise BenchError(
+            "refusing to flush database 0 of a Redis server this bench did not start; "
+            "pass --redis-db N (default 15)"
+        )
+    stem = f"bench-{uuid.uuid4().hex[:12]}"
+    names = bench_topics(stem)
+    settings = base.replace(
+        kafka_bootstrap=servers.kafka_bootstrap,
+        redis_url=redis_db_url(servers.redis_url, args.redis_db),
+        topic_events=names["events"],
+        topic_items=names["items"],
+        topic_segments=names["segments"],
+        topic_dlq=names["dlq"],
+        topic_triggers_prefix=names["triggers_prefix"],
+        kafka_tail=False,
+    )
+    all_topics = [*topics.design_topics(settings), names["empty"]]
+    stack.callback(_delete_topics, settings, all_topics)
+    try:
+        topics.ensure_topics(
+            settings.kafka_bootstrap, all_topics, args.partitions, settings=settings
+        )
+    except Exception as exc:
+        raise BenchError(f"could not create the bench topics: {exc}") from None
+    say(f"topics {stem}.* ({args.partitions} partition(s) each), deleted at the end")
+
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=10)
+    stack.callback(client.close)
+    try:
+        leftover = int(client.dbsize())
+    except redis.RedisError as exc:
+        raise BenchError(f"Redis at {settings.redis_url} is not usable: {exc}") from None
+    if leftover:
+        say(f"Redis db {args.redis_db} held {leftover:,} keys; flushing it")
+    client.flushdb()
+    stack.callback(client.flushdb)
+    return _Run(servers, settings, names, client)
+
+
+def _produce(args: argparse.Namespace, settings: Settings) -> ProduceReport:
+    """The workload, generated and produced once; its time is reported, never timed below."""
+    from flows.generate import ProduceError, produce
+    from operators.codec import Codec
+    from operators.generator import GeneratorConfig, generate
+
+    config = GeneratorConfig(users=args.users, days=args.days, seed=args.seed)
+    say(f"generating and producing {args.users:,} users x {args.days} days, seed {args.seed}")
+    try:
+        report = produce(
+            generate(config),
+            settings.kafka_bootstrap,
+            settings.topic_events,
+            settings.topic_items,
+            None,
+            Codec(),
+            settings=settings,
+        )
+    except ProduceError as exc:
+        raise BenchError(f"producing the workload failed: {exc}") from None
+    say(f"produced {report.events:,} events, {report.items:,} item updates, {report.seconds:.1f}s")
+    return report
+
+
+def _one_repeat(
+    args: argparse.Namespace, bench: _Run, events: int, tag: str
+) -> dict[str, float | None]:
+    """Decode-only, then the flow on the empty topic, then the flow end to end."""
+    settings, names, client = bench.settings, bench.topics, bench.redis
+    flow_env = {**os.environ, **settings_env(settings)}
+    empty_env = {**flow_env, env_name("topic_events"): names["empty"]}
+    scale = {"processes": args.processes, "workers": args.workers, "timeout_s": args.flow_timeout}
+
+    say(f"{tag}: decode-only, {args.processes} consumer(s)")
+    decode = decode_only(
+        settings, names["events"], args.partitions, args.processes, args.flow_timeout
+    )
+    if decode.events != events:
+        raise BenchError(f"decode-only read {decode.events:,} messages; {events:,} were produced")
+    say(f"{tag}: decode-only {decode.events / decode.wall_s:,.0f} events/s")
+
+    say(f"{tag}: the flow on the empty topic (startup and shutdown only)")
+    startup = run_flow(empty_env, label=f"{tag} startup-only", **scale)
+
+    client.flushdb()
+    used_before = int(client.info("memory")["used_memory"])
+    dlq_before = topic_size(settings, names["dlq"])
+    seg_before = topic_size(settings, names["segments"])
+    say(f"{tag}: the flow end to end, {args.processes} process(es) x {args.workers} worker(s)")
+    flow = run_flow(flow_env, label=f"{tag} end-to-end", redis_client=client, **scale)
+    figures = repeat_figures(
+        events=events,
+        processes=args.processes,
+        decode=decode,
+        startup=startup,
+        flow=flow,
+        redis_mem=redis_memory(client, used_before, settings.redis_prefix, args.seed),
+        dead_letters=topic_size(settings, names["dlq"]) - dlq_before,
+        segment_changes=topic_size(settings, names["segments"]) - seg_before,
+    )
+    say(
+        f"{tag}: end to end {figures['e2e_events_per_s'] or 0:,.0f} events/s "
+        f"(flow {flow.wall_s:.2f}s, startup-only {startup.wall_s:.2f}s)"
+    )
+    return figures
+
+
+def _json_doc(
+    args: argparse.Namespace,
+    *,
+    machine: Mapping[str, Any],
+    servers: Servers,
+    produced: ProduceReport,
+    repeats: list[dict[str, float | None]],
+    summary: Mapping[str, Stat | None],
+    rows: Sequence[Row],
+) -> dict[str, Any]:
+    return {
+        "argv": sys.argv,
+        "config": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+            if not callable(v)
+        },
+        "machine": dict(machine),
+        "servers": {"note": servers.note, "started": servers.started},
+        "produce": asdict(produced),
+        "repeats": repeats,
+        "summary": {k: (s.as_dict() if s else None) for k, s in summary.items()},
+        "verdicts": {
+            row.key: {
+                "target": row.target.text,
+                "median": row.stat.median if row.stat else None,
+                "verdict": row.verdict,
+            }
+            for row in rows
+            if row.target is not None
+        },
+    }
+
+
+def _delete_topics(settings: Settings, names: list[str]) -> None:
+    from flows import topics
+
+    try:
+        topics.delete_topics(settings.kafka_bootstrap, names, settings=settings)
+    except Exception as exc:
+        say(f"could not delete the bench topics {', '.join(names)}: {exc}")
+
+
+def _header(
+    args: argparse.Namespace,
+    produced: ProduceReport,
+    servers: Servers,
+    machine: Mapping[str, Any],
+) -> str:
+    lines = [
+        f"attune bench throughput: {produced.events:,} events of {args.users:,} users "
+        f"({args.days} days, seed {args.seed}); {args.partitions} partition(s), "
+        f"{args.processes} process(es) x {args.workers} worker(s), {args.repeat} repeat(s)",
+        f"servers: {servers.note}",
+        f"machine: {machine.get('nproc')} CPUs ({machine.get('cpu', '?')}), "
+        f"Python {machine['python']}, bytewax {machine.get('bytewax')}",
+        f"load average (1, 5, 15 min): {machine['load_average_start']} at start, "
+        f"{machine.get('load_average_end')} at end",
+        f"produce (generate + encode + deliver; not part of any figure below): "
+        f"{produced.seconds:.1f}s, {produced.events_per_s:,.0f} events/s",
+    ]
+    return "\n".join(lines)
+
+
+def _footnote() -> str:
+    return (
+        "median/min/max over the repeats; verdicts on the median. 'wall - startup': the flow's "
+        "wall time minus that of the same command on an empty topic (same items), both in this "
+        "run. Per process = end-to-end / --processes. RSS per user = (peak RSS - peak RSS on the "
+        "empty topic) / users with a profile key; Redis per user = used_memory growth during the "
+        "run / users with a profile key."
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bench.throughput``: the same as ``attune bench throughput``."""
+    parser = argparse.ArgumentParser(
+        prog="attune bench throughput", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

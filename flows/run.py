@@ -1,0 +1,126 @@
+"""``attune run``: run the personalization dataflow with flags, a live summary and a report.
+
+With Kafka and Redis configured (flags or ``ATTUNE_*``) it runs the production
+flow; with neither it is the embedded default: generated events (or
+``--input FILE``) in, results kept in process, a summary on screen and a JSON
+report. The same flow runs under ``python -m bytewax.run
+flows.personalize:flow`` for clusters (``-w``, ``-i``/``-a``); see
+docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+
+from bytewax.recovery import RecoveryConfig
+from bytewax.run import cli_main
+from prometheus_client import start_http_server
+
+from flows.embedded import LocalStore, render, write_report
+from flows.personalize import build_flow, clusters_key
+from flows.settings import Settings
+from operators.sources import progress
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_argument_group("input (default: Kafka if configured, else the generator)")
+    src.add_argument("--input", help="replay an Avro event file (e.g. from attune generate)")
+    src.add_argument("--users", type=int, help="generator: users (default 1000)")
+    src.add_argument("--days", type=int, help="generator: days (default 7)")
+    src.add_argument("--seed", type=int, help="generator: seed (default 7)")
+    srv = parser.add_argument_group("servers (both or neither)")
+    srv.add_argument("--kafka", help="Kafka bootstrap servers (ATTUNE_KAFKA_BOOTSTRAP)")
+    srv.add_argument("--redis", help="Redis URL (ATTUNE_REDIS_URL)")
+    srv.add_argument(
+        "--until-end", action="store_true", help="stop at the end of the topic instead of tailing"
+    )
+    run = parser.add_argument_group("execution")
+    run.add_argument("-w", "--workers", type=int, default=1, help="worker threads (default 1)")
+    run.add_argument("--recovery-dir", help="Bytewax recovery store (made if missing)")
+    run.add_argument(
+        "--snapshot-interval", type=float, default=10.0, help="seconds between snapshots"
+    )
+    run.add_argument("--segments", help="YAML rule segments file (default: shipped rules)")
+    run.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    run.add_argument(
+        "--report", default="out/report.json", help="embedded default: JSON report path"
+    )
+    run.add_argument("--every", type=float, default=2.0, help="seconds between live summary lines")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings.from_env().replace(
+        input_file=args.input,
+        generate_users=args.users,
+        generate_days=args.days,
+        generate_seed=args.seed,
+        kafka_bootstrap=args.kafka,
+        redis_url=args.redis,
+        kafka_tail=False if args.until_end else None,
+        segments_file=args.segments,
+    )
+
+
+def _live(stop: threading.Event, every: float, started: float) -> None:
+    last = 0.0
+    while not stop.wait(every):
+        read, dead = progress()
+        now = time.perf_counter()
+        rate = (read - last) / every
+        last = read
+        print(
+            f"[{now - started:7.1f}s] read {int(read):>9,}  dead letters {int(dead):>6,}  "
+            f"{rate:>9,.0f} events/s",
+            file=sys.stderr,
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    embedded = not settings.kafka_bootstrap and not settings.redis_url
+    store = LocalStore() if embedded else None
+    sinks = store.sinks(clusters_key(settings)) if store is not None else None
+    flow = build_flow(settings, sinks=sinks)
+    recovery = None
+    if args.recovery_dir:
+        from bytewax.recovery import init_db_dir
+
+        db = Path(args.recovery_dir)
+        if not db.exists():
+            db.mkdir(parents=True)
+            init_db_dir(db, 1)
+        recovery = RecoveryConfig(db)
+    if args.metrics_port:
+        start_http_server(args.metrics_port)
+    what = "embedded default" if embedded else f"Kafka {settings.kafka_bootstrap} -> Redis"
+    source = settings.input_file or (
+        f"generator ({settings.generate_users} users, {settings.generate_days} days, "
+        f"seed {settings.generate_seed})"
+        if embedded
+        else settings.topic_events
+    )
+    print(f"attune run: {what}; input {source}; {args.workers} worker(s)", file=sys.stderr)
+    stop = threading.Event()
+    started = time.perf_counter()
+    ticker = threading.Thread(target=_live, args=(stop, args.every, started), daemon=True)
+    ticker.start()
+    try:
+        cli_main(
+            flow,
+            workers_per_process=args.workers,
+            epoch_interval=None,
+            recovery_config=recovery,
+        )
+    finally:
+        stop.set()
+    elapsed = time.perf_counter() - started
+    if store is not None:
+        report = store.report(elapsed)
+        print(render(report))
+        write_report(report, Path(args.report))
+        print(f"report written to {args.report}", file=sys.stderr)
+    return 0
