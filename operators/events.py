@@ -308,15 +308,32 @@ class Source:
 # --- conversion at the codec boundary -------------------------------------------------------
 
 
+_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
+
+
 def to_record(obj: Any) -> Any:
     """A dataclass (nested) as the plain dict/list structure fastavro writes."""
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_record(getattr(obj, f.name)) for f in fields(obj)}
-    if isinstance(obj, tuple | list):
-        return [to_record(x) for x in obj]
-    if isinstance(obj, StrEnum):
-        return obj.value
-    return obj
+    cls = type(obj)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        if not (is_dataclass(obj) and not isinstance(obj, type)):
+            if isinstance(obj, tuple | list):
+                return [to_record(x) for x in obj]
+            if isinstance(obj, StrEnum):
+                return obj.value
+            return obj
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(obj))
+    out = {}
+    for name in names:
+        value = getattr(obj, name)
+        if value is None or type(value) in _PLAIN:
+            out[name] = value
+        else:
+            out[name] = to_record(value)
+    return out
+
+
+_PLAIN = frozenset({str, int, float, bool, bytes})
 
 
 def _lines(raw: list[dict[str, Any]]) -> tuple[LineItem, ...]:
@@ -337,13 +354,16 @@ def payload_from_record(avro_name: str, record: dict[str, Any]) -> Payload:
     return payload
 
 
+_EVENT_TYPES: dict[str, EventType] = {t.value: t for t in EventType}
+
+
 def event_from_record(record: dict[str, Any]) -> Event:
     """Build an :class:`Event` from a decoded envelope whose payload is ``(name, record)``."""
     name, raw_payload = record["payload"]
     ctx = record["context"]
     return Event(
         event_id=record["event_id"],
-        event_type=EventType(record["event_type"]),
+        event_type=_EVENT_TYPES[record["event_type"]],
         event_time=record["event_time"],
         payload=payload_from_record(name, raw_payload),
         user_id=record["user_id"],

@@ -134,7 +134,8 @@ class Series:
     times: list[int] = field(default_factory=list)
     values: list[int] = field(default_factory=list)
 
-    def add(self, t: int, value: int = 1) -> None:
+    def add(self, t: int, value: int = 1) -> int | None:
+        """Insert in time order; returns the value of the oldest entry if the cap dropped it."""
         if not self.times or t >= self.times[-1]:
             self.times.append(t)
             self.values.append(value)
@@ -144,7 +145,8 @@ class Series:
             self.values.insert(i, value)
         if len(self.times) > MAX_SERIES:
             del self.times[0]
-            del self.values[0]
+            return self.values.pop(0)
+        return None
 
     def trim(self, before: int) -> int:
         """Drop entries older than ``before``; returns how many went."""
@@ -194,6 +196,8 @@ class UserState:
     # windows (event time)
     views: Series = field(default_factory=Series)  # value: 1 premium / 0 not / -1 unknown
     view_categories: list[str | None] = field(default_factory=list)  # parallel to views
+    views_priced: int = 0  # entries of views with a known band (value >= 0)
+    views_premium: int = 0  # entries of views in the top band (value == 1)
     carts: Series = field(default_factory=Series)
     orders: Series = field(default_factory=Series)  # value: order total
     # cart: operations since the latest purchase, sorted by (event time, event id):
@@ -460,9 +464,20 @@ def _add_view(st: UserState, t: int, premium: int, category: str | None) -> None
         st.view_categories.append(category)
     else:
         st.view_categories.insert(bisect_right(views.times, t), category)
-    views.add(t, premium)
-    if len(st.view_categories) > len(views.times):  # the series dropped its oldest entry
+    dropped = views.add(t, premium)
+    if premium >= 0:
+        st.views_priced += 1
+        st.views_premium += premium
+    if dropped is not None:  # the series hit its cap and dropped its oldest entry
         del st.view_categories[0]
+        _forget_views(st, (dropped,))
+
+
+def _forget_views(st: UserState, values: Iterable[int]) -> None:
+    for v in values:
+        if v >= 0:
+            st.views_priced -= 1
+            st.views_premium -= v
 
 
 def _tally(counts: dict[str, int], key: str) -> None:
@@ -472,9 +487,11 @@ def _tally(counts: dict[str, int], key: str) -> None:
 
 def _trim(st: UserState) -> None:
     now = st.max_time
-    dropped = st.views.trim(now - 7 * DAY_MS)
-    if dropped:
-        del st.view_categories[:dropped]
+    n = bisect_left(st.views.times, now - 7 * DAY_MS)
+    if n:
+        _forget_views(st, st.views.values[:n])
+        st.views.trim(now - 7 * DAY_MS)
+        del st.view_categories[:n]
     st.carts.trim(now - 7 * DAY_MS)
     st.orders.trim(now - 30 * DAY_MS)
 
@@ -513,8 +530,16 @@ def _priced(st: UserState, now: int) -> list[int]:
 
 
 def _premium_share(st: UserState, now: int) -> float:
-    priced = _priced(st, now)
-    return round(sum(priced) / len(priced), 4) if priced else 0.0
+    if now == st.max_time:  # the series holds exactly the 7-day window: running totals
+        priced, premium = st.views_priced, st.views_premium
+    else:
+        window = _priced(st, now)
+        priced, premium = len(window), sum(window)
+    return round(premium / priced, 4) if priced else 0.0
+
+
+def _priced_views(st: UserState, now: int) -> int:
+    return st.views_priced if now == st.max_time else len(_priced(st, now))
 
 
 def _days_since(then: int | None, now: int) -> float | None:
@@ -551,7 +576,7 @@ _FEATURE_FNS: dict[str, Callable[[UserState, int], FeatureValue]] = {
     "top_category_7d": _top_category_7d,
     "top_category_share_7d": _top_category_share_7d,
     "premium_view_share_7d": _premium_share,
-    "priced_views_7d": lambda s, n: len(_priced(s, n)),
+    "priced_views_7d": _priced_views,
     "first_seen_ms": lambda s, n: s.first_seen_ms,
     "last_seen_ms": lambda s, n: s.max_time,
     "last_purchase_ms": lambda s, n: s.last_purchase_ms,

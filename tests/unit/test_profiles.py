@@ -196,6 +196,33 @@ def test_premium_share_and_top_category() -> None:
     assert compute(s, "top_category_7d") == "shoes/running"
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 12 * DAY_MS), st.sampled_from([None, 50, 5_000, 20_000])),
+        max_size=60,
+    ),
+    st.randoms(use_true_random=False),
+)
+def test_running_view_totals_equal_a_recount(
+    views: list[tuple[int, int | None]], rnd: random.Random
+) -> None:
+    bands = PriceBands({"a/b": 10_000})
+    s = UserState("u1")
+    cfg = ProfileConfig(price_bands=bands)
+    order = list(views)
+    rnd.shuffle(order)
+    for t, price in order:
+        apply(s, ev(T0 + t, ProductView("i", "a/b", price, "EUR")), cfg)
+    now = s.max_time
+    window = [p for t, p in views if T0 + t >= now - 7 * DAY_MS and p is not None]
+    assert compute(s, "priced_views_7d") == len(window)
+    premium = sum(1 for p in window if p >= 10_000)
+    assert compute(s, "premium_view_share_7d") == (
+        round(premium / len(window), 4) if window else 0.0
+    )
+
+
 def test_dwell_counts_each_page_once() -> None:
     s = UserState("u1")
     cfg = ProfileConfig()
