@@ -35,22 +35,11 @@ from operators.codec import Codec
 from operators.events import ErrorClass, SegmentChange
 from operators.generator import GeneratorConfig, GroundTruth, generate
 from operators.redis_keys import RedisKeys
+from tests.truth import profile_mismatches
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-COUNTERS = (
-    "events",
-    "page_views",
-    "product_views",
-    "searches",
-    "add_to_carts",
-    "purchases",
-    "revenue_minor",
-    "sessions",
-    "first_seen_ms",
-    "last_seen_ms",
-)
 GARBAGE = [b"", b"not avro at all", b"\xc3\x01" + b"\x00" * 4, b"\xc3\x01" + b"\x11" * 20]
 
 
@@ -157,20 +146,13 @@ def consume_all(settings: Settings, topic: str) -> list[bytes]:
 
 def assert_profiles_match(client: redis.Redis, settings: Settings, truth: GroundTruth) -> None:
     keys = RedisKeys(settings.redis_prefix)
-    mismatched = {}
-    exact = truth.exact_users()
-    assert len(exact) > 300
-    for user in exact:
+
+    def profile_of(user: str) -> dict[str, str]:
         raw: dict[bytes, bytes] = client.hgetall(keys.profile(user))  # type: ignore[assignment]
-        assert raw, f"no Redis profile for {user}"
-        profile = {k.decode(): v.decode() for k, v in raw.items()}
-        t = truth.users[user]
-        diff = {
-            c: (profile[c], getattr(t, c)) for c in COUNTERS if int(profile[c]) != getattr(t, c)
-        }
-        if diff:
-            mismatched[user] = diff
-    assert mismatched == {}
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    assert len(truth.exact_users()) > 300
+    assert profile_mismatches(profile_of, truth) == {}
 
 
 def test_kafka_to_redis_equals_the_ground_truth(stream: Input, redis_client: redis.Redis) -> None:

@@ -16,19 +16,8 @@ from operators.codec import EVENT, write_container
 from operators.events import Event, event_to_record
 from operators.generator import Generated, GeneratorConfig, GroundTruth, generate
 from operators.sources import EventListSource, FileEventSource
+from tests.truth import profile_mismatches
 
-COUNTERS = (
-    "events",
-    "page_views",
-    "product_views",
-    "searches",
-    "add_to_carts",
-    "purchases",
-    "revenue_minor",
-    "sessions",
-    "first_seen_ms",
-    "last_seen_ms",
-)
 SETTINGS = Settings.from_env().replace(kafka_bootstrap="", redis_url="")
 
 
@@ -56,19 +45,8 @@ def run_flow(workers: int = 1) -> LocalStore:
 
 
 def assert_profiles_match_truth(store: LocalStore, truth: GroundTruth) -> None:
-    exact = truth.exact_users()
-    assert len(exact) > 200
-    mismatched = {}
-    for user in exact:
-        profile = store.profiles.get(user)
-        assert profile is not None, f"no profile for {user}"
-        t = truth.users[user]
-        diff = {
-            c: (profile[c], getattr(t, c)) for c in COUNTERS if int(profile[c]) != getattr(t, c)
-        }
-        if diff:
-            mismatched[user] = diff
-    assert mismatched == {}
+    assert len(truth.exact_users()) > 200
+    assert profile_mismatches(store.profiles.get, truth) == {}
 
 
 def test_profiles_equal_the_ground_truth_exactly() -> None:
