@@ -45,3 +45,14 @@ def test_settings_read_the_environment_and_mask_secrets() -> None:
 def test_bad_setting_names_the_variable() -> None:
     with pytest.raises(ValueError, match="ATTUNE_PARTITIONS='three' is not an integer"):
         Settings.from_env({"ATTUNE_PARTITIONS": "three"})
+
+
+def test_redis_doc_lists_the_profile_fields() -> None:
+    from operators.features import FEATURES, PROFILE_FIELDS
+
+    doc = (ROOT / "docs" / "redis.md").read_text()
+    table = doc.split("<!-- profile-fields:start -->\n")[1].split("<!-- profile-fields:end -->")[0]
+    expected = ["| Field | Type | Meaning |", "|---|---|---|"] + [
+        f"| `{name}` | {FEATURES[name][0]} | {FEATURES[name][1]} |" for name in PROFILE_FIELDS
+    ]
+    assert table == "\n".join(expected) + "\n"
