@@ -87,7 +87,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.bench == "throughput":
-        import bench.throughput as throughput
+        from bench import throughput
 
         return throughput.run(args)
     raise ValueError(f"unknown benchmark {args.bench!r}")
@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_arguments(run_p)
     run_p.set_defaults(func=_cmd_run)
 
-    import bench.throughput as throughput
+    from bench import throughput
 
     bench_p = sub.add_parser("bench", help="benchmarks: throughput")
     bench_sub = bench_p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")

@@ -188,9 +188,8 @@ def build_flow(
         to_learner,
         partial(_learner_logic, settings.cluster_k, settings.cluster_seed),
     )
-    params_write = op.map(
-        "params_to_redis", published, partial(_params_write, clusters_key(settings))
-    )
+    write_params = partial(_params_write, clusters_key(settings), settings.redis_ttl_s)
+    params_write = op.map("params_to_redis", published, write_params)
     redis_ops = op.merge("all_redis_ops", redis_or_not.trues, params_write)
     op.output("redis", redis_ops, sinks.redis)
     op.output("segments_out", segment_changes, sinks.segments)
@@ -214,8 +213,8 @@ def _learner_logic(k: int, seed: int, resume: bytes | None) -> ClusterLearnerLog
     return ClusterLearnerLogic(resume, k, seed)
 
 
-def _params_write(key: str, kv: tuple[str, PublishParams]) -> JsonWrite:
-    return JsonWrite(key, kv[1].params.to_json())
+def _params_write(key: str, ttl_s: int, kv: tuple[str, PublishParams]) -> JsonWrite:
+    return JsonWrite(key, kv[1].params.to_json(), ttl_s)
 
 
 # --- defaults: Kafka and Redis when configured, else embedded ----------------------------------
