@@ -23,7 +23,7 @@ from operators.clustering import ClusterParams, LocalBoard
 
 if TYPE_CHECKING:
     from flows.personalize import Sinks
-from operators.events import DeadLetter, SegmentChange
+from operators.events import DeadLetter, SegmentChange, Trigger
 from operators.redis_sink import AliasWrite, ForgetUser, JsonWrite, ProfileWrite, SegmentsWrite
 
 
@@ -39,6 +39,7 @@ class LocalStore:
     dead_letters: Counter[str] = field(default_factory=Counter)
     dead_examples: list[str] = field(default_factory=list)
     models: dict[str, bytes] = field(default_factory=dict)
+    triggers: list[Trigger] = field(default_factory=list)
     board: LocalBoard = field(default_factory=LocalBoard)
     board_key: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -58,7 +59,7 @@ class LocalStore:
 
         self.board_key = board_key
         sink = LocalStoreSink(self)
-        return Sinks(sink, sink, sink, self.board)
+        return Sinks(sink, sink, sink, sink, self.board)
 
     def apply(self, items: list[Any]) -> None:
         with self.lock:
@@ -90,6 +91,8 @@ class LocalStore:
                 self.board.put(ClusterParams.from_json(item.value))
         elif isinstance(item, SegmentChange):
             self.segment_changes[f"{item.segment} {item.change}"] += 1
+        elif isinstance(item, Trigger):
+            self.triggers.append(item)
         elif isinstance(item, DeadLetter):
             self.dead_letters[item.error_class.value] += 1
             if len(self.dead_examples) < 3:
@@ -131,6 +134,7 @@ class LocalStore:
             "sessions": sum(int(p.get("sessions") or 0) for p in self.profiles.values()),
             "segment_sizes": {k: len(v) for k, v in sorted(self.audiences.items())},
             "segment_changes": dict(sorted(self.segment_changes.items())),
+            "triggers": dict(sorted(Counter(t.kind for t in self.triggers).items())),
             "dead_letters_by_class": dict(sorted(self.dead_letters.items())),
             "dead_letter_examples": self.dead_examples,
             "personas": self._personas(),
@@ -150,6 +154,7 @@ def render(report: dict[str, Any]) -> str:
         f"users            {report['users']:>10}   "
         f"(+{report['anonymous_merged']} anonymous ids merged into users)",
         f"sessions         {report['sessions']:>10}",
+        f"triggers         {sum(report['triggers'].values()):>10}   {report['triggers']}",
         "segment sizes:",
     ]
     lines += [f"  {name:<26}{n:>8}" for name, n in report["segment_sizes"].items()]

@@ -23,7 +23,7 @@ Tests and benches pass their own ``source``/``sinks``; production passes none.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -44,7 +44,14 @@ from operators.clustering import (
     RedisBoard,
 )
 from operators.codec import Codec, read_container
-from operators.events import DeadLetter, Event, ItemUpdate, SegmentChange, item_from_record
+from operators.events import (
+    DeadLetter,
+    Event,
+    ItemUpdate,
+    SegmentChange,
+    Trigger,
+    item_from_record,
+)
 from operators.identity import IdentityLogic, Link, Routed, link_of
 from operators.kafka_sink import CheckedKafkaSink, KafkaOut, to_kafka
 from operators.profiles import Keyed, Output, PriceBands, ProfileConfig, UserLogic
@@ -76,6 +83,7 @@ class Sinks:
     redis: Sink[Any]
     segments: Sink[Any]
     dead_letters: Sink[Any]
+    triggers: Sink[Any]
     board: ParamsBoard | None = None
 
 
@@ -193,12 +201,18 @@ def build_flow(
     redis_ops = op.merge("all_redis_ops", redis_or_not.trues, params_write)
     op.output("redis", redis_ops, sinks.redis)
     op.output("segments_out", segment_changes, sinks.segments)
+    triggers = op.filter_map("triggers", redis_or_not.falses, _trigger_or_none)
+    op.output("triggers_out", triggers, sinks.triggers)
     op.output("dead_letters_out", dead, sinks.dead_letters)
     return flow
 
 
 def _segment_change_or_none(out: Output) -> SegmentChange | None:
     return out if isinstance(out, SegmentChange) else None
+
+
+def _trigger_or_none(out: Output) -> Trigger | None:
+    return out if isinstance(out, Trigger) else None
 
 
 def _vector_or_none(out: Output) -> ClusterVector | None:
@@ -265,8 +279,11 @@ def default_sinks(settings: Settings) -> Sinks:
         redis_config = RedisConfig.from_settings(settings)
         return Sinks(
             redis=RedisSink(redis_config),
-            segments=EncodingKafkaSink(settings, settings.topic_segments, codec),
-            dead_letters=EncodingKafkaSink(settings, settings.topic_dlq, codec),
+            segments=EncodingKafkaSink(settings, _Topic(settings.topic_segments), codec),
+            dead_letters=EncodingKafkaSink(settings, _Topic(settings.topic_dlq), codec),
+            triggers=EncodingKafkaSink(
+                settings, _TriggerTopic(settings.topic_triggers_prefix), codec
+            ),
             board=RedisBoard(redis_config.client, clusters_key(settings)),
         )
     if settings.redis_url or settings.kafka_bootstrap:
@@ -288,11 +305,27 @@ def kafka_security(settings: Settings) -> dict[str, str]:
     return librdkafka_security(client_options(settings))
 
 
-class EncodingKafkaSink(DynamicSink[Any]):
-    """Typed outputs (segment changes, dead letters) encoded for one topic, then delivered
-    through a :class:`CheckedKafkaSink` (every delivery checked)."""
+@dataclass(frozen=True)
+class _Topic:
+    name: str
 
-    def __init__(self, settings: Settings, topic: str, codec: Codec) -> None:
+    def __call__(self, out: Any) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class _TriggerTopic:
+    prefix: str
+
+    def __call__(self, out: Trigger) -> str:
+        return f"{self.prefix}{out.kind}"
+
+
+class EncodingKafkaSink(DynamicSink[Any]):
+    """Typed outputs (segment changes, dead letters, triggers) encoded for their topic, then
+    delivered through a :class:`CheckedKafkaSink` (every delivery checked)."""
+
+    def __init__(self, settings: Settings, topic: Callable[[Any], str], codec: Codec) -> None:
         from flows.topics import client_options
 
         self.inner = CheckedKafkaSink(settings.kafka_bootstrap, security=client_options(settings))
@@ -308,13 +341,15 @@ class EncodingKafkaSink(DynamicSink[Any]):
 
 
 class _EncodingPartition(StatelessSinkPartition[Any]):
-    def __init__(self, inner: StatelessSinkPartition[KafkaOut], codec: Codec, topic: str) -> None:
+    def __init__(
+        self, inner: StatelessSinkPartition[KafkaOut], codec: Codec, topic: Callable[[Any], str]
+    ) -> None:
         self.inner = inner
         self.codec = codec
         self.topic = topic
 
     def write_batch(self, items: list[Any]) -> None:
-        self.inner.write_batch([to_kafka(item, self.codec, self.topic) for item in items])
+        self.inner.write_batch([to_kafka(item, self.codec, self.topic(item)) for item in items])
 
     def close(self) -> None:
         self.inner.close()

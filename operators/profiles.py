@@ -54,22 +54,39 @@ from bytewax.operators import StatefulBatchLogic
 from operators.clock import Clock, SystemClock
 from operators.clustering import ClusterVector, ParamsBoard, vector
 from operators.events import (
+    MAX_EVENT_TIME_MS,
     AddToCart,
+    ConsentUpdate,
     Dwell,
     ErasureRequest,
     Event,
     ItemUpdate,
+    LineItem,
     PageView,
     ProductView,
     Purchase,
     RemoveFromCart,
     Search,
     SegmentChange,
+    Trigger,
 )
 from operators.features import FEATURES, PROFILE_FIELDS, FeatureValue
 from operators.identity import Forget, UserInput
 from operators.redis_sink import AliasWrite, ForgetUser, ProfileWrite, SegmentsWrite
 from operators.segments import RuleSet, cluster_segment, membership_changes
+from operators.triggers import (
+    STREAM_CLOCK,
+    StreamClock,
+    TriggerConfig,
+    TriggerState,
+    cart_abandoned,
+    cart_due_ms,
+    long_dwell,
+    marketing_consent,
+    observe_consent,
+    repeat_visit,
+    segment_trigger,
+)
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -80,6 +97,8 @@ MAX_SESSIONS = 128
 MAX_SERIES = 2000
 MAX_CART_LINES = 100
 MAX_CART_OPS = 256
+#: How often a user with a pending cart looks at the stream clock (wall time).
+TIMER_POLL = timedelta(seconds=1)
 MAX_TALLY_KEYS = 8
 LONG_DWELL_MS = 30_000
 
@@ -125,6 +144,9 @@ class ProfileConfig:
     clock: Clock = field(default_factory=SystemClock)
     #: Where the latest cluster parameters are read; None: no clustering.
     board: ParamsBoard | None = None
+    triggers: TriggerConfig = field(default_factory=TriggerConfig)
+    #: The process's stream clock for timers of users who send nothing more.
+    stream_clock: StreamClock = field(default_factory=lambda: STREAM_CLOCK)
 
 
 @dataclass(slots=True)
@@ -213,10 +235,13 @@ class UserState:
     channels: dict[str, int] = field(default_factory=dict)
     segments: frozenset[str] = frozenset()
     cluster: int | None = None  # persona assigned from the published cluster parameters
+    trig: TriggerState = field(default_factory=TriggerState)
     erased: bool = False
 
 
-Output = ProfileWrite | SegmentsWrite | ForgetUser | AliasWrite | SegmentChange | ClusterVector
+Output = (
+    ProfileWrite | SegmentsWrite | ForgetUser | AliasWrite | SegmentChange | ClusterVector | Trigger
+)
 
 
 def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
@@ -246,23 +271,94 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
     st.first_seen_ms = min(st.first_seen_ms, t)
     new_session = _sessionize(st, t, cfg.session_gap_ms)
     st.max_time = max(st.max_time, t)
-    _count(st, event, t, cfg)
+    if event.user_id == st.user_id:
+        st.trig.known = True
+    crossed = _count(st, event, t, cfg)
     _trim(st)
     out: list[Output] = []
     if new_session and st.sessions > 1 and cfg.board is not None:
         # one vector per session boundary, not per event: the learner is one key
         out.append(ClusterVector(st.user_id, vector(FeatureView(st, st.max_time))))
-    if cfg.rules is None:
-        return out
-    now = st.max_time
-    after = cfg.rules.evaluate(FeatureView(st, now))
-    if after == st.segments:
-        return out
-    before, st.segments = st.segments, after
-    changes = cfg.rules.membership_changes(st.user_id, before, after, t, cfg.clock.now_ms())
-    entered = tuple(sorted(after - before))
-    exited = tuple(sorted(before - after))
-    return [*out, *changes, SegmentsWrite(st.user_id, entered, exited)]
+    candidates = _behaviour_triggers(st, event, new_session, crossed, cfg)
+    if cfg.rules is not None:
+        after = cfg.rules.evaluate(FeatureView(st, st.max_time))
+        if after != st.segments:
+            before, st.segments = st.segments, after
+            changes = cfg.rules.membership_changes(st.user_id, before, after, t, cfg.clock.now_ms())
+            entered = tuple(sorted(after - before))
+            exited = tuple(sorted(before - after))
+            out += [*changes, SegmentsWrite(st.user_id, entered, exited)]
+            if st.trig.known:
+                candidates += [segment_trigger(c) for c in changes]
+    return out + publishable(st, candidates)
+
+
+def _behaviour_triggers(
+    st: UserState, event: Event, new_session: bool, crossed: bool, cfg: ProfileConfig
+) -> list[Trigger]:
+    """Trigger candidates this event causes (known users only: anonymous carts and visits
+    are handed to the user at login and judged there)."""
+    if not st.trig.known:
+        return []
+    emit = cfg.clock.now_ms()
+    out: list[Trigger] = []
+    # Judge the cart at this event's time: anonymous history handed over at login
+    # arrives after newer events, and must not make every intermediate cart look
+    # abandoned. Catching up to the user's latest time happens once per batch.
+    abandoned = check_cart(st, event.event_time, cfg)
+    if abandoned is not None:
+        out.append(abandoned)
+    p = event.payload
+    if crossed and isinstance(p, Dwell):
+        page = p.page_view_id or p.item_id or ""
+        if not _added_since(st, p.item_id, st.session_start_ms):
+            fired = long_dwell(
+                st.trig,
+                st.user_id,
+                page=page,
+                item_id=p.item_id,
+                dwell_ms=p.dwell_ms,
+                t=event.event_time,
+                emit_ms=emit,
+            )
+            if fired is not None:
+                out.append(fired)
+    if new_session:
+        visit = repeat_visit(st.user_id, st.session_start_ms, st.session_starts, emit, cfg.triggers)
+        if visit is not None:
+            out.append(visit)
+    return out
+
+
+def _added_since(st: UserState, item_id: str | None, since: int) -> bool:
+    return item_id is not None and any(
+        op[2] == item_id and op[3] > 0 and op[0] >= since for op in st.cart_ops
+    )
+
+
+def check_cart(st: UserState, now_ms: int, cfg: ProfileConfig) -> Trigger | None:
+    """The cart-abandoned trigger if the pending cart's due time is behind ``now_ms``."""
+    if not st.trig.known or cart_due_ms(st.trig, cfg.triggers) is None:
+        return None
+    lines = tuple(LineItem(item, q, price) for item, (q, price) in cart_of(st).items())
+    return cart_abandoned(
+        st.trig,
+        st.user_id,
+        lines=lines,
+        now_ms=now_ms,
+        emit_ms=cfg.clock.now_ms(),
+        cfg=cfg.triggers,
+    )
+
+
+def publishable(st: UserState, candidates: list[Trigger]) -> list[Output]:
+    """The candidates that may go out: marketing triggers need marketing consent.
+
+    (The declarative trigger rules of operators/rules.py refine this when configured.)
+    """
+    if not candidates or not marketing_consent(st.trig):
+        return []
+    return list(candidates)
 
 
 def _audiences(st: UserState) -> tuple[str, ...]:
@@ -360,7 +456,9 @@ def _in_current_session(st: UserState, t: int) -> bool:
     return t >= st.session_start_ms
 
 
-def _count(st: UserState, event: Event, t: int, cfg: ProfileConfig) -> None:
+def _count(st: UserState, event: Event, t: int, cfg: ProfileConfig) -> bool:
+    """Count the event; returns whether a dwell just passed the long-dwell threshold."""
+    crossed = False
     st.events += 1
     current = _in_current_session(st, t)
     if current:
@@ -371,6 +469,9 @@ def _count(st: UserState, event: Event, t: int, cfg: ProfileConfig) -> None:
             _tally(st.devices, ctx.device)
         if ctx.channel is not None:
             _tally(st.channels, ctx.channel)
+            st.trig.channel = ctx.channel
+        if ctx.timezone is not None:
+            st.trig.timezone = ctx.timezone
     p = event.payload
     if isinstance(p, ProductView):
         st.product_views += 1
@@ -387,9 +488,12 @@ def _count(st: UserState, event: Event, t: int, cfg: ProfileConfig) -> None:
         if current:
             st.session_add_to_carts += 1
         st.carts.add(t)
+        st.trig.currency = p.currency
+        _cart_activity(st, t)
         _cart_op(st, (t, event.event_id, p.item_id, p.quantity, p.unit_price_minor))
     elif isinstance(p, RemoveFromCart):
         st.remove_from_carts += 1
+        _cart_activity(st, t)
         _cart_op(st, (t, event.event_id, p.item_id, -p.quantity, 0))
     elif isinstance(p, Purchase):
         st.purchases += 1
@@ -402,6 +506,8 @@ def _count(st: UserState, event: Event, t: int, cfg: ProfileConfig) -> None:
             # the order empties the cart: what was added before it is paid for
             st.cart_ops = [op for op in st.cart_ops if op[0] > t]
             st.cart_base = {}
+            if st.trig.cart_activity_ms is not None and st.trig.cart_activity_ms <= t:
+                st.trig.cart_activity_ms = None  # converted: nothing pending
     elif isinstance(p, Dwell):
         st.dwells += 1
         page = p.page_view_id or p.item_id or ""
@@ -411,9 +517,20 @@ def _count(st: UserState, event: Event, t: int, cfg: ProfileConfig) -> None:
             st.dwell_pages[page] = p.dwell_ms
             if before <= LONG_DWELL_MS < p.dwell_ms:
                 st.long_dwells += 1
+                crossed = p.item_id is not None
             if len(st.dwell_pages) > 16:
                 del st.dwell_pages[next(iter(st.dwell_pages))]
         st.dwell_max_ms = max(st.dwell_max_ms, p.dwell_ms)
+    elif isinstance(p, ConsentUpdate):
+        observe_consent(st.trig, t, p)
+    return crossed
+
+
+def _cart_activity(st: UserState, t: int) -> None:
+    if st.last_purchase_ms is not None and t <= st.last_purchase_ms:
+        return  # before the latest order: not pending
+    if st.trig.cart_activity_ms is None or t > st.trig.cart_activity_ms:
+        st.trig.cart_activity_ms = t
 
 
 def _cart_op(st: UserState, entry: tuple[int, str, str, int, int]) -> None:
@@ -633,6 +750,10 @@ def profile_write(st: UserState) -> ProfileWrite:
 Keyed = tuple[str, UserInput]
 
 
+def _time_of(kv: Keyed) -> int:
+    return kv[1].event_time
+
+
 class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
     """Per-user step: :func:`apply` per input, then one profile write for the batch.
 
@@ -651,6 +772,9 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
             st = self.state = UserState(user_id=values[0][0])
         out: list[Output] = []
         before = st.events
+        # Event-time order within the batch: a login's direct events and the anonymous
+        # history handed over with it reach this step together, the newest first.
+        values.sort(key=_time_of)
         for _, item in values:
             out.extend(apply(st, item, self.cfg))
             if st.erased or isinstance(item, Forget):
@@ -658,13 +782,36 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         if st.events != before:
             out.extend(assign_cluster(st, self.cfg))
             out.append(profile_write(st))
+        out.extend(self._timers())
         self.idle_since = datetime.now(UTC)
         return out, StatefulBatchLogic.RETAIN
 
+    def _timers(self, end_of_input: bool = False) -> list[Output]:
+        """Fire a pending cart abandonment the stream's clock has passed (all at end of input)."""
+        st = self.state
+        if st is None:
+            return []
+        if end_of_input:
+            now = MAX_EVENT_TIME_MS
+        else:
+            clock = self.cfg.stream_clock.now_ms()
+            now = max(st.max_time, clock or 0)
+        fired = check_cart(st, now, self.cfg)
+        return publishable(st, [fired]) if fired is not None else []
+
     def on_notify(self) -> tuple[Iterable[Output], bool]:
-        return [], datetime.now(UTC) >= self.idle_since + self.cfg.state_ttl
+        out = self._timers()
+        expired = datetime.now(UTC) >= self.idle_since + self.cfg.state_ttl
+        return out, expired
+
+    def on_eof(self) -> tuple[Iterable[Output], bool]:
+        # End of a bounded input: event time is over, every pending timer fires.
+        return self._timers(end_of_input=True), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
+        st = self.state
+        if st is not None and cart_due_ms(st.trig, self.cfg.triggers) is not None:
+            return datetime.now(UTC) + TIMER_POLL  # poll the stream clock while a cart waits
         return self.idle_since + self.cfg.state_ttl
 
     def snapshot(self) -> bytes:

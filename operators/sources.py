@@ -44,6 +44,7 @@ from prometheus_client import Counter
 
 from operators.codec import Codec, read_events_file
 from operators.events import DeadLetter, ErrorClass, Event, Source
+from operators.triggers import STREAM_CLOCK
 
 Item = Event | DeadLetter
 
@@ -179,6 +180,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, PartitionState]):
             out.append(decoded)
             self.offset = (msg.offset() or 0) + 1
         _count(out)
+        STREAM_CLOCK.advance(f"{self.topic}:{self.partition}", wm.max_time)
         return out
 
     def snapshot(self) -> PartitionState:
@@ -260,12 +262,15 @@ class _IteratorPartition(StatefulSourcePartition[Item, PartitionState]):
 
     def __init__(
         self,
+        name: str,
         items: Iterator[tuple[Item, Callable[[], bytes], Source]],
+        *,
         resume: PartitionState | None,
         batch_size: int,
         codec: Codec,
         wm: Watermark,
     ) -> None:
+        self.name = name
         self.items = items
         self.position = 0
         self.batch_size = batch_size
@@ -287,6 +292,7 @@ class _IteratorPartition(StatefulSourcePartition[Item, PartitionState]):
             raise StopIteration
         self.position += len(out)
         _count(out)
+        STREAM_CLOCK.advance(self.name, self.wm.max_time)
         return out
 
     def snapshot(self) -> PartitionState:
@@ -316,7 +322,12 @@ class FileEventSource(FixedPartitionedSource[Item, PartitionState]):
                 yield value, _encoder(codec, value), src
 
         return _IteratorPartition(
-            items(), resume_state, self.batch_size, codec, Watermark(self.allowed_lateness_ms)
+            for_part,
+            items(),
+            resume=resume_state,
+            batch_size=self.batch_size,
+            codec=codec,
+            wm=Watermark(self.allowed_lateness_ms),
         )
 
 
@@ -353,7 +364,12 @@ class EventListSource(FixedPartitionedSource[Item, PartitionState]):
                 yield event, _encoder(codec, event), Source(self.name, None, index)
 
         return _IteratorPartition(
-            items(), resume_state, self.batch_size, codec, Watermark(self.allowed_lateness_ms)
+            for_part,
+            items(),
+            resume=resume_state,
+            batch_size=self.batch_size,
+            codec=codec,
+            wm=Watermark(self.allowed_lateness_ms),
         )
 
 

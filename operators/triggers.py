@@ -1,0 +1,236 @@
+"""Behavioural triggers: cart abandoned, long dwell, repeat visit, segment entered/exited.
+
+Stage 8 of the flow, computed from the per-user state (:mod:`operators.profiles`)
+and then filtered by the declarative trigger rules before publishing to
+``attune.triggers.<kind>``. Everything here is event time; a trigger's id is a
+hash of its kind and its cause (the causing event's id, or the user and time
+that define it), so a replay yields the same id and downstream apps act once.
+
+When there is no next event, something must still tell time: the
+:class:`StreamClock` (one per process) is the smallest watermark of the source
+partitions this process reads (the event time the stream as a whole has
+reached), and when every partition has been idle for ``idle_after_s`` it moves
+on with the wall clock (a bounded processing-time fallback). At the end of a
+bounded input every pending timer fires.
+
+>>> trigger_id("cart_abandoned", "u1", 1_767_571_200_000)
+'ca-0b1363d7c10d5a63dbe1b49bf6595700'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from bisect import bisect_left
+from dataclasses import dataclass, field
+
+from operators.events import ConsentUpdate, LineItem, SegmentChange, Trigger
+
+#: Trigger kinds Attune computes (``high_propensity`` is defined for the models issue).
+KINDS: tuple[str, ...] = (
+    "cart_abandoned",
+    "long_dwell",
+    "repeat_visit",
+    "segment_entered",
+    "segment_exited",
+    "high_propensity",
+)
+_PREFIX = {
+    "cart_abandoned": "ca",
+    "long_dwell": "ld",
+    "repeat_visit": "rv",
+    "segment_entered": "se",
+    "segment_exited": "sx",
+    "high_propensity": "hp",
+}
+
+
+def trigger_id(kind: str, *cause: object) -> str:
+    """A stable id from the kind and what caused the trigger (same cause, same id)."""
+    digest = hashlib.sha256("\x1f".join([kind, *map(str, cause)]).encode()).hexdigest()[:32]
+    return f"{_PREFIX.get(kind, 'tr')}-{digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerConfig:
+    """When the behavioural triggers fire (settings feed them)."""
+
+    abandon_after_ms: int = 30 * 60_000
+    long_dwell_ms: int = 30_000
+    repeat_sessions: int = 3
+    repeat_window_ms: int = 7 * 24 * 3_600_000
+
+
+class StreamClock:
+    """The event time the stream has reached, as far as this process can tell.
+
+    Sources call :meth:`advance` with each partition's watermark; :meth:`now_ms`
+    is the smallest of them (a partition that is behind holds time back), except
+    that partitions idle for ``idle_after_s`` wall seconds stop holding it back,
+    and when all are idle time moves on with the wall clock from the largest
+    watermark. Thread-safe; not state (it is rebuilt from the sources after a
+    restart).
+    """
+
+    def __init__(self, idle_after_s: float = 30.0) -> None:
+        self.idle_after_s = idle_after_s
+        self._marks: dict[str, tuple[int, float]] = {}  # partition -> (watermark, wall seen)
+        self._lock = threading.Lock()
+
+    def advance(self, partition: str, watermark_ms: int) -> None:
+        with self._lock:
+            old = self._marks.get(partition)
+            if old is None or watermark_ms > old[0]:
+                self._marks[partition] = (watermark_ms, time.monotonic())
+
+    def now_ms(self) -> int | None:
+        """The stream's event time, or ``None`` before any partition reported."""
+        with self._lock:
+            if not self._marks:
+                return None
+            wall = time.monotonic()
+            active = [wm for wm, seen in self._marks.values() if wall - seen < self.idle_after_s]
+            if active:
+                return min(active)
+            newest_wm, newest_seen = max(self._marks.values(), key=lambda m: m[1])
+            top = max(wm for wm, _ in self._marks.values())
+            idle_for = wall - newest_seen - self.idle_after_s
+            return max(top, newest_wm) + int(max(0.0, idle_for) * 1000)
+
+
+#: The process's stream clock; the sources advance it, per-user timers read it.
+STREAM_CLOCK = StreamClock()
+
+
+# --- per-user trigger state and detection (called by operators.profiles) ---------------------
+
+MAX_FIRED_PAGES = 16
+
+
+@dataclass(slots=True)
+class TriggerState:
+    """What a user's triggers need to remember. Pickles; bounded."""
+
+    known: bool = False  # the key is a user id seen on an event (not only an anonymous id)
+    consent: dict[str, tuple[int, bool]] = field(default_factory=dict)  # purpose -> (t, given)
+    timezone: str | None = None
+    channel: str | None = None
+    currency: str | None = None
+    cart_activity_ms: int | None = None  # latest add/remove since the latest purchase
+    cart_fired_ms: int | None = None  # the cart activity an abandonment already fired for
+    dwell_fired: list[str] = field(default_factory=list)  # pages long_dwell fired for
+
+
+def observe_consent(ts: TriggerState, t: int, update: ConsentUpdate) -> None:
+    """Apply a consent update; the latest in event time wins per purpose."""
+    for purpose in ("analytics", "personalization", "marketing"):
+        given = getattr(update, purpose)
+        if given is not None:
+            old = ts.consent.get(purpose)
+            if old is None or t >= old[0]:
+                ts.consent[purpose] = (t, given)
+
+
+def marketing_consent(ts: TriggerState) -> bool | None:
+    """The user's latest marketing consent, ``None`` if never stated."""
+    entry = ts.consent.get("marketing")
+    return None if entry is None else entry[1]
+
+
+def cart_abandoned(
+    ts: TriggerState,
+    user: str,
+    *,
+    lines: tuple[LineItem, ...],
+    now_ms: int,
+    emit_ms: int,
+    cfg: TriggerConfig,
+) -> Trigger | None:
+    """The abandonment of the cart's latest activity, once ``now_ms`` passed its due time."""
+    activity = ts.cart_activity_ms
+    if activity is None or ts.cart_fired_ms == activity or not lines:
+        return None
+    due = activity + cfg.abandon_after_ms
+    if now_ms < due:
+        return None
+    ts.cart_fired_ms = activity
+    value = sum(line.quantity * line.unit_price_minor for line in lines)
+    return Trigger(
+        trigger_id=trigger_id("cart_abandoned", user, activity),
+        kind="cart_abandoned",
+        user_id=user,
+        cause_event_time=activity,
+        emit_time=emit_ms,
+        reason=f"cart of {len(lines)} lines left {cfg.abandon_after_ms // 60_000} min "
+        "after its last change without a purchase",
+        cart_lines=lines,
+        cart_value_minor=value,
+        currency=ts.currency,
+    )
+
+
+def cart_due_ms(ts: TriggerState, cfg: TriggerConfig) -> int | None:
+    """When the pending cart will count as abandoned, ``None`` if nothing is pending."""
+    if ts.cart_activity_ms is None or ts.cart_fired_ms == ts.cart_activity_ms:
+        return None
+    return ts.cart_activity_ms + cfg.abandon_after_ms
+
+
+def long_dwell(
+    ts: TriggerState,
+    user: str,
+    *,
+    page: str,
+    item_id: str | None,
+    dwell_ms: int,
+    t: int,
+    emit_ms: int,
+) -> Trigger | None:
+    """Fires once per page view whose dwell passed the threshold without an add to cart."""
+    if page in ts.dwell_fired:
+        return None
+    ts.dwell_fired.append(page)
+    if len(ts.dwell_fired) > MAX_FIRED_PAGES:
+        del ts.dwell_fired[0]
+    return Trigger(
+        trigger_id=trigger_id("long_dwell", user, page),
+        kind="long_dwell",
+        user_id=user,
+        cause_event_time=t,
+        emit_time=emit_ms,
+        reason=f"{dwell_ms // 1000} s on a product page without adding it to the cart",
+        item_id=item_id,
+    )
+
+
+def repeat_visit(
+    user: str, session_start: int, starts: list[int], emit_ms: int, cfg: TriggerConfig
+) -> Trigger | None:
+    """Fires when a new session is the ``repeat_sessions``-th within the window."""
+    within = len(starts) - bisect_left(starts, session_start - cfg.repeat_window_ms)
+    if within != cfg.repeat_sessions:
+        return None
+    days = cfg.repeat_window_ms // 86_400_000
+    return Trigger(
+        trigger_id=trigger_id("repeat_visit", user, session_start),
+        kind="repeat_visit",
+        user_id=user,
+        cause_event_time=session_start,
+        emit_time=emit_ms,
+        reason=f"session {within} within {days} days",
+    )
+
+
+def segment_trigger(change: SegmentChange) -> Trigger:
+    """A segment entered/exited trigger from a membership change."""
+    kind = "segment_entered" if change.change == "ENTERED" else "segment_exited"
+    return Trigger(
+        trigger_id=trigger_id(kind, change.user_id, change.segment, change.event_time),
+        kind=kind,
+        user_id=change.user_id,
+        cause_event_time=change.event_time,
+        emit_time=change.emit_time,
+        reason=change.reason or f"{change.change.lower()} {change.segment}",
+        segment=change.segment,
+    )
