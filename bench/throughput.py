@@ -105,6 +105,8 @@ MEMORY_SAMPLE_USERS = 100
 FLOW_IMPORT = "flows.personalize:flow"
 #: How often the bench looks at the flow processes and Redis while they run.
 POLL_S = 0.01
+#: Files whose changes count as a change of the code measured (git pathspecs).
+CODE_PATHS = ("*.py", "*.yaml", "*.avsc", "*.toml")
 #: How often progress lines are written while something runs.
 PROGRESS_EVERY_S = 5.0
 
@@ -814,7 +816,7 @@ def _kill_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
 def _tail(fh: IO[bytes], lines: int = 30) -> str:
     fh.seek(0)
     text = fh.read().decode(errors="replace").rstrip().splitlines()
-    return "\n".join(text[-lines:])
+    return "\n".join(text[-lines:]) or "(no output)"
 
 
 def run_flow(
@@ -944,24 +946,46 @@ def machine_info() -> dict[str, Any]:
             info[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             info[dist] = None
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        repo = Path(__file__).resolve().parents[1]
-        head = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        ).stdout.strip()
-        info["git"] = head + ("+dirty" if dirty else "") if head else None
+    info["git"] = code_version()
     return info
+
+
+def _git(*args: str) -> str:
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(repo), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout if done.returncode == 0 else ""
+
+
+def code_version() -> str | None:
+    """The commit measured, ``+dirty:<hash of the changes>`` when the code differs from it.
+
+    Only files the flow runs count (:data:`CODE_PATHS`): editing a README
+    during a run changes nothing measured.
+
+    The flow runs in fresh subprocesses, so an edit made during a bench run is
+    picked up by the next flow run; comparing this at the start and at the end
+    tells whether the figures may mix two versions of the code.
+    """
+    head = _git("rev-parse", "--short", "HEAD").strip()
+    if not head:
+        return None
+    changes = _git("status", "--porcelain", "--", *CODE_PATHS) + _git(
+        "diff", "HEAD", "--", *CODE_PATHS
+    )
+    if not changes:
+        return head
+    import hashlib
+
+    return f"{head}+dirty:{hashlib.sha1(changes.encode()).hexdigest()[:8]}"
 
 
 def load_average() -> list[float]:
@@ -1005,6 +1029,7 @@ def _bench(args: argparse.Namespace) -> str:
             for i in range(1, args.repeat + 1)
         ]
         machine["load_average_end"] = load_average()
+        machine["git_end"] = code_version()
     summary = summarize(repeats)
     rows = build_rows(summary)
     text = "\n\n".join(
@@ -1200,9 +1225,15 @@ def _header(
         f"Python {machine['python']}, bytewax {machine.get('bytewax')}",
         f"load average (1, 5, 15 min): {machine['load_average_start']} at start, "
         f"{machine.get('load_average_end')} at end",
+        f"code: {machine.get('git')}",
         f"produce (generate + encode + deliver; not part of any figure below): "
         f"{produced.seconds:.1f}s, {produced.events_per_s:,.0f} events/s",
     ]
+    if machine.get("git_end") != machine.get("git"):
+        lines.append(
+            f"WARNING: the code changed during the run ({machine.get('git')} -> "
+            f"{machine.get('git_end')}): flow runs may have used different versions"
+        )
     return "\n".join(lines)
 
 

@@ -43,7 +43,7 @@ from operators.clustering import (
     PublishParams,
     RedisBoard,
 )
-from operators.codec import Codec, read_container
+from operators.codec import Codec, SchemaRegistryClient, read_container
 from operators.events import (
     DeadLetter,
     Event,
@@ -234,6 +234,13 @@ def _params_write(key: str, ttl_s: int, kv: tuple[str, PublishParams]) -> JsonWr
 # --- defaults: Kafka and Redis when configured, else embedded ----------------------------------
 
 
+def codec_for(settings: Settings) -> Codec:
+    """The codec of the flow: Confluent framing via the schema registry when configured."""
+    if settings.schema_registry_url:
+        return Codec(registry=SchemaRegistryClient(settings.schema_registry_url))
+    return Codec()
+
+
 def default_input(settings: Settings) -> tuple[Source[Event | DeadLetter], list[ItemUpdate]]:
     """Kafka if configured; else the replay file (``ATTUNE_INPUT_FILE``); else the generator."""
     lateness = settings.allowed_lateness_s * 1000
@@ -246,6 +253,7 @@ def default_input(settings: Settings) -> tuple[Source[Event | DeadLetter], list[
                 config=kafka_security(settings),
                 tail=settings.kafka_tail,
                 batch_size=settings.kafka_batch_size,
+                codec_factory=partial(codec_for, settings),
             ),
             read_items_topic(settings),
         )
@@ -275,7 +283,7 @@ def default_input(settings: Settings) -> tuple[Source[Event | DeadLetter], list[
 def default_sinks(settings: Settings) -> Sinks:
     """Redis and Kafka when configured; the embedded store otherwise."""
     if settings.redis_url and settings.kafka_bootstrap:
-        codec = Codec()
+        codec = codec_for(settings)
         redis_config = RedisConfig.from_settings(settings)
         return Sinks(
             redis=RedisSink(redis_config),
@@ -370,7 +378,7 @@ def read_items_topic(settings: Settings, timeout_s: float = 30.0) -> list[ItemUp
     """The catalogue snapshot: the items topic read from the beginning to its current end."""
     from confluent_kafka import Consumer, TopicPartition
 
-    codec = Codec()
+    codec = codec_for(settings)
     consumer = Consumer(
         {
             "bootstrap.servers": settings.kafka_bootstrap,

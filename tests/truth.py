@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-from operators.generator import GroundTruth
+from operators.events import Trigger
+from operators.generator import CartOutcome, GroundTruth
 
 #: Profile fields that must equal the truth's per-user figures exactly.
 COUNTERS = (
@@ -38,3 +40,46 @@ def profile_mismatches(
         if diff:
             out[user] = diff
     return out
+
+
+@dataclass(frozen=True)
+class CartExpectations:
+    """What cart-abandoned triggers must show for a generated stream (known users with
+    consent): fired must be a subset of ``abandoned`` (exact values), disjoint from
+    ``converted``, cover ``never_again`` and nearly all of ``due_while_known``."""
+
+    abandoned: dict[tuple[str, int], CartOutcome]
+    converted: set[tuple[str, int]]
+    due_while_known: set[tuple[str, int]]
+    never_again: set[tuple[str, int]]
+    users: set[str]
+
+
+def cart_expectations(truth: GroundTruth) -> CartExpectations:
+    users = {u for u in truth.exact_users() if truth.users[u].identity != "anonymous"}
+    abandoned = {(c.user, c.last_activity_ms): c for c in truth.abandoned_carts if c.user in users}
+    return CartExpectations(
+        abandoned=abandoned,
+        converted={(c.user, c.last_activity_ms) for c in truth.converted_carts},
+        due_while_known={
+            k
+            for k, c in abandoned.items()
+            if truth.users[c.user].identity == "known"
+            or (truth.users[c.user].identified_ms or 0) <= c.due_ms
+        },
+        never_again={k for k, c in abandoned.items() if not c.later_event},
+        users=users,
+    )
+
+
+def check_cart_triggers(fired: Mapping[tuple[str, int], Trigger], exp: CartExpectations) -> None:
+    """Assert the cart-abandoned triggers (by user and cause time) against the truth."""
+    assert set(fired) <= set(exp.abandoned), sorted(set(fired) - set(exp.abandoned))[:5]
+    assert not set(fired) & exp.converted
+    for key, trig in fired.items():
+        assert trig.cart_value_minor == exp.abandoned[key].value_minor, key
+        assert {(x.item_id, x.quantity) for x in trig.cart_lines} == {
+            (x.item_id, x.quantity) for x in exp.abandoned[key].lines
+        }, key
+    assert len(exp.due_while_known & set(fired)) >= 0.99 * len(exp.due_while_known)
+    assert exp.never_again and exp.never_again <= set(fired)

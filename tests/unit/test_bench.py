@@ -282,3 +282,27 @@ def test_profile_pattern_matches_the_key_builder() -> None:
         literal = pattern.replace("\\*", "\0")
         assert fnmatch.fnmatchcase(keys.profile("u1").replace("*", "\0"), literal)
         assert not fnmatch.fnmatchcase(keys.segments("u1").replace("*", "\0"), literal)
+
+
+def test_header_says_where_and_warns_when_the_code_changed() -> None:
+    from flows.generate import ProduceReport
+
+    args = parse("--users", "10", "--repeat", "2")
+    produced = ProduceReport("t", "i", events=1234, items=5, bytes=1, seconds=2.0, events_per_s=617)
+    servers = tp.Servers("k:1", "redis://r:2/0", note="configured servers")
+    machine = {
+        "nproc": 2,
+        "python": "3.11.7",
+        "bytewax": "0.21.1",
+        "load_average_start": [1.0, 1.0, 1.0],
+        "load_average_end": [2.0, 1.0, 1.0],
+        "git": "abc",
+        "git_end": "abc",
+    }
+    header = tp._header(args, produced, servers, machine)
+    assert "1,234 events of 10 users" in header
+    assert "configured servers" in header
+    assert "617 events/s" in header
+    assert "WARNING" not in header
+    changed = tp._header(args, produced, servers, {**machine, "git_end": "def"})
+    assert "WARNING: the code changed during the run (abc -> def)" in changed
