@@ -67,6 +67,7 @@ from operators.redis_sink import (
 from operators.redis_sink import SegmentsWrite as _SegmentsWrite
 from operators.segments import load_rules
 from operators.sources import EventListSource, FileEventSource, KafkaEventSource
+from operators.triggers import STREAM_CLOCK, TriggerConfig
 
 RedisOp = ProfileWrite | _SegmentsWrite | ForgetUser | AliasWrite | JsonWrite
 REDIS_OPS = (ProfileWrite, _SegmentsWrite, ForgetUser, AliasWrite)
@@ -98,6 +99,7 @@ def profile_config(
         rules=rules,
         price_bands=PriceBands.from_items(items or [], PREMIUM_QUANTILE),
         board=board,
+        triggers=TriggerConfig(settle_ms=settings.allowed_lateness_s * 1000),
     )
 
 
@@ -167,6 +169,7 @@ def build_flow(
         source = source or default_source
         items = default_items if items is None else items
     cfg = profile_config(settings, items, sinks.board)
+    STREAM_CLOCK.reset()  # one flow per process; a new flow starts with no event time
 
     flow = Dataflow("attune_personalize")
     decoded = op.input("events", flow, source)

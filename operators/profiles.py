@@ -305,7 +305,7 @@ def _behaviour_triggers(
     # Judge the cart at this event's time: anonymous history handed over at login
     # arrives after newer events, and must not make every intermediate cart look
     # abandoned. Catching up to the user's latest time happens once per batch.
-    abandoned = check_cart(st, event.event_time, cfg)
+    abandoned = check_cart(st, event.event_time - cfg.triggers.settle_ms, cfg)
     if abandoned is not None:
         out.append(abandoned)
     p = event.payload
@@ -337,7 +337,8 @@ def _added_since(st: UserState, item_id: str | None, since: int) -> bool:
 
 
 def check_cart(st: UserState, now_ms: int, cfg: ProfileConfig) -> Trigger | None:
-    """The cart-abandoned trigger if the pending cart's due time is behind ``now_ms``."""
+    """The cart-abandoned trigger if the pending cart's due time is behind ``now_ms``
+    (a settled time: late events up to the allowed lateness can no longer change it)."""
     if not st.trig.known or cart_due_ms(st.trig, cfg.triggers) is None:
         return None
     lines = tuple(LineItem(item, q, price) for item, (q, price) in cart_of(st).items())
@@ -794,8 +795,8 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         if end_of_input:
             now = MAX_EVENT_TIME_MS
         else:
-            clock = self.cfg.stream_clock.now_ms()
-            now = max(st.max_time, clock or 0)
+            clock = self.cfg.stream_clock.now_ms()  # already less the allowed lateness
+            now = max(st.max_time - self.cfg.triggers.settle_ms, clock or 0)
         fired = check_cart(st, now, self.cfg)
         return publishable(st, [fired]) if fired is not None else []
 

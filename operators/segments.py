@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias, TypeVar
 
 import yaml
 
@@ -58,11 +58,15 @@ __all__ = [
     "AnyOf",
     "Compare",
     "Condition",
+    "ConditionParser",
+    "Leaf",
     "Not",
     "RuleError",
     "RuleSet",
     "Segment",
     "cluster_segment",
+    "compile_compare",
+    "compile_condition",
     "describe",
     "load_rules",
     "membership_changes",
@@ -71,6 +75,9 @@ __all__ = [
 
 #: A compiled condition: features in, membership out.
 Predicate: TypeAlias = Callable[[Features], bool]
+#: What a compiled condition reads: :data:`Features` for segments, another input for other
+#: rule languages that extend the grammar (:mod:`operators.rules`).
+T = TypeVar("T")
 #: The value of a leaf comparison: a scalar, a tuple for ``in``/``not_in``, ``None`` for the
 #: null tests.
 Operand: TypeAlias = int | float | str | tuple[int | float | str, ...] | None
@@ -159,7 +166,21 @@ class Not:
     child: Condition
 
 
-Condition: TypeAlias = Compare | AllOf | AnyOf | Not
+class Leaf:
+    """Base of the leaves another rule language adds to this grammar (:mod:`operators.rules`).
+
+    Segment files never contain one; trigger rules add leaves such as ``kind`` or
+    ``in_segment`` next to feature comparisons, under the same ``all``/``any``/``not``.
+    A subclass is a frozen dataclass that says how it reads in :func:`describe`.
+    """
+
+    __slots__ = ()
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+Condition: TypeAlias = Compare | AllOf | AnyOf | Not | Leaf
 
 
 def describe(condition: Condition) -> str:
@@ -174,9 +195,12 @@ def describe(condition: Condition) -> str:
         value = condition.value
         shown = list(value) if isinstance(value, tuple) else value
         return f"{condition.feature} {condition.op} {shown!r}"
+    if isinstance(condition, Leaf):
+        return condition.describe()
     if isinstance(condition, Not):
         inner = describe(condition.child)
-        return f"not {inner}" if isinstance(condition.child, Compare | Not) else f"not ({inner})"
+        simple = isinstance(condition.child, Compare | Leaf | Not)
+        return f"not {inner}" if simple else f"not ({inner})"
     joiner = " and " if isinstance(condition, AllOf) else " or "
     parts = [
         f"({describe(c)})" if isinstance(c, AllOf | AnyOf) and len(c.children) > 1 else describe(c)
@@ -200,7 +224,12 @@ class Segment:
 # closure specialised to its operator, so evaluation is one dict lookup and one comparison.
 
 
-def _compile_compare(leaf: Compare) -> Predicate:
+def compile_compare(leaf: Compare) -> Predicate:
+    """One comparison as a closure over a mapping (features, or any name -> value map).
+
+    >>> compile_compare(Compare("propensity", ">=", 0.7))({"propensity": 0.9})
+    True
+    """
     name, op, value = leaf.feature, leaf.op, leaf.value
     if op == "is_null":
 
@@ -291,48 +320,69 @@ _COMPARATORS: Final[dict[str, Callable[[str, Any], Predicate]]] = {
 }
 
 
-def _compile(condition: Condition) -> Predicate:
-    if isinstance(condition, Compare):
-        return _compile_compare(condition)
-    if isinstance(condition, Not):
-        child = _compile(condition.child)
+def _compile_segment_leaf(leaf: Compare | Leaf) -> Predicate:
+    if not isinstance(leaf, Compare):
+        raise TypeError(f"a segment condition has only feature comparisons, got {leaf!r}")
+    return compile_compare(leaf)
 
-        def not_(f: Features) -> bool:
+
+def _compile(condition: Condition) -> Predicate:
+    return compile_condition(condition, _compile_segment_leaf)
+
+
+def compile_condition(
+    condition: Condition, compile_leaf: Callable[[Compare | Leaf], Callable[[T], bool]]
+) -> Callable[[T], bool]:
+    """Compile a condition tree once into nested closures; ``compile_leaf`` compiles leaves.
+
+    Segments compile over :data:`Features`; :mod:`operators.rules` compiles the same
+    ``all``/``any``/``not`` over its own input, with its own leaves.
+
+    >>> pred = compile_condition(Not(Compare("purchases", ">", 1)), _compile_segment_leaf)
+    >>> pred({"purchases": 0}), pred({"purchases": 2})
+    (True, False)
+    """
+    if isinstance(condition, Compare | Leaf):
+        return compile_leaf(condition)
+    if isinstance(condition, Not):
+        child = compile_condition(condition.child, compile_leaf)
+
+        def not_(f: T) -> bool:
             return not child(f)
 
         return not_
-    preds = tuple(_compile(c) for c in condition.children)
+    preds = tuple(compile_condition(c, compile_leaf) for c in condition.children)
     if len(preds) == 1:
         return preds[0]
     if isinstance(condition, AllOf):
         if len(preds) == 2:
             a, b = preds
 
-            def all2(f: Features) -> bool:
+            def all2(f: T) -> bool:
                 return a(f) and b(f)
 
             return all2
         if len(preds) == 3:
             a, b, c = preds
 
-            def all3(f: Features) -> bool:
+            def all3(f: T) -> bool:
                 return a(f) and b(f) and c(f)
 
             return all3
 
-        def all_n(f: Features) -> bool:
+        def all_n(f: T) -> bool:
             return all(p(f) for p in preds)
 
         return all_n
     if len(preds) == 2:
         a, b = preds
 
-        def any2(f: Features) -> bool:
+        def any2(f: T) -> bool:
             return a(f) or b(f)
 
         return any2
 
-    def any_n(f: Features) -> bool:
+    def any_n(f: T) -> bool:
         return any(p(f) for p in preds)
 
     return any_n
@@ -412,6 +462,8 @@ class RuleSet:
 def _features_of(condition: Condition) -> Iterable[str]:
     if isinstance(condition, Compare):
         yield condition.feature
+    elif isinstance(condition, Leaf):
+        return
     elif isinstance(condition, Not):
         yield from _features_of(condition.child)
     else:
@@ -588,23 +640,35 @@ def parse_rules(text: str, source: str = "<string>") -> RuleSet:
     ...
     operators.segments.RuleError: r.yaml:2: segment 'Big': bad name 'Big': use lower-case ...
     """
-    return RuleSet(_Parser(source).parse(text), source)
+    return RuleSet(ConditionParser(source).parse(text), source)
 
 
-class _Parser:
-    """Walks the composed YAML node tree, which keeps every node's line."""
+class ConditionParser:
+    """Walks the composed YAML node tree, which keeps every node's line.
+
+    :meth:`parse` reads a segment file. Other rule files (:mod:`operators.rules`) subclass
+    it to reuse the node helpers, the error style and :meth:`parse_condition`; they set
+    :attr:`subject` (the word errors name an entry by) and override :meth:`parse_leaf` to
+    add leaves, and :meth:`make_error` to raise their own ``RuleError`` subclass.
+    """
+
+    #: What an entry of the file is called in errors: ``segment 'x': ...``.
+    subject = "segment"
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self.segment = ""  # the context prefix of errors inside a segment
+        self.segment = ""  # the entry errors are about: "'name'" or "#index"
         self._constructor = yaml.SafeLoader("")
 
     # -- errors and node helpers
 
+    def make_error(self, line: int, reason: str) -> RuleError:
+        return RuleError(self.source, line, reason)
+
     def error(self, node: yaml.Node | None, reason: str) -> RuleError:
         line = node.start_mark.line + 1 if node is not None else 0
-        prefix = f"segment {self.segment}: " if self.segment else ""
-        return RuleError(self.source, line, prefix + reason)
+        prefix = f"{self.subject} {self.segment}: " if self.segment else ""
+        return self.make_error(line, prefix + reason)
 
     def mapping(
         self,
@@ -653,9 +717,9 @@ class _Parser:
         except yaml.MarkedYAMLError as exc:
             raise self._syntax_error(text, exc) from exc
         except yaml.YAMLError as exc:  # pragma: no cover - PyYAML raises marked errors
-            raise RuleError(self.source, 0, f"YAML error: {exc}") from exc
+            raise self.make_error(0, f"YAML error: {exc}") from exc
         if root is None:
-            raise RuleError(self.source, 0, "empty rule file: expected a mapping with 'segments'")
+            raise self.make_error(0, "empty rule file: expected a mapping with 'segments'")
         top = self.mapping(root, "the rule file", ("segments",))
         if "segments" not in top:
             raise self.error(root, "the rule file has no 'segments' list")
@@ -725,7 +789,7 @@ class _Parser:
         keys = [self.scalar(k) for k, _ in node.value]
         combinators = [k for k in keys if k in ("all", "any", "not")]
         if not combinators:
-            return self.parse_compare(node)
+            return self.parse_leaf(node)
         if len(keys) != 1:
             raise self.error(
                 node,
@@ -743,6 +807,10 @@ class _Parser:
             raise self.error(child_node, f"'{kind}' has an empty list of conditions")
         children = tuple(self.parse_condition(c) for c in child_node.value)
         return AllOf(children) if kind == "all" else AnyOf(children)
+
+    def parse_leaf(self, node: yaml.MappingNode) -> Condition:
+        """A condition mapping without ``all``/``any``/``not``: a feature comparison here."""
+        return self.parse_compare(node)
 
     def parse_compare(self, node: yaml.MappingNode) -> Compare:
         entries = self.mapping(node, "a comparison", ("feature", "op", "value"))
@@ -826,7 +894,7 @@ class _Parser:
         suspects = [line, line - 1] if line else []
         if any(0 < n <= len(lines) and _UNQUOTED_OP.search(lines[n - 1]) for n in suspects):
             reason += "; quote the operator: op: \">=\" ('>', '!' and '|' are YAML syntax)"
-        return RuleError(self.source, line, reason)
+        return self.make_error(line, reason)
 
 
 def _kind(node: yaml.Node) -> str:

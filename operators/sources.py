@@ -180,7 +180,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, PartitionState]):
             out.append(decoded)
             self.offset = (msg.offset() or 0) + 1
         _count(out)
-        STREAM_CLOCK.advance(f"{self.topic}:{self.partition}", wm.max_time)
+        STREAM_CLOCK.advance(f"{self.topic}:{self.partition}", wm.max_time - wm.allowed_lateness_ms)
         return out
 
     def snapshot(self) -> PartitionState:
@@ -292,7 +292,7 @@ class _IteratorPartition(StatefulSourcePartition[Item, PartitionState]):
             raise StopIteration
         self.position += len(out)
         _count(out)
-        STREAM_CLOCK.advance(self.name, self.wm.max_time)
+        STREAM_CLOCK.advance(self.name, self.wm.max_time - self.wm.allowed_lateness_ms)
         return out
 
     def snapshot(self) -> PartitionState:

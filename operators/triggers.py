@@ -57,6 +57,9 @@ class TriggerConfig:
     """When the behavioural triggers fire (settings feed them)."""
 
     abandon_after_ms: int = 30 * 60_000
+    #: An event this much older may still arrive (the allowed lateness): a cart is
+    #: judged only once the user's own time is this far past its due time.
+    settle_ms: int = 10 * 60_000
     long_dwell_ms: int = 30_000
     repeat_sessions: int = 3
     repeat_window_ms: int = 7 * 24 * 3_600_000
@@ -65,8 +68,10 @@ class TriggerConfig:
 class StreamClock:
     """The event time the stream has reached, as far as this process can tell.
 
-    Sources call :meth:`advance` with each partition's watermark; :meth:`now_ms`
-    is the smallest of them (a partition that is behind holds time back), except
+    Sources call :meth:`advance` with each partition's watermark less the allowed
+    lateness (an event that much older may still come, and items read may still
+    be on their way downstream); :meth:`now_ms` is the smallest of them (a
+    partition that is behind holds time back), except
     that partitions idle for ``idle_after_s`` wall seconds stop holding it back,
     and when all are idle time moves on with the wall clock from the largest
     watermark. Thread-safe; not state (it is rebuilt from the sources after a
@@ -77,6 +82,11 @@ class StreamClock:
         self.idle_after_s = idle_after_s
         self._marks: dict[str, tuple[int, float]] = {}  # partition -> (watermark, wall seen)
         self._lock = threading.Lock()
+
+    def reset(self) -> None:
+        """Forget every partition: a new flow run starts from no event time."""
+        with self._lock:
+            self._marks.clear()
 
     def advance(self, partition: str, watermark_ms: int) -> None:
         with self._lock:
