@@ -65,9 +65,10 @@ from operators.redis_sink import (
     RedisSink,
 )
 from operators.redis_sink import SegmentsWrite as _SegmentsWrite
+from operators.rules import load_trigger_rules
 from operators.segments import load_rules
 from operators.sources import EventListSource, FileEventSource, KafkaEventSource
-from operators.triggers import STREAM_CLOCK, TriggerConfig
+from operators.triggers import KINDS, STREAM_CLOCK, TriggerConfig
 
 RedisOp = ProfileWrite | _SegmentsWrite | ForgetUser | AliasWrite | JsonWrite
 REDIS_OPS = (ProfileWrite, _SegmentsWrite, ForgetUser, AliasWrite)
@@ -100,6 +101,11 @@ def profile_config(
         price_bands=PriceBands.from_items(items or [], PREMIUM_QUANTILE),
         board=board,
         triggers=TriggerConfig(settle_ms=settings.allowed_lateness_s * 1000),
+        trigger_rules=load_trigger_rules(
+            extra=Path(settings.trigger_rules_file) if settings.trigger_rules_file else None,
+            segments=rules.names,
+            kinds=KINDS,
+        ),
     )
 
 

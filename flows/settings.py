@@ -81,6 +81,11 @@ class Settings:
     )
     cluster_k: int = _setting(6, "Number of behavioural personas (k-means clusters).")
     cluster_seed: int = _setting(42, "Seed of the persona clustering.")
+    trigger_rules_file: str = _setting(
+        "",
+        "YAML file of trigger rules merged over the shipped ones (flows/rules.yaml): "
+        "rules of the same name replace, new ones are added (docs/triggers.md).",
+    )
     kafka_batch_size: int = _setting(1000, "Messages the Kafka source reads per poll.")
     kafka_tail: bool = _setting(
         True, "Keep waiting for new events at the end of the topic (false: stop there)."

@@ -25,18 +25,12 @@ from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError, for_code
 
 from flows.settings import Settings
+from operators.triggers import KINDS
 
 log = logging.getLogger(__name__)
 
 #: The trigger kinds that get a topic each (design.md, "Sinks").
-DEFAULT_TRIGGER_KINDS: tuple[str, ...] = (
-    "cart_abandoned",
-    "long_dwell",
-    "repeat_visit",
-    "segment_entered",
-    "segment_exited",
-    "high_propensity",
-)
+DEFAULT_TRIGGER_KINDS: tuple[str, ...] = KINDS  # operators/triggers.py owns the kinds
 
 #: How long creating or deleting topics may take, metadata propagation included.
 TOPIC_TIMEOUT_S = 30.0

@@ -73,6 +73,7 @@ from operators.events import (
 from operators.features import FEATURES, PROFILE_FIELDS, FeatureValue
 from operators.identity import Forget, UserInput
 from operators.redis_sink import AliasWrite, ForgetUser, ProfileWrite, SegmentsWrite
+from operators.rules import TriggerContext, TriggerRules
 from operators.segments import RuleSet, cluster_segment, membership_changes
 from operators.triggers import (
     STREAM_CLOCK,
@@ -145,6 +146,8 @@ class ProfileConfig:
     #: Where the latest cluster parameters are read; None: no clustering.
     board: ParamsBoard | None = None
     triggers: TriggerConfig = field(default_factory=TriggerConfig)
+    #: Declarative trigger rules (operators/rules.py); None: consent check only.
+    trigger_rules: TriggerRules | None = None
     #: The process's stream clock for timers of users who send nothing more.
     stream_clock: StreamClock = field(default_factory=lambda: STREAM_CLOCK)
 
@@ -236,7 +239,7 @@ class UserState:
     segments: frozenset[str] = frozenset()
     cluster: int | None = None  # persona assigned from the published cluster parameters
     trig: TriggerState = field(default_factory=TriggerState)
-    erased: bool = False
+    erased_at: int | None = None  # tombstone: events up to this time belong to erased data
 
 
 Output = (
@@ -261,10 +264,14 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
     if event.event_id in st.seen:
         st.duplicates += 1
         return []
+    if st.erased_at is not None and t <= st.erased_at:
+        return []  # erased: whatever arrives from before the request is not kept
     _remember(st, event.event_id, t, cfg)
     if isinstance(event.payload, ErasureRequest):
-        # Privacy (#6) owns erasure; here the state goes and every key with it.
-        st.erased = True
+        # Privacy (#6) owns erasure; here the data goes and every key with it. The
+        # state becomes a tombstone (see tombstone()): history that arrives after
+        # the request (anonymous events handed over at login) is dropped too.
+        st.erased_at = t
         return [*_leave_all(st, t, cfg), ForgetUser(st.user_id, _audiences(st))]
     if not st.events:
         st.first_seen_ms = t
@@ -290,7 +297,7 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
             out += [*changes, SegmentsWrite(st.user_id, entered, exited)]
             if st.trig.known:
                 candidates += [segment_trigger(c) for c in changes]
-    return out + publishable(st, candidates)
+    return out + publishable(st, candidates, cfg)
 
 
 def _behaviour_triggers(
@@ -352,14 +359,30 @@ def check_cart(st: UserState, now_ms: int, cfg: ProfileConfig) -> Trigger | None
     )
 
 
-def publishable(st: UserState, candidates: list[Trigger]) -> list[Output]:
-    """The candidates that may go out: marketing triggers need marketing consent.
-
-    (The declarative trigger rules of operators/rules.py refine this when configured.)
-    """
-    if not candidates or not marketing_consent(st.trig):
+def publishable(st: UserState, candidates: list[Trigger], cfg: ProfileConfig) -> list[Output]:
+    """What goes out of the candidates: the trigger rules decide (conditions, actions, caps,
+    cooldowns, quiet hours, consent); without rules, marketing consent alone."""
+    if not candidates:
         return []
-    return list(candidates)
+    rules = cfg.trigger_rules
+    if rules is None:
+        return list(candidates) if marketing_consent(st.trig) else []
+    ctx = TriggerContext(
+        features=FeatureView(st, st.max_time),
+        segments=frozenset(_audiences(st)),
+        marketing_consent=marketing_consent(st.trig),
+        timezone=st.trig.timezone,
+        channel=st.trig.channel,
+    )
+    out: list[Output] = []
+    for trigger in candidates:
+        out.extend(rules.decide(trigger, ctx, st.trig.history).published)
+    return out
+
+
+def tombstone(st: UserState) -> UserState:
+    """What is left of an erased user: the erasure time and the ids seen (for dedupe)."""
+    return UserState(user_id=st.user_id, erased_at=st.erased_at, seen=dict(st.seen))
 
 
 def _audiences(st: UserState) -> tuple[str, ...]:
@@ -777,10 +800,14 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         # history handed over with it reach this step together, the newest first.
         values.sort(key=_time_of)
         for _, item in values:
+            erased_at = st.erased_at
             out.extend(apply(st, item, self.cfg))
-            if st.erased or isinstance(item, Forget):
+            if isinstance(item, Forget):
                 return out, StatefulBatchLogic.DISCARD
-        if st.events != before:
+            if st.erased_at != erased_at:  # an erasure: keep a tombstone, not the data
+                st = self.state = tombstone(st)
+                before = 0
+        if st.events != before and st.events:
             out.extend(assign_cluster(st, self.cfg))
             out.append(profile_write(st))
         out.extend(self._timers())
@@ -798,7 +825,7 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
             clock = self.cfg.stream_clock.now_ms()  # already less the allowed lateness
             now = max(st.max_time - self.cfg.triggers.settle_ms, clock or 0)
         fired = check_cart(st, now, self.cfg)
-        return publishable(st, [fired]) if fired is not None else []
+        return publishable(st, [fired], self.cfg) if fired is not None else []
 
     def on_notify(self) -> tuple[Iterable[Output], bool]:
         out = self._timers()

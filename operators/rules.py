@@ -968,16 +968,7 @@ class _TriggerRuleParser(ConditionParser):
     # -- one rule
 
     def parse_rule(self, node: yaml.Node, index: int) -> TriggerRule:
-        self.segment = f"#{index}"
-        if isinstance(node, yaml.MappingNode):  # name the rule in errors about its keys
-            for key_node, value_node in node.value:
-                if (
-                    isinstance(key_node, yaml.ScalarNode)
-                    and key_node.value == "name"
-                    and isinstance(value_node, yaml.ScalarNode)
-                    and value_node.value
-                ):
-                    self.segment = repr(value_node.value)
+        self.name_in_errors(node, index)
         entries = self.mapping(node, "a rule", _RULE_KEYS)
         if "name" not in entries:
             raise self.error(node, "missing 'name'")

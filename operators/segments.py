@@ -741,9 +741,10 @@ class ConditionParser:
         self.segment = ""
         return segments
 
-    def parse_segment(self, node: yaml.Node, index: int) -> Segment:
+    def name_in_errors(self, node: yaml.Node, index: int) -> None:
+        """Errors about the entry at ``node`` name it: by its ``name`` key, else ``#index``."""
         self.segment = f"#{index}"
-        if isinstance(node, yaml.MappingNode):  # name the segment in errors about its keys
+        if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 if (
                     isinstance(key_node, yaml.ScalarNode)
@@ -752,6 +753,9 @@ class ConditionParser:
                     and value_node.value
                 ):
                     self.segment = repr(value_node.value)
+
+    def parse_segment(self, node: yaml.Node, index: int) -> Segment:
+        self.name_in_errors(node, index)
         entries = self.mapping(node, "a segment", ("name", "description", "condition"))
         if "name" not in entries:
             raise self.error(node, "missing 'name'")

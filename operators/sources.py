@@ -140,6 +140,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, PartitionState]):
         self.tail = tail
         self.codec = codec
         self.wm = wm
+        self.prev_wm = wm.max_time
         self.eof = False
 
     def next_batch(self) -> list[Item]:
@@ -180,7 +181,12 @@ class _KafkaPartition(StatefulSourcePartition[Item, PartitionState]):
             out.append(decoded)
             self.offset = (msg.offset() or 0) + 1
         _count(out)
-        STREAM_CLOCK.advance(f"{self.topic}:{self.partition}", wm.max_time - wm.allowed_lateness_ms)
+        # The clock trails by a batch (what was read before this poll has gone downstream)
+        # and by the allowed lateness (an event that much older may still come).
+        STREAM_CLOCK.advance(
+            f"{self.topic}:{self.partition}", self.prev_wm - wm.allowed_lateness_ms
+        )
+        self.prev_wm = wm.max_time
         return out
 
     def snapshot(self) -> PartitionState:
@@ -281,6 +287,7 @@ class _IteratorPartition(StatefulSourcePartition[Item, PartitionState]):
                 next(self.items, None)
             self.position = resume.position
             wm.max_time = resume.watermark
+        self.prev_wm = wm.max_time
 
     def next_batch(self) -> list[Item]:
         out: list[Item] = []
@@ -292,7 +299,8 @@ class _IteratorPartition(StatefulSourcePartition[Item, PartitionState]):
             raise StopIteration
         self.position += len(out)
         _count(out)
-        STREAM_CLOCK.advance(self.name, self.wm.max_time - self.wm.allowed_lateness_ms)
+        STREAM_CLOCK.advance(self.name, self.prev_wm - self.wm.allowed_lateness_ms)
+        self.prev_wm = self.wm.max_time
         return out
 
     def snapshot(self) -> PartitionState:

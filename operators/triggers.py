@@ -26,6 +26,7 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 
 from operators.events import ConsentUpdate, LineItem, SegmentChange, Trigger
+from operators.rules import TriggerHistory
 
 #: Trigger kinds Attune computes (``high_propensity`` is defined for the models issue).
 KINDS: tuple[str, ...] = (
@@ -130,6 +131,7 @@ class TriggerState:
     cart_activity_ms: int | None = None  # latest add/remove since the latest purchase
     cart_fired_ms: int | None = None  # the cart activity an abandonment already fired for
     dwell_fired: list[str] = field(default_factory=list)  # pages long_dwell fired for
+    history: TriggerHistory = field(default_factory=TriggerHistory)  # caps and cooldowns
 
 
 def observe_consent(ts: TriggerState, t: int, update: ConsentUpdate) -> None:

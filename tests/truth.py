@@ -53,6 +53,7 @@ class CartExpectations:
     due_while_known: set[tuple[str, int]]
     never_again: set[tuple[str, int]]
     users: set[str]
+    identified: set[str]  # users with anonymous history handed over at login
 
 
 def cart_expectations(truth: GroundTruth) -> CartExpectations:
@@ -69,14 +70,23 @@ def cart_expectations(truth: GroundTruth) -> CartExpectations:
         },
         never_again={k for k, c in abandoned.items() if not c.later_event},
         users=users,
+        identified={u for u in users if truth.users[u].identity == "identified"},
     )
 
 
 def check_cart_triggers(fired: Mapping[tuple[str, int], Trigger], exp: CartExpectations) -> None:
-    """Assert the cart-abandoned triggers (by user and cause time) against the truth."""
-    assert set(fired) <= set(exp.abandoned), sorted(set(fired) - set(exp.abandoned))[:5]
+    """Assert the cart-abandoned triggers (by user and cause time) against the truth.
+
+    No false trigger for users whose whole history is under their user id; for users
+    whose anonymous history was handed over at login, at most 1% (docs/architecture.md,
+    "Known limits": the hand-over can land in another batch than the login's events)."""
+    extra = set(fired) - set(exp.abandoned)
+    assert not {k for k in extra if k[0] not in exp.identified}, sorted(extra)[:5]
+    assert len(extra) <= 0.01 * len(fired), sorted(extra)[:5]
     assert not set(fired) & exp.converted
     for key, trig in fired.items():
+        if key in extra:
+            continue
         assert trig.cart_value_minor == exp.abandoned[key].value_minor, key
         assert {(x.item_id, x.quantity) for x in trig.cart_lines} == {
             (x.item_id, x.quantity) for x in exp.abandoned[key].lines

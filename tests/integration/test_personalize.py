@@ -59,14 +59,10 @@ def stream(integration_settings: Settings) -> Iterator[Input]:
         topic_items=f"it.items.{tag}",
         topic_segments=f"it.segments.{tag}",
         topic_dlq=f"it.dlq.{tag}",
+        topic_triggers_prefix=f"it.triggers.{tag}.",
         kafka_tail=False,
     )
-    names = [
-        settings.topic_events,
-        settings.topic_items,
-        settings.topic_segments,
-        settings.topic_dlq,
-    ]
+    names = topics.design_topics(settings)  # the flow publishes to all of them
     topics.ensure_topics(settings.kafka_bootstrap, names, 3)
     g = generate(GeneratorConfig(users=400, days=6, seed=21))
     report = produce(
@@ -220,6 +216,7 @@ def flow_env(settings: Settings) -> dict[str, str]:
         "topic_items",
         "topic_segments",
         "topic_dlq",
+        "topic_triggers_prefix",
     ):
         env[env_name(name)] = str(getattr(settings, name))
     env[env_name("kafka_tail")] = "false"

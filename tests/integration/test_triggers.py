@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from bytewax.testing import run_main
@@ -40,6 +41,10 @@ def ran(integration_settings: Settings) -> Iterator[tuple[Settings, GroundTruth]
         topic_dlq=f"tt.dlq.{tag}",
         topic_triggers_prefix=f"tt.triggers.{tag}.",
         kafka_tail=False,
+        # the truth knows nothing of quiet hours, caps and cooldowns
+        trigger_rules_file=str(
+            Path(__file__).resolve().parents[1] / "data" / "rules_without_policies.yaml"
+        ),
     )
     names = [
         settings.topic_events,

@@ -18,7 +18,11 @@ from operators.generator import Generated, GeneratorConfig, GroundTruth, generat
 from operators.sources import EventListSource, FileEventSource
 from tests.truth import cart_expectations, check_cart_triggers, profile_mismatches
 
-SETTINGS = Settings.from_env().replace(kafka_bootstrap="", redis_url="")
+NO_POLICIES = Path(__file__).resolve().parents[1] / "data" / "rules_without_policies.yaml"
+#: The truth knows nothing of quiet hours, caps and cooldowns: turn them off here.
+SETTINGS = Settings.from_env().replace(
+    kafka_bootstrap="", redis_url="", trigger_rules_file=str(NO_POLICIES)
+)
 
 
 @cache
@@ -138,3 +142,29 @@ def test_cart_abandoned_triggers_against_the_ground_truth() -> None:
     fired = {(t.user_id, t.cause_event_time): t for t in mine}
     assert len(fired) == len(mine)  # no duplicates
     check_cart_triggers(fired, exp)
+
+
+def test_shipped_trigger_rules_shape_what_goes_out() -> None:
+    """The shipped rules: high-value carts get the 10%-off offer, other carts a reminder;
+    their quiet hours, caps and cooldowns only ever hold triggers back."""
+    events, g = generated()
+    store = LocalStore()
+    shipped = SETTINGS.replace(trigger_rules_file="")
+    src = EventListSource(lambda: iter(events), allowed_lateness_ms=600_000)
+    run_main(build_flow(shipped, source=src, sinks=store.sinks("m"), items=g.items))
+    carts = [t for t in store.triggers if t.kind == "cart_abandoned"]
+    assert carts
+    for t in carts:
+        rule = t.attributes["rule"]
+        assert rule in {"high_value_cart_offer", "cart_reminder"}
+        if rule == "high_value_cart_offer":
+            assert t.attributes["offer_code"] == "TENOFF"
+        else:
+            assert t.attributes["template_id"] == "cart_reminder"
+    assert any(t.attributes["rule"] == "high_value_cart_offer" for t in carts)
+    unrestricted = run_flow()
+    free = {
+        (t.user_id, t.cause_event_time) for t in unrestricted.triggers if t.kind == "cart_abandoned"
+    }
+    held = {(t.user_id, t.cause_event_time) for t in carts}
+    assert held < free  # quiet hours, caps and cooldowns held some back, added none

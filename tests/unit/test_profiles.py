@@ -38,7 +38,7 @@ from operators.profiles import (
     compute,
     profile_write,
 )
-from operators.redis_sink import AliasWrite, ForgetUser, SegmentsWrite
+from operators.redis_sink import AliasWrite, ForgetUser, ProfileWrite, SegmentsWrite
 from operators.segments import load_rules
 
 T0 = 1_767_571_200_000
@@ -289,9 +289,29 @@ def test_erasure_forgets_the_user_everywhere() -> None:
     cfg = ProfileConfig(rules=load_rules())
     apply(s, ev(T0), cfg)
     out = apply(s, ev(T0 + 1, ErasureRequest("r1")), cfg)
-    assert s.erased
+    assert s.erased_at == T0 + 1
     assert ForgetUser("u1", ("new_visitor",)) in out
     assert any(isinstance(o, SegmentChange) and o.change == "EXITED" for o in out)
+
+
+def test_history_arriving_after_an_erasure_is_dropped_later_events_start_fresh() -> None:
+    from operators.profiles import UserLogic
+
+    logic = UserLogic(None, ProfileConfig(rules=load_rules()))
+    logic.on_batch([("u1", ev(T0 + HOUR_MS, ProductView("i1")))])
+    out, keep = logic.on_batch([("u1", ev(T0 + 2 * HOUR_MS, ErasureRequest("r1")))])
+    assert keep is False  # retained as a tombstone
+    assert logic.state is not None and logic.state.events == 0
+    assert not any(isinstance(o, ProfileWrite) for o in out)
+    # anonymous history handed over late, from before the erasure: dropped, nothing written
+    out, _ = logic.on_batch(
+        [("u1", ev(T0 + 30 * MINUTE_MS, ProductView("i2"), user=None, anon="a1"))]
+    )
+    assert out == [] and logic.state.events == 0
+    # a later visit is a new user
+    out, _ = logic.on_batch([("u1", ev(T0 + DAY_MS, PageView()))])
+    (profile,) = [o for o in out if isinstance(o, ProfileWrite)]
+    assert profile.fields["events"] == "1"
 
 
 # --- identity --------------------------------------------------------------------------------
