@@ -968,19 +968,7 @@ class _TriggerRuleParser(ConditionParser):
     # -- one rule
 
     def parse_rule(self, node: yaml.Node, index: int) -> TriggerRule:
-        self.name_in_errors(node, index)
-        entries = self.mapping(node, "a rule", _RULE_KEYS)
-        if "name" not in entries:
-            raise self.error(node, "missing 'name'")
-        name_node = entries["name"][1]
-        name = self.scalar(name_node)
-        if not isinstance(name, str):
-            raise self.error(name_node, f"name must be a string, got {name!r}")
-        self.segment = repr(name)
-        if not _NAME.fullmatch(name):
-            raise self.error(
-                name_node, f"bad name {name!r}: use lower-case letters, digits and '_'"
-            )
+        entries, name, _ = self.named_entry(node, index, "a rule", _RULE_KEYS)
         if "description" not in entries:
             raise self.error(node, "missing 'description' (say what the rule is for)")
         description = self.string(entries["description"][1], "description").strip()

@@ -754,9 +754,12 @@ class ConditionParser:
                 ):
                     self.segment = repr(value_node.value)
 
-    def parse_segment(self, node: yaml.Node, index: int) -> Segment:
+    def named_entry(
+        self, node: yaml.Node, index: int, what: str, keys: Sequence[str]
+    ) -> tuple[dict[str, tuple[yaml.Node, yaml.Node]], str, yaml.Node]:
+        """A list entry that must be a mapping with a valid ``name``: entries, name, node."""
         self.name_in_errors(node, index)
-        entries = self.mapping(node, "a segment", ("name", "description", "condition"))
+        entries = self.mapping(node, what, keys)
         if "name" not in entries:
             raise self.error(node, "missing 'name'")
         name_node = entries["name"][1]
@@ -768,6 +771,12 @@ class ConditionParser:
             raise self.error(
                 name_node, f"bad name {name!r}: use lower-case letters, digits and '_'"
             )
+        return entries, name, name_node
+
+    def parse_segment(self, node: yaml.Node, index: int) -> Segment:
+        entries, name, name_node = self.named_entry(
+            node, index, "a segment", ("name", "description", "condition")
+        )
         if name.startswith(CLUSTER_SEGMENT_PREFIX):
             raise self.error(
                 name_node,
