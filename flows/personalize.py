@@ -4,7 +4,8 @@
 environment (``ATTUNE_*``, :mod:`flows.settings`); ``attune run`` adds flags and
 a live summary. With no Kafka and no Redis configured it is the embedded
 default: generated events (or ``ATTUNE_INPUT_FILE``) in, results kept in
-process and summarised (:mod:`flows.embedded`).
+process (:mod:`flows.embedded`); ``attune run`` prints their summary and writes
+the report (``bytewax.run`` alone does not).
 
 Stages (docs/architecture.md has the picture)::
 
