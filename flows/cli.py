@@ -90,6 +90,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from bench import throughput
 
         return throughput.run(args)
+    if args.bench == "latency":
+        from bench import latency
+
+        return latency.run(args)
     raise ValueError(f"unknown benchmark {args.bench!r}")
 
 
@@ -147,15 +151,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_arguments(run_p)
     run_p.set_defaults(func=_cmd_run)
 
-    from bench import throughput
+    from bench import latency, throughput
 
-    bench_p = sub.add_parser("bench", help="benchmarks: throughput")
+    bench_p = sub.add_parser("bench", help="benchmarks: throughput, latency")
     bench_sub = bench_p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
     tp = bench_sub.add_parser(
         "throughput",
         help="end-to-end events/s Kafka -> flow -> Redis next to a decode-only baseline",
     )
     throughput.add_arguments(tp)
+    lat = bench_sub.add_parser(
+        "latency",
+        help="event -> trigger and event -> Redis p50/p95/p99 at a steady rate, next to the "
+        "broker round trip",
+    )
+    latency.add_arguments(lat)
     bench_p.set_defaults(func=_cmd_bench)
 
     cfg = sub.add_parser("config", help="print the settings (secrets masked)")
