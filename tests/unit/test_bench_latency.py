@@ -105,6 +105,7 @@ def test_cli_flags_and_validation(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_main_parses_the_same_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     got: list[argparse.Namespace] = []
+
     def fake_run(args: argparse.Namespace) -> int:
         got.append(args)
         return 0
