@@ -24,7 +24,25 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import StrEnum
-from typing import Any
+from operator import attrgetter
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
+
+
+def _fast_pickle(cls: type[_T]) -> type[_T]:
+    """Pickle as ``(cls, field values)``: a fraction of the default for frozen slotted
+    dataclasses (snapshots and worker exchange pickle events a lot)."""
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    get = attrgetter(*names)
+    single = len(names) == 1
+
+    def reduce(self: _T) -> tuple[type[_T], tuple[Any, ...]]:
+        values = get(self)
+        return cls, ((values,) if single else values)
+
+    cls.__reduce__ = reduce  # type: ignore[method-assign,assignment]
+    return cls
 
 
 class EventType(StrEnum):
@@ -43,6 +61,7 @@ class EventType(StrEnum):
     UNKNOWN = "UNKNOWN"
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class Context:
     """``attune.event.Context``: where and how an event happened."""
@@ -61,6 +80,7 @@ class Context:
     user_agent: str | None = None
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class LineItem:
     """``attune.event.LineItem``: one line of a cart or an order."""
@@ -71,6 +91,7 @@ class LineItem:
     category: str | None = None
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class PageView:
     """``attune.event.PageView``."""
@@ -80,6 +101,7 @@ class PageView:
     title: str | None = None
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class ProductView:
     """``attune.event.ProductView``."""
@@ -90,6 +112,7 @@ class ProductView:
     currency: str | None = None
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class Search:
     """``attune.event.Search``."""
@@ -99,6 +122,7 @@ class Search:
     results_count: int | None = None
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class AddToCart:
     """``attune.event.AddToCart``."""
@@ -110,6 +134,7 @@ class AddToCart:
     category: str | None = None
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class RemoveFromCart:
     """``attune.event.RemoveFromCart``."""
@@ -118,6 +143,7 @@ class RemoveFromCart:
     quantity: int
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class Purchase:
     """``attune.event.Purchase``: a completed checkout."""
@@ -128,6 +154,7 @@ class Purchase:
     currency: str
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class Dwell:
     """``attune.event.Dwell``: heartbeat with the page's visible time so far."""
@@ -137,6 +164,7 @@ class Dwell:
     page_view_id: str | None = None
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class ConsentUpdate:
     """``attune.event.ConsentUpdate``: ``None`` leaves a purpose as it was."""
@@ -147,6 +175,7 @@ class ConsentUpdate:
     source: str | None = None
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class Identify:
     """``attune.event.Identify``: the envelope's anonymous id belongs to its user id."""
@@ -156,6 +185,7 @@ class Identify:
     phone: str | None = None
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class ErasureRequest:
     """``attune.event.ErasureRequest``."""
@@ -197,6 +227,7 @@ AVRO_NAME_OF_PAYLOAD: dict[type[Any], str] = {
 PAYLOAD_OF_AVRO_NAME: dict[str, type[Any]] = {v: k for k, v in AVRO_NAME_OF_PAYLOAD.items()}
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class Event:
     """``attune.event.Event``: a user event, header and payload."""
@@ -216,6 +247,7 @@ class Event:
         return self.user_id or self.anonymous_id or ""
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class ItemUpdate:
     """``attune.item.ItemUpdate``: the whole current version of a catalogue item."""
@@ -232,6 +264,7 @@ class ItemUpdate:
     tags: tuple[str, ...] = ()
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class Trigger:
     """``attune.output.Trigger``: published to ``attune.triggers.<kind>``."""
@@ -251,6 +284,7 @@ class Trigger:
     attributes: dict[str, str] = field(default_factory=dict)
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class SegmentChange:
     """``attune.output.SegmentChange``: published to ``attune.segments``."""
@@ -282,6 +316,7 @@ class ErrorClass(StrEnum):
     OTHER = "OTHER"
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """``attune.output.DeadLetter``: input that could not be used, kept whole."""
@@ -296,6 +331,7 @@ class DeadLetter:
     event_id: str | None = None
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class Source:
     """Where a message came from: Kafka topic/partition/offset, or file path and record index."""

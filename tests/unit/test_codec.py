@@ -590,3 +590,38 @@ def test_invalid_event_in_a_file_keeps_its_bytes(tmp_path: Path) -> None:
     assert bad.source_offset == 1 and bad.original
     reread = fastavro.schemaless_reader(io.BytesIO(bad.original), CURRENT[EVENT].parsed, None)
     assert isinstance(reread, dict) and reread["event_id"] == ""
+
+
+@settings(max_examples=200, deadline=None)
+@given(events())
+def test_events_pickle_to_equal_values(ev: Event) -> None:
+    """Snapshots and worker exchange pickle events (by field values, see events._fast_pickle)."""
+    import pickle
+
+    assert pickle.loads(pickle.dumps(ev, protocol=pickle.HIGHEST_PROTOCOL)) == ev
+
+
+def test_outputs_pickle_to_equal_values(codec: Codec) -> None:
+    import pickle
+
+    outs = [
+        Trigger(
+            "t",
+            "cart_abandoned",
+            "u",
+            T0,
+            T0,
+            "r",
+            (LineItem("i", 1, 1),),
+            1,
+            "EUR",
+            scores={"p": 0.5},
+            attributes={"a": "b"},
+        ),
+        SegmentChange("u", "s", "ENTERED", "RULE", T0, T0),
+        codec.dead_letter(b"x", ErrorClass.LATE, "late", Source("t", 0, 1), "e"),
+        ItemUpdate("i", "t", ("a", "b"), 1, "EUR", True, T0, T0),
+        Source("t", 1, 2),
+    ]
+    for out in outs:
+        assert pickle.loads(pickle.dumps(out)) == out
