@@ -33,6 +33,13 @@
 # Exit status: 0 on success (`up` when already up and `down` when already down
 # included; `status` when up), 1 on error, 3 from `status` when not up.
 set -euo pipefail
+# shellcheck source=deploy/local/process.sh
+HERE=${BASH_SOURCE[0]%/*}
+[[ $HERE == "${BASH_SOURCE[0]}" ]] && HERE=.
+source "$HERE/process.sh"
+
+# Our broker: the command line names kafka.Kafka and our server.properties.
+owns_cmdline() { [[ $1 == *kafka.Kafka* && $1 == *"$PROPS"* ]]; }
 
 readonly KAFKA_VERSION=4.1.0
 readonly EXPECTED_JARS=46          # what deploy/local/pom.xml resolves to
@@ -125,7 +132,6 @@ fetch_jars() {
 }
 
 # True when something accepts TCP connections on 127.0.0.1:$1.
-port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 
 # True when the broker answers a Metadata request (v4: the oldest Kafka 4 still
 # serves) listing at least one broker. Raw bytes so that no client is needed.
@@ -143,29 +149,7 @@ metadata_ok() {
 }
 
 # True while process $1 runs (a zombie waiting for its parent to reap it has exited).
-alive() {
-    kill -0 "$1" 2>/dev/null || return 1
-    local stat
-    [[ -r /proc/$1/stat ]] && read -r stat <"/proc/$1/stat" 2>/dev/null || return 0
-    stat=${stat##*) }
-    [[ ${stat%% *} != Z ]]
-}
 
-# The pid of *our* broker (pid file, process alive, command line names our
-# server.properties), else fail: a stale pid reused by another process is never ours.
-our_pid() {
-    [[ -f $PIDFILE ]] || return 1
-    local pid cmdline
-    read -r pid <"$PIDFILE" || return 1
-    [[ $pid =~ ^[0-9]+$ ]] && alive "$pid" || return 1
-    if [[ -r /proc/$pid/cmdline ]]; then
-        cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline")
-    else
-        cmdline=$(ps -o command= -p "$pid" 2>/dev/null) || return 1
-    fi
-    [[ $cmdline == *kafka.Kafka* && $cmdline == *"$PROPS"* ]] || return 1
-    printf '%s\n' "$pid"
-}
 
 write_properties() {
     cat >"$PROPS" <<EOF
@@ -219,20 +203,6 @@ format_storage() {
 }
 
 # Stop the process $1: SIGTERM, wait, then SIGKILL.
-stop_pid() {
-    local pid=$1 deadline=$((SECONDS + STOP_TIMEOUT_S))
-    kill -TERM "$pid" 2>/dev/null || return 0
-    while alive "$pid"; do
-        if ((SECONDS >= deadline)); then
-            say "pid $pid still running ${STOP_TIMEOUT_S}s after SIGTERM; sending SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-            deadline=$((SECONDS + 5))
-            while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
-            break
-        fi
-        sleep 0.1
-    done
-}
 
 fail_start() {
     {
@@ -285,30 +255,12 @@ cmd_up() {
     write_properties
     format_storage
     say "starting on 127.0.0.1:$PORT (controller 127.0.0.1:$CONTROLLER_PORT, log $LOG)"
-    # setsid: the broker outlives this script and a Ctrl-C in its terminal;
-    # the inner shell records its own pid, then becomes java.
-    setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' kafka-launch "$PIDFILE" \
-        java "${JAVA_OPTS[@]}" -cp "$JARS_DIR/*" kafka.Kafka "$PROPS" \
-        </dev/null >>"$LOG" 2>&1 &
-    local deadline=$((SECONDS + 5))
-    until [[ -s $PIDFILE ]]; do
-        ((SECONDS < deadline)) || fail_start "the broker did not start (no pid file $PIDFILE)"
-        sleep 0.05
-    done
-    read -r pid <"$PIDFILE"
-    wait_ready "$pid"
+    launch "the broker" java "${JAVA_OPTS[@]}" -cp "$JARS_DIR/*" kafka.Kafka "$PROPS"
+    wait_ready "$LAUNCHED_PID"
 }
 
 cmd_down() {
-    local pid
-    if pid=$(our_pid); then
-        say "stopping pid $pid"
-        stop_pid "$pid"
-        say "stopped"
-    else
-        say "already down"
-    fi
-    rm -f "$PIDFILE"
+    stop_ours
     if ((KEEP)); then
         [[ -d $DATA_DIR ]] && say "kept $DATA_DIR (--keep)"
     elif [[ -d $DATA_DIR ]]; then

@@ -18,6 +18,13 @@
 # Exit status: 0 on success (`up` when already up and `down` when already down
 # included; `status` when up), 1 on error, 3 from `status` when not up.
 set -euo pipefail
+# shellcheck source=deploy/local/process.sh
+HERE=${BASH_SOURCE[0]%/*}
+[[ $HERE == "${BASH_SOURCE[0]}" ]] && HERE=.
+source "$HERE/process.sh"
+
+# Our server: Redis rewrites its title to "redis-server 127.0.0.1:<port>".
+owns_cmdline() { [[ $1 == *redis-server* && $1 == *":$PORT"* ]]; }
 
 readonly START_TIMEOUT_S=10
 readonly STOP_TIMEOUT_S=10
@@ -43,7 +50,6 @@ check_tools() {
         die "redis-server not found on PATH; install it with apt-get install redis-server (or point ATTUNE_REDIS_URL at a running Redis)"
 }
 
-port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 
 # True when the server answers PING with +PONG (RESP, no redis-cli needed).
 ping_ok() {
@@ -53,44 +59,8 @@ ping_ok() {
 }
 
 # True while process $1 runs (a zombie waiting for its parent to reap it has exited).
-alive() {
-    kill -0 "$1" 2>/dev/null || return 1
-    local stat
-    [[ -r /proc/$1/stat ]] && read -r stat <"/proc/$1/stat" 2>/dev/null || return 0
-    stat=${stat##*) }
-    [[ ${stat%% *} != Z ]]
-}
 
-# The pid of *our* server (pid file, process alive, a redis-server on our port).
-our_pid() {
-    [[ -f $PIDFILE ]] || return 1
-    local pid cmdline
-    read -r pid <"$PIDFILE" || return 1
-    [[ $pid =~ ^[0-9]+$ ]] && alive "$pid" || return 1
-    if [[ -r /proc/$pid/cmdline ]]; then
-        cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline")
-    else
-        cmdline=$(ps -o command= -p "$pid" 2>/dev/null) || return 1
-    fi
-    # Redis rewrites its title to "redis-server 127.0.0.1:<port>".
-    [[ $cmdline == *redis-server* && $cmdline == *":$PORT"* ]] || return 1
-    printf '%s\n' "$pid"
-}
 
-stop_pid() {
-    local pid=$1 deadline=$((SECONDS + STOP_TIMEOUT_S))
-    kill -TERM "$pid" 2>/dev/null || return 0
-    while alive "$pid"; do
-        if ((SECONDS >= deadline)); then
-            say "pid $pid still running ${STOP_TIMEOUT_S}s after SIGTERM; sending SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-            deadline=$((SECONDS + 5))
-            while alive "$pid" && ((SECONDS < deadline)); do sleep 0.05; done
-            break
-        fi
-        sleep 0.05
-    done
-}
 
 fail_start() {
     {
@@ -131,30 +101,13 @@ cmd_up() {
     [[ -f $LOG ]] && mv -f "$LOG" "$LOG.1"
     say "starting on 127.0.0.1:$PORT (log $LOG)"
     # Not --daemonize: we know the pid at once and notice an early exit.
-    setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' redis-launch "$PIDFILE" \
-        redis-server --bind 127.0.0.1 --port "$PORT" --protected-mode yes \
-        --save '' --appendonly no --daemonize no \
-        --dir "$INSTANCE_DIR" --logfile "$LOG" \
-        </dev/null >>"$LOG" 2>&1 &
-    local deadline=$((SECONDS + 5))
-    until [[ -s $PIDFILE ]]; do
-        ((SECONDS < deadline)) || fail_start "redis-server did not start (no pid file $PIDFILE)"
-        sleep 0.02
-    done
-    read -r pid <"$PIDFILE"
-    wait_ready "$pid"
+    launch redis-server redis-server --bind 127.0.0.1 --port "$PORT" --protected-mode yes \
+        --save '' --appendonly no --daemonize no --dir "$INSTANCE_DIR" --logfile "$LOG"
+    wait_ready "$LAUNCHED_PID"
 }
 
 cmd_down() {
-    local pid
-    if pid=$(our_pid); then
-        say "stopping pid $pid"
-        stop_pid "$pid"
-        say "stopped"
-    else
-        say "already down"
-    fi
-    rm -f "$PIDFILE"
+    stop_ours
 }
 
 cmd_status() {
