@@ -16,7 +16,10 @@ anonymous visitor's history waits until it has an owner:
 - On the link this step emits a :class:`Forget` for the anonymous key (its
   state and Redis keys go, an alias points to the user) and sends the kept
   events to the user's key, so the user's state counts the anonymous activity
-  once (per-user dedupe by event id absorbs any overlap).
+  once (per-user dedupe by event id absorbs any overlap), then a
+  :class:`HandedOver` marker: the user's trigger judgements wait from the
+  IDENTIFY until it arrives, so they see the whole history whichever batch it
+  lands in.
 - Afterwards, anonymous-only events go straight to the user.
 
 An anonymous id later linked to a different user (a shared device) routes to
@@ -29,7 +32,7 @@ the newest user without handing history over again.
 [('a1', 'Event')]
 >>> state, out = identity_step(state, Link("a1", "u1", 1_767_571_260_000))
 >>> [(key, type(item).__name__) for key, item in out]
-[('a1', 'Forget'), ('u1', 'Event')]
+[('a1', 'Forget'), ('u1', 'Event'), ('u1', 'HandedOver')]
 >>> identity_step(state, pv)[1][0][0]  # later anonymous events go to the user
 'u1'
 """
@@ -69,7 +72,18 @@ class Forget:
     event_time: int
 
 
-UserInput = Event | Forget
+@dataclass(frozen=True, slots=True)
+class HandedOver:
+    """Sent to ``user_id`` after the history of ``anonymous_id`` (on every link, even with
+    no history): the user's judgements (cart abandonment) waited for it since the IDENTIFY."""
+
+    anonymous_id: str
+    user_id: str
+    event_time: int
+    events: int
+
+
+UserInput = Event | Forget | HandedOver
 Routed = tuple[str, UserInput]
 
 
@@ -105,11 +119,12 @@ def identity_step(
                 (item.anonymous_id, Forget(item.anonymous_id, item.user_id, item.event_time))
             ]
             out.extend((item.user_id, e) for e in st.buffer)
+            out.append(_handed_over(item, len(st.buffer)))
             st.buffer = []
             st.user_id = item.user_id
             return st, out
         st.user_id = item.user_id
-        return st, []
+        return st, [_handed_over(item, 0)]
     if st.user_id is not None:
         return st, [(st.user_id, item)]
     if len(st.buffer) >= MAX_ANONYMOUS_BUFFER:
@@ -117,6 +132,10 @@ def identity_step(
         st.dropped += 1
     st.buffer.append(item)
     return st, [(item.anonymous_id or "", item)]
+
+
+def _handed_over(link: Link, events: int) -> Routed:
+    return link.user_id, HandedOver(link.anonymous_id, link.user_id, link.event_time, events)
 
 
 class IdentityLogic(StatefulBatchLogic[Event | Link, Routed, bytes]):

@@ -13,9 +13,9 @@ step is applied where it belongs, even out of order (anonymous history handed
 over at login arrives after newer events): counts are order-free; sessions are
 kept as sorted ``(start, end)`` intervals, so an event joins, extends, bridges
 (two sessions become one) or opens a session by the gap rule whatever the
-arrival order; windowed counts are over sorted series; the cart is the fold, in
-event-time order, of the cart operations since the latest purchase (an
-operation older than that purchase is already paid for and ignored).
+arrival order; windowed counts are over sorted series; the cart is a timeline
+of adds, removes and orders (:mod:`operators.cart`) whose abandonments do not
+depend on arrival order or batching.
 
 Dedupe. Event ids are remembered for ``dedupe_window_ms`` of event time (at
 most ``MAX_SEEN_IDS``); a repeat is dropped and counted.
@@ -44,13 +44,14 @@ expire by their own TTL).
 from __future__ import annotations
 
 import pickle
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from bytewax.operators import StatefulBatchLogic
 
+from operators.cart import CartTimeline
 from operators.clock import Clock, SystemClock
 from operators.clustering import ClusterVector, ParamsBoard, vector
 from operators.events import (
@@ -61,7 +62,6 @@ from operators.events import (
     ErasureRequest,
     Event,
     ItemUpdate,
-    LineItem,
     PageView,
     ProductView,
     Purchase,
@@ -71,7 +71,7 @@ from operators.events import (
     Trigger,
 )
 from operators.features import FEATURES, PROFILE_FIELDS, FeatureValue
-from operators.identity import Forget, UserInput
+from operators.identity import Forget, HandedOver, UserInput, link_of
 from operators.redis_sink import AliasWrite, ForgetUser, ProfileWrite, SegmentsWrite
 from operators.rules import TriggerContext, TriggerRules
 from operators.segments import RuleSet, cluster_segment, membership_changes
@@ -81,7 +81,9 @@ from operators.triggers import (
     TriggerConfig,
     TriggerState,
     cart_abandoned,
-    cart_due_ms,
+    expect_handover,
+    handover_done,
+    held,
     long_dwell,
     marketing_consent,
     observe_consent,
@@ -96,8 +98,6 @@ DAY_MS = 24 * HOUR_MS
 MAX_SEEN_IDS = 2048
 MAX_SESSIONS = 128
 MAX_SERIES = 2000
-MAX_CART_LINES = 100
-MAX_CART_OPS = 256
 #: How often a user with a pending cart looks at the stream clock (wall time).
 TIMER_POLL = timedelta(seconds=1)
 MAX_TALLY_KEYS = 8
@@ -225,10 +225,8 @@ class UserState:
     views_premium: int = 0  # entries of views in the top band (value == 1)
     carts: Series = field(default_factory=Series)
     orders: Series = field(default_factory=Series)  # value: order total
-    # cart: operations since the latest purchase, sorted by (event time, event id):
-    # (time, event id, item id, signed quantity, unit price); older ones folded into cart_base
-    cart_ops: list[tuple[int, str, str, int, int]] = field(default_factory=list)
-    cart_base: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # cart: adds, removes and orders sorted by (event time, event id) (operators/cart.py)
+    cart: CartTimeline = field(default_factory=CartTimeline)
     # dwell: page view id -> max dwell seen
     dwell_pages: dict[str, int] = field(default_factory=dict)
     dwell_total_ms: int = 0
@@ -253,6 +251,9 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
     Profile writes are not returned here: :class:`UserLogic` writes one per
     user per batch from the final state (see :func:`profile_fields`).
     """
+    if isinstance(item, HandedOver):
+        handover_done(st.trig, item.anonymous_id, item.event_time)
+        return []
     if isinstance(item, Forget):
         return [
             *_leave_all(st, item.event_time, cfg),
@@ -280,6 +281,11 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
     st.max_time = max(st.max_time, t)
     if event.user_id == st.user_id:
         st.trig.known = True
+        if st.trig.known_since is None or t < st.trig.known_since:
+            st.trig.known_since = t
+        link = link_of(event)
+        if link is not None:
+            expect_handover(st.trig, link.anonymous_id, t, cfg.clock.now_ms())
     crossed = _count(st, event, t, cfg)
     _trim(st)
     out: list[Output] = []
@@ -303,18 +309,22 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
 def _behaviour_triggers(
     st: UserState, event: Event, new_session: bool, crossed: bool, cfg: ProfileConfig
 ) -> list[Trigger]:
-    """Trigger candidates this event causes (known users only: anonymous carts and visits
-    are handed to the user at login and judged there)."""
+    """Trigger candidates this event causes, for known users.
+
+    Carts: judged at this event's settled time (:func:`settled_own_time`), so the rules
+    see the state as it was then whatever the batching; :class:`UserLogic` catches up
+    with the stream clock per batch and on its timer. Dwells and visits: only events
+    since the user was first seen under their id (the anonymous era's, handed over at
+    login, do not fire late, in whichever batch they arrive).
+    """
     if not st.trig.known:
         return []
+    settled = settled_own_time(st, event.event_time, cfg)
+    out: list[Trigger] = [] if settled is None else check_cart(st, settled, cfg)
+    since = st.trig.known_since
+    if since is None or event.event_time < since:
+        return out
     emit = cfg.clock.now_ms()
-    out: list[Trigger] = []
-    # Judge the cart at this event's time: anonymous history handed over at login
-    # arrives after newer events, and must not make every intermediate cart look
-    # abandoned. Catching up to the user's latest time happens once per batch.
-    abandoned = check_cart(st, event.event_time - cfg.triggers.settle_ms, cfg)
-    if abandoned is not None:
-        out.append(abandoned)
     p = event.payload
     if crossed and isinstance(p, Dwell):
         page = p.page_view_id or p.item_id or ""
@@ -339,24 +349,36 @@ def _behaviour_triggers(
 
 def _added_since(st: UserState, item_id: str | None, since: int) -> bool:
     return item_id is not None and any(
-        op[2] == item_id and op[3] > 0 and op[0] >= since for op in st.cart_ops
+        op[2] == item_id and op[3] > 0 and op[0] >= since for op in st.cart.entries
     )
 
 
-def check_cart(st: UserState, now_ms: int, cfg: ProfileConfig) -> Trigger | None:
-    """The cart-abandoned trigger if the pending cart's due time is behind ``now_ms``
-    (a settled time: late events up to the allowed lateness can no longer change it)."""
-    if not st.trig.known or cart_due_ms(st.trig, cfg.triggers) is None:
+def settled_own_time(st: UserState, t: int, cfg: ProfileConfig) -> int | None:
+    """The event time before which no more of the user's events can arrive, judged from
+    the user's own event time ``t``: ``t`` less the allowed lateness, as all their events
+    come from one source partition (keyed by the user). Not while anonymous history is on
+    its way, nor after a link until the stream clock (the slowest partition) passed it:
+    the anonymous id's events, keyed by it, come from another partition that may lag.
+    ``None`` then: only the stream clock tells."""
+    if st.trig.awaiting or (cfg.stream_clock.now_ms() or 0) < st.trig.linked_ms:
         return None
-    lines = tuple(LineItem(item, q, price) for item, (q, price) in cart_of(st).items())
-    return cart_abandoned(
-        st.trig,
-        st.user_id,
-        lines=lines,
-        now_ms=now_ms,
-        emit_ms=cfg.clock.now_ms(),
-        cfg=cfg.triggers,
-    )
+    return t - cfg.triggers.settle_ms
+
+
+def check_cart(st: UserState, now_ms: int, cfg: ProfileConfig) -> list[Trigger]:
+    """Cart-abandoned triggers for the abandonments due before ``now_ms`` (a settled
+    time: late events up to the allowed lateness can no longer change them), each once.
+
+    Known users only, and not while history handed over at login is on its way: the
+    timeline is judged whole, so the same triggers come out in any batching.
+    """
+    if not st.trig.known or held(st.trig, cfg.clock.now_ms()):
+        return []
+    emit = cfg.clock.now_ms()
+    return [
+        cart_abandoned(st.user_id, a, currency=st.trig.currency, emit_ms=emit, cfg=cfg.triggers)
+        for a in st.cart.take_due(now_ms, cfg.triggers.abandon_after_ms)
+    ]
 
 
 def publishable(st: UserState, candidates: list[Trigger], cfg: ProfileConfig) -> list[Output]:
@@ -513,12 +535,10 @@ def _count(st: UserState, event: Event, t: int, cfg: ProfileConfig) -> bool:
             st.session_add_to_carts += 1
         st.carts.add(t)
         st.trig.currency = p.currency
-        _cart_activity(st, t)
-        _cart_op(st, (t, event.event_id, p.item_id, p.quantity, p.unit_price_minor))
+        st.cart.add(t, event.event_id, p.item_id, p.quantity, p.unit_price_minor)
     elif isinstance(p, RemoveFromCart):
         st.remove_from_carts += 1
-        _cart_activity(st, t)
-        _cart_op(st, (t, event.event_id, p.item_id, -p.quantity, 0))
+        st.cart.add(t, event.event_id, p.item_id, -p.quantity, 0)
     elif isinstance(p, Purchase):
         st.purchases += 1
         if current:
@@ -527,11 +547,7 @@ def _count(st: UserState, event: Event, t: int, cfg: ProfileConfig) -> bool:
         st.orders.add(t, p.total_minor)
         if st.last_purchase_ms is None or t > st.last_purchase_ms:
             st.last_purchase_ms = t
-            # the order empties the cart: what was added before it is paid for
-            st.cart_ops = [op for op in st.cart_ops if op[0] > t]
-            st.cart_base = {}
-            if st.trig.cart_activity_ms is not None and st.trig.cart_activity_ms <= t:
-                st.trig.cart_activity_ms = None  # converted: nothing pending
+        st.cart.order(t, event.event_id)  # the order empties the cart
     elif isinstance(p, Dwell):
         st.dwells += 1
         page = p.page_view_id or p.item_id or ""
@@ -550,53 +566,9 @@ def _count(st: UserState, event: Event, t: int, cfg: ProfileConfig) -> bool:
     return crossed
 
 
-def _cart_activity(st: UserState, t: int) -> None:
-    if st.last_purchase_ms is not None and t <= st.last_purchase_ms:
-        return  # before the latest order: not pending
-    if st.trig.cart_activity_ms is None or t > st.trig.cart_activity_ms:
-        st.trig.cart_activity_ms = t
-
-
-def _cart_op(st: UserState, entry: tuple[int, str, str, int, int]) -> None:
-    """Record ``(time, event id, item, signed quantity, unit price)`` in event-time order."""
-    if st.last_purchase_ms is not None and entry[0] <= st.last_purchase_ms:
-        return  # before the latest order: paid for (or emptied) already
-    ops = st.cart_ops
-    if not ops or entry >= ops[-1]:
-        ops.append(entry)
-    else:
-        insort(ops, entry)
-    if len(ops) > MAX_CART_OPS:  # fold the older half (an op older than that lands after it)
-        half = MAX_CART_OPS // 2
-        st.cart_base = _fold(st.cart_base, ops[:half])
-        del ops[:half]
-
-
-def _fold(
-    base: Mapping[str, tuple[int, int]], ops: Iterable[tuple[int, str, str, int, int]]
-) -> dict[str, tuple[int, int]]:
-    """Apply cart operations in order: an add opens a line at its price or adds units; a
-    remove takes units away, dropping the line at zero; removing what is absent does nothing."""
-    cart = dict(base)
-    for _, _, item, qty, price in ops:
-        line = cart.get(item)
-        if qty > 0:
-            if line is not None:
-                cart[item] = (line[0] + qty, line[1])
-            elif len(cart) < MAX_CART_LINES:
-                cart[item] = (qty, price)
-        elif line is not None:
-            left = line[0] + qty
-            if left > 0:
-                cart[item] = (left, line[1])
-            else:
-                del cart[item]
-    return cart
-
-
 def cart_of(st: UserState) -> dict[str, tuple[int, int]]:
     """The cart now: item id -> (units, unit price in minor units)."""
-    return _fold(st.cart_base, st.cart_ops)
+    return st.cart.current()
 
 
 def _add_view(st: UserState, t: int, premium: int, category: str | None) -> None:
@@ -822,10 +794,10 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         if end_of_input:
             now = MAX_EVENT_TIME_MS
         else:
-            clock = self.cfg.stream_clock.now_ms()  # already less the allowed lateness
-            now = max(st.max_time - self.cfg.triggers.settle_ms, clock or 0)
+            clock = self.cfg.stream_clock.now_ms() or 0  # already less the allowed lateness
+            now = max(settled_own_time(st, st.max_time, self.cfg) or 0, clock)
         fired = check_cart(st, now, self.cfg)
-        return publishable(st, [fired], self.cfg) if fired is not None else []
+        return publishable(st, list(fired), self.cfg) if fired else []
 
     def on_notify(self) -> tuple[Iterable[Output], bool]:
         out = self._timers()
@@ -838,7 +810,7 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
 
     def notify_at(self) -> datetime | None:
         st = self.state
-        if st is not None and cart_due_ms(st.trig, self.cfg.triggers) is not None:
+        if st is not None and st.cart.next_due_ms(self.cfg.triggers.abandon_after_ms) is not None:
             return datetime.now(UTC) + TIMER_POLL  # poll the stream clock while a cart waits
         return self.idle_since + self.cfg.state_ttl
 

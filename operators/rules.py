@@ -443,6 +443,10 @@ class TriggerRule:
     quiet_hours: HourWindow | None = None
     overrides: frozenset[str] = frozenset()
     enabled: bool = True
+    #: Rules with the same message publish alternatives of one message: the first of them
+    #: that matches and passes its policies publishes, under an id of the message (not of
+    #: the rule), so a replay that chose another alternative repeats the id. None: the name.
+    message: str | None = None
     line: int = 0
     source: str = ""
 
@@ -663,19 +667,25 @@ class TriggerRules:
                 history.record(trigger.kind, t, self.horizon_ms)
                 out.published.append(trigger)
             return out
+        sent: set[str] = set()
         for rule in matched:
+            message = rule.message or rule.name
+            if message in sent:
+                out.suppressed.append((rule.name, f"message {message} already published"))
+                continue
             kind = rule.kind or trigger.kind
             held = self._held(rule, kind, env, history)
             if held:
                 out.suppressed.append((rule.name, held))
                 continue
+            sent.add(message)
             history.record(kind, t, self.horizon_ms)
             attributes = dict(trigger.attributes)
             attributes.update(rule.attributes)
             attributes[RULE_ATTRIBUTE] = rule.name
             out.published.append(
                 Trigger(
-                    trigger_id=trigger_id_for(trigger.trigger_id, rule.name),
+                    trigger_id=trigger_id_for(trigger.trigger_id, message),
                     kind=kind,
                     user_id=trigger.user_id,
                     cause_event_time=t,
@@ -868,6 +878,7 @@ _RULE_KEYS: Final = (
     "cooldown",
     "quiet_hours",
     "enabled",
+    "message",
 )
 
 
@@ -999,6 +1010,10 @@ class _TriggerRuleParser(ConditionParser):
         if "quiet_hours" in entries:
             fields["quiet_hours"] = self.optional(entries["quiet_hours"][1], self.hour_window)
             overrides.add("quiet_hours")
+        if "message" in entries:
+            if "suppress" in entries:
+                raise self.error(entries["message"][0], "'message' applies to publish rules only")
+            fields["message"] = self.string(entries["message"][1], "message").strip() or None
         if "enabled" in entries:
             enabled_node = entries["enabled"][1]
             enabled = self.scalar(enabled_node)

@@ -25,7 +25,8 @@ import time
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
-from operators.events import ConsentUpdate, LineItem, SegmentChange, Trigger
+from operators.cart import Abandonment
+from operators.events import ConsentUpdate, SegmentChange, Trigger
 from operators.rules import TriggerHistory
 
 #: Trigger kinds Attune computes (``high_propensity`` is defined for the models issue).
@@ -124,12 +125,16 @@ class TriggerState:
     """What a user's triggers need to remember. Pickles; bounded."""
 
     known: bool = False  # the key is a user id seen on an event (not only an anonymous id)
+    known_since: int | None = None  # event time of the user's earliest event under their id
     consent: dict[str, tuple[int, bool]] = field(default_factory=dict)  # purpose -> (t, given)
     timezone: str | None = None
     channel: str | None = None
     currency: str | None = None
-    cart_activity_ms: int | None = None  # latest add/remove since the latest purchase
-    cart_fired_ms: int | None = None  # the cart activity an abandonment already fired for
+    # anonymous ids whose history is still on its way (IDENTIFY seen, hand-over not yet),
+    # with the clock time it was expected; and the latest ids whose hand-over arrived
+    awaiting: dict[str, int] = field(default_factory=dict)
+    handed: list[str] = field(default_factory=list)
+    linked_ms: int = 0  # event time of the latest link: anonymous events before it may lag
     dwell_fired: list[str] = field(default_factory=list)  # pages long_dwell fired for
     history: TriggerHistory = field(default_factory=TriggerHistory)  # caps and cooldowns
 
@@ -151,42 +156,54 @@ def marketing_consent(ts: TriggerState) -> bool | None:
 
 
 def cart_abandoned(
-    ts: TriggerState,
-    user: str,
-    *,
-    lines: tuple[LineItem, ...],
-    now_ms: int,
-    emit_ms: int,
-    cfg: TriggerConfig,
-) -> Trigger | None:
-    """The abandonment of the cart's latest activity, once ``now_ms`` passed its due time."""
-    activity = ts.cart_activity_ms
-    if activity is None or ts.cart_fired_ms == activity or not lines:
-        return None
-    due = activity + cfg.abandon_after_ms
-    if now_ms < due:
-        return None
-    ts.cart_fired_ms = activity
-    value = sum(line.quantity * line.unit_price_minor for line in lines)
+    user: str, cart: Abandonment, *, currency: str | None, emit_ms: int, cfg: TriggerConfig
+) -> Trigger:
+    """The trigger of an abandoned cart; its id is the user and the time of the cart's
+    last change, so a replay yields the same id."""
     return Trigger(
-        trigger_id=trigger_id("cart_abandoned", user, activity),
+        trigger_id=trigger_id("cart_abandoned", user, cart.activity_ms),
         kind="cart_abandoned",
         user_id=user,
-        cause_event_time=activity,
+        cause_event_time=cart.activity_ms,
         emit_time=emit_ms,
-        reason=f"cart of {len(lines)} lines left {cfg.abandon_after_ms // 60_000} min "
+        reason=f"cart of {len(cart.lines)} lines left {cfg.abandon_after_ms // 60_000} min "
         "after its last change without a purchase",
-        cart_lines=lines,
-        cart_value_minor=value,
-        currency=ts.currency,
+        cart_lines=cart.lines,
+        cart_value_minor=cart.value_minor,
+        currency=currency,
     )
 
 
-def cart_due_ms(ts: TriggerState, cfg: TriggerConfig) -> int | None:
-    """When the pending cart will count as abandoned, ``None`` if nothing is pending."""
-    if ts.cart_activity_ms is None or ts.cart_fired_ms == ts.cart_activity_ms:
-        return None
-    return ts.cart_activity_ms + cfg.abandon_after_ms
+#: How long (clock time) a user's judgements wait for an expected hand-over at most.
+HANDOVER_WAIT_MS = 60_000
+MAX_HANDED = 16
+
+
+def expect_handover(ts: TriggerState, anonymous_id: str, link_ms: int, now_ms: int) -> None:
+    """An IDENTIFY at ``link_ms`` linked ``anonymous_id`` to this user: its history is on
+    its way (``now_ms`` is the wall clock, for :data:`HANDOVER_WAIT_MS`)."""
+    ts.linked_ms = max(ts.linked_ms, link_ms)
+    if anonymous_id not in ts.handed:
+        ts.awaiting[anonymous_id] = now_ms
+
+
+def handover_done(ts: TriggerState, anonymous_id: str, link_ms: int) -> None:
+    """The history of ``anonymous_id`` arrived (it may arrive before the IDENTIFY)."""
+    ts.linked_ms = max(ts.linked_ms, link_ms)
+    ts.awaiting.pop(anonymous_id, None)
+    if anonymous_id in ts.handed:
+        ts.handed.remove(anonymous_id)
+    ts.handed.append(anonymous_id)
+    if len(ts.handed) > MAX_HANDED:
+        del ts.handed[0]
+
+
+def held(ts: TriggerState, now_ms: int) -> bool:
+    """Whether judgements wait for a hand-over (at most ``HANDOVER_WAIT_MS`` each)."""
+    for anonymous_id, since in list(ts.awaiting.items()):
+        if now_ms - since >= HANDOVER_WAIT_MS:
+            del ts.awaiting[anonymous_id]  # never came (lost or expired): stop waiting
+    return bool(ts.awaiting)
 
 
 def long_dwell(

@@ -131,17 +131,18 @@ def test_a_corrupt_file_gives_dead_letters_and_the_flow_goes_on(tmp_path: Path) 
 
 
 def test_cart_abandoned_triggers_against_the_ground_truth() -> None:
-    """Known users with consent: every trigger is a truth abandonment with its exact value,
-    none fires for a converted cart, nearly every abandonment fires (the few misses are
-    anonymous-era carts superseded before login, docs/architecture.md), and carts of users
-    who never send another event fire too (at end of input)."""
+    """Users who are not anonymous: exactly the truth's abandonments fire, each once with
+    its exact lines and value (anonymous-era carts handed over at login included), none
+    for a converted cart, and carts of users who never send another event fire too (at
+    end of input); with one worker and with two."""
     _, g = generated()
-    store = run_flow()
     exp = cart_expectations(g.truth)
-    mine = [t for t in store.triggers if t.kind == "cart_abandoned" and t.user_id in exp.users]
-    fired = {(t.user_id, t.cause_event_time): t for t in mine}
-    assert len(fired) == len(mine)  # no duplicates
-    check_cart_triggers(fired, exp)
+    for workers in (1, 2):
+        store = run_flow(workers)
+        mine = [t for t in store.triggers if t.kind == "cart_abandoned" and t.user_id in exp.users]
+        fired = {(t.user_id, t.cause_event_time): t for t in mine}
+        assert len(fired) == len(mine)  # no duplicates
+        check_cart_triggers(fired, exp)
 
 
 def test_shipped_trigger_rules_shape_what_goes_out() -> None:

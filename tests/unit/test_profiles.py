@@ -25,7 +25,14 @@ from operators.events import (
     SegmentChange,
 )
 from operators.features import FEATURES, PROFILE_FIELDS
-from operators.identity import MAX_ANONYMOUS_BUFFER, Forget, Link, identity_step, link_of
+from operators.identity import (
+    MAX_ANONYMOUS_BUFFER,
+    Forget,
+    HandedOver,
+    Link,
+    identity_step,
+    link_of,
+)
 from operators.profiles import (
     DAY_MS,
     HOUR_MS,
@@ -328,9 +335,10 @@ def test_link_hands_anonymous_history_to_the_user_once() -> None:
     assert link == Link("a1", "u1", T0 + 10)
     state, out = identity_step(state, link)
     assert out[0] == ("a1", Forget("a1", "u1", T0 + 10))
-    assert out[1:] == [("u1", e) for e in anon_events]
+    assert out[1:-1] == [("u1", e) for e in anon_events]
+    assert out[-1] == ("u1", HandedOver("a1", "u1", T0 + 10, 3))  # the history is complete
     state, out = identity_step(state, link)  # a repeated link hands nothing over again
-    assert out == []
+    assert out == [("u1", HandedOver("a1", "u1", T0 + 10, 0))]
     later = ev(T0 + 20, user=None, anon="a1")
     assert identity_step(state, later)[1] == [("u1", later)]
 

@@ -118,7 +118,7 @@ def test_issue_example_high_value_cart_gets_the_ten_percent_offer() -> None:
         "template_id": "cart_offer_10",
         "rule": "high_value_cart_offer",
     }
-    assert offer.trigger_id == trigger_id_for("t1", "high_value_cart_offer")
+    assert offer.trigger_id == trigger_id_for("t1", "cart_message")
     # The cause and payload are carried over unchanged.
     assert (offer.user_id, offer.cause_event_time, offer.emit_time, offer.reason) == (
         "u1",
@@ -377,6 +377,50 @@ def test_trigger_ids_are_deterministic_per_input_and_rule() -> None:
     assert not set(a) & set(c)  # another cause, other ids
     assert a == [trigger_id_for("x", "offer"), trigger_id_for("x", "also")]
     assert re.fullmatch(r"[0-9a-f]{32}", a[0])
+
+
+ALTERNATIVES = """\
+  - name: offer
+    description: big spenders get an offer
+    when: {kind: cart_abandoned, in_segment: high_value}
+    message: cart_message
+    publish: {attributes: {template_id: offer}}
+  - name: reminder
+    description: everyone a reminder
+    when: {kind: cart_abandoned}
+    message: cart_message
+    publish: {attributes: {template_id: reminder}}
+  - name: also
+    description: a rule of its own
+    when: {kind: cart_abandoned}
+    publish: {kind: cart_offer}
+"""
+
+
+def test_rules_sharing_a_message_are_alternatives_with_one_id() -> None:
+    r = rules(ALTERNATIVES)
+    vip = r.decide(trig(tid="x"), ctx(segments=frozenset({"high_value"})), TriggerHistory())
+    plain = r.decide(trig(tid="x"), ctx(), TriggerHistory())
+    assert [p.attributes["rule"] for p in vip.published] == ["offer", "also"]
+    assert vip.suppressed == [("reminder", "message cart_message already published")]
+    assert [p.attributes["rule"] for p in plain.published] == ["reminder", "also"]
+    # whichever alternative published, the message has one id: an app acting once per
+    # id never sends both, also when a replay judged the segment differently
+    assert vip.published[0].trigger_id == plain.published[0].trigger_id
+    assert vip.published[0].trigger_id == trigger_id_for("x", "cart_message")
+    assert plain.published[1].trigger_id == trigger_id_for("x", "also")
+
+
+def test_a_held_alternative_lets_the_next_one_publish() -> None:
+    offer = "    publish: {attributes: {template_id: offer}}"
+    cooled = ALTERNATIVES.replace(offer, "    cooldown: 1d\n" + offer)
+    r = rules(cooled)
+    h = TriggerHistory()
+    vip = ctx(segments=frozenset({"high_value"}))
+    r.decide(trig(tid="x"), vip, h)
+    again = r.decide(trig(tid="y", at=NOON_UTC + 3_600_000), vip, h)
+    assert again.suppressed[0] == ("offer", "cooldown 1d for cart_abandoned")
+    assert [p.attributes["rule"] for p in again.published] == ["reminder", "also"]
 
 
 # --- policies ------------------------------------------------------------------------------------
@@ -697,6 +741,12 @@ HEAD = "rules:\n  - name: r\n    description: d\n"
             id="two-actions",
         ),
         pytest.param(
+            HEAD + "    suppress: staff\n    message: m\n",
+            5,
+            "rule 'r': 'message' applies to publish rules only",
+            id="message-on-suppress",
+        ),
+        pytest.param(
             HEAD + "    suppress: staff\n    cap: {max: 1, per: 1h}\n",
             5,
             "rule 'r': 'cap' applies to publish rules only",
@@ -731,7 +781,7 @@ HEAD = "rules:\n  - name: r\n    description: d\n"
             HEAD + "    priority: 1\n" + PUBLISH,
             4,
             "rule 'r': a rule: unknown key 'priority' (expected one of name, description, when, "
-            "publish, suppress, purpose, cap, cooldown, quiet_hours, enabled)",
+            "publish, suppress, purpose, cap, cooldown, quiet_hours, enabled, message)",
             id="unknown-rule-key",
         ),
         pytest.param(

@@ -12,14 +12,17 @@ from operators.events import (
     Dwell,
     Event,
     EventType,
+    Identify,
     LineItem,
     PageView,
     ProductView,
     Purchase,
+    RemoveFromCart,
     Trigger,
 )
+from operators.identity import HandedOver, identity_step, link_of
 from operators.profiles import DAY_MS, HOUR_MS, MINUTE_MS, Keyed, ProfileConfig, UserLogic
-from operators.triggers import StreamClock, trigger_id
+from operators.triggers import HANDOVER_WAIT_MS, StreamClock, trigger_id
 
 T0 = 1_767_571_200_000
 TYPES = {
@@ -29,6 +32,8 @@ TYPES = {
     Purchase: EventType.PURCHASE,
     Dwell: EventType.DWELL,
     ConsentUpdate: EventType.CONSENT,
+    Identify: EventType.IDENTIFY,
+    RemoveFromCart: EventType.REMOVE_FROM_CART,
 }
 _ids = itertools.count()
 
@@ -44,8 +49,24 @@ class FakeClock(StreamClock):
         return self.ms
 
 
+class Wall:
+    """A wall clock a test sets by hand."""
+
+    def __init__(self) -> None:
+        self.ms = T0
+
+    def now_ms(self) -> int:
+        return self.ms
+
+
+def event(t: int, payload: Any, user: str | None = "u1", anon: str | None = None) -> Event:
+    return Event(
+        f"e{next(_ids)}", TYPES[type(payload)], T0 + t, payload, user_id=user, anonymous_id=anon
+    )
+
+
 def ev(t: int, payload: Any, user: str = "u1") -> Keyed:
-    return user, Event(f"e{next(_ids)}", TYPES[type(payload)], T0 + t, payload, user_id=user)
+    return user, event(t, payload, user)
 
 
 def user(clock: StreamClock | None = None, marketing: bool = True) -> UserLogic:
@@ -64,9 +85,11 @@ def test_cart_abandonment_fires_with_the_stream_clock_when_the_user_sends_nothin
     out, _ = logic.on_batch([ev(MINUTE_MS, AddToCart("i1", 2, 1500, "EUR"))])
     assert triggers(out, "cart_abandoned") == []
     assert logic.notify_at() is not None  # polls the clock while the cart waits
-    clock.ms = T0 + 30 * MINUTE_MS  # not yet: due at +31 min (the clock is settled time)
-    assert triggers(logic.on_notify()[0], "cart_abandoned") == []
+    # not yet at the due time +31 min itself: the clock is settled time, and an order
+    # at exactly the due time (still to come) would convert the cart
     clock.ms = T0 + 31 * MINUTE_MS
+    assert triggers(logic.on_notify()[0], "cart_abandoned") == []
+    clock.ms = T0 + 31 * MINUTE_MS + 1
     (fired,) = triggers(logic.on_notify()[0], "cart_abandoned")
     assert fired.cart_lines == (LineItem("i1", 2, 1500),)
     assert (fired.cart_value_minor, fired.currency) == (3000, "EUR")
@@ -96,6 +119,107 @@ def test_a_later_event_shows_the_cart_was_left() -> None:
     logic.on_batch([ev(3 * HOUR_MS, AddToCart("i2", 1, 500, "EUR"))])
     (again,) = triggers(logic.on_eof()[0], "cart_abandoned")  # end of input: timers fire
     assert again.cart_value_minor == 2000
+
+
+def _handover_inputs() -> tuple[list[Keyed], list[Keyed], list[Keyed]]:
+    """u1's direct events (login, an add, a later visit), and what the identity step hands
+    over for a1: the anonymous history and the marker. The anonymous cart was left at
+    +1 min (abandoned), changed at +60 min, and u1 added at +66 min and left."""
+    history = [
+        event(MINUTE_MS, AddToCart("x", 1, 100, "EUR"), user=None, anon="a1"),
+        event(50 * MINUTE_MS, PageView(), user=None, anon="a1"),
+        event(60 * MINUTE_MS, AddToCart("y", 1, 20, "EUR"), user=None, anon="a1"),
+    ]
+    login = event(65 * MINUTE_MS, Identify(), anon="a1")
+    link = link_of(login)
+    assert link is not None
+    state = None
+    for e in history:
+        state, _ = identity_step(state, e)
+    _, routed = identity_step(state, link)
+    handed = [kv for kv in routed if kv[0] == "u1"]
+    assert isinstance(handed[-1][1], HandedOver)
+    direct = [
+        ("u1", login),
+        ev(66 * MINUTE_MS, AddToCart("z", 1, 3, "EUR")),
+        ev(5 * HOUR_MS, PageView()),
+    ]
+    return direct[:2], direct[2:], handed
+
+
+def test_cart_triggers_are_the_same_in_whichever_batch_the_handed_over_history_lands() -> None:
+    first, later, handed = _handover_inputs()
+    batchings = {
+        "one batch": [first + later + handed],
+        "history last": [first, later, handed],
+        "history first": [handed, first, later],
+        "history between": [first, handed, later],
+    }
+    seen = {}
+    for name, batches in batchings.items():
+        logic = user()
+        out: list[Any] = []
+        for batch in batches:
+            out += logic.on_batch(list(batch))[0]
+        out += logic.on_eof()[0]
+        seen[name] = sorted(
+            (t.trigger_id, t.cause_event_time - T0, t.cart_value_minor)
+            for t in triggers(out, "cart_abandoned")
+        )
+    expected = [(1 * MINUTE_MS, 100), (66 * MINUTE_MS, 123)]
+    for name, fired in seen.items():
+        assert [(cause, value) for _, cause, value in fired] == expected, name
+    assert len({tuple(f) for f in seen.values()}) == 1  # the same ids too
+
+
+def test_judgements_wait_for_the_hand_over_but_not_forever() -> None:
+    wall, stream = Wall(), FakeClock()
+    first, later, _ = _handover_inputs()
+    logic = UserLogic(None, ProfileConfig(stream_clock=stream, clock=wall))
+    logic.on_batch([ev(0, ConsentUpdate(True, True, True))])
+    logic.on_batch(first + later)
+    # a linked user's events come from two partitions: only the stream clock settles time
+    assert triggers(logic.on_notify()[0], "cart_abandoned") == []
+    stream.ms = T0 + 5 * HOUR_MS  # the cart at +66 min is due, but a1's history
+    assert triggers(logic.on_notify()[0], "cart_abandoned") == []  # ... has not arrived
+    wall.ms += HANDOVER_WAIT_MS  # lost: stop waiting
+    (fired,) = triggers(logic.on_notify()[0], "cart_abandoned")
+    assert fired.cause_event_time == T0 + 66 * MINUTE_MS
+
+
+def test_anonymous_events_read_after_the_login_still_count_before_any_judgement() -> None:
+    """The anonymous id's partition lags the user's: the login and a remove arrive first,
+    the order that emptied the anonymous cart and a later add after them."""
+    stream = FakeClock()
+    logic = UserLogic(None, ProfileConfig(stream_clock=stream))
+    logic.on_batch([ev(0, ConsentUpdate(True, True, True))])
+    add = event(MINUTE_MS, AddToCart("x", 1, 100, "EUR"), user=None, anon="a1")
+    order = event(2 * HOUR_MS, Purchase("o1", (LineItem("x", 1, 100),), 100, "EUR"), None, "a1")
+    add_y = event(3 * HOUR_MS, AddToCart("y", 1, 20, "EUR"), user=None, anon="a1")
+    login = event(5 * HOUR_MS, Identify(), anon="a1")
+    remove_y = event(3 * HOUR_MS + 10 * MINUTE_MS, RemoveFromCart("y", 1), anon="a1")
+    out = list(
+        logic.on_batch([("u1", login), ("u1", add), ("u1", HandedOver("a1", "u1", 0, 1))])[0]
+    )
+    stream.ms = T0 + HOUR_MS
+    out += logic.on_batch([("u1", remove_y), ev(9 * HOUR_MS, PageView())])[0]
+    out += logic.on_batch([("u1", order), ("u1", add_y)])[0]
+    stream.ms = T0 + 10 * HOUR_MS
+    out += logic.on_notify()[0]
+    fired = [t.cause_event_time - T0 for t in triggers(out, "cart_abandoned")]
+    assert fired == [MINUTE_MS]  # the x cart, abandoned before its order; y was removed
+
+
+def test_anonymous_era_dwells_do_not_fire_when_handed_over() -> None:
+    logic = UserLogic(None, ProfileConfig(stream_clock=FakeClock()))
+    logic.on_batch([("u1", event(HOUR_MS, Identify(), anon="a1"))])
+    beats: list[Keyed] = [
+        ("u1", event(s * 10_000, Dwell(s * 10_000, "i1", "pv1"), user=None, anon="a1"))
+        for s in range(1, 6)
+    ]
+    out, _ = logic.on_batch([*beats, ("u1", HandedOver("a1", "u1", T0 + HOUR_MS, 5))])
+    assert triggers(out, "long_dwell") == []
+    assert logic.state is not None and logic.state.dwells == 5  # counted, not fired
 
 
 def test_no_marketing_consent_no_trigger() -> None:
@@ -133,7 +257,7 @@ def test_trigger_state_pickles_with_the_user() -> None:
     logic.on_batch([ev(MINUTE_MS, AddToCart("i1", 1, 1500, "EUR"))])
     restored = UserLogic(logic.snapshot(), logic.cfg)
     assert restored.state == logic.state
-    assert pickle.loads(logic.snapshot()).trig.cart_activity_ms == T0 + MINUTE_MS
+    assert pickle.loads(logic.snapshot()).cart.next_due_ms(30 * MINUTE_MS) == T0 + 31 * MINUTE_MS
 
 
 def test_stream_clock_is_the_slowest_partition_and_falls_back_to_wall_time_when_idle() -> None:
