@@ -746,10 +746,6 @@ def profile_write(st: UserState) -> ProfileWrite:
 Keyed = tuple[str, UserInput]
 
 
-def _time_of(kv: Keyed) -> int:
-    return kv[1].event_time
-
-
 class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
     """Per-user step: :func:`apply` per input, then one profile write for the batch.
 
@@ -768,9 +764,10 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
             st = self.state = UserState(user_id=values[0][0])
         out: list[Output] = []
         before = st.events
-        # Event-time order within the batch: a login's direct events and the anonymous
-        # history handed over with it reach this step together, the newest first.
-        values.sort(key=_time_of)
+        # Arrival order, not event time: for a user's own events that is their partition's
+        # order, the same however the stream is cut into batches (a replay, a recovery),
+        # so order-dependent decisions (caps, cooldowns, a session's first event) repeat.
+        # The state itself does not depend on order; the hand-over is waited for.
         for _, item in values:
             erased_at = st.erased_at
             out.extend(apply(st, item, self.cfg))

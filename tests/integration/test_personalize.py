@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +33,10 @@ from flows.personalize import build_flow
 from flows.settings import Settings, env_name
 from operators.clustering import ClusterParams
 from operators.codec import Codec
-from operators.events import ErrorClass, SegmentChange
+from operators.events import ErrorClass, SegmentChange, Trigger
 from operators.generator import GeneratorConfig, GroundTruth, generate
 from operators.redis_keys import RedisKeys
+from tests.integration.reading import read_all
 from tests.truth import profile_mismatches
 
 pytestmark = pytest.mark.integration
@@ -239,6 +241,17 @@ def finish(proc: subprocess.Popen[bytes], timeout_s: float = 300) -> None:
     assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
 
 
+def published_triggers(settings: Settings) -> tuple[Counter[str], dict[str, Trigger]]:
+    """How often each behavioural trigger id is on its topic (every run so far), and one
+    trigger per id."""
+    seen = [
+        t
+        for kind in ("cart_abandoned", "long_dwell", "repeat_visit")
+        for t in read_all(settings, kind)[0]
+    ]
+    return Counter(t.trigger_id for t in seen), {t.trigger_id: t for t in seen}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -269,11 +282,14 @@ def test_sigkill_mid_stream_and_recover(
     stream: Input, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     """Kill the flow with SIGKILL at random points, restart from the recovery store: Redis
-    ends byte-identical to an uninterrupted run and equal to the ground truth."""
+    ends byte-identical to an uninterrupted run and equal to the ground truth, and the
+    behavioural triggers published carry the uninterrupted run's ids, each at least once
+    more (at-least-once; the subscriber's act-once helper drops the repeats)."""
     settings = stream.settings
     finish(bytewax_run(settings))
     uninterrupted = deterministic(redis_dump(redis_client))
     redis_client.flushdb()
+    before, _ = published_triggers(settings)
 
     db = tmp_path / "recovery"
     db.mkdir()
@@ -294,3 +310,16 @@ def test_sigkill_mid_stream_and_recover(
     finish(bytewax_run(settings, *args))
     assert_profiles_match(redis_client, settings, stream.truth)
     assert deterministic(redis_dump(redis_client)) == uninterrupted
+    after, which = published_triggers(settings)
+    extra = [
+        (t.kind, t.user_id, t.cause_event_time, t.attributes.get("rule"), t.cart_value_minor)
+        for i, t in which.items()
+        if i not in before
+    ]
+    assert before and extra == []  # no trigger the uninterrupted run lacks
+    again = [
+        (t.kind, t.user_id, t.cause_event_time, t.attributes.get("rule"), t.cart_value_minor)
+        for i, t in which.items()
+        if i in before and after[i] <= before[i]
+    ]
+    assert again == []  # each published again

@@ -17,15 +17,14 @@ from pathlib import Path
 import pytest
 from bytewax.testing import run_main
 
-from clients.subscriber import ActOnce, Delivery, MemoryOnceStore, TriggerSubscriber
 from flows import topics
 from flows.generate import produce
 from flows.personalize import build_flow
 from flows.settings import Settings
 from operators.codec import Codec
-from operators.events import Trigger
 from operators.generator import GeneratorConfig, GroundTruth, generate
 from operators.triggers import KINDS
+from tests.integration.reading import read_all
 from tests.truth import cart_expectations, check_cart_triggers
 
 pytestmark = pytest.mark.integration
@@ -68,27 +67,6 @@ def ran(integration_settings: Settings) -> Iterator[tuple[Settings, GroundTruth]
     run_main(build_flow(settings))  # the same input again: a replay
     yield settings, g.truth
     topics.delete_topics(settings.kafka_bootstrap, names)
-
-
-def read_all(settings: Settings, kind: str) -> tuple[list[Trigger], list[Trigger]]:
-    """Every delivered trigger, and the ones the app acted on (act-once by trigger id)."""
-    delivered: list[Trigger] = []
-    acted: list[Trigger] = []
-    once = ActOnce(MemoryOnceStore())
-    with TriggerSubscriber(
-        settings.kafka_bootstrap, [kind], f"app-{uuid.uuid4().hex[:6]}", settings=settings
-    ) as sub:
-        idle = 0
-        while idle < 5:  # bounded: stop after 5 empty polls in a row
-            batch = sub.poll(timeout_s=1.0)
-            idle = 0 if batch else idle + 1
-            for rec in batch:
-                assert isinstance(rec, Delivery), rec
-                delivered.append(rec.trigger)
-                if once.first_time(rec.trigger.trigger_id):
-                    acted.append(rec.trigger)
-            sub.commit()
-    return delivered, acted
 
 
 def test_cart_abandoned_seen_by_the_subscriber(ran: tuple[Settings, GroundTruth]) -> None:
