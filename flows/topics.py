@@ -35,6 +35,11 @@ DEFAULT_TRIGGER_KINDS: tuple[str, ...] = KINDS  # operators/triggers.py owns the
 #: How long creating or deleting topics may take, metadata propagation included.
 TOPIC_TIMEOUT_S = 30.0
 
+#: Kafka ``security.protocol`` values and the SASL mechanisms passed through
+#: (GSSAPI/Kerberos and OAUTHBEARER need more than a username and password).
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
 _UNKNOWN_TOPIC = 3  # UNKNOWN_TOPIC_OR_PARTITION: deleting what is already gone is fine.
 
 
@@ -185,15 +190,41 @@ def client_options(settings: Settings | None) -> dict[str, Any]:
     """
     if settings is None or settings.kafka_security_protocol == "PLAINTEXT":
         return {}
-    options: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
-    if settings.kafka_sasl_mechanism:
+    protocol = settings.kafka_security_protocol
+    if protocol not in SECURITY_PROTOCOLS:
+        raise ValueError(
+            f"ATTUNE_KAFKA_SECURITY_PROTOCOL={protocol!r}: use one of "
+            + ", ".join(SECURITY_PROTOCOLS)
+        )
+    options: dict[str, Any] = {"security_protocol": protocol}
+    if protocol.startswith("SASL_"):
+        if settings.kafka_sasl_mechanism not in SASL_MECHANISMS:
+            raise ValueError(
+                f"{protocol} needs ATTUNE_KAFKA_SASL_MECHANISM set to one of "
+                + ", ".join(SASL_MECHANISMS)
+                + f" (got {settings.kafka_sasl_mechanism!r})"
+            )
+        if not settings.kafka_sasl_username or not settings.kafka_sasl_password:
+            raise ValueError(
+                f"{protocol} needs ATTUNE_KAFKA_SASL_USERNAME and ATTUNE_KAFKA_SASL_PASSWORD"
+            )
         options.update(
             sasl_mechanism=settings.kafka_sasl_mechanism,
             sasl_plain_username=settings.kafka_sasl_username,
             sasl_plain_password=settings.kafka_sasl_password,
         )
-    if settings.kafka_ssl_cafile:
-        options["ssl_cafile"] = settings.kafka_ssl_cafile
+    if protocol.endswith("SSL"):
+        if settings.kafka_ssl_cafile:
+            options["ssl_cafile"] = settings.kafka_ssl_cafile
+        if bool(settings.kafka_ssl_certfile) != bool(settings.kafka_ssl_keyfile):
+            raise ValueError(
+                "set both ATTUNE_KAFKA_SSL_CERTFILE and ATTUNE_KAFKA_SSL_KEYFILE, or neither"
+            )
+        if settings.kafka_ssl_certfile:
+            options["ssl_certfile"] = settings.kafka_ssl_certfile
+            options["ssl_keyfile"] = settings.kafka_ssl_keyfile
+        if settings.kafka_ssl_key_password:
+            options["ssl_password"] = settings.kafka_ssl_key_password
     return options
 
 
