@@ -110,9 +110,7 @@ _IPV4 = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")
 # In free text (dead-letter reasons, log lines): what to redact.
 _TEXT_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _TEXT_IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
-_TEXT_IPV6 = re.compile(
-    r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{1,4}(?![0-9A-Fa-f:])"
-)
+_TEXT_IPV6 = re.compile(r"(?<![0-9A-Za-z:.])[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")
 _TEXT_PHONE = re.compile(r"\+\d[\d\s().-]{5,}\d|\(?\d{3}\)?[\s.-]\d{3}[\s.-]\d{4}")
 
 
@@ -546,6 +544,15 @@ def ephemeral() -> Pseudonymiser:
 # --- free text -----------------------------------------------------------------------------
 
 
+def _ipv6_or_keep(match: re.Match[str]) -> str:
+    token = match.group(0)
+    try:
+        ipaddress.IPv6Address(token)
+    except ValueError:
+        return token
+    return "<ip>"
+
+
 def redact_text(text: str) -> str:
     """``text`` with anything that looks like an email, phone number or IP address replaced.
 
@@ -561,5 +568,5 @@ def redact_text(text: str) -> str:
         text = _TEXT_EMAIL.sub("<email>", text)
     text = _TEXT_IPV4.sub("<ip>", text)
     if ":" in text:
-        text = _TEXT_IPV6.sub("<ip>", text)
+        text = _TEXT_IPV6.sub(_ipv6_or_keep, text)
     return _TEXT_PHONE.sub("<phone>", text)
