@@ -381,6 +381,7 @@ class Pseudonymiser:
         )
         self.user_id: Callable[[str], str] = functools.lru_cache(maxsize=cache_size)(self._user_id)
         self._context_fields = plan.context
+        self._last_ctx: tuple[Context | None, Context | None] = (None, None)
         self._header = plan.header
         self._identity = plan.identity
         self._payload = {
@@ -443,7 +444,12 @@ class Pseudonymiser:
                 changes[name] = self.pseudonym(value)
         ctx = event.context
         if ctx is not None and self._context_fields:
-            new_ctx = _replace(ctx, self._context_fields, self.pseudonym)
+            # Events of one page often share one Context object: remember the last one.
+            if ctx is self._last_ctx[0]:
+                new_ctx = self._last_ctx[1]
+            else:
+                new_ctx = _replace(ctx, self._context_fields, self.pseudonym)
+                self._last_ctx = (ctx, new_ctx)
             if new_ctx is not ctx:
                 changes["context"] = new_ctx
         fields = self._payload.get(type(event.payload))
