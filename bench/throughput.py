@@ -57,6 +57,7 @@ import logging
 import os
 import platform
 import random
+import secrets
 import socket
 import statistics
 import subprocess
@@ -1056,6 +1057,7 @@ def _set_up(args: argparse.Namespace, stack: contextlib.ExitStack) -> _Run:
     import redis
 
     from flows import topics
+    from operators.redis_sink import RedisConfig
 
     base = Settings.from_env()
     servers = _use_servers(base, stack)
@@ -1077,6 +1079,11 @@ def _set_up(args: argparse.Namespace, stack: contextlib.ExitStack) -> _Run:
         topic_triggers_prefix=names["triggers_prefix"],
         kafka_tail=False,
     )
+    if not settings.pseudonym_key and not settings.pseudonym_key_file:
+        # Synthetic data only: a key for this run, so the flow pseudonymises as in production.
+        settings = settings.replace(
+            pseudonym_key=secrets.token_urlsafe(48), pseudonym_key_id="bench"
+        )
     all_topics = [*topics.design_topics(settings), names["empty"]]
     stack.callback(_delete_topics, settings, all_topics)
     try:
@@ -1087,12 +1094,13 @@ def _set_up(args: argparse.Namespace, stack: contextlib.ExitStack) -> _Run:
         raise BenchError(f"could not create the bench topics: {exc}") from None
     say(f"topics {stem}.* ({args.partitions} partition(s) each), deleted at the end")
 
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=10)
+    redis_config = RedisConfig.from_settings(settings)  # credentials and TLS as the flow's
+    client = redis_config.client()
     stack.callback(client.close)
     try:
         leftover = int(client.dbsize())
     except redis.RedisError as exc:
-        raise BenchError(f"Redis at {settings.redis_url} is not usable: {exc}") from None
+        raise BenchError(f"Redis at {redis_config.safe_url} is not usable: {exc}") from None
     if leftover:
         say(f"Redis db {args.redis_db} held {leftover:,} keys; flushing it")
     client.flushdb()

@@ -3,7 +3,8 @@
 ``attune generate`` writes synthetic events; ``attune local up|down|status``
 runs a real Kafka broker and Redis on loopback; ``attune topics create``
 creates the design topics; ``attune inspect`` summarises an event file;
-``attune config`` prints the settings (secrets masked) or their reference.
+``attune config`` prints the settings (secrets masked) or their reference;
+``attune erase USER`` removes a user's data from Redis (docs/privacy.md).
 Settings come from ``ATTUNE_*`` variables (:mod:`flows.settings`); flags
 override them.
 """
@@ -97,6 +98,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     raise ValueError(f"unknown benchmark {args.bench!r}")
 
 
+def _cmd_erase(args: argparse.Namespace) -> int:
+    from flows import erase
+
+    return erase.run(args)
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     if args.markdown:
         sys.stdout.write(reference_markdown())
@@ -167,6 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     latency.add_arguments(lat)
     bench_p.set_defaults(func=_cmd_bench)
+
+    from flows import erase
+
+    era = sub.add_parser(
+        "erase",
+        help="remove a user's keys, audience memberships and aliases from Redis",
+        description="Erase one user from Redis (right to be forgotten). USER is pseudonymised "
+        "as at ingestion, so the raw email or phone number works. The flow's state is erased "
+        "by an ErasureRequest event (docs/privacy.md).",
+    )
+    erase.add_arguments(era)
+    era.set_defaults(func=_cmd_erase)
 
     cfg = sub.add_parser("config", help="print the settings (secrets masked)")
     cfg.add_argument("--markdown", action="store_true", help="print the reference table")

@@ -31,9 +31,11 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, TypeVar
 
 from flows.settings import Settings
+from flows.topics import client_options
 from operators.codec import EVENT, ITEM, Codec, SchemaRegistryClient, write_container
 from operators.events import Event, event_to_record, to_record
 from operators.generator import Generated, GeneratorConfig, generate
+from operators.kafka_sink import librdkafka_security
 
 T = TypeVar("T")
 
@@ -199,14 +201,7 @@ def producer_config(bootstrap: str, settings: Settings | None = None) -> dict[st
         "compression.type": "lz4",
         "message.timeout.ms": int(DELIVERY_TIMEOUT_S * 1000),
     }
-    if settings is not None and settings.kafka_security_protocol != "PLAINTEXT":
-        config["security.protocol"] = settings.kafka_security_protocol
-        if settings.kafka_sasl_mechanism:
-            config["sasl.mechanism"] = settings.kafka_sasl_mechanism
-            config["sasl.username"] = settings.kafka_sasl_username
-            config["sasl.password"] = settings.kafka_sasl_password
-        if settings.kafka_ssl_cafile:
-            config["ssl.ca.location"] = settings.kafka_ssl_cafile
+    config.update(librdkafka_security(client_options(settings)))  # one translation
     return config
 
 

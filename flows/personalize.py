@@ -9,7 +9,7 @@ the report (``bytewax.run`` alone does not).
 
 Stages (docs/architecture.md has the picture)::
 
-    source (Kafka | file | generator): decode + validate + per-partition watermark
+    source (Kafka | file | generator): decode + validate + pseudonymise + watermark
       -> dead letters ............................................ -> attune.dlq
       -> events with a user id ..................................... -> user state
       -> anonymous-only events + links from IDENTIFY -> identity (by anonymous id)
@@ -55,6 +55,7 @@ from operators.events import (
 )
 from operators.identity import IdentityLogic, Link, Routed, link_of
 from operators.kafka_sink import CheckedKafkaSink, KafkaOut, to_kafka
+from operators.privacy import Pseudonymiser, ephemeral, load_key, parse_previous_keys
 from operators.profiles import Keyed, Output, PriceBands, ProfileConfig, UserLogic
 from operators.redis_keys import RedisKeys
 from operators.redis_sink import (
@@ -251,9 +252,38 @@ def codec_for(settings: Settings) -> Codec:
     return Codec()
 
 
+def pseudonymiser_for(settings: Settings) -> Pseudonymiser:
+    """The flow's pseudonymiser (docs/privacy.md): the configured key, or refuse with Kafka.
+
+    With Kafka (real personal data) a key is required: pseudonyms must be stable
+    across processes and restarts, so a made-up key would silently break every
+    join. Without Kafka (the embedded demo over generated events or a file), a
+    random per-process key is used, with a warning.
+    """
+    key = load_key(settings.pseudonym_key, settings.pseudonym_key_file)
+    if key is None:
+        if settings.kafka_bootstrap:
+            raise ValueError(
+                "no pseudonym key: with Kafka, set ATTUNE_PSEUDONYM_KEY or "
+                "ATTUNE_PSEUDONYM_KEY_FILE (at least 32 bytes; make one with python -c "
+                "'import secrets; print(secrets.token_urlsafe(48))'); docs/privacy.md"
+            )
+        return ephemeral()
+    return Pseudonymiser(
+        key,
+        settings.pseudonym_key_id,
+        settings.pseudonymise_user_ids,
+        previous=parse_previous_keys(settings.pseudonym_previous_keys),
+    )
+
+
 def default_input(settings: Settings) -> tuple[Source[Event | DeadLetter], list[ItemUpdate]]:
-    """Kafka if configured; else the replay file (``ATTUNE_INPUT_FILE``); else the generator."""
+    """Kafka if configured; else the replay file (``ATTUNE_INPUT_FILE``); else the generator.
+
+    Every one pseudonymises PII as it decodes (:func:`pseudonymiser_for`).
+    """
     lateness = settings.allowed_lateness_s * 1000
+    privacy = pseudonymiser_for(settings)
     if settings.kafka_bootstrap:
         return (
             KafkaEventSource(
@@ -264,6 +294,7 @@ def default_input(settings: Settings) -> tuple[Source[Event | DeadLetter], list[
                 tail=settings.kafka_tail,
                 batch_size=settings.kafka_batch_size,
                 codec_factory=partial(codec_for, settings),
+                privacy=privacy,
             ),
             read_items_topic(settings),
         )
@@ -272,7 +303,7 @@ def default_input(settings: Settings) -> tuple[Source[Event | DeadLetter], list[
 
         path = Path(settings.input_file)
         return (
-            FileEventSource(path, allowed_lateness_ms=lateness),
+            FileEventSource(path, allowed_lateness_ms=lateness, privacy=privacy),
             read_items_file(default_paths(path)[1]),
         )
     from operators.generator import GeneratorConfig, generate
@@ -285,7 +316,7 @@ def default_input(settings: Settings) -> tuple[Source[Event | DeadLetter], list[
         return iter(generate(config).events)
 
     return (
-        EventListSource(events, allowed_lateness_ms=lateness),
+        EventListSource(events, allowed_lateness_ms=lateness, privacy=privacy),
         list(generate(config).items),
     )
 

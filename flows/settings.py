@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 _SECRET_MARK = "secret"
 
@@ -48,6 +49,15 @@ class Settings:
     kafka_sasl_username: str = _setting("", "Kafka SASL username.")
     kafka_sasl_password: str = _setting("", "Kafka SASL password.", secret=True)
     kafka_ssl_cafile: str = _setting("", "CA file to verify the Kafka brokers' certificates.")
+    kafka_ssl_certfile: str = _setting(
+        "", "Client certificate (PEM) for Kafka mutual TLS (ssl.certificate.location)."
+    )
+    kafka_ssl_keyfile: str = _setting(
+        "", "Private key (PEM) of the Kafka client certificate (ssl.key.location)."
+    )
+    kafka_ssl_key_password: str = _setting(
+        "", "Password of the Kafka client's private key.", secret=True
+    )
     schema_registry_url: str = _setting(
         "",
         "Confluent schema registry URL. Set: Confluent wire format (magic 0 + schema id). "
@@ -58,6 +68,11 @@ class Settings:
     )
     redis_username: str = _setting("", "Redis ACL username (overrides the URL's).")
     redis_password: str = _setting("", "Redis password (overrides the URL's).", secret=True)
+    redis_ssl_cafile: str = _setting(
+        "", "CA file to verify the Redis server's certificate (TLS: use a rediss:// URL)."
+    )
+    redis_ssl_certfile: str = _setting("", "Client certificate (PEM) for Redis mutual TLS.")
+    redis_ssl_keyfile: str = _setting("", "Private key (PEM) of the Redis client certificate.")
     redis_prefix: str = _setting("attune:", "Prefix of every Redis key Attune writes.")
     redis_ttl_s: int = _setting(30 * 24 * 3600, "TTL in seconds of every per-user Redis key.")
     topic_events: str = _setting("attune.events", "Topic of user events (Avro).")
@@ -67,6 +82,34 @@ class Settings:
     )
     topic_segments: str = _setting("attune.segments", "Topic of segment membership changes.")
     topic_dlq: str = _setting("attune.dlq", "Dead-letter topic: input that could not be used.")
+    dlq_retention_s: int = _setting(
+        7 * 24 * 3600,
+        "Retention (retention.ms) of the dead-letter topic, set when `attune topics create` "
+        "creates or updates it: undecodable input, kept as raw bytes, may hold PII.",
+    )
+    pseudonym_key: str = _setting(
+        "",
+        "Secret of the keyed hash (HMAC-SHA256) that pseudonymises PII at ingestion, at least "
+        "32 bytes. Required with Kafka; unset without Kafka: a random per-process key (demo).",
+        secret=True,
+    )
+    pseudonym_key_file: str = _setting(
+        "", "File holding the pseudonym secret (instead of ATTUNE_PSEUDONYM_KEY)."
+    )
+    pseudonym_key_id: str = _setting(
+        "k1", "Id of the pseudonym key, carried in every pseudonym (p1.<id>.<digest>)."
+    )
+    pseudonym_previous_keys: str = _setting(
+        "",
+        "Keys used before a rotation, as id:key,...: `attune erase` also removes data stored "
+        "under their pseudonyms.",
+        secret=True,
+    )
+    pseudonymise_user_ids: str = _setting(
+        "auto",
+        "Which user/anonymous ids are pseudonymised: auto (those that look like an email, "
+        "phone number or IP address), always or never.",
+    )
     session_gap_s: int = _setting(1800, "Inactivity gap that ends a session, in seconds.")
     allowed_lateness_s: int = _setting(
         600,
@@ -128,16 +171,40 @@ class Settings:
         return Path(self.state_dir) if self.state_dir else default_state_dir()
 
     def masked(self) -> dict[str, Any]:
-        """Every setting, with secrets replaced by ``'***'`` when set: safe to print or log."""
+        """Every setting, with secrets replaced by ``'***'`` when set: safe to print or log.
+
+        Passwords inside URLs are masked too:
+
+        >>> Settings(redis_url="redis://app:s3cret@h:6379/0", redis_password="x").masked()[
+        ...     "redis_url"]
+        'redis://app:***@h:6379/0'
+        """
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            out[f.name] = "***" if f.metadata.get(_SECRET_MARK) and value else value
+            if f.metadata.get(_SECRET_MARK) and value:
+                value = "***"
+            elif isinstance(value, str) and "://" in value:
+                value = mask_url(value)
+            out[f.name] = value
         return out
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self.masked().items())
         return f"Settings({inner})"
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the password of its user info replaced by ``***``.
+
+    >>> mask_url("rediss://:pw@example:6380/1"), mask_url("redis://127.0.0.1:6379/0")
+    ('rediss://:***@example:6380/1', 'redis://127.0.0.1:6379/0')
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def env_name(field_name: str) -> str:

@@ -12,16 +12,22 @@ integration tests create them here first, with kafka-python's admin client.
 (['attune.events', 'attune.items'], ['attune.segments', 'attune.dlq'])
 >>> names[2]
 'attune.triggers.cart_abandoned'
+
+The dead-letter topic keeps undecodable input as its raw bytes, which may hold
+PII (docs/privacy.md), so it gets a bounded retention from the settings:
+
+>>> topic_configs(Settings(dlq_retention_s=86400))
+{'attune.dlq': {'retention.ms': '86400000'}}
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import closing
 from typing import Any
 
-from kafka.admin import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError, for_code
 
 from flows.settings import Settings
@@ -34,6 +40,11 @@ DEFAULT_TRIGGER_KINDS: tuple[str, ...] = KINDS  # operators/triggers.py owns the
 
 #: How long creating or deleting topics may take, metadata propagation included.
 TOPIC_TIMEOUT_S = 30.0
+
+#: Kafka ``security.protocol`` values and the SASL mechanisms passed through
+#: (GSSAPI/Kerberos and OAUTHBEARER need more than a username and password).
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 _UNKNOWN_TOPIC = 3  # UNKNOWN_TOPIC_OR_PARTITION: deleting what is already gone is fine.
 
@@ -51,6 +62,16 @@ def design_topics(
     ]
 
 
+def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    """Topic-level configuration Attune sets, by topic: the dead-letter topic's retention."""
+    if settings.dlq_retention_s <= 0:
+        raise ValueError(
+            f"ATTUNE_DLQ_RETENTION_S={settings.dlq_retention_s}: dead letters may hold raw PII "
+            "and need a bounded, positive retention"
+        )
+    return {settings.topic_dlq: {"retention.ms": str(settings.dlq_retention_s * 1000)}}
+
+
 def create_topics(
     bootstrap: str,
     settings: Settings,
@@ -60,7 +81,9 @@ def create_topics(
     """Create the design topics that do not exist yet; return the names created.
 
     ``partitions`` defaults to ``settings.partitions``. Existing topics are left
-    as they are (a warning is logged if one has fewer partitions than asked).
+    as they are (a warning is logged if one has fewer partitions than asked),
+    except for the configuration of :func:`topic_configs` (the dead-letter
+    retention), which is set on new and existing topics alike.
     Returns once every topic has a leader for each partition.
     """
     return ensure_topics(
@@ -68,6 +91,7 @@ def create_topics(
         design_topics(settings, trigger_kinds),
         partitions=settings.partitions if partitions is None else partitions,
         settings=settings,
+        configs=topic_configs(settings),
     )
 
 
@@ -77,20 +101,32 @@ def ensure_topics(
     partitions: int,
     *,
     settings: Settings | None = None,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
     timeout_s: float = TOPIC_TIMEOUT_S,
 ) -> list[str]:
     """Create the topics ``names`` that do not exist yet; return the names created.
 
     The replication factor is the broker's ``default.replication.factor``.
+    ``configs`` gives topic configuration by topic name (e.g. ``retention.ms``):
+    set at creation, and on a topic that already exists by an incremental
+    alter (other settings of that topic are left as they are).
 
     ``settings`` supplies the Kafka security options (SASL, TLS), if any.
     """
     names = list(dict.fromkeys(names))
+    wanted = {name: dict(c) for name, c in (configs or {}).items() if name in names}
     if partitions < 1:
         raise ValueError(f"partitions must be at least 1, got {partitions}")
     with _admin(bootstrap, settings) as admin:
         response = admin.create_topics(
-            {name: {"num_partitions": partitions, "replication_factor": -1} for name in names},
+            {
+                name: {
+                    "num_partitions": partitions,
+                    "replication_factor": -1,
+                    **({"configs": wanted[name]} if name in wanted else {}),
+                }
+                for name in names
+            },
             timeout_ms=int(timeout_s * 1000),
             raise_errors=False,
         )
@@ -106,6 +142,9 @@ def ensure_topics(
         if failed:
             raise KafkaError(f"could not create topics on {bootstrap}: " + "; ".join(failed))
         _wait(admin, bootstrap, names, timeout_s)
+        existing = [name for name in wanted if name not in created]
+        if existing:
+            _alter(admin, bootstrap, {name: wanted[name] for name in existing})
         for topic in admin.describe_topics(names):
             if len(topic["partitions"]) < partitions:
                 log.warning(
@@ -116,6 +155,35 @@ def ensure_topics(
                 )
     log.info("created %d topics on %s: %s", len(created), bootstrap, ", ".join(created))
     return [name for name in names if name in created]
+
+
+def _alter(admin: KafkaAdminClient, bootstrap: str, configs: dict[str, dict[str, str]]) -> None:
+    resources = [
+        ConfigResource(ConfigResourceType.TOPIC, name, configs=dict(c))
+        for name, c in configs.items()
+    ]
+    result = admin.alter_configs(resources)
+    failed = [
+        f"{name}: {outcome}"
+        for by_name in result.values()
+        for name, outcome in by_name.items()
+        if outcome != "OK"
+    ]
+    if failed:
+        raise KafkaError(f"could not configure topics on {bootstrap}: " + "; ".join(failed))
+    for name, c in configs.items():
+        log.info("topic %s configured: %s", name, c)
+
+
+def topic_config(bootstrap: str, name: str, *, settings: Settings | None = None) -> dict[str, str]:
+    """The configuration values a topic has set (non-default ones), e.g. ``retention.ms``."""
+    with _admin(bootstrap, settings) as admin:
+        result = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+    return {
+        key: entry["value"]
+        for by_name in result.values()
+        for key, entry in by_name.get(name, {}).items()
+    }
 
 
 def delete_topics(
@@ -185,15 +253,41 @@ def client_options(settings: Settings | None) -> dict[str, Any]:
     """
     if settings is None or settings.kafka_security_protocol == "PLAINTEXT":
         return {}
-    options: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
-    if settings.kafka_sasl_mechanism:
+    protocol = settings.kafka_security_protocol
+    if protocol not in SECURITY_PROTOCOLS:
+        raise ValueError(
+            f"ATTUNE_KAFKA_SECURITY_PROTOCOL={protocol!r}: use one of "
+            + ", ".join(SECURITY_PROTOCOLS)
+        )
+    options: dict[str, Any] = {"security_protocol": protocol}
+    if protocol.startswith("SASL_"):
+        if settings.kafka_sasl_mechanism not in SASL_MECHANISMS:
+            raise ValueError(
+                f"{protocol} needs ATTUNE_KAFKA_SASL_MECHANISM set to one of "
+                + ", ".join(SASL_MECHANISMS)
+                + f" (got {settings.kafka_sasl_mechanism!r})"
+            )
+        if not settings.kafka_sasl_username or not settings.kafka_sasl_password:
+            raise ValueError(
+                f"{protocol} needs ATTUNE_KAFKA_SASL_USERNAME and ATTUNE_KAFKA_SASL_PASSWORD"
+            )
         options.update(
             sasl_mechanism=settings.kafka_sasl_mechanism,
             sasl_plain_username=settings.kafka_sasl_username,
             sasl_plain_password=settings.kafka_sasl_password,
         )
-    if settings.kafka_ssl_cafile:
-        options["ssl_cafile"] = settings.kafka_ssl_cafile
+    if protocol.endswith("SSL"):
+        if settings.kafka_ssl_cafile:
+            options["ssl_cafile"] = settings.kafka_ssl_cafile
+        if bool(settings.kafka_ssl_certfile) != bool(settings.kafka_ssl_keyfile):
+            raise ValueError(
+                "set both ATTUNE_KAFKA_SSL_CERTFILE and ATTUNE_KAFKA_SSL_KEYFILE, or neither"
+            )
+        if settings.kafka_ssl_certfile:
+            options["ssl_certfile"] = settings.kafka_ssl_certfile
+            options["ssl_keyfile"] = settings.kafka_ssl_keyfile
+        if settings.kafka_ssl_key_password:
+            options["ssl_password"] = settings.kafka_ssl_key_password
     return options
 
 

@@ -46,7 +46,7 @@ import struct
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -73,6 +73,7 @@ from operators.events import (
     trigger_from_record,
     validate_event,
 )
+from operators.privacy import redact_text
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = 0
@@ -358,9 +359,11 @@ def _diagnose(datum: bytes, writer: SchemaVersion, exc: BaseException) -> _BadDa
             return _BadDatumError(
                 ErrorClass.MISSING_FIELD,
                 f"missing required field: writer schema {writer.fingerprint.hex()} lacks a field "
-                f"the reader requires and has no default ({text})",
+                f"the reader requires and has no default ({redact_text(text)})",
             )
-        return _BadDatumError(ErrorClass.MALFORMED, f"writer schema cannot be resolved: {text}")
+        return _BadDatumError(
+            ErrorClass.MALFORMED, f"writer schema cannot be resolved: {redact_text(text)}"
+        )
     walker = _Walker(datum, writer.decoding.get("__named_schemas", {}))
     try:
         walker.walk(writer.decoding)
@@ -371,7 +374,9 @@ def _diagnose(datum: bytes, writer: SchemaVersion, exc: BaseException) -> _BadDa
             ErrorClass.TRAILING_BYTES,
             f"{len(datum) - walker.pos} bytes left after a complete datum of {walker.pos} bytes",
         )
-    return _BadDatumError(ErrorClass.MALFORMED, f"undecodable datum: {type(exc).__name__}: {exc}")
+    return _BadDatumError(
+        ErrorClass.MALFORMED, f"undecodable datum: {type(exc).__name__}: {redact_text(str(exc))}"
+    )
 
 
 # --- the codec -------------------------------------------------------------------------------
@@ -385,13 +390,22 @@ class Codec:
             format. Absent: single-object encoding. Both decode either way
             (Confluent bytes need the registry).
         clock: stamps ``dead_time`` on dead letters.
+        privacy: pseudonymises a decoded event record in place
+            (:meth:`operators.privacy.Pseudonymiser.record`), before the event is
+            built. Given, an event that decodes but is unusable is dead-lettered
+            with its record re-encoded after pseudonymisation instead of the
+            original bytes, so only undecodable input keeps raw PII.
     """
 
     def __init__(
-        self, registry: SchemaRegistryClient | None = None, clock: Clock | None = None
+        self,
+        registry: SchemaRegistryClient | None = None,
+        clock: Clock | None = None,
+        privacy: Callable[[dict[str, Any]], Any] | None = None,
     ) -> None:
         self.registry = registry
         self.clock: Clock = clock or SystemClock()
+        self.privacy = privacy
         self._by_fingerprint: dict[bytes, SchemaVersion] = {
             v.fingerprint: v for v in CURRENT.values()
         }
@@ -583,13 +597,15 @@ class Codec:
         self, data: bytes, record: dict[str, Any], source: Source | None
     ) -> Event | DeadLetter:
         event_id = record.get("event_id")
+        if self.privacy is not None:
+            self.privacy(record)
         try:
             event = event_from_record(record)
         except (KeyError, TypeError, ValueError) as exc:
             return self.dead_letter(
-                data,
+                self._kept(data, record),
                 ErrorClass.MALFORMED,
-                f"record does not map to an Event: {exc}",
+                f"record does not map to an Event: {redact_text(str(exc))}",
                 source,
                 event_id,
             )
@@ -598,8 +614,19 @@ class Codec:
             error_class = (
                 ErrorClass.INVALID_ENUM if "UNKNOWN" in problem else ErrorClass.INVALID_VALUE
             )
-            return self.dead_letter(data, error_class, problem, source, event_id)
+            kept = self._kept(data, record)
+            return self.dead_letter(kept, error_class, problem, source, event_id)
         return event
+
+    def _kept(self, data: bytes, record: dict[str, Any]) -> bytes:
+        """What a dead letter of a decoded event keeps: the original bytes, or with privacy
+        on, the pseudonymised record re-encoded (empty if it cannot be: never raw PII)."""
+        if self.privacy is None:
+            return data
+        try:
+            return self.encode(EVENT, record)
+        except Exception:  # a record that maps to no Event may not encode either
+            return b""
 
     def decode_item(self, data: bytes, source: Source | None = None) -> ItemUpdate | DeadLetter:
         record = self.decode_record(data, ITEM, source)

@@ -74,6 +74,9 @@ _LIBRDKAFKA_NAMES: dict[str, str] = {
     "sasl_plain_username": "sasl.username",
     "sasl_plain_password": "sasl.password",
     "ssl_cafile": "ssl.ca.location",
+    "ssl_certfile": "ssl.certificate.location",
+    "ssl_keyfile": "ssl.key.location",
+    "ssl_password": "ssl.key.password",
 }
 
 

@@ -291,6 +291,12 @@ class _RedisSettings(Protocol):
     def redis_prefix(self) -> str: ...
     @property
     def redis_ttl_s(self) -> int: ...
+    @property
+    def redis_ssl_cafile(self) -> str: ...
+    @property
+    def redis_ssl_certfile(self) -> str: ...
+    @property
+    def redis_ssl_keyfile(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -298,7 +304,16 @@ class RedisConfig:
     """Where and how the sink writes.
 
     ``url`` is ``redis://`` or ``rediss://`` (TLS); ``username``/``password``
-    override the URL's when set. ``audience_ttl_s`` defaults to ``ttl_s``.
+    override the URL's when set (Redis 6 ACL user, or ``AUTH`` with a password
+    only). With TLS, ``ssl_cafile`` verifies the server (default: the system CAs)
+    and ``ssl_certfile``/``ssl_keyfile`` authenticate the client. ``audience_ttl_s``
+    defaults to ``ttl_s``. The password never appears in ``repr`` or messages.
+
+    >>> RedisConfig("rediss://:pw@cache:6380/0", username="app", password="secret",
+    ...             ssl_cafile="/etc/ca.pem").client_options()["ssl_ca_certs"]
+    '/etc/ca.pem'
+    >>> "secret" in repr(RedisConfig("redis://h", password="secret"))
+    False
     """
 
     url: str
@@ -308,10 +323,23 @@ class RedisConfig:
     ttl_s: int = DEFAULT_TTL_S
     audience_ttl_s: int | None = None
     socket_timeout_s: float = 30.0
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
 
     def __post_init__(self) -> None:
         if not self.url:
             raise ValueError("no Redis URL: set ATTUNE_REDIS_URL (redis:// or rediss://)")
+        tls_files = self.ssl_cafile or self.ssl_certfile or self.ssl_keyfile
+        if tls_files and not self.url.startswith("rediss://"):
+            raise ValueError(
+                f"Redis TLS files are set (ATTUNE_REDIS_SSL_*) but {self.safe_url} is not a "
+                "rediss:// URL; use rediss:// to connect with TLS"
+            )
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise ValueError(
+                "set both ATTUNE_REDIS_SSL_CERTFILE and ATTUNE_REDIS_SSL_KEYFILE, or neither"
+            )
         if self.ttl_s <= 0 or (self.audience_ttl_s is not None and self.audience_ttl_s <= 0):
             raise ValueError(
                 f"Redis TTLs must be positive seconds (ttl_s={self.ttl_s}, "
@@ -328,6 +356,9 @@ class RedisConfig:
             password=settings.redis_password,
             prefix=settings.redis_prefix,
             ttl_s=settings.redis_ttl_s,
+            ssl_cafile=settings.redis_ssl_cafile,
+            ssl_certfile=settings.redis_ssl_certfile,
+            ssl_keyfile=settings.redis_ssl_keyfile,
         )
 
     def __repr__(self) -> str:
@@ -335,7 +366,8 @@ class RedisConfig:
             f"RedisConfig(url={self.safe_url!r}, username={self.username!r}, "
             f"password={'***' if self.password else ''!r}, prefix={self.prefix!r}, "
             f"ttl_s={self.ttl_s}, audience_ttl_s={self.audience_ttl_s}, "
-            f"socket_timeout_s={self.socket_timeout_s})"
+            f"socket_timeout_s={self.socket_timeout_s}, ssl_cafile={self.ssl_cafile!r}, "
+            f"ssl_certfile={self.ssl_certfile!r}, ssl_keyfile={self.ssl_keyfile!r})"
         )
 
     @property
@@ -348,8 +380,8 @@ class RedisConfig:
         user = f"{parts.username}:***@" if parts.username else ":***@"
         return urlunsplit(parts._replace(netloc=user + netloc))
 
-    def client(self) -> redis.Redis:
-        """A new client (one per sink partition); not connected until first used."""
+    def client_options(self) -> dict[str, Any]:
+        """The keyword arguments :meth:`client` gives ``redis.Redis.from_url``."""
         options: dict[str, Any] = {
             "socket_timeout": self.socket_timeout_s,
             "socket_connect_timeout": min(self.socket_timeout_s, 10.0),
@@ -358,7 +390,16 @@ class RedisConfig:
             options["username"] = self.username
         if self.password:
             options["password"] = self.password
-        return redis.Redis.from_url(self.url, **options)
+        if self.ssl_cafile:
+            options["ssl_ca_certs"] = self.ssl_cafile
+        if self.ssl_certfile:
+            options["ssl_certfile"] = self.ssl_certfile
+            options["ssl_keyfile"] = self.ssl_keyfile
+        return options
+
+    def client(self) -> redis.Redis:
+        """A new client (one per sink partition); not connected until first used."""
+        return redis.Redis.from_url(self.url, **self.client_options())
 
 
 class RespPacker:

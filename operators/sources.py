@@ -19,6 +19,15 @@ Events within the allowed lateness pass and are placed in order downstream.
 Kafka's own errors (other than end-of-partition) become ``SOURCE_ERROR`` dead
 letters; none is dropped.
 
+Pseudonymisation (:mod:`operators.privacy`) happens here too, on each decoded
+event before it leaves the partition: given a ``privacy``
+:class:`~operators.privacy.Pseudonymiser`, Kafka and file events are
+pseudonymised on their decoded record (cheapest: plain dict updates before the
+event is built) and generated events on the event, so that no later step, state,
+output or log sees a direct identifier. Dead letters of events that decoded
+(``LATE``, ``INVALID_VALUE``...) then keep the pseudonymised event, re-encoded,
+rather than the original bytes; only undecodable input keeps its raw bytes.
+
 >>> from operators.events import Event, EventType, Search
 >>> wm = Watermark(allowed_lateness_ms=60_000)
 >>> e = lambda i, t: Event(f"e{i}", EventType.SEARCH, t, Search("q"), user_id="u")
@@ -44,6 +53,7 @@ from prometheus_client import Counter
 
 from operators.codec import Codec, read_events_file
 from operators.events import DeadLetter, ErrorClass, Event, Source
+from operators.privacy import Pseudonymiser
 from operators.triggers import STREAM_CLOCK
 
 Item = Event | DeadLetter
@@ -175,8 +185,9 @@ class _KafkaPartition(StatefulSourcePartition[Item, PartitionState]):
             if isinstance(decoded, Event):
                 reason = wm.admit(decoded)
                 if reason is not None:
+                    kept = value if codec.privacy is None else codec.encode_event(decoded)
                     decoded = codec.dead_letter(
-                        value, ErrorClass.LATE, reason, src, decoded.event_id
+                        kept, ErrorClass.LATE, reason, src, decoded.event_id
                     )
             out.append(decoded)
             self.offset = (msg.offset() or 0) + 1
@@ -213,8 +224,10 @@ class KafkaEventSource(FixedPartitionedSource[Item, PartitionState]):
         tail: bool = True,
         batch_size: int = 1000,
         codec_factory: Callable[[], Codec] = Codec,
+        privacy: Pseudonymiser | None = None,
     ) -> None:
         self.brokers = brokers
+        self.privacy = privacy
         self.topic = topic
         self.allowed_lateness_ms = allowed_lateness_ms
         self.extra = dict(config or {})
@@ -252,7 +265,7 @@ class KafkaEventSource(FixedPartitionedSource[Item, PartitionState]):
             resume=resume_state,
             batch_size=self.batch_size,
             tail=self.tail,
-            codec=self.codec_factory(),
+            codec=_with_privacy(self.codec_factory(), self.privacy),
             wm=Watermark(self.allowed_lateness_ms),
         )
 
@@ -310,10 +323,18 @@ class _IteratorPartition(StatefulSourcePartition[Item, PartitionState]):
 class FileEventSource(FixedPartitionedSource[Item, PartitionState]):
     """Replay an Avro object container file of events (one partition, file order)."""
 
-    def __init__(self, path: Path | str, *, allowed_lateness_ms: int, batch_size: int = 1000):
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        allowed_lateness_ms: int,
+        batch_size: int = 1000,
+        privacy: Pseudonymiser | None = None,
+    ):
         self.path = Path(path)
         self.allowed_lateness_ms = allowed_lateness_ms
         self.batch_size = batch_size
+        self.privacy = privacy
 
     def list_parts(self) -> list[str]:
         return [str(self.path)]
@@ -321,7 +342,7 @@ class FileEventSource(FixedPartitionedSource[Item, PartitionState]):
     def build_part(
         self, step_id: str, for_part: str, resume_state: PartitionState | None
     ) -> _IteratorPartition:
-        codec = Codec()
+        codec = _with_privacy(Codec(), self.privacy)
 
         def items() -> Iterator[tuple[Item, Callable[[], bytes], Source]]:
             src_name = str(self.path)
@@ -353,8 +374,10 @@ class EventListSource(FixedPartitionedSource[Item, PartitionState]):
         allowed_lateness_ms: int,
         name: str = "generator",
         batch_size: int = 1000,
+        privacy: Pseudonymiser | None = None,
     ) -> None:
         self.make_events = make_events
+        self.privacy = privacy
         self.allowed_lateness_ms = allowed_lateness_ms
         self.name = name
         self.batch_size = batch_size
@@ -366,9 +389,11 @@ class EventListSource(FixedPartitionedSource[Item, PartitionState]):
         self, step_id: str, for_part: str, resume_state: PartitionState | None
     ) -> _IteratorPartition:
         codec = Codec()
+        clean = self.privacy.event if self.privacy is not None else None
 
         def items() -> Iterator[tuple[Item, Callable[[], bytes], Source]]:
-            for index, event in enumerate(self.make_events()):
+            for index, raw in enumerate(self.make_events()):
+                event = raw if clean is None else clean(raw)
                 yield event, _encoder(codec, event), Source(self.name, None, index)
 
         return _IteratorPartition(
@@ -379,6 +404,12 @@ class EventListSource(FixedPartitionedSource[Item, PartitionState]):
             codec=codec,
             wm=Watermark(self.allowed_lateness_ms),
         )
+
+
+def _with_privacy(codec: Codec, privacy: Pseudonymiser | None) -> Codec:
+    if privacy is not None:
+        codec.privacy = privacy.record
+    return codec
 
 
 def _encoder(codec: Codec, value: Item) -> Callable[[], bytes]:

@@ -28,6 +28,8 @@ from flows.settings import Settings
 TEST_KAFKA_PORT = 29092
 TEST_KAFKA_CONTROLLER_PORT = 29093
 TEST_REDIS_PORT = 26379
+TEST_PSEUDONYM_KEY = "attune-integration-tests-pseudonym-key-not-a-secret"
+TEST_PSEUDONYM_KEY_ID = "test"
 
 SERVER_FIXTURES = frozenset(
     {
@@ -64,6 +66,9 @@ def local_test_settings() -> Settings:
         kafka_port=TEST_KAFKA_PORT,
         kafka_controller_port=TEST_KAFKA_CONTROLLER_PORT,
         redis_port=TEST_REDIS_PORT,
+        # The flow refuses Kafka without a pseudonym key (docs/privacy.md).
+        pseudonym_key=base.pseudonym_key or TEST_PSEUDONYM_KEY,
+        pseudonym_key_id=TEST_PSEUDONYM_KEY_ID,
     )
 
 

@@ -219,6 +219,8 @@ def flow_env(settings: Settings) -> dict[str, str]:
         "topic_segments",
         "topic_dlq",
         "topic_triggers_prefix",
+        "pseudonym_key",  # the flow refuses Kafka without one (docs/privacy.md)
+        "pseudonym_key_id",
     ):
         env[env_name(name)] = str(getattr(settings, name))
     env[env_name("kafka_tail")] = "false"

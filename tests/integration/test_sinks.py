@@ -377,8 +377,8 @@ def test_security_options_are_translated_from_client_options() -> None:
 
 
 def test_unknown_security_option_and_weakened_guarantees_are_refused() -> None:
-    with pytest.raises(ValueError, match="ssl_certfile"):
-        CheckedKafkaSink(NO_BROKER, security={"ssl_certfile": "/x.pem"})
+    with pytest.raises(ValueError, match="ssl_crlfile"):
+        CheckedKafkaSink(NO_BROKER, security={"ssl_crlfile": "/crl.pem"})
     with pytest.raises(ValueError, match="weaken"):
         CheckedKafkaSink(NO_BROKER, config={"acks": 1})
     with pytest.raises(ValueError, match="weaken"):
