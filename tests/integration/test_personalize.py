@@ -59,6 +59,7 @@ def stream(integration_settings: Settings) -> Iterator[Input]:
         topic_items=f"it.items.{tag}",
         topic_segments=f"it.segments.{tag}",
         topic_dlq=f"it.dlq.{tag}",
+        topic_erasures=f"it.erasures.{tag}",
         topic_triggers_prefix=f"it.triggers.{tag}.",
         kafka_tail=False,
     )
@@ -216,6 +217,7 @@ def flow_env(settings: Settings) -> dict[str, str]:
         "topic_items",
         "topic_segments",
         "topic_dlq",
+        "topic_erasures",
         "topic_triggers_prefix",
     ):
         env[env_name(name)] = str(getattr(settings, name))
