@@ -58,7 +58,7 @@ from operators.events import (
     Trigger,
     item_from_record,
 )
-from operators.identity import IdentityLogic, Link, Routed, link_of
+from operators.identity import IdentityLogic, Link, Routed, identity_input
 from operators.kafka_sink import CheckedKafkaSink, KafkaOut, to_kafka
 from operators.profiles import Keyed, Output, PriceBands, ProfileConfig, UserLogic
 from operators.redis_keys import RedisKeys
@@ -198,8 +198,8 @@ def build_flow(
     dead = cast(Stream[DeadLetter], valid.falses)
 
     anon = op.branch("anonymous_only", events, _anonymous_only)
-    links = op.filter_map("links", anon.falses, link_of)
-    to_identity = op.merge("to_identity", anon.trues, links)
+    links: Stream[Event | Link] = op.filter_map("links", anon.falses, identity_input)
+    to_identity: Stream[Event | Link] = op.merge("to_identity", anon.trues, links)
     keyed_anon = op.key_on("by_anonymous_id", to_identity, _anonymous_key)
     routed = op.stateful_batch("identity", keyed_anon, partial(_identity_logic, cfg))
     from_identity = op.map("route_to_user", routed, _by_user)

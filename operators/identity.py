@@ -28,9 +28,10 @@ personalization consent allows: a visitor without it has nothing buffered, and a
 withdrawal empties the buffer. Consent events are kept apart (the latest
 :data:`MAX_CONSENT_EVENTS`, outside the cap) and handed over first, so consent given
 while anonymous carries over to the user at login, where the latest statement in
-event time wins per purpose. An ``ERASURE`` of an unlinked visitor empties
-everything before it is routed on. The state is discarded after ``ttl`` of
-wall-clock inactivity, kept in the state so restarts do not reset it.
+event time wins per purpose. An ``ERASURE`` naming an anonymous id (with or without
+a user id, :func:`identity_input`) discards that id's state here, link included,
+before it is routed on. The state is discarded after ``ttl`` of wall-clock
+inactivity, kept in the state so restarts do not reset it.
 
 >>> from operators.events import Event, EventType, PageView
 >>> pv = Event("e1", EventType.PAGE_VIEW, 1_767_571_200_000, PageView(), anonymous_id="a1")
@@ -61,6 +62,8 @@ from operators.events import ConsentUpdate, ErasureRequest, Event, EventType
 #: oldest copies go (they stay counted under the anonymous id until it is
 #: forgotten). Bounds memory per anonymous visitor.
 MAX_ANONYMOUS_BUFFER = 500
+#: Without a policy only an explicit denial stops the buffering.
+_STATED_ONLY = ConsentPolicy.parse("opt-out")
 #: Consent events kept for the hand-over (the latest ones), apart from the buffer.
 MAX_CONSENT_EVENTS = 8
 
@@ -99,6 +102,15 @@ def link_of(event: Event) -> Link | None:
     return None
 
 
+def identity_input(event: Event) -> Link | Event | None:
+    """What an event with a user id tells the identity step: a :class:`Link` (IDENTIFY),
+    the event itself for an ``ERASURE`` naming an anonymous id (its state goes), else
+    nothing."""
+    if event.event_type is EventType.ERASURE and event.anonymous_id:
+        return event
+    return link_of(event)
+
+
 @dataclass(slots=True)
 class IdentityState:
     """What one anonymous id remembers: its user once linked, else its recent events."""
@@ -113,12 +125,19 @@ class IdentityState:
 
 def identity_step(
     state: IdentityState | None, item: Event | Link, policy: ConsentPolicy | None = None
-) -> tuple[IdentityState, list[Routed]]:
-    """Route an anonymous-only event, or apply a link; returns ``(user key, input)`` pairs.
+) -> tuple[IdentityState | None, list[Routed]]:
+    """Route an anonymous-only event, or apply a link; returns the state (``None``: discard
+    it) and ``(user key, input)`` pairs.
 
     ``policy``: buffer only what personalization consent allows (``None``: buffer all).
     """
     st = state or IdentityState()
+    if isinstance(item, Event) and isinstance(item.payload, ErasureRequest):
+        # Nothing of the id stays here. An erasure with a user id reaches that user
+        # directly; an anonymous one goes where the id's events go.
+        if item.user_id:
+            return None, [] if st.user_id is not None else [(item.anonymous_id or "", item)]
+        return None, [(st.user_id or item.anonymous_id or "", item)]
     if isinstance(item, Link):
         if st.user_id is None:
             out: list[Routed] = [
@@ -135,16 +154,13 @@ def identity_step(
     if st.user_id is not None:
         return st, [(st.user_id, item)]
     routed: list[Routed] = [(item.anonymous_id or "", item)]
-    if isinstance(item.payload, ErasureRequest):  # nothing of the visitor stays here
-        st.buffer, st.consents, st.consent, st.dropped = [], [], ConsentState(), 0
-        return st, routed
     st.consent.locate(item.event_time, item.context)
     if isinstance(item.payload, ConsentUpdate):
         st.consent.observe(item.event_time, item.payload)
         st.consents.append(item)
         if len(st.consents) > MAX_CONSENT_EVENTS:
             del st.consents[0]
-        if policy is not None and not policy.allowed(st.consent, PERSONALIZATION):
+        if not (policy or _STATED_ONLY).allowed(st.consent, PERSONALIZATION):
             st.buffer = []  # withdrawn: the copies go
         return st, routed
     if policy is not None and not policy.allowed(st.consent, PERSONALIZATION):
@@ -178,8 +194,9 @@ class IdentityLogic(StatefulBatchLogic[Event | Link, Routed, bytes]):
         for item in values:
             self.state, routed = identity_step(self.state, item, self.policy)
             out.extend(routed)
-        if self.state is not None:
-            self.state.active_ms = self.clock.now_ms()
+        if self.state is None:  # erased
+            return out, StatefulBatchLogic.DISCARD
+        self.state.active_ms = self.clock.now_ms()
         return out, StatefulBatchLogic.RETAIN
 
     def expired(self) -> bool:
