@@ -82,7 +82,8 @@ class LocalStore:
         elif isinstance(item, ForgetUser):
             self.profiles.pop(item.user, None)
             self.segments.pop(item.user, None)
-            self.aliases.pop(item.user, None)
+            if not item.keep_alias:
+                self.aliases.pop(item.user, None)
             for name in item.audiences:
                 self.audiences.get(name, set()).discard(item.user)
         elif isinstance(item, AliasWrite):

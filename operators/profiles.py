@@ -80,7 +80,7 @@ from operators.events import (
     Trigger,
 )
 from operators.features import FEATURES, PROFILE_FIELDS, FeatureValue
-from operators.identity import Forget, UserInput
+from operators.identity import Forget, UserInput, link_of
 from operators.redis_keys import RedisKeys
 from operators.redis_sink import AliasWrite, ForgetUser, ProfileWrite, SegmentsWrite
 from operators.rules import TriggerContext, TriggerHistory, TriggerRules
@@ -284,14 +284,11 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
     user per batch from the final state (see :func:`profile_fields`).
     """
     if isinstance(item, Forget):
-        out: list[Output] = [
+        # The alias key is the user's step's to write (by the user's consent): kept here.
+        return [
             *_leave_all(st, item.event_time, cfg),
-            ForgetUser(item.anonymous_id, _audiences(st)),
+            ForgetUser(item.anonymous_id, _audiences(st), keep_alias=True),
         ]
-        # The alias serves personalization: none for a visitor who did not allow it.
-        if cfg.consent.allowed(st.consent, PERSONALIZATION):
-            out.append(AliasWrite(item.anonymous_id, item.user_id))
-        return out
     event = item
     t = event.event_time
     if event.event_id in st.seen:
@@ -445,12 +442,15 @@ def privacy_gate(st: UserState, event: Event, cfg: ProfileConfig) -> tuple[bool,
         cs.observe(t, event.payload)
     _note_alias(st, event)
     if not policy.allowed(cs, PERSONALIZATION):
-        out = withdraw(st, t, cfg) if holds_data(st) else []
+        out = withdraw(st, t, cfg) if holds_data(st) or st.aliases else []
         st.withheld += 1
         return False, out
     if marketing_before and not policy.allowed(cs, MARKETING):
         drop_marketing(st)
-    return True, []
+    # The alias serves personalization: written here, by the user's consent, at each
+    # IDENTIFY (one key decides, so a withdrawal's DEL cannot race it).
+    link = link_of(event)
+    return True, [AliasWrite(link.anonymous_id, link.user_id)] if link is not None else []
 
 
 def _note_alias(st: UserState, event: Event) -> None:

@@ -390,15 +390,19 @@ def test_a_later_statement_made_logged_in_beats_an_older_anonymous_one() -> None
     assert of(out, ProfileWrite)[0].fields["product_views"] == "1"
 
 
-def test_a_visitor_without_consent_leaves_no_alias_at_login() -> None:
-    lg = logic()
-    batch(lg, ev(0, ConsentUpdate(True, False, False), user=None, anon="a1"))
-    out, discard = lg.on_batch([("a1", Forget("a1", "u1", T0 + MINUTE_MS))])
-    assert discard is True and AliasWrite("a1", "u1") not in list(out)
+def test_the_login_leaves_an_alias_only_with_personalization_consent() -> None:
+    for given in (True, False):
+        lg = logic()
+        out = batch(lg, ev(0, ConsentUpdate(True, given, False), anon="a1"))
+        out += batch(lg, ev(MINUTE_MS, Identify(), anon="a1"))
+        assert (AliasWrite("a1", "u1") in out) is given
+        if not given:  # the anonymous id's keys, alias included, are deleted
+            assert ForgetUser("a1") in out
+    # the anonymous key's own forget leaves the alias key to the user's step
     lg = logic()
     batch(lg, ev(0, GRANT, user=None, anon="a2"))
-    out, _ = lg.on_batch([("a2", Forget("a2", "u1", T0 + MINUTE_MS))])
-    assert AliasWrite("a2", "u1") in list(out)
+    forgot, discard = lg.on_batch([("a2", Forget("a2", "u1", T0 + MINUTE_MS))])
+    assert discard is True and ForgetUser("a2", ("new_visitor",), keep_alias=True) in list(forgot)
 
 
 def test_withdrawal_while_anonymous_empties_the_hand_over_buffer() -> None:
