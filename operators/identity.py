@@ -29,8 +29,10 @@ withdrawal empties the buffer. Consent events are kept apart (the latest
 :data:`MAX_CONSENT_EVENTS`, outside the cap) and handed over first, so consent given
 while anonymous carries over to the user at login, where the latest statement in
 event time wins per purpose. An ``ERASURE`` naming an anonymous id (with or without
-a user id, :func:`identity_input`) discards that id's state here, link included,
-before it is routed on. The state is discarded after ``ttl`` of wall-clock
+a user id, :func:`identity_input`) empties that id's state here but for a tombstone:
+the link, if any, and the request's time. Anonymous events from before it that
+arrive later (another partition may lag) are dropped if unlinked, or go to the
+user's key, whose own tombstone drops them. The state is discarded after ``ttl`` of wall-clock
 inactivity, kept in the state so restarts do not reset it.
 
 >>> from operators.events import Event, EventType, PageView
@@ -121,23 +123,26 @@ class IdentityState:
     consent: ConsentState = field(default_factory=ConsentState)
     consents: list[Event] = field(default_factory=list)  # CONSENT events, for the hand-over
     active_ms: int = 0  # wall clock of the latest batch (idle eviction)
+    erased_at: int | None = None  # an erasure named this id: older events are dropped
 
 
 def identity_step(
     state: IdentityState | None, item: Event | Link, policy: ConsentPolicy | None = None
-) -> tuple[IdentityState | None, list[Routed]]:
-    """Route an anonymous-only event, or apply a link; returns the state (``None``: discard
-    it) and ``(user key, input)`` pairs.
+) -> tuple[IdentityState, list[Routed]]:
+    """Route an anonymous-only event, or apply a link; returns ``(user key, input)`` pairs.
 
     ``policy``: buffer only what personalization consent allows (``None``: buffer all).
     """
     st = state or IdentityState()
     if isinstance(item, Event) and isinstance(item.payload, ErasureRequest):
-        # Nothing of the id stays here. An erasure with a user id reaches that user
-        # directly; an anonymous one goes where the id's events go.
-        if item.user_id:
-            return None, [] if st.user_id is not None else [(item.anonymous_id or "", item)]
-        return None, [(st.user_id or item.anonymous_id or "", item)]
+        # Nothing of the id stays here but the link and the request's time. An erasure
+        # with a user id reaches that user directly; an anonymous one goes where the
+        # id's events go (and to the anonymous key if unlinked).
+        st.buffer, st.consents, st.consent, st.dropped = [], [], ConsentState(), 0
+        st.erased_at = max(st.erased_at or 0, item.event_time)
+        if st.user_id is not None:
+            return st, [] if item.user_id else [(st.user_id, item)]
+        return st, [(item.anonymous_id or "", item)]
     if isinstance(item, Link):
         if st.user_id is None:
             out: list[Routed] = [
@@ -153,6 +158,8 @@ def identity_step(
         return st, []
     if st.user_id is not None:
         return st, [(st.user_id, item)]
+    if st.erased_at is not None and item.event_time <= st.erased_at:
+        return st, []  # from before an erasure of this id
     routed: list[Routed] = [(item.anonymous_id or "", item)]
     st.consent.locate(item.event_time, item.context)
     if isinstance(item.payload, ConsentUpdate):
@@ -194,8 +201,7 @@ class IdentityLogic(StatefulBatchLogic[Event | Link, Routed, bytes]):
         for item in values:
             self.state, routed = identity_step(self.state, item, self.policy)
             out.extend(routed)
-        if self.state is None:  # erased
-            return out, StatefulBatchLogic.DISCARD
+        assert self.state is not None
         self.state.active_ms = self.clock.now_ms()
         return out, StatefulBatchLogic.RETAIN
 

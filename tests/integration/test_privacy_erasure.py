@@ -316,9 +316,13 @@ def test_erasure_mid_stream_removes_the_user_everywhere_and_confirms_it(
     assert zed_state.first_seen_ms == p.zed_after[0].event_time
     assert zed_state.erased_at == p.zed_erasure.event_time  # the tombstone's time, kept
     assert zed_state.consent.stated == {}  # consent was reset with everything else
-    # the anonymous id's identity state (its link to zed) went with the erasure
-    assert flow_state(ran.recovery, "identity", p.anon_zed) is None
-    assert flow_state(ran.recovery, "user_state", p.anon_zed) is None
+    # the anonymous id's identity state is a tombstone: the link and the request's time
+    assert flow_state(ran.recovery, "identity", p.anon_zed) == IdentityState(
+        user_id=p.zed,
+        erased_at=p.zed_erasure.event_time,
+        active_ms=flow_state(ran.recovery, "identity", p.anon_zed).active_ms,
+    )
+    assert flow_state(ran.recovery, "user_state", p.anon_zed) is None  # merged at login
 
     # eve (opt-in region): after erasure her later view is withheld: nothing at all
     assert user_keys_in_redis(client, settings, p.eve) == []

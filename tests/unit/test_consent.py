@@ -40,6 +40,7 @@ from operators.identity import (
     MAX_CONSENT_EVENTS,
     Forget,
     IdentityLogic,
+    IdentityState,
     Link,
     identity_input,
     identity_step,
@@ -481,22 +482,27 @@ def test_after_erasure_later_events_are_a_new_user_only_if_consent_allows(
         assert of(out, ProfileWrite)[0].fields["events"] == "1"
 
 
-def test_erasure_discards_the_identity_state_of_the_anonymous_ids_it_names() -> None:
+def test_erasure_empties_the_identity_state_of_the_anonymous_ids_it_names() -> None:
     st = None
     for i in range(3):
         st, _ = identity_step(st, ev(i, ProductView("i"), user=None, anon="a1"))
     request = ev(10, ErasureRequest("r"), user=None, anon="a1")
-    st2, routed = identity_step(st, request)
-    assert st2 is None and routed == [("a1", request)]  # unlinked: to the anonymous key
+    st, routed = identity_step(st, request)
+    assert routed == [("a1", request)]  # unlinked: to the anonymous key
+    assert st == IdentityState(erased_at=T0 + 10)  # a tombstone: the request's time
+    # a lagging partition delivers an older anonymous event: dropped; a newer one is new
+    assert identity_step(st, ev(5, PageView(), user=None, anon="a1"))[1] == []
+    newer = ev(11, PageView(), user=None, anon="a1")
+    assert identity_step(st, newer)[1] == [("a1", newer)]
+    # linked: the user gets the request directly; the link stays for late events
     st, _ = identity_step(None, Link("a2", "u1", T0))
     both = ev(20, ErasureRequest("r"), user="u1", anon="a2")
     assert identity_input(both) is both
-    assert identity_step(st, both) == (None, [])  # linked: the user gets it directly
     assert identity_input(ev(20, PageView(), user="u1", anon="a2")) is None
-    il = IdentityLogic(None, timedelta(days=1))
-    il.on_batch([ev(0, PageView(), user=None, anon="a3")])
-    out, discard = il.on_batch([ev(1, ErasureRequest("r"), user=None, anon="a3")])
-    assert discard is True and [k for k, _ in out] == ["a3"]
+    st, routed = identity_step(st, both)
+    assert routed == [] and st == IdentityState(user_id="u1", erased_at=T0 + 20)
+    late = ev(15, PageView(), user=None, anon="a2")
+    assert identity_step(st, late)[1] == [("u1", late)]  # the user's tombstone drops it
 
 
 # --- retention -----------------------------------------------------------------------------
