@@ -474,7 +474,7 @@ def bench_topics(stem: str) -> dict[str, str]:
     """The fresh topics of one bench run, by role.
 
     >>> sorted(bench_topics("bench-x"))
-    ['dlq', 'empty', 'events', 'items', 'segments', 'triggers_prefix']
+    ['dlq', 'empty', 'erasures', 'events', 'items', 'segments', 'triggers_prefix']
     """
     return {
         "events": f"{stem}.events",
@@ -482,6 +482,7 @@ def bench_topics(stem: str) -> dict[str, str]:
         "items": f"{stem}.items",
         "segments": f"{stem}.segments",
         "dlq": f"{stem}.dlq",
+        "erasures": f"{stem}.erasures",
         "triggers_prefix": f"{stem}.triggers.",
     }
 
@@ -1076,6 +1077,7 @@ def _set_up(args: argparse.Namespace, stack: contextlib.ExitStack) -> _Run:
         topic_items=names["items"],
         topic_segments=names["segments"],
         topic_dlq=names["dlq"],
+        topic_erasures=names["erasures"],
         topic_triggers_prefix=names["triggers_prefix"],
         kafka_tail=False,
     )

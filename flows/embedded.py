@@ -23,7 +23,8 @@ from operators.clustering import ClusterParams, LocalBoard
 
 if TYPE_CHECKING:
     from flows.personalize import Sinks
-from operators.events import DeadLetter, SegmentChange, Trigger
+from operators.consent import withheld_total
+from operators.events import DeadLetter, ErasureConfirmation, SegmentChange, Trigger
 from operators.redis_sink import AliasWrite, ForgetUser, JsonWrite, ProfileWrite, SegmentsWrite
 
 
@@ -40,6 +41,7 @@ class LocalStore:
     dead_examples: list[str] = field(default_factory=list)
     models: dict[str, bytes] = field(default_factory=dict)
     triggers: list[Trigger] = field(default_factory=list)
+    erasures: list[ErasureConfirmation] = field(default_factory=list)
     board: LocalBoard = field(default_factory=LocalBoard)
     board_key: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -59,7 +61,7 @@ class LocalStore:
 
         self.board_key = board_key
         sink = LocalStoreSink(self)
-        return Sinks(sink, sink, sink, sink, self.board)
+        return Sinks(sink, sink, sink, sink, self.board, erasures=sink)
 
     def apply(self, items: list[Any]) -> None:
         with self.lock:
@@ -80,7 +82,8 @@ class LocalStore:
         elif isinstance(item, ForgetUser):
             self.profiles.pop(item.user, None)
             self.segments.pop(item.user, None)
-            self.aliases.pop(item.user, None)
+            if not item.keep_alias:
+                self.aliases.pop(item.user, None)
             for name in item.audiences:
                 self.audiences.get(name, set()).discard(item.user)
         elif isinstance(item, AliasWrite):
@@ -93,6 +96,8 @@ class LocalStore:
             self.segment_changes[f"{item.segment} {item.change}"] += 1
         elif isinstance(item, Trigger):
             self.triggers.append(item)
+        elif isinstance(item, ErasureConfirmation):
+            self.erasures.append(item)
         elif isinstance(item, DeadLetter):
             self.dead_letters[item.error_class.value] += 1
             if len(self.dead_examples) < 3:
@@ -135,6 +140,8 @@ class LocalStore:
             "segment_sizes": {k: len(v) for k, v in sorted(self.audiences.items())},
             "segment_changes": dict(sorted(self.segment_changes.items())),
             "triggers": dict(sorted(Counter(t.kind for t in self.triggers).items())),
+            "events_withheld": withheld_total(),
+            "erasures": len(self.erasures),
             "dead_letters_by_class": dict(sorted(self.dead_letters.items())),
             "dead_letter_examples": self.dead_examples,
             "personas": self._personas(),
@@ -155,6 +162,8 @@ def render(report: dict[str, Any]) -> str:
         f"(+{report['anonymous_merged']} anonymous ids merged into users)",
         f"sessions         {report['sessions']:>10}",
         f"triggers         {sum(report['triggers'].values()):>10}   {report['triggers']}",
+        f"privacy          {report['events_withheld']:>10}   events withheld (no consent), "
+        f"{report['erasures']} erasures",
         "segment sizes:",
     ]
     lines += [f"  {name:<26}{n:>8}" for name, n in report["segment_sizes"].items()]

@@ -14,15 +14,18 @@ Stages (docs/architecture.md has the picture)::
       -> events with a user id ..................................... -> user state
       -> anonymous-only events + links from IDENTIFY -> identity (by anonymous id)
                                                                     -> user state
-    user state (by canonical user): dedupe, sessions, windows, cart, segments
+    user state (by canonical user): privacy gate (consent, erasure), dedupe, sessions,
+                                    windows, cart, segments
       -> Redis ops (profiles, segment sets, aliases, forgets) ....... -> Redis
       -> segment changes .......................................... -> attune.segments
+      -> erasure confirmations ............................. -> attune.privacy.erasures
 
 Tests and benches pass their own ``source``/``sinks``; production passes none.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -45,15 +48,17 @@ from operators.clustering import (
     RedisBoard,
 )
 from operators.codec import Codec, SchemaRegistryClient, read_container
+from operators.consent import ConsentPolicy
 from operators.events import (
     DeadLetter,
+    ErasureConfirmation,
     Event,
     ItemUpdate,
     SegmentChange,
     Trigger,
     item_from_record,
 )
-from operators.identity import IdentityLogic, Link, Routed, link_of
+from operators.identity import IdentityLogic, Link, Routed, identity_input
 from operators.kafka_sink import CheckedKafkaSink, KafkaOut, to_kafka
 from operators.privacy import Pseudonymiser, ephemeral, load_key, parse_previous_keys
 from operators.profiles import Keyed, Output, PriceBands, ProfileConfig, UserLogic
@@ -68,9 +73,11 @@ from operators.redis_sink import (
 )
 from operators.redis_sink import SegmentsWrite as _SegmentsWrite
 from operators.rules import load_trigger_rules
-from operators.segments import load_rules
+from operators.segments import cluster_segment, load_rules
 from operators.sources import EventListSource, FileEventSource, KafkaEventSource
 from operators.triggers import KINDS, STREAM_CLOCK, TriggerConfig
+
+log = logging.getLogger(__name__)
 
 RedisOp = ProfileWrite | _SegmentsWrite | ForgetUser | AliasWrite | JsonWrite
 REDIS_OPS = (ProfileWrite, _SegmentsWrite, ForgetUser, AliasWrite)
@@ -89,14 +96,20 @@ class Sinks:
     dead_letters: Sink[Any]
     triggers: Sink[Any]
     board: ParamsBoard | None = None
+    #: Erasure confirmations; ``None``: not published (a warning is logged at build time).
+    erasures: Sink[Any] | None = None
 
 
 def profile_config(
     settings: Settings, items: list[ItemUpdate] | None, board: ParamsBoard | None
 ) -> ProfileConfig:
-    """The per-user step's configuration: rules, price bands, gaps, TTLs, cluster board."""
+    """The per-user step's configuration: rules, price bands, gaps, TTLs, cluster board,
+    consent policy. Raises ``ValueError`` naming the setting for an invalid one."""
     rules = load_rules(Path(settings.segments_file) if settings.segments_file else None)
     return ProfileConfig(
+        consent=ConsentPolicy.parse(settings.consent_default, settings.consent_regions),
+        keys=RedisKeys(settings.redis_prefix),
+        audiences=(*rules.names, *(cluster_segment(i) for i in range(settings.cluster_k))),
         session_gap_ms=settings.session_gap_s * 1000,
         state_ttl=timedelta(seconds=settings.state_ttl_s),
         rules=rules,
@@ -116,8 +129,8 @@ def clusters_key(settings: Settings) -> str:
     return RedisKeys(settings.redis_prefix).model("clusters")
 
 
-def _identity_logic(ttl: timedelta, resume: bytes | None) -> IdentityLogic:
-    return IdentityLogic(resume, ttl)
+def _identity_logic(cfg: ProfileConfig, resume: bytes | None) -> IdentityLogic:
+    return IdentityLogic(resume, cfg.state_ttl, cfg.consent, cfg.clock)
 
 
 def _user_logic(cfg: ProfileConfig, resume: bytes | None) -> UserLogic:
@@ -186,10 +199,10 @@ def build_flow(
     dead = cast(Stream[DeadLetter], valid.falses)
 
     anon = op.branch("anonymous_only", events, _anonymous_only)
-    links = op.filter_map("links", anon.falses, link_of)
-    to_identity = op.merge("to_identity", anon.trues, links)
+    links: Stream[Event | Link] = op.filter_map("links", anon.falses, identity_input)
+    to_identity: Stream[Event | Link] = op.merge("to_identity", anon.trues, links)
     keyed_anon = op.key_on("by_anonymous_id", to_identity, _anonymous_key)
-    routed = op.stateful_batch("identity", keyed_anon, partial(_identity_logic, cfg.state_ttl))
+    routed = op.stateful_batch("identity", keyed_anon, partial(_identity_logic, cfg))
     from_identity = op.map("route_to_user", routed, _by_user)
     known = op.map("known_user", anon.falses, _known)
     to_users = op.merge("to_users", known, from_identity)
@@ -215,11 +228,20 @@ def build_flow(
     triggers = op.filter_map("triggers", redis_or_not.falses, _trigger_or_none)
     op.output("triggers_out", triggers, sinks.triggers)
     op.output("dead_letters_out", dead, sinks.dead_letters)
+    erasures = op.filter_map("erasures", redis_or_not.falses, _erasure_or_none)
+    if sinks.erasures is not None:
+        op.output("erasures_out", erasures, sinks.erasures)
+    else:
+        log.warning("no sink for erasure confirmations: they are not published")
     return flow
 
 
 def _segment_change_or_none(out: Output) -> SegmentChange | None:
     return out if isinstance(out, SegmentChange) else None
+
+
+def _erasure_or_none(out: Output) -> ErasureConfirmation | None:
+    return out if isinstance(out, ErasureConfirmation) else None
 
 
 def _trigger_or_none(out: Output) -> Trigger | None:
@@ -334,6 +356,7 @@ def default_sinks(settings: Settings) -> Sinks:
                 settings, _TriggerTopic(settings.topic_triggers_prefix), codec
             ),
             board=RedisBoard(redis_config.client, clusters_key(settings)),
+            erasures=EncodingKafkaSink(settings, _Topic(settings.topic_erasures), codec),
         )
     if settings.redis_url or settings.kafka_bootstrap:
         raise ValueError(

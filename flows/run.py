@@ -23,6 +23,7 @@ from prometheus_client import start_http_server
 from flows.embedded import LocalStore, render, write_report
 from flows.personalize import build_flow, clusters_key
 from flows.settings import Settings
+from operators.consent import withheld_total
 from operators.sources import progress
 
 
@@ -74,7 +75,7 @@ def _live(stop: threading.Event, every: float, started: float) -> None:
         last = read
         print(
             f"[{now - started:7.1f}s] read {int(read):>9,}  dead letters {int(dead):>6,}  "
-            f"{rate:>9,.0f} events/s",
+            f"withheld {withheld_total():>7,}  {rate:>9,.0f} events/s",
             file=sys.stderr,
         )
 

@@ -110,6 +110,22 @@ class Settings:
         "Which user/anonymous ids are pseudonymised: auto (those that look like an email, "
         "phone number or IP address), always or never.",
     )
+    topic_erasures: str = _setting(
+        "attune.privacy.erasures",
+        "Topic of erasure confirmations (attune.output.ErasureConfirmation), one per request.",
+    )
+    consent_default: str = _setting(
+        "analytics=opt-out,personalization=opt-out,marketing=opt-in",
+        "Consent that applies when a user stated none: one mode (opt-in or opt-out) for "
+        "every purpose, or PURPOSE=MODE pairs; purposes not named keep these defaults "
+        "(docs/privacy.md, Consent).",
+    )
+    consent_regions: str = _setting(
+        "",
+        "Per-region overrides of ATTUNE_CONSENT_DEFAULT: comma-separated SCOPE=MODE or "
+        "SCOPE:PURPOSE=MODE; SCOPE is EU, EEA, a country (DE) or a subdivision (US-CA) from "
+        "the event context; the most specific wins. E.g. EU=opt-in,US=opt-out.",
+    )
     session_gap_s: int = _setting(1800, "Inactivity gap that ends a session, in seconds.")
     allowed_lateness_s: int = _setting(
         600,
@@ -117,7 +133,9 @@ class Settings:
         "later ones go to the dead-letter topic with class LATE.",
     )
     state_ttl_s: int = _setting(
-        30 * 24 * 3600, "Per-user flow state is discarded after this many idle seconds."
+        30 * 24 * 3600,
+        "Per-user and identity flow state is discarded after this many idle (wall-clock) "
+        "seconds; the user's audience memberships go with it.",
     )
     segments_file: str = _setting(
         "", "YAML file of rule segments. Empty: the shipped defaults (flows/segments.yaml)."

@@ -1,15 +1,16 @@
 """Attune's Kafka topics: their names, and creating and deleting them.
 
 The dataflow reads ``attune.events`` and ``attune.items`` and writes one
-``attune.triggers.<kind>`` topic per trigger kind, ``attune.segments`` and the
-dead-letter topic ``attune.dlq`` (names from :class:`~flows.settings.Settings`).
+``attune.triggers.<kind>`` topic per trigger kind, ``attune.segments``, the
+dead-letter topic ``attune.dlq`` and the erasure confirmations
+``attune.privacy.erasures`` (names from :class:`~flows.settings.Settings`).
 The local broker does not create topics on first use
 (``auto.create.topics.enable=false``), so ``attune topics create`` and the
 integration tests create them here first, with kafka-python's admin client.
 
 >>> names = design_topics(Settings())
->>> names[:2], names[-2:]
-(['attune.events', 'attune.items'], ['attune.segments', 'attune.dlq'])
+>>> names[:2], names[-3:]
+(['attune.events', 'attune.items'], ['attune.segments', 'attune.dlq', 'attune.privacy.erasures'])
 >>> names[2]
 'attune.triggers.cart_abandoned'
 
@@ -59,6 +60,7 @@ def design_topics(
         *(settings.topic_trigger(kind) for kind in trigger_kinds),
         settings.topic_segments,
         settings.topic_dlq,
+        settings.topic_erasures,
     ]
 
 

@@ -58,6 +58,7 @@ from fastavro._read_common import SchemaResolutionError
 from operators.clock import Clock, SystemClock
 from operators.events import (
     DeadLetter,
+    ErasureConfirmation,
     ErrorClass,
     Event,
     ItemUpdate,
@@ -65,6 +66,7 @@ from operators.events import (
     Source,
     Trigger,
     dead_letter_from_record,
+    erasure_confirmation_from_record,
     event_from_record,
     event_to_record,
     item_from_record,
@@ -85,8 +87,16 @@ ITEM = "attune.item.ItemUpdate"
 TRIGGER = "attune.output.Trigger"
 SEGMENT_CHANGE = "attune.output.SegmentChange"
 DEAD_LETTER = "attune.output.DeadLetter"
+ERASURE_CONFIRMATION = "attune.output.ErasureConfirmation"
 
 Schema = dict[str, Any]
+
+_OUTPUT_NAMES: dict[type[Any], str] = {
+    Trigger: TRIGGER,
+    SegmentChange: SEGMENT_CHANGE,
+    DeadLetter: DEAD_LETTER,
+    ErasureConfirmation: ERASURE_CONFIRMATION,
+}
 
 
 # --- schemas ---------------------------------------------------------------------------------
@@ -453,9 +463,11 @@ class Codec:
     def encode_item(self, item: ItemUpdate) -> bytes:
         return self.encode(ITEM, to_record(item))
 
-    def encode_output(self, out: Trigger | SegmentChange | DeadLetter) -> bytes:
-        """Encode a trigger, segment change or dead letter for its topic."""
-        name = {Trigger: TRIGGER, SegmentChange: SEGMENT_CHANGE, DeadLetter: DEAD_LETTER}[type(out)]
+    def encode_output(
+        self, out: Trigger | SegmentChange | DeadLetter | ErasureConfirmation
+    ) -> bytes:
+        """Encode a trigger, segment change, dead letter or erasure confirmation for its topic."""
+        name = _OUTPUT_NAMES[type(out)]
         return self.encode(name, to_record(out))
 
     # decoding
@@ -648,6 +660,14 @@ class Codec:
     ) -> SegmentChange | DeadLetter:
         record = self.decode_record(data, SEGMENT_CHANGE, source)
         return record if isinstance(record, DeadLetter) else segment_change_from_record(record)
+
+    def decode_erasure_confirmation(
+        self, data: bytes, source: Source | None = None
+    ) -> ErasureConfirmation | DeadLetter:
+        record = self.decode_record(data, ERASURE_CONFIRMATION, source)
+        if isinstance(record, DeadLetter):
+            return record
+        return erasure_confirmation_from_record(record)
 
     def decode_dead_letter(self, data: bytes, source: Source | None = None) -> DeadLetter:
         """Decode a message of the dead-letter topic (a bad one becomes a dead letter itself)."""

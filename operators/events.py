@@ -298,6 +298,25 @@ class SegmentChange:
     reason: str | None = None
 
 
+@_fast_pickle
+@dataclass(frozen=True, slots=True)
+class ErasureConfirmation:
+    """``attune.output.ErasureConfirmation``: published to ``attune.privacy.erasures``."""
+
+    user_id: str
+    request_id: str
+    request_event_id: str
+    request_time: int
+    processed_time: int
+    redis_keys: tuple[str, ...] = ()
+    audiences: tuple[str, ...] = ()
+    state_items: tuple[str, ...] = ()
+    model_data: tuple[str, ...] = ()
+    anonymous_ids: tuple[str, ...] = ()
+    retained: tuple[str, ...] = ()
+    not_removed: tuple[str, ...] = ()
+
+
 class ErrorClass(StrEnum):
     """Why input was dead-lettered; the symbols of ``attune.output.ErrorClass``."""
 
@@ -437,6 +456,19 @@ def trigger_from_record(record: dict[str, Any]) -> Trigger:
 
 def segment_change_from_record(record: dict[str, Any]) -> SegmentChange:
     return SegmentChange(**record)
+
+
+def erasure_confirmation_from_record(record: dict[str, Any]) -> ErasureConfirmation:
+    lists = ("redis_keys", "audiences", "state_items", "model_data", "anonymous_ids")
+    rest = ("retained", "not_removed")
+    return ErasureConfirmation(
+        user_id=record["user_id"],
+        request_id=record["request_id"],
+        request_event_id=record["request_event_id"],
+        request_time=record["request_time"],
+        processed_time=record["processed_time"],
+        **{name: tuple(record[name]) for name in (*lists, *rest)},
+    )
 
 
 def dead_letter_from_record(record: dict[str, Any]) -> DeadLetter:

@@ -25,6 +25,19 @@ anonymous visitor's history waits until it has an owner:
 An anonymous id later linked to a different user (a shared device) routes to
 the newest user without handing history over again.
 
+Privacy (docs/privacy.md). The step keeps the visitor's consent
+(:class:`~operators.consent.ConsentState`) and copies only events that
+personalization consent allows: a visitor without it has nothing buffered, and a
+withdrawal empties the buffer. Consent events are kept apart (the latest
+:data:`MAX_CONSENT_EVENTS`, outside the cap) and handed over first, so consent given
+while anonymous carries over to the user at login, where the latest statement in
+event time wins per purpose. An ``ERASURE`` naming an anonymous id (with or without
+a user id, :func:`identity_input`) empties that id's state here but for a tombstone:
+the link, if any, and the request's time. Anonymous events from before it that
+arrive later (another partition may lag) are dropped if unlinked, or go to the
+user's key, whose own tombstone drops them. The state is discarded after ``ttl`` of wall-clock
+inactivity, kept in the state so restarts do not reset it.
+
 >>> from operators.events import Event, EventType, PageView
 >>> pv = Event("e1", EventType.PAGE_VIEW, 1_767_571_200_000, PageView(), anonymous_id="a1")
 >>> state, out = identity_step(None, pv)
@@ -46,12 +59,18 @@ from datetime import UTC, datetime, timedelta
 
 from bytewax.operators import StatefulBatchLogic
 
-from operators.events import Event, EventType
+from operators.clock import Clock, SystemClock
+from operators.consent import PERSONALIZATION, ConsentPolicy, ConsentState
+from operators.events import ConsentUpdate, ErasureRequest, Event, EventType
 
 #: At most this many anonymous events are kept for the hand-over; beyond it the
 #: oldest copies go (they stay counted under the anonymous id until it is
 #: forgotten). Bounds memory per anonymous visitor.
 MAX_ANONYMOUS_BUFFER = 500
+#: Without a policy only an explicit denial stops the buffering.
+_STATED_ONLY = ConsentPolicy.parse("opt-out")
+#: Consent events kept for the hand-over (the latest ones), apart from the buffer.
+MAX_CONSENT_EVENTS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +118,15 @@ def link_of(event: Event) -> Link | None:
     return None
 
 
+def identity_input(event: Event) -> Link | Event | None:
+    """What an event with a user id tells the identity step: a :class:`Link` (IDENTIFY),
+    the event itself for an ``ERASURE`` naming an anonymous id (its state goes), else
+    nothing."""
+    if event.event_type is EventType.ERASURE and event.anonymous_id:
+        return event
+    return link_of(event)
+
+
 @dataclass(slots=True)
 class IdentityState:
     """What one anonymous id remembers: its user once linked, else its recent events."""
@@ -106,32 +134,65 @@ class IdentityState:
     user_id: str | None = None
     buffer: list[Event] = field(default_factory=list)
     dropped: int = 0  # anonymous events no longer in the buffer (cap reached)
+    consent: ConsentState = field(default_factory=ConsentState)
+    consents: list[Event] = field(default_factory=list)  # CONSENT events, for the hand-over
+    active_ms: int = 0  # wall clock of the latest batch (idle eviction)
+    erased_at: int | None = None  # an erasure named this id: older events are dropped
 
 
 def identity_step(
-    state: IdentityState | None, item: Event | Link
+    state: IdentityState | None, item: Event | Link, policy: ConsentPolicy | None = None
 ) -> tuple[IdentityState, list[Routed]]:
-    """Route an anonymous-only event, or apply a link; returns ``(user key, input)`` pairs."""
+    """Route an anonymous-only event, or apply a link; returns ``(user key, input)`` pairs.
+
+    ``policy``: buffer only what personalization consent allows (``None``: buffer all).
+    """
     st = state or IdentityState()
+    if isinstance(item, Event) and isinstance(item.payload, ErasureRequest):
+        # Nothing of the id stays here but the link and the request's time. An erasure
+        # with a user id reaches that user directly; an anonymous one goes where the
+        # id's events go (and to the anonymous key if unlinked).
+        st.buffer, st.consents, st.consent, st.dropped = [], [], ConsentState(), 0
+        st.erased_at = max(st.erased_at or 0, item.event_time)
+        if st.user_id is not None:
+            return st, [] if item.user_id else [(st.user_id, item)]
+        return st, [(item.anonymous_id or "", item)]
     if isinstance(item, Link):
         if st.user_id is None:
             out: list[Routed] = [
                 (item.anonymous_id, Forget(item.anonymous_id, item.user_id, item.event_time))
             ]
-            out.extend((item.user_id, e) for e in st.buffer)
-            out.append(_handed_over(item, len(st.buffer)))
+            out.extend((item.user_id, e) for e in (*st.consents, *st.buffer))
+            out.append(_handed_over(item, len(st.consents) + len(st.buffer)))
             st.buffer = []
+            st.consents = []
+            st.consent = ConsentState()
             st.user_id = item.user_id
             return st, out
         st.user_id = item.user_id
         return st, [_handed_over(item, 0)]
     if st.user_id is not None:
         return st, [(st.user_id, item)]
+    if st.erased_at is not None and item.event_time <= st.erased_at:
+        return st, []  # from before an erasure of this id
+    routed: list[Routed] = [(item.anonymous_id or "", item)]
+    st.consent.locate(item.event_time, item.context)
+    if isinstance(item.payload, ConsentUpdate):
+        st.consent.observe(item.event_time, item.payload)
+        st.consents.append(item)
+        if len(st.consents) > MAX_CONSENT_EVENTS:
+            del st.consents[0]
+        if not (policy or _STATED_ONLY).allowed(st.consent, PERSONALIZATION):
+            st.buffer = []  # withdrawn: the copies go
+        return st, routed
+    if policy is not None and not policy.allowed(st.consent, PERSONALIZATION):
+        st.buffer = []  # no personalization consent: no copies
+        return st, routed
     if len(st.buffer) >= MAX_ANONYMOUS_BUFFER:
         del st.buffer[0]
         st.dropped += 1
     st.buffer.append(item)
-    return st, [(item.anonymous_id or "", item)]
+    return st, routed
 
 
 def _handed_over(link: Link, events: int) -> Routed:
@@ -139,26 +200,40 @@ def _handed_over(link: Link, events: int) -> Routed:
 
 
 class IdentityLogic(StatefulBatchLogic[Event | Link, Routed, bytes]):
-    """Bytewax wrapper of :func:`identity_step`; the state goes after ``ttl`` idle."""
+    """Bytewax wrapper of :func:`identity_step`; the state goes after ``ttl`` idle
+    (wall clock from ``clock``, the time of the latest batch kept in the state)."""
 
-    def __init__(self, resume: bytes | None, ttl: timedelta) -> None:
+    def __init__(
+        self,
+        resume: bytes | None,
+        ttl: timedelta,
+        policy: ConsentPolicy | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self.state: IdentityState | None = pickle.loads(resume) if resume is not None else None
-        self.ttl = ttl
-        self.idle_since = datetime.now(UTC)
+        self.ttl_ms = int(ttl.total_seconds() * 1000)
+        self.policy = policy
+        self.clock: Clock = clock or SystemClock()
 
     def on_batch(self, values: list[Event | Link]) -> tuple[Iterable[Routed], bool]:
         out: list[Routed] = []
         for item in values:
-            self.state, routed = identity_step(self.state, item)
+            self.state, routed = identity_step(self.state, item, self.policy)
             out.extend(routed)
-        self.idle_since = datetime.now(UTC)
+        assert self.state is not None
+        self.state.active_ms = self.clock.now_ms()
         return out, StatefulBatchLogic.RETAIN
 
+    def expired(self) -> bool:
+        st = self.state
+        return st is None or self.clock.now_ms() >= st.active_ms + self.ttl_ms
+
     def on_notify(self) -> tuple[Iterable[Routed], bool]:
-        return [], datetime.now(UTC) >= self.idle_since + self.ttl
+        return [], self.expired()
 
     def notify_at(self) -> datetime | None:
-        return self.idle_since + self.ttl
+        active = self.state.active_ms if self.state is not None else self.clock.now_ms()
+        return datetime.fromtimestamp((active + self.ttl_ms) / 1000, UTC)
 
     def snapshot(self) -> bytes:
         return pickle.dumps(self.state or IdentityState(), protocol=pickle.HIGHEST_PROTOCOL)

@@ -44,7 +44,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from operators.codec import Codec
-from operators.events import DeadLetter, SegmentChange, Trigger
+from operators.events import DeadLetter, ErasureConfirmation, SegmentChange, Trigger
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,9 @@ class KafkaOut:
     value: bytes
 
 
-def to_kafka(out: Trigger | SegmentChange | DeadLetter, codec: Codec, topic: str) -> KafkaOut:
+def to_kafka(
+    out: Trigger | SegmentChange | DeadLetter | ErasureConfirmation, codec: Codec, topic: str
+) -> KafkaOut:
     """Encode an output for ``topic``: keyed by its user id; dead letters have no key."""
     key = None if isinstance(out, DeadLetter) else out.user_id.encode()
     return KafkaOut(topic, key, codec.encode_output(out))

@@ -54,11 +54,20 @@ from bytewax.operators import StatefulBatchLogic
 from operators.cart import CartTimeline
 from operators.clock import Clock, SystemClock
 from operators.clustering import ClusterVector, ParamsBoard, vector
+from operators.consent import (
+    ANALYTICS,
+    EVENTS_WITHHELD,
+    MARKETING,
+    PERSONALIZATION,
+    ConsentPolicy,
+    ConsentState,
+)
 from operators.events import (
     MAX_EVENT_TIME_MS,
     AddToCart,
     ConsentUpdate,
     Dwell,
+    ErasureConfirmation,
     ErasureRequest,
     Event,
     ItemUpdate,
@@ -72,8 +81,9 @@ from operators.events import (
 )
 from operators.features import FEATURES, PROFILE_FIELDS, FeatureValue
 from operators.identity import Forget, HandedOver, UserInput, link_of
+from operators.redis_keys import RedisKeys
 from operators.redis_sink import AliasWrite, ForgetUser, ProfileWrite, SegmentsWrite
-from operators.rules import TriggerContext, TriggerRules
+from operators.rules import TriggerContext, TriggerHistory, TriggerRules
 from operators.segments import RuleSet, cluster_segment, membership_changes
 from operators.triggers import (
     STREAM_CLOCK,
@@ -85,8 +95,6 @@ from operators.triggers import (
     handover_done,
     held,
     long_dwell,
-    marketing_consent,
-    observe_consent,
     repeat_visit,
     segment_trigger,
 )
@@ -101,6 +109,8 @@ MAX_SERIES = 2000
 #: How often a user with a pending cart looks at the stream clock (wall time).
 TIMER_POLL = timedelta(seconds=1)
 MAX_TALLY_KEYS = 8
+#: Anonymous ids remembered per user, so that erasure and withdrawal delete their aliases.
+MAX_ALIASES = 16
 LONG_DWELL_MS = 30_000
 
 
@@ -150,6 +160,13 @@ class ProfileConfig:
     trigger_rules: TriggerRules | None = None
     #: The process's stream clock for timers of users who send nothing more.
     stream_clock: StreamClock = field(default_factory=lambda: STREAM_CLOCK)
+    #: Consent that applies when a user stated none (operators/consent.py).
+    consent: ConsentPolicy = field(default_factory=ConsentPolicy)
+    #: Key names, for the erasure confirmation's list of deleted keys.
+    keys: RedisKeys = field(default_factory=RedisKeys)
+    #: Every audience set the flow writes (rule segments and personas): erasure removes
+    #: the user from all of them, whatever the state still knows.
+    audiences: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -238,10 +255,23 @@ class UserState:
     cluster: int | None = None  # persona assigned from the published cluster parameters
     trig: TriggerState = field(default_factory=TriggerState)
     erased_at: int | None = None  # tombstone: events up to this time belong to erased data
+    # privacy (operators/consent.py, docs/privacy.md)
+    consent: ConsentState = field(default_factory=ConsentState)
+    aliases: list[str] = field(default_factory=list)  # anonymous ids seen with this user
+    vectors: int = 0  # session vectors sent to the shared persona learner
+    withheld: int = 0  # events withheld since UserLogic last counted them (0 between batches)
+    active_ms: int = 0  # wall clock of the latest batch: idle eviction after state_ttl
 
 
 Output = (
-    ProfileWrite | SegmentsWrite | ForgetUser | AliasWrite | SegmentChange | ClusterVector | Trigger
+    ProfileWrite
+    | SegmentsWrite
+    | ForgetUser
+    | AliasWrite
+    | SegmentChange
+    | ClusterVector
+    | Trigger
+    | ErasureConfirmation
 )
 
 
@@ -255,10 +285,10 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
         handover_done(st.trig, item.anonymous_id, item.event_time)
         return []
     if isinstance(item, Forget):
+        # The alias key is the user's step's to write (by the user's consent): kept here.
         return [
             *_leave_all(st, item.event_time, cfg),
-            ForgetUser(item.anonymous_id, _audiences(st)),
-            AliasWrite(item.anonymous_id, item.user_id),
+            ForgetUser(item.anonymous_id, _audiences(st), keep_alias=True),
         ]
     event = item
     t = event.event_time
@@ -269,11 +299,10 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
         return []  # erased: whatever arrives from before the request is not kept
     _remember(st, event.event_id, t, cfg)
     if isinstance(event.payload, ErasureRequest):
-        # Privacy (#6) owns erasure; here the data goes and every key with it. The
-        # state becomes a tombstone (see tombstone()): history that arrives after
-        # the request (anonymous events handed over at login) is dropped too.
-        st.erased_at = t
-        return [*_leave_all(st, t, cfg), ForgetUser(st.user_id, _audiences(st))]
+        return erase(st, event, event.payload, cfg)
+    allowed, out = privacy_gate(st, event, cfg)
+    if not allowed:
+        return out
     if not st.events:
         st.first_seen_ms = t
     st.first_seen_ms = min(st.first_seen_ms, t)
@@ -288,9 +317,15 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
             expect_handover(st.trig, link.anonymous_id, t, cfg.clock.now_ms())
     crossed = _count(st, event, t, cfg)
     _trim(st)
-    out: list[Output] = []
-    if new_session and st.sessions > 1 and cfg.board is not None:
-        # one vector per session boundary, not per event: the learner is one key
+    # One vector per session boundary, not per event: the learner is one key. A shared
+    # aggregate of behaviour, so it needs analytics consent.
+    if (
+        new_session
+        and st.sessions > 1
+        and cfg.board is not None
+        and cfg.consent.allowed(st.consent, ANALYTICS)
+    ):
+        st.vectors += 1
         out.append(ClusterVector(st.user_id, vector(FeatureView(st, st.max_time))))
     candidates = _behaviour_triggers(st, event, new_session, crossed, cfg)
     if cfg.rules is not None:
@@ -382,17 +417,18 @@ def check_cart(st: UserState, now_ms: int, cfg: ProfileConfig) -> list[Trigger]:
 
 
 def publishable(st: UserState, candidates: list[Trigger], cfg: ProfileConfig) -> list[Output]:
-    """What goes out of the candidates: the trigger rules decide (conditions, actions, caps,
-    cooldowns, quiet hours, consent); without rules, marketing consent alone."""
-    if not candidates:
+    """What goes out of the candidates: nothing without marketing consent (the privacy
+    gate's floor, for every kind and every rule purpose); then the trigger rules decide
+    (conditions, actions, caps, cooldowns, quiet hours); without rules, all of them."""
+    if not candidates or not cfg.consent.allowed(st.consent, MARKETING):
         return []
     rules = cfg.trigger_rules
     if rules is None:
-        return list(candidates) if marketing_consent(st.trig) else []
+        return list(candidates)
     ctx = TriggerContext(
         features=FeatureView(st, st.max_time),
         segments=frozenset(_audiences(st)),
-        marketing_consent=marketing_consent(st.trig),
+        marketing_consent=True,
         timezone=st.trig.timezone,
         channel=st.trig.channel,
     )
@@ -404,7 +440,170 @@ def publishable(st: UserState, candidates: list[Trigger], cfg: ProfileConfig) ->
 
 def tombstone(st: UserState) -> UserState:
     """What is left of an erased user: the erasure time and the ids seen (for dedupe)."""
-    return UserState(user_id=st.user_id, erased_at=st.erased_at, seen=dict(st.seen))
+    return UserState(
+        user_id=st.user_id, erased_at=st.erased_at, seen=dict(st.seen), active_ms=st.active_ms
+    )
+
+
+# --- the privacy gate: consent and erasure (docs/privacy.md) ----------------------------------
+
+
+def privacy_gate(st: UserState, event: Event, cfg: ProfileConfig) -> tuple[bool, list[Output]]:
+    """Update the user's consent from ``event``; whether the event may feed the state.
+
+    Without personalization consent the event is withheld (counted, nothing else kept)
+    and whatever the state held is removed (:func:`withdraw`): the profile, segments,
+    audiences, aliases and recommendations in Redis, and the state but for its consent.
+    Losing marketing consent drops pending triggers and the trigger history.
+    """
+    policy, cs = cfg.consent, st.consent
+    marketing_before = policy.allowed(cs, MARKETING)
+    t = event.event_time
+    cs.locate(t, event.context)
+    if isinstance(event.payload, ConsentUpdate):
+        cs.observe(t, event.payload)
+    _note_alias(st, event)
+    if not policy.allowed(cs, PERSONALIZATION):
+        out = withdraw(st, t, cfg) if holds_data(st) or st.aliases else []
+        st.withheld += 1
+        return False, out
+    if marketing_before and not policy.allowed(cs, MARKETING):
+        drop_marketing(st)
+    # The alias serves personalization: written here, by the user's consent, at each
+    # IDENTIFY (one key decides, so a withdrawal's DEL cannot race it).
+    link = link_of(event)
+    return True, [AliasWrite(link.anonymous_id, link.user_id)] if link is not None else []
+
+
+def _note_alias(st: UserState, event: Event) -> None:
+    anon = event.anonymous_id
+    if anon and anon != st.user_id and anon not in st.aliases:
+        st.aliases.append(anon)
+        if len(st.aliases) > MAX_ALIASES:
+            del st.aliases[0]
+
+
+def holds_data(st: UserState) -> bool:
+    """Whether the state holds anything beyond consent, aliases and dedupe ids."""
+    return bool(st.events or st.segments or st.cluster is not None or st.max_time)
+
+
+def drop_marketing(st: UserState) -> None:
+    """Marketing withdrawn: the pending cart reminder will not fire (not even if consent
+    comes back), and the publish history kept for caps and cooldowns goes."""
+    trig = st.trig
+    st.cart.mute()
+    trig.dwell_fired = []
+    trig.history = TriggerHistory()
+
+
+def _every_audience(st: UserState, cfg: ProfileConfig) -> tuple[str, ...]:
+    return tuple(sorted({*_audiences(st), *cfg.audiences}))
+
+
+def _forget_everywhere(st: UserState, t: int, cfg: ProfileConfig) -> list[Output]:
+    """Exit records for the user's segments, DEL of every key of the user and of their
+    anonymous ids, SREM from every audience set."""
+    return [
+        *_leave_all(st, t, cfg),
+        ForgetUser(st.user_id, _every_audience(st, cfg)),
+        *(ForgetUser(anon) for anon in st.aliases),
+    ]
+
+
+def _reset(st: UserState, keep: UserState) -> None:
+    """Make ``st`` (in place: the caller holds it) equal to ``keep``."""
+    for name in UserState.__slots__:
+        setattr(st, name, getattr(keep, name))
+
+
+def withdraw(st: UserState, t: int, cfg: ProfileConfig) -> list[Output]:
+    """Personalization withdrawn (or not allowed where the user now is): remove what it
+    stored, in Redis and in the state; the consent state and dedupe ids stay."""
+    out = _forget_everywhere(st, t, cfg)
+    _reset(
+        st,
+        UserState(
+            user_id=st.user_id,
+            seen=st.seen,
+            consent=st.consent,
+            erased_at=st.erased_at,
+            withheld=st.withheld,
+            active_ms=st.active_ms,
+        ),
+    )
+    return out
+
+
+def state_items(st: UserState) -> tuple[str, ...]:
+    """The parts of a state that hold data, as the erasure confirmation lists them."""
+    items: list[str] = []
+    if st.events:
+        items.append(f"counters: {st.events} events")
+    if st.session_starts:
+        items.append(f"sessions: {len(st.session_starts)} intervals")
+    if st.views.times or st.carts.times or st.orders.times:
+        items.append("windows: views, carts, orders")
+    cart = cart_of(st)
+    if cart:
+        items.append(f"cart: {len(cart)} lines")
+    if st.dwell_pages:
+        items.append(f"dwell: {len(st.dwell_pages)} pages")
+    if st.devices or st.channels:
+        items.append("device and channel tallies")
+    if st.segments:
+        items.append(f"segments: {len(st.segments)}")
+    trig = st.trig
+    if st.cart.fired or trig.dwell_fired or trig.history != TriggerHistory():
+        items.append("trigger state")
+    if not st.consent.is_empty():
+        items.append("consent state")
+    if st.aliases:
+        items.append(f"anonymous ids: {len(st.aliases)}")
+    return tuple(items)
+
+
+def erase(st: UserState, event: Event, request: ErasureRequest, cfg: ProfileConfig) -> list[Output]:
+    """The user's erasure request: forget them everywhere the flow wrote, confirm it, and
+    turn the state into a tombstone that drops history from before the request.
+
+    Consent goes too: later events of the id are a new user's, under the default of
+    where they are (docs/privacy.md, "Erasure in the flow").
+    """
+    t = event.event_time
+    keys = cfg.keys
+    audiences = _audiences(st)
+    confirmation = ErasureConfirmation(
+        user_id=st.user_id,
+        request_id=request.request_id,
+        request_event_id=event.event_id,
+        request_time=t,
+        processed_time=cfg.clock.now_ms(),
+        redis_keys=tuple(k for user in (st.user_id, *st.aliases) for k in keys.user_keys(user)),
+        audiences=tuple(keys.audience(a) for a in audiences),
+        state_items=state_items(st),
+        model_data=(
+            (f"persona assignment {cluster_segment(st.cluster)}",) if st.cluster is not None else ()
+        ),
+        anonymous_ids=tuple(st.aliases),
+        retained=(
+            "tombstone: the erasure time (events up to it are dropped) and the event ids of the "
+            f"last {cfg.dedupe_window_ms // HOUR_MS} h (duplicates are dropped), until "
+            f"{int(cfg.state_ttl.total_seconds())} s idle",
+        ),
+        not_removed=(
+            (
+                f"clusters: {st.vectors} session vectors already learned by the shared persona "
+                "model (aggregate centroids; they cannot be unlearned)",
+            )
+            if st.vectors
+            else ()
+        ),
+    )
+    out = [*_forget_everywhere(st, t, cfg), confirmation]
+    st.erased_at = t
+    _reset(st, tombstone(st))
+    return out
 
 
 def _audiences(st: UserState) -> tuple[str, ...]:
@@ -455,7 +654,7 @@ def _remember(st: UserState, event_id: str, t: int, cfg: ProfileConfig) -> None:
     seen[event_id] = t
     if len(seen) > MAX_SEEN_IDS:
         del seen[next(iter(seen))]
-    horizon = st.max_time - cfg.dedupe_window_ms
+    horizon = max(st.max_time, t) - cfg.dedupe_window_ms
     while seen:
         first = next(iter(seen))
         if seen[first] >= horizon:
@@ -561,8 +760,6 @@ def _count(st: UserState, event: Event, t: int, cfg: ProfileConfig) -> bool:
             if len(st.dwell_pages) > 16:
                 del st.dwell_pages[next(iter(st.dwell_pages))]
         st.dwell_max_ms = max(st.dwell_max_ms, p.dwell_ms)
-    elif isinstance(p, ConsentUpdate):
-        observe_consent(st.trig, t, p)
     return crossed
 
 
@@ -751,12 +948,17 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
 
     Values are ``(user key, input)``: Bytewax 0.21 builds a logic from its
     resume state only, so a new state learns its user from the first value.
+
+    Retention: the state is discarded once ``cfg.state_ttl`` of wall-clock time
+    (``cfg.clock``) has passed since its latest batch; the time is kept in the state
+    (``active_ms``), so a restart from a snapshot does not restart the wait. The user
+    leaves every audience when it goes (their Redis keys expire by their own TTL).
     """
 
     def __init__(self, resume: bytes | None, cfg: ProfileConfig) -> None:
         self.state: UserState | None = pickle.loads(resume) if resume is not None else None
         self.cfg = cfg
-        self.idle_since = datetime.now(UTC)
+        self._ttl_ms = int(cfg.state_ttl.total_seconds() * 1000)
 
     def on_batch(self, values: list[Keyed]) -> tuple[Iterable[Output], bool]:
         st = self.state
@@ -776,11 +978,16 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
             if st.erased_at != erased_at:  # an erasure: keep a tombstone, not the data
                 st = self.state = tombstone(st)
                 before = 0
+            elif st.events < before:  # consent withdrawn: the state was emptied
+                before = 0
+        if st.withheld:
+            EVENTS_WITHHELD.inc(st.withheld)
+            st.withheld = 0
         if st.events != before and st.events:
             out.extend(assign_cluster(st, self.cfg))
             out.append(profile_write(st))
         out.extend(self._timers())
-        self.idle_since = datetime.now(UTC)
+        st.active_ms = self.cfg.clock.now_ms()
         return out, StatefulBatchLogic.RETAIN
 
     def _timers(self, end_of_input: bool = False) -> list[Output]:
@@ -796,10 +1003,25 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         fired = check_cart(st, now, self.cfg)
         return publishable(st, list(fired), self.cfg) if fired else []
 
+    def expired(self) -> bool:
+        """Whether the state has been idle (wall clock) for the state TTL."""
+        st = self.state
+        return st is None or self.cfg.clock.now_ms() >= st.active_ms + self._ttl_ms
+
     def on_notify(self) -> tuple[Iterable[Output], bool]:
-        out = self._timers()
-        expired = datetime.now(UTC) >= self.idle_since + self.cfg.state_ttl
-        return out, expired
+        if self.expired():
+            return self._evict(), StatefulBatchLogic.DISCARD
+        return self._timers(), StatefulBatchLogic.RETAIN
+
+    def _evict(self) -> list[Output]:
+        """The state goes: the user leaves every audience (membership is computed from the
+        state, which is gone); profile and key TTLs run out by themselves."""
+        st = self.state
+        if st is None or not (st.segments or st.cluster is not None):
+            return []
+        audiences = _audiences(st)
+        changes = _leave_all(st, st.max_time, self.cfg)
+        return [*changes, SegmentsWrite(st.user_id, (), audiences)]
 
     def on_eof(self) -> tuple[Iterable[Output], bool]:
         # End of a bounded input: event time is over, every pending timer fires.
@@ -809,7 +1031,8 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         st = self.state
         if st is not None and st.cart.next_due_ms(self.cfg.triggers.abandon_after_ms) is not None:
             return datetime.now(UTC) + TIMER_POLL  # poll the stream clock while a cart waits
-        return self.idle_since + self.cfg.state_ttl
+        active = st.active_ms if st is not None else self.cfg.clock.now_ms()
+        return datetime.fromtimestamp((active + self._ttl_ms) / 1000, UTC)
 
     def snapshot(self) -> bytes:
         # A pickle is the immutable copy Bytewax asks for, ~10x cheaper than deepcopy.

@@ -116,13 +116,16 @@ class SegmentsWrite:
 class ForgetUser:
     """Delete every per-user key of ``user`` and remove it from ``audiences``.
 
-    For an anonymous id merged into a user (emit it before the
-    :class:`AliasWrite` of that id: it deletes the id's alias key too), and for
-    erasure. Earlier operations on ``user`` in the same batch are dropped.
+    For an anonymous id merged into a user (``keep_alias``: its alias key is
+    left to the :class:`AliasWrite` s of the user's step, which decides it by the
+    user's consent), and for erasure and consent withdrawal (every key, alias
+    included). Earlier operations on ``user`` in the same batch are dropped, but
+    for an alias write when ``keep_alias``.
     """
 
     user: str
     audiences: tuple[str, ...] = ()
+    keep_alias: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,10 +154,11 @@ RedisOp = ProfileWrite | SegmentsWrite | ForgetUser | AliasWrite | JsonWrite
 class _UserOps:
     """What one batch leaves for one user (or anonymous id), after coalescing."""
 
-    __slots__ = ("alias", "forget", "profile", "segments")
+    __slots__ = ("alias", "forget", "keep_alias", "profile", "segments")
 
     def __init__(self) -> None:
         self.forget = False
+        self.keep_alias = False
         self.profile: Mapping[str, str] | None = None
         self.segments: dict[str, bool] = {}  # segment -> member after the batch
         self.alias: str | None = None
@@ -214,8 +218,12 @@ def plan(
                 user_ops.segments[segment] = False
                 audiences.setdefault(segment, {})[op.user] = False
         elif isinstance(op, ForgetUser):
+            earlier = users.get(op.user)
             user_ops = users[op.user] = _UserOps()  # earlier operations of the batch dropped
             user_ops.forget = True
+            if op.keep_alias:
+                user_ops.keep_alias = True
+                user_ops.alias = earlier.alias if earlier is not None else None
             for segment in op.audiences:
                 audiences.setdefault(segment, {})[op.user] = False
             # Entries the dropped operations made are undone too (their SADD never runs).
@@ -234,7 +242,10 @@ def plan(
     commands: list[Command] = []
     for user, user_ops in users.items():
         if user_ops.forget:
-            commands.append(("DEL", *keys.user_keys(user)))
+            doomed = keys.user_keys(user)
+            if user_ops.keep_alias:
+                doomed.remove(keys.alias(user))
+            commands.append(("DEL", *doomed))
         if user_ops.profile is not None:
             key = keys.profile(user)
             profile = user_ops.profile

@@ -26,7 +26,7 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 
 from operators.cart import Abandonment
-from operators.events import ConsentUpdate, SegmentChange, Trigger
+from operators.events import SegmentChange, Trigger
 from operators.rules import TriggerHistory
 
 #: Trigger kinds Attune computes (``high_propensity`` is defined for the models issue).
@@ -126,7 +126,6 @@ class TriggerState:
 
     known: bool = False  # the key is a user id seen on an event (not only an anonymous id)
     known_since: int | None = None  # event time of the user's earliest event under their id
-    consent: dict[str, tuple[int, bool]] = field(default_factory=dict)  # purpose -> (t, given)
     timezone: str | None = None
     channel: str | None = None
     currency: str | None = None
@@ -137,22 +136,6 @@ class TriggerState:
     linked_ms: int = 0  # event time of the latest link: anonymous events before it may lag
     dwell_fired: list[str] = field(default_factory=list)  # pages long_dwell fired for
     history: TriggerHistory = field(default_factory=TriggerHistory)  # caps and cooldowns
-
-
-def observe_consent(ts: TriggerState, t: int, update: ConsentUpdate) -> None:
-    """Apply a consent update; the latest in event time wins per purpose."""
-    for purpose in ("analytics", "personalization", "marketing"):
-        given = getattr(update, purpose)
-        if given is not None:
-            old = ts.consent.get(purpose)
-            if old is None or t >= old[0]:
-                ts.consent[purpose] = (t, given)
-
-
-def marketing_consent(ts: TriggerState) -> bool | None:
-    """The user's latest marketing consent, ``None`` if never stated."""
-    entry = ts.consent.get("marketing")
-    return None if entry is None else entry[1]
 
 
 def cart_abandoned(

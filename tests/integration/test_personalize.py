@@ -61,6 +61,7 @@ def stream(integration_settings: Settings) -> Iterator[Input]:
         topic_items=f"it.items.{tag}",
         topic_segments=f"it.segments.{tag}",
         topic_dlq=f"it.dlq.{tag}",
+        topic_erasures=f"it.erasures.{tag}",
         topic_triggers_prefix=f"it.triggers.{tag}.",
         kafka_tail=False,
     )
@@ -171,12 +172,17 @@ def test_kafka_to_redis_equals_the_ground_truth(stream: Input, redis_client: red
     # personas: published parameters name what sets each cluster apart
     params = ClusterParams.from_json(dump[keys.model("clusters")][1])
     assert params.ready and all(len(p.distinguishing) == 3 for p in params.personas)
-    # anonymous ids merged into users left aliases, not profiles
+    # anonymous ids merged into users left aliases, not profiles; the alias serves
+    # personalization: none for users who denied or withdrew it or were erased
     anon = {a: u for a, u in stream.truth.anonymous_to_user.items() if a != u}
     assert anon
-    for a, u in list(anon.items())[:50]:
+    for a, u in list(anon.items())[:80]:
         assert keys.profile(a) not in dump
-        assert dump[keys.alias(a)][1] == u.encode()
+        t = stream.truth.users[u]
+        if t.final_consent["personalization"] and t.erasure_ms is None:
+            assert dump[keys.alias(a)][1] == u.encode()
+        else:
+            assert keys.alias(a) not in dump
 
     codec = Codec()
     dead = [codec.decode_dead_letter(v) for v in consume_all(settings, settings.topic_dlq)]
@@ -218,6 +224,7 @@ def flow_env(settings: Settings) -> dict[str, str]:
         "topic_items",
         "topic_segments",
         "topic_dlq",
+        "topic_erasures",
         "topic_triggers_prefix",
         "pseudonym_key",  # the flow refuses Kafka without one (docs/privacy.md)
         "pseudonym_key_id",

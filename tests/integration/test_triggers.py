@@ -38,6 +38,7 @@ def ran(integration_settings: Settings) -> Iterator[tuple[Settings, GroundTruth]
         topic_items=f"tt.items.{tag}",
         topic_segments=f"tt.segments.{tag}",
         topic_dlq=f"tt.dlq.{tag}",
+        topic_erasures=f"tt.erasures.{tag}",
         topic_triggers_prefix=f"tt.triggers.{tag}.",
         kafka_tail=False,
         # the truth knows nothing of quiet hours, caps and cooldowns
@@ -50,6 +51,7 @@ def ran(integration_settings: Settings) -> Iterator[tuple[Settings, GroundTruth]
         settings.topic_items,
         settings.topic_segments,
         settings.topic_dlq,
+        settings.topic_erasures,
         *(settings.topic_trigger(k) for k in KINDS),
     ]
     topics.ensure_topics(settings.kafka_bootstrap, names, 3)

@@ -58,12 +58,16 @@ def test_profiles_equal_the_ground_truth_exactly() -> None:
     assert_profiles_match_truth(store, g.truth)
     # too-late events are dead-lettered (class LATE), every one and nothing else
     assert dict(store.dead_letters) == {"LATE": len(g.truth.too_late_event_ids)}
-    # anonymous ids that identified are merged, and no profile is left under them
+    # anonymous ids that identified are merged, and no profile is left under them; the
+    # alias serves personalization: none is left for users who denied or withdrew it, or
+    # asked for erasure (docs/privacy.md)
     identified = [u for u in g.truth.users.values() if u.identity == "identified"]
-    assert identified
+    personal = [u for u in identified if u.final_consent["personalization"] and not u.erasure_ms]
+    assert personal and len(personal) < len(identified)
     for u in identified:
         for anon in u.anonymous_ids:
-            assert store.aliases.get(anon) == u.user
+            expected = u.user if u in personal else None
+            assert store.aliases.get(anon) == expected, (u.user, u.final_consent)
             assert anon not in store.profiles
 
 
