@@ -770,9 +770,11 @@ class ImportSummary:
         return text
 
 
-def _csv_rows(fh: TextIO, src: str) -> Iterator[tuple[int, list[str] | csv.Error]]:
+def _csv_rows(
+    fh: TextIO, src: str, delimiter: str = ","
+) -> Iterator[tuple[int, list[str] | csv.Error]]:
     """(line, fields) per data row; a row the csv module cannot parse comes as its error."""
-    reader = csv.reader(fh)
+    reader = csv.reader(fh, delimiter=delimiter)
     while True:
         try:
             fields = next(reader)
@@ -800,6 +802,7 @@ def import_csv(
     start_ms: int | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     tmp_dir: Path | None = None,
+    delimiter: str = ",",
     progress: bool = True,
 ) -> ImportSummary:
     """Import the CSV at ``path`` into the Avro container ``out``; returns the summary.
@@ -822,7 +825,7 @@ def import_csv(
             tempfile.TemporaryDirectory(prefix="attune-import-", dir=tmp_dir) as tmp,
         ):
             by_user = SpillSort[Row](chunk_rows, Path(tmp))
-            rows_in = _csv_rows(fh, str(path))
+            rows_in = _csv_rows(fh, str(path), delimiter)
             first = next(rows_in, None)
             if first is None:
                 raise ImportLayoutError(f"{path} is empty: a header row of column names is needed")
@@ -851,7 +854,10 @@ def import_csv(
             shift = 0 if start_ms is None or earliest is None else start_ms - earliest
             opts = EventOptions(prefix, session_gap_ms, shift)
             by_time = SpillSort[Sorted](chunk_rows, Path(tmp))
-            for item in events_of_user_rows(by_user, opts, rejects):
+            sorted_rows: Iterable[Row] = by_user
+            if progress:
+                sorted_rows = Progress(f"import sessions and orders {path}").wrap(sorted_rows)
+            for item in events_of_user_rows(sorted_rows, opts, rejects):
                 by_time.add(item)
 
             def events() -> Iterator[Event]:
@@ -892,6 +898,9 @@ def import_csv(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``attune import``."""
     parser.add_argument("input", type=Path, help="the CSV file (UTF-8, a header row first)")
+    parser.add_argument(
+        "--delimiter", default=",", help="field separator (default ','; '\\t' for tabs)"
+    )
     what = parser.add_argument_group("layout (a preset, or --map for any CSV)")
     what.add_argument(
         "--preset",
@@ -985,6 +994,18 @@ def layout_from_args(args: argparse.Namespace) -> Layout:
     )
 
 
+def _delimiter(text: str) -> str:
+    r"""The ``--delimiter`` value as one character (``\t`` or ``tab`` spelled out is a tab).
+
+    >>> _delimiter("\\t"), _delimiter("tab"), _delimiter(";")
+    ('\t', '\t', ';')
+    """
+    value = {"\\t": "\t", "tab": "\t"}.get(text, text)
+    if len(value) != 1:
+        raise ImportLayoutError(f"--delimiter {text!r} is not one character")
+    return value
+
+
 def run(args: argparse.Namespace, stream: IO[str] | None = None) -> int:
     """``attune import``: prints the rejects shown and the summary line; 2 if nothing imported."""
     stream = stream or sys.stdout
@@ -1003,6 +1024,7 @@ def run(args: argparse.Namespace, stream: IO[str] | None = None) -> int:
         start_ms=args.start_ms,
         chunk_rows=args.chunk_rows,
         tmp_dir=args.tmp_dir,
+        delimiter=_delimiter(args.delimiter),
     )
     for text in summary.shown_rejects:
         print(f"rejected {text}", file=stream)

@@ -360,3 +360,17 @@ def test_cli_flag_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["import", str(src), "--preset", "retailrocket"]) == 0
     assert (tmp_path / "e.avro").exists()
     assert capsys.readouterr().out.startswith("read 7 rows, wrote 6 events")
+
+
+def test_tab_separated_file_with_delimiter_flag(tmp_path: Path) -> None:
+    """MovieLens 100k's u.data is tab-separated: a header line and --delimiter '\\t' read it."""
+    src = write_csv(
+        tmp_path / "u.tsv", "userId\tmovieId\trating\ttimestamp\n196\t242\t3\t1767571200\n"
+    )
+    out = tmp_path / "u.avro"
+    argv = ["import", str(src), "--preset", "movielens", "--delimiter", "\\t", "--out", str(out)]
+    assert main(argv) == 0
+    assert [(e.user_id, e.event_type) for e in read_back(out)] == [
+        ("196", EventType.PRODUCT_VIEW)  # rating 3 < 4: no add-to-cart
+    ]
+    assert main([*argv, "--delimiter", "ab"]) == 1
