@@ -44,6 +44,7 @@ import csv
 import heapq
 import io
 import math
+import os
 import pickle
 import sys
 import tempfile
@@ -816,7 +817,9 @@ def import_csv(
     started = time.monotonic()
     prefix = id_prefix or path.stem
     summary = ImportSummary(input=str(path), out=str(out))
-    reject_fh = rejects_path.open("w", newline="", encoding="utf-8") if rejects_path else None
+    # The rejects go to <path>.part, renamed at the end like the events file: no half files.
+    rejects_part = rejects_path.with_name(rejects_path.name + ".part") if rejects_path else None
+    reject_fh = rejects_part.open("w", newline="", encoding="utf-8") if rejects_part else None
     rejects = Rejects(reject_fh)
     earliest: int | None = None
     try:
@@ -882,9 +885,14 @@ def import_csv(
                 progress=f"import write {out}" if progress else None,
             )
             summary.runs = by_user.runs + by_time.runs
-    finally:
-        if reject_fh is not None:
+    except BaseException:
+        if reject_fh is not None and rejects_part is not None:
             reject_fh.close()
+            rejects_part.unlink(missing_ok=True)
+        raise
+    if reject_fh is not None and rejects_part is not None and rejects_path is not None:
+        reject_fh.close()
+        os.replace(rejects_part, rejects_path)
     summary.rejected = rejects.by_reason
     summary.shown_rejects = rejects.shown
     summary.rejects_out = str(rejects_path) if rejects_path else None

@@ -170,10 +170,10 @@ not-a-time,1,view,10,
 
 def test_bad_header_is_a_clear_error_and_writes_nothing(tmp_path: Path) -> None:
     src = write_csv(tmp_path / "e.csv", "timestamp,visitorid,event,itemid\n1,2,view,3\n")
-    out = tmp_path / "e.avro"
+    out, rejects = tmp_path / "e.avro", tmp_path / "rejects.csv"
     with pytest.raises(ImportLayoutError, match=r"lacks column\(s\) transactionid \(for order\)"):
-        import_csv(src, PRESETS["retailrocket"], out, progress=False)
-    assert not out.exists()
+        import_csv(src, PRESETS["retailrocket"], out, rejects_path=rejects, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.csv"]  # no output, no rejects
     empty = write_csv(tmp_path / "empty.csv", "")
     with pytest.raises(ImportLayoutError, match="is empty: a header row"):
         import_csv(empty, PRESETS["retailrocket"], out, progress=False)
