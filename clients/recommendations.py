@@ -429,7 +429,8 @@ class RecommendationClient:
         stored, reason = self._stored(resolved, recs)
         own = stored.items if stored is not None else ()
         personal, _ = select(request, own)
-        items, scopes = personal, list[str]()
+        items = personal
+        scopes: list[str] = []
         if len(personal) < request.k:
             # Enough members per scope even if every excluded and personal item is among them.
             count = request.k + len(request.exclude)
