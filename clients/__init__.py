@@ -1,11 +1,19 @@
 """Client library for apps downstream of Attune.
 
 :mod:`clients.subscriber` reads behavioural triggers from the trigger topics
-(typed, at-least-once) and helps act on each trigger once.
+(typed, at-least-once) and helps act on each trigger once;
+:mod:`clients.recommendations` reads a user's recommendations from Redis,
+falling back to trending for users without any, and says which it used.
 
->>> from clients import ActOnce, TriggerSubscriber
+>>> from clients import ActOnce, RecommendationClient, TriggerSubscriber
 """
 
+from clients.recommendations import (
+    CorruptRecommendationsError,
+    Recommendation,
+    RecommendationClient,
+    Recommendations,
+)
 from clients.subscriber import (
     ActOnce,
     Delivery,
@@ -21,11 +29,15 @@ from clients.subscriber import (
 
 __all__ = [
     "ActOnce",
+    "CorruptRecommendationsError",
     "Delivery",
     "MemoryOnceStore",
     "OnceStore",
     "ProcessStats",
     "Received",
+    "Recommendation",
+    "RecommendationClient",
+    "Recommendations",
     "RedisOnceStore",
     "TriggerSubscriber",
     "Undecodable",

@@ -1,6 +1,7 @@
 """The ``attune`` command: one entry point, a subcommand per job.
 
-``attune generate`` writes synthetic events; ``attune local up|down|status``
+``attune generate`` writes synthetic events; ``attune import`` converts public
+interaction logs (CSV) into an event file; ``attune local up|down|status``
 runs a real Kafka broker and Redis on loopback; ``attune topics create``
 creates the design topics; ``attune inspect`` summarises an event file;
 ``attune config`` prints the settings (secrets masked) or their reference;
@@ -32,6 +33,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from flows import generate
 
     return generate.run(args)
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from flows import importer
+
+    return importer.run(args)
 
 
 def _cmd_local(args: argparse.Namespace) -> int:
@@ -131,6 +138,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_arguments(gen)
     gen.set_defaults(func=_cmd_generate)
+
+    from flows import importer
+
+    imp = sub.add_parser(
+        "import",
+        help="turn a public interaction log (CSV: RetailRocket, MovieLens, any with --map) into "
+        "an Avro events file",
+        description="Convert a CSV of interactions into Attune events (Avro container), sorted "
+        "by time; rows that cannot be converted are counted and reported by line. "
+        "docs/import.md has the details.",
+    )
+    importer.add_arguments(imp)
+    imp.set_defaults(func=_cmd_import)
 
     loc = sub.add_parser("local", help="run a real Kafka broker and Redis on loopback")
     loc.add_argument("action", choices=["up", "down", "status"])

@@ -33,7 +33,7 @@ from typing import IO, Any, BinaryIO, TypeVar
 from flows.settings import Settings
 from flows.topics import client_options
 from operators.codec import EVENT, ITEM, Codec, SchemaRegistryClient, write_container
-from operators.events import Event, event_to_record, to_record
+from operators.events import Event, ItemUpdate, event_to_record, to_record
 from operators.generator import Generated, GeneratorConfig, generate
 from operators.kafka_sink import librdkafka_security
 
@@ -68,7 +68,7 @@ def default_paths(out: Path) -> tuple[Path, Path]:
     return out.with_suffix(".truth.json"), out.with_suffix(".items.avro")
 
 
-class _Progress:
+class Progress:
     """A counter on stderr for long runs: rewritten in place on a terminal, a line now and then."""
 
     def __init__(self, what: str, stream: IO[str] | None = None, every_s: float = 1.0) -> None:
@@ -103,7 +103,7 @@ class _Progress:
         self.shown = True
 
 
-def _write_atomic(path: Path, write: Callable[[BinaryIO], T]) -> T:
+def write_atomic(path: Path, write: Callable[[BinaryIO], T]) -> T:
     """Write a file through ``write`` into ``<path>.part``, then rename: no half files."""
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(path.name + ".part")
@@ -115,6 +115,29 @@ def _write_atomic(path: Path, write: Callable[[BinaryIO], T]) -> T:
         part.unlink(missing_ok=True)
         raise
     return result
+
+
+def write_events(
+    path: Path, events: Iterable[Event], marker: bytes, *, progress: str | None = None
+) -> int:
+    """Write events as an Avro object container (deflate) atomically; returns the count.
+
+    The file format every Attune reader takes (``attune run --input``,
+    ``attune inspect``, ``attune evaluate``); ``attune generate`` and
+    ``attune import`` both write through here. ``progress`` labels a counter on
+    stderr (``None``: silent). ``marker`` is the 16-byte sync marker: a fixed
+    one makes the bytes repeatable.
+    """
+    if progress is not None:
+        events = Progress(progress).wrap(events)
+    records = (event_to_record(e) for e in events)
+    return write_atomic(path, lambda fh: write_container(fh, EVENT, records, marker))
+
+
+def write_items(path: Path, items: Iterable[ItemUpdate], marker: bytes) -> int:
+    """Write catalogue item updates as an Avro object container atomically; returns the count."""
+    records = (to_record(i) for i in items)
+    return write_atomic(path, lambda fh: write_container(fh, ITEM, records, marker))
 
 
 def write_files(
@@ -136,21 +159,16 @@ def write_files(
     truth_path = truth_path or default_truth
     items_path = items_path or default_items
     started = time.monotonic()
-    counter = _Progress(f"generate {out}") if progress else None
-    events: Iterable[Event] = generated.events
-    if counter is not None:
-        events = counter.wrap(events)
-    records = (event_to_record(e) for e in events)
-    n_events = _write_atomic(
-        out, lambda fh: write_container(fh, EVENT, records, sync_marker(seed, "events"))
+    n_events = write_events(
+        out,
+        generated.events,
+        sync_marker(seed, "events"),
+        progress=f"generate {out}" if progress else None,
     )
     seconds = time.monotonic() - started
     truth = generated.truth
-    _write_atomic(truth_path, lambda fh: fh.write(truth.to_json()))
-    item_records = (to_record(i) for i in generated.items)
-    n_items = _write_atomic(
-        items_path, lambda fh: write_container(fh, ITEM, item_records, sync_marker(seed, "items"))
-    )
+    write_atomic(truth_path, lambda fh: fh.write(truth.to_json()))
+    n_items = write_items(items_path, generated.items, sync_marker(seed, "items"))
     return {
         "events": n_events,
         "items": n_items,
@@ -282,7 +300,7 @@ def produce(  # noqa: PLR0917 - the positional signature the CLI and tests share
             send(items_topic, item.item_id.encode(), codec.encode_item(item))
             n_items += 1
     batch = max(1, round(rate * PACING_SLICE_S)) if rate else 1000
-    counter = _Progress(f"produce {topic}") if progress else None
+    counter = Progress(f"produce {topic}") if progress else None
     events: Iterable[Event] = generated.events
     if counter is not None:
         events = counter.wrap(events)
@@ -322,7 +340,7 @@ def produce(  # noqa: PLR0917 - the positional signature the CLI and tests share
 _SHARE_FIELDS = [f for f in fields(GeneratorConfig) if f.name.endswith("_share")]
 
 
-def _start_ms(text: str) -> int:
+def iso_ms(text: str) -> int:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -343,7 +361,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sim.add_argument("--items", type=int, help="catalogue size (default 20 per user, 64..2000)")
     sim.add_argument(
         "--start",
-        type=_start_ms,
+        type=iso_ms,
         dest="start_ms",
         metavar="ISO",
         help="start of the simulated period, ISO 8601 UTC (default 2026-01-05T00:00Z)",
@@ -436,6 +454,6 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         if out is None and args.truth is not None:
-            _write_atomic(args.truth, lambda fh: fh.write(generated.truth.to_json()))
+            write_atomic(args.truth, lambda fh: fh.write(generated.truth.to_json()))
             print(f"truth {args.truth}")
     return 0

@@ -1,0 +1,454 @@
+"""Recommendation client for downstream apps: a user's top-K from Redis, trending as fallback.
+
+The dataflow's ranking step writes each user's recommendations to Redis, and
+trending items per scope; apps read them here with redis-py (docs/redis.md,
+"Recommendations", is the contract):
+
+- ``attune:{u:<user>}:recs``: a string, orjson
+  ``{"items": [{"item", "score", "reason", "category"?}, ...], "model_version",
+  "generated_at" (epoch ms), "source"}``, items in rank order;
+- ``attune:trending:global``, ``attune:trending:category:<name>``,
+  ``attune:trending:segment:<name>``: sorted sets, member an item id, higher
+  score more trending.
+
+:meth:`RecommendationClient.get_recommendations` returns the personalised list
+when there is one, else trending, and says which (:class:`Recommendations`:
+``source``, ``fallback``, ``fallback_reason``, ``scope``). The rules:
+
+1. The user's ``recs`` key is read; an anonymous id merged into a user
+   (``alias`` key) reads that user's keys.
+2. Context ``exclude`` (and ``item``, the item on the page) removes items;
+   context ``category`` keeps only items in that category (``shoes`` keeps
+   ``shoes`` and ``shoes/running``; items without a category are dropped).
+3. Fewer than ``k`` left, or no list at all (unknown user, or a corrupt value):
+   trending fills up, from ``category:<name>`` alone when a category is given
+   (the result may then be shorter than ``k``: never items from another
+   category), else from the user's segments' scopes (``segment_priority``
+   order, then by name) and then ``global``. Items taken from trending have
+   reason ``trending`` and their trending score (not comparable with a model
+   score).
+
+A value of the wrong shape is an Attune bug or a foreign writer, not the
+app's problem: by default it is logged (warning, naming the key) and treated
+as absent, so the page still gets trending (``fallback_reason="corrupt"``);
+``strict=True`` raises :class:`CorruptRecommendationsError` instead. Redis
+being unreachable raises redis-py's ``ConnectionError``: that is an operator
+error, not a value to fall back from.
+
+>>> stored = parse_recs(b'{"items":[{"item":"i1","score":0.8,"reason":"similar-to-viewed"}],'
+...                     b'"model_version":"emb-3","generated_at":1767571200000,'
+...                     b'"source":"personalized"}')
+>>> stored.items[0], stored.model_version
+(Recommendation(item='i1', score=0.8, reason='similar-to-viewed', category=None), 'emb-3')
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeGuard
+
+import orjson
+import redis
+
+from operators.redis_keys import DEFAULT_PREFIX, RedisKeys
+
+log = logging.getLogger(__name__)
+
+#: Reason code of items that come from a trending sorted set.
+REASON_TRENDING = "trending"
+#: ``source`` of a result made of trending items only.
+SOURCE_TRENDING = "trending"
+#: Trending scope of last resort.
+GLOBAL_SCOPE = "global"
+#: Why a result is a fallback.
+FALLBACK_UNKNOWN_USER = "unknown_user"
+FALLBACK_CORRUPT = "corrupt"
+#: The context keys :meth:`RecommendationClient.get_recommendations` understands.
+CONTEXT_KEYS = frozenset({"category", "exclude", "item"})
+
+
+class CorruptRecommendationsError(ValueError):
+    """A Redis value does not have the documented shape (docs/redis.md, "Recommendations")."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    """One recommended item: score, reason code and (when known) category."""
+
+    item: str
+    score: float
+    reason: str
+    category: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecs:
+    """The parsed value of a ``recs`` key."""
+
+    items: tuple[Recommendation, ...]
+    model_version: str
+    generated_at: int
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendations:
+    """What :meth:`RecommendationClient.get_recommendations` answers.
+
+    Attributes:
+        user: the id asked for.
+        resolved_user: whose keys were read (the user an anonymous id was merged into).
+        items: at most ``k``, best first.
+        source: the stored list's ``source`` (``personalized``), or ``trending``
+            when there was no usable list.
+        fallback: ``True`` when there was no usable personalised list.
+        fallback_reason: ``unknown_user`` (no ``recs`` key), ``corrupt`` (a value of
+            the wrong shape, logged), ``None`` when not a fallback.
+        scope: the first trending scope items were taken from (``global``,
+            ``category:<name>``, ``segment:<name>``), ``None`` if none was needed.
+        scopes: every trending scope items were taken from, in order.
+        topped_up: how many items came from trending.
+        model_version, generated_at: of the stored list, ``None`` without one.
+    """
+
+    user: str
+    resolved_user: str
+    items: tuple[Recommendation, ...]
+    source: str
+    fallback: bool
+    fallback_reason: str | None
+    scope: str | None
+    scopes: tuple[str, ...]
+    topped_up: int
+    model_version: str | None
+    generated_at: int | None
+
+    @property
+    def item_ids(self) -> list[str]:
+        return [r.item for r in self.items]
+
+
+# --- pure parts: parsing, filtering, choosing scopes -----------------------------------------
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def parse_recs(raw: bytes | str, key: str = "recs") -> StoredRecs:
+    """Parse a ``recs`` value; :class:`CorruptRecommendationsError` names what is wrong.
+
+    Unknown extra fields are ignored (writers may add some); the documented ones
+    must be there with their types.
+
+    >>> try:
+    ...     parse_recs(b'{"items": [{"item": "i1", "score": "high", "reason": "x"}]}', "k")
+    ... except CorruptRecommendationsError as exc:
+    ...     print(exc)
+    k: items[0].score is 'high', not a finite number
+    """
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise CorruptRecommendationsError(key, f"not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise CorruptRecommendationsError(key, f"a JSON {type(value).__name__}, not an object")
+    items = value.get("items")
+    if not isinstance(items, list):
+        raise CorruptRecommendationsError(key, "items is missing or not a list")
+    out: list[Recommendation] = []
+    for i, entry in enumerate(items):
+        where = f"items[{i}]"
+        if not isinstance(entry, dict):
+            raise CorruptRecommendationsError(key, f"{where} is not an object")
+        item, score, reason = entry.get("item"), entry.get("score"), entry.get("reason")
+        category = entry.get("category")
+        if not isinstance(item, str) or not item:
+            raise CorruptRecommendationsError(key, f"{where}.item is {item!r}, not an item id")
+        if not _number(score):
+            raise CorruptRecommendationsError(
+                key, f"{where}.score is {score!r}, not a finite number"
+            )
+        if not isinstance(reason, str):
+            raise CorruptRecommendationsError(key, f"{where}.reason is {reason!r}, not a string")
+        if category is not None and not isinstance(category, str):
+            raise CorruptRecommendationsError(key, f"{where}.category is {category!r}")
+        out.append(Recommendation(item, float(score), reason, category))
+    model_version, generated_at = value.get("model_version"), value.get("generated_at")
+    source = value.get("source")
+    if not isinstance(model_version, str):
+        raise CorruptRecommendationsError(key, f"model_version is {model_version!r}, not a string")
+    if not isinstance(generated_at, int) or isinstance(generated_at, bool):
+        raise CorruptRecommendationsError(key, f"generated_at is {generated_at!r}, not epoch ms")
+    if not isinstance(source, str) or not source:
+        raise CorruptRecommendationsError(key, f"source is {source!r}, not a string")
+    return StoredRecs(tuple(out), model_version, generated_at, source)
+
+
+def in_category(item_category: str | None, category: str) -> bool:
+    """Whether an item's category is ``category`` or below it in the path (``/`` separated).
+
+    >>> in_category("shoes/running", "shoes"), in_category("shoes", "shoes")
+    (True, True)
+    >>> in_category("shoestrings", "shoes"), in_category(None, "shoes")
+    (False, False)
+    """
+    if item_category is None:
+        return False
+    return item_category == category or item_category.startswith(category.rstrip("/") + "/")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A parsed ``get_recommendations`` call: ``k``, the category and the items to leave out."""
+
+    k: int
+    category: str | None = None
+    exclude: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, k: int, context: Mapping[str, Any] | None) -> Request:
+        """Check ``k`` and the context (unknown keys and wrong types raise ``ValueError``).
+
+        >>> r = Request.of(5, {"exclude": ["i1"], "item": "i9", "category": "shoes"})
+        >>> r.k, r.category, sorted(r.exclude)
+        (5, 'shoes', ['i1', 'i9'])
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        context = context or {}
+        unknown = sorted(set(context) - CONTEXT_KEYS)
+        if unknown:
+            raise ValueError(
+                f"unknown context key(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(CONTEXT_KEYS))}"
+            )
+        category = context.get("category")
+        if category is not None and (not isinstance(category, str) or not category):
+            raise ValueError(f"context category must be a non-empty string, got {category!r}")
+        exclude_raw = context.get("exclude") or ()
+        if isinstance(exclude_raw, str | bytes) or not isinstance(exclude_raw, Iterable):
+            raise ValueError(
+                f"context exclude must be a collection of item ids, got {exclude_raw!r}"
+            )
+        exclude = {str(x) for x in exclude_raw}
+        item = context.get("item")
+        if item is not None:
+            if not isinstance(item, str):
+                raise ValueError(f"context item must be an item id string, got {item!r}")
+            exclude.add(item)
+        return cls(k, category, frozenset(exclude))
+
+
+def trending_scopes(
+    request: Request, segments: Iterable[str], priority: Sequence[str] = ()
+) -> list[str]:
+    """The trending scopes to fill from, in order.
+
+    >>> trending_scopes(Request(3), ["b", "a", "vip"], priority=["vip"])
+    ['segment:vip', 'segment:a', 'segment:b', 'global']
+    >>> trending_scopes(Request(3, category="shoes"), ["vip"])
+    ['category:shoes']
+    """
+    if request.category is not None:
+        return [f"category:{request.category}"]
+    mine = set(segments)
+    ordered = [s for s in priority if s in mine]
+    ordered += sorted(mine - set(ordered))
+    return [f"segment:{s}" for s in ordered] + [GLOBAL_SCOPE]
+
+
+def select(
+    request: Request,
+    stored: Sequence[Recommendation],
+    trending: Sequence[tuple[str, Sequence[tuple[str, float]]]] = (),
+) -> tuple[list[Recommendation], list[str]]:
+    """Filter the stored list, then top it up from trending scopes in order, up to ``k``.
+
+    Returns the items and the scopes that gave at least one.
+
+    >>> req = Request(3, exclude=frozenset({"i2"}))
+    >>> mine = [Recommendation("i1", 0.9, "similar-to-viewed"), Recommendation("i2", 0.8, "x")]
+    >>> items, scopes = select(req, mine, [("global", [("i1", 50.0), ("i2", 40.0), ("i7", 9.0)])])
+    >>> [(r.item, r.reason) for r in items], scopes
+    ([('i1', 'similar-to-viewed'), ('i7', 'trending')], ['global'])
+    """
+    out: list[Recommendation] = []
+    taken = set(request.exclude)
+    for rec in stored:
+        if len(out) == request.k:
+            break
+        if rec.item in taken:
+            continue
+        if request.category is not None and not in_category(rec.category, request.category):
+            continue
+        out.append(rec)
+        taken.add(rec.item)
+    used: list[str] = []
+    for scope, members in trending:
+        if len(out) == request.k:
+            break
+        category = scope.removeprefix("category:") if scope.startswith("category:") else None
+        before = len(out)
+        for item, score in members:
+            if len(out) == request.k:
+                break
+            if item in taken:
+                continue
+            out.append(Recommendation(item, score, REASON_TRENDING, category))
+            taken.add(item)
+        if len(out) > before:
+            used.append(scope)
+    return out, used
+
+
+# --- the client ------------------------------------------------------------------------------
+
+
+class RecommendationClient:
+    """Reads recommendations from Redis for downstream apps; see the module docstring.
+
+    Args:
+        redis_client_or_url: a ``redis.Redis`` (bytes or decoded responses), or a
+            URL (``redis://host:port/db``, ``rediss://`` for TLS) to build one from.
+        prefix: the key prefix Attune writes with (``ATTUNE_REDIS_PREFIX``).
+        strict: raise :class:`CorruptRecommendationsError` on a value of the wrong
+            shape instead of logging it and falling back.
+        segment_priority: segment names in the order their trending lists are
+            preferred (a Redis set has no order); other segments follow by name.
+
+    Two round trips at most for a known user with a full list (one pipelined
+    ``GET``/``GET``/``SMEMBERS``, one pipelined ``ZREVRANGE`` per scope if a top-up
+    is needed), three when an anonymous id is resolved to its user.
+    """
+
+    def __init__(
+        self,
+        redis_client_or_url: redis.Redis | str,
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        strict: bool = False,
+        segment_priority: Sequence[str] = (),
+    ) -> None:
+        self._owned = isinstance(redis_client_or_url, str)
+        self.redis: redis.Redis = (
+            redis.Redis.from_url(redis_client_or_url)
+            if isinstance(redis_client_or_url, str)
+            else redis_client_or_url
+        )
+        self.keys = RedisKeys(prefix)
+        self.strict = strict
+        self.segment_priority = tuple(segment_priority)
+
+    def close(self) -> None:
+        """Close the connection pool if this client built it from a URL."""
+        if self._owned:
+            self.redis.close()
+
+    def __enter__(self) -> RecommendationClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _corrupt(self, error: CorruptRecommendationsError) -> None:
+        if self.strict:
+            raise error
+        log.warning("ignoring corrupt Redis value, falling back to trending: %s", error)
+
+    def _read_user(self, user: str) -> tuple[Any, Any, Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(self.keys.recs(user))
+        pipe.get(self.keys.alias(user))
+        pipe.smembers(self.keys.segments(user))
+        recs, alias, segments = pipe.execute(raise_on_error=False)
+        return recs, alias, segments
+
+    def _segments(self, user: str, value: Any) -> set[str]:
+        if isinstance(value, redis.ResponseError):
+            self._corrupt(CorruptRecommendationsError(self.keys.segments(user), str(value)))
+            return set()
+        return {_text(s) for s in value or ()}
+
+    def _stored(self, user: str, value: Any) -> tuple[StoredRecs | None, str | None]:
+        key = self.keys.recs(user)
+        if value is None:
+            return None, FALLBACK_UNKNOWN_USER
+        try:
+            if isinstance(value, redis.ResponseError):
+                raise CorruptRecommendationsError(key, f"not a string ({value})")
+            return parse_recs(value, key), None
+        except CorruptRecommendationsError as exc:
+            self._corrupt(exc)
+            return None, FALLBACK_CORRUPT
+
+    def _trending(
+        self, scopes: Sequence[str], count: int
+    ) -> list[tuple[str, list[tuple[str, float]]]]:
+        pipe = self.redis.pipeline(transaction=False)
+        for scope in scopes:
+            pipe.zrevrange(self.keys.trending(scope), 0, count - 1, withscores=True)
+        out: list[tuple[str, list[tuple[str, float]]]] = []
+        for scope, members in zip(scopes, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(members, redis.ResponseError):
+                self._corrupt(CorruptRecommendationsError(self.keys.trending(scope), str(members)))
+                continue
+            out.append((scope, [(_text(m), float(s)) for m, s in members]))
+        return out
+
+    def get_recommendations(
+        self, user: str, k: int = 10, context: Mapping[str, Any] | None = None
+    ) -> Recommendations:
+        """Up to ``k`` recommendations for ``user``: personalised, else trending, and which.
+
+        ``context``: ``category`` (only items in it), ``exclude`` (item ids to
+        leave out), ``item`` (the item on the page: left out too). Unknown keys
+        raise ``ValueError``.
+        """
+        if not user:
+            raise ValueError("user is empty")
+        request = Request.of(k, context)
+        recs, alias, segments_raw = self._read_user(user)
+        resolved = user
+        if recs is None and isinstance(alias, bytes | str) and _text(alias) not in ("", user):
+            resolved = _text(alias)
+            recs, _, segments_raw = self._read_user(resolved)
+        segments = self._segments(resolved, segments_raw)
+        stored, reason = self._stored(resolved, recs)
+        own = stored.items if stored is not None else ()
+        personal, _ = select(request, own)
+        items = personal
+        scopes: list[str] = []
+        if len(personal) < request.k:
+            # Enough members per scope even if every excluded and personal item is among them.
+            count = request.k + len(request.exclude)
+            trending = self._trending(
+                trending_scopes(request, segments, self.segment_priority), count
+            )
+            items, scopes = select(request, own, trending)
+        topped_up = len(items) - len(personal)
+        return Recommendations(
+            user=user,
+            resolved_user=resolved,
+            items=tuple(items),
+            source=stored.source if stored is not None else SOURCE_TRENDING,
+            fallback=stored is None,
+            fallback_reason=reason,
+            scope=scopes[0] if scopes else None,
+            scopes=tuple(scopes),
+            topped_up=topped_up,
+            model_version=stored.model_version if stored is not None else None,
+            generated_at=stored.generated_at if stored is not None else None,
+        )

@@ -1,0 +1,151 @@
+"""The recommendation client against the real Redis: the contract values written as the
+ranking step writes them (docs/redis.md, "Recommendations"), read back through the client."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from clients import CorruptRecommendationsError, Recommendation, RecommendationClient
+from operators.redis_keys import RedisKeys
+
+pytestmark = pytest.mark.integration
+
+T = 1_767_571_200_000
+
+
+def recs_value(*items: tuple[str, float, str, str | None]) -> bytes:
+    return orjson.dumps(
+        {
+            "items": [
+                {"item": i, "score": s, "reason": r, **({"category": c} if c else {})}
+                for i, s, r, c in items
+            ],
+            "model_version": "emb-3",
+            "generated_at": T,
+            "source": "personalized",
+        }
+    )
+
+
+def write_contract(client: redis.Redis, keys: RedisKeys) -> None:
+    """What the flow writes: one user's list, an alias, segments, trending per scope."""
+    pipe = client.pipeline()
+    pipe.set(
+        keys.recs("u1"),
+        recs_value(
+            ("i1", 0.83, "similar-to-viewed", "shoes/running"),
+            ("i2", 0.71, "bought-together", "bags"),
+            ("i3", 0.55, "trending-in-category", "shoes"),
+        ),
+        ex=3600,
+    )
+    pipe.set(keys.alias("anon-7"), "u1", ex=3600)
+    pipe.sadd(keys.segments("u2"), "vip", "new_visitor")
+    pipe.zadd(keys.trending("global"), {"g1": 90.0, "g2": 80.0, "i1": 70.0, "g3": 60.0})
+    pipe.zadd(keys.trending("category:shoes"), {"s1": 30.0, "i1": 20.0, "s2": 10.0})
+    pipe.zadd(keys.trending("segment:vip"), {"v1": 5.0, "g1": 4.0})
+    pipe.execute()
+
+
+def summary(r: Any) -> tuple[Any, ...]:
+    return (r.source, r.fallback, r.fallback_reason, r.scope, r.item_ids)
+
+
+def test_personalised_list_and_its_metadata(redis_client: redis.Redis) -> None:
+    keys = RedisKeys()
+    write_contract(redis_client, keys)
+    client = RecommendationClient(redis_client)
+    r = client.get_recommendations("u1", k=2)
+    assert summary(r) == ("personalized", False, None, None, ["i1", "i2"])
+    assert r.items[0] == Recommendation("i1", 0.83, "similar-to-viewed", "shoes/running")
+    assert (r.model_version, r.generated_at, r.topped_up, r.resolved_user) == ("emb-3", T, 0, "u1")
+
+
+def test_filters_and_top_up_from_trending(redis_client: redis.Redis) -> None:
+    write_contract(redis_client, RedisKeys())
+    client = RecommendationClient(redis_client)
+    # The page shows i2: left out; 2 personal items, 3 from global trending (i1 not twice).
+    r = client.get_recommendations("u1", k=5, context={"item": "i2"})
+    assert summary(r) == ("personalized", False, None, "global", ["i1", "i3", "g1", "g2", "g3"])
+    assert [x.reason for x in r.items] == [
+        "similar-to-viewed",
+        "trending-in-category",
+        "trending",
+        "trending",
+        "trending",
+    ]
+    assert r.topped_up == 3 and r.items[2].score == 90.0
+    # Category page: only shoes, topped up from the category's trending set, never from global.
+    r = client.get_recommendations("u1", k=10, context={"category": "shoes", "exclude": ["s2"]})
+    assert summary(r) == ("personalized", False, None, "category:shoes", ["i1", "i3", "s1"])
+    assert r.items[2] == Recommendation("s1", 30.0, "trending", "shoes")
+
+
+def test_unknown_user_gets_trending_with_the_fallback_flagged(redis_client: redis.Redis) -> None:
+    write_contract(redis_client, RedisKeys())
+    client = RecommendationClient(redis_client)
+    r = client.get_recommendations("never-seen", k=3)
+    assert summary(r) == ("trending", True, "unknown_user", "global", ["g1", "g2", "i1"])
+    assert all(x.reason == "trending" for x in r.items)
+    assert (r.model_version, r.generated_at, r.topped_up) == (None, None, 3)
+    # A user with segments but no list: the segment's trending first, then global.
+    r = client.get_recommendations("u2", k=4)
+    assert summary(r) == ("trending", True, "unknown_user", "segment:vip", ["v1", "g1", "g2", "i1"])
+    assert r.scopes == ("segment:vip", "global")
+    # The context's category wins over the segments.
+    r = client.get_recommendations("u2", k=4, context={"category": "shoes"})
+    assert summary(r) == ("trending", True, "unknown_user", "category:shoes", ["s1", "i1", "s2"])
+
+
+def test_anonymous_id_reads_its_user(redis_client: redis.Redis, redis_url: str) -> None:
+    write_contract(redis_client, RedisKeys())
+    with RecommendationClient(redis_url) as client:  # built from a URL, closed on exit
+        r = client.get_recommendations("anon-7", k=1)
+    assert (r.user, r.resolved_user, r.fallback, r.item_ids) == ("anon-7", "u1", False, ["i1"])
+
+
+def test_corrupt_values_fall_back_logged_or_raise_when_strict(
+    redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys = RedisKeys()
+    write_contract(redis_client, keys)
+    redis_client.set(keys.recs("u3"), b'{"items": "oops"}')
+    redis_client.hset(keys.recs("u4"), "items", "[]")  # wrong Redis type
+    client = RecommendationClient(redis_client)
+    with caplog.at_level(logging.WARNING, logger="clients.recommendations"):
+        r3 = client.get_recommendations("u3", k=2)
+        r4 = client.get_recommendations("u4", k=2)
+    assert summary(r3) == ("trending", True, "corrupt", "global", ["g1", "g2"])
+    assert summary(r4) == ("trending", True, "corrupt", "global", ["g1", "g2"])
+    logged = [rec.getMessage() for rec in caplog.records]
+    assert any("attune:{u:u3}:recs: items is missing or not a list" in m for m in logged)
+    assert any("attune:{u:u4}:recs: not a string (WRONGTYPE" in m for m in logged)
+
+    strict = RecommendationClient(redis_client, strict=True)
+    with pytest.raises(CorruptRecommendationsError, match="items is missing or not a list"):
+        strict.get_recommendations("u3")
+    with pytest.raises(CorruptRecommendationsError, match="WRONGTYPE"):
+        strict.get_recommendations("u4")
+    redis_client.set(keys.trending("segment:vip"), "not a zset")
+    with pytest.raises(CorruptRecommendationsError, match="trending:segment:vip"):
+        strict.get_recommendations("u2")
+    # Not strict: the bad scope is skipped, global still answers.
+    assert client.get_recommendations("u2", k=1).scope == "global"
+
+
+def test_prefix_and_decoded_responses(redis_url: str) -> None:
+    decoded = redis.Redis.from_url(redis_url, decode_responses=True)
+    decoded.flushdb()
+    keys = RedisKeys("shop:")
+    decoded.set(keys.recs("u1"), recs_value(("i9", 1.0, "similar-to-viewed", None)))
+    decoded.zadd(keys.trending("global"), {"g1": 1.0})
+    client = RecommendationClient(decoded, prefix="shop:")
+    assert client.get_recommendations("u1", k=2).item_ids == ["i9", "g1"]
+    # Nothing under the default prefix: the same user is unknown there.
+    assert RecommendationClient(decoded).get_recommendations("u1", k=2).items == ()
+    decoded.close()
