@@ -349,16 +349,18 @@ def _behaviour_triggers(
     Carts: judged at this event's settled time (:func:`settled_own_time`), so the rules
     see the state as it was then whatever the batching; :class:`UserLogic` catches up
     with the stream clock per batch and on its timer. Dwells and visits: only events
-    since the user was first seen under their id (the anonymous era's, handed over at
-    login, do not fire late, in whichever batch they arrive).
+    under the user's id, since they were first seen under it. Those come from one
+    partition, in its order in every batching; the anonymous era's events, handed over
+    at login, and anonymous events routed here after it arrive in an order that depends
+    on batching, and do not fire.
     """
     if not st.trig.known:
         return []
     settled = settled_own_time(st, event.event_time, cfg)
     out: list[Trigger] = [] if settled is None else check_cart(st, settled, cfg)
     since = st.trig.known_since
-    if since is None or event.event_time < since:
-        return out
+    if since is None or event.event_time < since or event.user_id != st.user_id:
+        return out  # the anonymous era, or an anonymous event routed here after the login
     emit = cfg.clock.now_ms()
     p = event.payload
     if crossed and isinstance(p, Dwell):
@@ -405,9 +407,12 @@ def check_cart(st: UserState, now_ms: int, cfg: ProfileConfig) -> list[Trigger]:
     time: late events up to the allowed lateness can no longer change them), each once.
 
     Known users only, and not while history handed over at login is on its way: the
-    timeline is judged whole, so the same triggers come out in any batching.
+    timeline is judged whole, so the same triggers come out in any batching. At the end
+    of a bounded input (``now_ms`` is the end of time) nothing more can come: no wait.
     """
-    if not st.trig.known or held(st.trig, cfg.clock.now_ms()):
+    if not st.trig.known:
+        return []
+    if now_ms < MAX_EVENT_TIME_MS and held(st.trig, cfg.clock.now_ms()):
         return []
     emit = cfg.clock.now_ms()
     return [

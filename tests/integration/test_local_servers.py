@@ -39,7 +39,7 @@ def test_create_topics_makes_every_design_topic(
     kafka_bootstrap: str, integration_settings: Settings
 ) -> None:
     expected = design_topics(integration_settings)
-    assert len(expected) == 4 + len(DEFAULT_TRIGGER_KINDS)
+    assert len(expected) == 5 + len(DEFAULT_TRIGGER_KINDS)  # events, items, segments, dlq, erasures
 
     first = create_topics(kafka_bootstrap, integration_settings)
     again = create_topics(kafka_bootstrap, integration_settings)
