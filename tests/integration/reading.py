@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+
+from confluent_kafka import Consumer, TopicPartition
 
 from clients.subscriber import ActOnce, Delivery, MemoryOnceStore, TriggerSubscriber
 from flows.settings import Settings
@@ -28,3 +31,33 @@ def read_all(settings: Settings, kind: str) -> tuple[list[Trigger], list[Trigger
                     acted.append(rec.trigger)
             sub.commit()
     return delivered, acted
+
+
+def consume_records(settings: Settings, topic: str) -> list[tuple[bytes, bytes]]:
+    """Every ``(key, value)`` on ``topic`` now, all partitions read to their end (60 s at most)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"check-{uuid.uuid4().hex}",
+            "enable.partition.eof": True,
+        }
+    )
+    meta = consumer.list_topics(topic, timeout=10).topics[topic]
+    consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
+    done: set[int] = set()
+    out: list[tuple[bytes, bytes]] = []
+    deadline = time.monotonic() + 60
+    while len(done) < len(meta.partitions) and time.monotonic() < deadline:
+        for msg in consumer.consume(1000, 1.0):
+            if msg.error() is not None:
+                done.add(msg.partition() or 0)
+            else:
+                out.append((msg.key() or b"", msg.value() or b""))
+    consumer.close()
+    assert len(done) == len(meta.partitions), f"{topic} not read to its end within 60 s"
+    return out
+
+
+def consume_all(settings: Settings, topic: str) -> list[bytes]:
+    """Every value on ``topic`` now (:func:`consume_records`)."""
+    return [value for _, value in consume_records(settings, topic)]

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import redis
 from bytewax.testing import run_main
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from flows import topics
 from flows.generate import produce
@@ -36,7 +36,7 @@ from operators.codec import Codec
 from operators.events import ErrorClass, SegmentChange, Trigger
 from operators.generator import GeneratorConfig, GroundTruth, generate
 from operators.redis_keys import RedisKeys
-from tests.integration.reading import read_all
+from tests.integration.reading import consume_all, read_all
 from tests.truth import profile_mismatches
 
 pytestmark = pytest.mark.integration
@@ -117,30 +117,6 @@ def deterministic(dump: dict[str, Any]) -> dict[str, Any]:
             continue
         out[key] = (kind, value, ttl)
     return out
-
-
-def consume_all(settings: Settings, topic: str) -> list[bytes]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"check-{uuid.uuid4().hex}",
-            "enable.partition.eof": True,
-        }
-    )
-    meta = consumer.list_topics(topic, timeout=10).topics[topic]
-    consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
-    done: set[int] = set()
-    values: list[bytes] = []
-    deadline = time.monotonic() + 60
-    while len(done) < len(meta.partitions) and time.monotonic() < deadline:
-        for msg in consumer.consume(1000, 1.0):
-            if msg.error() is not None:
-                done.add(msg.partition() or 0)
-            else:
-                values.append(msg.value() or b"")
-    consumer.close()
-    assert len(done) == len(meta.partitions), f"{topic} not read to its end within 60 s"
-    return values
 
 
 def assert_profiles_match(client: redis.Redis, settings: Settings, truth: GroundTruth) -> None:

@@ -58,7 +58,7 @@ from operators.identity import IdentityState
 from operators.profiles import DAY_MS, HOUR_MS, MINUTE_MS, UserState
 from operators.redis_keys import RedisKeys, escape_tag
 from operators.triggers import KINDS
-from tests.integration.test_personalize import consume_all
+from tests.integration.reading import consume_all
 
 pytestmark = pytest.mark.integration
 

@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -39,7 +38,7 @@ from typing import Any
 import pytest
 import redis
 from bytewax.testing import run_main
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from flows import topics
 from flows.cli import main as cli_main
@@ -58,6 +57,7 @@ from operators.generator import GeneratorConfig, GroundTruth, generate
 from operators.privacy import Pseudonymiser, normalise
 from operators.redis_keys import RedisKeys
 from operators.redis_sink import RedisConfig, RedisSink, RedisSinkError
+from tests.integration.reading import consume_records
 from tests.truth import profile_mismatches
 
 pytestmark = pytest.mark.integration
@@ -167,30 +167,6 @@ def bad_messages(codec: Codec, template: Event) -> list[bytes]:
     return [codec.encode_event(invalid), truncated[: len(truncated) - 3]]
 
 
-def consume(settings: Settings, topic: str) -> list[tuple[bytes, bytes]]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"pii-{uuid.uuid4().hex}",
-            "enable.partition.eof": True,
-        }
-    )
-    meta = consumer.list_topics(topic, timeout=10).topics[topic]
-    consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
-    done: set[int] = set()
-    out: list[tuple[bytes, bytes]] = []
-    deadline = time.monotonic() + 60
-    while len(done) < len(meta.partitions) and time.monotonic() < deadline:
-        for msg in consumer.consume(1000, 1.0):
-            if msg.error() is not None:
-                done.add(msg.partition() or 0)
-            else:
-                out.append((msg.key() or b"", msg.value() or b""))
-    consumer.close()
-    assert len(done) == len(meta.partitions), f"{topic} not read to its end within 60 s"
-    return out
-
-
 def redis_corpus(client: redis.Redis) -> list[bytes]:
     """Every key name and every value of every type in the database."""
     c: Any = client  # redis-py's answers are typed loosely; these are bytes
@@ -277,7 +253,7 @@ def run(integration_settings: Settings, tmp_path_factory: pytest.TempPathFactory
         root.removeHandler(handler)
         root.setLevel(old_level)
     outputs = {
-        name: consume(settings, name)
+        name: consume_records(settings, name)
         for name in names
         if name not in (settings.topic_events, settings.topic_items)
     }
