@@ -40,6 +40,7 @@ late: event time 1767571100000 is 100000 ms behind this partition's watermark \
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,29 @@ def check_lateness(
 # --- Kafka -----------------------------------------------------------------------------------
 
 
+#: Batches a partition's contribution to the stream clock trails by.
+CLOCK_LAG_BATCHES = 3
+
+
+class ClockFeed:
+    """What one source partition tells the process's stream clock after each batch.
+
+    The clock trails by the allowed lateness (an event that much older may still come)
+    and by :data:`CLOCK_LAG_BATCHES` batches: what was read before them has gone
+    downstream, including the extra hop through the identity step that anonymous
+    events take to their user (one batch was not always enough on a loaded machine).
+    """
+
+    def __init__(self, name: str, wm: Watermark) -> None:
+        self.name = name
+        self.wm = wm
+        self.marks: deque[int] = deque([wm.max_time], maxlen=CLOCK_LAG_BATCHES)
+
+    def after_batch(self) -> None:
+        STREAM_CLOCK.advance(self.name, self.marks[0] - self.wm.allowed_lateness_ms)
+        self.marks.append(self.wm.max_time)
+
+
 class _KafkaPartition(StatefulSourcePartition[Item, PartitionState]):
     def __init__(
         self,
@@ -150,7 +174,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, PartitionState]):
         self.tail = tail
         self.codec = codec
         self.wm = wm
-        self.prev_wm = wm.max_time
+        self.clock = ClockFeed(f"{topic}:{partition}", wm)
         self.eof = False
 
     def next_batch(self) -> list[Item]:
@@ -192,12 +216,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, PartitionState]):
             out.append(decoded)
             self.offset = (msg.offset() or 0) + 1
         _count(out)
-        # The clock trails by a batch (what was read before this poll has gone downstream)
-        # and by the allowed lateness (an event that much older may still come).
-        STREAM_CLOCK.advance(
-            f"{self.topic}:{self.partition}", self.prev_wm - wm.allowed_lateness_ms
-        )
-        self.prev_wm = wm.max_time
+        self.clock.after_batch()
         return out
 
     def snapshot(self) -> PartitionState:
@@ -300,7 +319,7 @@ class _IteratorPartition(StatefulSourcePartition[Item, PartitionState]):
                 next(self.items, None)
             self.position = resume.position
             wm.max_time = resume.watermark
-        self.prev_wm = wm.max_time
+        self.clock = ClockFeed(self.name, wm)
 
     def next_batch(self) -> list[Item]:
         out: list[Item] = []
@@ -312,8 +331,7 @@ class _IteratorPartition(StatefulSourcePartition[Item, PartitionState]):
             raise StopIteration
         self.position += len(out)
         _count(out)
-        STREAM_CLOCK.advance(self.name, self.prev_wm - self.wm.allowed_lateness_ms)
-        self.prev_wm = self.wm.max_time
+        self.clock.after_batch()
         return out
 
     def snapshot(self) -> PartitionState:
