@@ -412,7 +412,13 @@ def check_cart(st: UserState, now_ms: int, cfg: ProfileConfig) -> list[Trigger]:
     """
     if not st.trig.known:
         return []
-    if now_ms < MAX_EVENT_TIME_MS and held(st.trig, cfg.clock.now_ms()):
+    if now_ms < MAX_EVENT_TIME_MS and (
+        held(st.trig, cfg.clock.now_ms())
+        # anonymous events from before the login may still be on their way from a
+        # partition that lags (a consent change among them): wait until the stream
+        # clock, the slowest partition, has passed the login
+        or (cfg.stream_clock.now_ms() or 0) < st.trig.linked_ms
+    ):
         return []
     emit = cfg.clock.now_ms()
     return [
