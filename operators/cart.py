@@ -44,6 +44,7 @@ MAX_CART_OPS = 256
 #: ``(event time, event id, item id, signed quantity, unit price)``; quantity 0 is an order.
 Entry = tuple[int, str, str, int, int]
 ORDER = 0
+MAX_WAKE = 2**62
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,8 @@ class CartTimeline:
     horizon_ms: int | None = None
     entries: list[Entry] = field(default_factory=list)
     fired: list[int] = field(default_factory=list)
+    #: No abandonment is due before this (``None``: unknown); a judgement skips the scan.
+    wake_ms: int | None = None
 
     def add(self, t: int, event_id: str, item: str, quantity: int, price_minor: int) -> None:
         """An add (``quantity > 0``) or a remove (``quantity < 0``) at event time ``t``."""
@@ -113,6 +116,7 @@ class CartTimeline:
     def _insert(self, entry: Entry) -> None:
         if self.horizon_ms is not None and entry[0] <= self.horizon_ms:
             return  # older than what is folded away: decided already
+        self.wake_ms = None
         entries = self.entries
         if not entries or entry >= entries[-1]:
             entries.append(entry)
@@ -159,10 +163,13 @@ class CartTimeline:
         """No abandonment of the timeline so far fires (the pending one included); later
         activity starts new waits as usual."""
         self.fired = sorted({*self.fired, *(e[0] for e in self.entries if e[3] != ORDER)})
+        self.wake_ms = None
 
     def take_due(self, now_ms: int, after_ms: int) -> list[Abandonment]:
         """Abandonments due strictly before the settled time ``now_ms`` that have not fired;
         marks them fired, then folds away what ``now_ms`` decided (up to the latest order)."""
+        if self.wake_ms is not None and now_ms <= self.wake_ms:
+            return []  # nothing changed and nothing due yet: no scan
         due = [
             a
             for a in self.abandonments(after_ms)
@@ -176,4 +183,6 @@ class CartTimeline:
         )
         if last_order is not None:
             self._fold_through(last_order + 1)
+        later = self.next_due_ms(after_ms)
+        self.wake_ms = MAX_WAKE if later is None else later
         return due
