@@ -4,8 +4,10 @@
 interaction logs (CSV) into an event file; ``attune local up|down|status``
 runs a real Kafka broker and Redis on loopback; ``attune topics create``
 creates the design topics; ``attune inspect`` summarises an event file;
-``attune config`` prints the settings (secrets masked) or their reference;
-``attune erase USER`` removes a user's data from Redis (docs/privacy.md).
+``attune evaluate`` replays an event file to measure the recommendation and
+propensity models; ``attune config`` prints the settings (secrets masked) or
+their reference; ``attune erase USER`` removes a user's data from Redis
+(docs/privacy.md).
 Settings come from ``ATTUNE_*`` variables (:mod:`flows.settings`); flags
 override them.
 """
@@ -93,6 +95,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run.run(args)
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from flows import evaluate
+
+    return evaluate.run(args)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.bench == "throughput":
         from bench import throughput
@@ -177,6 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_arguments(run_p)
     run_p.set_defaults(func=_cmd_run)
+
+    from flows import evaluate
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="prequential replay of an event file: Attune's recommendations and propensity "
+        "against baselines (table, JSON, PNG plots)",
+        description="Replay an Avro event file in order; before each new-item interaction every "
+        "method recommends, then learns from it (docs/models.md has the protocol).",
+    )
+    evaluate.add_arguments(ev)
+    ev.set_defaults(func=_cmd_evaluate)
 
     from bench import latency, throughput
 

@@ -52,7 +52,10 @@ What is simulated
   pages (``dwell_ms`` = 10 000, 20 000, ...; some long dwells end without an
   add to cart), add to cart, remove from cart, purchase of the whole cart
   (total = sum of quantity x unit price, EUR) or abandonment; carts persist
-  across sessions. After an abandoning session a share of users never comes
+  across sessions. Checkout is likelier when the cart was filled in this
+  session (a cart left from an earlier visit converts less), for returning
+  buyers and on desktop (``CHECKOUT_*``), so purchase propensity is learnable
+  from behaviour. After an abandoning session a share of users never comes
   back, some right after their last add to cart: their abandonment must fire
   without a further event.
 - Consent: every user's first event is a ``CONSENT`` (all purposes set; shares
@@ -580,6 +583,17 @@ _ADJECTIVES = ("Classic", "Pro", "Lite", "Max", "Eco", "Plus", "Air", "Ultra", "
 _EXTRA_TAGS = ("bestseller", "new", "eco", "gift", "sale", "limited")
 #: Share of catalogue items created during the simulated period, not before it.
 _NEW_ITEM_SHARE = 0.05
+#: Checkout: a user with a cart who does not leave goes to checkout with probability
+#: CHECKOUT_BASE x the factors below (capped at CHECKOUT_MAX), the conversion drivers
+#: retail analytics report: intent fresh in this session (an add to cart now) versus a
+#: cart left from an earlier visit, returning buyers, and desktop over mobile.
+CHECKOUT_BASE = 0.4
+CHECKOUT_MAX = 0.9
+CHECKOUT_FRESH = 1.35
+CHECKOUT_STALE = 0.45
+CHECKOUT_BUYER = 1.25
+CHECKOUT_FIRST_ORDER = 0.9
+CHECKOUT_DEVICE = {"DESKTOP": 1.2, "MOBILE": 0.85, "TABLET": 1.0}
 #: Chance per day that an in-stock item sells out.
 _SELL_OUT_PER_DAY = 0.01
 
@@ -1008,6 +1022,8 @@ class _User:
         self.stopped = False
         self.never_returned = False
         self.cart: dict[str, _Line] = {}
+        self.session_adds = 0  # add-to-carts in the current session
+        self.orders = 0  # purchases so far
         self.prev_too_late = False
         self.day_events: list[tuple[Event, int, bool]] = []
         self.tally = _Tally()
@@ -1198,6 +1214,7 @@ class _User:
         )
         ua = _USER_AGENTS.get((dev.device, dev.channel), _USER_AGENTS[("DESKTOP", "WEB")])
         self.ctx_base = (dev.device, dev.channel, ip, ua)
+        self.session_adds = 0
         self.ctx_url = ""
         self.session_id = f"s-{rng.getrandbits(64):016x}" if rng.random() < 0.95 else None
         self.landing = _LANDINGS[bisect.bisect_left(_LANDING_CUM, rng.random() * _LANDING_CUM[-1])]
@@ -1348,12 +1365,20 @@ class _User:
             AddToCart(item.item_id, qty, item.price, CURRENCY, item.category),
             self._url(f"/p/{item.item_id}"),
         )
+        self.session_adds += 1
         line = self.cart.get(item.item_id)
         if line is None:
             self.cart[item.item_id] = _Line(item.item_id, qty, item.price, item.category)
         else:
             line.quantity += qty
         return rng.random() < 0.2
+
+    def _checkout_probability(self) -> float:
+        """P(checkout) for a user with a cart who stays: see CHECKOUT_BASE and its factors."""
+        p = CHECKOUT_BASE * (CHECKOUT_FRESH if self.session_adds else CHECKOUT_STALE)
+        p *= CHECKOUT_BUYER if self.orders else CHECKOUT_FIRST_ORDER
+        p *= CHECKOUT_DEVICE.get(self.device.device, 1.0)
+        return min(CHECKOUT_MAX, p)
 
     def _remove(self, rng: random.Random) -> None:
         line = rng.choice(list(self.cart.values()))
@@ -1368,7 +1393,7 @@ class _User:
     def _end_session(self, rng: random.Random, left: bool) -> None:
         if not self.cart:
             return
-        if not left and rng.random() < 0.45:
+        if not left and rng.random() < self._checkout_probability():
             self._wait()
             self._emit(EventType.PAGE_VIEW, PageView("CART", None, "Cart"), self._url("/cart"))
             self._wait()
@@ -1388,6 +1413,7 @@ class _User:
                 self._url("/checkout/confirmation"),
             )
             self.cart.clear()
+            self.orders += 1
             return
         # Abandoned: some never come back (never the ones who will ask for erasure).
         if self.erase_at is None and rng.random() < self.gen.config.never_return_share:

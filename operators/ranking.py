@@ -1,0 +1,476 @@
+"""Ranking: candidates, a hybrid score, business filters, diversity and a reason per item.
+
+:func:`rank` is what the per-user path calls after a relevant event (product
+view, cart change, purchase) with the user's :class:`UserSignals` (cheap to
+build from the user's state) and the shared :class:`Models` (read-side copies
+of the published models). It returns the top ``k`` :class:`Recommendation` s;
+:func:`recs_value` makes the Redis value of ``attune:{u:<user>}:recs``.
+
+Steps (all numpy over catalogue rows; no Python loop over the catalogue):
+
+1. **Filters** (a row mask): in stock only; not purchased, not in the cart,
+   not already seen (``Filters.exclude_seen``); category allow list (an item
+   passes if its category path equals or starts with ``<entry>/``) and deny
+   list (same match); explicit ``exclude`` ids.
+2. **Candidates**: the union of embedding neighbours of the short- and
+   long-term user vectors (top :data:`N_EMB` each), co-visitation neighbours of
+   the recent items (viewed-together and bought-together lists), the top
+   :data:`N_TREND` trending items, the top :data:`N_CAT` items of the user's
+   category-affinity x trending-in-category score, and the top
+   :data:`N_CONTENT` never-interacted (cold) items by content similarity.
+3. **Hybrid score** of a candidate, each component scaled to [0, 1] over the
+   candidates (divided by its maximum)::
+
+       score = w_emb * emb + w_vt * viewed_together + w_bt * bought_together
+             + w_cat * category + w_trend * trending + w_content * content
+
+   - ``emb``: ``0.6 * max(0, cos(item, short)) + 0.4 * max(0, cos(item, long))``
+     with the item2vec vectors (:mod:`operators.embeddings`);
+   - ``viewed_together`` / ``bought_together``: sum over the recent items of
+     (recency weight x co-visitation score / that item's best score);
+   - ``category``: ``affinity(category) x share of the item in its category's
+     trending``, affinity = half short-term, half long-term decayed share of
+     the user's recent items in the category (profile ``top_categories`` when
+     there are none): an estimate of "P(next item)" if the user picks a
+     category by taste and an item by its popularity there;
+   - ``trending``: global (or the user's segments') trending share;
+   - ``content``: ``max(0, cos)`` of the item's content vector with the
+     user's decayed mean content vector (price band, brand, category).
+
+   Weights: :class:`Weights` (defaults chosen on a development log, seed 3,
+   never on the evaluation log; docs/models.md).
+4. **Diversity** by maximal marginal relevance: pick greedily the candidate
+   maximising ``lambda * score/max_score - (1 - lambda) * max content cosine
+   to the items already picked`` (``lambda`` = :attr:`Weights.mmr_lambda`).
+5. **Reason**: the component with the largest weighted contribution
+   (:data:`REASONS`): ``similar-to-viewed``, ``viewed-together``,
+   ``bought-together``, ``trending-in-category``, ``trending`` (or
+   ``trending-in-segment``), ``similar-content``.
+
+A user with no known recent item gets the fallback: trending (per segment if
+given, per top category if known), ``source == "trending"``.
+
+>>> from operators.events import ItemUpdate
+>>> from operators.content import Catalogue
+>>> cat = Catalogue()
+>>> for i in range(6):
+...     _ = cat.update(ItemUpdate(f"i{i}", "t", ("a" if i < 3 else "b", "x"), 100, "EUR",
+...                               i != 2, 0, 0))
+>>> models = Models(cat)
+>>> for i in range(6):
+...     models.trending.update(i, 0, float(6 - i))
+>>> recs = rank(UserSignals("u", now_ms=0), models, k=3)
+>>> [(r.item, r.reason) for r in recs]   # i2 is out of stock
+[('i0', 'trending'), ('i1', 'trending'), ('i3', 'trending')]
+>>> recs = rank(UserSignals("u", 0, recent=(Interaction("i3", 0, VIEW),)), models, k=2,
+...             filters=Filters(deny_categories=("a",)))
+>>> [r.item for r in recs], recs[0].category
+(['i4', 'i5'], 'b/x')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from operators.content import Catalogue
+from operators.covisit import BOUGHT, VIEWED, CovisitIndex
+from operators.embeddings import (
+    CART_WEIGHT,
+    LONG_HALF_LIFE_MS,
+    SHORT_HALF_LIFE_MS,
+    EmbeddingSnapshot,
+    decay_weights,
+    user_vectors,
+)
+from operators.trending import TrendingBoard
+
+__all__ = [
+    "CART",
+    "PURCHASE",
+    "REASONS",
+    "VIEW",
+    "Filters",
+    "Interaction",
+    "Models",
+    "Recommendation",
+    "UserSignals",
+    "Weights",
+    "rank",
+    "recs_value",
+]
+
+VIEW, CART, PURCHASE = "view", "cart", "purchase"
+_KIND_WEIGHT = {VIEW: 1.0, CART: CART_WEIGHT, PURCHASE: CART_WEIGHT}
+#: Recent interactions a UserSignals carries at most (the per-user path keeps a deque).
+MAX_RECENT = 50
+#: Recent items whose co-visitation lists are read per call.
+COVISIT_SOURCES = 10
+N_EMB, N_TREND, N_CAT, N_CONTENT, N_COVISIT = 100, 50, 100, 30, 30
+
+REASONS: dict[str, str] = {
+    "embedding": "similar-to-viewed",
+    "viewed_together": "viewed-together",
+    "bought_together": "bought-together",
+    "category": "trending-in-category",
+    "trending": "trending",
+    "content": "similar-content",
+}
+_COMPONENTS = tuple(REASONS)
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    """One recent interaction of the user: item, event time and kind (view/cart/purchase)."""
+
+    item: str
+    time_ms: int
+    kind: str = VIEW
+
+
+@dataclass(frozen=True, slots=True)
+class UserSignals:
+    """What the per-user path knows, cheaply: recent items, exclusions, tastes.
+
+    ``recent`` oldest first (at most :data:`MAX_RECENT`); ``seen`` further items
+    to exclude when ``Filters.exclude_seen`` (recent items are excluded too);
+    ``top_categories`` most viewed first (profile ``top_category_7d`` and
+    beyond); ``segments`` the user's segment names.
+    """
+
+    user: str
+    now_ms: int
+    recent: tuple[Interaction, ...] = ()
+    purchased: frozenset[str] = frozenset()
+    in_cart: frozenset[str] = frozenset()
+    seen: frozenset[str] = frozenset()
+    top_categories: tuple[str, ...] = ()
+    segments: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Business rules applied before ranking (from config)."""
+
+    in_stock_only: bool = True
+    exclude_seen: bool = True
+    allow_categories: tuple[str, ...] = ()
+    deny_categories: tuple[str, ...] = ()
+    exclude: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """Weights of the hybrid score and the MMR trade-off (docs/models.md)."""
+
+    embedding: float = 0.2
+    viewed_together: float = 0.2
+    bought_together: float = 0.1
+    category: float = 0.35
+    trending: float = 0.05
+    content: float = 0.1
+    mmr_lambda: float = 0.85
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    """One recommended item, as written to Redis."""
+
+    item: str
+    score: float
+    reason: str
+    category: str | None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "item": self.item,
+            "score": self.score,
+            "reason": self.reason,
+            "category": self.category,
+        }
+
+
+@dataclass(slots=True)
+class Models:
+    """Read-side copies of the shared models, aligned on catalogue rows. Pickles.
+
+    ``embeddings`` may be ``None`` (not published yet): the embedding component
+    is then 0. ``version`` goes into the Redis value (``model_version``).
+    """
+
+    catalogue: Catalogue
+    covisit: CovisitIndex = field(default_factory=CovisitIndex)
+    trending: TrendingBoard = field(default_factory=TrendingBoard)
+    embeddings: EmbeddingSnapshot | None = None
+    _aligned_key: tuple[int, int, int] = (-1, -1, -1)
+    _aligned: F32 | None = None
+
+    @property
+    def version(self) -> str:
+        emb = self.embeddings.version if self.embeddings is not None else 0
+        return f"c{self.catalogue.version}-e{emb}"
+
+    def aligned_embeddings(self) -> F32 | None:
+        """Item vectors by catalogue row (zero rows for items the snapshot lacks), cached."""
+        snap = self.embeddings
+        if snap is None:
+            return None
+        key = (id(snap), snap.version, len(self.catalogue))
+        if key != self._aligned_key or self._aligned is None:
+            n = len(self.catalogue)
+            m = np.zeros((n, snap.dim), np.float32)
+            index = self.catalogue.index
+            rows = []
+            src = []
+            for j, item in enumerate(snap.items):
+                r = index.get(item)
+                if r is not None:
+                    rows.append(r)
+                    src.append(j)
+            if rows:
+                m[np.asarray(rows)] = snap.vectors[np.asarray(src)]
+            self._aligned, self._aligned_key = m, key
+        return self._aligned
+
+
+def _category_mask(categories: Sequence[str], entries: tuple[str, ...]) -> npt.NDArray[np.bool_]:
+    out = np.zeros(len(categories), np.bool_)
+    for i, c in enumerate(categories):
+        out[i] = any(c == e or c.startswith(e + "/") for e in entries)
+    return out
+
+
+def allowed_rows(signals: UserSignals, cat: Catalogue, filters: Filters) -> npt.NDArray[np.bool_]:
+    """The filter mask over catalogue rows (True = may be recommended)."""
+    n = len(cat)
+    mask = cat.in_stock.copy() if filters.in_stock_only else np.ones(n, np.bool_)
+    if filters.allow_categories or filters.deny_categories:
+        names = cat.category_names
+        if filters.allow_categories:
+            ok = _category_mask(names, filters.allow_categories)
+            mask &= ok[cat.codes]
+        if filters.deny_categories:
+            bad = _category_mask(names, filters.deny_categories)
+            mask &= ~bad[cat.codes]
+    drop = set(signals.purchased) | set(signals.in_cart) | set(filters.exclude)
+    if filters.exclude_seen:
+        drop |= signals.seen
+        drop.update(i.item for i in signals.recent)
+    for item in drop:
+        r = cat.index.get(item)
+        if r is not None:
+            mask[r] = False
+    return mask
+
+
+def _top(values: F64, mask: npt.NDArray[np.bool_], n: int) -> npt.NDArray[np.int64]:
+    """Rows of the ``n`` largest finite positive ``values`` where ``mask``."""
+    v = np.where(mask & (values > 0), values, -np.inf)
+    m = int(np.count_nonzero(np.isfinite(v)))
+    if m == 0:
+        return np.zeros(0, np.int64)
+    n = min(n, m)
+    idx = np.argpartition(-v, n - 1)[:n]
+    return idx.astype(np.int64)
+
+
+def _scaled(x: F64) -> F64:
+    top = float(x.max()) if len(x) else 0.0
+    return x / top if top > 0 else np.zeros_like(x)
+
+
+def rank(
+    signals: UserSignals,
+    models: Models,
+    k: int = 10,
+    filters: Filters | None = None,
+    weights: Weights | None = None,
+) -> list[Recommendation]:
+    """The top ``k`` items for the user, with a reason each (see the module docstring)."""
+    filters = filters or Filters()
+    w = weights or Weights()
+    cat = models.catalogue
+    cat.ensure_fresh()
+    n = len(cat)
+    if n == 0 or k <= 0:
+        return []
+    mask = allowed_rows(signals, cat, filters)
+    now = signals.now_ms
+    n_codes = len(cat.category_names)
+
+    recent = [(cat.index.get(i.item, -1), i.time_ms, _KIND_WEIGHT.get(i.kind, 1.0))
+              for i in signals.recent[-MAX_RECENT:]]  # fmt: skip
+    rows = np.asarray([r for r, _, _ in recent], np.int64)
+    times = np.asarray([t for _, t, _ in recent], np.int64)
+    kind_w = np.asarray([x for _, _, x in recent], np.float64)
+    known = rows >= 0
+
+    # Trending: global, or the mean over the user's segments that have scores.
+    share = models.trending.shares(n)
+    trend_reason = "trending"
+    seg = [s for s in signals.segments if s in models.trending.segments]
+    if seg:
+        share = np.mean([models.trending.shares(n, s) for s in seg], axis=0)
+        trend_reason = "trending-in-segment"
+
+    # Category affinity: decayed shares of the recent items' categories.
+    aff = np.zeros(n_codes)
+    if known.any():
+        codes = cat.codes[rows[known]]
+        for hl in (SHORT_HALF_LIFE_MS, LONG_HALF_LIFE_MS):
+            wt = decay_weights(times[known], now, hl) * kind_w[known]
+            a = np.bincount(codes, weights=wt, minlength=n_codes)
+            if a.sum() > 0:
+                aff += 0.5 * a / a.sum()
+    else:
+        for c in signals.top_categories:
+            code = cat.category_code.get(c)
+            if code is not None:
+                aff[code] += 1.0
+        if aff.sum() > 0:
+            aff /= aff.sum()
+    cat_total = np.bincount(cat.codes, weights=share, minlength=n_codes)
+    in_cat = np.divide(share, cat_total[cat.codes], out=np.zeros(n), where=cat_total[cat.codes] > 0)
+    p_cat = aff[cat.codes] * in_cat
+
+    comps_full: dict[str, F64] = {}
+    cand: list[npt.NDArray[np.int64]] = [_top(share, mask, N_TREND), _top(p_cat, mask, N_CAT)]
+
+    # Embeddings.
+    emb_full = np.zeros(n)
+    emb = models.aligned_embeddings()
+    if emb is not None and known.any():
+        snap_rows = rows.copy()
+        short, long = user_vectors(emb, snap_rows, times, kind_w, now)
+        for u, share_w in ((short, 0.6), (long, 0.4)):
+            if u is not None:
+                s = np.maximum(emb @ u, 0.0).astype(np.float64)
+                emb_full += share_w * s
+                cand.append(_top(s, mask, N_EMB))
+    comps_full["embedding"] = emb_full
+
+    # Content similarity with the user's decayed mean content vector.
+    content_full = np.zeros(n)
+    if known.any():
+        wt = decay_weights(times[known], now, LONG_HALF_LIFE_MS) * kind_w[known]
+        profile = (wt[:, None] * cat.vectors[rows[known]]).sum(axis=0)
+        norm = float(np.linalg.norm(profile))
+        if norm > 0:
+            content_full = np.maximum(cat.vectors @ (profile / norm), 0.0).astype(np.float64)
+            cold = ~np.isfinite(models.trending.scores[:n]) if len(models.trending.scores) >= n \
+                else np.ones(n, np.bool_)  # fmt: skip
+            cand.append(_top(content_full, mask & cold, N_CONTENT))
+    comps_full["content"] = content_full
+
+    # Co-visitation from the latest recent items, weighted by recency.
+    vt: dict[int, float] = {}
+    bt: dict[int, float] = {}
+    if known.any():
+        wt_s = decay_weights(times, now, SHORT_HALF_LIFE_MS) * kind_w
+        wt_l = decay_weights(times, now, LONG_HALF_LIFE_MS) * kind_w
+        sources: dict[str, tuple[float, float]] = {}
+        for i in range(len(recent) - 1, -1, -1):
+            item = signals.recent[-MAX_RECENT:][i].item
+            if item not in sources:
+                sources[item] = (float(wt_s[i]), float(wt_l[i]))
+            if len(sources) >= COVISIT_SOURCES:
+                break
+        for item, (ws, wl) in sources.items():
+            for kind, acc, wgt in ((VIEWED, vt, ws + 0.1 * wl), (BOUGHT, bt, wl)):
+                lst = models.covisit.neighbours(item, kind, N_COVISIT, now)
+                if not lst:
+                    continue
+                best = lst[0][1]
+                if best <= 0:
+                    continue
+                for other, score in lst:
+                    r = cat.index.get(other)
+                    if r is not None:
+                        acc[r] = acc.get(r, 0.0) + wgt * score / best
+    cov_rows = np.asarray([*vt, *bt], np.int64)
+    if len(cov_rows):
+        cand.append(cov_rows[mask[cov_rows]])
+
+    rows_c = np.unique(np.concatenate(cand)) if cand else np.zeros(0, np.int64)
+    rows_c = rows_c[mask[rows_c]]
+    if len(rows_c) == 0:
+        return []
+    comps = {
+        "embedding": _scaled(comps_full["embedding"][rows_c]),
+        "viewed_together": _scaled(np.asarray([vt.get(int(r), 0.0) for r in rows_c])),
+        "bought_together": _scaled(np.asarray([bt.get(int(r), 0.0) for r in rows_c])),
+        "category": _scaled(p_cat[rows_c]),
+        "trending": _scaled(share[rows_c]),
+        "content": _scaled(comps_full["content"][rows_c]),
+    }
+    weighted = np.stack([getattr(w, name) * comps[name] for name in _COMPONENTS])
+    score = weighted.sum(axis=0)
+    reason_idx = weighted.argmax(axis=0)
+    picked = _mmr(score, cat.vectors[rows_c], k, w.mmr_lambda)
+    out = []
+    for j in picked:
+        reason = REASONS[_COMPONENTS[int(reason_idx[j])]]
+        if reason == "trending":
+            reason = trend_reason
+        r = int(rows_c[j])
+        out.append(Recommendation(cat.ids[r], round(float(score[j]), 6), reason, cat.categories[r]))
+    return out
+
+
+def _mmr(score: F64, vectors: F32, k: int, lam: float) -> list[int]:
+    """Greedy maximal marginal relevance over candidates (indices into ``score``).
+
+    >>> v = np.array([[1, 0], [1, 0], [0, 1]], np.float32)
+    >>> _mmr(np.array([1.0, 0.9, 0.5]), v, 2, 1.0), _mmr(np.array([1.0, 0.9, 0.5]), v, 2, 0.5)
+    ([0, 1], [0, 2])
+    """
+    m = len(score)
+    k = min(k, m)
+    rel = _scaled(score.astype(np.float64))
+    if lam >= 1.0:
+        return [int(i) for i in np.argsort(-rel, kind="stable")[:k]]
+    max_sim = np.zeros(m)
+    chosen = np.zeros(m, np.bool_)
+    picked: list[int] = []
+    for _ in range(k):
+        value = lam * rel - (1.0 - lam) * max_sim
+        value[chosen] = -np.inf
+        j = int(np.argmax(value))
+        picked.append(j)
+        chosen[j] = True
+        sims = np.maximum(vectors @ vectors[j], 0.0)
+        np.maximum(max_sim, sims, out=max_sim)
+    return picked
+
+
+def source_of(signals: UserSignals, models: Models) -> str:
+    """``personalized`` if any recent item is known to the catalogue, else ``trending``."""
+    known = any(models.catalogue.index.get(i.item) is not None for i in signals.recent)
+    return "personalized" if known else "trending"
+
+
+def recs_value(
+    recs: Sequence[Recommendation], model_version: str, generated_at_ms: int, source: str
+) -> bytes:
+    """The orjson value of ``attune:{u:<user>}:recs``.
+
+    >>> recs_value([Recommendation("i1", 0.5, "trending", "a/x")], "c1-e0", 7, "trending")
+    b'{"items":[{"item":"i1","score":0.5,"reason":"trending","category":"a/x"}],"model_version":"c1-e0","generated_at":7,"source":"trending"}'
+    """
+    if source not in ("personalized", "trending"):
+        raise ValueError(f"source must be 'personalized' or 'trending', got {source!r}")
+    return orjson.dumps(
+        {
+            "items": [r.to_json() for r in recs],
+            "model_version": model_version,
+            "generated_at": generated_at_ms,
+            "source": source,
+        }
+    )
