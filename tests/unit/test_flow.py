@@ -81,10 +81,23 @@ def rule_segments(store: LocalStore) -> tuple[dict[str, set[str]], dict[str, set
     return users, audiences
 
 
+#: Profile fields scored by the shared propensity model: they depend on which snapshot the
+#: user's step had read when its batch ran, which differs between runs (docs/models.md).
+MODEL_FIELDS = ("propensity_score", "propensity_tier")
+
+
+def profiles_without_models(store: LocalStore) -> dict[str, dict[str, str]]:
+    return {
+        u: {k: v for k, v in p.items() if k not in MODEL_FIELDS} for u, p in store.profiles.items()
+    }
+
+
 def test_two_workers_give_the_same_results_as_one() -> None:
     one = run_flow(1)
     two = run_flow(2)
-    assert two.profiles == one.profiles
+    assert profiles_without_models(two) == profiles_without_models(one)
+    # recommendations (ranked with whichever snapshot was current) exist for the same users
+    assert set(two.recs) == set(one.recs) and one.recs
     assert rule_segments(two) == rule_segments(one)
     assert two.aliases == one.aliases
     assert two.dead_letters == one.dead_letters
