@@ -98,6 +98,9 @@ MAX_RECENT = 50
 #: Event ids remembered for dedupe.
 MAX_SEEN_IDS = 1_000_000
 
+#: Plots leave out days with fewer evaluation points than this (their figures are noise).
+MIN_POINTS_PER_PLOTTED_DAY = 30
+
 METHODS = ("attune", "most-popular", "recent-trending", "covisit", "biased-mf", "funk-mf")
 
 
@@ -683,12 +686,14 @@ def write_plots(res: dict[str, Any], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     ot = res["over_time"]
+    # Days with few points (e.g. sessions running past the log's last day) are noise.
+    enough = {d for d, n in ot["points_by_day"].items() if n >= MIN_POINTS_PER_PLOTTED_DAY}
     for key, label in (("hr_by_day", f"HR@{res['k']}"), ("ndcg_by_day", f"NDCG@{res['k']}")):
         fig, ax = plt.subplots(figsize=(8, 4.5))
         for name, series in ot[key].items():
-            days = [int(d) for d in series]
-            ax.plot(days, list(series.values()), marker="o", label=name)
-        ax.set_xlabel("day of the replay")
+            kept = {d: v for d, v in series.items() if d in enough or not enough}
+            ax.plot([int(d) for d in kept], list(kept.values()), marker="o", label=name)
+        ax.set_xlabel(f"day of the replay (days with >= {MIN_POINTS_PER_PLOTTED_DAY} points)")
         ax.set_ylabel(label)
         ax.set_title(f"{label} per day (prequential), {Path(res['file']).name}")
         ax.grid(alpha=0.3)

@@ -148,11 +148,11 @@ class Item2Vec:
     dim: int = 32
     window: int = 3
     negatives: int = 5
-    lr: float = 0.05
+    lr: float = 0.2
     epochs: int = 2
     seed: int = 0
     max_items: int = MAX_ITEMS
-    batch_pairs: int = 2048
+    batch_pairs: int = 128
     items: list[str] = field(default_factory=list)
     index: dict[str, int] = field(default_factory=dict)
     counts: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
@@ -230,9 +230,9 @@ class Item2Vec:
         vc = self.w_in[c]  # (B, d)
         uo = self.w_out[o]  # (B, d)
         un = self.w_out[neg]  # (B, K, d)
-        pos = 1.0 / (1.0 + np.exp(-np.einsum("bd,bd->b", vc, uo)))
+        pos = 1.0 / (1.0 + np.exp(-np.clip(np.einsum("bd,bd->b", vc, uo), -10, 10)))
         g_pos = (1.0 - pos) * lr  # gradient ascent on log sigma(vc.uo)
-        negs = 1.0 / (1.0 + np.exp(-np.einsum("bkd,bd->bk", un, vc)))
+        negs = 1.0 / (1.0 + np.exp(-np.clip(np.einsum("bkd,bd->bk", un, vc), -10, 10)))
         g_neg = -negs * lr  # ascent on log sigma(-vc.un)
         grad_c = g_pos[:, None] * uo + np.einsum("bk,bkd->bd", g_neg, un)
         # Gradients of one row within a batch are averaged, not summed: a popular item

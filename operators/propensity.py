@@ -63,6 +63,7 @@ __all__ = [
     "HIGH",
     "MEDIUM",
     "PropensityModel",
+    "PropensityScorer",
     "feature_vector",
     "is_outcome_boundary",
     "tier",
@@ -176,8 +177,9 @@ class PropensityModel:
     """Online propensity with progressive validation and drift reaction. Pickles.
 
     One instance learns from every session end (one message per session, to one
-    learner key, like the persona learner) and publishes its pipeline (pickle)
-    and :meth:`metrics` for the per-user path to score with.
+    learner key, like the persona learner) and publishes :meth:`publish` (JSON
+    parameters and :meth:`metrics`) for the per-user path's
+    :class:`PropensityScorer`.
     """
 
     lr: float = 0.005
@@ -240,6 +242,25 @@ class PropensityModel:
         for x, y in list(self.buffer)[-keep:]:
             self.model.learn_one(x, y)
 
+    def publish(self) -> dict[str, Any]:
+        """The parameters the per-user path scores with (JSON for ``attune:model:propensity``).
+
+        ``{"version", "mean": {feature: m}, "std": {feature: s}, "weights": {feature: w},
+        "intercept", "metrics"}``: a scaled logistic regression, read back by
+        :class:`PropensityScorer` (no pickle crosses Redis).
+        """
+        scaler, logreg = self.model.steps.values()
+        means = {k: float(v) for k, v in scaler.means.items()}
+        std = {k: float(v) ** 0.5 for k, v in scaler.vars.items()}
+        return {
+            "version": self.version,
+            "mean": means,
+            "std": std,
+            "weights": {k: float(v) for k, v in logreg.weights.items()},
+            "intercept": float(logreg.intercept),
+            "metrics": self.metrics(),
+        }
+
     def metrics(self) -> dict[str, Any]:
         """Rolling (last ``window`` sessions) ROC AUC and log loss, counts and drift state."""
         labels = [y for y, _ in self.recent]
@@ -255,3 +276,46 @@ class PropensityModel:
             "last_drift_at_session": self.last_drift_at,
             "version": self.version,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class PropensityScorer:
+    """Scores with published parameters (:meth:`PropensityModel.publish`): the per-user side.
+
+    >>> m = PropensityModel()
+    >>> for i in range(50):
+    ...     _ = m.learn({"cart_lines": i % 2}, bool(i % 2))
+    >>> s = PropensityScorer.from_params(m.publish())
+    >>> abs(s.score({"cart_lines": 1}) - m.score({"cart_lines": 1})) < 1e-9
+    True
+    """
+
+    version: int
+    mean: dict[str, float]
+    std: dict[str, float]
+    weights: dict[str, float]
+    intercept: float
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> PropensityScorer:
+        try:
+            return cls(
+                int(params["version"]),
+                {k: float(v) for k, v in params["mean"].items()},
+                {k: float(v) for k, v in params["std"].items()},
+                {k: float(v) for k, v in params["weights"].items()},
+                float(params["intercept"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"not propensity parameters: {exc!r}") from None
+
+    def score(self, features: Mapping[str, FeatureValue]) -> float:
+        z = self.intercept
+        for name, value in feature_vector(features).items():
+            s = self.std.get(name, 0.0)
+            if s:
+                z += self.weights.get(name, 0.0) * (value - self.mean.get(name, 0.0)) / s
+        if z >= 0:
+            return 1.0 / (1.0 + math.exp(-z))
+        e = math.exp(z)
+        return e / (1.0 + e)

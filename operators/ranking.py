@@ -48,7 +48,8 @@ Steps (all numpy over catalogue rows; no Python loop over the catalogue):
    ``trending-in-segment``), ``similar-content``.
 
 A user with no known recent item gets the fallback: trending (per segment if
-given, per top category if known), ``source == "trending"``.
+given, per top category if known; :data:`FALLBACK_WEIGHTS`), ``source ==
+"trending"``.
 
 >>> from operators.events import ItemUpdate
 >>> from operators.content import Catalogue
@@ -168,15 +169,24 @@ class Filters:
 
 @dataclass(frozen=True, slots=True)
 class Weights:
-    """Weights of the hybrid score and the MMR trade-off (docs/models.md)."""
+    """Weights of the hybrid score and the MMR trade-off (docs/models.md).
 
-    embedding: float = 0.2
+    Defaults chosen on the development log (seed 3). Users without a known
+    recent item are ranked with :data:`FALLBACK` instead (only trending and,
+    with profile categories, trending-in-category carry information for them).
+    """
+
+    embedding: float = 0.1
     viewed_together: float = 0.2
-    bought_together: float = 0.1
-    category: float = 0.35
-    trending: float = 0.05
-    content: float = 0.1
-    mmr_lambda: float = 0.85
+    bought_together: float = 0.05
+    category: float = 0.15
+    trending: float = 0.02
+    content: float = 0.48
+    mmr_lambda: float = 0.9
+
+
+#: Weights for users without a known recent item (the trending fallback).
+FALLBACK_WEIGHTS = (("trending", 0.5), ("category", 0.5))
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,7 +420,11 @@ def rank(
         "trending": _scaled(share[rows_c]),
         "content": _scaled(comps_full["content"][rows_c]),
     }
-    weighted = np.stack([getattr(w, name) * comps[name] for name in _COMPONENTS])
+    if known.any():
+        wts = {name: float(getattr(w, name)) for name in _COMPONENTS}
+    else:
+        wts = dict.fromkeys(_COMPONENTS, 0.0) | dict(FALLBACK_WEIGHTS)
+    weighted = np.stack([wts[name] * comps[name] for name in _COMPONENTS])
     score = weighted.sum(axis=0)
     reason_idx = weighted.argmax(axis=0)
     picked = _mmr(score, cat.vectors[rows_c], k, w.mmr_lambda)

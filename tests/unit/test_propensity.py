@@ -14,6 +14,7 @@ from operators.propensity import (
     HIGH,
     MEDIUM,
     PropensityModel,
+    PropensityScorer,
     feature_vector,
     is_outcome_boundary,
     tier,
@@ -117,3 +118,21 @@ def test_pickles_with_the_same_scores() -> None:
     probe = {"cart_lines": 1, "session_product_views": 4}
     assert copy.score(probe) == m.score(probe)
     assert copy.metrics() == m.metrics()
+
+
+def test_published_parameters_score_like_the_model() -> None:
+    import orjson
+
+    rng = random.Random(7)
+    m = PropensityModel()
+    for _ in range(800):
+        m.learn(*_session(rng))
+    params = orjson.loads(orjson.dumps(m.publish()))  # what goes through Redis
+    scorer = PropensityScorer.from_params(params)
+    assert scorer.version == m.version == 800
+    for _ in range(50):
+        features, _ = _session(rng)
+        features["cart_value_minor"] = rng.randint(0, 50_000)
+        assert scorer.score(features) == pytest.approx(m.score(features), abs=1e-9)
+    with pytest.raises(ValueError, match="not propensity parameters"):
+        PropensityScorer.from_params({"version": 1, "mean": {}})

@@ -117,7 +117,9 @@ def test_category_affinity_beats_global_trending_and_says_so() -> None:
     assert recs[0].item in {"s1", "s2"}
     assert recs[0].reason == "similar-content"
     signals = UserSignals("u", NOW, recent=(Interaction("s1", NOW - 60_000, VIEW),))
-    recs = rank(signals, m, k=1, weights=Weights(mmr_lambda=1.0))
+    w = Weights(category=1.0, content=0.2, embedding=0, viewed_together=0, bought_together=0,
+                trending=0, mmr_lambda=1.0)  # fmt: skip
+    recs = rank(signals, m, k=1, weights=w)
     assert (recs[0].item, recs[0].reason) == ("s2", "trending-in-category")
 
 
@@ -216,7 +218,11 @@ def test_recs_value_and_pickling() -> None:
 
 def test_no_weights_at_all_still_returns_a_valid_list() -> None:
     m = _models()
-    recs = rank(UserSignals("u", NOW), m, k=2, weights=ONLY)
+    signals = UserSignals("u", NOW, recent=(Interaction("s1", NOW, VIEW),))
+    recs = rank(signals, m, k=2, weights=ONLY)
     assert len(recs) == 2 and all(r.score == 0.0 for r in recs)
+    # a user without known items is ranked by the trending fallback whatever the weights
+    cold = rank(UserSignals("u", NOW), m, k=2, weights=ONLY)
+    assert [(r.item, r.reason) for r in cold] == [("t1", "trending"), ("b1", "trending")]
     assert rank(UserSignals("u", NOW), Models(Catalogue()), k=5) == []
     assert rank(UserSignals("u", NOW), m, k=0) == []
