@@ -73,7 +73,7 @@ from operators.embeddings import EmbeddingSnapshot, Item2Vec
 from operators.events import AddToCart, Event, ItemUpdate, ProductView, Purchase, RemoveFromCart
 from operators.features import FeatureValue
 from operators.propensity import FEATURES as PROPENSITY_FEATURES
-from operators.propensity import PropensityModel, feature_vector, tier
+from operators.propensity import PropensityModel, PropensityScorer, tier
 from operators.ranking import (
     CART,
     MAX_RECENT,
@@ -131,6 +131,7 @@ SNAPSHOT_NEIGHBOURS: Final = 30
 
 _MAGIC: Final = b"ATMOD1"
 _HEAD: Final = struct.Struct("<6sQ")  # magic, version: what a board reads to see a change
+_LEN: Final = struct.Struct("<I")  # length of the embedding snapshot that follows
 
 MODEL_VERSION = Gauge("attune_model_version", "Version of the published recommendation models")
 MODEL_SESSIONS = Gauge("attune_model_sessions", "Session summaries learnt by the shared models")
@@ -323,9 +324,17 @@ class RecsConfig:
 
 @dataclass(frozen=True, slots=True)
 class ModelSnapshot:
-    """What the learner publishes and every worker reads. ``to_bytes``: ``ATMOD1``, the
-    version (8 bytes, little-endian: a board reads 14 bytes to see a change), then a
-    pickle of the fields (the River pipeline has no other serialisation)."""
+    """What the learner publishes and every worker reads.
+
+    ``to_bytes``: ``ATMOD1``, the version (8 bytes, little-endian: a board reads 14
+    bytes to see a change), the length of the embedding snapshot (4 bytes), the
+    embedding snapshot (:meth:`EmbeddingSnapshot.to_bytes`, float16), then orjson of
+    the rest: ``created_ms``, ``sessions``, ``covisit`` (item -> ``[at_ms, viewed,
+    bought]``, each a list of ``[item, score]``), ``trending`` (item -> score),
+    ``segment_trending`` (segment -> item -> score), ``propensity``
+    (:meth:`PropensityModel.publish` parameters or null) and ``metrics``. No pickle
+    crosses Redis: whoever can write the key cannot run code in the workers.
+    """
 
     version: int
     created_ms: int
@@ -334,24 +343,23 @@ class ModelSnapshot:
     covisit: dict[str, NeighbourList]
     trending: dict[str, float]
     segment_trending: dict[str, dict[str, float]]
-    propensity: Any  # River pipeline (StandardScaler | LogisticRegression), or None
+    propensity: dict[str, Any] | None  # PropensityModel.publish() parameters
     metrics: dict[str, Any]
 
     def to_bytes(self) -> bytes:
-        body = pickle.dumps(
-            (
-                self.created_ms,
-                self.sessions,
-                self.embeddings.to_bytes() if self.embeddings is not None else None,
-                {k: (v.at_ms, v.viewed, v.bought) for k, v in self.covisit.items()},
-                self.trending,
-                self.segment_trending,
-                self.propensity,
-                self.metrics,
-            ),
-            protocol=pickle.HIGHEST_PROTOCOL,
+        emb = self.embeddings.to_bytes() if self.embeddings is not None else b""
+        body = orjson.dumps(
+            {
+                "created_ms": self.created_ms,
+                "sessions": self.sessions,
+                "covisit": {k: [v.at_ms, v.viewed, v.bought] for k, v in self.covisit.items()},
+                "trending": self.trending,
+                "segment_trending": self.segment_trending,
+                "propensity": self.propensity,
+                "metrics": self.metrics,
+            }
         )
-        return _HEAD.pack(_MAGIC, self.version) + body
+        return _HEAD.pack(_MAGIC, self.version) + _LEN.pack(len(emb)) + emb + body
 
     @staticmethod
     def peek_version(head: bytes) -> int | None:
@@ -368,22 +376,34 @@ class ModelSnapshot:
         if version is None:
             raise ValueError("not an Attune model snapshot (bad magic or too short)")
         try:
-            created, sessions, emb, cov, trend, seg, prop, metrics = pickle.loads(
-                data[_HEAD.size :]
+            pos = _HEAD.size + _LEN.size
+            (n,) = _LEN.unpack_from(data, _HEAD.size)
+            emb = EmbeddingSnapshot.from_bytes(data[pos : pos + n]) if n else None
+            raw = orjson.loads(data[pos + n :])
+            return cls(
+                version,
+                int(raw["created_ms"]),
+                int(raw["sessions"]),
+                emb,
+                {
+                    k: NeighbourList(
+                        k,
+                        int(at),
+                        tuple((i, float(x)) for i, x in v),
+                        tuple((i, float(x)) for i, x in b),
+                    )
+                    for k, (at, v, b) in raw["covisit"].items()
+                },
+                {k: float(v) for k, v in raw["trending"].items()},
+                {
+                    s: {k: float(v) for k, v in scores.items()}
+                    for s, scores in raw["segment_trending"].items()
+                },
+                raw["propensity"],
+                dict(raw["metrics"]),
             )
-        except Exception as exc:
+        except (struct.error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"model snapshot {version} is corrupt: {exc!r}") from exc
-        return cls(
-            version,
-            created,
-            sessions,
-            EmbeddingSnapshot.from_bytes(emb) if emb is not None else None,
-            {k: NeighbourList(k, at, tuple(v), tuple(b)) for k, (at, v, b) in cov.items()},
-            trend,
-            seg,
-            prop,
-            metrics,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -481,7 +501,7 @@ class ModelLearner:
             trending=_best({i: t.score for i, t in self.trends.items()}, SNAPSHOT_TRENDING),
             segment_trending=self._segment_scores(),
             propensity=(
-                self.propensity.model if self.propensity.n >= PROPENSITY_MIN_SESSIONS else None
+                self.propensity.publish() if self.propensity.n >= PROPENSITY_MIN_SESSIONS else None
             ),
             metrics=metrics,
         )
@@ -624,11 +644,11 @@ class RedisModelBoard:
 @dataclass(frozen=True, slots=True)
 class LiveModels:
     """The ranking models of one snapshot (or of none) over the catalogue, and the
-    propensity pipeline."""
+    propensity scorer."""
 
     version: str
     models: Models
-    propensity: Any
+    propensity: PropensityScorer | None
 
 
 def catalogue_of(items: Iterable[ItemUpdate]) -> Catalogue:
@@ -673,7 +693,13 @@ class ModelReader:
                     values.append(score)
             trending.set_scores(scope, np.asarray(rows, np.int64), np.asarray(values), n)
         models = Models(cat, CovisitIndex(published=dict(snap.covisit)), trending, snap.embeddings)
-        return LiveModels(f"m{snap.version}-{models.version}", models, snap.propensity)
+        scorer = None
+        if snap.propensity is not None:
+            try:
+                scorer = PropensityScorer.from_params(snap.propensity)
+            except ValueError as exc:  # rank all the same; no score until the next snapshot
+                log.warning("ignoring the propensity model of snapshot %d: %s", snap.version, exc)
+        return LiveModels(f"m{snap.version}-{models.version}", models, scorer)
 
     def recommend(self, signals: UserSignals, cfg: RecsConfig, now_ms: int) -> bytes:
         """The Redis value of the user's recommendations (:func:`operators.ranking.recs_value`)."""
@@ -684,10 +710,8 @@ class ModelReader:
 
     def propensity(self, features: Mapping[str, FeatureValue]) -> tuple[float, str] | None:
         """Score and tier of the user's current session, ``None`` before a model is published."""
-        pipeline = self.current().propensity
-        if pipeline is None:
+        scorer = self.current().propensity
+        if scorer is None:
             return None
-        x = feature_vector({name: features.get(name) for name in PROPENSITY_FEATURES})
-        p: dict[bool, float] = pipeline.predict_proba_one(x)
-        score = float(p.get(True, 0.0))
+        score = scorer.score(features)
         return score, tier(score)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import pickle
 from typing import Any
 
@@ -86,15 +87,9 @@ def view(t: int, n: int) -> Event:
     return ev(t, ProductView(f"i{n:03}", CATEGORIES[n % 3], 1000 + 10 * n, "EUR"))
 
 
-class FixedPipeline:
-    """A stand-in propensity pipeline with a fixed score (pickles: module level)."""
-
-    def __init__(self, p: float) -> None:
-        self.p = p
-
-    def predict_proba_one(self, x: dict[str, float]) -> dict[bool, float]:
-        assert set(x) >= {"cart_lines", "session_minutes"}  # the feature_vector was used
-        return {True: self.p, False: 1 - self.p}
+def FixedPipeline(p: float) -> dict[str, Any]:  # noqa: N802 - reads as the model it stands for
+    """Propensity parameters (PropensityModel.publish's shape) that score ``p`` for anyone."""
+    return {"version": 1, "mean": {}, "std": {}, "weights": {}, "intercept": math.log(p / (1 - p))}
 
 
 def snapshot(version: int = 1, propensity: Any = None) -> ModelSnapshot:
