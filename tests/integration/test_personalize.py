@@ -122,7 +122,8 @@ def deterministic(dump: dict[str, Any]) -> dict[str, Any]:
         if key.endswith(":recs"):
             continue
         if kind == "hash":
-            value = {k: v for k, v in value.items() if k not in MODEL_FIELDS}
+            out[key] = (kind, {k: v for k, v in value.items() if k not in MODEL_FIELDS}, ttl)
+            continue
         if kind == "set":
             members = [m for m in value if not m.startswith(b"persona_")]
             if members:
