@@ -96,6 +96,8 @@ def redis_dump(client: redis.Redis) -> dict[str, Any]:
             value: Any = client.hgetall(key)
         elif kind == "set":
             value = sorted(client.smembers(key))
+        elif kind == "zset":
+            value = client.zrange(key, 0, -1, withscores=True)
         else:
             value = client.get(key)
         out[k] = (kind, value, client.ttl(key) > 0)
