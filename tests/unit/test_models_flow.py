@@ -17,6 +17,8 @@ from operators.content import Catalogue
 from operators.events import (
     AddToCart,
     ConsentUpdate,
+    ErasureConfirmation,
+    ErasureRequest,
     Event,
     EventType,
     ItemUpdate,
@@ -423,3 +425,16 @@ def test_reader_builds_ranking_models_once_per_version() -> None:
     assert shares[reader.catalogue.index["i000"]] > shares[reader.catalogue.index["i001"]] > 0
     assert pickle.loads(pickle.dumps(UserModels())) == UserModels()
     assert isinstance(reader.catalogue, Catalogue)
+
+
+def test_erasure_forgets_the_model_inputs_and_says_what_the_shared_models_keep() -> None:
+    cfg = config()
+    st = UserState(user_id="u1")
+    apply(st, view(T0, 1), cfg)
+    apply(st, view(T0 + 2 * GAP, 2), cfg)  # the first session is summarised
+    request = Event("er", EventType.ERASURE, T0 + 3 * GAP, ErasureRequest("r1"), user_id="u1")
+    (conf,) = [o for o in apply(st, request, cfg) if isinstance(o, ErasureConfirmation)]
+    assert "recommendation inputs: 2 recent items, 0 purchased" in conf.state_items
+    assert any("models: 1 session summaries" in line for line in conf.not_removed)
+    assert "attune:{u:u1}:recs" in conf.redis_keys
+    assert st.models == UserModels()  # the tombstone keeps nothing of it
