@@ -435,6 +435,10 @@ class ModelLearner:
     propensity: PropensityModel = field(init=False)
     pending: list[list[str]] = field(default_factory=list)
     changed: dict[str, None] = field(default_factory=dict)  # items with new trend scores
+    # Published neighbour lists, rebuilt at a publication only for the items whose
+    # co-visitation state changed since the last one (decayed scores keep their ratios).
+    neighbours: dict[str, NeighbourList] = field(default_factory=dict)
+    covisit_changed: dict[str, None] = field(default_factory=dict)
     sessions: int = 0
     version: int = 0
     latest_ms: int = 0
@@ -458,6 +462,8 @@ class ModelLearner:
             self._trend(touch, segments)
         for t, items in s.orders:
             self.covisit.learn(purchase_pairs(items), BOUGHT, t)
+            self.covisit_changed.update(dict.fromkeys(items))
+        self.covisit_changed.update(dict.fromkeys(seen))
         if seen:
             self.pending.append(seen)
         self.propensity.learn(s.features, s.purchased)
@@ -494,10 +500,7 @@ class ModelLearner:
             created_ms=at,
             sessions=self.sessions,
             embeddings=self.embeddings,
-            covisit={
-                item: state.publish(at, SNAPSHOT_NEIGHBOURS)
-                for item, state in self.covisit.states.items()
-            },
+            covisit=self._neighbour_lists(at),
             trending=_best({i: t.score for i, t in self.trends.items()}, SNAPSHOT_TRENDING),
             segment_trending=self._segment_scores(),
             propensity=(
@@ -511,6 +514,15 @@ class ModelLearner:
             tuple(TrendingWrite(scope, tuple(m)) for scope, m in scopes.items()),
             orjson.dumps({**metrics, "model_version": self.version, "at": at}),
         )
+
+    def _neighbour_lists(self, at: int) -> dict[str, NeighbourList]:
+        states = self.covisit.states
+        for item in self.covisit_changed:
+            state = states.get(item)
+            if state is not None:
+                self.neighbours[item] = state.publish(at, SNAPSHOT_NEIGHBOURS)
+        self.covisit_changed = {}
+        return dict(self.neighbours)
 
     def _segment_scores(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}

@@ -340,6 +340,9 @@ def test_learner_publishes_every_n_summaries_and_at_end_of_input() -> None:
     out, _ = resumed.on_eof()
     (last,) = list(out)
     assert last.version == 2 and ModelSnapshot.from_bytes(last.snapshot).sessions == 4
+    # lists of items the new session did not touch are published again unchanged
+    lists = ModelSnapshot.from_bytes(last.snapshot).covisit
+    assert set(lists) >= set(snap.covisit) and lists["i001"] == snap.covisit["i001"]
     # only what changed since the last publication: the two items of the new session
     (glob,) = [w for w in last.trending if w.scope == "global"]
     assert {m for m, _ in glob.members} == {"i003", "i004"}
