@@ -28,7 +28,6 @@ Staleness: an interaction reaches the shared models when its session closes
 one publish interval, then at most one board refresh (2 s). The user's own
 latest interactions are never stale: ranking reads them from the user's state.
 
->>> from operators.events import ItemUpdate
 >>> learner = ModelLearner(categories={"i1": "a/x", "i2": "a/x", "i3": "b/y"})
 >>> s = SessionSummary("u1", 0, 60_000, (SessionTouch("i1", 0, "view"),
 ...     SessionTouch("i2", 30_000, "cart", 1)), ((60_000, ("i2",)),), {"cart_lines": 1}, True,
@@ -555,6 +554,12 @@ class ModelLearnerLogic(StatefulBatchLogic[SessionSummary, PublishModels, bytes]
         publish_every: int = PUBLISH_EVERY,
         publish_s: float = PUBLISH_S,
     ) -> None:
+        if publish_every < 1 or publish_s < 0:
+            raise ValueError(
+                f"the model learner publishes every {publish_every} summaries and "
+                f"{publish_s} s: set ATTUNE_MODELS_PUBLISH_EVERY >= 1 and "
+                "ATTUNE_MODELS_PUBLISH_S >= 0"
+            )
         self.learner: ModelLearner = (
             pickle.loads(resume) if resume else ModelLearner(categories, seed)
         )

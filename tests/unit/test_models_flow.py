@@ -441,3 +441,8 @@ def test_erasure_forgets_the_model_inputs_and_says_what_the_shared_models_keep()
     assert any("models: 1 session summaries" in line for line in conf.not_removed)
     assert "attune:{u:u1}:recs" in conf.redis_keys
     assert st.models == UserModels()  # the tombstone keeps nothing of it
+
+
+def test_bad_publish_settings_are_refused_with_the_setting_named() -> None:
+    with pytest.raises(ValueError, match="ATTUNE_MODELS_PUBLISH_EVERY"):
+        ModelLearnerLogic(None, {}, publish_every=0)
