@@ -20,12 +20,25 @@ import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from operators.clustering import ClusterParams, LocalBoard
+from operators.models import LocalModelBoard
 
 if TYPE_CHECKING:
     from flows.personalize import Sinks
 from operators.consent import withheld_total
 from operators.events import DeadLetter, ErasureConfirmation, SegmentChange, Trigger
-from operators.redis_sink import AliasWrite, ForgetUser, JsonWrite, ProfileWrite, SegmentsWrite
+from operators.redis_keys import RedisKeys
+from operators.redis_sink import (
+    AliasWrite,
+    ForgetUser,
+    JsonWrite,
+    ProfileWrite,
+    RecsWrite,
+    SegmentsWrite,
+    TrendingWrite,
+)
+
+#: Where the model learner's snapshot goes by default (``RedisKeys().model("recs")``).
+DEFAULT_MODELS_KEY = RedisKeys().model("recs")
 
 
 @dataclass
@@ -44,6 +57,10 @@ class LocalStore:
     erasures: list[ErasureConfirmation] = field(default_factory=list)
     board: LocalBoard = field(default_factory=LocalBoard)
     board_key: str = ""
+    recs: dict[str, bytes] = field(default_factory=dict)
+    trending: dict[str, dict[str, float]] = field(default_factory=dict)
+    model_board: LocalModelBoard = field(default_factory=LocalModelBoard)
+    models_key: str = DEFAULT_MODELS_KEY
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     _shared: ClassVar[LocalStore | None] = None
@@ -55,13 +72,15 @@ class LocalStore:
             cls._shared = cls()
         return cls._shared
 
-    def sinks(self, board_key: str) -> Sinks:
-        """The flow's sinks writing here; cluster params under ``board_key`` feed the board."""
+    def sinks(self, board_key: str, models_key: str = DEFAULT_MODELS_KEY) -> Sinks:
+        """The flow's sinks writing here; cluster params under ``board_key`` feed the board,
+        the model snapshot under ``models_key`` the model board."""
         from flows.personalize import Sinks
 
         self.board_key = board_key
+        self.models_key = models_key
         sink = LocalStoreSink(self)
-        return Sinks(sink, sink, sink, sink, self.board, erasures=sink)
+        return Sinks(sink, sink, sink, sink, self.board, erasures=sink, models=self.model_board)
 
     def apply(self, items: list[Any]) -> None:
         with self.lock:
@@ -82,6 +101,7 @@ class LocalStore:
         elif isinstance(item, ForgetUser):
             self.profiles.pop(item.user, None)
             self.segments.pop(item.user, None)
+            self.recs.pop(item.user, None)
             if not item.keep_alias:
                 self.aliases.pop(item.user, None)
             for name in item.audiences:
@@ -92,6 +112,16 @@ class LocalStore:
             self.models[item.key] = item.value
             if item.key == self.board_key:
                 self.board.put(ClusterParams.from_json(item.value))
+            elif item.key == self.models_key:
+                self.model_board.put(item.value)
+        elif isinstance(item, RecsWrite):
+            self.recs[item.user] = item.value
+        elif isinstance(item, TrendingWrite):
+            scope = self.trending.setdefault(item.scope, {})
+            scope.update(item.members)
+            if len(scope) > item.keep:
+                best = sorted(scope.items(), key=lambda kv: -kv[1])[: item.keep]
+                self.trending[item.scope] = dict(best)
         elif isinstance(item, SegmentChange):
             self.segment_changes[f"{item.segment} {item.change}"] += 1
         elif isinstance(item, Trigger):
@@ -135,6 +165,7 @@ class LocalStore:
             "dead_letters": dead,
             "events_per_s": round((events + dead) / elapsed_s, 1) if elapsed_s > 0 else None,
             "users": len(self.profiles),
+            "users_with_recommendations": len(self.recs),
             "anonymous_merged": len(self.aliases),
             "sessions": sum(int(p.get("sessions") or 0) for p in self.profiles.values()),
             "segment_sizes": {k: len(v) for k, v in sorted(self.audiences.items())},

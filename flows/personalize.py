@@ -19,6 +19,8 @@ Stages (docs/architecture.md has the picture)::
       -> Redis ops (profiles, segment sets, aliases, forgets) ....... -> Redis
       -> segment changes .......................................... -> attune.segments
       -> erasure confirmations ............................. -> attune.privacy.erasures
+      -> recommendations + propensity (once per batch of a user) .... -> Redis
+      -> one summary per session -> model learner (one key) -> snapshot, trending -> Redis
 
 Tests and benches pass their own ``source``/``sinks``; production passes none.
 """
@@ -60,16 +62,29 @@ from operators.events import (
 )
 from operators.identity import IdentityLogic, Link, Routed, identity_input
 from operators.kafka_sink import CheckedKafkaSink, KafkaOut, to_kafka
+from operators.models import (
+    ModelBoard,
+    ModelLearnerLogic,
+    ModelReader,
+    PublishModels,
+    RecsConfig,
+    RedisModelBoard,
+    SessionSummary,
+    catalogue_of,
+)
 from operators.privacy import Pseudonymiser, ephemeral, load_key, parse_previous_keys
 from operators.profiles import Keyed, Output, PriceBands, ProfileConfig, UserLogic
+from operators.ranking import Filters
 from operators.redis_keys import RedisKeys
 from operators.redis_sink import (
     AliasWrite,
     ForgetUser,
     JsonWrite,
     ProfileWrite,
+    RecsWrite,
     RedisConfig,
     RedisSink,
+    TrendingWrite,
 )
 from operators.redis_sink import SegmentsWrite as _SegmentsWrite
 from operators.rules import load_trigger_rules
@@ -79,8 +94,10 @@ from operators.triggers import KINDS, STREAM_CLOCK, TriggerConfig
 
 log = logging.getLogger(__name__)
 
-RedisOp = ProfileWrite | _SegmentsWrite | ForgetUser | AliasWrite | JsonWrite
-REDIS_OPS = (ProfileWrite, _SegmentsWrite, ForgetUser, AliasWrite)
+RedisOp = (
+    ProfileWrite | _SegmentsWrite | ForgetUser | AliasWrite | JsonWrite | RecsWrite | TrendingWrite
+)
+REDIS_OPS = (ProfileWrite, _SegmentsWrite, ForgetUser, AliasWrite, RecsWrite)
 
 #: Price band quantile: an item priced at or above this quantile of its
 #: category's catalogue prices is in the top ("premium") band.
@@ -98,15 +115,43 @@ class Sinks:
     board: ParamsBoard | None = None
     #: Erasure confirmations; ``None``: not published (a warning is logged at build time).
     erasures: Sink[Any] | None = None
+    #: Where the per-user step reads the published recommendation/propensity models;
+    #: ``None``: no recommendations, propensity or session summaries.
+    models: ModelBoard | None = None
+
+
+def _categories(raw: str) -> tuple[str, ...]:
+    return tuple(c.strip().strip("/") for c in raw.split(",") if c.strip().strip("/"))
+
+
+def recs_config(settings: Settings) -> RecsConfig:
+    """List length and business filters of the recommendations, from the settings."""
+    if settings.recs_k < 1:
+        raise ValueError(f"ATTUNE_RECS_K={settings.recs_k}: the list length must be >= 1")
+    allow = _categories(settings.recs_allow_categories)
+    deny = _categories(settings.recs_deny_categories)
+    both = sorted(set(allow) & set(deny))
+    if both:
+        raise ValueError(
+            f"categories {both} are in both ATTUNE_RECS_ALLOW_CATEGORIES and "
+            "ATTUNE_RECS_DENY_CATEGORIES; keep each in one list"
+        )
+    return RecsConfig(settings.recs_k, Filters(allow_categories=allow, deny_categories=deny))
 
 
 def profile_config(
-    settings: Settings, items: list[ItemUpdate] | None, board: ParamsBoard | None
+    settings: Settings,
+    items: list[ItemUpdate] | None,
+    board: ParamsBoard | None,
+    models: ModelBoard | None = None,
 ) -> ProfileConfig:
     """The per-user step's configuration: rules, price bands, gaps, TTLs, cluster board,
-    consent policy. Raises ``ValueError`` naming the setting for an invalid one."""
+    model board, consent policy. Raises ``ValueError`` naming the setting for an invalid
+    one."""
     rules = load_rules(Path(settings.segments_file) if settings.segments_file else None)
     return ProfileConfig(
+        models=ModelReader(models, catalogue_of(items or [])) if models is not None else None,
+        recs=recs_config(settings),
         consent=ConsentPolicy.parse(settings.consent_default, settings.consent_regions),
         keys=RedisKeys(settings.redis_prefix),
         audiences=(*rules.names, *(cluster_segment(i) for i in range(settings.cluster_k))),
@@ -122,6 +167,11 @@ def profile_config(
             kinds=KINDS,
         ),
     )
+
+
+def models_key(settings: Settings) -> str:
+    """The Redis key of the published recommendation/propensity snapshot (bytes)."""
+    return RedisKeys(settings.redis_prefix).model("recs")
 
 
 def clusters_key(settings: Settings) -> str:
@@ -189,7 +239,7 @@ def build_flow(
         default_source, default_items = default_input(settings)
         source = source or default_source
         items = default_items if items is None else items
-    cfg = profile_config(settings, items, sinks.board)
+    cfg = profile_config(settings, items, sinks.board, sinks.models)
     STREAM_CLOCK.reset()  # one flow per process; a new flow starts with no event time
 
     flow = Dataflow("attune_personalize")
@@ -222,7 +272,21 @@ def build_flow(
     )
     write_params = partial(_params_write, clusters_key(settings), settings.redis_ttl_s)
     params_write = op.map("params_to_redis", published, write_params)
-    redis_ops = op.merge("all_redis_ops", redis_or_not.trues, params_write)
+    # Recommendation and propensity models: one summary per user session to ONE learner;
+    # its snapshot goes to Redis (every worker's per-user step reads it), trending scores
+    # to sorted sets, propensity metrics to JSON.
+    summaries = op.filter_map("session_summaries", redis_or_not.falses, _summary_or_none)
+    to_models = op.key_on("one_model_learner", summaries, _models_learner_key)
+    categories = {i.item_id: "/".join(i.category_path) for i in items or []}
+    models = op.stateful_batch(
+        "model_learner", to_models, partial(_model_learner_logic, settings, categories)
+    )
+    model_writes = op.flat_map(
+        "models_to_redis",
+        models,
+        partial(_model_writes, RedisKeys(settings.redis_prefix), settings.redis_ttl_s),
+    )
+    redis_ops = op.merge("all_redis_ops", redis_or_not.trues, params_write, model_writes)
     op.output("redis", redis_ops, sinks.redis)
     op.output("segments_out", segment_changes, sinks.segments)
     triggers = op.filter_map("triggers", redis_or_not.falses, _trigger_or_none)
@@ -258,6 +322,36 @@ def _learner_key(_: ClusterVector) -> str:
 
 def _learner_logic(k: int, seed: int, resume: bytes | None) -> ClusterLearnerLogic:
     return ClusterLearnerLogic(resume, k, seed)
+
+
+def _summary_or_none(out: Output) -> SessionSummary | None:
+    return out if isinstance(out, SessionSummary) else None
+
+
+def _models_learner_key(_: SessionSummary) -> str:
+    return "models"
+
+
+def _model_learner_logic(
+    settings: Settings, categories: dict[str, str], resume: bytes | None
+) -> ModelLearnerLogic:
+    return ModelLearnerLogic(
+        resume,
+        categories,
+        publish_every=settings.models_publish_every,
+        publish_s=settings.models_publish_s,
+    )
+
+
+def _model_writes(
+    keys: RedisKeys, ttl_s: int, kv: tuple[str, PublishModels]
+) -> list[JsonWrite | TrendingWrite]:
+    published = kv[1]
+    return [
+        JsonWrite(keys.model("recs"), published.snapshot, ttl_s),
+        JsonWrite(keys.model("propensity"), published.metrics, ttl_s),
+        *published.trending,
+    ]
 
 
 def _params_write(key: str, ttl_s: int, kv: tuple[str, PublishParams]) -> JsonWrite:
@@ -357,6 +451,7 @@ def default_sinks(settings: Settings) -> Sinks:
             ),
             board=RedisBoard(redis_config.client, clusters_key(settings)),
             erasures=EncodingKafkaSink(settings, _Topic(settings.topic_erasures), codec),
+            models=RedisModelBoard(redis_config.client, models_key(settings)),
         )
     if settings.redis_url or settings.kafka_bootstrap:
         raise ValueError(
@@ -366,7 +461,7 @@ def default_sinks(settings: Settings) -> Sinks:
     from flows.embedded import LocalStore
 
     store = LocalStore.shared()
-    return store.sinks(clusters_key(settings))
+    return store.sinks(clusters_key(settings), models_key(settings))
 
 
 def kafka_security(settings: Settings) -> dict[str, str]:

@@ -142,6 +142,25 @@ class Settings:
     )
     cluster_k: int = _setting(6, "Number of behavioural personas (k-means clusters).")
     cluster_seed: int = _setting(42, "Seed of the persona clustering.")
+    recs_k: int = _setting(10, "Recommendations written per user (attune:{u:<user>}:recs).")
+    recs_allow_categories: str = _setting(
+        "",
+        "Comma-separated category paths recommendations may come from (a path keeps its "
+        "subcategories: shoes keeps shoes/running). Empty: every category.",
+    )
+    recs_deny_categories: str = _setting(
+        "", "Comma-separated category paths never recommended (subcategories included)."
+    )
+    models_publish_every: int = _setting(
+        200,
+        "The model learner publishes its snapshot after this many session summaries "
+        "(and at the end of input).",
+    )
+    models_publish_s: int = _setting(
+        10,
+        "... and at the latest this many seconds after it learnt something new (a quiet "
+        "stream still gets fresh models).",
+    )
     trigger_rules_file: str = _setting(
         "",
         "YAML file of trigger rules merged over the shipped ones (flows/rules.yaml): "

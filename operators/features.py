@@ -65,6 +65,12 @@ FEATURES: dict[str, tuple[str, str]] = {
     "long_dwells": ("int", "page views with dwell > 30 s"),
     "device_top": ("str|None", "most used device class"),
     "channel_top": ("str|None", "most used channel"),
+    "propensity_score": (
+        "float|None",
+        "P(the current session ends in a purchase), from the latest published propensity "
+        "model, scored after the user's latest batch of events",
+    ),
+    "propensity_tier": ("str|None", "high (score >= 0.5), medium (>= 0.2) or low"),
 }
 
 #: Features written to the user's Redis profile hash (compact: Redis memory is
@@ -84,4 +90,6 @@ PROFILE_FIELDS: tuple[str, ...] = (
     "cart_value_minor",
     "top_category_7d",
     "device_top",
+    "propensity_score",
+    "propensity_tier",
 )

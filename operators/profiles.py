@@ -81,8 +81,10 @@ from operators.events import (
 )
 from operators.features import FEATURES, PROFILE_FIELDS, FeatureValue
 from operators.identity import Forget, HandedOver, UserInput, link_of
+from operators.models import ModelReader, RecsConfig, SessionSummary, UserModels
+from operators.propensity import HIGH, is_outcome_boundary
 from operators.redis_keys import RedisKeys
-from operators.redis_sink import AliasWrite, ForgetUser, ProfileWrite, SegmentsWrite
+from operators.redis_sink import AliasWrite, ForgetUser, ProfileWrite, RecsWrite, SegmentsWrite
 from operators.rules import TriggerContext, TriggerHistory, TriggerRules
 from operators.segments import RuleSet, cluster_segment, membership_changes
 from operators.triggers import (
@@ -97,6 +99,7 @@ from operators.triggers import (
     long_dwell,
     repeat_visit,
     segment_trigger,
+    trigger_id,
 )
 
 MINUTE_MS = 60_000
@@ -167,6 +170,10 @@ class ProfileConfig:
     #: Every audience set the flow writes (rule segments and personas): erasure removes
     #: the user from all of them, whatever the state still knows.
     audiences: tuple[str, ...] = ()
+    #: The shared recommendation and propensity models (operators/models.py); None: no
+    #: recommendations, no propensity, no session summaries.
+    models: ModelReader | None = None
+    recs: RecsConfig = field(default_factory=RecsConfig)
 
 
 @dataclass(slots=True)
@@ -259,6 +266,7 @@ class UserState:
     consent: ConsentState = field(default_factory=ConsentState)
     aliases: list[str] = field(default_factory=list)  # anonymous ids seen with this user
     vectors: int = 0  # session vectors sent to the shared persona learner
+    models: UserModels = field(default_factory=UserModels)  # recent items, session, propensity
     withheld: int = 0  # events withheld since UserLogic last counted them (0 between batches)
     active_ms: int = 0  # wall clock of the latest batch: idle eviction after state_ttl
 
@@ -270,6 +278,8 @@ Output = (
     | AliasWrite
     | SegmentChange
     | ClusterVector
+    | SessionSummary
+    | RecsWrite
     | Trigger
     | ErasureConfirmation
 )
@@ -306,6 +316,8 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
     if not st.events:
         st.first_seen_ms = t
     st.first_seen_ms = min(st.first_seen_ms, t)
+    if cfg.models is not None and st.session_ends and t - st.session_ends[-1] > cfg.session_gap_ms:
+        out.extend(close_session(st, cfg))  # t opens a new latest session
     new_session = _sessionize(st, t, cfg.session_gap_ms)
     st.max_time = max(st.max_time, t)
     if event.user_id == st.user_id:
@@ -315,7 +327,12 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
         link = link_of(event)
         if link is not None:
             expect_handover(st.trig, link.anonymous_id, t, cfg.clock.now_ms())
+    current = _in_current_session(st, t)
+    if cfg.models is not None and current and is_outcome_boundary(event):
+        st.models.decide(FeatureView(st, st.max_time))  # before the outcome is visible
     crossed = _count(st, event, t, cfg)
+    if cfg.models is not None:
+        st.models.observe(event, current)
     _trim(st)
     # One vector per session boundary, not per event: the learner is one key. A shared
     # aggregate of behaviour, so it needs analytics consent.
@@ -382,6 +399,69 @@ def _behaviour_triggers(
         if visit is not None:
             out.append(visit)
     return out
+
+
+def close_session(st: UserState, cfg: ProfileConfig) -> list[Output]:
+    """The latest session is over: one :class:`SessionSummary` for the shared models, only
+    with analytics consent (a shared aggregate, like the persona vectors); the per-user
+    session part is reset either way."""
+    if not st.session_starts or st.models.summarised_start == st.session_start_ms:
+        st.models.new_session()
+        return []
+    if not cfg.consent.allowed(st.consent, ANALYTICS):
+        st.models.new_session()
+        return []
+    summary = st.models.close(
+        st.user_id,
+        st.session_start_ms,
+        st.session_ends[-1],
+        FeatureView(st, st.max_time),
+        _audiences(st),
+    )
+    return [summary]
+
+
+def score_and_recommend(st: UserState, cfg: ProfileConfig) -> list[Output]:
+    """Once per batch of the user: propensity score and tier (and a ``high_propensity``
+    trigger when the tier first turns high in a session), then the user's
+    recommendations if the batch had a product view, cart change or purchase."""
+    reader = cfg.models
+    if reader is None:
+        return []
+    out: list[Output] = []
+    scored = reader.propensity(FeatureView(st, st.max_time))
+    m = st.models
+    if scored is not None:
+        m.propensity, m.tier = round(scored[0], 4), scored[1]
+        if scored[0] >= HIGH and m.high_session != st.session_start_ms and st.trig.known:
+            m.high_session = st.session_start_ms
+            out.extend(publishable(st, [high_propensity(st, scored[0], cfg)], cfg))
+    if m.recs_due:
+        m.recs_due = False
+        top = compute(st, "top_category_7d")
+        signals = m.signals(
+            st.user_id,
+            st.max_time,
+            cart_of(st),
+            (top,) if isinstance(top, str) else (),
+            tuple(sorted(st.segments)),
+        )
+        out.append(RecsWrite(st.user_id, reader.recommend(signals, cfg.recs, cfg.clock.now_ms())))
+    return out
+
+
+def high_propensity(st: UserState, score: float, cfg: ProfileConfig) -> Trigger:
+    """The ``high_propensity`` trigger of the user's current session (docs/triggers.md)."""
+    return Trigger(
+        trigger_id=trigger_id("high_propensity", st.user_id, st.session_start_ms),
+        kind="high_propensity",
+        user_id=st.user_id,
+        cause_event_time=st.max_time,
+        emit_time=cfg.clock.now_ms(),
+        reason=f"propensity tier high (score {score:.2f}) in the session started at "
+        f"{st.session_start_ms}",
+        scores={"propensity": round(score, 4)},
+    )
 
 
 def _added_since(st: UserState, item_id: str | None, since: int) -> bool:
@@ -571,6 +651,11 @@ def state_items(st: UserState) -> tuple[str, ...]:
         items.append("consent state")
     if st.aliases:
         items.append(f"anonymous ids: {len(st.aliases)}")
+    if st.models.recent or st.models.purchased:
+        items.append(
+            f"recommendation inputs: {len(st.models.recent)} recent items, "
+            f"{len(st.models.purchased)} purchased"
+        )
     return tuple(items)
 
 
@@ -603,12 +688,23 @@ def erase(st: UserState, event: Event, request: ErasureRequest, cfg: ProfileConf
             f"{int(cfg.state_ttl.total_seconds())} s idle",
         ),
         not_removed=(
-            (
-                f"clusters: {st.vectors} session vectors already learned by the shared persona "
-                "model (aggregate centroids; they cannot be unlearned)",
-            )
-            if st.vectors
-            else ()
+            *(
+                (
+                    f"clusters: {st.vectors} session vectors already learned by the shared "
+                    "persona model (aggregate centroids; they cannot be unlearned)",
+                )
+                if st.vectors
+                else ()
+            ),
+            *(
+                (
+                    f"models: {st.models.summaries} session summaries already learned by the "
+                    "shared recommendation and propensity models (item vectors, co-visitation "
+                    "counts, trend scores, model weights; they cannot be unlearned)",
+                )
+                if st.models.summaries
+                else ()
+            ),
         ),
     )
     out = [*_forget_everywhere(st, t, cfg), confirmation]
@@ -911,6 +1007,8 @@ _FEATURE_FNS: dict[str, Callable[[UserState, int], FeatureValue]] = {
     "long_dwells": lambda s, n: s.long_dwells,
     "device_top": lambda s, n: _top(s.devices),
     "channel_top": lambda s, n: _top(s.channels),
+    "propensity_score": lambda s, n: s.models.propensity,
+    "propensity_tier": lambda s, n: s.models.tier,
 }
 assert set(_FEATURE_FNS) == set(FEATURES), set(_FEATURE_FNS) ^ set(FEATURES)
 
@@ -996,6 +1094,7 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
             st.withheld = 0
         if st.events != before and st.events:
             out.extend(assign_cluster(st, self.cfg))
+            out.extend(score_and_recommend(st, self.cfg))
             out.append(profile_write(st))
         out.extend(self._timers())
         st.active_ms = self.cfg.clock.now_ms()
@@ -1035,8 +1134,14 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         return [*changes, SegmentsWrite(st.user_id, (), audiences)]
 
     def on_eof(self) -> tuple[Iterable[Output], bool]:
-        # End of a bounded input: event time is over, every pending timer fires.
-        return self._timers(end_of_input=True), StatefulBatchLogic.RETAIN
+        # End of a bounded input: event time is over, every pending timer fires, and the
+        # open session is summarised for the shared models (it will not be continued).
+        out = self._timers(end_of_input=True)
+        st = self.state
+        if st is not None and st.events and self.cfg.models is not None:
+            out.extend(close_session(st, self.cfg))
+            st.models.summarised_start = st.session_start_ms
+        return out, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         st = self.state

@@ -145,7 +145,33 @@ class JsonWrite:
     ttl_s: int | None = None
 
 
-RedisOp = ProfileWrite | SegmentsWrite | ForgetUser | AliasWrite | JsonWrite
+@dataclass(frozen=True, slots=True)
+class RecsWrite:
+    """Replace the user's recommendations (``SET ... EX`` the per-user TTL) with ``value``,
+    the orjson bytes of :func:`operators.ranking.recs_value` (docs/redis.md)."""
+
+    user: str
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TrendingWrite:
+    """``ZADD`` the trend scores of ``members`` to the trending set of ``scope``
+    (``global``, ``category:<path>``, ``segment:<name>``), trim it to its ``keep`` best
+    (``ZREMRANGEBYRANK``) and refresh its TTL (the audience TTL: a shared key).
+
+    Trend scores are forward-decayed logs (operators/trending.py): an item's score only
+    changes when it is touched and stays comparable with newer ones, so writing the
+    changed members and trimming keeps the set equal to the best ``keep`` items."""
+
+    scope: str
+    members: tuple[tuple[str, float], ...]
+    keep: int = 1000
+
+
+RedisOp = (
+    ProfileWrite | SegmentsWrite | ForgetUser | AliasWrite | JsonWrite | RecsWrite | TrendingWrite
+)
 
 
 # --- coalescing ------------------------------------------------------------------------------
@@ -154,7 +180,7 @@ RedisOp = ProfileWrite | SegmentsWrite | ForgetUser | AliasWrite | JsonWrite
 class _UserOps:
     """What one batch leaves for one user (or anonymous id), after coalescing."""
 
-    __slots__ = ("alias", "forget", "keep_alias", "profile", "segments")
+    __slots__ = ("alias", "forget", "keep_alias", "profile", "recs", "segments")
 
     def __init__(self) -> None:
         self.forget = False
@@ -162,6 +188,7 @@ class _UserOps:
         self.profile: Mapping[str, str] | None = None
         self.segments: dict[str, bool] = {}  # segment -> member after the batch
         self.alias: str | None = None
+        self.recs: bytes | None = None
 
 
 def _new(users: dict[str, _UserOps], user: str) -> _UserOps:
@@ -187,7 +214,9 @@ def plan(
     after the DEL. Each audience gets one SADD and one SREM for all its users.
     Every per-user key written gets EXPIRE ``ttl_s``; each audience written
     gets EXPIRE ``audience_ttl_s`` (default ``ttl_s``). For
-    :class:`JsonWrite`, the last value per key wins.
+    :class:`JsonWrite`, the last value per key wins; for :class:`RecsWrite`, the last
+    per user (one ``SET ... EX``); :class:`TrendingWrite` s of one scope fold into one
+    ``ZADD`` (the last score per member), one trim and one ``EXPIRE``.
 
     Raises ``ValueError`` for a profile field not in ``profile_fields``.
     """
@@ -198,6 +227,7 @@ def plan(
     # audience -> user -> member after the batch (only pairs the batch touched)
     audiences: dict[str, dict[str, bool]] = {}
     shared: dict[str, JsonWrite] = {}
+    trending: dict[str, tuple[dict[str, float], int]] = {}  # scope -> (member -> score, keep)
 
     for op in items:
         if isinstance(op, ProfileWrite):
@@ -236,6 +266,13 @@ def plan(
         elif isinstance(op, JsonWrite):
             shared.pop(op.key, None)  # re-insert: the last write decides the position too
             shared[op.key] = op
+        elif isinstance(op, RecsWrite):
+            user_ops = users.get(op.user) or _new(users, op.user)
+            user_ops.recs = op.value
+        elif isinstance(op, TrendingWrite):
+            scores = trending[op.scope][0] if op.scope in trending else {}
+            scores.update(op.members)
+            trending[op.scope] = (scores, op.keep)
         else:
             raise TypeError(f"not a Redis write operation: {op!r}")
 
@@ -265,6 +302,8 @@ def plan(
             commands.append(("EXPIRE", key, ttl_s))
         if user_ops.alias is not None:
             commands.append(("SET", keys.alias(user), user_ops.alias, "EX", ttl_s))
+        if user_ops.recs is not None:
+            commands.append(("SET", keys.recs(user), user_ops.recs, "EX", ttl_s))
     for segment, members in audiences.items():
         key = keys.audience(segment)
         added = [u for u, member in members.items() if member]
@@ -273,6 +312,14 @@ def plan(
             commands.append(("SADD", key, *added))
         if removed:
             commands.append(("SREM", key, *removed))
+        commands.append(("EXPIRE", key, audience_ttl))
+    for scope, (scores, keep) in trending.items():
+        key = keys.trending(scope)
+        zadd: list[str | bytes | int] = ["ZADD", key]
+        for member, score in scores.items():
+            zadd += (repr(round(score, 6)), member)
+        commands.append(tuple(zadd))
+        commands.append(("ZREMRANGEBYRANK", key, 0, -keep - 1))
         commands.append(("EXPIRE", key, audience_ttl))
     for write in shared.values():
         if write.ttl_s is None:
@@ -447,7 +494,7 @@ def _bulk(arg: str | bytes | int) -> bytes:
 
 
 #: The commands :func:`plan` emits; all reply with one integer or simple string.
-COMMANDS = ("HSET", "EXPIRE", "SADD", "SREM", "DEL", "SET", "EX")
+COMMANDS = ("HSET", "EXPIRE", "SADD", "SREM", "DEL", "SET", "EX", "ZADD", "ZREMRANGEBYRANK")
 
 
 class _RedisPartition(StatelessSinkPartition[RedisOp]):

@@ -96,19 +96,35 @@ def redis_dump(client: redis.Redis) -> dict[str, Any]:
             value: Any = client.hgetall(key)
         elif kind == "set":
             value = sorted(client.smembers(key))
+        elif kind == "zset":
+            value = client.zrange(key, 0, -1, withscores=True)
         else:
             value = client.get(key)
         out[k] = (kind, value, client.ttl(key) > 0)
     return out
 
 
+#: Profile fields scored with the shared propensity model (see deterministic()).
+MODEL_FIELDS = (b"propensity_score", b"propensity_tier")
+
+
 def deterministic(dump: dict[str, Any]) -> dict[str, Any]:
-    """The dump without persona data: assignments and model parameters come from an online
-    model whose state depends on the order session vectors reach the one learner
-    (docs/architecture.md, "What replays reproduce"). Everything else must be identical."""
+    """The dump without what the shared online models decide: persona assignments and
+    every published model (their state depends on the order session vectors and summaries
+    reach the one learner, which differs between runs and worker counts), the trending
+    sets (written from that learner, at its publish times), the users' recommendations
+    (ranked with whichever snapshot the user's step had read, and stamped with the wall
+    clock in ``generated_at``) and the propensity fields of the profiles (scored with that
+    snapshot). docs/architecture.md, "What replays reproduce". Everything else must be
+    identical."""
     out: dict[str, Any] = {}
     for key, (kind, value, ttl) in dump.items():
-        if ":model:" in key or ":segment:persona_" in key:
+        if ":model:" in key or ":segment:persona_" in key or ":trending:" in key:
+            continue
+        if key.endswith(":recs"):
+            continue
+        if kind == "hash":
+            out[key] = (kind, {k: v for k, v in value.items() if k not in MODEL_FIELDS}, ttl)
             continue
         if kind == "set":
             members = [m for m in value if not m.startswith(b"persona_")]

@@ -1,0 +1,734 @@
+"""The online models in the flow: session summaries, one learner, a published snapshot, boards.
+
+Stage 7 of the flow (docs/architecture.md, docs/models.md). The scaling rule
+forbids funnelling every event through one key, so the models are split like
+the personas (:mod:`operators.clustering`):
+
+1. The per-user state keeps what ranking and propensity need, bounded
+   (:class:`UserModels`: recent interactions, purchased items, the current
+   session's interactions and orders, the propensity decision-point features)
+   and emits **one** :class:`SessionSummary` per closed session (with analytics
+   consent), not one message per event.
+2. **One** learner key (:class:`ModelLearnerLogic` around :class:`ModelLearner`)
+   learns from the summaries, mirroring ``attune evaluate``
+   (:mod:`flows.evaluate`): item2vec on the session's items, co-visitation
+   pairs, trending updates (views 1, carts 3, bought units 5), propensity
+   (progressive validation, drift). Every ``publish_every`` summaries, every
+   ``publish_s`` seconds with something new, and at the end of input it publishes
+   a :class:`ModelSnapshot` (versioned bytes), the trending scores that changed
+   (:class:`TrendingWrite`, sorted sets per scope) and the propensity metrics.
+3. Every worker reads the latest snapshot through a board (:class:`RedisModelBoard`,
+   checking the version at most every 2 s; :class:`LocalModelBoard` in process),
+   and :class:`ModelReader` turns it into ranking :class:`~operators.ranking.Models`
+   over the flow's catalogue, once per version. The per-user step then ranks and
+   scores propensity once per batch of a user (:mod:`operators.profiles`).
+
+Staleness: an interaction reaches the shared models when its session closes
+(the session gap after the user's last event, 30 min by default), then at most
+one publish interval, then at most one board refresh (2 s). The user's own
+latest interactions are never stale: ranking reads them from the user's state.
+
+>>> learner = ModelLearner(categories={"i1": "a/x", "i2": "a/x", "i3": "b/y"})
+>>> s = SessionSummary("u1", 0, 60_000, (SessionTouch("i1", 0, "view"),
+...     SessionTouch("i2", 30_000, "cart", 1)), ((60_000, ("i2",)),), {"cart_lines": 1}, True,
+...     ("vip",))
+>>> learner.learn(s)
+>>> published = learner.publish(now_ms=60_000)
+>>> snap = ModelSnapshot.from_bytes(published.snapshot)
+>>> snap.version, sorted(snap.trending), [n for n, _ in snap.covisit["i1"].viewed]
+(1, ['i1', 'i2'], ['i2'])
+>>> sorted({w.scope for w in published.trending})
+['category:a', 'category:a/x', 'global', 'segment:vip']
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pickle
+import struct
+import time
+from bisect import insort
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Protocol
+
+import numpy as np
+import orjson
+from bytewax.operators import StatefulBatchLogic
+from prometheus_client import Gauge
+
+from operators.content import Catalogue
+from operators.covisit import (
+    BOUGHT,
+    VIEWED,
+    CovisitIndex,
+    NeighbourList,
+    purchase_pairs,
+    session_pairs,
+)
+from operators.embeddings import EmbeddingSnapshot, Item2Vec
+from operators.events import AddToCart, Event, ItemUpdate, ProductView, Purchase, RemoveFromCart
+from operators.features import FeatureValue
+from operators.propensity import FEATURES as PROPENSITY_FEATURES
+from operators.propensity import PropensityModel, PropensityScorer, tier
+from operators.ranking import (
+    CART,
+    MAX_RECENT,
+    PURCHASE,
+    VIEW,
+    Filters,
+    Interaction,
+    Models,
+    UserSignals,
+    rank,
+    recs_value,
+    source_of,
+)
+from operators.redis_sink import TrendingWrite
+from operators.trending import BUY_W, CART_W, KEEP_PER_SCOPE, VIEW_W, ItemTrend, TrendingBoard
+
+__all__ = [
+    "LiveModels",
+    "LocalModelBoard",
+    "ModelBoard",
+    "ModelLearner",
+    "ModelLearnerLogic",
+    "ModelReader",
+    "ModelSnapshot",
+    "PublishModels",
+    "RecsConfig",
+    "RedisModelBoard",
+    "SessionSummary",
+    "SessionTouch",
+    "UserModels",
+    "catalogue_of",
+]
+
+log = logging.getLogger(__name__)
+
+#: Items whose purchase a user's state remembers (excluded from recommendations).
+MAX_PURCHASED: Final = 200
+#: Interactions of one session kept for its summary (the latest ones).
+MAX_SESSION_TOUCHES: Final = 100
+#: Orders of one session kept for its summary.
+MAX_SESSION_ORDERS: Final = 10
+#: Summaries the learner waits for before publishing (and the embedding step).
+PUBLISH_EVERY: Final = 200
+#: Seconds (wall clock) after which the learner publishes what it learnt anyway.
+PUBLISH_S: Final = 10.0
+#: Items per scope whose trend scores go into the snapshot (the per-user path ranks
+#: from them; the Redis sorted sets keep :data:`~operators.trending.KEEP_PER_SCOPE`).
+SNAPSHOT_TRENDING: Final = 20_000
+#: Items the learner tracks trends and co-visitation for (bounded memory).
+MAX_ITEMS: Final = 500_000
+#: Sessions learnt before the propensity model is published for scoring.
+PROPENSITY_MIN_SESSIONS: Final = 100
+#: Neighbours per item and kind in the snapshot (what ranking reads, ranking.N_COVISIT).
+SNAPSHOT_NEIGHBOURS: Final = 30
+
+_MAGIC: Final = b"ATMOD1"
+_HEAD: Final = struct.Struct("<6sQ")  # magic, version: what a board reads to see a change
+_LEN: Final = struct.Struct("<I")  # length of the embedding snapshot that follows
+
+MODEL_VERSION = Gauge("attune_model_version", "Version of the published recommendation models")
+MODEL_SESSIONS = Gauge("attune_model_sessions", "Session summaries learnt by the shared models")
+PROPENSITY_AUC = Gauge("attune_propensity_auc", "Propensity ROC AUC, rolling window")
+PROPENSITY_LOG_LOSS = Gauge("attune_propensity_log_loss", "Propensity log loss, rolling window")
+PROPENSITY_DRIFTS = Gauge("attune_propensity_drifts", "Propensity drift resets (ADWIN)")
+
+_WEIGHT = {VIEW: VIEW_W, CART: CART_W, PURCHASE: BUY_W}
+
+
+# --- what the per-user path sends --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTouch:
+    """One interaction of a session: item, event time, kind (view/cart/purchase), units."""
+
+    item: str
+    time_ms: int
+    kind: str = VIEW
+    quantity: int = 1
+    category: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSummary:
+    """A closed session of one user, sent to the one model learner (analytics consent).
+
+    ``touches`` in arrival order (at most :data:`MAX_SESSION_TOUCHES`), ``orders``
+    the session's orders as ``(time, item ids)``, ``features`` the propensity
+    features at the decision point (before the first cart/checkout page or
+    purchase, else at the session's last event), ``purchased`` the label,
+    ``segments`` the user's audiences (trending per segment).
+    """
+
+    user: str
+    start_ms: int
+    end_ms: int
+    touches: tuple[SessionTouch, ...]
+    orders: tuple[tuple[int, tuple[str, ...]], ...]
+    features: Mapping[str, FeatureValue]
+    purchased: bool
+    segments: tuple[str, ...] = ()
+
+    def items(self) -> list[str]:
+        """The session's viewed/carted items in order, repeats in a row collapsed (item2vec)."""
+        out: list[str] = []
+        for t in self.touches:
+            if t.kind != PURCHASE and (not out or out[-1] != t.item):
+                out.append(t.item)
+        return out
+
+
+# --- the per-user part -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class UserModels:
+    """What one user's state keeps for the models. Bounded, pickles.
+
+    ``recent`` is sorted by event time (the hand-over at login delivers older
+    events late) and holds at most :data:`~operators.ranking.MAX_RECENT`.
+    """
+
+    recent: list[Interaction] = field(default_factory=list)
+    purchased: dict[str, None] = field(default_factory=dict)  # insertion ordered, bounded
+    touches: list[SessionTouch] = field(default_factory=list)
+    orders: list[tuple[int, tuple[str, ...]]] = field(default_factory=list)
+    decision: dict[str, FeatureValue] | None = None
+    bought: bool = False
+    recs_due: bool = False  # a relevant event since the last recommendations
+    summarised_start: int | None = None  # the session a summary was sent for at end of input
+    summaries: int = 0  # summaries sent to the shared models
+    propensity: float | None = None
+    tier: str | None = None
+    high_session: int | None = None  # session start of the last high_propensity trigger
+
+    def observe(self, event: Event, current: bool) -> None:
+        """Note a product view, cart change or purchase (``current``: in the latest session)."""
+        p, t = event.payload, event.event_time
+        if isinstance(p, ProductView):
+            self._touch(SessionTouch(p.item_id, t, VIEW, 1, p.category), current)
+        elif isinstance(p, AddToCart):
+            self._touch(SessionTouch(p.item_id, t, CART, p.quantity, p.category), current)
+        elif isinstance(p, RemoveFromCart):
+            self.recs_due = True
+        elif isinstance(p, Purchase):
+            for line in p.lines:
+                self._touch(
+                    SessionTouch(line.item_id, t, PURCHASE, line.quantity, line.category), current
+                )
+                self.purchased.pop(line.item_id, None)
+                self.purchased[line.item_id] = None
+                if len(self.purchased) > MAX_PURCHASED:
+                    del self.purchased[next(iter(self.purchased))]
+            if current:
+                self.bought = True
+                self.orders.append((t, tuple(line.item_id for line in p.lines)))
+                del self.orders[:-MAX_SESSION_ORDERS]
+
+    def _touch(self, touch: SessionTouch, current: bool) -> None:
+        self.recs_due = True
+        interaction = Interaction(touch.item, touch.time_ms, touch.kind)
+        recent = self.recent
+        if not recent or touch.time_ms >= recent[-1].time_ms:
+            recent.append(interaction)
+        else:
+            insort(recent, interaction, key=_time_of)
+        if len(recent) > MAX_RECENT:
+            del recent[0]
+        if current:
+            self.touches.append(touch)
+            if len(self.touches) > MAX_SESSION_TOUCHES:
+                del self.touches[0]
+
+    def decide(self, features: Mapping[str, FeatureValue]) -> None:
+        """The session reached its outcome funnel: keep its decision-point features (once)."""
+        if self.decision is None:
+            self.decision = {name: features.get(name) for name in PROPENSITY_FEATURES}
+
+    def close(
+        self,
+        user: str,
+        start_ms: int,
+        end_ms: int,
+        features: Mapping[str, FeatureValue],
+        segments: tuple[str, ...],
+    ) -> SessionSummary:
+        """The summary of the session that just closed; the session part is reset."""
+        decision = self.decision
+        if decision is None:
+            decision = {name: features.get(name) for name in PROPENSITY_FEATURES}
+        out = SessionSummary(
+            user,
+            start_ms,
+            end_ms,
+            tuple(self.touches),
+            tuple(self.orders),
+            decision,
+            self.bought,
+            segments,
+        )
+        self.new_session()
+        self.summaries += 1
+        return out
+
+    def new_session(self) -> None:
+        self.touches = []
+        self.orders = []
+        self.decision = None
+        self.bought = False
+
+    def signals(
+        self,
+        user: str,
+        now_ms: int,
+        in_cart: Iterable[str],
+        top_categories: tuple[str, ...],
+        segments: tuple[str, ...],
+    ) -> UserSignals:
+        return UserSignals(
+            user,
+            now_ms,
+            recent=tuple(self.recent),
+            purchased=frozenset(self.purchased),
+            in_cart=frozenset(in_cart),
+            top_categories=top_categories,
+            segments=segments,
+        )
+
+
+def _time_of(i: Interaction) -> int:
+    return i.time_ms
+
+
+@dataclass(frozen=True, slots=True)
+class RecsConfig:
+    """How the per-user step ranks (settings feed it): list length and business filters."""
+
+    k: int = 10
+    filters: Filters = field(default_factory=Filters)
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"recommendation list length must be >= 1, got {self.k}")
+
+
+# --- the snapshot ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSnapshot:
+    """What the learner publishes and every worker reads.
+
+    ``to_bytes``: ``ATMOD1``, the version (8 bytes, little-endian: a board reads 14
+    bytes to see a change), the length of the embedding snapshot (4 bytes), the
+    embedding snapshot (:meth:`EmbeddingSnapshot.to_bytes`, float16), then orjson of
+    the rest: ``created_ms``, ``sessions``, ``covisit`` (item -> ``[at_ms, viewed,
+    bought]``, each a list of ``[item, score]``), ``trending`` (item -> score),
+    ``segment_trending`` (segment -> item -> score), ``propensity``
+    (:meth:`PropensityModel.publish` parameters or null) and ``metrics``. No pickle
+    crosses Redis: whoever can write the key cannot run code in the workers.
+    """
+
+    version: int
+    created_ms: int
+    sessions: int
+    embeddings: EmbeddingSnapshot | None
+    covisit: dict[str, NeighbourList]
+    trending: dict[str, float]
+    segment_trending: dict[str, dict[str, float]]
+    propensity: dict[str, Any] | None  # PropensityModel.publish() parameters
+    metrics: dict[str, Any]
+
+    def to_bytes(self) -> bytes:
+        emb = self.embeddings.to_bytes() if self.embeddings is not None else b""
+        body = orjson.dumps(
+            {
+                "created_ms": self.created_ms,
+                "sessions": self.sessions,
+                "covisit": {k: [v.at_ms, v.viewed, v.bought] for k, v in self.covisit.items()},
+                "trending": self.trending,
+                "segment_trending": self.segment_trending,
+                "propensity": self.propensity,
+                "metrics": self.metrics,
+            }
+        )
+        return _HEAD.pack(_MAGIC, self.version) + _LEN.pack(len(emb)) + emb + body
+
+    @staticmethod
+    def peek_version(head: bytes) -> int | None:
+        """The version in the first 14 bytes, ``None`` if they are not a snapshot's."""
+        if len(head) < _HEAD.size or head[:6] != _MAGIC:
+            return None
+        version: int = _HEAD.unpack_from(head)[1]
+        return version
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ModelSnapshot:
+        """Raises ``ValueError`` for bytes that are not a snapshot."""
+        version = cls.peek_version(data)
+        if version is None:
+            raise ValueError("not an Attune model snapshot (bad magic or too short)")
+        try:
+            pos = _HEAD.size + _LEN.size
+            (n,) = _LEN.unpack_from(data, _HEAD.size)
+            emb = EmbeddingSnapshot.from_bytes(data[pos : pos + n]) if n else None
+            raw = orjson.loads(data[pos + n :])
+            return cls(
+                version,
+                int(raw["created_ms"]),
+                int(raw["sessions"]),
+                emb,
+                {
+                    k: NeighbourList(
+                        k,
+                        int(at),
+                        tuple((i, float(x)) for i, x in v),
+                        tuple((i, float(x)) for i, x in b),
+                    )
+                    for k, (at, v, b) in raw["covisit"].items()
+                },
+                {k: float(v) for k, v in raw["trending"].items()},
+                {
+                    s: {k: float(v) for k, v in scores.items()}
+                    for s, scores in raw["segment_trending"].items()
+                },
+                raw["propensity"],
+                dict(raw["metrics"]),
+            )
+        except (struct.error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"model snapshot {version} is corrupt: {exc!r}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class PublishModels:
+    """One publication: the snapshot bytes, changed trend scores, propensity metrics JSON."""
+
+    version: int
+    snapshot: bytes
+    trending: tuple[TrendingWrite, ...]
+    metrics: bytes
+
+
+# --- the one learner ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ModelLearner:
+    """The shared models, learnt from session summaries as ``attune evaluate`` learns them.
+
+    ``categories`` maps catalogue items to their category path (trending scopes;
+    an event's own category is used for items the catalogue lacks). Pickles.
+    """
+
+    categories: dict[str, str] = field(default_factory=dict)
+    seed: int = 0
+    item2vec: Item2Vec = field(init=False)
+    covisit: CovisitIndex = field(default_factory=CovisitIndex)
+    trends: dict[str, ItemTrend] = field(default_factory=dict)
+    propensity: PropensityModel = field(init=False)
+    pending: list[list[str]] = field(default_factory=list)
+    changed: dict[str, None] = field(default_factory=dict)  # items with new trend scores
+    # Published neighbour lists, rebuilt at a publication only for the items whose
+    # co-visitation state changed since the last one (decayed scores keep their ratios).
+    neighbours: dict[str, NeighbourList] = field(default_factory=dict)
+    covisit_changed: dict[str, None] = field(default_factory=dict)
+    sessions: int = 0
+    version: int = 0
+    latest_ms: int = 0
+    embeddings: EmbeddingSnapshot | None = None
+
+    def __post_init__(self) -> None:
+        self.item2vec = Item2Vec(seed=self.seed)
+        self.propensity = PropensityModel(seed=self.seed)
+
+    def learn(self, s: SessionSummary) -> None:
+        """Fold one session in: co-visitation and trends per touch, its items for item2vec
+        (trained at the next publish), one propensity example."""
+        seen: list[str] = []
+        segments = s.segments
+        for touch in s.touches:
+            if touch.kind != PURCHASE:
+                if len(self.covisit.states) < MAX_ITEMS or touch.item in self.covisit.states:
+                    self.covisit.learn(session_pairs(seen, touch.item), VIEWED, touch.time_ms)
+                if not seen or seen[-1] != touch.item:
+                    seen.append(touch.item)
+            self._trend(touch, segments)
+        for t, items in s.orders:
+            self.covisit.learn(purchase_pairs(items), BOUGHT, t)
+            self.covisit_changed.update(dict.fromkeys(items))
+        self.covisit_changed.update(dict.fromkeys(seen))
+        if seen:
+            self.pending.append(seen)
+        self.propensity.learn(s.features, s.purchased)
+        self.sessions += 1
+        self.latest_ms = max(self.latest_ms, s.end_ms)
+
+    def _trend(self, touch: SessionTouch, segments: tuple[str, ...]) -> None:
+        trend = self.trends.get(touch.item)
+        if trend is None:
+            if len(self.trends) >= MAX_ITEMS:
+                return
+            category = self.categories.get(touch.item) or touch.category
+            trend = self.trends[touch.item] = ItemTrend(touch.item, category)
+        weight = _WEIGHT[touch.kind] * (touch.quantity if touch.kind == PURCHASE else 1)
+        trend.update(touch.time_ms, weight, segments)
+        self.changed[touch.item] = None
+
+    def publish(self, now_ms: int | None = None) -> PublishModels:
+        """Train item2vec on the pending sessions, then the snapshot and the changed trends."""
+        at = self.latest_ms if now_ms is None else now_ms
+        if self.pending:
+            self.item2vec.learn_sessions(self.pending)
+            self.pending = []
+            self.embeddings = self.item2vec.snapshot(at)
+        self.version += 1
+        metrics = self.propensity.metrics()
+        scopes: dict[str, list[tuple[str, float]]] = {}
+        for item in self.changed:
+            for scope, member, score in self.trends[item].publish():
+                scopes.setdefault(scope, []).append((member, score))
+        self.changed = {}
+        snapshot = ModelSnapshot(
+            version=self.version,
+            created_ms=at,
+            sessions=self.sessions,
+            embeddings=self.embeddings,
+            covisit=self._neighbour_lists(at),
+            trending=_best({i: t.score for i, t in self.trends.items()}, SNAPSHOT_TRENDING),
+            segment_trending=self._segment_scores(),
+            propensity=(
+                self.propensity.publish() if self.propensity.n >= PROPENSITY_MIN_SESSIONS else None
+            ),
+            metrics=metrics,
+        )
+        return PublishModels(
+            self.version,
+            snapshot.to_bytes(),
+            tuple(TrendingWrite(scope, tuple(m)) for scope, m in scopes.items()),
+            orjson.dumps({**metrics, "model_version": self.version, "at": at}),
+        )
+
+    def _neighbour_lists(self, at: int) -> dict[str, NeighbourList]:
+        states = self.covisit.states
+        for item in self.covisit_changed:
+            state = states.get(item)
+            if state is not None:
+                self.neighbours[item] = state.publish(at, SNAPSHOT_NEIGHBOURS)
+        self.covisit_changed = {}
+        return dict(self.neighbours)
+
+    def _segment_scores(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for item, trend in self.trends.items():
+            for seg, score in trend.segments.items():
+                out.setdefault(seg, {})[item] = score
+        return {seg: _best(scores, KEEP_PER_SCOPE) for seg, scores in out.items()}
+
+
+def _best(scores: dict[str, float], n: int) -> dict[str, float]:
+    if len(scores) <= n:
+        return dict(scores)
+    return dict(sorted(scores.items(), key=lambda kv: -kv[1])[:n])
+
+
+class ModelLearnerLogic(StatefulBatchLogic[SessionSummary, PublishModels, bytes]):
+    """The one model learner (a single key): learns per batch, publishes periodically.
+
+    Publishes after ``publish_every`` new summaries, after ``publish_s`` wall
+    seconds with unpublished ones (a quiet stream still gets fresh models), and at
+    the end of input. One message per user session reaches it, not per event.
+    """
+
+    def __init__(
+        self,
+        resume: bytes | None,
+        categories: dict[str, str],
+        *,
+        seed: int = 0,
+        publish_every: int = PUBLISH_EVERY,
+        publish_s: float = PUBLISH_S,
+    ) -> None:
+        if publish_every < 1 or publish_s < 0:
+            raise ValueError(
+                f"the model learner publishes every {publish_every} summaries and "
+                f"{publish_s} s: set ATTUNE_MODELS_PUBLISH_EVERY >= 1 and "
+                "ATTUNE_MODELS_PUBLISH_S >= 0"
+            )
+        self.learner: ModelLearner = (
+            pickle.loads(resume) if resume else ModelLearner(categories, seed)
+        )
+        self.publish_every = publish_every
+        self.publish_s = publish_s
+        self.unpublished = 0
+        self.last_publish = time.monotonic()
+
+    def on_batch(self, values: list[SessionSummary]) -> tuple[Iterable[PublishModels], bool]:
+        for summary in values:
+            self.learner.learn(summary)
+        self.unpublished += len(values)
+        if self.unpublished >= self.publish_every:
+            return self._publish(), StatefulBatchLogic.RETAIN
+        return [], StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[Iterable[PublishModels], bool]:
+        return (self._publish() if self.unpublished else []), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[PublishModels], bool]:
+        return (self._publish() if self.unpublished else []), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        if not self.unpublished:
+            return None
+        wait = max(0.0, self.publish_s - (time.monotonic() - self.last_publish))
+        return datetime.now(UTC) + timedelta(seconds=wait)
+
+    def _publish(self) -> list[PublishModels]:
+        self.unpublished = 0
+        self.last_publish = time.monotonic()
+        out = self.learner.publish()
+        m = self.learner.propensity.metrics()
+        MODEL_VERSION.set(out.version)
+        MODEL_SESSIONS.set(self.learner.sessions)
+        for gauge, value in ((PROPENSITY_AUC, m["auc"]), (PROPENSITY_LOG_LOSS, m["log_loss"])):
+            if value is not None:
+                gauge.set(value)
+        PROPENSITY_DRIFTS.set(m["drifts"])
+        return [out]
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self.learner, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+# --- the read side: boards and the per-process reader ------------------------------------------
+
+
+class ModelBoard(Protocol):
+    """Where the per-user step reads the latest published :class:`ModelSnapshot`."""
+
+    def get(self) -> ModelSnapshot | None: ...
+
+
+class LocalModelBoard:
+    """In-process board, for the embedded default (one process); the store puts bytes."""
+
+    def __init__(self) -> None:
+        self.snapshot: ModelSnapshot | None = None
+
+    def get(self) -> ModelSnapshot | None:
+        return self.snapshot
+
+    def put(self, data: bytes) -> None:
+        self.snapshot = ModelSnapshot.from_bytes(data)
+
+
+class RedisModelBoard:
+    """Reads the snapshot the learner published to Redis: at most every ``refresh_s`` it
+    reads the 14-byte header (``GETRANGE``) and fetches the whole value only when the
+    version changed. One per worker process; the client is made on first use."""
+
+    def __init__(self, connect: Callable[[], Any], key: str, refresh_s: float = 2.0) -> None:
+        self.connect = connect
+        self.key = key
+        self.refresh_s = refresh_s
+        self._client: Any = None
+        self._snapshot: ModelSnapshot | None = None
+        self._checked = -math.inf
+
+    def get(self) -> ModelSnapshot | None:
+        now = time.monotonic()
+        if now - self._checked >= self.refresh_s:
+            self._checked = now
+            if self._client is None:
+                self._client = self.connect()
+            head = self._client.getrange(self.key, 0, _HEAD.size - 1)
+            version = ModelSnapshot.peek_version(head or b"")
+            current = self._snapshot.version if self._snapshot is not None else None
+            if version is not None and version != current:
+                raw = self._client.get(self.key)
+                try:
+                    self._snapshot = ModelSnapshot.from_bytes(raw or b"")
+                except ValueError as exc:  # keep ranking with the previous models
+                    log.warning("ignoring model snapshot at %s: %s", self.key, exc)
+        return self._snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class LiveModels:
+    """The ranking models of one snapshot (or of none) over the catalogue, and the
+    propensity scorer."""
+
+    version: str
+    models: Models
+    propensity: PropensityScorer | None
+
+
+def catalogue_of(items: Iterable[ItemUpdate]) -> Catalogue:
+    """The catalogue the per-user path ranks over (latest version of each item)."""
+    cat = Catalogue()
+    for item in sorted(items, key=lambda i: (i.updated_time, i.item_id)):
+        cat.update(item)
+    cat.refresh()
+    return cat
+
+
+class ModelReader:
+    """Per process: the board's latest snapshot as :class:`LiveModels`, built once per
+    version over the flow's catalogue (shared by the process's workers; read-only)."""
+
+    def __init__(self, board: ModelBoard, catalogue: Catalogue) -> None:
+        self.board = board
+        self.catalogue = catalogue
+        self._live = LiveModels(f"m0-c{catalogue.version}", Models(catalogue), None)
+        self._version = 0
+
+    def current(self) -> LiveModels:
+        snap = self.board.get()
+        if snap is not None and snap.version != self._version:
+            self._live = self._build(snap)
+            self._version = snap.version
+        return self._live
+
+    def _build(self, snap: ModelSnapshot) -> LiveModels:
+        cat = self.catalogue
+        n = len(cat)
+        trending = TrendingBoard()
+        for scope, scores in (
+            ("global", snap.trending),
+            *((f"segment:{s}", v) for s, v in snap.segment_trending.items()),
+        ):
+            rows, values = [], []
+            for item, score in scores.items():
+                r = cat.index.get(item)
+                if r is not None:
+                    rows.append(r)
+                    values.append(score)
+            trending.set_scores(scope, np.asarray(rows, np.int64), np.asarray(values), n)
+        models = Models(cat, CovisitIndex(published=dict(snap.covisit)), trending, snap.embeddings)
+        scorer = None
+        if snap.propensity is not None:
+            try:
+                scorer = PropensityScorer.from_params(snap.propensity)
+            except ValueError as exc:  # rank all the same; no score until the next snapshot
+                log.warning("ignoring the propensity model of snapshot %d: %s", snap.version, exc)
+        return LiveModels(f"m{snap.version}-{models.version}", models, scorer)
+
+    def recommend(self, signals: UserSignals, cfg: RecsConfig, now_ms: int) -> bytes:
+        """The Redis value of the user's recommendations (:func:`operators.ranking.recs_value`)."""
+        live = self.current()
+        recs = rank(signals, live.models, cfg.k, cfg.filters)
+        source = source_of(signals, live.models)
+        return recs_value(recs, live.version, now_ms, source)
+
+    def propensity(self, features: Mapping[str, FeatureValue]) -> tuple[float, str] | None:
+        """Score and tier of the user's current session, ``None`` before a model is published."""
+        scorer = self.current().propensity
+        if scorer is None:
+            return None
+        score = scorer.score(features)
+        return score, tier(score)

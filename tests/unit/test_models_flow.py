@@ -1,0 +1,448 @@
+"""The online models wired into the per-user step and the one learner (operators/models.py)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import pickle
+from typing import Any
+
+import orjson
+import pytest
+
+from clients.recommendations import parse_recs
+from flows.personalize import recs_config
+from flows.settings import Settings
+from operators.content import Catalogue
+from operators.events import (
+    AddToCart,
+    ConsentUpdate,
+    ErasureConfirmation,
+    ErasureRequest,
+    Event,
+    EventType,
+    ItemUpdate,
+    LineItem,
+    PageView,
+    ProductView,
+    Purchase,
+    RemoveFromCart,
+    Trigger,
+)
+from operators.models import (
+    MAX_PURCHASED,
+    MAX_SESSION_TOUCHES,
+    LocalModelBoard,
+    ModelLearner,
+    ModelLearnerLogic,
+    ModelReader,
+    ModelSnapshot,
+    PublishModels,
+    RedisModelBoard,
+    SessionSummary,
+    SessionTouch,
+    UserModels,
+    catalogue_of,
+)
+from operators.profiles import MINUTE_MS, ProfileConfig, UserLogic, UserState, apply
+from operators.propensity import FEATURES as PROPENSITY_FEATURES
+from operators.ranking import MAX_RECENT, REASONS
+from operators.redis_sink import ForgetUser, RecsWrite, TrendingWrite, plan
+from operators.triggers import trigger_id
+
+T0 = 1_767_571_200_000
+GAP = 30 * MINUTE_MS
+_ids = itertools.count()
+CATEGORIES = ("home/kitchen", "sports/running", "books/fiction")
+
+
+def items() -> list[ItemUpdate]:
+    return [
+        ItemUpdate(
+            f"i{n:03}",
+            f"item {n}",
+            tuple(CATEGORIES[n % 3].split("/")),
+            1000 + 10 * n,
+            "EUR",
+            True,
+            0,
+            0,
+        )
+        for n in range(60)
+    ]
+
+
+def ev(t: int, payload: Any = None, user: str = "u1") -> Event:
+    payload = payload or PageView()
+    etype = {
+        PageView: EventType.PAGE_VIEW,
+        ProductView: EventType.PRODUCT_VIEW,
+        AddToCart: EventType.ADD_TO_CART,
+        RemoveFromCart: EventType.REMOVE_FROM_CART,
+        Purchase: EventType.PURCHASE,
+        ConsentUpdate: EventType.CONSENT,
+    }[type(payload)]
+    return Event(f"e{next(_ids)}", etype, t, payload, user_id=user)
+
+
+def view(t: int, n: int) -> Event:
+    return ev(t, ProductView(f"i{n:03}", CATEGORIES[n % 3], 1000 + 10 * n, "EUR"))
+
+
+def FixedPipeline(p: float) -> dict[str, Any]:  # noqa: N802 - reads as the model it stands for
+    """Propensity parameters (PropensityModel.publish's shape) that score ``p`` for anyone."""
+    return {"version": 1, "mean": {}, "std": {}, "weights": {}, "intercept": math.log(p / (1 - p))}
+
+
+def snapshot(version: int = 1, propensity: Any = None) -> ModelSnapshot:
+    return ModelSnapshot(version, T0, 10, None, {}, {"i000": 3.0, "i001": 2.0}, {}, propensity, {})
+
+
+def config(board: LocalModelBoard | None = None, **kw: Any) -> ProfileConfig:
+    board = board or LocalModelBoard()
+    return ProfileConfig(models=ModelReader(board, catalogue_of(items())), **kw)
+
+
+def run(logic: UserLogic, events: list[Event]) -> list[Any]:
+    out, _ = logic.on_batch([("u1", e) for e in events])
+    return list(out)
+
+
+# --- per-user state ---------------------------------------------------------------------------
+
+
+def test_user_models_stay_bounded_and_recent_is_in_event_time_order() -> None:
+    m = UserModels()
+    for n in range(MAX_RECENT + 40):
+        m.observe(view(T0 + 1000 * ((n * 7) % 97), n % 60), current=True)  # shuffled times
+    times = [i.time_ms for i in m.recent]
+    assert len(m.recent) == MAX_RECENT and times == sorted(times)
+    for n in range(MAX_SESSION_TOUCHES + 5):
+        m.observe(view(T0 + n, 1), current=True)
+    assert len(m.touches) == MAX_SESSION_TOUCHES
+    lines = tuple(LineItem(f"p{n}", 1, 100) for n in range(MAX_PURCHASED + 10))
+    m.observe(ev(T0, Purchase("o1", lines, 100, "EUR")), current=True)
+    assert len(m.purchased) == MAX_PURCHASED and "p0" not in m.purchased
+    old = UserModels()
+    old.observe(view(T0, 1), current=False)  # an older session's event: not in this session
+    assert old.touches == [] and len(old.recent) == 1
+
+
+def test_one_summary_per_closed_session_with_decision_point_features() -> None:
+    cfg = config()
+    st = UserState(user_id="u1")
+    session = [
+        view(T0, 1),
+        view(T0 + MINUTE_MS, 2),
+        ev(T0 + 2 * MINUTE_MS, AddToCart("i002", 2, 1020, "EUR", "sports/running")),
+        ev(T0 + 3 * MINUTE_MS, PageView("CHECKOUT")),  # the decision point: before this
+        ev(T0 + 4 * MINUTE_MS, Purchase("o1", (LineItem("i002", 2, 1020),), 2040, "EUR")),
+    ]
+    outs = [o for e in session for o in apply(st, e, cfg)]
+    assert not [o for o in outs if isinstance(o, SessionSummary)]  # the session is open
+    nxt = apply(st, view(T0 + 4 * MINUTE_MS + GAP + 1, 3), cfg)
+    (summary,) = [o for o in nxt if isinstance(o, SessionSummary)]
+    assert summary.user == "u1" and summary.purchased
+    assert (summary.start_ms, summary.end_ms) == (T0, T0 + 4 * MINUTE_MS)
+    assert summary.items() == ["i001", "i002"]
+    assert [t.kind for t in summary.touches] == ["view", "view", "cart", "purchase"]
+    assert summary.orders == ((T0 + 4 * MINUTE_MS, ("i002",)),)
+    assert set(summary.features) == set(PROPENSITY_FEATURES)
+    # features as they were before the checkout page: 3 events, a cart, no order yet
+    assert summary.features["session_events"] == 3
+    assert summary.features["cart_lines"] == 1 and summary.features["purchases"] == 0
+    # the new session starts empty; the next boundary summarises it alone
+    out = apply(st, view(T0 + 4 * MINUTE_MS + 3 * GAP, 4), cfg)
+    (second,) = [o for o in out if isinstance(o, SessionSummary)]
+    assert second.items() == ["i003"] and not second.purchased and second.orders == ()
+    assert st.models.summaries == 2
+
+
+def test_no_summary_without_analytics_consent_or_without_models() -> None:
+    cfg = config()
+    st = UserState(user_id="u1")
+    apply(st, ev(T0, ConsentUpdate(analytics=False)), cfg)
+    apply(st, view(T0 + 1, 1), cfg)
+    out = apply(st, view(T0 + 2 * GAP, 2), cfg)
+    assert not [o for o in out if isinstance(o, SessionSummary)]
+    assert st.models.touches == [SessionTouch("i002", T0 + 2 * GAP, "view", 1, CATEGORIES[2])]
+    plain = UserState(user_id="u1")
+    apply(plain, view(T0, 1), ProfileConfig())
+    out = apply(plain, view(T0 + 2 * GAP, 2), ProfileConfig())
+    assert not [o for o in out if isinstance(o, SessionSummary)] and plain.models.recent == []
+
+
+def test_end_of_input_summarises_the_open_session_once() -> None:
+    logic = UserLogic(None, config())
+    run(logic, [view(T0, 1), view(T0 + MINUTE_MS, 2)])
+    out, _ = logic.on_eof()
+    (summary,) = [o for o in out if isinstance(o, SessionSummary)]
+    assert summary.items() == ["i001", "i002"]
+    out, _ = logic.on_eof()
+    assert not [o for o in out if isinstance(o, SessionSummary)]
+
+
+# --- recommendations, once per batch ----------------------------------------------------------
+
+
+def test_one_recommendation_write_per_batch_with_a_relevant_event() -> None:
+    board = LocalModelBoard()
+    board.put(snapshot(version=4).to_bytes())
+    logic = UserLogic(None, config(board))
+    out = run(logic, [view(T0 + n * 1000, n) for n in range(5)])
+    (write,) = [o for o in out if isinstance(o, RecsWrite)]
+    stored = parse_recs(write.value)
+    assert write.user == "u1" and stored.source == "personalized"
+    assert stored.model_version.startswith("m4-") and len(stored.items) == 10
+    assert not {f"i{n:03}" for n in range(5)} & {r.item for r in stored.items}  # seen
+    assert {r.reason for r in stored.items} <= {*REASONS.values(), "trending-in-segment"}
+    # a batch with no product view, cart change or purchase writes no recommendations
+    assert not [o for o in run(logic, [ev(T0 + 10_000)]) if isinstance(o, RecsWrite)]
+    # a cart removal does (the cart is a filter)
+    removal = ev(T0 + 11_000, RemoveFromCart("i001", 1))
+    assert [o for o in run(logic, [removal]) if isinstance(o, RecsWrite)]
+
+
+def test_recommendations_favour_the_viewed_category_and_respect_filters() -> None:
+    logic = UserLogic(None, config(recs=recs_config(Settings(recs_k=6))))
+    out = run(logic, [view(T0 + n * 1000, n) for n in (0, 3, 6, 9)])  # all home/kitchen
+    (write,) = [o for o in out if isinstance(o, RecsWrite)]
+    recs = orjson.loads(write.value)["items"]
+    assert len(recs) == 6 and all(r["category"] == "home/kitchen" for r in recs)
+    denied = recs_config(Settings(recs_deny_categories="home"))
+    logic = UserLogic(None, config(recs=denied))
+    (write,) = [o for o in run(logic, [view(T0, 0)]) if isinstance(o, RecsWrite)]
+    assert all(not r["category"].startswith("home") for r in orjson.loads(write.value)["items"])
+
+
+def test_recs_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="ATTUNE_RECS_K"):
+        recs_config(Settings(recs_k=0))
+    with pytest.raises(ValueError, match="both ATTUNE_RECS_ALLOW_CATEGORIES"):
+        recs_config(Settings(recs_allow_categories="home, books", recs_deny_categories="books/"))
+    cfg = recs_config(Settings(recs_allow_categories=" home/ ,books"))
+    assert cfg.filters.allow_categories == ("home", "books")
+
+
+def test_recs_writes_coalesce_per_user_and_forget_drops_them() -> None:
+    commands = plan([RecsWrite("u1", b"a"), RecsWrite("u2", b"x"), RecsWrite("u1", b"b")], ttl_s=9)
+    assert commands == [
+        ("SET", "attune:{u:u1}:recs", b"b", "EX", 9),
+        ("SET", "attune:{u:u2}:recs", b"x", "EX", 9),
+    ]
+    commands = plan([RecsWrite("u1", b"a"), ForgetUser("u1")], ttl_s=9)
+    assert [c[0] for c in commands] == ["DEL"] and "attune:{u:u1}:recs" in commands[0]
+
+
+def test_trending_writes_fold_per_scope_and_trim() -> None:
+    ops = [
+        TrendingWrite("global", (("a", 1.5), ("b", 2.0)), keep=3),
+        TrendingWrite("category:x", (("a", 1.5),), keep=3),
+        TrendingWrite("global", (("a", 4.25),), keep=3),
+    ]
+    assert plan(ops, ttl_s=60, audience_ttl_s=7) == [
+        ("ZADD", "attune:trending:global", "4.25", "a", "2.0", "b"),
+        ("ZREMRANGEBYRANK", "attune:trending:global", 0, -4),
+        ("EXPIRE", "attune:trending:global", 7),
+        ("ZADD", "attune:trending:category:x", "1.5", "a"),
+        ("ZREMRANGEBYRANK", "attune:trending:category:x", 0, -4),
+        ("EXPIRE", "attune:trending:category:x", 7),
+    ]
+
+
+# --- propensity in the profile, high_propensity ------------------------------------------------
+
+
+def test_propensity_score_and_tier_in_the_profile_and_one_trigger_per_session() -> None:
+    board = LocalModelBoard()
+    board.put(snapshot(propensity=FixedPipeline(0.25)).to_bytes())
+    logic = UserLogic(None, config(board))
+    out = run(logic, [ev(T0, ConsentUpdate(marketing=True)), view(T0 + 1, 1)])
+    profile = [o for o in out if type(o).__name__ == "ProfileWrite"][-1]
+    assert profile.fields["propensity_score"] == "0.25"
+    assert profile.fields["propensity_tier"] == "medium"
+    assert not [o for o in out if isinstance(o, Trigger)]
+
+    board.put(snapshot(version=2, propensity=FixedPipeline(0.8)).to_bytes())
+    out = run(logic, [view(T0 + 2, 2)])
+    (trigger,) = [o for o in out if isinstance(o, Trigger)]
+    assert trigger.kind == "high_propensity" and trigger.scores == {"propensity": 0.8}
+    assert trigger.trigger_id == trigger_id("high_propensity", "u1", T0)
+    assert "high" in trigger.reason
+    profile = [o for o in out if type(o).__name__ == "ProfileWrite"][-1]
+    assert profile.fields["propensity_tier"] == "high"
+    # the same session: no second trigger; a new session: one more
+    assert not [o for o in run(logic, [view(T0 + 3, 3)]) if isinstance(o, Trigger)]
+    out = run(logic, [view(T0 + 3 + 2 * GAP, 4)])
+    (again,) = [o for o in out if isinstance(o, Trigger)]
+    assert again.trigger_id == trigger_id("high_propensity", "u1", T0 + 3 + 2 * GAP)
+
+
+def test_no_high_propensity_trigger_without_marketing_consent() -> None:
+    board = LocalModelBoard()
+    board.put(snapshot(propensity=FixedPipeline(0.9)).to_bytes())
+    logic = UserLogic(None, config(board))
+    out = run(logic, [view(T0, 1)])  # marketing is opt-in by default
+    assert not [o for o in out if isinstance(o, Trigger)]
+    profile = [o for o in out if type(o).__name__ == "ProfileWrite"][-1]
+    assert profile.fields["propensity_tier"] == "high"  # scored all the same
+
+
+def test_without_a_published_model_there_is_no_score() -> None:
+    logic = UserLogic(None, config())
+    out = run(logic, [view(T0, 1)])
+    profile = [o for o in out if type(o).__name__ == "ProfileWrite"][-1]
+    assert profile.fields["propensity_score"] == "" and profile.fields["propensity_tier"] == ""
+    (write,) = [o for o in out if isinstance(o, RecsWrite)]
+    assert parse_recs(write.value).model_version.startswith("m0-")
+
+
+# --- the one learner -------------------------------------------------------------------------
+
+
+def summary(n: int, bought: bool = False) -> SessionSummary:
+    t = T0 + n * 3_600_000
+    touches = (
+        SessionTouch(f"i{n % 5:03}", t, "view"),
+        SessionTouch(f"i{(n + 1) % 5:03}", t + 1000, "view"),
+        SessionTouch(f"i{(n + 1) % 5:03}", t + 2000, "cart"),
+    )
+    return SessionSummary(
+        f"u{n}",
+        t,
+        t + 2000,
+        touches,
+        ((t + 3000, (f"i{(n + 1) % 5:03}",)),) if bought else (),
+        {"cart_lines": 1, "session_add_to_carts": 1 if bought else 0},
+        bought,
+        ("vip",) if n % 2 else (),
+    )
+
+
+def test_learner_publishes_every_n_summaries_and_at_end_of_input() -> None:
+    cats = {f"i{n:03}": CATEGORIES[n % 3] for n in range(5)}
+    logic = ModelLearnerLogic(None, cats, publish_every=3)
+    out, _ = logic.on_batch([summary(0), summary(1, True)])
+    assert list(out) == []
+    out, _ = logic.on_batch([summary(2)])
+    (pub,) = list(out)
+    assert isinstance(pub, PublishModels) and pub.version == 1
+    snap = ModelSnapshot.from_bytes(pub.snapshot)
+    assert snap.version == 1 and snap.sessions == 3 and snap.embeddings is not None
+    assert set(snap.trending) == {"i000", "i001", "i002", "i003"}
+    assert {w.scope for w in pub.trending} >= {"global", "category:home", "segment:vip"}
+    assert orjson.loads(pub.metrics)["sessions"] == 3
+    viewed_with_1 = [n for n, _ in snap.covisit["i001"].viewed]
+    assert set(viewed_with_1) == {"i000", "i002"}
+    # resumed from its snapshot, the learner goes on where it was
+    resumed = ModelLearnerLogic(logic.snapshot(), cats, publish_every=3)
+    resumed.on_batch([summary(3)])
+    out, _ = resumed.on_eof()
+    (last,) = list(out)
+    assert last.version == 2 and ModelSnapshot.from_bytes(last.snapshot).sessions == 4
+    # lists of items the new session did not touch are published again unchanged
+    lists = ModelSnapshot.from_bytes(last.snapshot).covisit
+    assert set(lists) >= set(snap.covisit) and lists["i001"] == snap.covisit["i001"]
+    # only what changed since the last publication: the two items of the new session
+    (glob,) = [w for w in last.trending if w.scope == "global"]
+    assert {m for m, _ in glob.members} == {"i003", "i004"}
+    out, _ = resumed.on_eof()
+    assert list(out) == []  # nothing new: nothing published
+
+
+def test_learner_trends_weigh_views_carts_and_bought_units() -> None:
+    learner = ModelLearner()
+    learner.learn(
+        SessionSummary(
+            "u",
+            T0,
+            T0,
+            (
+                SessionTouch("v", T0, "view"),
+                SessionTouch("c", T0, "cart"),
+                SessionTouch("b", T0, "purchase", 2),
+            ),
+            (),
+            {},
+            True,
+        )
+    )
+    s = {i: t.score for i, t in learner.trends.items()}
+    assert s["b"] - s["v"] == pytest.approx(3.321928, abs=1e-6)  # log2(10): 2 units x 5
+    assert s["c"] - s["v"] == pytest.approx(1.584963, abs=1e-6)  # log2(3)
+
+
+def test_snapshot_bytes_round_trip_and_bad_bytes_are_refused() -> None:
+    snap = snapshot(version=7, propensity=FixedPipeline(0.5))
+    back = ModelSnapshot.from_bytes(snap.to_bytes())
+    assert back.version == 7 and back.trending == snap.trending
+    assert ModelSnapshot.peek_version(snap.to_bytes()[:14]) == 7
+    with pytest.raises(ValueError, match="not an Attune model snapshot"):
+        ModelSnapshot.from_bytes(b"garbage")
+    with pytest.raises(ValueError, match="corrupt"):
+        ModelSnapshot.from_bytes(snap.to_bytes()[:20])
+
+
+class FakeRedis:
+    """GETRANGE/GET on a dict: what the board calls (unit test of its refresh logic)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.gets = 0
+
+    def getrange(self, key: str, start: int, end: int) -> bytes:
+        return self.data.get(key, b"")[start : end + 1]
+
+    def get(self, key: str) -> bytes | None:
+        self.gets += 1
+        return self.data.get(key)
+
+
+def test_redis_board_fetches_only_new_versions_and_keeps_the_last_good_one() -> None:
+    fake = FakeRedis()
+    board = RedisModelBoard(lambda: fake, "k", refresh_s=0.0)
+    assert board.get() is None
+    fake.data["k"] = snapshot(version=1).to_bytes()
+    first = board.get()
+    assert first is not None and first.version == 1
+    assert board.get() is first and fake.gets == 1  # same version: header only
+    fake.data["k"] = snapshot(version=2).to_bytes()[:30]  # a corrupt new version
+    assert board.get() is first
+    slow = RedisModelBoard(lambda: fake, "k", refresh_s=3600.0)
+    fake.data["k"] = snapshot(version=3).to_bytes()
+    assert slow.get() is not None and slow.get() is not None
+    fake.data["k"] = snapshot(version=4).to_bytes()
+    got = slow.get()
+    assert got is not None and got.version == 3  # not refreshed within refresh_s
+
+
+def test_reader_builds_ranking_models_once_per_version() -> None:
+    board = LocalModelBoard()
+    reader = ModelReader(board, catalogue_of(items()))
+    empty = reader.current()
+    assert empty.propensity is None and empty.version.startswith("m0-")
+    board.put(snapshot(version=5).to_bytes())
+    live = reader.current()
+    assert reader.current() is live and live.version.startswith("m5-")
+    shares = live.models.trending.shares(len(reader.catalogue))
+    assert shares[reader.catalogue.index["i000"]] > shares[reader.catalogue.index["i001"]] > 0
+    assert pickle.loads(pickle.dumps(UserModels())) == UserModels()
+    assert isinstance(reader.catalogue, Catalogue)
+
+
+def test_erasure_forgets_the_model_inputs_and_says_what_the_shared_models_keep() -> None:
+    cfg = config()
+    st = UserState(user_id="u1")
+    apply(st, view(T0, 1), cfg)
+    apply(st, view(T0 + 2 * GAP, 2), cfg)  # the first session is summarised
+    request = Event("er", EventType.ERASURE, T0 + 3 * GAP, ErasureRequest("r1"), user_id="u1")
+    (conf,) = [o for o in apply(st, request, cfg) if isinstance(o, ErasureConfirmation)]
+    assert "recommendation inputs: 2 recent items, 0 purchased" in conf.state_items
+    assert any("models: 1 session summaries" in line for line in conf.not_removed)
+    assert "attune:{u:u1}:recs" in conf.redis_keys
+    assert st.models == UserModels()  # the tombstone keeps nothing of it
+
+
+def test_bad_publish_settings_are_refused_with_the_setting_named() -> None:
+    with pytest.raises(ValueError, match="ATTUNE_MODELS_PUBLISH_EVERY"):
+        ModelLearnerLogic(None, {}, publish_every=0)
