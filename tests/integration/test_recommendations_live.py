@@ -11,7 +11,6 @@ favour it. An unknown user gets trending, flagged as a fallback.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from operators.events import Event, EventType, ItemUpdate, ProductView
 from operators.generator import GeneratorConfig, generate
 from operators.ranking import REASONS
 from operators.redis_keys import RedisKeys
+from tests.integration.test_personalize import flow_env as personalize_env
 
 pytestmark = pytest.mark.integration
 
@@ -60,23 +60,10 @@ def wait_for(what: str, probe: Callable[[], T | None], proc: subprocess.Popen[by
 
 
 def flow_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ATTUNE_")}
-    for name in (
-        "kafka_bootstrap",
-        "redis_url",
-        "topic_events",
-        "topic_items",
-        "topic_segments",
-        "topic_dlq",
-        "topic_erasures",
-        "topic_triggers_prefix",
-        "pseudonym_key",  # the flow refuses Kafka without one (docs/privacy.md)
-        "pseudonym_key_id",
-    ):
-        env[env_name(name)] = str(getattr(settings, name))
+    """test_personalize's environment, tailing the topics and publishing models every 1 s."""
+    env = personalize_env(settings)
     env[env_name("kafka_tail")] = "true"
     env[env_name("models_publish_s")] = "1"
-    env["PYTHONPATH"] = str(ROOT)
     return env
 
 
