@@ -1,4 +1,4 @@
-"""Reading the flow's trigger topics back, as a downstream app would (shared by tests)."""
+"""A test's own topics, and reading the flow's output topics back (shared by tests)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,20 @@ from confluent_kafka import Consumer, TopicPartition
 from clients.subscriber import ActOnce, Delivery, MemoryOnceStore, TriggerSubscriber
 from flows.settings import Settings
 from operators.events import Trigger
+
+
+def fresh_topics(prefix: str) -> dict[str, str]:
+    """Settings naming every topic of the flow afresh (``<prefix>.<topic>.<random tag>``),
+    for ``Settings.replace``: each test module gets topics of its own."""
+    tag = uuid.uuid4().hex[:8]
+    return {
+        "topic_events": f"{prefix}.events.{tag}",
+        "topic_items": f"{prefix}.items.{tag}",
+        "topic_segments": f"{prefix}.segments.{tag}",
+        "topic_dlq": f"{prefix}.dlq.{tag}",
+        "topic_erasures": f"{prefix}.erasures.{tag}",
+        "topic_triggers_prefix": f"{prefix}.triggers.{tag}.",
+    }
 
 
 def read_all(settings: Settings, kind: str) -> tuple[list[Trigger], list[Trigger]]:

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from operators.codec import Codec
 from operators.events import ErrorClass, SegmentChange, Trigger
 from operators.generator import GeneratorConfig, GroundTruth, generate
 from operators.redis_keys import RedisKeys
-from tests.integration.reading import consume_all, read_all
+from tests.integration.reading import consume_all, fresh_topics, read_all
 from tests.truth import profile_mismatches
 
 pytestmark = pytest.mark.integration
@@ -55,14 +54,8 @@ class Input:
 @pytest.fixture(scope="module")
 def stream(integration_settings: Settings) -> Iterator[Input]:
     """Generated events (+ garbage) on fresh topics with 3 partitions; outputs on fresh topics."""
-    tag = uuid.uuid4().hex[:8]
     settings = integration_settings.replace(
-        topic_events=f"it.events.{tag}",
-        topic_items=f"it.items.{tag}",
-        topic_segments=f"it.segments.{tag}",
-        topic_dlq=f"it.dlq.{tag}",
-        topic_erasures=f"it.erasures.{tag}",
-        topic_triggers_prefix=f"it.triggers.{tag}.",
+        **fresh_topics("it"),
         kafka_tail=False,
     )
     names = topics.design_topics(settings)  # the flow publishes to all of them

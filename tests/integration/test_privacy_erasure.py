@@ -58,7 +58,7 @@ from operators.identity import IdentityState
 from operators.profiles import DAY_MS, HOUR_MS, MINUTE_MS, UserState
 from operators.redis_keys import RedisKeys, escape_tag
 from operators.triggers import KINDS
-from tests.integration.reading import consume_all
+from tests.integration.reading import consume_all, fresh_topics
 
 pytestmark = pytest.mark.integration
 
@@ -196,12 +196,7 @@ def ran(
 ) -> Iterator[Ran]:
     tag = uuid.uuid4().hex[:8]
     settings = integration_settings.replace(
-        topic_events=f"pe.events.{tag}",
-        topic_items=f"pe.items.{tag}",
-        topic_segments=f"pe.segments.{tag}",
-        topic_dlq=f"pe.dlq.{tag}",
-        topic_erasures=f"pe.erasures.{tag}",
-        topic_triggers_prefix=f"pe.triggers.{tag}.",
+        **fresh_topics("pe"),
         kafka_tail=False,
         consent_regions="EU=opt-in",  # elsewhere the default: opt-out but for marketing
         trigger_rules_file=str(NO_POLICIES),  # no quiet hours, caps or cooldowns

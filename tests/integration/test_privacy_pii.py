@@ -57,7 +57,7 @@ from operators.generator import GeneratorConfig, GroundTruth, generate
 from operators.privacy import Pseudonymiser, normalise
 from operators.redis_keys import RedisKeys
 from operators.redis_sink import RedisConfig, RedisSink, RedisSinkError
-from tests.integration.reading import consume_records
+from tests.integration.reading import consume_records, fresh_topics
 from tests.truth import profile_mismatches
 
 pytestmark = pytest.mark.integration
@@ -197,13 +197,8 @@ def leaks(corpus: bytes, values: list[str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def run(integration_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    tag = uuid.uuid4().hex[:8]
     settings = integration_settings.replace(
-        topic_events=f"pii.events.{tag}",
-        topic_items=f"pii.items.{tag}",
-        topic_segments=f"pii.segments.{tag}",
-        topic_dlq=f"pii.dlq.{tag}",
-        topic_triggers_prefix=f"pii.triggers.{tag}.",
+        **fresh_topics("pii"),
         kafka_tail=False,
         dlq_retention_s=DLQ_RETENTION_S,
         pseudonymise_user_ids="auto",

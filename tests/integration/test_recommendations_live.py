@@ -34,6 +34,7 @@ from operators.events import Event, EventType, ItemUpdate, ProductView
 from operators.generator import GeneratorConfig, generate
 from operators.ranking import REASONS
 from operators.redis_keys import RedisKeys
+from tests.integration.reading import fresh_topics
 from tests.integration.test_personalize import flow_env as personalize_env
 
 pytestmark = pytest.mark.integration
@@ -72,14 +73,8 @@ def live_flow(
     integration_settings: Settings, redis_client: redis.Redis
 ) -> Iterator[tuple[Settings, list[ItemUpdate], int, subprocess.Popen[bytes]]]:
     """Fresh topics (one partition), a background stream on them, the flow tailing them."""
-    tag = uuid.uuid4().hex[:8]
     settings = integration_settings.replace(
-        topic_events=f"recs.events.{tag}",
-        topic_items=f"recs.items.{tag}",
-        topic_segments=f"recs.segments.{tag}",
-        topic_dlq=f"recs.dlq.{tag}",
-        topic_erasures=f"recs.erasures.{tag}",
-        topic_triggers_prefix=f"recs.triggers.{tag}.",
+        **fresh_topics("recs"),
     )
     names = topics.design_topics(settings)
     topics.ensure_topics(settings.kafka_bootstrap, names, 1)

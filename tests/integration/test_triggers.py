@@ -9,7 +9,6 @@ for users without marketing consent, and users who never came back get theirs.
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from flows.settings import Settings
 from operators.codec import Codec
 from operators.generator import GeneratorConfig, GroundTruth, generate
 from operators.triggers import KINDS
-from tests.integration.reading import read_all
+from tests.integration.reading import fresh_topics, read_all
 from tests.truth import cart_expectations, check_cart_triggers
 
 pytestmark = pytest.mark.integration
@@ -32,14 +31,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def ran(integration_settings: Settings) -> Iterator[tuple[Settings, GroundTruth]]:
-    tag = uuid.uuid4().hex[:8]
     settings = integration_settings.replace(
-        topic_events=f"tt.events.{tag}",
-        topic_items=f"tt.items.{tag}",
-        topic_segments=f"tt.segments.{tag}",
-        topic_dlq=f"tt.dlq.{tag}",
-        topic_erasures=f"tt.erasures.{tag}",
-        topic_triggers_prefix=f"tt.triggers.{tag}.",
+        **fresh_topics("tt"),
         kafka_tail=False,
         # the truth knows nothing of quiet hours, caps and cooldowns
         trigger_rules_file=str(
