@@ -477,9 +477,16 @@ def settled_own_time(st: UserState, t: int, cfg: ProfileConfig) -> int | None:
     its way, nor after a link until the stream clock (the slowest partition) passed it:
     the anonymous id's events, keyed by it, come from another partition that may lag.
     ``None`` then: only the stream clock tells."""
-    if st.trig.awaiting or (cfg.stream_clock.now_ms() or 0) < st.trig.linked_ms:
+    if st.trig.awaiting or _login_unsettled(st, cfg):
         return None
     return t - cfg.triggers.settle_ms
+
+
+def _login_unsettled(st: UserState, cfg: ProfileConfig) -> bool:
+    """Whether anonymous events from before the user's latest login may still be on their
+    way from a partition that lags: the stream clock (the slowest partition) has not
+    passed the login. Users never linked skip the clock (a lock) altogether."""
+    return bool(st.trig.linked_ms) and (cfg.stream_clock.now_ms() or 0) < st.trig.linked_ms
 
 
 def check_cart(st: UserState, now_ms: int, cfg: ProfileConfig) -> list[Trigger]:
@@ -493,17 +500,18 @@ def check_cart(st: UserState, now_ms: int, cfg: ProfileConfig) -> list[Trigger]:
     if not st.trig.known:
         return []
     if now_ms < MAX_EVENT_TIME_MS and (
-        held(st.trig, cfg.clock.now_ms())
-        # anonymous events from before the login may still be on their way from a
-        # partition that lags (a consent change among them): wait until the stream
-        # clock, the slowest partition, has passed the login
-        or (cfg.stream_clock.now_ms() or 0) < st.trig.linked_ms
+        (st.trig.awaiting and held(st.trig, cfg.clock.now_ms()))
+        # a consent change may be among the anonymous events still on their way
+        or _login_unsettled(st, cfg)
     ):
+        return []
+    due = st.cart.take_due(now_ms, cfg.triggers.abandon_after_ms)
+    if not due:
         return []
     emit = cfg.clock.now_ms()
     return [
         cart_abandoned(st.user_id, a, currency=st.trig.currency, emit_ms=emit, cfg=cfg.triggers)
-        for a in st.cart.take_due(now_ms, cfg.triggers.abandon_after_ms)
+        for a in due
     ]
 
 
