@@ -90,7 +90,8 @@ from operators.redis_sink import SegmentsWrite as _SegmentsWrite
 from operators.rules import load_trigger_rules
 from operators.segments import cluster_segment, load_rules
 from operators.sources import EventListSource, FileEventSource, KafkaEventSource
-from operators.triggers import KINDS, STREAM_CLOCK, TriggerConfig
+from operators.stream_clock import STREAM_CLOCK, ClockBoard, RedisClockBoard
+from operators.triggers import KINDS, TriggerConfig
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,9 @@ class Sinks:
     #: Where the per-user step reads the published recommendation/propensity models;
     #: ``None``: no recommendations, propensity or session summaries.
     models: ModelBoard | None = None
+    #: Where the processes of a cluster share their partitions' stream-clock marks;
+    #: ``None``: this process's partitions alone tell time (one process).
+    clock: ClockBoard | None = None
 
 
 def _categories(raw: str) -> tuple[str, ...]:
@@ -240,7 +244,8 @@ def build_flow(
         source = source or default_source
         items = default_items if items is None else items
     cfg = profile_config(settings, items, sinks.board, sinks.models)
-    STREAM_CLOCK.reset()  # one flow per process; a new flow starts with no event time
+    # One flow per process; a new flow starts with no event time.
+    STREAM_CLOCK.reset(sinks.clock)
 
     flow = Dataflow("attune_personalize")
     decoded = op.input("events", flow, source)
@@ -452,6 +457,9 @@ def default_sinks(settings: Settings) -> Sinks:
             board=RedisBoard(redis_config.client, clusters_key(settings)),
             erasures=EncodingKafkaSink(settings, _Topic(settings.topic_erasures), codec),
             models=RedisModelBoard(redis_config.client, models_key(settings)),
+            clock=RedisClockBoard(
+                redis_config.client, RedisKeys(settings.redis_prefix).clock(settings.topic_events)
+            ),
         )
     if settings.redis_url or settings.kafka_bootstrap:
         raise ValueError(

@@ -87,9 +87,8 @@ from operators.redis_keys import RedisKeys
 from operators.redis_sink import AliasWrite, ForgetUser, ProfileWrite, RecsWrite, SegmentsWrite
 from operators.rules import TriggerContext, TriggerHistory, TriggerRules
 from operators.segments import RuleSet, cluster_segment, membership_changes
+from operators.stream_clock import STREAM_CLOCK, StreamClock
 from operators.triggers import (
-    STREAM_CLOCK,
-    StreamClock,
     TriggerConfig,
     TriggerState,
     cart_abandoned,

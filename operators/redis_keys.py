@@ -94,6 +94,10 @@ class RedisKeys:
         """Published parameters of a shared model (e.g. cluster centres), or a persona summary."""
         return f"{self.prefix}model:{name}"
 
+    def clock(self, topic: str) -> str:
+        """Hash of the stream clock's marks of ``topic``'s partitions, shared by a cluster."""
+        return f"{self.prefix}clock:{topic}"
+
     def user_keys(self, user: str) -> list[str]:
         """Every per-user key of ``user`` (all in one hash slot): what erasure deletes."""
         tag = f"{self.prefix}{{u:{escape_tag(user)}}}:"

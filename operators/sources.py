@@ -55,7 +55,7 @@ from prometheus_client import Counter
 from operators.codec import Codec, read_events_file
 from operators.events import DeadLetter, ErrorClass, Event, Source
 from operators.privacy import Pseudonymiser
-from operators.triggers import STREAM_CLOCK
+from operators.stream_clock import STREAM_CLOCK
 
 Item = Event | DeadLetter
 
@@ -272,7 +272,9 @@ class KafkaEventSource(FixedPartitionedSource[Item, PartitionState]):
                 f"Kafka topic {self.topic!r} at {self.brokers} is not readable "
                 f"({topic.error if topic else 'missing'}); create it with `attune topics create`"
             )
-        return [str(p) for p in sorted(topic.partitions)]
+        parts = [str(p) for p in sorted(topic.partitions)]
+        STREAM_CLOCK.expect(f"{self.topic}:{p}" for p in parts)
+        return parts
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: PartitionState | None
@@ -355,6 +357,7 @@ class FileEventSource(FixedPartitionedSource[Item, PartitionState]):
         self.privacy = privacy
 
     def list_parts(self) -> list[str]:
+        STREAM_CLOCK.expect([str(self.path)])
         return [str(self.path)]
 
     def build_part(
@@ -401,6 +404,7 @@ class EventListSource(FixedPartitionedSource[Item, PartitionState]):
         self.batch_size = batch_size
 
     def list_parts(self) -> list[str]:
+        STREAM_CLOCK.expect([self.name])
         return [self.name]
 
     def build_part(

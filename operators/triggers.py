@@ -6,10 +6,10 @@ and then filtered by the declarative trigger rules before publishing to
 hash of its kind and its cause (the causing event's id, or the user and time
 that define it), so a replay yields the same id and downstream apps act once.
 
-When there is no next event, something must still tell time: the
-:class:`StreamClock` (one per process) is the smallest watermark of the source
-partitions this process reads (the event time the stream as a whole has
-reached), and when every partition has been idle for ``idle_after_s`` it moves
+When there is no next event, something must still tell time: the stream clock
+(:mod:`operators.stream_clock`) is the smallest watermark of every source
+partition of the input, in every process of a cluster (the event time the
+stream as a whole has reached), and when every partition has been idle it moves
 on with the wall clock (a bounded processing-time fallback). At the end of a
 bounded input every pending timer fires.
 
@@ -20,8 +20,6 @@ bounded input every pending timer fires.
 from __future__ import annotations
 
 import hashlib
-import threading
-import time
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
@@ -65,54 +63,6 @@ class TriggerConfig:
     long_dwell_ms: int = 30_000
     repeat_sessions: int = 3
     repeat_window_ms: int = 7 * 24 * 3_600_000
-
-
-class StreamClock:
-    """The event time the stream has reached, as far as this process can tell.
-
-    Sources call :meth:`advance` with each partition's watermark less the allowed
-    lateness (an event that much older may still come, and items read may still
-    be on their way downstream); :meth:`now_ms` is the smallest of them (a
-    partition that is behind holds time back), except
-    that partitions idle for ``idle_after_s`` wall seconds stop holding it back,
-    and when all are idle time moves on with the wall clock from the largest
-    watermark. Thread-safe; not state (it is rebuilt from the sources after a
-    restart).
-    """
-
-    def __init__(self, idle_after_s: float = 30.0) -> None:
-        self.idle_after_s = idle_after_s
-        self._marks: dict[str, tuple[int, float]] = {}  # partition -> (watermark, wall seen)
-        self._lock = threading.Lock()
-
-    def reset(self) -> None:
-        """Forget every partition: a new flow run starts from no event time."""
-        with self._lock:
-            self._marks.clear()
-
-    def advance(self, partition: str, watermark_ms: int) -> None:
-        with self._lock:
-            old = self._marks.get(partition)
-            if old is None or watermark_ms > old[0]:
-                self._marks[partition] = (watermark_ms, time.monotonic())
-
-    def now_ms(self) -> int | None:
-        """The stream's event time, or ``None`` before any partition reported."""
-        with self._lock:
-            if not self._marks:
-                return None
-            wall = time.monotonic()
-            active = [wm for wm, seen in self._marks.values() if wall - seen < self.idle_after_s]
-            if active:
-                return min(active)
-            newest_wm, newest_seen = max(self._marks.values(), key=lambda m: m[1])
-            top = max(wm for wm, _ in self._marks.values())
-            idle_for = wall - newest_seen - self.idle_after_s
-            return max(top, newest_wm) + int(max(0.0, idle_for) * 1000)
-
-
-#: The process's stream clock; the sources advance it, per-user timers read it.
-STREAM_CLOCK = StreamClock()
 
 
 # --- per-user trigger state and detection (called by operators.profiles) ---------------------

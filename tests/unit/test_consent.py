@@ -65,7 +65,8 @@ from operators.redis_sink import (
 )
 from operators.rules import load_trigger_rules
 from operators.segments import load_rules
-from operators.triggers import KINDS, StreamClock
+from operators.stream_clock import StreamClock
+from operators.triggers import KINDS
 
 T0 = 1_767_571_200_000
 _ids = itertools.count()

@@ -22,7 +22,8 @@ from operators.events import (
 )
 from operators.identity import HandedOver, identity_step, link_of
 from operators.profiles import DAY_MS, HOUR_MS, MINUTE_MS, Keyed, ProfileConfig, UserLogic
-from operators.triggers import HANDOVER_WAIT_MS, StreamClock, trigger_id
+from operators.stream_clock import StreamClock
+from operators.triggers import HANDOVER_WAIT_MS, trigger_id
 
 T0 = 1_767_571_200_000
 TYPES = {
@@ -258,22 +259,3 @@ def test_trigger_state_pickles_with_the_user() -> None:
     restored = UserLogic(logic.snapshot(), logic.cfg)
     assert restored.state == logic.state
     assert pickle.loads(logic.snapshot()).cart.next_due_ms(30 * MINUTE_MS) == T0 + 31 * MINUTE_MS
-
-
-def test_stream_clock_is_the_slowest_partition_and_falls_back_to_wall_time_when_idle() -> None:
-    import time as _time
-
-    clock = StreamClock(idle_after_s=0.05)
-    assert clock.now_ms() is None
-    clock.advance("p0", 1_000)
-    clock.advance("p1", 5_000)
-    assert clock.now_ms() == 1_000  # a partition that is behind holds time back
-    clock.advance("p0", 900)  # watermarks never go back
-    assert clock.now_ms() == 1_000
-    deadline = _time.monotonic() + 5
-    while clock.now_ms() == 1_000 and _time.monotonic() < deadline:
-        _time.sleep(0.01)  # waiting on a condition, bounded: both partitions go idle
-    now = clock.now_ms()
-    assert now is not None and now >= 5_000  # idle: moves on from the newest watermark
-    clock.reset()
-    assert clock.now_ms() is None

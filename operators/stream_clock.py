@@ -1,0 +1,250 @@
+"""The stream clock: the event time the whole stream has reached, across every process.
+
+Timers that must fire when a user sends nothing more (cart abandonment) read
+it. Each source partition reports its watermark (less the allowed lateness,
+trailing a few batches: :class:`operators.sources.ClockFeed`) to its process's
+:data:`STREAM_CLOCK`; :meth:`StreamClock.now_ms` is the smallest mark of every
+partition of the input, the slowest partition holding time back.
+
+In a cluster of several processes, a user's events may be read by one process
+and judged by the one holding the user's state, so a process must not trust its
+own partitions alone. With a :class:`ClockBoard` (Redis in production:
+:class:`RedisClockBoard`) every process publishes the marks of the partitions
+it reads, at most every ``sync_s`` and delayed by ``in_flight_s`` (time for what
+was read to cross to the other process), and takes the others' marks from it.
+A partition of the input (:meth:`StreamClock.expect`) that no process has
+reported since this process started holds the clock back entirely, so marks
+left by an earlier run (or by a run before a crash, which resumes from older
+offsets) are never used.
+
+Partitions idle for ``idle_after_s`` stop holding time back, and when every
+partition is idle time moves on with the wall clock from the newest watermark
+(the bounded processing-time fallback for idle streams).
+
+>>> clock = StreamClock()
+>>> clock.expect(["events:0", "events:1"])
+>>> clock.advance("events:0", 1_000)
+>>> print(clock.now_ms())  # events:1 has not reported: time cannot move yet
+None
+>>> clock.advance("events:1", 5_000)
+>>> clock.now_ms()
+1000
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class ClockBoard(Protocol):
+    """Where the processes of a cluster exchange their partitions' marks."""
+
+    def exchange(self, marks: dict[str, str]) -> dict[str, str]:
+        """Publish this process's ``marks`` (partition -> encoded :class:`Mark`) and
+        return every partition's latest mark, this process's included."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """A partition's watermark as its reading process last published it (wall times in ms).
+
+    >>> Mark.decode(Mark(1_000, 2_000, 3_000).encode())
+    Mark(watermark_ms=1000, seen_ms=2000, written_ms=3000)
+    """
+
+    watermark_ms: int
+    #: When the watermark last moved: idle partitions stop holding time back.
+    seen_ms: int
+    #: When the reading process last wrote it: it is alive, and it is this run's.
+    written_ms: int
+
+    def encode(self) -> str:
+        return f"{self.watermark_ms} {self.seen_ms} {self.written_ms}"
+
+    @classmethod
+    def decode(cls, raw: str) -> Mark | None:
+        """The mark, or ``None`` for a value this version cannot read (never trusted)."""
+        try:
+            wm, seen, written = (int(x) for x in raw.split(" "))
+        except ValueError:
+            return None
+        return cls(wm, seen, written)
+
+
+#: A local partition's marks kept for the in-flight delay (one per batch that moved it).
+MAX_PENDING_MARKS = 4096
+
+
+@dataclass(slots=True)
+class _Local:
+    """A partition this process reads: its mark, when it moved, and marks not yet published."""
+
+    watermark_ms: int
+    seen: float  # monotonic
+    pending: deque[tuple[float, int]] = field(
+        default_factory=lambda: deque(maxlen=MAX_PENDING_MARKS)
+    )
+    published_ms: int | None = None
+
+
+class StreamClock:
+    """The event time the stream has reached. Thread-safe (worker threads share it); not
+    state: it is rebuilt from the sources after a restart.
+
+    Args:
+        idle_after_s: wall seconds after which a partition whose mark has not moved
+            stops holding time back.
+        sync_s: at most this often, the marks are exchanged through the board.
+        in_flight_s: a mark is published only this long after it was reached, so
+            that what was read before it has reached any other process.
+        stale_after_s: a published mark not rewritten for this long (its process
+            stopped refreshing it) holds the clock back, as a missing one does.
+        wall_ms: the wall clock (epoch ms; shared between hosts, so keep them in
+            NTP sync), injectable in tests.
+        monotonic: seconds for intervals on this host, injectable in tests.
+    """
+
+    def __init__(
+        self,
+        idle_after_s: float = 30.0,
+        *,
+        sync_s: float = 0.25,
+        in_flight_s: float = 1.0,
+        stale_after_s: float = 10.0,
+        wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.idle_after_s = idle_after_s
+        self.sync_s = sync_s
+        self.in_flight_s = in_flight_s
+        self.stale_after_s = stale_after_s
+        self._wall_ms = wall_ms
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._local: dict[str, _Local] = {}
+        self._expected: frozenset[str] = frozenset()
+        self._board: ClockBoard | None = None
+        self._remote: dict[str, Mark] = {}
+        self._started_ms = wall_ms()
+        self._synced = float("-inf")
+
+    def reset(self, board: ClockBoard | None = None) -> None:
+        """Start a new flow run: no event time, no partitions; share marks via ``board``."""
+        with self._lock:
+            self._local.clear()
+            self._remote.clear()
+            self._expected = frozenset()
+            self._board = board
+            self._started_ms = self._wall_ms()
+            self._synced = float("-inf")
+
+    def expect(self, partitions: Iterable[str]) -> None:
+        """Every partition of the input, read here or elsewhere: each one holds time back
+        until some process reported it."""
+        with self._lock:
+            self._expected = self._expected | frozenset(partitions)
+
+    def advance(self, partition: str, watermark_ms: int) -> None:
+        """A partition read here reached ``watermark_ms`` (marks never go back)."""
+        with self._lock:
+            now = self._monotonic()
+            local = self._local.get(partition)
+            if local is None:
+                local = self._local[partition] = _Local(watermark_ms, now)
+                local.pending.append((now, watermark_ms))
+            elif watermark_ms > local.watermark_ms:
+                local.watermark_ms = watermark_ms
+                local.seen = now
+                local.pending.append((now, watermark_ms))
+            self._sync(now)
+
+    def now_ms(self) -> int | None:
+        """The stream's event time, or ``None`` while some partition has not reported."""
+        with self._lock:
+            now = self._monotonic()
+            self._sync(now)
+            wall = self._wall_ms()
+            # partition -> (watermark, seconds since it moved)
+            marks = {name: (m.watermark_ms, now - m.seen) for name, m in self._local.items()}
+            for name in self._expected - marks.keys():
+                mark = self._remote.get(name)
+                if mark is None or not self._fresh(mark, wall):
+                    return None
+                marks[name] = (mark.watermark_ms, max(0.0, (wall - mark.seen_ms) / 1000))
+        if not marks:
+            return None
+        active = [wm for wm, idle in marks.values() if idle < self.idle_after_s]
+        if active:
+            return min(active)
+        top = max(wm for wm, _ in marks.values())
+        least_idle = min(idle for _, idle in marks.values())
+        return top + int((least_idle - self.idle_after_s) * 1000)
+
+    def _fresh(self, mark: Mark, wall: int) -> bool:
+        """Written by a process of this run that is still refreshing it."""
+        return mark.written_ms >= self._started_ms and wall - mark.written_ms < (
+            self.stale_after_s * 1000
+        )
+
+    def _sync(self, now: float) -> None:
+        """Publish the local marks that are past the in-flight delay; read the others'."""
+        board = self._board
+        if board is None or now - self._synced < self.sync_s:
+            return
+        self._synced = now
+        wall = self._wall_ms()
+        out: dict[str, str] = {}
+        for name, local in self._local.items():
+            while local.pending and now - local.pending[0][0] >= self.in_flight_s:
+                local.published_ms = local.pending.popleft()[1]
+            if local.published_ms is not None:
+                seen = wall - int((now - local.seen) * 1000)
+                out[name] = Mark(local.published_ms, seen, wall).encode()
+        theirs = board.exchange(out)
+        self._remote = {
+            name: mark
+            for name, raw in theirs.items()
+            if name not in self._local and (mark := Mark.decode(raw)) is not None
+        }
+
+
+#: The process's stream clock; the sources advance it, per-user timers read it.
+STREAM_CLOCK = StreamClock()
+
+
+#: The shared marks outlive the last refresh by this long, then Redis drops them.
+CLOCK_KEY_TTL_S = 3_600
+
+
+class RedisClockBoard:
+    """The marks of every process in one Redis hash (partition -> encoded :class:`Mark`).
+
+    One pipelined round trip per exchange (``HSET``, ``EXPIRE``, ``HGETALL``); the
+    client is made on first use (never pickled).
+    """
+
+    def __init__(self, connect: Callable[[], Any], key: str) -> None:
+        self.connect = connect
+        self.key = key
+        self._client: Any = None
+
+    def exchange(self, marks: dict[str, str]) -> dict[str, str]:
+        if self._client is None:
+            self._client = self.connect()
+        pipe = self._client.pipeline(transaction=False)
+        if marks:
+            pipe.hset(self.key, mapping=marks)
+        pipe.expire(self.key, CLOCK_KEY_TTL_S)
+        pipe.hgetall(self.key)
+        raw: dict[Any, Any] = pipe.execute()[-1]
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,175 @@
+"""The stream clock: the slowest partition of the whole input, across processes.
+
+Two clocks sharing one board stand for two processes of a cluster; the board here is
+a dict (the Redis one is tested against the real server in
+tests/integration/test_stream_clock.py). Time is a hand-set fake: no sleeps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from operators.stream_clock import Mark, StreamClock
+
+
+@dataclass
+class Time:
+    """Wall and monotonic time a test moves by hand."""
+
+    wall: int = 1_800_000_000_000  # epoch ms
+    mono: float = 100.0
+
+    def wall_ms(self) -> int:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.wall += int(seconds * 1000)
+        self.mono += seconds
+
+
+@dataclass
+class DictBoard:
+    """The board's contract (publish mine, return everyone's) over a dict."""
+
+    marks: dict[str, str] = field(default_factory=dict)
+    exchanges: int = 0
+
+    def exchange(self, marks: dict[str, str]) -> dict[str, str]:
+        self.exchanges += 1
+        self.marks.update(marks)
+        return dict(self.marks)
+
+
+def clock(t: Time, board: DictBoard | None = None, **kw: float) -> StreamClock:
+    c = StreamClock(wall_ms=t.wall_ms, monotonic=t.monotonic, **kw)
+    c.reset(board)
+    return c
+
+
+def test_the_slowest_partition_holds_time_back_and_marks_never_go_back() -> None:
+    t = Time()
+    c = clock(t)
+    assert c.now_ms() is None
+    c.advance("p0", 1_000)
+    c.advance("p1", 5_000)
+    assert c.now_ms() == 1_000
+    c.advance("p0", 900)
+    assert c.now_ms() == 1_000
+    c.advance("p0", 7_000)
+    assert c.now_ms() == 5_000
+
+
+def test_idle_partitions_stop_holding_back_then_time_moves_with_the_wall_clock() -> None:
+    t = Time()
+    c = clock(t, idle_after_s=30)
+    c.advance("p0", 1_000)
+    t.advance(20)
+    c.advance("p1", 5_000)
+    t.advance(15)  # p0 idle for 35 s, p1 for 15 s
+    assert c.now_ms() == 5_000
+    t.advance(20)  # both idle: 5 s past p1's idle bound
+    assert c.now_ms() == 5_000 + 5_000
+    c.reset()
+    assert c.now_ms() is None
+
+
+def test_an_expected_partition_that_never_reported_holds_the_clock() -> None:
+    t = Time()
+    c = clock(t)
+    c.expect(["p0", "p1"])
+    c.advance("p0", 1_000)
+    assert c.now_ms() is None  # nobody reads p1 yet (or it is read by a process without a board)
+    t.advance(60)
+    assert c.now_ms() is None  # idleness does not excuse a partition nobody reported
+    c.advance("p1", 2_000)
+    assert c.now_ms() == 2_000  # p0, idle for a minute, no longer holds time back
+    c.advance("p0", 1_500)
+    assert c.now_ms() == 1_500
+
+
+def test_two_processes_share_the_slowest_partition_through_the_board() -> None:
+    t = Time()
+    board = DictBoard()
+    a = clock(t, board, in_flight_s=1.0, sync_s=0.25)
+    b = clock(t, board, in_flight_s=1.0, sync_s=0.25)
+    for c in (a, b):
+        c.expect(["p0", "p1"])
+    a.advance("p0", 10_000)  # process A reads p0 ...
+    b.advance("p1", 90_000)  # ... and B reads p1, far ahead
+    assert b.now_ms() is None  # B knows nothing of p0 yet: it must not judge by p1 alone
+    t.advance(1.0)  # past the in-flight delay: A publishes p0, B reads it
+    a.advance("p0", 20_000)
+    t.advance(0.3)
+    assert b.now_ms() == 10_000  # p0's mark as of a second ago, not B's own 90 s
+    assert a.now_ms() == 20_000  # A's own p0 is read here: no delay; B's p1 is ahead
+    t.advance(1.0)
+    a.advance("p0", 25_000)  # publishes 20 s, reached more than in_flight_s ago
+    t.advance(0.3)
+    assert b.now_ms() == 20_000
+    assert Mark.decode(board.marks["p1"]) is not None
+
+
+def test_marks_of_an_earlier_run_or_a_stopped_process_are_not_trusted() -> None:
+    t = Time()
+    board = DictBoard()
+    old = clock(t, board, in_flight_s=0.0, sync_s=0.0)
+    old.advance("p0", 500_000)  # an earlier run got far
+    old.now_ms()
+    t.advance(5)
+    b = clock(t, board, in_flight_s=0.0, sync_s=0.0)  # a new run starts after it
+    b.expect(["p0", "p1"])
+    b.advance("p1", 1_000)
+    assert b.now_ms() is None  # p0's mark was written before this run started
+    a = clock(t, board, in_flight_s=0.0, sync_s=0.0)  # this run's reader of p0 ...
+    a.advance("p0", 2_000)  # ... starts from the beginning again (a replay)
+    t.advance(0.1)
+    assert b.now_ms() == 1_000  # the new run's p0 (2 s) is past p1 (1 s)
+    t.advance(11)  # A stops refreshing its mark for longer than stale_after_s (10 s)
+    b.advance("p1", 3_000)
+    assert b.now_ms() is None
+
+
+def test_an_unreadable_mark_is_not_trusted() -> None:
+    t = Time()
+    board = DictBoard({"p0": "garbage"})
+    b = clock(t, board, sync_s=0.0)
+    b.expect(["p0", "p1"])
+    b.advance("p1", 1_000)
+    assert b.now_ms() is None
+    assert Mark.decode("1 2") is None and Mark.decode("a b c") is None
+
+
+def test_the_board_is_asked_at_most_every_sync_interval() -> None:
+    t = Time()
+    board = DictBoard()
+    c = clock(t, board, sync_s=0.25)
+    c.expect(["p0"])
+    for _ in range(100):
+        c.advance("p0", 1_000)
+        c.now_ms()
+    assert board.exchanges == 1
+    t.advance(0.25)
+    c.now_ms()
+    assert board.exchanges == 2
+
+
+def test_an_idle_cluster_moves_on_with_the_wall_clock() -> None:
+    t = Time()
+    board = DictBoard()
+    a = clock(t, board, in_flight_s=0.0, sync_s=0.0, idle_after_s=30)
+    b = clock(t, board, in_flight_s=0.0, sync_s=0.0, idle_after_s=30)
+    for c in (a, b):
+        c.expect(["p0", "p1"])
+    a.advance("p0", 10_000)
+    b.advance("p1", 40_000)
+    a.now_ms()
+    assert b.now_ms() == 10_000
+    for _ in range(8):  # both keep polling (refreshing their marks), no data moves
+        t.advance(5)
+        a.advance("p0", 10_000)
+        b.advance("p1", 40_000)
+    assert b.now_ms() == 40_000 + 10_000  # idle 40 s: 10 s past the idle bound
+    assert a.now_ms() == 40_000 + 10_000
