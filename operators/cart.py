@@ -159,12 +159,6 @@ class CartTimeline:
             (a.due_ms for a in self.abandonments(after_ms) if a.activity_ms not in fired), None
         )
 
-    def mute(self) -> None:
-        """No abandonment of the timeline so far fires (the pending one included); later
-        activity starts new waits as usual."""
-        self.fired = sorted({*self.fired, *(e[0] for e in self.entries if e[3] != ORDER)})
-        self.wake_ms = None
-
     def take_due(self, now_ms: int, after_ms: int) -> list[Abandonment]:
         """Abandonments due strictly before the settled time ``now_ms`` that have not fired;
         marks them fired, then folds away what ``now_ms`` decided (up to the latest order)."""

@@ -41,6 +41,7 @@ operators.consent.ConsentConfigError: ATTUNE_CONSENT_REGIONS entry 'Europe=opt-i
 from __future__ import annotations
 
 import re
+from bisect import insort
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -210,6 +211,36 @@ class ConsentPolicy:
             return self._default(state.country, state.region, purpose)
         return self._default(None, None, purpose)
 
+    def allowed_throughout(
+        self, state: ConsentState | None, purpose: str, start_ms: int, end_ms: int
+    ) -> bool:
+        """Whether ``purpose`` was allowed from ``start_ms`` to ``end_ms`` in event time:
+        allowed as of ``start_ms`` (the latest statement at or before it, else the
+        default of where the user is) and not withdrawn up to ``end_ms``. A function of
+        the statements, not of the order they arrived in, so a trigger judged late (its
+        judgement waited for other events) is decided as one judged on time. When the
+        kept statements (:data:`MAX_STATEMENTS`) no longer reach back to ``start_ms``, the
+        answer is no.
+
+        >>> policy, cs = ConsentPolicy(), ConsentState()
+        >>> cs.observe(1_000, ConsentUpdate(marketing=True))
+        >>> cs.observe(5_000, ConsentUpdate(marketing=False))
+        >>> [policy.allowed_throughout(cs, MARKETING, a, b) for a, b in
+        ...  [(1_000, 4_999), (1_000, 5_000), (6_000, 7_000), (500, 900)]]
+        [True, False, False, False]
+        """
+        if state is None:
+            return self._default(None, None, purpose)
+        log = state.log.get(purpose, ())
+        before = [given for t, given in log if t <= start_ms]
+        if before:
+            allowed = before[-1]
+        elif len(log) >= MAX_STATEMENTS:
+            return False  # what was said at start_ms is no longer kept
+        else:
+            allowed = self._default(state.country, state.region, purpose)
+        return allowed and not any(not given for t, given in log if start_ms < t <= end_ms)
+
     def _default(self, country: str | None, region: str | None, purpose: str) -> bool:
         cached = self._cache.get((country, region))
         if cached is None:
@@ -226,12 +257,18 @@ class ConsentPolicy:
         return f"default {base}; regions {regions or '(none)'}"
 
 
+#: Statements kept per purpose, for decisions as of an earlier event time.
+MAX_STATEMENTS = 8
+
+
 @dataclass(slots=True)
 class ConsentState:
-    """One user's consent: per purpose the latest statement ``(event time, given)``, and
-    where they are (from the latest event whose context names a country). Pickles; small."""
+    """One user's consent: per purpose the latest statement ``(event time, given)``, the
+    latest :data:`MAX_STATEMENTS` statements in event-time order, and where they are (from
+    the latest event whose context names a country). Pickles; small."""
 
     stated: dict[str, tuple[int, bool]] = field(default_factory=dict)
+    log: dict[str, list[tuple[int, bool]]] = field(default_factory=dict)
     country: str | None = None
     region: str | None = None
     located_ms: int = 0
@@ -245,6 +282,10 @@ class ConsentState:
                 old = self.stated.get(purpose)
                 if old is None or t >= old[0]:
                     self.stated[purpose] = (t, bool(given))
+                log = self.log.setdefault(purpose, [])
+                insort(log, (t, bool(given)))
+                if len(log) > MAX_STATEMENTS:
+                    del log[0]
 
     def locate(self, t: int, ctx: Context | None) -> None:
         """Take the country and region of an event's context, if it names them and is not

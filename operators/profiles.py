@@ -517,8 +517,28 @@ def check_cart(st: UserState, now_ms: int, cfg: ProfileConfig) -> list[Trigger]:
 def publishable(st: UserState, candidates: list[Trigger], cfg: ProfileConfig) -> list[Output]:
     """What goes out of the candidates: nothing without marketing consent (the privacy
     gate's floor, for every kind and every rule purpose); then the trigger rules decide
-    (conditions, actions, caps, cooldowns, quiet hours); without rules, all of them."""
-    if not candidates or not cfg.consent.allowed(st.consent, MARKETING):
+    (conditions, actions, caps, cooldowns, quiet hours); without rules, all of them.
+
+    Consent is taken in event time: a trigger needs marketing consent from its cause to
+    when it is due (a cart reminder: from the cart's last change to the end of its wait;
+    any other kind: at its cause), whenever it is judged. A cart judged late (it waited
+    for a hand-over or for the stream clock) is so decided as one judged on time, and a
+    withdrawal before the reminder was due holds it back in every run."""
+    if not candidates:
+        return []
+    consent, cs = cfg.consent, st.consent
+    wait = cfg.triggers.abandon_after_ms
+    candidates = [
+        c
+        for c in candidates
+        if consent.allowed_throughout(
+            cs,
+            MARKETING,
+            c.cause_event_time,
+            c.cause_event_time + (wait if c.kind == "cart_abandoned" else 0),
+        )
+    ]
+    if not candidates:
         return []
     rules = cfg.trigger_rules
     if rules is None:
@@ -587,10 +607,11 @@ def holds_data(st: UserState) -> bool:
 
 
 def drop_marketing(st: UserState) -> None:
-    """Marketing withdrawn: the pending cart reminder will not fire (not even if consent
-    comes back), and the publish history kept for caps and cooldowns goes."""
+    """Marketing withdrawn: the publish history kept for caps and cooldowns goes, and the
+    pages long-dwell fired for. (A cart reminder whose wait the withdrawal falls in does
+    not fire, not even if consent comes back: :func:`publishable` asks for consent
+    throughout the wait, in event time.)"""
     trig = st.trig
-    st.cart.mute()
     trig.dwell_fired = []
     trig.history = TriggerHistory()
 

@@ -43,7 +43,8 @@ def test_processes_share_the_slowest_partition_through_redis(
     t.advance(0.3)
     assert b.now_ms() == 10_000  # not B's own 90 s
     assert a.now_ms() == 20_000
-    stored = {k.decode(): Mark.decode(v.decode()) for k, v in redis_client.hgetall(key).items()}
+    raw: dict[bytes, bytes] = redis_client.hgetall(key)  # type: ignore[assignment]
+    stored = {k.decode(): Mark.decode(v.decode()) for k, v in raw.items()}
     assert {k: m.watermark_ms for k, m in stored.items() if m} == {
         "events:0": 10_000,
         "events:1": 90_000,

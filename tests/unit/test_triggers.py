@@ -188,6 +188,33 @@ def test_judgements_wait_for_the_hand_over_but_not_forever() -> None:
     assert fired.cause_event_time == T0 + 66 * MINUTE_MS
 
 
+def test_a_cart_judged_late_is_decided_as_one_judged_on_time() -> None:
+    """Consent in event time: a cart due before a marketing withdrawal fires though the
+    judgement waited (for a hand-over) until after the withdrawal was applied; one whose
+    wait the withdrawal falls in does not, judged on time or late."""
+    withdraw = ConsentUpdate(marketing=False)
+
+    def run(wait_for_handover: bool, withdraw_at: int) -> list[int]:
+        wall, stream = Wall(), FakeClock()
+        logic = UserLogic(None, ProfileConfig(stream_clock=stream, clock=wall))
+        logic.on_batch([ev(0, ConsentUpdate(True, True, True))])
+        if wait_for_handover:  # an IDENTIFY whose hand-over is on its way: judgements wait
+            logic.on_batch([("u1", event(MINUTE_MS // 2, Identify(), anon="a1"))])
+        out = list(logic.on_batch([ev(MINUTE_MS, AddToCart("i1", 1, 1500, "EUR"))])[0])
+        own = sorted([(2 * HOUR_MS, PageView()), (withdraw_at, withdraw)], key=lambda e: e[0])
+        out += logic.on_batch([ev(t, p) for t, p in own])[0]  # one partition: in order
+        if wait_for_handover:
+            stream.ms = T0 + 20 * HOUR_MS
+            out += logic.on_batch([("u1", HandedOver("a1", "u1", T0 + MINUTE_MS // 2, 0))])[0]
+        out += logic.on_eof()[0]
+        return [t.cause_event_time - T0 for t in triggers(out, "cart_abandoned")]
+
+    after_due = 10 * HOUR_MS  # the cart was due at 31 min, long before
+    assert run(False, after_due) == run(True, after_due) == [MINUTE_MS]
+    within_wait = 20 * MINUTE_MS
+    assert run(False, within_wait) == run(True, within_wait) == []
+
+
 def test_anonymous_events_read_after_the_login_still_count_before_any_judgement() -> None:
     """The anonymous id's partition lags the user's: the login and a remove arrive first,
     the order that emptied the anonymous cart and a later add after them."""
