@@ -245,7 +245,7 @@ def build_flow(
         items = default_items if items is None else items
     cfg = profile_config(settings, items, sinks.board, sinks.models)
     # One flow per process; a new flow starts with no event time.
-    STREAM_CLOCK.reset(sinks.clock)
+    STREAM_CLOCK.reset(sinks.clock, lateness_ms=settings.allowed_lateness_s * 1000)
 
     flow = Dataflow("attune_personalize")
     decoded = op.input("events", flow, source)

@@ -89,13 +89,19 @@ from operators.rules import TriggerContext, TriggerHistory, TriggerRules
 from operators.segments import RuleSet, cluster_segment, membership_changes
 from operators.stream_clock import STREAM_CLOCK, StreamClock
 from operators.triggers import (
+    BRIDGED,
+    JOINED,
+    NEW_LATEST,
     TriggerConfig,
     TriggerState,
+    added_in_own_session,
     cart_abandoned,
     expect_handover,
     handover_done,
     held,
     long_dwell,
+    own_event,
+    place_in_sessions,
     repeat_visit,
     segment_trigger,
     trigger_id,
@@ -319,7 +325,10 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
         out.extend(close_session(st, cfg))  # t opens a new latest session
     new_session = _sessionize(st, t, cfg.session_gap_ms)
     st.max_time = max(st.max_time, t)
+    own_opened = False
     if event.user_id == st.user_id:
+        added = event.payload.item_id if isinstance(event.payload, AddToCart) else None
+        own_opened = own_event(st.trig, t, cfg.session_gap_ms, added)
         st.trig.known = True
         if st.trig.known_since is None or t < st.trig.known_since:
             st.trig.known_since = t
@@ -329,7 +338,7 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
     current = _in_current_session(st, t)
     if cfg.models is not None and current and is_outcome_boundary(event):
         st.models.decide(FeatureView(st, st.max_time))  # before the outcome is visible
-    crossed = _count(st, event, t, cfg)
+    _count(st, event, t, cfg)
     if cfg.models is not None:
         st.models.observe(event, current)
     _trim(st)
@@ -343,7 +352,7 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
     ):
         st.vectors += 1
         out.append(ClusterVector(st.user_id, vector(FeatureView(st, st.max_time))))
-    candidates = _behaviour_triggers(st, event, new_session, crossed, cfg)
+    carts, caused = _behaviour_triggers(st, event, own_opened, cfg)
     if cfg.rules is not None:
         after = cfg.rules.evaluate(FeatureView(st, st.max_time))
         if after != st.segments:
@@ -353,51 +362,58 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
             exited = tuple(sorted(before - after))
             out += [*changes, SegmentsWrite(st.user_id, entered, exited)]
             if st.trig.known:
-                candidates += [segment_trigger(c) for c in changes]
-    return out + publishable(st, candidates, cfg)
+                caused += [segment_trigger(c) for c in changes]
+    return out + publishable(st, carts, cfg) + judge_caused(st, caused, cfg, event)
 
 
 def _behaviour_triggers(
-    st: UserState, event: Event, new_session: bool, crossed: bool, cfg: ProfileConfig
-) -> list[Trigger]:
-    """Trigger candidates this event causes, for known users.
+    st: UserState, event: Event, own_opened: bool, cfg: ProfileConfig
+) -> tuple[list[Trigger], list[Trigger]]:
+    """Trigger candidates at this event, for known users: the carts it settles, and the
+    dwell and visit triggers it causes.
 
     Carts: judged at this event's settled time (:func:`settled_own_time`), so the rules
     see the state as it was then whatever the batching; :class:`UserLogic` catches up
     with the stream clock per batch and on its timer. Dwells and visits: only events
-    under the user's id, since they were first seen under it. Those come from one
-    partition, in its order in every batching; the anonymous era's events, handed over
-    at login, and anonymous events routed here after it arrive in an order that depends
-    on batching, and do not fire.
+    under the user's id, since they were first seen under it, judged on those events
+    alone (their sessions and adds to cart, kept in the trigger state). They come from
+    one partition, in its order in every run and batching; the anonymous era's events,
+    handed over at login, and anonymous events routed here after it arrive in an order
+    that depends on batching: they neither fire nor change these judgements.
     """
     if not st.trig.known:
-        return []
+        return [], []
     settled = settled_own_time(st, event.event_time, cfg)
-    out: list[Trigger] = [] if settled is None else check_cart(st, settled, cfg)
+    carts = [] if settled is None else check_cart(st, settled, cfg)
     since = st.trig.known_since
     if since is None or event.event_time < since or event.user_id != st.user_id:
-        return out  # the anonymous era, or an anonymous event routed here after the login
+        return carts, []  # the anonymous era, or an anonymous event routed here after login
     emit = cfg.clock.now_ms()
     p = event.payload
-    if crossed and isinstance(p, Dwell):
-        page = p.page_view_id or p.item_id or ""
-        if not _added_since(st, p.item_id, st.session_start_ms):
-            fired = long_dwell(
-                st.trig,
-                st.user_id,
-                page=page,
-                item_id=p.item_id,
-                dwell_ms=p.dwell_ms,
-                t=event.event_time,
-                emit_ms=emit,
-            )
-            if fired is not None:
-                out.append(fired)
-    if new_session:
-        visit = repeat_visit(st.user_id, st.session_start_ms, st.session_starts, emit, cfg.triggers)
+    caused: list[Trigger] = []
+    if (
+        isinstance(p, Dwell)
+        and p.item_id is not None
+        and p.dwell_ms > cfg.triggers.long_dwell_ms
+        and not added_in_own_session(st.trig, p.item_id, event.event_time)
+    ):
+        fired = long_dwell(
+            st.trig,
+            st.user_id,
+            page=p.page_view_id or p.item_id,
+            item_id=p.item_id,
+            dwell_ms=p.dwell_ms,
+            t=event.event_time,
+            emit_ms=emit,
+        )
+        if fired is not None:
+            caused.append(fired)
+    if own_opened:
+        starts = st.trig.own_starts
+        visit = repeat_visit(st.user_id, starts[-1], starts, emit, cfg.triggers)
         if visit is not None:
-            out.append(visit)
-    return out
+            caused.append(visit)
+    return carts, caused
 
 
 def close_session(st: UserState, cfg: ProfileConfig) -> list[Output]:
@@ -463,12 +479,6 @@ def high_propensity(st: UserState, score: float, cfg: ProfileConfig) -> Trigger:
     )
 
 
-def _added_since(st: UserState, item_id: str | None, since: int) -> bool:
-    return item_id is not None and any(
-        op[2] == item_id and op[3] > 0 and op[0] >= since for op in st.cart.entries
-    )
-
-
 def settled_own_time(st: UserState, t: int, cfg: ProfileConfig) -> int | None:
     """The event time before which no more of the user's events can arrive, judged from
     the user's own event time ``t``: ``t`` less the allowed lateness, as all their events
@@ -488,6 +498,63 @@ def _login_unsettled(st: UserState, cfg: ProfileConfig) -> bool:
     return bool(st.trig.linked_ms) and (cfg.stream_clock.now_ms() or 0) < st.trig.linked_ms
 
 
+def history_on_its_way(st: UserState, cfg: ProfileConfig) -> bool:
+    """Whether a login's anonymous history (consent stated on that device among it) may
+    still be on its way: its hand-over is awaited (:data:`HANDOVER_WAIT_MS` of wall time at
+    most), or some partition has not yet been read past the login (the stream clock's
+    reached time, without the allowed lateness: in a live stream, milliseconds)."""
+    if st.trig.awaiting and held(st.trig, cfg.clock.now_ms()):
+        return True
+    return bool(st.trig.linked_ms) and (cfg.stream_clock.reached_ms() or 0) < st.trig.linked_ms
+
+
+def judgements_wait(st: UserState, cfg: ProfileConfig) -> bool:
+    """Whether the user's cart judgements wait: for a login's hand-over, or until the
+    stream clock has passed the login (anonymous events read after the hand-over, a
+    consent change among them, may still lag in their partition)."""
+    return history_on_its_way(st, cfg) or _login_unsettled(st, cfg)
+
+
+#: Triggers deferred while a login's history is on its way, at most (the oldest are judged
+#: beyond it).
+MAX_DEFERRED = 256
+
+
+def judge_caused(
+    st: UserState, caused: list[Trigger], cfg: ProfileConfig, cause: Event
+) -> list[Output]:
+    """Publishable triggers an event caused, judged with its channel and time zone; while a
+    login's history may be on its way (:func:`history_on_its_way`), kept in the trigger
+    state until it arrived. (Not until the settled time passed the login, as carts wait:
+    that is the allowed lateness, minutes, and these triggers are for acting within
+    seconds; a late anonymous consent event can still miss them.)"""
+    if not caused:
+        return []
+    ctx = cause.context
+    channel, timezone = (ctx.channel, ctx.timezone) if ctx is not None else (None, None)
+    if not history_on_its_way(st, cfg):  # the deferred first: caps count in cause order
+        return release_deferred(st, cfg, True) + publishable(st, caused, cfg, channel, timezone)
+    deferred = st.trig.deferred
+    deferred.extend((t, channel, timezone) for t in caused)
+    out: list[Output] = []
+    while len(deferred) > MAX_DEFERRED:
+        trigger, channel, timezone = deferred.pop(0)
+        out += publishable(st, [trigger], cfg, channel, timezone)
+    return out
+
+
+def release_deferred(st: UserState, cfg: ProfileConfig, now: bool) -> list[Output]:
+    """Judge the deferred triggers, in the order they were caused, once the login's
+    history arrived (``now``: without asking, at end of input or when the caller knows)."""
+    if not st.trig.deferred or (not now and history_on_its_way(st, cfg)):
+        return []
+    pending, st.trig.deferred = st.trig.deferred, []
+    out: list[Output] = []
+    for trigger, channel, timezone in pending:
+        out += publishable(st, [trigger], cfg, channel, timezone)
+    return out
+
+
 def check_cart(st: UserState, now_ms: int, cfg: ProfileConfig) -> list[Trigger]:
     """Cart-abandoned triggers for the abandonments due before ``now_ms`` (a settled
     time: late events up to the allowed lateness can no longer change them), each once.
@@ -498,11 +565,8 @@ def check_cart(st: UserState, now_ms: int, cfg: ProfileConfig) -> list[Trigger]:
     """
     if not st.trig.known:
         return []
-    if now_ms < MAX_EVENT_TIME_MS and (
-        (st.trig.awaiting and held(st.trig, cfg.clock.now_ms()))
-        # a consent change may be among the anonymous events still on their way
-        or _login_unsettled(st, cfg)
-    ):
+    # a consent change may be among the anonymous events still on their way
+    if now_ms < MAX_EVENT_TIME_MS and judgements_wait(st, cfg):
         return []
     due = st.cart.take_due(now_ms, cfg.triggers.abandon_after_ms)
     if not due:
@@ -514,7 +578,13 @@ def check_cart(st: UserState, now_ms: int, cfg: ProfileConfig) -> list[Trigger]:
     ]
 
 
-def publishable(st: UserState, candidates: list[Trigger], cfg: ProfileConfig) -> list[Output]:
+def publishable(
+    st: UserState,
+    candidates: list[Trigger],
+    cfg: ProfileConfig,
+    channel: str | None = None,
+    timezone: str | None = None,
+) -> list[Output]:
     """What goes out of the candidates: nothing without marketing consent (the privacy
     gate's floor, for every kind and every rule purpose); then the trigger rules decide
     (conditions, actions, caps, cooldowns, quiet hours); without rules, all of them.
@@ -523,7 +593,8 @@ def publishable(st: UserState, candidates: list[Trigger], cfg: ProfileConfig) ->
     when it is due (a cart reminder: from the cart's last change to the end of its wait;
     any other kind: at its cause), whenever it is judged. A cart judged late (it waited
     for a hand-over or for the stream clock) is so decided as one judged on time, and a
-    withdrawal before the reminder was due holds it back in every run."""
+    withdrawal before the reminder was due holds it back in every run. ``channel`` and
+    ``timezone`` (of the causing event) override the user's latest ones when given."""
     if not candidates:
         return []
     consent, cs = cfg.consent, st.consent
@@ -547,8 +618,8 @@ def publishable(st: UserState, candidates: list[Trigger], cfg: ProfileConfig) ->
         features=FeatureView(st, st.max_time),
         segments=frozenset(_audiences(st)),
         marketing_consent=True,
-        timezone=st.trig.timezone,
-        channel=st.trig.channel,
+        timezone=timezone or st.trig.timezone,
+        channel=channel or st.trig.channel,
     )
     out: list[Output] = []
     for trigger in candidates:
@@ -673,7 +744,13 @@ def state_items(st: UserState) -> tuple[str, ...]:
     if st.segments:
         items.append(f"segments: {len(st.segments)}")
     trig = st.trig
-    if st.cart.fired or trig.dwell_fired or trig.history != TriggerHistory():
+    if (
+        st.cart.fired
+        or trig.dwell_fired
+        or trig.own_starts
+        or trig.deferred
+        or trig.history != TriggerHistory()
+    ):
         items.append("trigger state")
     if not st.consent.is_empty():
         items.append("consent state")
@@ -802,43 +879,26 @@ def _sessionize(st: UserState, t: int, gap: int) -> bool:
 
     Returns whether ``t`` opened a new latest session (a session boundary).
     """
-    starts, ends = st.session_starts, st.session_ends
-    opened = False
-    i = bisect_right(starts, t)  # sessions [0, i) start at or before t
-    joins_left = i > 0 and t - ends[i - 1] <= gap
-    joins_right = i < len(starts) and starts[i] - t <= gap
-    last = len(starts) - 1
-    if joins_left and joins_right:  # t bridges two sessions: they become one
-        ends[i - 1] = ends[i]
-        del starts[i], ends[i]
+    placed = place_in_sessions(st.session_starts, st.session_ends, t, gap, MAX_SESSIONS)
+    if placed == BRIDGED:
         st.sessions -= 1
-    elif joins_left:
-        ends[i - 1] = max(ends[i - 1], t)
-    elif joins_right:
-        starts[i] = t
-    else:
-        starts.insert(i, t)
-        ends.insert(i, t)
+    elif placed != JOINED:
         st.sessions += 1
-        if i > last:  # a new latest session
-            opened = True
-            st.session_events = 0
-            st.session_product_views = 0
-            st.session_add_to_carts = 0
-            st.session_purchases = 0
-        if len(starts) > MAX_SESSIONS:
-            del starts[0], ends[0]
-    st.session_start_ms = starts[-1]
-    return opened
+    if placed == NEW_LATEST:
+        st.session_events = 0
+        st.session_product_views = 0
+        st.session_add_to_carts = 0
+        st.session_purchases = 0
+    st.session_start_ms = st.session_starts[-1]
+    return placed == NEW_LATEST
 
 
 def _in_current_session(st: UserState, t: int) -> bool:
     return t >= st.session_start_ms
 
 
-def _count(st: UserState, event: Event, t: int, cfg: ProfileConfig) -> bool:
-    """Count the event; returns whether a dwell just passed the long-dwell threshold."""
-    crossed = False
+def _count(st: UserState, event: Event, t: int, cfg: ProfileConfig) -> None:
+    """Count the event."""
     st.events += 1
     current = _in_current_session(st, t)
     if current:
@@ -891,11 +951,9 @@ def _count(st: UserState, event: Event, t: int, cfg: ProfileConfig) -> bool:
             st.dwell_pages[page] = p.dwell_ms
             if before <= LONG_DWELL_MS < p.dwell_ms:
                 st.long_dwells += 1
-                crossed = p.item_id is not None
             if len(st.dwell_pages) > 16:
                 del st.dwell_pages[next(iter(st.dwell_pages))]
         st.dwell_max_ms = max(st.dwell_max_ms, p.dwell_ms)
-    return crossed
 
 
 def cart_of(st: UserState) -> dict[str, tuple[int, int]]:
@@ -1129,17 +1187,19 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         return out, StatefulBatchLogic.RETAIN
 
     def _timers(self, end_of_input: bool = False) -> list[Output]:
-        """Fire a pending cart abandonment the stream's clock has passed (all at end of input)."""
+        """Fire a pending cart abandonment the stream's clock has passed, and judge the
+        triggers deferred while judgements waited (all of them at end of input)."""
         st = self.state
         if st is None:
             return []
+        out = release_deferred(st, self.cfg, end_of_input)
         if end_of_input:
             now = MAX_EVENT_TIME_MS
         else:
             clock = self.cfg.stream_clock.now_ms() or 0  # already less the allowed lateness
             now = max(settled_own_time(st, st.max_time, self.cfg) or 0, clock)
         fired = check_cart(st, now, self.cfg)
-        return publishable(st, list(fired), self.cfg) if fired else []
+        return out + publishable(st, fired, self.cfg) if fired else out
 
     def expired(self) -> bool:
         """Whether the state has been idle (wall clock) for the state TTL."""
@@ -1173,8 +1233,10 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
 
     def notify_at(self) -> datetime | None:
         st = self.state
-        if st is not None and st.cart.next_due_ms(self.cfg.triggers.abandon_after_ms) is not None:
-            return datetime.now(UTC) + TIMER_POLL  # poll the stream clock while a cart waits
+        if st is not None and (
+            st.trig.deferred or st.cart.next_due_ms(self.cfg.triggers.abandon_after_ms) is not None
+        ):
+            return datetime.now(UTC) + TIMER_POLL  # poll the stream clock while these wait
         active = st.active_ms if st is not None else self.cfg.clock.now_ms()
         return datetime.fromtimestamp((active + self._ttl_ms) / 1000, UTC)
 

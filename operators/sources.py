@@ -134,10 +134,11 @@ CLOCK_LAG_BATCHES = 3
 class ClockFeed:
     """What one source partition tells the process's stream clock after each batch.
 
-    The clock trails by the allowed lateness (an event that much older may still come)
-    and by :data:`CLOCK_LAG_BATCHES` batches: what was read before them has gone
-    downstream, including the extra hop through the identity step that anonymous
-    events take to their user (one batch was not always enough on a loaded machine).
+    The mark trails the partition's watermark by :data:`CLOCK_LAG_BATCHES` batches: what
+    was read before them has gone downstream, including the extra hop through the
+    identity step that anonymous events take to their user (one batch was not always
+    enough on a loaded machine). The clock subtracts the allowed lateness where it
+    must (an event that much older may still come).
     """
 
     def __init__(self, name: str, wm: Watermark) -> None:
@@ -146,7 +147,7 @@ class ClockFeed:
         self.marks: deque[int] = deque([wm.max_time], maxlen=CLOCK_LAG_BATCHES)
 
     def after_batch(self) -> None:
-        STREAM_CLOCK.advance(self.name, self.marks[0] - self.wm.allowed_lateness_ms)
+        STREAM_CLOCK.advance(self.name, self.marks[0])
         self.marks.append(self.wm.max_time)
 
 

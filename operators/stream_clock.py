@@ -1,10 +1,12 @@
 """The stream clock: the event time the whole stream has reached, across every process.
 
 Timers that must fire when a user sends nothing more (cart abandonment) read
-it. Each source partition reports its watermark (less the allowed lateness,
-trailing a few batches: :class:`operators.sources.ClockFeed`) to its process's
-:data:`STREAM_CLOCK`; :meth:`StreamClock.now_ms` is the smallest mark of every
-partition of the input, the slowest partition holding time back.
+it. Each source partition reports its watermark (trailing a few batches:
+:class:`operators.sources.ClockFeed`) to its process's :data:`STREAM_CLOCK`;
+:meth:`StreamClock.reached_ms` is the smallest mark of every partition of the
+input, the slowest partition holding time back (every event up to it has been
+read, but for late ones), and :meth:`StreamClock.now_ms` is that less the allowed
+lateness (no event older than it can still arrive).
 
 In a cluster of several processes, a user's events may be read by one process
 and judged by the one holding the user's state, so a process must not trust its
@@ -22,13 +24,14 @@ partition is idle time moves on with the wall clock from the newest watermark
 (the bounded processing-time fallback for idle streams).
 
 >>> clock = StreamClock()
+>>> clock.reset(lateness_ms=100)
 >>> clock.expect(["events:0", "events:1"])
 >>> clock.advance("events:0", 1_000)
 >>> print(clock.now_ms())  # events:1 has not reported: time cannot move yet
 None
 >>> clock.advance("events:1", 5_000)
->>> clock.now_ms()
-1000
+>>> clock.reached_ms(), clock.now_ms()
+(1000, 900)
 """
 
 from __future__ import annotations
@@ -133,14 +136,17 @@ class StreamClock:
         self._remote: dict[str, Mark] = {}
         self._started_ms = wall_ms()
         self._synced = float("-inf")
+        self._lateness_ms = 0
 
-    def reset(self, board: ClockBoard | None = None) -> None:
-        """Start a new flow run: no event time, no partitions; share marks via ``board``."""
+    def reset(self, board: ClockBoard | None = None, lateness_ms: int = 0) -> None:
+        """Start a new flow run: no event time, no partitions; share marks via ``board``;
+        an event up to ``lateness_ms`` behind its partition's watermark may still come."""
         with self._lock:
             self._local.clear()
             self._remote.clear()
             self._expected = frozenset()
             self._board = board
+            self._lateness_ms = lateness_ms
             self._started_ms = self._wall_ms()
             self._synced = float("-inf")
 
@@ -165,7 +171,14 @@ class StreamClock:
             self._sync(now)
 
     def now_ms(self) -> int | None:
-        """The stream's event time, or ``None`` while some partition has not reported."""
+        """The settled event time: no event older than it can still arrive (the reached
+        time less the allowed lateness), ``None`` while some partition has not reported."""
+        reached = self.reached_ms()
+        return None if reached is None else reached - self._lateness_ms
+
+    def reached_ms(self) -> int | None:
+        """The event time every partition has been read to (late events aside), ``None``
+        while some partition has not reported."""
         with self._lock:
             now = self._monotonic()
             self._sync(now)

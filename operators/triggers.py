@@ -19,8 +19,9 @@ bounded input every pending timer fires.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
 from operators.cart import Abandonment
@@ -68,6 +69,63 @@ class TriggerConfig:
 # --- per-user trigger state and detection (called by operators.profiles) ---------------------
 
 MAX_FIRED_PAGES = 16
+#: Own-event session intervals and adds to cart kept for the dwell and visit triggers.
+MAX_OWN_SESSIONS = 32
+MAX_OWN_ADDS = 32
+
+#: Where an event time fell among session intervals (:func:`place_in_sessions`).
+JOINED, BRIDGED, NEW_EARLIER, NEW_LATEST = range(4)
+
+
+def place_in_sessions(starts: list[int], ends: list[int], t: int, gap_ms: int, cap: int) -> int:
+    """Place event time ``t`` among sorted session intervals by the gap rule, in any
+    arrival order: it joins or extends one (``JOINED``), bridges two into one
+    (``BRIDGED``), or opens a session (``NEW_LATEST`` when it is the latest, else
+    ``NEW_EARLIER``). At most ``cap`` intervals are kept (the oldest go).
+
+    >>> starts, ends = [], []
+    >>> [place_in_sessions(starts, ends, t, 10, 8) for t in (0, 5, 30, 50, 40, 20, -50)]
+    [3, 0, 3, 3, 1, 0, 2]
+    >>> starts, ends
+    ([-50, 0, 20], [-50, 5, 50])
+    """
+    i = bisect_right(starts, t)  # sessions [0, i) start at or before t
+    joins_left = i > 0 and t - ends[i - 1] <= gap_ms
+    joins_right = i < len(starts) and starts[i] - t <= gap_ms
+    if joins_left and joins_right:
+        ends[i - 1] = ends[i]
+        del starts[i], ends[i]
+        return BRIDGED
+    if joins_left:
+        ends[i - 1] = max(ends[i - 1], t)
+        return JOINED
+    if joins_right:
+        starts[i] = t
+        return JOINED
+    latest = i == len(starts)
+    starts.insert(i, t)
+    ends.insert(i, t)
+    if len(starts) > cap:
+        del starts[0], ends[0]
+    return NEW_LATEST if latest else NEW_EARLIER
+
+
+def own_event(ts: TriggerState, t: int, gap_ms: int, added_item: str | None) -> bool:
+    """An event under the user's own id at ``t`` (an add to cart of ``added_item``):
+    whether it opened a new latest own session."""
+    opened = place_in_sessions(ts.own_starts, ts.own_ends, t, gap_ms, MAX_OWN_SESSIONS)
+    if added_item is not None:
+        bisect.insort(ts.own_adds, (t, added_item))
+        if len(ts.own_adds) > MAX_OWN_ADDS:
+            del ts.own_adds[0]
+    return opened == NEW_LATEST
+
+
+def added_in_own_session(ts: TriggerState, item_id: str, t: int) -> bool:
+    """Whether the user (own events) added ``item_id`` in the session of ``t``, before it."""
+    i = bisect_right(ts.own_starts, t)
+    start = ts.own_starts[i - 1] if i else t
+    return any(start <= at <= t and item == item_id for at, item in ts.own_adds)
 
 
 @dataclass(slots=True)
@@ -85,6 +143,16 @@ class TriggerState:
     handed: list[str] = field(default_factory=list)
     linked_ms: int = 0  # event time of the latest link: anonymous events before it may lag
     dwell_fired: list[str] = field(default_factory=list)  # pages long_dwell fired for
+    # Sessions and adds to cart of the events under the user's own id only: they come
+    # from one partition, in its order in every run and batching, so the dwell and
+    # repeat-visit triggers judged on them are the same after a replay or a recovery.
+    own_starts: list[int] = field(default_factory=list)
+    own_ends: list[int] = field(default_factory=list)
+    own_adds: list[tuple[int, str]] = field(default_factory=list)  # (event time, item)
+    # Dwell, visit and segment triggers caused while judgements wait for a login's
+    # history (consent stated while anonymous may be in it), with the channel and time
+    # zone of their causing event: judged when the wait ends.
+    deferred: list[tuple[Trigger, str | None, str | None]] = field(default_factory=list)
     history: TriggerHistory = field(default_factory=TriggerHistory)  # caps and cooldowns
 
 

@@ -83,6 +83,10 @@ def test_cart_abandoned_seen_by_the_subscriber(ran: tuple[Settings, GroundTruth]
     assert counts and odd == [], odd
     assert {t.user_id for t in delivered} & exp.identified
 
+    for kind in ("long_dwell", "repeat_visit"):  # the replay repeats these ids too
+        ids = Counter(t.trigger_id for t in read_all(settings, kind)[0])
+        assert ids and set(ids.values()) == {2}, (kind, [i for i, n in ids.items() if n != 2])
+
     fired = {(t.user_id, t.cause_event_time): t for t in acted if t.user_id in exp.users}
     check_cart_triggers(fired, exp)
 

@@ -105,6 +105,9 @@ class FakeClock(StreamClock):
     def now_ms(self) -> int | None:
         return None
 
+    def reached_ms(self) -> int | None:
+        return None
+
 
 def config(policy: ConsentPolicy | None = None, **kw: Any) -> ProfileConfig:
     return ProfileConfig(

@@ -49,6 +49,9 @@ class FakeClock(StreamClock):
     def now_ms(self) -> int | None:
         return self.ms
 
+    def reached_ms(self) -> int | None:
+        return self.ms
+
 
 class Wall:
     """A wall clock a test sets by hand."""
@@ -236,6 +239,67 @@ def test_anonymous_events_read_after_the_login_still_count_before_any_judgement(
     out += logic.on_notify()[0]
     fired = [t.cause_event_time - T0 for t in triggers(out, "cart_abandoned")]
     assert fired == [MINUTE_MS]  # the x cart, abandoned before its order; y was removed
+
+
+def test_dwell_and_visit_triggers_do_not_depend_on_where_anonymous_events_interleave() -> None:
+    """The user's own events come from one partition, in order; anonymous events routed
+    to them after the login (another device) arrive wherever the other partition's
+    batches land. Whatever the interleaving, the same dwell and repeat-visit triggers."""
+    import random
+
+    login = event(0, Identify(), anon="a1")
+    own: list[Keyed] = [("u1", login)]
+    for day in (1, 2, 3):
+        own.append(ev(day * DAY_MS, PageView()))
+    own += [ev(3 * DAY_MS + s * 10_000, Dwell(s * 10_000, "i1", "pv1")) for s in range(1, 5)]
+    other: list[Keyed] = [  # the anonymous device: sessions in between, an add of i1
+        ("u1", event(t, PageView(), user=None, anon="a1"))
+        for t in (DAY_MS // 2, 3 * DAY_MS // 2, 5 * DAY_MS // 2)
+    ]
+    other.append(("u1", event(3 * DAY_MS + 5_000, AddToCart("i1", 1, 100, "EUR"), None, "a1")))
+
+    seen = set()
+    for seed in range(12):
+        rng = random.Random(seed)
+        merged, rest = list(own), list(other)
+        for item in rest:  # keep the own order, put each anonymous event anywhere after login
+            merged.insert(rng.randint(1, len(merged)), item)
+        clock = FakeClock()
+        logic = user(clock)
+        out: list[Any] = []
+        for i in range(0, len(merged), 1 + seed % 3):  # and batch it differently
+            out += logic.on_batch(merged[i : i + 1 + seed % 3])[0]
+        assert not [t for t in out if isinstance(t, Trigger)]  # they wait for the history
+        clock.ms = T0 + 4 * DAY_MS  # the stream passed the login ...
+        out += logic.on_batch([("u1", HandedOver("a1", "u1", T0, 0))])[0]  # ... it arrived
+        fired = tuple(
+            sorted((t.kind, t.trigger_id) for t in out if isinstance(t, Trigger)
+                   and t.kind in ("long_dwell", "repeat_visit"))
+        )  # fmt: skip
+        seen.add(fired)
+    assert len(seen) == 1
+    (fired,) = seen
+    assert [k for k, _ in fired] == ["long_dwell", "repeat_visit"]
+
+
+def test_consent_given_while_anonymous_counts_for_triggers_caused_before_it_arrived() -> None:
+    """The banner was accepted on the anonymous device; the user's own events after the
+    login cause a long dwell before the hand-over brings that consent: the dwell waits
+    for it, and fires as it does when the history comes first."""
+    login: Keyed = ("u1", event(HOUR_MS, Identify(), anon="a1"))
+    consent: Keyed = ("u1", event(0, ConsentUpdate(True, True, True), user=None, anon="a1"))
+    handed: Keyed = ("u1", HandedOver("a1", "u1", T0 + HOUR_MS, 1))
+    beats = [ev(HOUR_MS + s * 10_000, Dwell(s * 10_000, "i1", "pv1")) for s in range(1, 5)]
+    fired: list[list[str]] = []
+    for order in ([login, consent, handed, *beats], [login, *beats, consent, handed]):
+        clock = FakeClock()
+        logic = UserLogic(None, ProfileConfig(stream_clock=clock))  # no consent of its own
+        out: list[Any] = []
+        for item in order:
+            clock.ms = T0 + 2 * HOUR_MS if item is handed else clock.ms
+            out += logic.on_batch([item])[0]
+        fired.append([t.trigger_id for t in triggers(out, "long_dwell")])
+    assert fired[0] == fired[1] and len(fired[0]) == 1
 
 
 def test_anonymous_era_dwells_do_not_fire_when_handed_over() -> None:
