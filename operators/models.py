@@ -388,8 +388,8 @@ class ModelSnapshot:
                     k: NeighbourList(
                         k,
                         int(at),
-                        tuple((i, float(x)) for i, x in v),
-                        tuple((i, float(x)) for i, x in b),
+                        tuple([(i, float(x)) for i, x in v]),
+                        tuple([(i, float(x)) for i, x in b]),
                     )
                     for k, (at, v, b) in raw["covisit"].items()
                 },

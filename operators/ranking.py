@@ -343,8 +343,8 @@ class Models:
             lst = self.covisit.neighbours(item, kind, N_COVISIT, now_ms)
             if not lst:
                 return None
-            rows, values = _known_rows(cat, lst)
-            return rows, values, lst[0][1], len(np.unique(rows)) == len(rows)
+            rows, values, distinct = _known_rows(cat, lst)
+            return rows, values, lst[0][1], distinct
         published = self.covisit.published.get(item)
         if published is None:
             return None
@@ -352,9 +352,8 @@ class Models:
         got = c.covisit.get((item, kind))
         if got is None or got[0] is not published:
             raw = (published.viewed if kind == VIEWED else published.bought)[:N_COVISIT]
-            rows, values = _known_rows(cat, raw)
-            best = raw[0][1] if raw else None
-            got = (published, rows, values, best, len(np.unique(rows)) == len(rows))
+            rows, values, distinct = _known_rows(cat, raw)
+            got = (published, rows, values, raw[0][1] if raw else None, distinct)
             c.covisit[(item, kind)] = got
         _, rows, values, best, distinct = got
         if best is None:
@@ -385,16 +384,19 @@ class Models:
         return self._aligned
 
 
-def _known_rows(cat: Catalogue, lst: Sequence[tuple[str, float]]) -> tuple[I64, F64]:
-    """Catalogue rows and scores of the listed items the catalogue knows, in list order."""
+def _known_rows(cat: Catalogue, lst: Sequence[tuple[str, float]]) -> tuple[I64, F64, bool]:
+    """Catalogue rows and scores of the listed items the catalogue knows, in list order,
+    and whether the rows are distinct."""
+    index = cat.index
     rows: list[int] = []
     values: list[float] = []
     for other, score in lst:
-        r = cat.index.get(other)
+        r = index.get(other)
         if r is not None:
             rows.append(r)
             values.append(score)
-    return np.asarray(rows, np.int64), np.asarray(values, np.float64)
+    distinct = len(set(rows)) == len(rows)
+    return np.asarray(rows, np.int64), np.asarray(values, np.float64), distinct
 
 
 def _category_mask(categories: Sequence[str], entries: tuple[str, ...]) -> npt.NDArray[np.bool_]:
