@@ -235,11 +235,6 @@ class _Constants:
     vectors64: F64  # the content vectors as float64, what ``vectors @ float64`` computes on
     cold: npt.NDArray[np.bool_]  # rows without a trend score (cold items)
     shares: dict[tuple[str, ...], _TrendShares] = field(default_factory=dict)
-    # (item, kind) -> (the published list, rows of its items in the catalogue, their
-    # scores, the list's best score (None: empty), whether the rows are distinct)
-    covisit: dict[tuple[str, str], tuple[NeighbourList, I64, F64, float | None, bool]] = field(
-        default_factory=dict
-    )
 
     def fits(self, cat: Catalogue, trending: TrendingBoard) -> bool:
         return (
@@ -250,6 +245,34 @@ class _Constants:
             and self.trending is trending
             and self.trend_version == trending.version
         )
+
+
+@dataclass(slots=True)
+class CovisitRows:
+    """Published co-visitation lists as catalogue rows, for one catalogue state.
+
+    Shared by the :class:`Models` of successive snapshots (``ModelReader`` hands it on):
+    the learner republishes only the lists that changed, so an entry is reused while
+    the snapshot's list is equal to the one it was made from.
+    """
+
+    catalogue: Catalogue | None = None
+    cat_version: int = -1
+    n: int = -1
+    # (item, kind) -> (the published list, rows of its items in the catalogue, their
+    # scores, the list's best score (None: empty))
+    lists: dict[tuple[str, str], tuple[NeighbourList, I64, F64, float | None]] = field(
+        default_factory=dict
+    )
+
+    def for_catalogue(
+        self, cat: Catalogue
+    ) -> dict[tuple[str, str], tuple[NeighbourList, I64, F64, float | None]]:
+        """The entries, emptied first if the catalogue is another or changed."""
+        if self.catalogue is not cat or self.cat_version != cat.version or self.n != len(cat):
+            self.catalogue, self.cat_version, self.n = cat, cat.version, len(cat)
+            self.lists = {}
+        return self.lists
 
 
 def _read_only(a: F64) -> F64:
@@ -275,6 +298,7 @@ class Models:
     _aligned_key: tuple[int, int, int] = (-1, -1, -1)
     _aligned: F32 | None = None
     _constants: _Constants | None = field(default=None, compare=False, repr=False)
+    covisit_rows_cache: CovisitRows = field(default_factory=CovisitRows, compare=False, repr=False)
 
     @property
     def version(self) -> str:
@@ -332,34 +356,33 @@ class Models:
 
     def covisit_rows(
         self, item: str, kind: str, now_ms: int
-    ) -> tuple[I64, F64, float, bool] | None:
+    ) -> tuple[I64, F64, float, float] | None:
         """The recent item's co-visitation neighbours of ``kind`` known to the catalogue, as
-        rows and decayed scores, the decayed best score of the whole list (its first entry,
-        known to the catalogue or not) and whether the rows are distinct; ``None`` without
-        a list. The same numbers as ``covisit.neighbours(item, kind, N_COVISIT, now_ms)``;
-        published lists are turned into rows once per :class:`Models` (per snapshot)."""
+        rows and scores, the best score of the whole list (its first entry, known to the
+        catalogue or not) and the decay factor to apply to both at ``now_ms``; ``None``
+        without a list. Scaled, the same numbers as ``covisit.neighbours(item, kind,
+        N_COVISIT, now_ms)``; published lists become rows once (:class:`CovisitRows`)."""
         cat = self.catalogue
         if item in self.covisit.states:  # live learner states (the evaluator): not cached
-            lst = self.covisit.neighbours(item, kind, N_COVISIT, now_ms)
+            lst = self.covisit.neighbours(item, kind, N_COVISIT, now_ms)  # already decayed
             if not lst:
                 return None
-            rows, values, distinct = _known_rows(cat, lst)
-            return rows, values, lst[0][1], distinct
+            rows, values = _known_rows(cat, lst)
+            return rows, values, lst[0][1], 1.0
         published = self.covisit.published.get(item)
         if published is None:
             return None
-        c = self.constants()
-        got = c.covisit.get((item, kind))
-        if got is None or got[0] is not published:
+        lists = self.covisit_rows_cache.for_catalogue(cat)
+        got = lists.get((item, kind))
+        if got is None or (got[0] is not published and got[0] != published):
             raw = (published.viewed if kind == VIEWED else published.bought)[:N_COVISIT]
-            rows, values, distinct = _known_rows(cat, raw)
-            got = (published, rows, values, raw[0][1] if raw else None, distinct)
-            c.covisit[(item, kind)] = got
-        _, rows, values, best, distinct = got
+            rows, values = _known_rows(cat, raw)
+            got = (published, rows, values, raw[0][1] if raw else None)
+            lists[(item, kind)] = got
+        _, rows, values, best = got
         if best is None:
             return None
-        scale = published.scale(now_ms)
-        return rows, values * scale, best * scale, distinct
+        return rows, values, best, published.scale(now_ms)
 
     def aligned_embeddings(self) -> F32 | None:
         """Item vectors by catalogue row (zero rows for items the snapshot lacks), cached."""
@@ -384,9 +407,8 @@ class Models:
         return self._aligned
 
 
-def _known_rows(cat: Catalogue, lst: Sequence[tuple[str, float]]) -> tuple[I64, F64, bool]:
-    """Catalogue rows and scores of the listed items the catalogue knows, in list order,
-    and whether the rows are distinct."""
+def _known_rows(cat: Catalogue, lst: Sequence[tuple[str, float]]) -> tuple[I64, F64]:
+    """Catalogue rows and scores of the listed items the catalogue knows, in list order."""
     index = cat.index
     rows: list[int] = []
     values: list[float] = []
@@ -395,8 +417,7 @@ def _known_rows(cat: Catalogue, lst: Sequence[tuple[str, float]]) -> tuple[I64, 
         if r is not None:
             rows.append(r)
             values.append(score)
-    distinct = len(set(rows)) == len(rows)
-    return np.asarray(rows, np.int64), np.asarray(values, np.float64), distinct
+    return np.asarray(rows, np.int64), np.asarray(values, np.float64)
 
 
 def _category_mask(categories: Sequence[str], entries: tuple[str, ...]) -> npt.NDArray[np.bool_]:
@@ -524,11 +545,9 @@ def rank(
             cand.append(_top(content_full, mask & consts.cold, N_CONTENT))
     comps_full["content"] = content_full
 
-    # Co-visitation from the latest recent items, weighted by recency: dense over rows
-    # (each source adds to a row at most once, in the order of the sources).
-    vt = np.zeros(n)
-    bt = np.zeros(n)
-    touched = np.zeros(n, np.bool_)
+    # Co-visitation from the latest recent items, weighted by recency: every source's
+    # contributions in one array, summed per row in the order of the sources.
+    parts: dict[str, list[tuple[I64, F64, float, float, float]]] = {VIEWED: [], BOUGHT: []}
     if known.any():
         wt_s = decay_weights(times, now, SHORT_HALF_LIFE_MS) * kind_w
         wt_l = decay_weights(times, now, LONG_HALF_LIFE_MS) * kind_w
@@ -541,19 +560,20 @@ def rank(
             if len(sources) >= COVISIT_SOURCES:
                 break
         for item, (ws, wl) in sources.items():
-            for kind, acc, wgt in ((VIEWED, vt, ws + 0.1 * wl), (BOUGHT, bt, wl)):
+            for kind, wgt in ((VIEWED, ws + 0.1 * wl), (BOUGHT, wl)):
                 got = models.covisit_rows(item, kind, now)
                 if got is None:
                     continue
-                c_rows, c_scores, best, distinct = got
+                c_rows, c_values, best, scale = got
+                best = best * scale
                 if best <= 0:
                     continue
-                contrib = wgt * c_scores / best
-                if distinct:
-                    acc[c_rows] += contrib
-                else:
-                    np.add.at(acc, c_rows, contrib)
-                touched[c_rows] = True
+                parts[kind].append((c_rows, c_values, scale, wgt, best))
+    vt, vt_rows = _covisit_scores(parts[VIEWED], n)
+    bt, bt_rows = _covisit_scores(parts[BOUGHT], n)
+    touched = np.zeros(n, np.bool_)
+    touched[vt_rows] = True
+    touched[bt_rows] = True
 
     flags = touched & mask
     for c_idx in cand:
@@ -585,6 +605,30 @@ def rank(
         r = int(rows_c[j])
         out.append(Recommendation(cat.ids[r], round(float(score[j]), 6), reason, cat.categories[r]))
     return out
+
+
+def _covisit_scores(
+    parts: Sequence[tuple[I64, F64, float, float, float]], n: int
+) -> tuple[F64, I64]:
+    """Per row, the sum over the sources (in order) of ``weight * score * scale / best``.
+
+    ``parts``: per source list, its rows, scores, decay scale, the source's weight and
+    the list's decayed best score. Returns the dense sums and every row listed. The
+    same floats as adding ``weight * (scores * scale) / best`` into a zero array list
+    by list: the products are taken element by element alike, and ``np.bincount`` adds
+    in input order starting from 0.
+    """
+    if not parts:
+        return np.zeros(n), np.zeros(0, np.int64)
+    sizes = [len(p[0]) for p in parts]
+    rows = np.concatenate([p[0] for p in parts])
+    values = np.concatenate([p[1] for p in parts])
+    scale = np.repeat(np.asarray([p[2] for p in parts]), sizes)
+    weight = np.repeat(np.asarray([p[3] for p in parts]), sizes)
+    best = np.repeat(np.asarray([p[4] for p in parts]), sizes)
+    contrib = weight * (values * scale) / best
+    sums = np.bincount(rows, weights=contrib, minlength=n)  # float64 with weights
+    return sums.astype(np.float64, copy=False), rows
 
 
 def _mmr(score: F64, vectors: F32, k: int, lam: float) -> list[int]:

@@ -21,6 +21,7 @@ from operators.ranking import (
     Recommendation,
     UserSignals,
     Weights,
+    _covisit_scores,
     _mmr,
     rank,
     recs_value,
@@ -294,17 +295,53 @@ def test_cached_ranking_equals_a_fresh_models_every_time() -> None:
 def test_covisit_rows_match_the_neighbour_lists() -> None:
     cat, covisit, trending, emb = _world(7)
     m = Models(cat, covisit, trending, emb)
+    later = NOW + 5 * 10**7
     for item in ("i0", "i3", "i50", "nothing"):
         for kind in (VIEWED, BOUGHT):
-            lst = covisit.neighbours(item, kind, 30, NOW + 5 * 10**7)
-            got = m.covisit_rows(item, kind, NOW + 5 * 10**7)
+            lst = covisit.neighbours(item, kind, 30, later)
+            got = m.covisit_rows(item, kind, later)
             if not lst:
                 assert got is None
                 continue
             assert got is not None
-            rows, scores, best, distinct = got
+            rows, values, best, scale = got
             known = [(cat.index[o], v) for o, v in lst if o in cat.index]
             assert rows.tolist() == [r for r, _ in known]
-            assert scores.tolist() == [v for _, v in known]  # the same floats, not close ones
-            assert best == lst[0][1]
-            assert distinct == (item != "i0")
+            assert (values * scale).tolist() == [v for _, v in known]  # the same floats
+            assert best * scale == lst[0][1]
+
+
+def test_covisit_scores_add_like_a_loop_over_the_sources() -> None:
+    rng = np.random.default_rng(8)
+    n = 40
+    parts = []
+    expected = np.zeros(n)
+    for _ in range(7):
+        rows = rng.integers(n, size=int(rng.integers(0, 12)))  # repeats within a list too
+        values = rng.random(len(rows)) * 10.0 ** rng.integers(-3, 3)
+        scale, weight, best = float(rng.random()), float(rng.random()), float(rng.random() + 0.1)
+        parts.append((rows.astype(np.int64), values, scale, weight, best))
+        for r, v in zip(rows.tolist(), (values * scale).tolist(), strict=True):
+            expected[r] = expected[r] + weight * v / best
+    got, rows = _covisit_scores(parts, n)
+    assert got.tobytes() == expected.tobytes()
+    assert sorted(rows.tolist()) == sorted(r for p in parts for r in p[0].tolist())
+
+
+def test_covisit_rows_are_shared_across_snapshots_while_lists_are_equal() -> None:
+    cat, covisit, trending, emb = _world(9)
+    first = Models(cat, covisit, trending, emb)
+    old = covisit.published["i3"]
+    rows, _, _, _ = first.covisit_rows("i3", VIEWED, NOW) or pytest.fail("no list")
+    assert first.covisit_rows("i4", VIEWED, NOW) is not None  # cached, then changed below
+    # the next snapshot: i3's list decoded again (equal), i4's list changed
+    changed = NeighbourList("i4", NOW, (("i7", 1.0), ("i8", 0.5)), ())
+    published = dict(covisit.published)
+    published["i3"] = NeighbourList(old.item, old.at_ms, tuple(old.viewed), tuple(old.bought))
+    published["i4"] = changed
+    second = Models(cat, CovisitIndex(published=published), trending, emb,
+                    covisit_rows_cache=first.covisit_rows_cache)  # fmt: skip
+    again = second.covisit_rows("i3", VIEWED, NOW)
+    assert again is not None and again[0] is rows  # reused, not rebuilt
+    got = second.covisit_rows("i4", VIEWED, NOW)
+    assert got is not None and got[0].tolist() == [cat.index["i7"], cat.index["i8"]]
