@@ -41,6 +41,7 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
+from flows import tune_gc
 from flows.settings import Settings
 from operators.clustering import (
     ClusterLearnerLogic,
@@ -592,5 +593,7 @@ def read_items_topic(settings: Settings, timeout_s: float = 30.0) -> list[ItemUp
 def __getattr__(name: str) -> Any:
     """``flows.personalize:flow`` for ``python -m bytewax.run``, built on first access."""
     if name == "flow":
-        return build_flow(Settings.from_env())
+        flow = build_flow(Settings.from_env())
+        tune_gc()
+        return flow
     raise AttributeError(name)

@@ -20,6 +20,7 @@ from bytewax.recovery import RecoveryConfig
 from bytewax.run import cli_main
 from prometheus_client import start_http_server
 
+from flows import tune_gc
 from flows.embedded import LocalStore, render, write_report
 from flows.personalize import build_flow, clusters_key
 from flows.settings import Settings
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     store = LocalStore() if embedded else None
     sinks = store.sinks(clusters_key(settings)) if store is not None else None
     flow = build_flow(settings, sinks=sinks)
+    tune_gc()
     recovery = None
     if args.recovery_dir:
         from bytewax.recovery import init_db_dir

@@ -96,6 +96,10 @@ class NeighbourList:
     viewed: tuple[tuple[str, float], ...]
     bought: tuple[tuple[str, float], ...]
 
+    def scale(self, now_ms: int) -> float:
+        """The decay factor of the published scores at ``now_ms`` (1 before ``at_ms``)."""
+        return 2.0 ** (-(now_ms - self.at_ms) / HALF_LIFE_MS) if now_ms > self.at_ms else 1.0
+
     def to_json(self) -> dict[str, object]:
         return {
             "item": self.item,
@@ -186,6 +190,6 @@ class CovisitIndex:
         lst = self.published.get(item)
         if lst is None:
             return []
-        scale = 2.0 ** (-(now_ms - lst.at_ms) / HALF_LIFE_MS) if now_ms > lst.at_ms else 1.0
+        scale = lst.scale(now_ms)
         got = lst.viewed if kind == VIEWED else lst.bought
         return [(k, v * scale) for k, v in got[:n]]

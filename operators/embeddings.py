@@ -247,10 +247,17 @@ class Item2Vec:
 
     @staticmethod
     def _apply(w: F32, rows: npt.NDArray[np.int64], grad: npt.NDArray[np.floating]) -> None:
+        """Add each row's mean gradient to ``w``.
+
+        The per-row sums are one ``np.bincount`` over (row, dimension) bins: it adds in
+        float64 in input order, as ``np.add.at`` does, so the sums are bit for bit those
+        of ``np.add.at(total, inv, grad)``, at a fraction of its cost (tests show both).
+        """
         uniq, inv, counts = np.unique(rows, return_inverse=True, return_counts=True)
-        total = np.zeros((len(uniq), w.shape[1]))
-        np.add.at(total, inv, grad)
-        w[uniq] += (total / counts[:, None]).astype(np.float32)
+        d = w.shape[1]
+        bins = (inv.reshape(-1, 1) * d + np.arange(d)).ravel()
+        total = np.bincount(bins, weights=grad.reshape(-1), minlength=len(uniq) * d)
+        w[uniq] += (total.reshape(len(uniq), d) / counts[:, None]).astype(np.float32)
 
     def snapshot(self, now_ms: int) -> EmbeddingSnapshot:
         """The current item vectors (input matrix), L2-normalised, as a publishable snapshot."""

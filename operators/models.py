@@ -388,8 +388,8 @@ class ModelSnapshot:
                     k: NeighbourList(
                         k,
                         int(at),
-                        tuple((i, float(x)) for i, x in v),
-                        tuple((i, float(x)) for i, x in b),
+                        tuple([(i, float(x)) for i, x in v]),
+                        tuple([(i, float(x)) for i, x in b]),
                     )
                     for k, (at, v, b) in raw["covisit"].items()
                 },
@@ -709,7 +709,13 @@ class ModelReader:
                     rows.append(r)
                     values.append(score)
             trending.set_scores(scope, np.asarray(rows, np.int64), np.asarray(values), n)
-        models = Models(cat, CovisitIndex(published=dict(snap.covisit)), trending, snap.embeddings)
+        models = Models(
+            cat,
+            CovisitIndex(published=dict(snap.covisit)),
+            trending,
+            snap.embeddings,
+            covisit_rows_cache=self._live.models.covisit_rows_cache,  # unchanged lists reused
+        )
         scorer = None
         if snap.propensity is not None:
             try:

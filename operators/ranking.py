@@ -79,7 +79,7 @@ import numpy.typing as npt
 import orjson
 
 from operators.content import Catalogue
-from operators.covisit import BOUGHT, VIEWED, CovisitIndex
+from operators.covisit import BOUGHT, VIEWED, CovisitIndex, NeighbourList
 from operators.embeddings import (
     CART_WEIGHT,
     LONG_HALF_LIFE_MS,
@@ -125,6 +125,10 @@ _COMPONENTS = tuple(REASONS)
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+#: Segment combinations whose trending shares one :class:`Models` keeps (two float64
+#: arrays over the catalogue each); past it they are forgotten and recomputed.
+MAX_TREND_COMBOS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,11 +212,83 @@ class Recommendation:
 
 
 @dataclass(slots=True)
+class _TrendShares:
+    """Trending shares of one segment combination (``()``: global), read-only arrays."""
+
+    share: F64  # each row's share of the decayed popularity
+    in_cat: F64  # each row's share within its category
+    reason: str
+
+
+@dataclass(slots=True)
+class _Constants:
+    """What :func:`rank` derives from the catalogue and the trending board alone, kept
+    until either changes (in the flow: once per published snapshot, since every
+    snapshot gets its own :class:`Models`)."""
+
+    catalogue: Catalogue
+    cat_version: int
+    n: int
+    n_codes: int
+    trending: TrendingBoard
+    trend_version: int
+    vectors64: F64  # the content vectors as float64, what ``vectors @ float64`` computes on
+    cold: npt.NDArray[np.bool_]  # rows without a trend score (cold items)
+    shares: dict[tuple[str, ...], _TrendShares] = field(default_factory=dict)
+
+    def fits(self, cat: Catalogue, trending: TrendingBoard) -> bool:
+        return (
+            self.catalogue is cat
+            and self.cat_version == cat.version
+            and self.n == len(cat)
+            and self.n_codes == len(cat.category_names)
+            and self.trending is trending
+            and self.trend_version == trending.version
+        )
+
+
+@dataclass(slots=True)
+class CovisitRows:
+    """Published co-visitation lists as catalogue rows, for one catalogue state.
+
+    Shared by the :class:`Models` of successive snapshots (``ModelReader`` hands it on):
+    the learner republishes only the lists that changed, so an entry is reused while
+    the snapshot's list is equal to the one it was made from.
+    """
+
+    catalogue: Catalogue | None = None
+    cat_version: int = -1
+    n: int = -1
+    # (item, kind) -> (the published list, rows of its items in the catalogue, their
+    # scores, the list's best score (None: empty))
+    lists: dict[tuple[str, str], tuple[NeighbourList, I64, F64, float | None]] = field(
+        default_factory=dict
+    )
+
+    def for_catalogue(
+        self, cat: Catalogue
+    ) -> dict[tuple[str, str], tuple[NeighbourList, I64, F64, float | None]]:
+        """The entries, emptied first if the catalogue is another or changed."""
+        if self.catalogue is not cat or self.cat_version != cat.version or self.n != len(cat):
+            self.catalogue, self.cat_version, self.n = cat, cat.version, len(cat)
+            self.lists = {}
+        return self.lists
+
+
+def _read_only(a: F64) -> F64:
+    a.flags.writeable = False
+    return a
+
+
+@dataclass(slots=True)
 class Models:
     """Read-side copies of the shared models, aligned on catalogue rows. Pickles.
 
     ``embeddings`` may be ``None`` (not published yet): the embedding component
     is then 0. ``version`` goes into the Redis value (``model_version``).
+    Values that depend only on the catalogue and the trending board (shares per
+    category, float64 content vectors, co-visitation rows) are cached until
+    either changes (``Catalogue.version``, ``TrendingBoard.version``).
     """
 
     catalogue: Catalogue
@@ -221,11 +297,92 @@ class Models:
     embeddings: EmbeddingSnapshot | None = None
     _aligned_key: tuple[int, int, int] = (-1, -1, -1)
     _aligned: F32 | None = None
+    _constants: _Constants | None = field(default=None, compare=False, repr=False)
+    covisit_rows_cache: CovisitRows = field(default_factory=CovisitRows, compare=False, repr=False)
 
     @property
     def version(self) -> str:
         emb = self.embeddings.version if self.embeddings is not None else 0
         return f"c{self.catalogue.version}-e{emb}"
+
+    def constants(self) -> _Constants:
+        """The cached per-catalogue and per-trending values (rebuilt when either changed)."""
+        cat, trending = self.catalogue, self.trending
+        c = self._constants
+        if c is not None and c.fits(cat, trending):
+            return c
+        n = len(cat)
+        same_cat = (
+            c is not None and c.catalogue is cat and c.cat_version == cat.version and c.n == n
+        )
+        vectors64 = c.vectors64 if c is not None and same_cat else cat.vectors.astype(np.float64)
+        scores = trending.scores
+        cold = ~np.isfinite(scores[:n]) if len(scores) >= n else np.ones(n, np.bool_)
+        c = _Constants(
+            cat,
+            cat.version,
+            n,
+            len(cat.category_names),
+            trending,
+            trending.version,
+            _read_only(vectors64),
+            cold,
+        )
+        self._constants = c
+        return c
+
+    def trend_shares(self, segments: tuple[str, ...]) -> _TrendShares:
+        """Trending shares for the user's segments that have scores (global if none), and
+        each row's share within its category; cached per combination."""
+        c = self.constants()
+        got = c.shares.get(segments)
+        if got is not None:
+            return got
+        cat, n = self.catalogue, c.n
+        if segments:
+            share = np.mean([self.trending.shares(n, s) for s in segments], axis=0)
+            reason = "trending-in-segment"
+        else:
+            share = self.trending.shares(n)
+            reason = "trending"
+        cat_total = np.bincount(cat.codes, weights=share, minlength=c.n_codes)
+        in_cat = np.divide(
+            share, cat_total[cat.codes], out=np.zeros(n), where=cat_total[cat.codes] > 0
+        )
+        if len(c.shares) >= MAX_TREND_COMBOS:
+            c.shares.clear()
+        got = c.shares[segments] = _TrendShares(_read_only(share), _read_only(in_cat), reason)
+        return got
+
+    def covisit_rows(
+        self, item: str, kind: str, now_ms: int
+    ) -> tuple[I64, F64, float, float] | None:
+        """The recent item's co-visitation neighbours of ``kind`` known to the catalogue, as
+        rows and scores, the best score of the whole list (its first entry, known to the
+        catalogue or not) and the decay factor to apply to both at ``now_ms``; ``None``
+        without a list. Scaled, the same numbers as ``covisit.neighbours(item, kind,
+        N_COVISIT, now_ms)``; published lists become rows once (:class:`CovisitRows`)."""
+        cat = self.catalogue
+        if item in self.covisit.states:  # live learner states (the evaluator): not cached
+            lst = self.covisit.neighbours(item, kind, N_COVISIT, now_ms)  # already decayed
+            if not lst:
+                return None
+            rows, values = _known_rows(cat, lst)
+            return rows, values, lst[0][1], 1.0
+        published = self.covisit.published.get(item)
+        if published is None:
+            return None
+        lists = self.covisit_rows_cache.for_catalogue(cat)
+        got = lists.get((item, kind))
+        if got is None or (got[0] is not published and got[0] != published):
+            raw = (published.viewed if kind == VIEWED else published.bought)[:N_COVISIT]
+            rows, values = _known_rows(cat, raw)
+            got = (published, rows, values, raw[0][1] if raw else None)
+            lists[(item, kind)] = got
+        _, rows, values, best = got
+        if best is None:
+            return None
+        return rows, values, best, published.scale(now_ms)
 
     def aligned_embeddings(self) -> F32 | None:
         """Item vectors by catalogue row (zero rows for items the snapshot lacks), cached."""
@@ -248,6 +405,19 @@ class Models:
                 m[np.asarray(rows)] = snap.vectors[np.asarray(src)]
             self._aligned, self._aligned_key = m, key
         return self._aligned
+
+
+def _known_rows(cat: Catalogue, lst: Sequence[tuple[str, float]]) -> tuple[I64, F64]:
+    """Catalogue rows and scores of the listed items the catalogue knows, in list order."""
+    index = cat.index
+    rows: list[int] = []
+    values: list[float] = []
+    for other, score in lst:
+        r = index.get(other)
+        if r is not None:
+            rows.append(r)
+            values.append(score)
+    return np.asarray(rows, np.int64), np.asarray(values, np.float64)
 
 
 def _category_mask(categories: Sequence[str], entries: tuple[str, ...]) -> npt.NDArray[np.bool_]:
@@ -323,12 +493,10 @@ def rank(
     known = rows >= 0
 
     # Trending: global, or the mean over the user's segments that have scores.
-    share = models.trending.shares(n)
-    trend_reason = "trending"
-    seg = [s for s in signals.segments if s in models.trending.segments]
-    if seg:
-        share = np.mean([models.trending.shares(n, s) for s in seg], axis=0)
-        trend_reason = "trending-in-segment"
+    consts = models.constants()
+    seg = tuple(s for s in signals.segments if s in models.trending.segments)
+    trend = models.trend_shares(seg)
+    share, trend_reason = trend.share, trend.reason
 
     # Category affinity: decayed shares of the recent items' categories.
     aff = np.zeros(n_codes)
@@ -346,9 +514,7 @@ def rank(
                 aff[code] += 1.0
         if aff.sum() > 0:
             aff /= aff.sum()
-    cat_total = np.bincount(cat.codes, weights=share, minlength=n_codes)
-    in_cat = np.divide(share, cat_total[cat.codes], out=np.zeros(n), where=cat_total[cat.codes] > 0)
-    p_cat = aff[cat.codes] * in_cat
+    p_cat = aff[cat.codes] * trend.in_cat
 
     comps_full: dict[str, F64] = {}
     cand: list[npt.NDArray[np.int64]] = [_top(share, mask, N_TREND), _top(p_cat, mask, N_CAT)]
@@ -366,56 +532,59 @@ def rank(
                 cand.append(_top(s, mask, N_EMB))
     comps_full["embedding"] = emb_full
 
-    # Content similarity with the user's decayed mean content vector.
+    # Content similarity with the user's decayed mean content vector. The profile is
+    # float64, so the product is taken in float64 (cached copy of the vectors: numpy
+    # would otherwise convert the whole float32 matrix on every call).
     content_full = np.zeros(n)
     if known.any():
         wt = decay_weights(times[known], now, LONG_HALF_LIFE_MS) * kind_w[known]
         profile = (wt[:, None] * cat.vectors[rows[known]]).sum(axis=0)
         norm = float(np.linalg.norm(profile))
         if norm > 0:
-            content_full = np.maximum(cat.vectors @ (profile / norm), 0.0).astype(np.float64)
-            cold = ~np.isfinite(models.trending.scores[:n]) if len(models.trending.scores) >= n \
-                else np.ones(n, np.bool_)  # fmt: skip
-            cand.append(_top(content_full, mask & cold, N_CONTENT))
+            content_full = np.maximum(consts.vectors64 @ (profile / norm), 0.0)
+            cand.append(_top(content_full, mask & consts.cold, N_CONTENT))
     comps_full["content"] = content_full
 
-    # Co-visitation from the latest recent items, weighted by recency.
-    vt: dict[int, float] = {}
-    bt: dict[int, float] = {}
+    # Co-visitation from the latest recent items, weighted by recency: every source's
+    # contributions in one array, summed per row in the order of the sources.
+    parts: dict[str, list[tuple[I64, F64, float, float, float]]] = {VIEWED: [], BOUGHT: []}
     if known.any():
         wt_s = decay_weights(times, now, SHORT_HALF_LIFE_MS) * kind_w
         wt_l = decay_weights(times, now, LONG_HALF_LIFE_MS) * kind_w
         sources: dict[str, tuple[float, float]] = {}
+        latest = signals.recent[-MAX_RECENT:]
         for i in range(len(recent) - 1, -1, -1):
-            item = signals.recent[-MAX_RECENT:][i].item
+            item = latest[i].item
             if item not in sources:
                 sources[item] = (float(wt_s[i]), float(wt_l[i]))
             if len(sources) >= COVISIT_SOURCES:
                 break
         for item, (ws, wl) in sources.items():
-            for kind, acc, wgt in ((VIEWED, vt, ws + 0.1 * wl), (BOUGHT, bt, wl)):
-                lst = models.covisit.neighbours(item, kind, N_COVISIT, now)
-                if not lst:
+            for kind, wgt in ((VIEWED, ws + 0.1 * wl), (BOUGHT, wl)):
+                got = models.covisit_rows(item, kind, now)
+                if got is None:
                     continue
-                best = lst[0][1]
+                c_rows, c_values, best, scale = got
+                best = best * scale
                 if best <= 0:
                     continue
-                for other, score in lst:
-                    r = cat.index.get(other)
-                    if r is not None:
-                        acc[r] = acc.get(r, 0.0) + wgt * score / best
-    cov_rows = np.asarray([*vt, *bt], np.int64)
-    if len(cov_rows):
-        cand.append(cov_rows[mask[cov_rows]])
+                parts[kind].append((c_rows, c_values, scale, wgt, best))
+    vt, vt_rows = _covisit_scores(parts[VIEWED], n)
+    bt, bt_rows = _covisit_scores(parts[BOUGHT], n)
+    touched = np.zeros(n, np.bool_)
+    touched[vt_rows] = True
+    touched[bt_rows] = True
 
-    rows_c = np.unique(np.concatenate(cand)) if cand else np.zeros(0, np.int64)
-    rows_c = rows_c[mask[rows_c]]
+    flags = touched & mask
+    for c_idx in cand:
+        flags[c_idx] = True
+    rows_c = np.flatnonzero(flags & mask)
     if len(rows_c) == 0:
         return []
     comps = {
         "embedding": _scaled(comps_full["embedding"][rows_c]),
-        "viewed_together": _scaled(np.asarray([vt.get(int(r), 0.0) for r in rows_c])),
-        "bought_together": _scaled(np.asarray([bt.get(int(r), 0.0) for r in rows_c])),
+        "viewed_together": _scaled(vt[rows_c]),
+        "bought_together": _scaled(bt[rows_c]),
         "category": _scaled(p_cat[rows_c]),
         "trending": _scaled(share[rows_c]),
         "content": _scaled(comps_full["content"][rows_c]),
@@ -438,6 +607,30 @@ def rank(
     return out
 
 
+def _covisit_scores(
+    parts: Sequence[tuple[I64, F64, float, float, float]], n: int
+) -> tuple[F64, I64]:
+    """Per row, the sum over the sources (in order) of ``weight * score * scale / best``.
+
+    ``parts``: per source list, its rows, scores, decay scale, the source's weight and
+    the list's decayed best score. Returns the dense sums and every row listed. The
+    same floats as adding ``weight * (scores * scale) / best`` into a zero array list
+    by list: the products are taken element by element alike, and ``np.bincount`` adds
+    in input order starting from 0.
+    """
+    if not parts:
+        return np.zeros(n), np.zeros(0, np.int64)
+    sizes = [len(p[0]) for p in parts]
+    rows = np.concatenate([p[0] for p in parts])
+    values = np.concatenate([p[1] for p in parts])
+    scale = np.repeat(np.asarray([p[2] for p in parts]), sizes)
+    weight = np.repeat(np.asarray([p[3] for p in parts]), sizes)
+    best = np.repeat(np.asarray([p[4] for p in parts]), sizes)
+    contrib = weight * (values * scale) / best
+    sums = np.bincount(rows, weights=contrib, minlength=n)  # float64 with weights
+    return sums.astype(np.float64, copy=False), rows
+
+
 def _mmr(score: F64, vectors: F32, k: int, lam: float) -> list[int]:
     """Greedy maximal marginal relevance over candidates (indices into ``score``).
 
@@ -458,6 +651,8 @@ def _mmr(score: F64, vectors: F32, k: int, lam: float) -> list[int]:
         value[chosen] = -np.inf
         j = int(np.argmax(value))
         picked.append(j)
+        if len(picked) == k:
+            break  # the similarities to the last pick would decide nothing
         chosen[j] = True
         sims = np.maximum(vectors @ vectors[j], 0.0)
         np.maximum(max_sim, sims, out=max_sim)

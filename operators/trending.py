@@ -111,6 +111,9 @@ class TrendingBoard:
     half_life_ms: float = HALF_LIFE_MS
     scores: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     segments: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict)
+    #: Bumped by every change (``update``, ``set_scores``): what caches of derived
+    #: values (ranking's shares per category) compare to stay true.
+    version: int = 0
 
     def _fit(self, arr: npt.NDArray[np.float64], n: int) -> npt.NDArray[np.float64]:
         if len(arr) >= n:
@@ -120,6 +123,7 @@ class TrendingBoard:
         return out
 
     def update(self, row: int, t_ms: int, weight: float, segments: tuple[str, ...] = ()) -> None:
+        self.version += 1
         self.scores = self._fit(self.scores, row + 1)
         lw = log_weight(t_ms, weight, self.half_life_ms)
         self.scores[row] = np.logaddexp2(self.scores[row], lw)
@@ -132,6 +136,7 @@ class TrendingBoard:
         self, scope: str, rows: npt.NDArray[np.int64], values: npt.NDArray[np.float64], n: int
     ) -> None:
         """Load a published scope (``global`` or ``segment:<name>``) for ``n`` catalogue rows."""
+        self.version += 1
         arr = np.full(n, NEG_INF)
         arr[rows] = values
         if scope == "global":

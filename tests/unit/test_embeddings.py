@@ -76,6 +76,30 @@ def test_learner_pickles_and_keeps_learning_the_same_way() -> None:
     assert np.array_equal(a.snapshot(0).vectors, b.snapshot(0).vectors)
 
 
+def _apply_with_add_at(w: np.ndarray, rows: np.ndarray, grad: np.ndarray) -> None:
+    """The update as first written (``np.add.at``): the reference for ``Item2Vec._apply``."""
+    uniq, inv, counts = np.unique(rows, return_inverse=True, return_counts=True)
+    total = np.zeros((len(uniq), w.shape[1]))
+    np.add.at(total, inv, grad)
+    w[uniq] += (total / counts[:, None]).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_item2vec_update_equals_add_at_bit_for_bit(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(50, 32)).astype(np.float32)
+    # popular rows appear hundreds of times, as in a real batch
+    rows = np.minimum(rng.zipf(1.3, size=900), 50) - 1
+    grad = (rng.normal(size=(900, 32)) * 10.0 ** rng.integers(-6, 2, size=(900, 1))).astype(
+        np.float32
+    )
+    expected = w.copy()
+    _apply_with_add_at(expected, rows, grad)
+    got = w.copy()
+    Item2Vec._apply(got, rows, grad)
+    assert got.tobytes() == expected.tobytes()
+
+
 def test_snapshot_bytes_round_trip_and_bad_input() -> None:
     learner = Item2Vec(dim=8, seed=0)
     learner.learn_sessions([["x", "y", "z"], ["y", "z"]])

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from operators.content import Catalogue
-from operators.covisit import BOUGHT, VIEWED
+from operators.covisit import BOUGHT, VIEWED, CovisitIndex, ItemNeighbours, NeighbourList
 from operators.embeddings import EmbeddingSnapshot
 from operators.events import ItemUpdate
 from operators.ranking import (
@@ -21,11 +21,13 @@ from operators.ranking import (
     Recommendation,
     UserSignals,
     Weights,
+    _covisit_scores,
     _mmr,
     rank,
     recs_value,
     source_of,
 )
+from operators.trending import TrendingBoard
 
 NOW = 1_767_571_200_000
 #: item -> (category path, in stock)
@@ -226,3 +228,120 @@ def test_no_weights_at_all_still_returns_a_valid_list() -> None:
     assert [(r.item, r.reason) for r in cold] == [("t1", "trending"), ("b1", "trending")]
     assert rank(UserSignals("u", NOW), Models(Catalogue()), k=5) == []
     assert rank(UserSignals("u", NOW), m, k=0) == []
+
+
+def _world(seed: int) -> tuple[Catalogue, CovisitIndex, TrendingBoard, EmbeddingSnapshot]:
+    """A random catalogue with trending (global and per segment), published co-visitation
+    lists (some naming items the catalogue lacks, one naming an item twice) and embeddings."""
+    rng = np.random.default_rng(seed)
+    cat = Catalogue()
+    paths = ["a/x", "a/y", "b/x", "c/z"]
+    for i in range(120):
+        path = paths[int(rng.integers(len(paths)))]
+        cat.update(ItemUpdate(f"i{i}", "t", tuple(path.split("/")), int(rng.integers(100, 900)),
+                              "EUR", bool(rng.random() > 0.1), 0, 0))  # fmt: skip
+    cat.refresh()
+    trending = TrendingBoard()
+    for _ in range(300):
+        segs = ("vip",) if rng.random() < 0.3 else ("bargain", "vip") if rng.random() < 0.2 else ()
+        trending.update(int(rng.integers(100)), NOW - int(rng.integers(10**8)), 1.0, segs)
+    covisit = CovisitIndex()
+    for i in range(100):
+        others = [f"i{int(j)}" for j in rng.integers(130, size=12)]  # i120.. are unknown
+        state = ItemNeighbours(f"i{i}")
+        for j, other in enumerate(others):
+            state.update(other, VIEWED if j % 3 else BOUGHT, NOW - int(rng.integers(10**8)))
+        covisit.put(state.publish(NOW - 10**7))
+    covisit.put(NeighbourList("i0", NOW, (("i1", 2.0), ("i1", 1.0), ("i2", 0.5)), ()))
+    items = tuple(f"i{i}" for i in range(0, 125, 2))
+    v = rng.normal(size=(len(items), 8)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return cat, covisit, trending, EmbeddingSnapshot(1, NOW, items, v)
+
+
+def _signals(rng: np.random.Generator) -> UserSignals:
+    n = int(rng.integers(0, 12))
+    recent = tuple(
+        Interaction(
+            f"i{int(rng.integers(125))}",
+            NOW - int(rng.integers(10**8)),
+            (VIEW, CART)[int(rng.integers(2))],
+        )
+        for _ in range(n)
+    )
+    segments = (("bargain", "vip"), ("vip",), ("none",), ())[int(rng.integers(4))]
+    return UserSignals("u", NOW, tuple(sorted(recent, key=lambda i: i.time_ms)),
+                       top_categories=("a/x",) if n == 0 else (), segments=segments)  # fmt: skip
+
+
+def test_cached_ranking_equals_a_fresh_models_every_time() -> None:
+    """Models caches what depends on the catalogue and the trending board only (shares per
+    category, float64 content vectors, co-visitation rows): a long-lived Models must rank
+    exactly as one built for the call, also after the board and the catalogue changed."""
+    cat, covisit, trending, emb = _world(5)
+    warm = Models(cat, covisit, trending, emb)
+    rng = np.random.default_rng(6)
+    for step in range(160):
+        signals = _signals(rng)
+        fresh = Models(cat, covisit, trending, emb)
+        assert rank(signals, warm, k=8) == rank(signals, fresh, k=8), step
+        if step % 40 == 39:
+            trending.update(int(rng.integers(120)), NOW, 50.0, ("vip",))
+        if step == 100:  # a new item: the catalogue refreshes, and its version changes
+            cat.update(ItemUpdate("i200", "t", ("a", "x"), 500, "EUR", True, 0, 0))
+    assert warm.constants().trend_version == trending.version
+
+
+def test_covisit_rows_match_the_neighbour_lists() -> None:
+    cat, covisit, trending, emb = _world(7)
+    m = Models(cat, covisit, trending, emb)
+    later = NOW + 5 * 10**7
+    for item in ("i0", "i3", "i50", "nothing"):
+        for kind in (VIEWED, BOUGHT):
+            lst = covisit.neighbours(item, kind, 30, later)
+            got = m.covisit_rows(item, kind, later)
+            if not lst:
+                assert got is None
+                continue
+            assert got is not None
+            rows, values, best, scale = got
+            known = [(cat.index[o], v) for o, v in lst if o in cat.index]
+            assert rows.tolist() == [r for r, _ in known]
+            assert (values * scale).tolist() == [v for _, v in known]  # the same floats
+            assert best * scale == lst[0][1]
+
+
+def test_covisit_scores_add_like_a_loop_over_the_sources() -> None:
+    rng = np.random.default_rng(8)
+    n = 40
+    parts = []
+    expected = np.zeros(n)
+    for _ in range(7):
+        rows = rng.integers(n, size=int(rng.integers(0, 12)))  # repeats within a list too
+        values = rng.random(len(rows)) * 10.0 ** rng.integers(-3, 3)
+        scale, weight, best = float(rng.random()), float(rng.random()), float(rng.random() + 0.1)
+        parts.append((rows.astype(np.int64), values, scale, weight, best))
+        for r, v in zip(rows.tolist(), (values * scale).tolist(), strict=True):
+            expected[r] = expected[r] + weight * v / best
+    got, rows = _covisit_scores(parts, n)
+    assert got.tobytes() == expected.tobytes()
+    assert sorted(rows.tolist()) == sorted(r for p in parts for r in p[0].tolist())
+
+
+def test_covisit_rows_are_shared_across_snapshots_while_lists_are_equal() -> None:
+    cat, covisit, trending, emb = _world(9)
+    first = Models(cat, covisit, trending, emb)
+    old = covisit.published["i3"]
+    rows, _, _, _ = first.covisit_rows("i3", VIEWED, NOW) or pytest.fail("no list")
+    assert first.covisit_rows("i4", VIEWED, NOW) is not None  # cached, then changed below
+    # the next snapshot: i3's list decoded again (equal), i4's list changed
+    changed = NeighbourList("i4", NOW, (("i7", 1.0), ("i8", 0.5)), ())
+    published = dict(covisit.published)
+    published["i3"] = NeighbourList(old.item, old.at_ms, tuple(old.viewed), tuple(old.bought))
+    published["i4"] = changed
+    second = Models(cat, CovisitIndex(published=published), trending, emb,
+                    covisit_rows_cache=first.covisit_rows_cache)  # fmt: skip
+    again = second.covisit_rows("i3", VIEWED, NOW)
+    assert again is not None and again[0] is rows  # reused, not rebuilt
+    got = second.covisit_rows("i4", VIEWED, NOW)
+    assert got is not None and got[0].tolist() == [cat.index["i7"], cat.index["i8"]]
