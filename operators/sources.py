@@ -53,7 +53,7 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client import Counter
 
 from operators.codec import Codec, read_events_file
-from operators.events import DeadLetter, ErrorClass, Event, Source
+from operators.events import MAX_EVENT_TIME_MS, DeadLetter, ErrorClass, Event, Source
 from operators.privacy import Pseudonymiser
 from operators.stream_clock import STREAM_CLOCK
 
@@ -150,6 +150,15 @@ class ClockFeed:
         STREAM_CLOCK.advance(self.name, self.marks[0])
         self.marks.append(self.wm.max_time)
 
+    def at_end(self) -> bool:
+        """The partition is over (a bounded input): tell the clock it holds nothing back,
+        :data:`CLOCK_LAG_BATCHES` batches late like any mark; ``True`` once it is told."""
+        STREAM_CLOCK.advance(self.name, self.marks[0])
+        if self.marks[0] >= MAX_EVENT_TIME_MS:
+            return True
+        self.marks.append(MAX_EVENT_TIME_MS)
+        return False
+
 
 class _KafkaPartition(StatefulSourcePartition[Item, PartitionState]):
     def __init__(
@@ -180,7 +189,9 @@ class _KafkaPartition(StatefulSourcePartition[Item, PartitionState]):
 
     def next_batch(self) -> list[Item]:
         if self.eof:
-            raise StopIteration
+            if self.clock.at_end():
+                raise StopIteration
+            return []
         # consume() waits out its timeout unless a full batch is there: keep it short so
         # a quiet partition adds at most a few ms of latency.
         msgs = self.consumer.consume(self.batch_size, 0.005)
@@ -331,7 +342,9 @@ class _IteratorPartition(StatefulSourcePartition[Item, PartitionState]):
             if len(out) >= self.batch_size:
                 break
         if not out:
-            raise StopIteration
+            if self.clock.at_end():
+                raise StopIteration
+            return []
         self.position += len(out)
         _count(out)
         self.clock.after_batch()

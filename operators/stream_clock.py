@@ -43,6 +43,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from operators.events import MAX_EVENT_TIME_MS
+
 
 class ClockBoard(Protocol):
     """Where the processes of a cluster exchange their partitions' marks."""
@@ -79,6 +81,9 @@ class Mark:
             return None
         return cls(wm, seen, written)
 
+
+#: The mark of a partition at the end of a bounded input: it holds no time back.
+END_MS = MAX_EVENT_TIME_MS
 
 #: A local partition's marks kept for the in-flight delay (one per batch that moved it).
 MAX_PENDING_MARKS = 4096
@@ -200,10 +205,11 @@ class StreamClock:
         return top + int((least_idle - self.idle_after_s) * 1000)
 
     def _fresh(self, mark: Mark, wall: int) -> bool:
-        """Written by a process of this run that is still refreshing it."""
-        return mark.written_ms >= self._started_ms and wall - mark.written_ms < (
-            self.stale_after_s * 1000
-        )
+        """Written by a process of this run that is still refreshing it (a partition at
+        the end of a bounded input, :data:`END_MS`, needs no refreshing)."""
+        if mark.written_ms < self._started_ms:
+            return False
+        return mark.watermark_ms >= END_MS or wall - mark.written_ms < self.stale_after_s * 1000
 
     def _sync(self, now: float) -> None:
         """Publish the local marks that are past the in-flight delay; read the others'."""

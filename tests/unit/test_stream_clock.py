@@ -7,9 +7,11 @@ tests/integration/test_stream_clock.py). Time is a hand-set fake: no sleeps.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from operators.stream_clock import Mark, StreamClock
+from operators.stream_clock import END_MS, STREAM_CLOCK, Mark, StreamClock
 
 
 @dataclass
@@ -173,3 +175,42 @@ def test_an_idle_cluster_moves_on_with_the_wall_clock() -> None:
         b.advance("p1", 40_000)
     assert b.now_ms() == 40_000 + 10_000  # idle 40 s: 10 s past the idle bound
     assert a.now_ms() == 40_000 + 10_000
+
+
+def test_a_partition_at_the_end_of_a_bounded_input_holds_nothing_back_unrefreshed() -> None:
+    t = Time()
+    board = DictBoard()
+    a = clock(t, board, in_flight_s=0.0, sync_s=0.0)
+    b = clock(t, board, in_flight_s=0.0, sync_s=0.0)
+    for c in (a, b):
+        c.expect(["p0", "p1"])
+    a.advance("p0", END_MS)  # A read p0 to its end, and stops refreshing
+    b.advance("p1", 5_000)
+    assert b.reached_ms() == 5_000
+    t.advance(60)  # long past stale_after_s
+    b.advance("p1", 6_000)
+    assert b.reached_ms() == 6_000  # p0 is over: it never holds time back again
+
+
+def test_a_source_partition_tells_the_clock_its_end_three_batches_late() -> None:
+    from operators.events import Event, EventType, PageView
+    from operators.sources import CLOCK_LAG_BATCHES, EventListSource
+
+    def events() -> Iterator[Event]:
+        for i in range(5):
+            yield Event(f"e{i}", EventType.PAGE_VIEW, 1_767_571_200_000 + i, PageView(), "u")
+
+    STREAM_CLOCK.reset()
+    source = EventListSource(events, allowed_lateness_ms=0, batch_size=2)
+    (name,) = source.list_parts()
+    part = source.build_part("events", name, None)
+    sizes: list[int] = []
+    reached: list[int | None] = []
+    with contextlib.suppress(StopIteration):
+        while True:
+            sizes.append(len(part.next_batch()))
+            reached.append(STREAM_CLOCK.reached_ms())
+    assert sizes == [2, 2, 1] + [0] * CLOCK_LAG_BATCHES  # empty batches until it is told
+    assert END_MS not in reached  # told only as the partition stops
+    assert STREAM_CLOCK.reached_ms() == END_MS
+    STREAM_CLOCK.reset()
