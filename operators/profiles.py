@@ -314,7 +314,7 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
         return []  # erased: whatever arrives from before the request is not kept
     _remember(st, event.event_id, t, cfg)
     if isinstance(event.payload, ErasureRequest):
-        return erase(st, event, event.payload, cfg)
+        return before_forgetting(st, t, cfg) + erase(st, event, event.payload, cfg)
     allowed, out = privacy_gate(st, event, cfg)
     if not allowed:
         return out
@@ -555,18 +555,31 @@ def release_deferred(st: UserState, cfg: ProfileConfig, now: bool) -> list[Outpu
     return out
 
 
-def check_cart(st: UserState, now_ms: int, cfg: ProfileConfig) -> list[Trigger]:
+def before_forgetting(st: UserState, t: int, cfg: ProfileConfig) -> list[Output]:
+    """The state is about to be forgotten (an erasure request or a personalization
+    withdrawal at ``t``): the triggers still waiting, caused before it, and the carts due
+    before it were due before the request, so they are judged now, as in a run where
+    they did not wait (nothing that arrives later is kept anyway)."""
+    return release_deferred(st, cfg, True) + publishable(
+        st, check_cart(st, t, cfg, final=True), cfg
+    )
+
+
+def check_cart(
+    st: UserState, now_ms: int, cfg: ProfileConfig, *, final: bool = False
+) -> list[Trigger]:
     """Cart-abandoned triggers for the abandonments due before ``now_ms`` (a settled
     time: late events up to the allowed lateness can no longer change them), each once.
 
     Known users only, and not while history handed over at login is on its way: the
     timeline is judged whole, so the same triggers come out in any batching. At the end
-    of a bounded input (``now_ms`` is the end of time) nothing more can come: no wait.
+    of a bounded input (``now_ms`` is the end of time) nothing more can come: no wait;
+    nor when the state is about to be forgotten (``final``).
     """
     if not st.trig.known:
         return []
     # a consent change may be among the anonymous events still on their way
-    if now_ms < MAX_EVENT_TIME_MS and judgements_wait(st, cfg):
+    if not final and now_ms < MAX_EVENT_TIME_MS and judgements_wait(st, cfg):
         return []
     due = st.cart.take_due(now_ms, cfg.triggers.abandon_after_ms)
     if not due:
@@ -653,7 +666,8 @@ def privacy_gate(st: UserState, event: Event, cfg: ProfileConfig) -> tuple[bool,
         cs.observe(t, event.payload)
     _note_alias(st, event)
     if not policy.allowed(cs, PERSONALIZATION):
-        out = withdraw(st, t, cfg) if holds_data(st) or st.aliases else []
+        out = before_forgetting(st, t, cfg) if st.trig.known else []
+        out += withdraw(st, t, cfg) if holds_data(st) or st.aliases else []
         st.withheld += 1
         return False, out
     if marketing_before and not policy.allowed(cs, MARKETING):

@@ -10,6 +10,7 @@ from operators.events import (
     AddToCart,
     ConsentUpdate,
     Dwell,
+    ErasureRequest,
     Event,
     EventType,
     Identify,
@@ -35,6 +36,7 @@ TYPES = {
     ConsentUpdate: EventType.CONSENT,
     Identify: EventType.IDENTIFY,
     RemoveFromCart: EventType.REMOVE_FROM_CART,
+    ErasureRequest: EventType.ERASURE,
 }
 _ids = itertools.count()
 
@@ -297,6 +299,25 @@ def test_consent_given_while_anonymous_counts_for_triggers_caused_before_it_arri
         out: list[Any] = []
         for item in order:
             clock.ms = T0 + 2 * HOUR_MS if item is handed else clock.ms
+            out += logic.on_batch([item])[0]
+        fired.append([t.trigger_id for t in triggers(out, "long_dwell")])
+    assert fired[0] == fired[1] and len(fired[0]) == 1
+
+
+def test_triggers_waiting_for_a_login_history_are_judged_before_an_erasure() -> None:
+    """A dwell caused a day before the erasure request was due before it: published
+    whether its judgement waited for the login's history or not."""
+    login: Keyed = ("u1", event(0, Identify(), anon="a1"))
+    handed: Keyed = ("u1", HandedOver("a1", "u1", T0, 0))
+    beats = [ev(HOUR_MS + s * 10_000, Dwell(s * 10_000, "i1", "pv1")) for s in range(1, 5)]
+    erasure = ev(DAY_MS, ErasureRequest("r1"))
+    fired: list[list[str]] = []
+    for order in ([login, handed, *beats, erasure], [login, *beats, erasure, handed]):
+        clock = FakeClock()
+        clock.ms = T0 + 2 * DAY_MS
+        logic = user(clock)
+        out: list[Any] = []
+        for item in order:
             out += logic.on_batch([item])[0]
         fired.append([t.trigger_id for t in triggers(out, "long_dwell")])
     assert fired[0] == fired[1] and len(fired[0]) == 1
