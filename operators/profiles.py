@@ -602,8 +602,9 @@ def publishable(
     gate's floor, for every kind and every rule purpose); then the trigger rules decide
     (conditions, actions, caps, cooldowns, quiet hours); without rules, all of them.
 
-    Consent is taken in event time: a trigger needs marketing consent from its cause to
-    when it is due (a cart reminder: from the cart's last change to the end of its wait;
+    Consent is taken in event time: a trigger needs marketing consent (and
+    personalization consent, without which its events would have been withheld) from its
+    cause to when it is due (a cart reminder: from the cart's last change to the end of its wait;
     any other kind: at its cause), whenever it is judged. A cart judged late (it waited
     for a hand-over or for the stream clock) is so decided as one judged on time, and a
     withdrawal before the reminder was due holds it back in every run. ``channel`` and
@@ -615,11 +616,14 @@ def publishable(
     candidates = [
         c
         for c in candidates
-        if consent.allowed_throughout(
-            cs,
-            MARKETING,
-            c.cause_event_time,
-            c.cause_event_time + (wait if c.kind == "cart_abandoned" else 0),
+        if all(
+            consent.allowed_throughout(
+                cs,
+                purpose,
+                c.cause_event_time,
+                c.cause_event_time + (wait if c.kind == "cart_abandoned" else 0),
+            )
+            for purpose in (MARKETING, PERSONALIZATION)
         )
     ]
     if not candidates:
