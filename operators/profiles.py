@@ -495,7 +495,12 @@ def _login_unsettled(st: UserState, cfg: ProfileConfig) -> bool:
     """Whether anonymous events from before the user's latest login may still be on their
     way from a partition that lags: the stream clock (the slowest partition) has not
     passed the login. Users never linked skip the clock (a lock) altogether."""
-    return bool(st.trig.linked_ms) and (cfg.stream_clock.now_ms() or 0) < st.trig.linked_ms
+    return _clock_before_login(st, cfg.stream_clock.now_ms)
+
+
+def _clock_before_login(st: UserState, reading: Callable[[], int | None]) -> bool:
+    """Whether the user was linked and the clock ``reading`` is not past the login."""
+    return bool(st.trig.linked_ms) and (reading() or 0) < st.trig.linked_ms
 
 
 def history_on_its_way(st: UserState, cfg: ProfileConfig) -> bool:
@@ -505,7 +510,7 @@ def history_on_its_way(st: UserState, cfg: ProfileConfig) -> bool:
     reached time, without the allowed lateness: in a live stream, milliseconds)."""
     if st.trig.awaiting and held(st.trig, cfg.clock.now_ms()):
         return True
-    return bool(st.trig.linked_ms) and (cfg.stream_clock.reached_ms() or 0) < st.trig.linked_ms
+    return _clock_before_login(st, cfg.stream_clock.reached_ms)
 
 
 def judgements_wait(st: UserState, cfg: ProfileConfig) -> bool:

@@ -51,6 +51,15 @@ def clock(t: Time, board: DictBoard | None = None, **kw: float) -> StreamClock:
     return c
 
 
+def two_processes(t: Time, **kw: float) -> tuple[StreamClock, StreamClock, DictBoard]:
+    """Two processes' clocks sharing one board, both expecting partitions p0 and p1."""
+    board = DictBoard()
+    a, b = clock(t, board, **kw), clock(t, board, **kw)
+    for c in (a, b):
+        c.expect(["p0", "p1"])
+    return a, b, board
+
+
 def test_the_slowest_partition_holds_time_back_and_marks_never_go_back() -> None:
     t = Time()
     c = clock(t)
@@ -94,11 +103,7 @@ def test_an_expected_partition_that_never_reported_holds_the_clock() -> None:
 
 def test_two_processes_share_the_slowest_partition_through_the_board() -> None:
     t = Time()
-    board = DictBoard()
-    a = clock(t, board, in_flight_s=1.0, sync_s=0.25)
-    b = clock(t, board, in_flight_s=1.0, sync_s=0.25)
-    for c in (a, b):
-        c.expect(["p0", "p1"])
+    a, b, board = two_processes(t, in_flight_s=1.0, sync_s=0.25)
     a.advance("p0", 10_000)  # process A reads p0 ...
     b.advance("p1", 90_000)  # ... and B reads p1, far ahead
     assert b.now_ms() is None  # B knows nothing of p0 yet: it must not judge by p1 alone
@@ -160,11 +165,7 @@ def test_the_board_is_asked_at_most_every_sync_interval() -> None:
 
 def test_an_idle_cluster_moves_on_with_the_wall_clock() -> None:
     t = Time()
-    board = DictBoard()
-    a = clock(t, board, in_flight_s=0.0, sync_s=0.0, idle_after_s=30)
-    b = clock(t, board, in_flight_s=0.0, sync_s=0.0, idle_after_s=30)
-    for c in (a, b):
-        c.expect(["p0", "p1"])
+    a, b, _ = two_processes(t, in_flight_s=0.0, sync_s=0.0, idle_after_s=30)
     a.advance("p0", 10_000)
     b.advance("p1", 40_000)
     a.now_ms()
@@ -179,11 +180,7 @@ def test_an_idle_cluster_moves_on_with_the_wall_clock() -> None:
 
 def test_a_partition_at_the_end_of_a_bounded_input_holds_nothing_back_unrefreshed() -> None:
     t = Time()
-    board = DictBoard()
-    a = clock(t, board, in_flight_s=0.0, sync_s=0.0)
-    b = clock(t, board, in_flight_s=0.0, sync_s=0.0)
-    for c in (a, b):
-        c.expect(["p0", "p1"])
+    a, b, _ = two_processes(t, in_flight_s=0.0, sync_s=0.0)
     a.advance("p0", END_MS)  # A read p0 to its end, and stops refreshing
     b.advance("p1", 5_000)
     assert b.reached_ms() == 5_000
