@@ -166,12 +166,13 @@ class StreamClock:
         with self._lock:
             now = self._monotonic()
             local = self._local.get(partition)
+            moved = local is None or watermark_ms > local.watermark_ms
             if local is None:
                 local = self._local[partition] = _Local(watermark_ms, now)
-                local.pending.append((now, watermark_ms))
-            elif watermark_ms > local.watermark_ms:
+            elif moved:
                 local.watermark_ms = watermark_ms
                 local.seen = now
+            if moved and self._board is not None:  # only shared marks wait out the delay
                 local.pending.append((now, watermark_ms))
             self._sync(now)
 
