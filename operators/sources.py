@@ -10,11 +10,20 @@ extra step, no per-message wrapper objects, and the original bytes are at hand
 for dead letters.
 
 Lateness is decided here too, per source partition: the partition's watermark
-is the largest event time it has yielded; an event more than
-``allowed_lateness_ms`` behind it is dead-lettered with class ``LATE``. A Kafka
-partition's order is fixed, so the decision is the same whatever the number of
-workers, their speed or a restart (the watermark is part of the snapshot).
+is the largest event time it has yielded that the partition's recent users
+agree with; an event more than ``allowed_lateness_ms`` behind it is
+dead-lettered with class ``LATE``. A Kafka partition's order is fixed, so the
+decision is the same whatever the number of workers, their speed or a restart
+(the watermark and what it remembers of recent users are part of the snapshot).
 Events within the allowed lateness pass and are placed in order downstream.
+
+A wrong client clock cannot drag the watermark forward: an event more than the
+allowed lateness ahead of the watermark passes (it is applied, with its own
+time, to its own user) but moves the watermark only when the majority of the
+partition's last :data:`RECENT_KEYS` distinct users have reached its time too
+(the median of their latest event times). A genuine jump (a quiet night, a
+replay that skips a day) is followed once most recent users have moved on; one
+phone whose clock runs days ahead, however many events it sends, is not.
 
 Kafka's own errors (other than end-of-partition) become ``SOURCE_ERROR`` dead
 letters; none is dropped.
@@ -36,13 +45,21 @@ True
 >>> print(wm.admit(e(2, 1_767_571_100_000)))
 late: event time 1767571100000 is 100000 ms behind this partition's watermark \
 1767571200000 (allowed lateness 60000 ms)
+
+One user's clock three days ahead does not move it, so the others stay in time:
+
+>>> u = lambda i, t, user: Event(f"e{i}", EventType.SEARCH, t, Search("q"), user_id=user)
+>>> wm.admit(u(3, 1_767_830_400_000, "wrong-clock")) is None
+True
+>>> wm.max_time, wm.admit(u(4, 1_767_571_230_000, "other")) is None
+(1767571200000, True)
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,18 +99,41 @@ def _count(batch: list[Item]) -> None:
             DEAD_LETTERS.labels(item.error_class.value).inc()
 
 
+#: Distinct users whose latest event times the watermark remembers; a jump further ahead
+#: than the allowed lateness needs the median of them (most recent users) to reach it.
+RECENT_KEYS = 16
+
+
 @dataclass(slots=True)
 class Watermark:
-    """The largest event time a partition has yielded, and the lateness it allows."""
+    """The event time a partition has reached, and the lateness it allows.
+
+    ``recent`` maps the last :data:`RECENT_KEYS` distinct users (user id, else anonymous
+    id) to their latest event time, oldest first; it is what lets the watermark tell a
+    genuine jump in time from one client's clock running ahead.
+    """
 
     allowed_lateness_ms: int
     max_time: int = 0
+    recent: dict[str, int] = field(default_factory=dict)
 
     def admit(self, event: Event) -> str | None:
-        """``None`` and advance if the event is in time, else the reason it is late."""
+        """``None`` if the event is in time (advancing the watermark), else why it is late."""
         t = event.event_time
+        recent = self.recent
+        key = event.user_id or event.anonymous_id or ""
+        latest = recent.pop(key, t)  # re-inserted last: the most recently seen key
+        recent[key] = t if t > latest else latest
+        if len(recent) > RECENT_KEYS:
+            del recent[next(iter(recent))]
         if t >= self.max_time:
-            self.max_time = t
+            if t - self.max_time <= self.allowed_lateness_ms or self.max_time == 0:
+                self.max_time = t
+            else:
+                # Further ahead than the lateness: only where most recent users are.
+                median = sorted(recent.values())[(len(recent) - 1) // 2]
+                if median > self.max_time:
+                    self.max_time = min(median, t)
             return None
         behind = self.max_time - t
         if behind <= self.allowed_lateness_ms:
@@ -103,6 +143,11 @@ class Watermark:
             f"{self.max_time} (allowed lateness {self.allowed_lateness_ms} ms)"
         )
 
+    def resume(self, state: PartitionState) -> None:
+        """Take up where a snapshot left off."""
+        self.max_time = state.watermark
+        self.recent = dict(state.recent)
+
 
 @dataclass(frozen=True, slots=True)
 class PartitionState:
@@ -110,6 +155,8 @@ class PartitionState:
 
     position: int
     watermark: int
+    #: The watermark's recent users and their latest event times, oldest first.
+    recent: tuple[tuple[str, int], ...] = ()
 
 
 def check_lateness(
@@ -175,7 +222,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, PartitionState]):
     ) -> None:
         self.offset = OFFSET_BEGINNING if resume is None else resume.position
         if resume is not None:
-            wm.max_time = resume.watermark
+            wm.resume(resume)
         self.consumer = Consumer(config)
         self.consumer.assign([TopicPartition(topic, partition, self.offset)])
         self.topic = topic
@@ -232,7 +279,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, PartitionState]):
         return out
 
     def snapshot(self) -> PartitionState:
-        return PartitionState(self.offset, self.wm.max_time)
+        return PartitionState(self.offset, self.wm.max_time, tuple(self.wm.recent.items()))
 
     def close(self) -> None:
         self.consumer.close()
@@ -332,7 +379,7 @@ class _IteratorPartition(StatefulSourcePartition[Item, PartitionState]):
             for _ in range(resume.position):
                 next(self.items, None)
             self.position = resume.position
-            wm.max_time = resume.watermark
+            wm.resume(resume)
         self.clock = ClockFeed(self.name, wm)
 
     def next_batch(self) -> list[Item]:
@@ -351,7 +398,7 @@ class _IteratorPartition(StatefulSourcePartition[Item, PartitionState]):
         return out
 
     def snapshot(self) -> PartitionState:
-        return PartitionState(self.position, self.wm.max_time)
+        return PartitionState(self.position, self.wm.max_time, tuple(self.wm.recent.items()))
 
 
 class FileEventSource(FixedPartitionedSource[Item, PartitionState]):

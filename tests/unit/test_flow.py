@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 
@@ -219,3 +220,28 @@ def test_the_flow_writes_recommendations_models_and_trending() -> None:
     assert len(store.trending["global"]) > 100
     scored = [p for p in store.profiles.values() if p["propensity_tier"]]
     assert scored and {p["propensity_tier"] for p in scored} <= {"high", "medium", "low"}
+
+
+def test_one_client_clock_days_ahead_does_not_dead_letter_the_stream() -> None:
+    """A phone whose clock runs three days ahead sends one event early in the stream:
+    it is applied to its own user, and everyone else's events still equal the truth."""
+    events, g = generated()
+    early = events[100]
+    ahead = replace(
+        early,
+        event_id="clock-ahead-1",
+        event_time=early.event_time + 3 * 24 * 3_600_000,
+        user_id="wrong-clock-user",
+        anonymous_id=None,
+    )
+    skewed = (*events[:101], ahead, *events[101:])
+
+    store = LocalStore()
+    source = EventListSource(
+        lambda: iter(skewed), allowed_lateness_ms=SETTINGS.allowed_lateness_s * 1000
+    )
+    run_main(build_flow(SETTINGS, source=source, sinks=store.sinks("m"), items=g.items))
+
+    assert dict(store.dead_letters) == {"LATE": len(g.truth.too_late_event_ids)}
+    assert_profiles_match_truth(store, g.truth)
+    assert "wrong-clock-user" in store.profiles
