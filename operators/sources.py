@@ -19,11 +19,12 @@ Events within the allowed lateness pass and are placed in order downstream.
 
 A wrong client clock cannot drag the watermark forward: an event more than the
 allowed lateness ahead of the watermark passes (it is applied, with its own
-time, to its own user) but moves the watermark only when the majority of the
-partition's last :data:`RECENT_KEYS` distinct users have reached its time too
-(the median of their latest event times). A genuine jump (a quiet night, a
-replay that skips a day) is followed once most recent users have moved on; one
-phone whose clock runs days ahead, however many events it sends, is not.
+time, to its own user) but moves the watermark only by the vote of the
+partition's last :data:`RECENT_KEYS` distinct users (:meth:`Watermark._follow`):
+at least two users ahead, agreeing, and more of them than users still at the
+watermark's time. A genuine jump (a quiet night, a replay that skips a day) is
+followed within a few users; one phone whose clock runs days ahead, however
+many events it sends, is not.
 
 Kafka's own errors (other than end-of-partition) become ``SOURCE_ERROR`` dead
 letters; none is dropped.
@@ -99,9 +100,12 @@ def _count(batch: list[Item]) -> None:
             DEAD_LETTERS.labels(item.error_class.value).inc()
 
 
-#: Distinct users whose latest event times the watermark remembers; a jump further ahead
-#: than the allowed lateness needs the median of them (most recent users) to reach it.
+#: Distinct users whose latest event times the watermark remembers: its voters when an
+#: event claims a time further ahead than the allowed lateness.
 RECENT_KEYS = 16
+#: Users ahead of the watermark vote together only if their times agree within this much
+#: (clients whose clocks are wrong by random amounts do not).
+AGREE_MS = 6 * 3_600_000
 
 
 @dataclass(slots=True)
@@ -109,8 +113,9 @@ class Watermark:
     """The event time a partition has reached, and the lateness it allows.
 
     ``recent`` maps the last :data:`RECENT_KEYS` distinct users (user id, else anonymous
-    id) to their latest event time, oldest first; it is what lets the watermark tell a
-    genuine jump in time from one client's clock running ahead.
+    id) to their latest event time, oldest first. An event more than the allowed lateness
+    ahead of the watermark moves it only by their vote (:meth:`_follow`): one client's
+    clock running ahead never does, however many events it sends.
     """
 
     allowed_lateness_ms: int
@@ -130,10 +135,7 @@ class Watermark:
             if t - self.max_time <= self.allowed_lateness_ms or self.max_time == 0:
                 self.max_time = t
             else:
-                # Further ahead than the lateness: only where most recent users are.
-                median = sorted(recent.values())[(len(recent) - 1) // 2]
-                if median > self.max_time:
-                    self.max_time = min(median, t)
+                self._follow()
             return None
         behind = self.max_time - t
         if behind <= self.allowed_lateness_ms:
@@ -142,6 +144,36 @@ class Watermark:
             f"late: event time {t} is {behind} ms behind this partition's watermark "
             f"{self.max_time} (allowed lateness {self.allowed_lateness_ms} ms)"
         )
+
+    def _follow(self) -> None:
+        """Move to where the recent users are, if they agree that time has jumped.
+
+        The recent users vote by their latest event time: those ahead (beyond the
+        watermark plus the lateness; only those within :data:`AGREE_MS` of the earliest
+        of them count) against those present (within the lateness of the watermark);
+        users whose latest time is older do not vote. If at least two are ahead and they
+        outnumber the present, the watermark moves to the lower median of their times.
+        So a quiet partition follows once more users are past the quiet than were last
+        seen before it, and a busy one does not follow a few wrong clocks among many
+        users in time.
+        """
+        lateness = self.allowed_lateness_ms
+        for _ in range(4):  # a move changes who is present: settle in a few steps
+            w = self.max_time
+            present = 0
+            ahead: list[int] = []
+            for v in self.recent.values():
+                if v > w + lateness:
+                    ahead.append(v)
+                elif v >= w - lateness:
+                    present += 1
+            if len(ahead) < 2:
+                return
+            ahead.sort()
+            ahead = [v for v in ahead if v <= ahead[0] + AGREE_MS]
+            if len(ahead) <= max(1, present):
+                return
+            self.max_time = ahead[(len(ahead) - 1) // 2]
 
     def resume(self, state: PartitionState) -> None:
         """Take up where a snapshot left off."""

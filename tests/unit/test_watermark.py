@@ -36,7 +36,7 @@ def test_one_clock_days_ahead_does_not_make_everyone_late() -> None:
     assert wm.admit(ev(9999, wm.max_time - LATENESS - 1, "u1")) is not None
 
 
-def test_a_genuine_jump_is_followed_once_most_recent_users_made_it() -> None:
+def test_a_genuine_jump_is_followed_once_the_recent_users_vote_for_it() -> None:
     wm = Watermark(LATENESS)
     steady(wm, T0, RECENT_KEYS, 2 * RECENT_KEYS)
     before = wm.max_time
@@ -45,7 +45,7 @@ def test_a_genuine_jump_is_followed_once_most_recent_users_made_it() -> None:
     for i in range(RECENT_KEYS):
         assert wm.admit(ev(500 + i, later + i * 1000, f"u{i}")) is None
         seen.append(wm.max_time)
-    # the first of them moved nothing; by the majority, the watermark is with them
+    # the first of them moved nothing; once they outvote the users present, it is with them
     assert seen[1] == before
     assert wm.max_time >= later
     # so an event from before the quiet hours is now late
@@ -79,3 +79,25 @@ def test_resuming_from_a_snapshot_decides_as_the_uninterrupted_run() -> None:
     second.resume(state)
     decided += [second.admit(e) for e in events[45:]]
     assert decided == expected
+
+
+def test_a_quiet_partition_follows_once_more_users_are_past_the_quiet() -> None:
+    wm = Watermark(LATENESS)
+    steady(wm, T0, 3, 6)  # three users last seen before the quiet
+    reached = wm.max_time
+    morning = T0 + 6 * 3_600_000  # nobody for six hours, then new users
+    for i in range(3):
+        assert wm.admit(ev(50 + i, morning + i * MINUTE, f"early{i}")) is None
+        assert wm.max_time == reached
+    assert wm.admit(ev(53, morning + 3 * MINUTE, "early3")) is None
+    assert wm.max_time >= morning
+    assert wm.admit(ev(54, T0, "u1")) is not None  # last night's event is now late
+
+
+def test_two_wrong_clocks_that_disagree_do_not_move_it() -> None:
+    wm = Watermark(LATENESS)
+    steady(wm, T0, 3, 6)
+    reached = wm.max_time
+    wm.admit(ev(60, T0 + 2 * DAY, "phone-a"))
+    wm.admit(ev(61, T0 + 300 * DAY, "phone-b"))
+    assert wm.max_time == reached
