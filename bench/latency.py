@@ -5,19 +5,19 @@ and event -> trigger on its topic < 50 ms at a steady 5k events/s). One run:
 
 1. Servers, fresh topics (every design topic, trigger topics included) and
    Redis database ``--redis-db`` exactly as ``attune bench throughput`` sets
-   them up (:mod:`bench.throughput` helpers), plus a fresh ``<stem>.ping`` topic.
-2. The flow (``python -m bytewax.run flows.personalize:flow``) in a subprocess,
+   them up (:mod:`attune.bench.throughput` helpers), plus a fresh ``<stem>.ping`` topic.
+2. The flow (``python -m bytewax.run attune.flows.personalize:flow``) in a subprocess,
    tailing (``ATTUNE_KAFKA_TAIL=true``). Readiness: the catalogue and one
    warm-up event are produced and the bench waits (bounded) for the first
    Redis key.
-3. A LIVE workload: generated events (:mod:`operators.generator`, no
+3. A LIVE workload: generated events (:mod:`attune.operators.generator`, no
    duplicates or late events) in their order, each event's ``event_time``
    rewritten to the wall clock (epoch ms) at the moment it is handed to the
    producer, produced at ``--rate`` events/s for ``--seconds``
-   (:func:`flows.generate.produce` paces them).
+   (:func:`attune.flows.generate.produce` paces them).
 4. While it runs, three threads measure:
 
-   - **event -> trigger**: a :class:`clients.subscriber.TriggerSubscriber` on
+   - **event -> trigger**: a :class:`attune.clients.subscriber.TriggerSubscriber` on
      every trigger kind (fresh group, assigned before production starts);
      latency = wall time the subscriber got the trigger - the trigger's
      ``cause_event_time``, for triggers caused by an event of this run. A
@@ -31,7 +31,7 @@ and event -> trigger on its topic < 50 ms at a steady 5k events/s). One run:
    - **broker round trip**: a small message produced to the ping topic and
      read back by a waiting consumer, every ``--ping-interval-ms``,
      alternately with the producer settings the events use
-     (:func:`flows.generate.producer_config`, ``linger.ms`` 20) and with
+     (:func:`attune.flows.generate.producer_config`, ``linger.ms`` 20) and with
      ``linger.ms`` 0.
 
 5. After ``--drain`` seconds the flow is stopped (SIGTERM, then SIGKILL) and a
@@ -68,11 +68,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from bench import throughput as tp
-from bench.throughput import BenchError, say
+from attune.bench import throughput as tp
+from attune.bench.throughput import BenchError, say
 
 if TYPE_CHECKING:
-    from operators.events import Event
+    from attune.operators.events import Event
 
 #: p99 of event -> Redis write and event -> trigger (design.md, "Targets").
 P99_TARGET_MS = 50.0
@@ -285,7 +285,7 @@ def live_events(
     stream stays in event-time order. ``on_stamp`` sees each rewritten event
     before it is yielded (the bench records send times there).
 
-    >>> from operators.events import Event, EventType, PageView
+    >>> from attune.operators.events import Event, EventType, PageView
     >>> evs = [Event(f"e{i}", EventType.PAGE_VIEW, 1_767_571_200_000 + i, PageView("/"), "u")
     ...        for i in range(3)]
     >>> ticks = iter([1_800_000_000_005, 1_800_000_000_003, 1_800_000_000_009])
@@ -325,7 +325,7 @@ class TriggerWatch(threading.Thread):
 
     def __init__(self, settings: Any, kinds: Sequence[str]) -> None:
         super().__init__(name="bench-triggers", daemon=True)
-        from clients.subscriber import TriggerSubscriber
+        from attune.clients.subscriber import TriggerSubscriber
 
         self.sub = TriggerSubscriber(
             settings.kafka_bootstrap,
@@ -349,7 +349,7 @@ class TriggerWatch(threading.Thread):
         return False
 
     def _poll(self, timeout_s: float) -> None:
-        from clients.subscriber import Delivery
+        from attune.clients.subscriber import Delivery
 
         batch = self.sub.poll(timeout_s)
         now = time.time() * 1000
@@ -451,7 +451,7 @@ class PingWatch(threading.Thread):
     def run(self) -> None:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-        from flows.generate import producer_config
+        from attune.flows.generate import producer_config
 
         try:
             base = producer_config(self.settings.kafka_bootstrap, self.settings)
@@ -536,13 +536,13 @@ def run(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> str:
     from itertools import islice
 
-    from flows import topics
-    from flows.generate import ProduceError, produce
-    from flows.settings import env_name
-    from operators.codec import Codec
-    from operators.generator import GeneratorConfig, generate
-    from operators.redis_keys import RedisKeys
-    from operators.triggers import KINDS
+    from attune.flows import topics
+    from attune.flows.generate import ProduceError, produce
+    from attune.flows.settings import env_name
+    from attune.operators.codec import Codec
+    from attune.operators.generator import GeneratorConfig, generate
+    from attune.operators.redis_keys import RedisKeys
+    from attune.operators.triggers import KINDS
 
     machine = tp.machine_info()
     machine["load_average_start"] = tp.load_average()
@@ -563,7 +563,7 @@ def _bench(args: argparse.Namespace) -> str:
     warm, live = events[:1], events[1:]
 
     with contextlib.ExitStack() as stack:
-        # bench.throughput's set-up takes args.partitions and args.redis_db.
+        # attune.bench.throughput's set-up takes args.partitions and args.redis_db.
         bench = tp._set_up(args, stack)
         settings = bench.settings.replace(kafka_tail=True)
         ping_topic = bench.topics["events"].rsplit(".", 1)[0] + ".ping"
@@ -806,7 +806,7 @@ def _figures(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m bench.latency``: the same as ``attune bench latency``."""
+    """``python -m attune.bench.latency``: the same as ``attune bench latency``."""
     parser = argparse.ArgumentParser(
         prog="attune bench latency", description=__doc__.split("\n\n")[0] if __doc__ else None
     )

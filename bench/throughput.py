@@ -3,27 +3,27 @@
 The first benchmark of Attune (design.md, "Targets"). One run:
 
 1. Servers: ``ATTUNE_KAFKA_BOOTSTRAP`` and ``ATTUNE_REDIS_URL`` when both are
-   set, else the local ones on their default ports (:func:`flows.local.up`),
+   set, else the local ones on their default ports (:func:`attune.flows.local.up`),
    stopped at the end only if this run started them. Redis writes go to a
    dedicated database (``--redis-db``, default 15), flushed before each flow
    run; db 0 of a server the bench did not start is never flushed.
 2. Fresh topics named ``bench-<random>.*`` (events, an empty events topic,
    items, segments, dead letters, triggers), ``--partitions`` each, deleted at
    the end.
-3. The workload, generated (:mod:`operators.generator`) and produced once
-   (:func:`flows.generate.produce`) before anything is timed; its time is
+3. The workload, generated (:mod:`attune.operators.generator`) and produced once
+   (:func:`attune.flows.generate.produce`) before anything is timed; its time is
    reported on its own line.
 4. ``--repeat`` times, alternately:
 
    - **decode-only**: confluent-kafka consumers (one per ``--processes``),
      every partition assigned from the beginning, read to the end, each
-     message decoded with :meth:`operators.codec.Codec.decode_event`, nothing
+     message decoded with :meth:`attune.operators.codec.Codec.decode_event`, nothing
      else. events/s = messages / wall seconds (from the first poll to the
      last message, consumers started together);
    - **startup-only**: the flow's own command on the empty events topic, so
      it imports, builds (reads the items topic), connects, finds the end and
      exits: its wall time is the start-up and shutdown cost;
-   - **end to end**: ``python -m bytewax.run flows.personalize:flow`` in
+   - **end to end**: ``python -m bytewax.run attune.flows.personalize:flow`` in
      subprocesses (``--processes`` x ``--workers``), settings by ``ATTUNE_*``
      variables pointing at the fresh topics with ``ATTUNE_KAFKA_TAIL=false``
      so it exits at the end of the topic. events/s = messages /
@@ -72,10 +72,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from flows.settings import Settings, env_name
+from attune.flows.settings import Settings, env_name
 
 if TYPE_CHECKING:
-    from flows.generate import ProduceReport
+    from attune.flows.generate import ProduceReport
 
 # --- targets (design.md, "Targets") ---------------------------------------------------------
 
@@ -103,7 +103,7 @@ CONSUME_STALL_S = 60.0
 #: Users whose keys ``MEMORY USAGE`` measures.
 MEMORY_SAMPLE_USERS = 100
 #: The flow the bench runs, as ``python -m bytewax.run`` imports it.
-FLOW_IMPORT = "flows.personalize:flow"
+FLOW_IMPORT = "attune.flows.personalize:flow"
 #: How often the bench looks at the flow processes and Redis while they run.
 POLL_S = 0.01
 #: Files whose changes count as a change of the code measured (git pathspecs).
@@ -426,7 +426,7 @@ def flow_commands(
     """The command line of each flow process.
 
     >>> flow_commands(1, 1, [], python="py")
-    [['py', '-m', 'bytewax.run', 'flows.personalize:flow']]
+    [['py', '-m', 'bytewax.run', 'attune.flows.personalize:flow']]
     >>> for cmd in flow_commands(2, 1, [2101, 2102], python="py"):
     ...     print(" ".join(cmd[4:]))
     -i 0 -a 127.0.0.1:2101;127.0.0.1:2102
@@ -533,7 +533,7 @@ def _use_servers(settings: Settings, stack: contextlib.ExitStack) -> Servers:
             "set both ATTUNE_KAFKA_BOOTSTRAP and ATTUNE_REDIS_URL to bench against running "
             "servers, or neither to start local ones"
         )
-    from flows import local
+    from attune.flows import local
 
     try:
         before = local.status(settings)
@@ -562,7 +562,7 @@ def _use_servers(settings: Settings, stack: contextlib.ExitStack) -> Servers:
 
 
 def _stop_local(settings: Settings) -> None:
-    from flows import local
+    from attune.flows import local
 
     say("stopping the local servers this run started")
     try:
@@ -572,7 +572,7 @@ def _stop_local(settings: Settings) -> None:
 
 
 def _kafka_config(settings: Settings) -> dict[str, Any]:
-    from flows.personalize import kafka_security
+    from attune.flows.personalize import kafka_security
 
     return {
         "bootstrap.servers": settings.kafka_bootstrap,
@@ -646,8 +646,8 @@ def _decode_partitions(
     """
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    from operators.codec import Codec
-    from operators.events import DeadLetter
+    from attune.operators.codec import Codec
+    from attune.operators.events import DeadLetter
 
     codec = Codec()
     consumer = Consumer(dict(config))
@@ -908,7 +908,7 @@ def redis_memory(client: Any, used_before: int, prefix: str, seed: int) -> Redis
     A sampled user's bytes are the sum over every per-user key kind under its
     hash tag (profile, segments, recs, alias) that exists.
     """
-    from operators.redis_keys import USER_KEY_KINDS
+    from attune.operators.redis_keys import USER_KEY_KINDS
 
     used_after = int(client.info("memory")["used_memory"])
     profiles = sorted(client.scan_iter(match=profile_pattern(prefix), count=1000))
@@ -1057,8 +1057,8 @@ def _set_up(args: argparse.Namespace, stack: contextlib.ExitStack) -> _Run:
     """Servers, fresh topics and a flushed Redis database; their clean-up goes on ``stack``."""
     import redis
 
-    from flows import topics
-    from operators.redis_sink import RedisConfig
+    from attune.flows import topics
+    from attune.operators.redis_sink import RedisConfig
 
     base = Settings.from_env()
     servers = _use_servers(base, stack)
@@ -1112,9 +1112,9 @@ def _set_up(args: argparse.Namespace, stack: contextlib.ExitStack) -> _Run:
 
 def _produce(args: argparse.Namespace, settings: Settings) -> ProduceReport:
     """The workload, generated and produced once; its time is reported, never timed below."""
-    from flows.generate import ProduceError, produce
-    from operators.codec import Codec
-    from operators.generator import GeneratorConfig, generate
+    from attune.flows.generate import ProduceError, produce
+    from attune.operators.codec import Codec
+    from attune.operators.generator import GeneratorConfig, generate
 
     config = GeneratorConfig(users=args.users, days=args.days, seed=args.seed)
     say(f"generating and producing {args.users:,} users x {args.days} days, seed {args.seed}")
@@ -1212,7 +1212,7 @@ def _json_doc(
 
 
 def _delete_topics(settings: Settings, names: list[str]) -> None:
-    from flows import topics
+    from attune.flows import topics
 
     try:
         topics.delete_topics(settings.kafka_bootstrap, names, settings=settings)
@@ -1258,7 +1258,7 @@ def _footnote() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m bench.throughput``: the same as ``attune bench throughput``."""
+    """``python -m attune.bench.throughput``: the same as ``attune bench throughput``."""
     parser = argparse.ArgumentParser(
         prog="attune bench throughput", description=__doc__.split("\n\n")[0] if __doc__ else None
     )

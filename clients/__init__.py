@@ -1,20 +1,20 @@
 """Client library for apps downstream of Attune.
 
-:mod:`clients.subscriber` reads behavioural triggers from the trigger topics
+:mod:`attune.clients.subscriber` reads behavioural triggers from the trigger topics
 (typed, at-least-once) and helps act on each trigger once;
-:mod:`clients.recommendations` reads a user's recommendations from Redis,
+:mod:`attune.clients.recommendations` reads a user's recommendations from Redis,
 falling back to trending for users without any, and says which it used.
 
->>> from clients import ActOnce, RecommendationClient, TriggerSubscriber
+>>> from attune.clients import ActOnce, RecommendationClient, TriggerSubscriber
 """
 
-from clients.recommendations import (
+from attune.clients.recommendations import (
     CorruptRecommendationsError,
     Recommendation,
     RecommendationClient,
     Recommendations,
 )
-from clients.subscriber import (
+from attune.clients.subscriber import (
     ActOnce,
     Delivery,
     MemoryOnceStore,

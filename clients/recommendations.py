@@ -53,7 +53,7 @@ from typing import Any, TypeGuard
 import orjson
 import redis
 
-from operators.redis_keys import DEFAULT_PREFIX, RedisKeys
+from attune.operators.redis_keys import DEFAULT_PREFIX, RedisKeys
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,13 @@
 """Subscriber client for downstream apps: typed triggers from Attune's trigger topics.
 
 The dataflow publishes each behavioural trigger, Avro-encoded and keyed by
-user, to ``attune.triggers.<kind>`` (:meth:`flows.settings.Settings.topic_trigger`).
+user, to ``attune.triggers.<kind>`` (:meth:`attune.flows.settings.Settings.topic_trigger`).
 Apps that send the email, the push or the on-site message read them here,
 with kafka-python only (no native dependency):
 
 - :class:`TriggerSubscriber` consumes one or more trigger topics in a consumer
   group with auto-commit off. :meth:`~TriggerSubscriber.poll` returns
-  :class:`Delivery` items (a decoded :class:`~operators.events.Trigger` and
+  :class:`Delivery` items (a decoded :class:`~attune.operators.events.Trigger` and
   where it was read) and :class:`Undecodable` items (bytes the Avro codec could
   not turn into a trigger, with topic/partition/offset and the reason: never
   skipped silently, never raised). :meth:`~TriggerSubscriber.commit` commits
@@ -43,10 +43,10 @@ from kafka import KafkaConsumer
 from kafka.errors import CommitFailedError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from flows.settings import Settings
-from flows.topics import client_options
-from operators.codec import Codec, SchemaRegistryClient
-from operators.events import DeadLetter, ErrorClass, Source, Trigger
+from attune.flows.settings import Settings
+from attune.flows.topics import client_options
+from attune.operators.codec import Codec, SchemaRegistryClient
+from attune.operators.events import DeadLetter, ErrorClass, Source, Trigger
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Sending is writing one JSON line per first-time trigger (to a file or stdout);
 a real app would call its email or push service in :func:`send` instead. The
-app acts once per trigger id (:class:`~clients.subscriber.ActOnce`) although
+app acts once per trigger id (:class:`~attune.clients.subscriber.ActOnce`) although
 delivery is at-least-once, and commits only after the lines are written and
 flushed. With ``--redis`` the record of ids acted on is shared by every
 instance of the app; without it, it lives in this process.
@@ -26,9 +26,9 @@ from typing import IO, Any
 
 import redis
 
-from clients.subscriber import ActOnce, RedisOnceStore, TriggerSubscriber, Undecodable
-from flows.settings import Settings
-from operators.events import Trigger
+from attune.clients.subscriber import ActOnce, RedisOnceStore, TriggerSubscriber, Undecodable
+from attune.flows.settings import Settings
+from attune.operators.events import Trigger
 
 
 def message_for(trigger: Trigger) -> dict[str, Any]:

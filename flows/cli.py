@@ -8,7 +8,7 @@ creates the design topics; ``attune inspect`` summarises an event file;
 propensity models; ``attune config`` prints the settings (secrets masked) or
 their reference; ``attune erase USER`` removes a user's data from Redis
 (docs/privacy.md).
-Settings come from ``ATTUNE_*`` variables (:mod:`flows.settings`); flags
+Settings come from ``ATTUNE_*`` variables (:mod:`attune.flows.settings`); flags
 override them.
 """
 
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import orjson
 
-from flows.settings import Settings, reference_markdown
+from attune.flows.settings import Settings, reference_markdown
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -32,19 +32,19 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from flows import generate
+    from attune.flows import generate
 
     return generate.run(args)
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from flows import importer
+    from attune.flows import importer
 
     return importer.run(args)
 
 
 def _cmd_local(args: argparse.Namespace) -> int:
-    from flows import local
+    from attune.flows import local
 
     settings = Settings.from_env()
     if args.action == "up":
@@ -65,7 +65,7 @@ def _cmd_local(args: argparse.Namespace) -> int:
 
 
 def _cmd_topics(args: argparse.Namespace) -> int:
-    from flows import local, topics
+    from attune.flows import local, topics
 
     settings = _settings(args)
     bootstrap = settings.kafka_bootstrap or local.addresses(settings).kafka_bootstrap
@@ -82,7 +82,7 @@ def _cmd_topics(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from flows.inspect import summarize
+    from attune.flows.inspect import summarize
 
     for path in args.files:
         print(summarize(path).render())
@@ -90,31 +90,31 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from flows import run
+    from attune.flows import run
 
     return run.run(args)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from flows import evaluate
+    from attune.flows import evaluate
 
     return evaluate.run(args)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.bench == "throughput":
-        from bench import throughput
+        from attune.bench import throughput
 
         return throughput.run(args)
     if args.bench == "latency":
-        from bench import latency
+        from attune.bench import latency
 
         return latency.run(args)
     raise ValueError(f"unknown benchmark {args.bench!r}")
 
 
 def _cmd_erase(args: argparse.Namespace) -> int:
-    from flows import erase
+    from attune.flows import erase
 
     return erase.run(args)
 
@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from flows import generate
+    from attune.flows import generate
 
     gen = sub.add_parser(
         "generate",
@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_arguments(gen)
     gen.set_defaults(func=_cmd_generate)
 
-    from flows import importer
+    from attune.flows import importer
 
     imp = sub.add_parser(
         "import",
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("files", nargs="+", help="Avro object container files of events")
     ins.set_defaults(func=_cmd_inspect)
 
-    from flows import run
+    from attune.flows import run
 
     run_p = sub.add_parser(
         "run",
@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_arguments(run_p)
     run_p.set_defaults(func=_cmd_run)
 
-    from flows import evaluate
+    from attune.flows import evaluate
 
     ev = sub.add_parser(
         "evaluate",
@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_arguments(ev)
     ev.set_defaults(func=_cmd_evaluate)
 
-    from bench import latency, throughput
+    from attune.bench import latency, throughput
 
     bench_p = sub.add_parser("bench", help="benchmarks: throughput, latency")
     bench_sub = bench_p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     latency.add_arguments(lat)
     bench_p.set_defaults(func=_cmd_bench)
 
-    from flows import erase
+    from attune.flows import erase
 
     era = sub.add_parser(
         "erase",

@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from operators.clustering import ClusterParams, LocalBoard
-from operators.models import LocalModelBoard
+from attune.operators.clustering import ClusterParams, LocalBoard
+from attune.operators.models import LocalModelBoard
 
 if TYPE_CHECKING:
-    from flows.personalize import Sinks
-from operators.consent import withheld_total
-from operators.events import DeadLetter, ErasureConfirmation, SegmentChange, Trigger
-from operators.redis_keys import RedisKeys
-from operators.redis_sink import (
+    from attune.flows.personalize import Sinks
+from attune.operators.consent import withheld_total
+from attune.operators.events import DeadLetter, ErasureConfirmation, SegmentChange, Trigger
+from attune.operators.redis_keys import RedisKeys
+from attune.operators.redis_sink import (
     AliasWrite,
     ForgetUser,
     JsonWrite,
@@ -75,7 +75,7 @@ class LocalStore:
     def sinks(self, board_key: str, models_key: str = DEFAULT_MODELS_KEY) -> Sinks:
         """The flow's sinks writing here; cluster params under ``board_key`` feed the board,
         the model snapshot under ``models_key`` the model board."""
-        from flows.personalize import Sinks
+        from attune.flows.personalize import Sinks
 
         self.board_key = board_key
         self.models_key = models_key

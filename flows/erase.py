@@ -11,7 +11,7 @@ per-user state is erased by an ``ErasureRequest`` event on the events topic
 profile again.
 
 ``USER`` goes through the same pseudonymisation as ingestion
-(:mod:`operators.privacy`), so an operator can pass the raw email address or
+(:mod:`attune.operators.privacy`), so an operator can pass the raw email address or
 phone number the user is known by, an opaque user id, or a pseudonym. After a
 key rotation, the pseudonyms under the previous keys
 (``ATTUNE_PSEUDONYM_PREVIOUS_KEYS``) are erased too. The report names the
@@ -32,11 +32,11 @@ from dataclasses import asdict, dataclass
 import orjson
 import redis
 
-from flows.settings import Settings
-from operators.privacy import Pseudonymiser, UserIdPolicy, load_key, looks_like_pii
-from operators.privacy import parse_previous_keys as _previous
-from operators.redis_keys import RedisKeys, escape_tag
-from operators.redis_sink import RedisConfig
+from attune.flows.settings import Settings
+from attune.operators.privacy import Pseudonymiser, UserIdPolicy, load_key, looks_like_pii
+from attune.operators.privacy import parse_previous_keys as _previous
+from attune.operators.redis_keys import RedisKeys, escape_tag
+from attune.operators.redis_sink import RedisConfig
 
 #: SCAN page size.
 SCAN_COUNT = 1000

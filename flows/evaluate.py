@@ -29,7 +29,7 @@ Protocol (docs/models.md has the reasoning; every rule applies to every method):
   scored before learning: ROC AUC and log loss over all sessions, and the
   model's rolling figures.
 
-Methods: ``attune`` (:func:`operators.ranking.rank` on the online models),
+Methods: ``attune`` (:func:`attune.operators.ranking.rank` on the online models),
 ``most-popular`` (interaction counts since the start), ``recent-trending``
 (time-decayed counts, half-life 12 h), ``covisit`` (co-visitation alone: the
 viewed- and bought-together lists of the user's recent items, the same lists
@@ -58,11 +58,11 @@ import numpy.typing as npt
 import orjson
 from river import optim, reco
 
-from operators.codec import ITEM, read_container, read_events_file
-from operators.content import Catalogue
-from operators.covisit import BOUGHT, VIEWED, CovisitIndex, purchase_pairs, session_pairs
-from operators.embeddings import Item2Vec
-from operators.events import (
+from attune.operators.codec import ITEM, read_container, read_events_file
+from attune.operators.content import Catalogue
+from attune.operators.covisit import BOUGHT, VIEWED, CovisitIndex, purchase_pairs, session_pairs
+from attune.operators.embeddings import Item2Vec
+from attune.operators.events import (
     AddToCart,
     DeadLetter,
     Event,
@@ -72,11 +72,11 @@ from operators.events import (
     RemoveFromCart,
     item_from_record,
 )
-from operators.metrics import RankingTally, intra_list_diversity, log_loss, roc_auc
-from operators.profiles import FeatureView, PriceBands, ProfileConfig, UserState, apply
-from operators.propensity import FEATURES as PROPENSITY_FEATURES
-from operators.propensity import PropensityModel, is_outcome_boundary
-from operators.ranking import (
+from attune.operators.metrics import RankingTally, intra_list_diversity, log_loss, roc_auc
+from attune.operators.profiles import FeatureView, PriceBands, ProfileConfig, UserState, apply
+from attune.operators.propensity import FEATURES as PROPENSITY_FEATURES
+from attune.operators.propensity import PropensityModel, is_outcome_boundary
+from attune.operators.ranking import (
     CART,
     PURCHASE,
     VIEW,
@@ -87,7 +87,7 @@ from operators.ranking import (
     Weights,
     rank,
 )
-from operators.trending import BUY_W, CART_W, VIEW_W, TrendingBoard
+from attune.operators.trending import BUY_W, CART_W, VIEW_W, TrendingBoard
 
 SESSION_GAP_MS = 30 * 60_000
 DAY_MS = 86_400_000

@@ -1,6 +1,6 @@
 """The I/O side of ``attune generate``: synthetic events to an Avro file and/or to Kafka.
 
-:mod:`operators.generator` simulates (pure, deterministic); this module writes
+:mod:`attune.operators.generator` simulates (pure, deterministic); this module writes
 what it simulated:
 
 - :func:`write_files`: the events as an Avro object container file (deflate,
@@ -30,12 +30,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TypeVar
 
-from flows.settings import Settings
-from flows.topics import client_options
-from operators.codec import EVENT, ITEM, Codec, SchemaRegistryClient, write_container
-from operators.events import Event, ItemUpdate, event_to_record, to_record
-from operators.generator import Generated, GeneratorConfig, generate
-from operators.kafka_sink import librdkafka_security
+from attune.flows.settings import Settings
+from attune.flows.topics import client_options
+from attune.operators.codec import EVENT, ITEM, Codec, SchemaRegistryClient, write_container
+from attune.operators.events import Event, ItemUpdate, event_to_record, to_record
+from attune.operators.generator import Generated, GeneratorConfig, generate
+from attune.operators.kafka_sink import librdkafka_security
 
 T = TypeVar("T")
 

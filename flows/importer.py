@@ -1,8 +1,8 @@
 """``attune import``: public interaction logs (CSV) to Attune events in an Avro container.
 
-Turns a CSV of user-item interactions into :class:`~operators.events.Event` s,
-checked with :func:`~operators.events.validate_event`, written by
-:func:`flows.generate.write_events` as the same Avro object container
+Turns a CSV of user-item interactions into :class:`~attune.operators.events.Event` s,
+checked with :func:`~attune.operators.events.validate_event`, written by
+:func:`attune.flows.generate.write_events` as the same Avro object container
 ``attune generate`` writes (so ``attune run --input``, ``attune inspect`` and
 ``attune evaluate`` read it). docs/import.md is the user's guide.
 
@@ -57,9 +57,9 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import IO, Any, Generic, NamedTuple, TextIO, TypeVar
 
-from flows.generate import Progress, iso_ms, sync_marker, write_events
-from flows.settings import Settings
-from operators.events import (
+from attune.flows.generate import Progress, iso_ms, sync_marker, write_events
+from attune.flows.settings import Settings
+from attune.operators.events import (
     AddToCart,
     Event,
     EventType,
@@ -280,7 +280,7 @@ def parse_time_ms(text: str, time_format: str) -> int:
     >>> parse_time_ms("yesterday", "auto")
     Traceback (most recent call last):
     ...
-    flows.importer.RowError: time 'yesterday' is neither an epoch number nor ISO 8601
+    attune.flows.importer.RowError: time 'yesterday' is neither an epoch number nor ISO 8601
     """
     text = text.strip()
     if time_format in ("ms", "s") or (time_format == "auto" and _looks_numeric(text)):

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from operators.codec import read_events_file
-from operators.events import DeadLetter
+from attune.operators.codec import read_events_file
+from attune.operators.events import DeadLetter
 
 #: Inactivity gap that separates two sessions of one user (design default).
 SESSION_GAP_MS = 30 * 60 * 1000

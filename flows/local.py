@@ -6,7 +6,7 @@ same servers as a person running ``deploy/local/kafka.sh`` and
 jars fetched once with Maven) and Debian's ``redis-server`` without
 persistence. The scripts hold the one implementation (tool checks, start-up,
 readiness, pid files, stopping); this module passes them the ports and state
-directory from :class:`~flows.settings.Settings` and turns their failures into
+directory from :class:`~attune.flows.settings.Settings` and turns their failures into
 :class:`LocalServerError`, whose message says what is missing or why a server
 did not come up, with the tail of its log.
 
@@ -29,7 +29,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from flows.settings import Settings
+from attune.flows.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """The personalization dataflow: the one place where sources, operators and sinks meet.
 
-``python -m bytewax.run flows.personalize:flow`` runs it with settings from the
-environment (``ATTUNE_*``, :mod:`flows.settings`); ``attune run`` adds flags and
+``python -m bytewax.run attune.flows.personalize:flow`` runs it with settings from the
+environment (``ATTUNE_*``, :mod:`attune.flows.settings`); ``attune run`` adds flags and
 a live summary. With no Kafka and no Redis configured it is the embedded
 default: generated events (or ``ATTUNE_INPUT_FILE``) in, results kept in
-process (:mod:`flows.embedded`); ``attune run`` prints their summary and writes
+process (:mod:`attune.flows.embedded`); ``attune run`` prints their summary and writes
 the report (``bytewax.run`` alone does not).
 
 Stages (docs/architecture.md has the picture)::
@@ -41,18 +41,18 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
-from flows import tune_gc
-from flows.settings import Settings
-from operators.clustering import (
+from attune.flows import tune_gc
+from attune.flows.settings import Settings
+from attune.operators.clustering import (
     ClusterLearnerLogic,
     ClusterVector,
     ParamsBoard,
     PublishParams,
     RedisBoard,
 )
-from operators.codec import Codec, SchemaRegistryClient, read_container
-from operators.consent import ConsentPolicy
-from operators.events import (
+from attune.operators.codec import Codec, SchemaRegistryClient, read_container
+from attune.operators.consent import ConsentPolicy
+from attune.operators.events import (
     DeadLetter,
     ErasureConfirmation,
     Event,
@@ -61,9 +61,9 @@ from operators.events import (
     Trigger,
     item_from_record,
 )
-from operators.identity import IdentityLogic, Link, Routed, identity_input
-from operators.kafka_sink import CheckedKafkaSink, KafkaOut, to_kafka
-from operators.models import (
+from attune.operators.identity import IdentityLogic, Link, Routed, identity_input
+from attune.operators.kafka_sink import CheckedKafkaSink, KafkaOut, to_kafka
+from attune.operators.models import (
     ModelBoard,
     ModelLearnerLogic,
     ModelReader,
@@ -73,11 +73,11 @@ from operators.models import (
     SessionSummary,
     catalogue_of,
 )
-from operators.privacy import Pseudonymiser, ephemeral, load_key, parse_previous_keys
-from operators.profiles import Keyed, Output, PriceBands, ProfileConfig, UserLogic
-from operators.ranking import Filters
-from operators.redis_keys import RedisKeys
-from operators.redis_sink import (
+from attune.operators.privacy import Pseudonymiser, ephemeral, load_key, parse_previous_keys
+from attune.operators.profiles import Keyed, Output, PriceBands, ProfileConfig, UserLogic
+from attune.operators.ranking import Filters
+from attune.operators.redis_keys import RedisKeys
+from attune.operators.redis_sink import (
     AliasWrite,
     ForgetUser,
     JsonWrite,
@@ -87,12 +87,12 @@ from operators.redis_sink import (
     RedisSink,
     TrendingWrite,
 )
-from operators.redis_sink import SegmentsWrite as _SegmentsWrite
-from operators.rules import load_trigger_rules
-from operators.segments import cluster_segment, load_rules
-from operators.sources import EventListSource, FileEventSource, KafkaEventSource
-from operators.stream_clock import STREAM_CLOCK, ClockBoard, RedisClockBoard
-from operators.triggers import KINDS, TriggerConfig
+from attune.operators.redis_sink import SegmentsWrite as _SegmentsWrite
+from attune.operators.rules import load_trigger_rules
+from attune.operators.segments import cluster_segment, load_rules
+from attune.operators.sources import EventListSource, FileEventSource, KafkaEventSource
+from attune.operators.stream_clock import STREAM_CLOCK, ClockBoard, RedisClockBoard
+from attune.operators.triggers import KINDS, TriggerConfig
 
 log = logging.getLogger(__name__)
 
@@ -421,14 +421,14 @@ def default_input(settings: Settings) -> tuple[Source[Event | DeadLetter], list[
             read_items_topic(settings),
         )
     if settings.input_file:
-        from flows.generate import default_paths
+        from attune.flows.generate import default_paths
 
         path = Path(settings.input_file)
         return (
             FileEventSource(path, allowed_lateness_ms=lateness, privacy=privacy),
             read_items_file(default_paths(path)[1]),
         )
-    from operators.generator import GeneratorConfig, generate
+    from attune.operators.generator import GeneratorConfig, generate
 
     config = GeneratorConfig(
         users=settings.generate_users, days=settings.generate_days, seed=settings.generate_seed
@@ -467,7 +467,7 @@ def default_sinks(settings: Settings) -> Sinks:
             "set both ATTUNE_KAFKA_BOOTSTRAP and ATTUNE_REDIS_URL (the flow reads Kafka and "
             "writes Redis), or neither for the embedded default"
         )
-    from flows.embedded import LocalStore
+    from attune.flows.embedded import LocalStore
 
     store = LocalStore.shared()
     return store.sinks(clusters_key(settings), models_key(settings))
@@ -475,8 +475,8 @@ def default_sinks(settings: Settings) -> Sinks:
 
 def kafka_security(settings: Settings) -> dict[str, str]:
     """librdkafka security settings from :class:`Settings` (one translation, in kafka_sink)."""
-    from flows.topics import client_options
-    from operators.kafka_sink import librdkafka_security
+    from attune.flows.topics import client_options
+    from attune.operators.kafka_sink import librdkafka_security
 
     return librdkafka_security(client_options(settings))
 
@@ -502,7 +502,7 @@ class EncodingKafkaSink(DynamicSink[Any]):
     delivered through a :class:`CheckedKafkaSink` (every delivery checked)."""
 
     def __init__(self, settings: Settings, topic: Callable[[Any], str], codec: Codec) -> None:
-        from flows.topics import client_options
+        from attune.flows.topics import client_options
 
         self.inner = CheckedKafkaSink(settings.kafka_bootstrap, security=client_options(settings))
         self.topic = topic
@@ -591,7 +591,7 @@ def read_items_topic(settings: Settings, timeout_s: float = 30.0) -> list[ItemUp
 
 
 def __getattr__(name: str) -> Any:
-    """``flows.personalize:flow`` for ``python -m bytewax.run``, built on first access."""
+    """``attune.flows.personalize:flow`` for ``python -m bytewax.run``, built on first access."""
     if name == "flow":
         flow = build_flow(Settings.from_env())
         tune_gc()

@@ -4,7 +4,7 @@ With Kafka and Redis configured (flags or ``ATTUNE_*``) it runs the production
 flow; with neither it is the embedded default: generated events (or
 ``--input FILE``) in, results kept in process, a summary on screen and a JSON
 report. The same flow runs under ``python -m bytewax.run
-flows.personalize:flow`` for clusters (``-w``, ``-i``/``-a``); see
+attune.flows.personalize:flow`` for clusters (``-w``, ``-i``/``-a``); see
 docs/architecture.md.
 """
 
@@ -20,12 +20,12 @@ from bytewax.recovery import RecoveryConfig
 from bytewax.run import cli_main
 from prometheus_client import start_http_server
 
-from flows import tune_gc
-from flows.embedded import LocalStore, render, write_report
-from flows.personalize import build_flow, clusters_key
-from flows.settings import Settings
-from operators.consent import withheld_total
-from operators.sources import progress
+from attune.flows import tune_gc
+from attune.flows.embedded import LocalStore, render, write_report
+from attune.flows.personalize import build_flow, clusters_key
+from attune.flows.settings import Settings
+from attune.operators.consent import withheld_total
+from attune.operators.sources import progress
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -3,7 +3,7 @@
 The dataflow reads ``attune.events`` and ``attune.items`` and writes one
 ``attune.triggers.<kind>`` topic per trigger kind, ``attune.segments``, the
 dead-letter topic ``attune.dlq`` and the erasure confirmations
-``attune.privacy.erasures`` (names from :class:`~flows.settings.Settings`).
+``attune.privacy.erasures`` (names from :class:`~attune.flows.settings.Settings`).
 The local broker does not create topics on first use
 (``auto.create.topics.enable=false``), so ``attune topics create`` and the
 integration tests create them here first, with kafka-python's admin client.
@@ -31,8 +31,8 @@ from typing import Any
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError, for_code
 
-from flows.settings import Settings
-from operators.triggers import KINDS
+from attune.flows.settings import Settings
+from attune.operators.triggers import KINDS
 
 log = logging.getLogger(__name__)
 

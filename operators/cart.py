@@ -36,7 +36,7 @@ from bisect import insort
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from operators.events import LineItem
+from attune.operators.events import LineItem
 
 MAX_CART_LINES = 100
 MAX_CART_OPS = 256

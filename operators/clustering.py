@@ -1,6 +1,6 @@
 """Online clustering of users into behavioural personas, with readable summaries.
 
-Stage 6 of the flow, next to the rule segments (:mod:`operators.segments`).
+Stage 6 of the flow, next to the rule segments (:mod:`attune.operators.segments`).
 The scaling rule (docs/architecture.md) forbids funnelling every event through
 one key, so the work is split in two:
 
@@ -53,8 +53,8 @@ import orjson
 from bytewax.operators import StatefulBatchLogic
 from river import cluster, preprocessing
 
-from operators.features import FEATURES, Features
-from operators.segments import cluster_segment
+from attune.operators.features import FEATURES, Features
+from attune.operators.segments import cluster_segment
 
 __all__ = [
     "CLUSTER_FEATURES",
@@ -282,7 +282,7 @@ class ClusterParams:
         return best
 
     def descriptions(self) -> dict[str, str]:
-        """Persona segment name -> label, for :func:`operators.segments.membership_changes`.
+        """Persona segment name -> label, for :func:`attune.operators.segments.membership_changes`.
 
         >>> ClusterParams(version=0, ready=False, n_learned=0).descriptions()
         {}

@@ -1,7 +1,7 @@
 """Avro codec: typed events and outputs to wire bytes and back, never raising on input.
 
 Sits at the boundary of the flow: sources hand it bytes, it hands back typed
-events (:mod:`operators.events`) or a :class:`~operators.events.DeadLetter`
+events (:mod:`attune.operators.events`) or a :class:`~attune.operators.events.DeadLetter`
 saying precisely what was wrong; sinks hand it outputs to encode.
 
 Wire formats (design.md, "Contracts"):
@@ -18,12 +18,12 @@ schemas and any older version registered with :meth:`Codec.register_writer`)
 or by registry id, and fastavro resolves it against the current reader schema,
 so data written with an older or newer compatible schema still decodes.
 
-Schemas are loaded once, at import, from avro/ (installed as ``attune_avro``).
+Schemas are loaded once, at import, from avro/ (installed as ``attune.avro``).
 In process, ``timestamp-millis`` fields are plain int milliseconds: the codec
 decodes with a copy of each schema whose logical types are removed (which does
 not change the fingerprint: logical types are not part of the canonical form).
 
->>> from operators.events import Event, EventType, Search
+>>> from attune.operators.events import Event, EventType, Search
 >>> codec = Codec()
 >>> ev = Event(event_id="e1", event_type=EventType.SEARCH, event_time=1_700_000_000_000,
 ...            user_id="u1", payload=Search(query="trail shoes"))
@@ -55,8 +55,8 @@ import fastavro
 import fastavro.schema
 from fastavro._read_common import SchemaResolutionError
 
-from operators.clock import Clock, SystemClock
-from operators.events import (
+from attune.operators.clock import Clock, SystemClock
+from attune.operators.events import (
     DeadLetter,
     ErasureConfirmation,
     ErrorClass,
@@ -75,7 +75,7 @@ from operators.events import (
     trigger_from_record,
     validate_event,
 )
-from operators.privacy import redact_text
+from attune.operators.privacy import redact_text
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = 0
@@ -140,7 +140,7 @@ class SchemaVersion:
 
 
 def _load_current() -> dict[str, SchemaVersion]:
-    folder = Path(str(importlib.resources.files("attune_avro")))
+    folder = Path(str(importlib.resources.files("attune.avro")))
     out: dict[str, SchemaVersion] = {}
     for path in sorted(folder.glob("*.avsc")):
         loaded = fastavro.schema.load_schema(str(path), _write_hint=False)
@@ -401,7 +401,7 @@ class Codec:
             (Confluent bytes need the registry).
         clock: stamps ``dead_time`` on dead letters.
         privacy: pseudonymises a decoded event record in place
-            (:meth:`operators.privacy.Pseudonymiser.record`), before the event is
+            (:meth:`attune.operators.privacy.Pseudonymiser.record`), before the event is
             built. Given, an event that decodes but is unusable is dead-lettered
             with its record re-encoded after pseudonymisation instead of the
             original bytes, so only undecodable input keeps raw PII.

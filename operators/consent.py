@@ -34,7 +34,7 @@ Configuration (``ATTUNE_CONSENT_DEFAULT`` and ``ATTUNE_CONSENT_REGIONS``):
 >>> ConsentPolicy.parse("", "Europe=opt-in")
 Traceback (most recent call last):
 ...
-operators.consent.ConsentConfigError: ATTUNE_CONSENT_REGIONS entry 'Europe=opt-in': scope \
+attune.operators.consent.ConsentConfigError: ATTUNE_CONSENT_REGIONS entry 'Europe=opt-in': scope \
 'Europe' is not EU, EEA, a country code (DE) or a subdivision code (US-CA)
 """
 
@@ -48,7 +48,7 @@ from typing import Final
 
 from prometheus_client import Counter
 
-from operators.events import ConsentUpdate, Context
+from attune.operators.events import ConsentUpdate, Context
 
 ANALYTICS: Final = "analytics"
 PERSONALIZATION: Final = "personalization"

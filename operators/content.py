@@ -1,6 +1,6 @@
 """The item catalogue as the models see it: metadata by row and content vectors.
 
-Fed by :class:`~operators.events.ItemUpdate` (topic ``attune.items``, or the
+Fed by :class:`~attune.operators.events.ItemUpdate` (topic ``attune.items``, or the
 generator's ``<out>.items.avro``). Each item gets a row; rows never move, so
 numpy arrays of every model (trending scores, embeddings, filters) line up
 with :attr:`Catalogue.ids`.
@@ -26,7 +26,7 @@ The price band is the item's tertile among its category's current prices
 vectors is the similarity the ranking's diversity step (MMR) and the
 evaluator's intra-list diversity use.
 
->>> from operators.events import ItemUpdate
+>>> from attune.operators.events import ItemUpdate
 >>> cat = Catalogue()
 >>> for i, (path, price) in enumerate([("a/x", 100), ("a/x", 300), ("b/y", 100)]):
 ...     _ = cat.update(ItemUpdate(f"i{i}", "t", tuple(path.split("/")), price, "EUR", True,
@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from operators.events import ItemUpdate
+from attune.operators.events import ItemUpdate
 
 __all__ = ["CONTENT_DIM", "Catalogue", "hashed_token"]
 

@@ -1,6 +1,6 @@
 """Typed events and outputs: one frozen, slotted dataclass per Avro record in avro/.
 
-Bare dicts stop at the codec boundary (:mod:`operators.codec`); everything past
+Bare dicts stop at the codec boundary (:mod:`attune.operators.codec`); everything past
 decoding sees these types. Times are ints, epoch milliseconds UTC, everywhere in
 process (the Avro fields are ``timestamp-millis``). Money is an int in minor
 currency units (cents), so sums are exact and replays are byte-identical.

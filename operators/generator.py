@@ -5,10 +5,10 @@ shop's catalogue and users with planted (latent) preferences, and writes down
 what any correct dataflow must conclude from the events it emits (the
 :class:`GroundTruth`). It is pure and deterministic: the same
 :class:`GeneratorConfig` gives the same events, byte for byte once encoded,
-whatever ``PYTHONHASHSEED`` is. It does no I/O; :mod:`flows.generate` writes the
+whatever ``PYTHONHASHSEED`` is. It does no I/O; :mod:`attune.flows.generate` writes the
 events to a file or to Kafka.
 
->>> from operators.events import validate_event
+>>> from attune.operators.events import validate_event
 >>> g = generate(GeneratorConfig(users=30, days=3, seed=5))
 >>> events = list(g.events)                 # a one-shot iterator, in emission order
 >>> len(events) == g.truth.emitted_events   # the truth is complete once it is exhausted
@@ -30,7 +30,7 @@ What is simulated
   (``"electronics/phones"``), 5 brands per top category, log-normal prices in
   cents with a distinct median per subcategory, tags and created times. A few
   items are created during the simulated days, and items go out of stock and
-  come back; every change is an :class:`~operators.events.ItemUpdate`
+  come back; every change is an :class:`~attune.operators.events.ItemUpdate`
   (``Generated.items``: the snapshot at ``start_ms`` first, then changes, by
   ``updated_time``). Out-of-stock items can be viewed, never added to a cart.
 - Users with latent preferences: 1-3 favourite categories with Dirichlet(1)
@@ -95,7 +95,7 @@ from typing import Any
 
 import orjson
 
-from operators.events import (
+from attune.operators.events import (
     MAX_EVENT_TIME_MS,
     MIN_EVENT_TIME_MS,
     PAYLOAD_OF_TYPE,
@@ -1635,10 +1635,10 @@ class _Generator:
 class Generated:
     """The output of :func:`generate`.
 
-    - ``events``: a one-shot iterator of :class:`~operators.events.Event` in
+    - ``events``: a one-shot iterator of :class:`~attune.operators.events.Event` in
       emission order (duplicates included), produced lazily a simulated day at
       a time;
-    - ``items``: every :class:`~operators.events.ItemUpdate`, the catalogue
+    - ``items``: every :class:`~attune.operators.events.ItemUpdate`, the catalogue
       snapshot (``updated_time == start_ms``) first, then new items and stock
       changes by ``updated_time`` (then item id);
     - ``truth``: the :class:`GroundTruth`, available once ``events`` is

@@ -26,7 +26,7 @@ An anonymous id later linked to a different user (a shared device) routes to
 the newest user without handing history over again.
 
 Privacy (docs/privacy.md). The step keeps the visitor's consent
-(:class:`~operators.consent.ConsentState`) and copies only events that
+(:class:`~attune.operators.consent.ConsentState`) and copies only events that
 personalization consent allows: a visitor without it has nothing buffered, and a
 withdrawal empties the buffer. Consent events are kept apart (the latest
 :data:`MAX_CONSENT_EVENTS`, outside the cap) and handed over first, so consent given
@@ -38,7 +38,7 @@ arrive later (another partition may lag) are dropped if unlinked, or go to the
 user's key, whose own tombstone drops them. The state is discarded after ``ttl`` of wall-clock
 inactivity, kept in the state so restarts do not reset it.
 
->>> from operators.events import Event, EventType, PageView
+>>> from attune.operators.events import Event, EventType, PageView
 >>> pv = Event("e1", EventType.PAGE_VIEW, 1_767_571_200_000, PageView(), anonymous_id="a1")
 >>> state, out = identity_step(None, pv)
 >>> [(key, type(item).__name__) for key, item in out]
@@ -59,9 +59,9 @@ from datetime import UTC, datetime, timedelta
 
 from bytewax.operators import StatefulBatchLogic
 
-from operators.clock import Clock, SystemClock
-from operators.consent import PERSONALIZATION, ConsentPolicy, ConsentState
-from operators.events import ConsentUpdate, ErasureRequest, Event, EventType
+from attune.operators.clock import Clock, SystemClock
+from attune.operators.consent import PERSONALIZATION, ConsentPolicy, ConsentState
+from attune.operators.events import ConsentUpdate, ErasureRequest, Event, EventType
 
 #: At most this many anonymous events are kept for the hand-over; beyond it the
 #: oldest copies go (they stay counted under the anonymous id until it is

@@ -23,8 +23,8 @@ user id, so one user's outputs stay in order on one partition. Dead letters
 have no key: they carry no trustworthy user (the input could not be decoded),
 and an unkeyed message is spread over the partitions.
 
->>> from operators.codec import Codec
->>> from operators.events import SegmentChange
+>>> from attune.operators.codec import Codec
+>>> from attune.operators.events import SegmentChange
 >>> change = SegmentChange(user_id="u1", segment="vip", change="ENTERED", source="RULE",
 ...                        event_time=1_700_000_000_000, emit_time=1_700_000_000_005)
 >>> out = to_kafka(change, Codec(), "attune.segments")
@@ -43,8 +43,8 @@ from typing import Any
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from operators.codec import Codec
-from operators.events import DeadLetter, ErasureConfirmation, SegmentChange, Trigger
+from attune.operators.codec import Codec
+from attune.operators.events import DeadLetter, ErasureConfirmation, SegmentChange, Trigger
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ PRODUCER_DEFAULTS: dict[str, str | int | bool] = {
 #: Settings of :data:`PRODUCER_DEFAULTS` that ``config`` may not change.
 _GUARANTEES = ("acks", "enable.idempotence")
 
-#: kafka-python option names (as ``flows.topics.client_options`` builds them) and
+#: kafka-python option names (as ``attune.flows.topics.client_options`` builds them) and
 #: their librdkafka names, so that the security options are built in one place.
 _LIBRDKAFKA_NAMES: dict[str, str] = {
     "security_protocol": "security.protocol",
@@ -81,7 +81,7 @@ _LIBRDKAFKA_NAMES: dict[str, str] = {
 
 
 def librdkafka_security(options: Mapping[str, Any]) -> dict[str, str]:
-    """kafka-python security options (``flows.topics.client_options``) in librdkafka names.
+    """kafka-python security options (``attune.flows.topics.client_options``) in librdkafka names.
 
     >>> librdkafka_security({"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN",
     ...                      "sasl_plain_username": "u", "sasl_plain_password": "p"})
@@ -96,7 +96,7 @@ def librdkafka_security(options: Mapping[str, Any]) -> dict[str, str]:
     if unknown:
         raise ValueError(
             f"Kafka client options {unknown} have no librdkafka equivalent in "
-            "operators.kafka_sink._LIBRDKAFKA_NAMES; add them there"
+            "attune.operators.kafka_sink._LIBRDKAFKA_NAMES; add them there"
         )
     return {_LIBRDKAFKA_NAMES[name]: str(value) for name, value in options.items()}
 
@@ -236,7 +236,7 @@ class CheckedKafkaSink(DynamicSink[KafkaOut]):
 
     Args:
         bootstrap: ``host:port,...`` of the brokers.
-        security: security options as ``flows.topics.client_options(settings)``
+        security: security options as ``attune.flows.topics.client_options(settings)``
             builds them (kafka-python names; translated by :func:`librdkafka_security`).
         config: further librdkafka producer settings, applied last (e.g.
             ``{"message.timeout.ms": 5000}``).

@@ -1,7 +1,7 @@
 """Quality metrics of recommendations and of the propensity model, on plain sequences.
 
-Used by the offline evaluator (:mod:`flows.evaluate`) and by the propensity
-model's progressive validation (:mod:`operators.propensity`). Every function is
+Used by the offline evaluator (:mod:`attune.flows.evaluate`) and by the propensity
+model's progressive validation (:mod:`attune.operators.propensity`). Every function is
 pure and small; the tests work each one out by hand on tiny cases.
 
 Top-k metrics score **one** held-out target item against a ranked list (the
@@ -25,7 +25,7 @@ List metrics:
 - catalogue ``coverage``: distinct items ever recommended / catalogue size;
 - ``intra_list_diversity``: ``1 - mean pairwise cosine similarity`` of the
   items' vectors (the evaluator uses the content vectors of
-  :mod:`operators.content`: category path, brand, price band, tags).
+  :mod:`attune.operators.content`: category path, brand, price band, tags).
 
 Probabilistic classifier metrics: :func:`roc_auc` (exact, rank based, ties
 counted half) and :func:`log_loss` (natural log, probabilities clipped to

@@ -2,7 +2,7 @@
 
 Stage 7 of the flow (docs/architecture.md, docs/models.md). The scaling rule
 forbids funnelling every event through one key, so the models are split like
-the personas (:mod:`operators.clustering`):
+the personas (:mod:`attune.operators.clustering`):
 
 1. The per-user state keeps what ranking and propensity need, bounded
    (:class:`UserModels`: recent interactions, purchased items, the current
@@ -11,7 +11,7 @@ the personas (:mod:`operators.clustering`):
    consent), not one message per event.
 2. **One** learner key (:class:`ModelLearnerLogic` around :class:`ModelLearner`)
    learns from the summaries, mirroring ``attune evaluate``
-   (:mod:`flows.evaluate`): item2vec on the session's items, co-visitation
+   (:mod:`attune.flows.evaluate`): item2vec on the session's items, co-visitation
    pairs, trending updates (views 1, carts 3, bought units 5), propensity
    (progressive validation, drift). Every ``publish_every`` summaries, every
    ``publish_s`` seconds with something new, and at the end of input it publishes
@@ -19,9 +19,9 @@ the personas (:mod:`operators.clustering`):
    (:class:`TrendingWrite`, sorted sets per scope) and the propensity metrics.
 3. Every worker reads the latest snapshot through a board (:class:`RedisModelBoard`,
    checking the version at most every 2 s; :class:`LocalModelBoard` in process),
-   and :class:`ModelReader` turns it into ranking :class:`~operators.ranking.Models`
+   and :class:`ModelReader` turns it into ranking :class:`~attune.operators.ranking.Models`
    over the flow's catalogue, once per version. The per-user step then ranks and
-   scores propensity once per batch of a user (:mod:`operators.profiles`).
+   scores propensity once per batch of a user (:mod:`attune.operators.profiles`).
 
 Staleness: an interaction reaches the shared models when its session closes
 (the session gap after the user's last event, 30 min by default), then at most
@@ -59,8 +59,8 @@ import orjson
 from bytewax.operators import StatefulBatchLogic
 from prometheus_client import Gauge
 
-from operators.content import Catalogue
-from operators.covisit import (
+from attune.operators.content import Catalogue
+from attune.operators.covisit import (
     BOUGHT,
     VIEWED,
     CovisitIndex,
@@ -68,12 +68,19 @@ from operators.covisit import (
     purchase_pairs,
     session_pairs,
 )
-from operators.embeddings import EmbeddingSnapshot, Item2Vec
-from operators.events import AddToCart, Event, ItemUpdate, ProductView, Purchase, RemoveFromCart
-from operators.features import FeatureValue
-from operators.propensity import FEATURES as PROPENSITY_FEATURES
-from operators.propensity import PropensityModel, PropensityScorer, tier
-from operators.ranking import (
+from attune.operators.embeddings import EmbeddingSnapshot, Item2Vec
+from attune.operators.events import (
+    AddToCart,
+    Event,
+    ItemUpdate,
+    ProductView,
+    Purchase,
+    RemoveFromCart,
+)
+from attune.operators.features import FeatureValue
+from attune.operators.propensity import FEATURES as PROPENSITY_FEATURES
+from attune.operators.propensity import PropensityModel, PropensityScorer, tier
+from attune.operators.ranking import (
     CART,
     MAX_RECENT,
     PURCHASE,
@@ -86,8 +93,15 @@ from operators.ranking import (
     recs_value,
     source_of,
 )
-from operators.redis_sink import TrendingWrite
-from operators.trending import BUY_W, CART_W, KEEP_PER_SCOPE, VIEW_W, ItemTrend, TrendingBoard
+from attune.operators.redis_sink import TrendingWrite
+from attune.operators.trending import (
+    BUY_W,
+    CART_W,
+    KEEP_PER_SCOPE,
+    VIEW_W,
+    ItemTrend,
+    TrendingBoard,
+)
 
 __all__ = [
     "LiveModels",
@@ -119,7 +133,7 @@ PUBLISH_EVERY: Final = 200
 #: Seconds (wall clock) after which the learner publishes what it learnt anyway.
 PUBLISH_S: Final = 10.0
 #: Items per scope whose trend scores go into the snapshot (the per-user path ranks
-#: from them; the Redis sorted sets keep :data:`~operators.trending.KEEP_PER_SCOPE`).
+#: from them; the Redis sorted sets keep :data:`~attune.operators.trending.KEEP_PER_SCOPE`).
 SNAPSHOT_TRENDING: Final = 20_000
 #: Items the learner tracks trends and co-visitation for (bounded memory).
 MAX_ITEMS: Final = 500_000
@@ -192,7 +206,7 @@ class UserModels:
     """What one user's state keeps for the models. Bounded, pickles.
 
     ``recent`` is sorted by event time (the hand-over at login delivers older
-    events late) and holds at most :data:`~operators.ranking.MAX_RECENT`.
+    events late) and holds at most :data:`~attune.operators.ranking.MAX_RECENT`.
     """
 
     recent: list[Interaction] = field(default_factory=list)
@@ -725,7 +739,7 @@ class ModelReader:
         return LiveModels(f"m{snap.version}-{models.version}", models, scorer)
 
     def recommend(self, signals: UserSignals, cfg: RecsConfig, now_ms: int) -> bytes:
-        """The Redis value of the user's recommendations (:func:`operators.ranking.recs_value`)."""
+        """The Redis value of the user's recommendations (:func:`~.ranking.recs_value`)."""
         live = self.current()
         recs = rank(signals, live.models, cfg.k, cfg.filters)
         source = source_of(signals, live.models)

@@ -1,11 +1,11 @@
 """Pseudonymisation at ingestion: direct identifiers become keyed hashes before anything sees them.
 
 The privacy gate of the flow (design.md, stage 3), applied in the source
-partition right after decoding (:mod:`operators.sources`), so that per-user
+partition right after decoding (:mod:`attune.operators.sources`), so that per-user
 state, models, topics, Redis and logs only ever see pseudonyms.
 
 **Which fields.** Every field an Avro schema in ``avro/`` marks with
-``"pii": true`` (read from the installed ``attune_avro`` package when this
+``"pii": true`` (read from the installed ``attune.avro`` package when this
 module is imported, so the list cannot drift from the schemas): today
 ``Event.user_id``, ``Event.anonymous_id``, ``Context.ip``, ``Identify.email``
 and ``Identify.phone``. The two identity fields of the envelope
@@ -43,7 +43,7 @@ what was stored under them. docs/privacy.md has the procedure.
 (True, True)
 >>> p.user_id("u-1234"), p.user_id("+44 7700 900123") == p.pseudonym("+447700900123")
 ('u-1234', True)
->>> from operators.events import Context, Event, EventType, Identify
+>>> from attune.operators.events import Context, Event, EventType, Identify
 >>> e = Event("e1", EventType.IDENTIFY, 1_767_571_200_000, Identify("LOGIN", "a@b.io"),
 ...           user_id="u-1", anonymous_id="d-1", context=Context(ip="10.0.0.1"))
 >>> clean = p.event(e)
@@ -70,7 +70,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
-from operators.events import (
+from attune.operators.events import (
     PAYLOAD_OF_AVRO_NAME,
     Context,
     Event,
@@ -126,7 +126,7 @@ class UserIdPolicy(StrEnum):
 
 
 def _schema_files() -> dict[str, dict[str, Any]]:
-    folder = importlib.resources.files("attune_avro")
+    folder = importlib.resources.files("attune.avro")
     out: dict[str, dict[str, Any]] = {}
     for entry in folder.iterdir():
         if entry.name.endswith(".avsc"):
@@ -192,7 +192,7 @@ class PiiPlan:
         for name in marked:
             if name not in _CLASS_OF_RECORD and not name.startswith(_NOT_INPUT):
                 raise ValueError(
-                    f"{name} has pii fields but operators.privacy does not know where the "
+                    f"{name} has pii fields but attune.operators.privacy does not know where the "
                     "record sits in an Event; add it to _CLASS_OF_RECORD"
                 )
         event = marked.get("attune.event.Event", ())

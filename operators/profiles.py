@@ -1,20 +1,20 @@
 """Per-user state: dedupe, sessions, windows, RFM, cart, dwell; profile and segments.
 
 The per-user step of the flow, keyed by canonical user (after
-:mod:`operators.identity`). :func:`apply` folds one input into a
+:mod:`attune.operators.identity`). :func:`apply` folds one input into a
 :class:`UserState` and returns what changed downstream; :class:`UserLogic` is
 the thin Bytewax wrapper that also coalesces one profile write per user per
 batch.
 
 Order and time. Everything is in event time; "now" for a user is the latest
 event time applied to it (``max_time``). Lateness is decided upstream, per
-source partition (:mod:`operators.sources`), so every event that reaches this
+source partition (:mod:`attune.operators.sources`), so every event that reaches this
 step is applied where it belongs, even out of order (anonymous history handed
 over at login arrives after newer events): counts are order-free; sessions are
 kept as sorted ``(start, end)`` intervals, so an event joins, extends, bridges
 (two sessions become one) or opens a session by the gap rule whatever the
 arrival order; windowed counts are over sorted series; the cart is a timeline
-of adds, removes and orders (:mod:`operators.cart`) whose abandonments do not
+of adds, removes and orders (:mod:`attune.operators.cart`) whose abandonments do not
 depend on arrival order or batching.
 
 Dedupe. Event ids are remembered for ``dedupe_window_ms`` of event time (at
@@ -27,7 +27,7 @@ older than all of them opens a session of its own); the cart holds at most
 is discarded after ``state_ttl`` of wall-clock inactivity (its Redis keys
 expire by their own TTL).
 
->>> from operators.events import Event, EventType, ProductView
+>>> from attune.operators.events import Event, EventType, ProductView
 >>> cfg = ProfileConfig()
 >>> st = UserState(user_id="u1")
 >>> out = apply(st, Event("e1", EventType.PRODUCT_VIEW, 1_767_571_200_000,
@@ -51,10 +51,10 @@ from datetime import UTC, datetime, timedelta
 
 from bytewax.operators import StatefulBatchLogic
 
-from operators.cart import CartTimeline
-from operators.clock import Clock, SystemClock
-from operators.clustering import ClusterVector, ParamsBoard, vector
-from operators.consent import (
+from attune.operators.cart import CartTimeline
+from attune.operators.clock import Clock, SystemClock
+from attune.operators.clustering import ClusterVector, ParamsBoard, vector
+from attune.operators.consent import (
     ANALYTICS,
     EVENTS_WITHHELD,
     MARKETING,
@@ -62,7 +62,7 @@ from operators.consent import (
     ConsentPolicy,
     ConsentState,
 )
-from operators.events import (
+from attune.operators.events import (
     MAX_EVENT_TIME_MS,
     AddToCart,
     ConsentUpdate,
@@ -79,16 +79,22 @@ from operators.events import (
     SegmentChange,
     Trigger,
 )
-from operators.features import FEATURES, PROFILE_FIELDS, FeatureValue
-from operators.identity import Forget, HandedOver, UserInput, link_of
-from operators.models import ModelReader, RecsConfig, SessionSummary, UserModels
-from operators.propensity import HIGH, is_outcome_boundary
-from operators.redis_keys import RedisKeys
-from operators.redis_sink import AliasWrite, ForgetUser, ProfileWrite, RecsWrite, SegmentsWrite
-from operators.rules import TriggerContext, TriggerHistory, TriggerRules
-from operators.segments import RuleSet, cluster_segment, membership_changes
-from operators.stream_clock import STREAM_CLOCK, StreamClock
-from operators.triggers import (
+from attune.operators.features import FEATURES, PROFILE_FIELDS, FeatureValue
+from attune.operators.identity import Forget, HandedOver, UserInput, link_of
+from attune.operators.models import ModelReader, RecsConfig, SessionSummary, UserModels
+from attune.operators.propensity import HIGH, is_outcome_boundary
+from attune.operators.redis_keys import RedisKeys
+from attune.operators.redis_sink import (
+    AliasWrite,
+    ForgetUser,
+    ProfileWrite,
+    RecsWrite,
+    SegmentsWrite,
+)
+from attune.operators.rules import TriggerContext, TriggerHistory, TriggerRules
+from attune.operators.segments import RuleSet, cluster_segment, membership_changes
+from attune.operators.stream_clock import STREAM_CLOCK, StreamClock
+from attune.operators.triggers import (
     BRIDGED,
     JOINED,
     NEW_LATEST,
@@ -1151,7 +1157,7 @@ class FeatureView(Mapping[str, FeatureValue]):
 
 
 def profile_write(st: UserState) -> ProfileWrite:
-    """A user's Redis profile: :data:`~operators.features.PROFILE_FIELDS` at its latest event."""
+    """A user's Redis profile: :data:`~attune.operators.features.PROFILE_FIELDS`, latest."""
     return ProfileWrite.from_features(st.user_id, FeatureView(st, st.max_time), PROFILE_FIELDS)
 
 

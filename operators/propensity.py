@@ -14,7 +14,7 @@ the model cannot learn "reached checkout". :func:`is_outcome_boundary` tells the
 per-user path when to take the snapshot (before applying the event).
 
 Features (:data:`FEATURES`) are the per-user profile features of
-:mod:`operators.features`, transformed by :func:`feature_vector` (``log1p`` of
+:mod:`attune.operators.features`, transformed by :func:`feature_vector` (``log1p`` of
 counts and money, device/channel one-hot, missing -> 0 plus an indicator).
 
 Progressive validation: :meth:`PropensityModel.learn` scores the example
@@ -54,9 +54,9 @@ from typing import Any
 
 from river import compose, drift, linear_model, optim, preprocessing
 
-from operators.events import Event, PageView, Purchase
-from operators.features import FeatureValue
-from operators.metrics import log_loss, roc_auc
+from attune.operators.events import Event, PageView, Purchase
+from attune.operators.features import FeatureValue
+from attune.operators.metrics import log_loss, roc_auc
 
 __all__ = [
     "FEATURES",
@@ -75,7 +75,7 @@ MEDIUM = 0.2
 METRIC_WINDOW = 1000
 #: Recent sessions kept for a warm retrain after drift.
 BUFFER = 2000
-#: Profile features the model reads (names from operators.features.FEATURES).
+#: Profile features the model reads (names from attune.operators.features.FEATURES).
 COUNT_FEATURES: tuple[str, ...] = (
     "session_events",
     "session_product_views",
@@ -111,7 +111,7 @@ _OUTCOME_PAGES = frozenset({"CART", "CHECKOUT"})
 def is_outcome_boundary(event: Event) -> bool:
     """True for events that start the outcome funnel: snapshot the features *before* them.
 
-    >>> from operators.events import EventType, ProductView
+    >>> from attune.operators.events import EventType, ProductView
     >>> is_outcome_boundary(Event("e", EventType.PAGE_VIEW, 0, PageView("CHECKOUT"), "u"))
     True
     >>> is_outcome_boundary(Event("e", EventType.PRODUCT_VIEW, 0, ProductView("i"), "u"))

@@ -25,7 +25,7 @@ Steps (all numpy over catalogue rows; no Python loop over the catalogue):
              + w_cat * category + w_trend * trending + w_content * content
 
    - ``emb``: ``0.6 * max(0, cos(item, short)) + 0.4 * max(0, cos(item, long))``
-     with the item2vec vectors (:mod:`operators.embeddings`);
+     with the item2vec vectors (:mod:`attune.operators.embeddings`);
    - ``viewed_together`` / ``bought_together``: sum over the recent items of
      (recency weight x co-visitation score / that item's best score);
    - ``category``: ``affinity(category) x share of the item in its category's
@@ -51,8 +51,8 @@ A user with no known recent item gets the fallback: trending (per segment if
 given, per top category if known; :data:`FALLBACK_WEIGHTS`), ``source ==
 "trending"``.
 
->>> from operators.events import ItemUpdate
->>> from operators.content import Catalogue
+>>> from attune.operators.events import ItemUpdate
+>>> from attune.operators.content import Catalogue
 >>> cat = Catalogue()
 >>> for i in range(6):
 ...     _ = cat.update(ItemUpdate(f"i{i}", "t", ("a" if i < 3 else "b", "x"), 100, "EUR",
@@ -78,9 +78,9 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from operators.content import Catalogue
-from operators.covisit import BOUGHT, VIEWED, CovisitIndex, NeighbourList
-from operators.embeddings import (
+from attune.operators.content import Catalogue
+from attune.operators.covisit import BOUGHT, VIEWED, CovisitIndex, NeighbourList
+from attune.operators.embeddings import (
     CART_WEIGHT,
     LONG_HALF_LIFE_MS,
     SHORT_HALF_LIFE_MS,
@@ -88,7 +88,7 @@ from operators.embeddings import (
     decay_weights,
     user_vectors,
 )
-from operators.trending import TrendingBoard
+from attune.operators.trending import TrendingBoard
 
 __all__ = [
     "CART",

@@ -1,6 +1,6 @@
 """The one builder of Redis key names: every key Attune writes is made here.
 
-Used by the Redis sink (:mod:`operators.redis_sink`) and by anything that reads
+Used by the Redis sink (:mod:`attune.operators.redis_sink`) and by anything that reads
 what it wrote (client library, tests, docs). docs/redis.md lists every key with
 its type, encoding and TTL.
 

@@ -3,7 +3,7 @@
 The last stage of the flow (design.md, "Sinks"): per-user logic emits
 :data:`RedisOp` values (profiles, segment changes, aliases, forgetting a user,
 published model parameters) and :class:`RedisSink` writes them. Key names come
-from :class:`~operators.redis_keys.RedisKeys`; docs/redis.md documents every key.
+from :class:`~attune.operators.redis_keys.RedisKeys`; docs/redis.md documents every key.
 
 Three properties the rest of Attune relies on:
 
@@ -49,8 +49,8 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from operators.features import PROFILE_FIELDS, Features, FeatureValue
-from operators.redis_keys import DEFAULT_PREFIX, RedisKeys
+from attune.operators.features import PROFILE_FIELDS, Features, FeatureValue
+from attune.operators.redis_keys import DEFAULT_PREFIX, RedisKeys
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class JsonWrite:
 @dataclass(frozen=True, slots=True)
 class RecsWrite:
     """Replace the user's recommendations (``SET ... EX`` the per-user TTL) with ``value``,
-    the orjson bytes of :func:`operators.ranking.recs_value` (docs/redis.md)."""
+    the orjson bytes of :func:`attune.operators.ranking.recs_value` (docs/redis.md)."""
 
     user: str
     value: bytes
@@ -337,7 +337,8 @@ class RedisSinkError(RuntimeError):
 
 
 class _RedisSettings(Protocol):
-    """The part of ``flows.settings.Settings`` the sink reads (operators/ never imports flows/)."""
+    """The part of ``attune.flows.settings.Settings`` the sink reads (operators/ never imports
+    flows/)."""
 
     @property
     def redis_url(self) -> str: ...

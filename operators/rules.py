@@ -5,7 +5,7 @@ Stage 8 of the flow (docs/architecture.md). The per-user state fires raw trigger
 decides, per trigger, what reaches the ``attune.triggers.<kind>`` topics:
 
 - rules, in file order, match on the trigger kind, the user's features (the condition
-  grammar of :mod:`operators.segments`, extended with trigger leaves), segments, model
+  grammar of :mod:`attune.operators.segments`, extended with trigger leaves), segments, model
   scores, the local hour and the channel; a matching ``suppress`` rule drops the
   trigger, every matching ``publish`` rule yields one output trigger with its payload;
 - policies then hold publishes back: marketing consent, quiet hours, cooldowns and
@@ -54,9 +54,9 @@ from typing import Any, Final, Literal, TypeAlias
 
 import yaml
 
-from operators.events import Trigger
-from operators.features import Features
-from operators.segments import (
+from attune.operators.events import Trigger
+from attune.operators.features import Features
+from attune.operators.segments import (
     CLUSTER_SEGMENT_PREFIX,
     EQUALITY_OPS,
     NULL_OPS,
@@ -176,7 +176,7 @@ class TriggerContext:
     Attributes
     ----------
     features
-        The user's features (:data:`operators.features.FEATURES`) at the trigger.
+        The user's features (:data:`attune.operators.features.FEATURES`) at the trigger.
     segments
         The segments the user is in (rule segments and ``persona_<n>``).
     marketing_consent
@@ -747,7 +747,7 @@ class TriggerRules:
 class TriggerRuleError(RuleError):
     """A trigger rule file is invalid: ``str(error)`` is ``"<file>:<line>: <reason>"``.
 
-    A :class:`operators.segments.RuleError` (so a ``ValueError``) with ``file``, ``line``
+    A :class:`attune.operators.segments.RuleError` (so a ``ValueError``) with ``file``, ``line``
     (1-based; 0 for an empty file) and ``reason`` (naming the rule when known).
     """
 
@@ -797,7 +797,7 @@ def load_trigger_rules(
     (Cap(max=3, per_ms=86400000), 'deny')
     """
     if path is None:
-        shipped = resources.files("flows") / "rules.yaml"
+        shipped = resources.files("attune.flows") / "rules.yaml"
         base_text, base_source = shipped.read_text(encoding="utf-8"), str(shipped)
     else:
         base_text, base_source = Path(path).read_text(encoding="utf-8"), str(path)
@@ -828,12 +828,13 @@ def parse_trigger_rules(
     --------
     >>> parse_trigger_rules("rules: []").names
     ()
-    >>> parse_trigger_rules(
-    ...     "rules:\\n  - name: r\\n    description: d\\n    cooldown: 6x\\n    publish: {}\\n",
-    ...     "mine.yaml")
-    Traceback (most recent call last):
-    ...
-    operators.rules.TriggerRuleError: mine.yaml:4: rule 'r': bad duration '6x' for cooldown: ...
+    >>> try:
+    ...     parse_trigger_rules(
+    ...         "rules:\\n  - name: r\\n    description: d\\n    cooldown: 6x\\n    publish: {}\\n",
+    ...         "mine.yaml")
+    ... except TriggerRuleError as e:
+    ...     print(e)
+    mine.yaml:4: rule 'r': bad duration '6x' for cooldown: ...
     """
     return _TriggerRuleParser(source, segments, kinds).parse_file(text).build(source)
 

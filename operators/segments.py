@@ -1,7 +1,7 @@
 """Declarative rule segments: conditions over a user's features, declared in YAML.
 
 Stage 6 of the flow (docs/architecture.md). The per-user state computes the
-features of :mod:`operators.features` at each event (and on timers); a
+features of :mod:`attune.operators.features` at each event (and on timers); a
 :class:`RuleSet` turns them into the set of segments the user is in, and
 :func:`membership_changes` turns the difference between two such sets into
 ``SegmentChange`` records for the ``attune.segments`` topic and Redis.
@@ -48,8 +48,8 @@ from typing import Any, Final, TypeAlias, TypeVar
 
 import yaml
 
-from operators.events import SegmentChange
-from operators.features import FEATURES, Features
+from attune.operators.events import SegmentChange
+from attune.operators.features import FEATURES, Features
 
 __all__ = [
     "CLUSTER_SEGMENT_PREFIX",
@@ -76,7 +76,7 @@ __all__ = [
 #: A compiled condition: features in, membership out.
 Predicate: TypeAlias = Callable[[Features], bool]
 #: What a compiled condition reads: :data:`Features` for segments, another input for other
-#: rule languages that extend the grammar (:mod:`operators.rules`).
+#: rule languages that extend the grammar (:mod:`~attune.operators.rules`).
 T = TypeVar("T")
 #: The value of a leaf comparison: a scalar, a tuple for ``in``/``not_in``, ``None`` for the
 #: null tests.
@@ -89,7 +89,7 @@ NULL_OPS: Final = ("is_null", "not_null")
 #: Every comparison operator, in the order the docs list them.
 OPS: Final = (*NUMERIC_OPS, *EQUALITY_OPS, *SET_OPS, *NULL_OPS)
 
-#: Segment names of cluster personas (:mod:`operators.clustering`) are this prefix and the
+#: Segment names of cluster personas (:mod:`attune.operators.clustering`) are this prefix and the
 #: cluster index; rule segments may not use it.
 CLUSTER_SEGMENT_PREFIX: Final = "persona_"
 
@@ -129,7 +129,7 @@ def _feature_types() -> dict[str, _FeatureType]:
     return types
 
 
-#: Declared type of each feature, parsed once from :data:`operators.features.FEATURES`.
+#: Declared type of each feature, parsed once from :data:`attune.operators.features.FEATURES`.
 _TYPES: Final = _feature_types()
 
 
@@ -167,7 +167,7 @@ class Not:
 
 
 class Leaf:
-    """Base of the leaves another rule language adds to this grammar (:mod:`operators.rules`).
+    """Base of the leaves another rule language adds to this grammar (:mod:`~.rules`).
 
     Segment files never contain one; trigger rules add leaves such as ``kind`` or
     ``in_segment`` next to feature comparisons, under the same ``all``/``any``/``not``.
@@ -335,7 +335,7 @@ def compile_condition(
 ) -> Callable[[T], bool]:
     """Compile a condition tree once into nested closures; ``compile_leaf`` compiles leaves.
 
-    Segments compile over :data:`Features`; :mod:`operators.rules` compiles the same
+    Segments compile over :data:`Features`; :mod:`attune.operators.rules` compiles the same
     ``all``/``any``/``not`` over its own input, with its own leaves.
 
     >>> pred = compile_condition(Not(Compare("purchases", ">", 1)), _compile_segment_leaf)
@@ -429,7 +429,7 @@ class RuleSet:
         Parameters
         ----------
         features
-            A user's features (:data:`operators.features.FEATURES`); a missing name counts
+            A user's features (:data:`attune.operators.features.FEATURES`); a missing name counts
             as ``None``.
 
         Returns
@@ -606,7 +606,7 @@ def load_rules(path: Path | None = None) -> RuleSet:
     ['frequent_buyer', 'high_value']
     """
     if path is None:
-        shipped = resources.files("flows") / "segments.yaml"
+        shipped = resources.files("attune.flows") / "segments.yaml"
         return parse_rules(shipped.read_text(encoding="utf-8"), str(shipped))
     return parse_rules(Path(path).read_text(encoding="utf-8"), str(path))
 
@@ -638,7 +638,7 @@ def parse_rules(text: str, source: str = "<string>") -> RuleSet:
     >>> parse_rules("segments:\\n  - name: Big\\n", "r.yaml")
     Traceback (most recent call last):
     ...
-    operators.segments.RuleError: r.yaml:2: segment 'Big': bad name 'Big': use lower-case ...
+    attune.operators.segments.RuleError: r.yaml:2: segment 'Big': bad name 'Big': use lower-case ...
     """
     return RuleSet(ConditionParser(source).parse(text), source)
 
@@ -646,7 +646,7 @@ def parse_rules(text: str, source: str = "<string>") -> RuleSet:
 class ConditionParser:
     """Walks the composed YAML node tree, which keeps every node's line.
 
-    :meth:`parse` reads a segment file. Other rule files (:mod:`operators.rules`) subclass
+    :meth:`parse` reads a segment file. Other rule files (:mod:`attune.operators.rules`) subclass
     it to reuse the node helpers, the error style and :meth:`parse_condition`; they set
     :attr:`subject` (the word errors name an entry by) and override :meth:`parse_leaf` to
     add leaves, and :meth:`make_error` to raise their own ``RuleError`` subclass.

@@ -1,7 +1,7 @@
 """Event sources: Kafka, an Avro container file, or the generator; decoded, with a watermark.
 
 The first stage of the flow. Every source yields the same thing, an
-:class:`~operators.events.Event` or a :class:`~operators.events.DeadLetter`,
+:class:`~attune.operators.events.Event` or a :class:`~attune.operators.events.DeadLetter`,
 in batches, and each is a Bytewax ``FixedPartitionedSource`` whose partition
 state (position + watermark) is snapshotted for recovery.
 
@@ -29,16 +29,16 @@ many events it sends, is not.
 Kafka's own errors (other than end-of-partition) become ``SOURCE_ERROR`` dead
 letters; none is dropped.
 
-Pseudonymisation (:mod:`operators.privacy`) happens here too, on each decoded
+Pseudonymisation (:mod:`attune.operators.privacy`) happens here too, on each decoded
 event before it leaves the partition: given a ``privacy``
-:class:`~operators.privacy.Pseudonymiser`, Kafka and file events are
+:class:`~attune.operators.privacy.Pseudonymiser`, Kafka and file events are
 pseudonymised on their decoded record (cheapest: plain dict updates before the
 event is built) and generated events on the event, so that no later step, state,
 output or log sees a direct identifier. Dead letters of events that decoded
 (``LATE``, ``INVALID_VALUE``...) then keep the pseudonymised event, re-encoded,
 rather than the original bytes; only undecodable input keeps its raw bytes.
 
->>> from operators.events import Event, EventType, Search
+>>> from attune.operators.events import Event, EventType, Search
 >>> wm = Watermark(allowed_lateness_ms=60_000)
 >>> e = lambda i, t: Event(f"e{i}", EventType.SEARCH, t, Search("q"), user_id="u")
 >>> wm.admit(e(1, 1_767_571_200_000)) is None
@@ -70,10 +70,10 @@ from confluent_kafka import KafkaError as ConfluentKafkaError
 from confluent_kafka.admin import AdminClient
 from prometheus_client import Counter
 
-from operators.codec import Codec, read_events_file
-from operators.events import MAX_EVENT_TIME_MS, DeadLetter, ErrorClass, Event, Source
-from operators.privacy import Pseudonymiser
-from operators.stream_clock import STREAM_CLOCK
+from attune.operators.codec import Codec, read_events_file
+from attune.operators.events import MAX_EVENT_TIME_MS, DeadLetter, ErrorClass, Event, Source
+from attune.operators.privacy import Pseudonymiser
+from attune.operators.stream_clock import STREAM_CLOCK
 
 Item = Event | DeadLetter
 

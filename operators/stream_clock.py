@@ -2,7 +2,7 @@
 
 Timers that must fire when a user sends nothing more (cart abandonment) read
 it. Each source partition reports its watermark (trailing a few batches:
-:class:`operators.sources.ClockFeed`) to its process's :data:`STREAM_CLOCK`;
+:class:`attune.operators.sources.ClockFeed`) to its process's :data:`STREAM_CLOCK`;
 :meth:`StreamClock.reached_ms` is the smallest mark of every partition of the
 input, the slowest partition holding time back (every event up to it has been
 read, but for late ones), and :meth:`StreamClock.now_ms` is that less the allowed
@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from operators.events import MAX_EVENT_TIME_MS
+from attune.operators.events import MAX_EVENT_TIME_MS
 
 
 class ClockBoard(Protocol):

@@ -105,7 +105,7 @@ class TrendingBoard:
 
     The evaluator updates it per interaction; the live per-user path fills it
     from the published sorted sets (:meth:`set_scores`). Arrays grow with the
-    catalogue (rows as in :class:`~operators.content.Catalogue`).
+    catalogue (rows as in :class:`~attune.operators.content.Catalogue`).
     """
 
     half_life_ms: float = HALF_LIFE_MS

@@ -1,13 +1,13 @@
 """Behavioural triggers: cart abandoned, long dwell, repeat visit, segment entered/exited.
 
-Stage 8 of the flow, computed from the per-user state (:mod:`operators.profiles`)
+Stage 8 of the flow, computed from the per-user state (:mod:`attune.operators.profiles`)
 and then filtered by the declarative trigger rules before publishing to
 ``attune.triggers.<kind>``. Everything here is event time; a trigger's id is a
 hash of its kind and its cause (the causing event's id, or the user and time
 that define it), so a replay yields the same id and downstream apps act once.
 
 When there is no next event, something must still tell time: the stream clock
-(:mod:`operators.stream_clock`) is the smallest watermark of every source
+(:mod:`attune.operators.stream_clock`) is the smallest watermark of every source
 partition of the input, in every process of a cluster (the event time the
 stream as a whole has reached), and when every partition has been idle it moves
 on with the wall clock (a bounded processing-time fallback). At the end of a
@@ -24,9 +24,9 @@ import hashlib
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
-from operators.cart import Abandonment
-from operators.events import SegmentChange, Trigger
-from operators.rules import TriggerHistory
+from attune.operators.cart import Abandonment
+from attune.operators.events import SegmentChange, Trigger
+from attune.operators.rules import TriggerHistory
 
 #: Trigger kinds Attune computes (``high_propensity`` is defined for the models issue).
 KINDS: tuple[str, ...] = (
@@ -66,7 +66,7 @@ class TriggerConfig:
     repeat_window_ms: int = 7 * 24 * 3_600_000
 
 
-# --- per-user trigger state and detection (called by operators.profiles) ---------------------
+# --- per-user trigger state and detection (called by attune.operators.profiles) -------------
 
 MAX_FIRED_PAGES = 16
 #: Own-event session intervals and adds to cart kept for the dwell and visit triggers.

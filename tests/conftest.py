@@ -1,7 +1,7 @@
 """Session fixtures for integration tests: a real Kafka broker and Redis server.
 
 The servers start lazily, the first time a test asks for ``local_servers`` or a
-fixture built on it, through :mod:`flows.local` (deploy/local/*.sh), on ports
+fixture built on it, through :mod:`attune.flows.local` (deploy/local/*.sh), on ports
 of their own (Kafka 29092/29093, Redis 26379) and in a state directory of
 their own (``<state dir>/pytest``), so that a developer's ``attune local up``
 servers are left alone. The Kafka jars come from the default cache. Missing
@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from flows import local, topics
-from flows.local import LocalServerError, LocalServers
-from flows.settings import Settings
+from attune.flows import local, topics
+from attune.flows.local import LocalServerError, LocalServers
+from attune.flows.settings import Settings
 
 TEST_KAFKA_PORT = 29092
 TEST_KAFKA_CONTROLLER_PORT = 29093

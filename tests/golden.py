@@ -25,12 +25,12 @@ from typing import Any
 import orjson
 from bytewax.testing import run_main
 
-from flows.embedded import LocalStore
-from flows.personalize import build_flow
-from flows.settings import Settings
-from operators.events import Event
-from operators.generator import GeneratorConfig, generate
-from operators.sources import EventListSource
+from attune.flows.embedded import LocalStore
+from attune.flows.personalize import build_flow
+from attune.flows.settings import Settings
+from attune.operators.events import Event
+from attune.operators.generator import GeneratorConfig, generate
+from attune.operators.sources import EventListSource
 
 NO_POLICIES = Path(__file__).resolve().parent / "data" / "rules_without_policies.yaml"
 #: A fixed pseudonym key: without one the embedded default draws a random key per process.

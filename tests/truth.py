@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from operators.events import Trigger
-from operators.generator import CartOutcome, GroundTruth
+from attune.operators.events import Trigger
+from attune.operators.generator import CartOutcome, GroundTruth
 
 #: Profile fields that must equal the truth's per-user figures exactly.
 COUNTERS = (

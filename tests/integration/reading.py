@@ -7,9 +7,9 @@ import uuid
 
 from confluent_kafka import Consumer, TopicPartition
 
-from clients.subscriber import ActOnce, Delivery, MemoryOnceStore, TriggerSubscriber
-from flows.settings import Settings
-from operators.events import Trigger
+from attune.clients.subscriber import ActOnce, Delivery, MemoryOnceStore, TriggerSubscriber
+from attune.flows.settings import Settings
+from attune.operators.events import Trigger
 
 
 def fresh_topics(prefix: str) -> dict[str, str]:

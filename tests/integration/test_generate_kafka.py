@@ -1,6 +1,6 @@
 """``attune generate --kafka``: generated events through a real broker and back, unchanged.
 
-Produces with :func:`flows.generate.produce`, consumes every partition from
+Produces with :func:`attune.flows.generate.produce`, consumes every partition from
 the beginning with confluent-kafka, decodes each message with the codec and
 compares with what the generator made, per message key, in order.
 """
@@ -14,10 +14,10 @@ from collections.abc import Callable
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from flows.generate import ProduceError, produce
-from operators.codec import Codec
-from operators.events import DeadLetter, Event, ItemUpdate, Source
-from operators.generator import GeneratorConfig, generate
+from attune.flows.generate import ProduceError, produce
+from attune.operators.codec import Codec
+from attune.operators.events import DeadLetter, Event, ItemUpdate, Source
+from attune.operators.generator import GeneratorConfig, generate
 
 WAIT_S = 60.0
 CONFIG = GeneratorConfig(users=150, days=6, seed=21)  # 12,305 events

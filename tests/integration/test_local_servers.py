@@ -3,7 +3,7 @@
 The tests marked ``integration`` start the servers through the session
 fixtures of tests/conftest.py; the others check, without servers, that a
 missing tool is reported with its install command and that the scripts and
-:class:`~flows.settings.Settings` agree on defaults.
+:class:`~attune.flows.settings.Settings` agree on defaults.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import redis
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
 
-from flows import local
-from flows.settings import Settings
-from flows.topics import DEFAULT_TRIGGER_KINDS, create_topics, design_topics
+from attune.flows import local
+from attune.flows.settings import Settings
+from attune.flows.topics import DEFAULT_TRIGGER_KINDS, create_topics, design_topics
 
 WAIT_S = 30.0
 

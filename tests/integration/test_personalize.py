@@ -26,15 +26,15 @@ import redis
 from bytewax.testing import run_main
 from confluent_kafka import Producer
 
-from flows import topics
-from flows.generate import produce
-from flows.personalize import build_flow
-from flows.settings import Settings, env_name
-from operators.clustering import ClusterParams
-from operators.codec import Codec
-from operators.events import ErrorClass, SegmentChange, Trigger
-from operators.generator import GeneratorConfig, GroundTruth, generate
-from operators.redis_keys import RedisKeys
+from attune.flows import topics
+from attune.flows.generate import produce
+from attune.flows.personalize import build_flow
+from attune.flows.settings import Settings, env_name
+from attune.operators.clustering import ClusterParams
+from attune.operators.codec import Codec
+from attune.operators.events import ErrorClass, SegmentChange, Trigger
+from attune.operators.generator import GeneratorConfig, GroundTruth, generate
+from attune.operators.redis_keys import RedisKeys
 from tests.integration.reading import consume_all, fresh_topics
 from tests.truth import profile_mismatches
 
@@ -224,7 +224,7 @@ def flow_env(settings: Settings) -> dict[str, str]:
 
 def bytewax_run(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "bytewax.run", "flows.personalize:flow", *args],
+        [sys.executable, "-m", "bytewax.run", "attune.flows.personalize:flow", *args],
         env=flow_env(settings),
         cwd=ROOT,
         stdout=subprocess.PIPE,

@@ -34,12 +34,12 @@ import redis
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import run_main
 
-from flows import topics
-from flows.generate import produce
-from flows.personalize import build_flow
-from flows.settings import Settings
-from operators.codec import Codec
-from operators.events import (
+from attune.flows import topics
+from attune.flows.generate import produce
+from attune.flows.personalize import build_flow
+from attune.flows.settings import Settings
+from attune.operators.codec import Codec
+from attune.operators.events import (
     AddToCart,
     ConsentUpdate,
     Context,
@@ -53,11 +53,11 @@ from operators.events import (
     SegmentChange,
     Trigger,
 )
-from operators.generator import GeneratorConfig, GroundTruth, generate
-from operators.identity import IdentityState
-from operators.profiles import DAY_MS, HOUR_MS, MINUTE_MS, UserState
-from operators.redis_keys import RedisKeys, escape_tag
-from operators.triggers import KINDS
+from attune.operators.generator import GeneratorConfig, GroundTruth, generate
+from attune.operators.identity import IdentityState
+from attune.operators.profiles import DAY_MS, HOUR_MS, MINUTE_MS, UserState
+from attune.operators.redis_keys import RedisKeys, escape_tag
+from attune.operators.triggers import KINDS
 from tests.integration.reading import consume_all, fresh_topics
 
 pytestmark = pytest.mark.integration

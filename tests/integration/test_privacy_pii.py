@@ -40,23 +40,23 @@ import redis
 from bytewax.testing import run_main
 from confluent_kafka import Producer
 
-from flows import topics
-from flows.cli import main as cli_main
-from flows.generate import produce
-from flows.personalize import build_flow, pseudonymiser_for
-from flows.settings import Settings
-from operators.codec import Codec
-from operators.events import (
+from attune.flows import topics
+from attune.flows.cli import main as cli_main
+from attune.flows.generate import produce
+from attune.flows.personalize import build_flow, pseudonymiser_for
+from attune.flows.settings import Settings
+from attune.operators.codec import Codec
+from attune.operators.events import (
     Context,
     DeadLetter,
     ErrorClass,
     Event,
     Identify,
 )
-from operators.generator import GeneratorConfig, GroundTruth, generate
-from operators.privacy import Pseudonymiser, normalise
-from operators.redis_keys import RedisKeys
-from operators.redis_sink import RedisConfig, RedisSink, RedisSinkError
+from attune.operators.generator import GeneratorConfig, GroundTruth, generate
+from attune.operators.privacy import Pseudonymiser, normalise
+from attune.operators.redis_keys import RedisKeys
+from attune.operators.redis_sink import RedisConfig, RedisSink, RedisSinkError
 from tests.integration.reading import consume_records, fresh_topics
 from tests.truth import profile_mismatches
 
@@ -427,7 +427,7 @@ def test_redis_acl_user_authenticates_and_a_wrong_password_is_refused(run: Run) 
         settings = run.settings.replace(redis_username=user, redis_password=password)
         sink = RedisSink(RedisConfig.from_settings(settings))
         part = sink.build("redis", 0, 1)  # PINGs as the ACL user
-        from operators.redis_sink import ProfileWrite
+        from attune.operators.redis_sink import ProfileWrite
 
         part.write_batch([ProfileWrite("acl-user", {"events": "1"})])
         part.close()

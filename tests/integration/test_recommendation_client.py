@@ -10,8 +10,8 @@ import orjson
 import pytest
 import redis
 
-from clients import CorruptRecommendationsError, Recommendation, RecommendationClient
-from operators.redis_keys import RedisKeys
+from attune.clients import CorruptRecommendationsError, Recommendation, RecommendationClient
+from attune.operators.redis_keys import RedisKeys
 
 pytestmark = pytest.mark.integration
 
@@ -117,7 +117,7 @@ def test_corrupt_values_fall_back_logged_or_raise_when_strict(
     redis_client.set(keys.recs("u3"), b'{"items": "oops"}')
     redis_client.hset(keys.recs("u4"), "items", "[]")  # wrong Redis type
     client = RecommendationClient(redis_client)
-    with caplog.at_level(logging.WARNING, logger="clients.recommendations"):
+    with caplog.at_level(logging.WARNING, logger="attune.clients.recommendations"):
         r3 = client.get_recommendations("u3", k=2)
         r4 = client.get_recommendations("u4", k=2)
     assert summary(r3) == ("trending", True, "corrupt", "global", ["g1", "g2"])

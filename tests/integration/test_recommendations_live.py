@@ -4,7 +4,7 @@ The flow tails the events topic (``ATTUNE_KAFKA_TAIL=true``). A generated
 background stream trains the shared models (trending, co-visitation, item
 vectors, propensity) and the learner publishes them; then one user views items
 of one category, and the test reads the user's recommendations from Redis
-through :class:`clients.RecommendationClient` while the same flow process goes
+through :class:`attune.clients.RecommendationClient` while the same flow process goes
 on; the user then views items of another category and the list changes to
 favour it. An unknown user gets trending, flagged as a fallback.
 """
@@ -25,15 +25,15 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
-from clients.recommendations import RecommendationClient, Recommendations
-from flows import topics
-from flows.generate import produce
-from flows.settings import Settings, env_name
-from operators.codec import Codec
-from operators.events import Event, EventType, ItemUpdate, ProductView
-from operators.generator import GeneratorConfig, generate
-from operators.ranking import REASONS
-from operators.redis_keys import RedisKeys
+from attune.clients.recommendations import RecommendationClient, Recommendations
+from attune.flows import topics
+from attune.flows.generate import produce
+from attune.flows.settings import Settings, env_name
+from attune.operators.codec import Codec
+from attune.operators.events import Event, EventType, ItemUpdate, ProductView
+from attune.operators.generator import GeneratorConfig, generate
+from attune.operators.ranking import REASONS
+from attune.operators.redis_keys import RedisKeys
 from tests.integration.reading import fresh_topics
 from tests.integration.test_personalize import flow_env as personalize_env
 
@@ -91,7 +91,7 @@ def live_flow(
         progress=False,
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bytewax.run", "flows.personalize:flow"],
+        [sys.executable, "-m", "bytewax.run", "attune.flows.personalize:flow"],
         env=flow_env(settings),
         cwd=ROOT,
         stdout=subprocess.PIPE,

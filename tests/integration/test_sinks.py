@@ -4,7 +4,7 @@ Redis: what a batch leaves (values, a TTL on every key), replays leave Redis
 byte-identical, forgetting a user leaves nothing of it, errors raise.
 Kafka: every message is delivered and read back exactly once; a message the
 broker refuses (a topic that does not exist, a message too large) raises
-:class:`~operators.kafka_sink.DeliveryError` with the count and the reason,
+:class:`~attune.operators.kafka_sink.DeliveryError` with the count and the reason,
 also out of a running dataflow.
 """
 
@@ -24,12 +24,12 @@ from bytewax.outputs import DynamicSink
 from bytewax.testing import TestingSource, run_main
 from kafka import KafkaConsumer
 
-from operators.codec import Codec
-from operators.events import SegmentChange
-from operators.features import PROFILE_FIELDS
-from operators.kafka_sink import CheckedKafkaSink, DeliveryError, KafkaOut, to_kafka
-from operators.redis_keys import RedisKeys
-from operators.redis_sink import (
+from attune.operators.codec import Codec
+from attune.operators.events import SegmentChange
+from attune.operators.features import PROFILE_FIELDS
+from attune.operators.kafka_sink import CheckedKafkaSink, DeliveryError, KafkaOut, to_kafka
+from attune.operators.redis_keys import RedisKeys
+from attune.operators.redis_sink import (
     AliasWrite,
     ForgetUser,
     JsonWrite,
@@ -352,8 +352,8 @@ NO_BROKER = "127.0.0.1:1"  # nothing listens on port 1
 
 
 def test_security_options_are_translated_from_client_options() -> None:
-    from flows.settings import Settings
-    from flows.topics import client_options
+    from attune.flows.settings import Settings
+    from attune.flows.topics import client_options
 
     settings = Settings(
         kafka_security_protocol="SASL_SSL",
@@ -389,7 +389,7 @@ def test_unknown_security_option_and_weakened_guarantees_are_refused() -> None:
 
 
 def test_outputs_are_keyed_by_user_and_dead_letters_have_no_key() -> None:
-    from operators.events import DeadLetter, ErrorClass
+    from attune.operators.events import DeadLetter, ErrorClass
 
     codec = Codec()
     change = SegmentChange("u7", "vip", "ENTERED", "RULE", 1_700_000_000_000, 1_700_000_000_001)

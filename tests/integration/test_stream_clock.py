@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import redis
 
-from operators.redis_keys import RedisKeys
-from operators.stream_clock import CLOCK_KEY_TTL_S, Mark, RedisClockBoard, StreamClock
+from attune.operators.redis_keys import RedisKeys
+from attune.operators.stream_clock import CLOCK_KEY_TTL_S, Mark, RedisClockBoard, StreamClock
 from tests.unit.test_stream_clock import Time
 
 pytestmark = pytest.mark.integration

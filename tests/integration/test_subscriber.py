@@ -25,17 +25,17 @@ import pytest
 import redis
 from kafka import KafkaProducer
 
-from clients.subscriber import (
+from attune.clients.subscriber import (
     ActOnce,
     Delivery,
     RedisOnceStore,
     TriggerSubscriber,
     Undecodable,
 )
-from flows import topics
-from flows.settings import Settings
-from operators.codec import Codec
-from operators.events import ErrorClass, LineItem, Trigger
+from attune.flows import topics
+from attune.flows.settings import Settings
+from attune.operators.codec import Codec
+from attune.operators.events import ErrorClass, LineItem, Trigger
 
 pytestmark = pytest.mark.integration
 

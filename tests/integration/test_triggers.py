@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 from bytewax.testing import run_main
 
-from flows import topics
-from flows.generate import produce
-from flows.personalize import build_flow
-from flows.settings import Settings
-from operators.codec import Codec
-from operators.generator import GeneratorConfig, GroundTruth, generate
-from operators.triggers import KINDS
+from attune.flows import topics
+from attune.flows.generate import produce
+from attune.flows.personalize import build_flow
+from attune.flows.settings import Settings
+from attune.operators.codec import Codec
+from attune.operators.generator import GeneratorConfig, GroundTruth, generate
+from attune.operators.triggers import KINDS
 from tests.integration.reading import fresh_topics, read_all
 from tests.truth import cart_expectations, check_cart_triggers
 

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench import throughput as tp
-from bench.throughput import (
+from attune.bench import throughput as tp
+from attune.bench.throughput import (
     EVENTS_PER_PROCESS_TARGET,
     RATIO_TARGET,
     REDIS_BYTES_PER_USER_TARGET,
@@ -24,7 +24,7 @@ from bench.throughput import (
     Stat,
     Target,
 )
-from flows.settings import Settings
+from attune.flows.settings import Settings
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -78,7 +78,7 @@ def test_bad_flags_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixtu
 
 
 def test_the_cli_wires_the_subcommand() -> None:
-    from flows.cli import build_parser
+    from attune.flows.cli import build_parser
 
     args = build_parser().parse_args(["bench", "throughput", "--users", "10", "--repeat", "2"])
     assert (args.bench, args.users, args.repeat) == ("throughput", 10, 2)
@@ -237,7 +237,7 @@ def test_repeat_figures_without_users_or_time() -> None:
 
 def test_flow_commands_single_and_multi_process() -> None:
     assert tp.flow_commands(1, 1, [], python="py") == [
-        ["py", "-m", "bytewax.run", "flows.personalize:flow"]
+        ["py", "-m", "bytewax.run", "attune.flows.personalize:flow"]
     ]
     assert tp.flow_commands(1, 2, [], python="py")[0][-2:] == ["-w", "2"]
     cmds = tp.flow_commands(3, 1, [1, 2, 3], python="py")
@@ -273,7 +273,7 @@ def test_bench_topics_are_distinct_and_under_the_stem() -> None:
 def test_profile_pattern_matches_the_key_builder() -> None:
     import fnmatch
 
-    from operators.redis_keys import RedisKeys
+    from attune.operators.redis_keys import RedisKeys
 
     for prefix in ("attune:", "x*y:"):
         pattern = tp.profile_pattern(prefix)
@@ -285,7 +285,7 @@ def test_profile_pattern_matches_the_key_builder() -> None:
 
 
 def test_header_says_where_and_warns_when_the_code_changed() -> None:
-    from flows.generate import ProduceReport
+    from attune.flows.generate import ProduceReport
 
     args = parse("--users", "10", "--repeat", "2")
     produced = ProduceReport("t", "i", events=1234, items=5, bytes=1, seconds=2.0, events_per_s=617)

@@ -7,8 +7,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.cart import MAX_CART_OPS, CartTimeline
-from operators.events import LineItem
+from attune.operators.cart import MAX_CART_OPS, CartTimeline
+from attune.operators.events import LineItem
 
 N = 30 * 60_000  # abandon after
 Fired = tuple[int, tuple[LineItem, ...]]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from operators.clustering import (
+from attune.operators.clustering import (
     CLUSTER_FEATURES,
     LOG1P_FEATURES,
     ClusterModel,
@@ -21,7 +21,7 @@ from operators.clustering import (
     original_units,
     vector,
 )
-from operators.features import FEATURES
+from attune.operators.features import FEATURES
 
 BROWSERS, BARGAIN_BUYERS, BIG_SPENDERS = 0, 1, 2
 #: The feature each blob is planted on (far from the other blobs on it).
@@ -188,7 +188,7 @@ def test_deterministic_for_a_seed_and_order(blobs: list[tuple[tuple[float, ...],
 def test_deterministic_across_processes_whatever_the_hash_seed() -> None:
     code = (
         "from tests.unit.test_clustering import blob_users, learn\n"
-        "from operators.clustering import ClusterModel, vector\n"
+        "from attune.operators.clustering import ClusterModel, vector\n"
         "m = ClusterModel(seed=9)\n"
         "learn(m, [vector(f) for f, _ in blob_users(seed=1, n=300)])\n"
         "import sys; sys.stdout.buffer.write(m.params().to_json())\n"

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators import codec as codec_mod
-from operators.clock import FixedClock
-from operators.codec import (
+from attune.operators import codec as codec_mod
+from attune.operators.clock import FixedClock
+from attune.operators.codec import (
     CURRENT,
     EVENT,
     Codec,
@@ -30,7 +30,7 @@ from operators.codec import (
     schema_json,
     write_container,
 )
-from operators.events import (
+from attune.operators.events import (
     AddToCart,
     ConsentUpdate,
     Context,

@@ -10,18 +10,18 @@ from typing import Any
 
 import pytest
 
-from flows.embedded import LocalStore
-from flows.personalize import build_flow
-from flows.settings import Settings
-from operators.clock import FixedClock
-from operators.clustering import ClusterVector, LocalBoard
-from operators.consent import (
+from attune.flows.embedded import LocalStore
+from attune.flows.personalize import build_flow
+from attune.flows.settings import Settings
+from attune.operators.clock import FixedClock
+from attune.operators.clustering import ClusterVector, LocalBoard
+from attune.operators.consent import (
     ConsentConfigError,
     ConsentPolicy,
     ConsentState,
     withheld_total,
 )
-from operators.events import (
+from attune.operators.events import (
     AddToCart,
     ConsentUpdate,
     Context,
@@ -36,7 +36,7 @@ from operators.events import (
     SegmentChange,
     Trigger,
 )
-from operators.identity import (
+from attune.operators.identity import (
     MAX_CONSENT_EVENTS,
     Forget,
     HandedOver,
@@ -46,7 +46,7 @@ from operators.identity import (
     identity_input,
     identity_step,
 )
-from operators.profiles import (
+from attune.operators.profiles import (
     DAY_MS,
     HOUR_MS,
     MINUTE_MS,
@@ -54,8 +54,8 @@ from operators.profiles import (
     UserLogic,
     UserState,
 )
-from operators.redis_keys import RedisKeys
-from operators.redis_sink import (
+from attune.operators.redis_keys import RedisKeys
+from attune.operators.redis_sink import (
     AliasWrite,
     ForgetUser,
     ProfileWrite,
@@ -63,10 +63,10 @@ from operators.redis_sink import (
     SegmentsWrite,
     plan,
 )
-from operators.rules import TriggerHistory, load_trigger_rules
-from operators.segments import load_rules
-from operators.stream_clock import StreamClock
-from operators.triggers import KINDS
+from attune.operators.rules import TriggerHistory, load_trigger_rules
+from attune.operators.segments import load_rules
+from attune.operators.stream_clock import StreamClock
+from attune.operators.triggers import KINDS
 
 T0 = 1_767_571_200_000
 _ids = itertools.count()

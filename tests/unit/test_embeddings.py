@@ -8,8 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from operators.content import Catalogue
-from operators.covisit import (
+from attune.operators.content import Catalogue
+from attune.operators.covisit import (
     BOUGHT,
     HALF_LIFE_MS,
     PAIR_WINDOW,
@@ -20,15 +20,15 @@ from operators.covisit import (
     purchase_pairs,
     session_pairs,
 )
-from operators.embeddings import (
+from attune.operators.embeddings import (
     DAY_MS,
     EmbeddingSnapshot,
     Item2Vec,
     user_vectors,
 )
-from operators.events import ItemUpdate
-from operators.trending import HALF_LIFE_MS as TREND_HL
-from operators.trending import ItemTrend, TrendingBoard, log_weight
+from attune.operators.events import ItemUpdate
+from attune.operators.trending import HALF_LIFE_MS as TREND_HL
+from attune.operators.trending import ItemTrend, TrendingBoard, log_weight
 
 # --- item2vec ---------------------------------------------------------------------------------
 

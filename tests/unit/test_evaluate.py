@@ -7,10 +7,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from flows.cli import main
-from flows.evaluate import METHODS, EvaluationError, replay
-from flows.generate import write_files
-from operators.generator import GeneratorConfig, generate
+from attune.flows.cli import main
+from attune.flows.evaluate import METHODS, EvaluationError, replay
+from attune.flows.generate import write_files
+from attune.operators.generator import GeneratorConfig, generate
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -10,14 +10,14 @@ from pathlib import Path
 import orjson
 from bytewax.testing import cluster_main, run_main
 
-from flows.embedded import LocalStore
-from flows.personalize import build_flow
-from flows.settings import Settings
-from operators.clustering import CLUSTER_FEATURES
-from operators.codec import EVENT, write_container
-from operators.events import Event, event_to_record
-from operators.generator import Generated, GeneratorConfig, GroundTruth, generate
-from operators.sources import EventListSource, FileEventSource
+from attune.flows.embedded import LocalStore
+from attune.flows.personalize import build_flow
+from attune.flows.settings import Settings
+from attune.operators.clustering import CLUSTER_FEATURES
+from attune.operators.codec import EVENT, write_container
+from attune.operators.events import Event, event_to_record
+from attune.operators.generator import Generated, GeneratorConfig, GroundTruth, generate
+from attune.operators.sources import EventListSource, FileEventSource
 from tests.truth import cart_expectations, check_cart_triggers, profile_mismatches
 
 NO_POLICIES = Path(__file__).resolve().parents[1] / "data" / "rules_without_policies.yaml"
@@ -193,9 +193,9 @@ def test_shipped_trigger_rules_shape_what_goes_out() -> None:
 def test_the_flow_writes_recommendations_models_and_trending() -> None:
     """Users who viewed products get a list (parsed by the client's contract), ranked with
     the published models; the learner publishes its snapshot, trending and metrics."""
-    from clients.recommendations import parse_recs
-    from operators.models import ModelSnapshot
-    from operators.ranking import REASONS
+    from attune.clients.recommendations import parse_recs
+    from attune.operators.models import ModelSnapshot
+    from attune.operators.ranking import REASONS
 
     _, g = generated()
     store = run_flow()

@@ -20,9 +20,16 @@ from typing import Any
 
 import pytest
 
-from flows.generate import ProduceError, add_arguments, config_from_args, produce, run, write_files
-from operators.codec import Codec, read_container, read_events_file
-from operators.events import (
+from attune.flows.generate import (
+    ProduceError,
+    add_arguments,
+    config_from_args,
+    produce,
+    run,
+    write_files,
+)
+from attune.operators.codec import Codec, read_container, read_events_file
+from attune.operators.events import (
     AddToCart,
     ConsentUpdate,
     Event,
@@ -33,7 +40,7 @@ from operators.events import (
     RemoveFromCart,
     validate_event,
 )
-from operators.generator import (
+from attune.operators.generator import (
     ABANDON_AFTER_MS,
     LATE_ALLOWED_MS,
     SESSION_GAP_MS,
@@ -95,8 +102,8 @@ def generate_truth(cfg: GeneratorConfig) -> GroundTruth:
 
 _DIGEST = """
 import hashlib, sys
-from operators.codec import Codec
-from operators.generator import GeneratorConfig, generate
+from attune.operators.codec import Codec
+from attune.operators.generator import GeneratorConfig, generate
 codec = Codec()
 h = hashlib.sha256()
 g = generate(GeneratorConfig(users=15, days=2, seed=4))
@@ -574,7 +581,7 @@ def test_event_ids_are_uuid4_shaped(run200: tuple[list[Event], GroundTruth]) -> 
     assert len({e.event_id for e in events}) == len(set(events))
 
 
-# --- flows.generate without a broker --------------------------------------------------------
+# --- attune.flows.generate without a broker --------------------------------------------
 
 
 def test_command_writes_events_truth_and_items(tmp_path: Path) -> None:

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import main
-from flows.importer import (
+from attune.flows.cli import main
+from attune.flows.importer import (
     NO_CURRENCY,
     PRESETS,
     ImportLayoutError,
     generic_layout,
     import_csv,
 )
-from operators.codec import read_events_file
-from operators.events import (
+from attune.operators.codec import read_events_file
+from attune.operators.events import (
     AddToCart,
     DeadLetter,
     Event,

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from flows.cli import main
-from flows.inspect import summarize
-from operators.codec import EVENT, write_container
-from operators.events import (
+from attune.flows.cli import main
+from attune.flows.inspect import summarize
+from attune.operators.codec import EVENT, write_container
+from attune.operators.events import (
     AddToCart,
     Event,
     EventType,

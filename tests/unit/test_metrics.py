@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from operators.metrics import (
+from attune.operators.metrics import (
     RankingTally,
     coverage,
     hit_rate,

@@ -10,11 +10,11 @@ from typing import Any
 import orjson
 import pytest
 
-from clients.recommendations import parse_recs
-from flows.personalize import recs_config
-from flows.settings import Settings
-from operators.content import Catalogue
-from operators.events import (
+from attune.clients.recommendations import parse_recs
+from attune.flows.personalize import recs_config
+from attune.flows.settings import Settings
+from attune.operators.content import Catalogue
+from attune.operators.events import (
     AddToCart,
     ConsentUpdate,
     ErasureConfirmation,
@@ -29,7 +29,7 @@ from operators.events import (
     RemoveFromCart,
     Trigger,
 )
-from operators.models import (
+from attune.operators.models import (
     MAX_PURCHASED,
     MAX_SESSION_TOUCHES,
     LocalModelBoard,
@@ -44,11 +44,11 @@ from operators.models import (
     UserModels,
     catalogue_of,
 )
-from operators.profiles import MINUTE_MS, ProfileConfig, UserLogic, UserState, apply
-from operators.propensity import FEATURES as PROPENSITY_FEATURES
-from operators.ranking import MAX_RECENT, REASONS
-from operators.redis_sink import ForgetUser, RecsWrite, TrendingWrite, plan
-from operators.triggers import trigger_id
+from attune.operators.profiles import MINUTE_MS, ProfileConfig, UserLogic, UserState, apply
+from attune.operators.propensity import FEATURES as PROPENSITY_FEATURES
+from attune.operators.ranking import MAX_RECENT, REASONS
+from attune.operators.redis_sink import ForgetUser, RecsWrite, TrendingWrite, plan
+from attune.operators.triggers import trigger_id
 
 T0 = 1_767_571_200_000
 GAP = 30 * MINUTE_MS

@@ -17,12 +17,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flows.cli import main as cli_main
-from flows.personalize import pseudonymiser_for
-from flows.settings import Settings, env_name
-from flows.topics import client_options
-from operators.codec import Codec
-from operators.events import (
+from attune.flows.cli import main as cli_main
+from attune.flows.personalize import pseudonymiser_for
+from attune.flows.settings import Settings, env_name
+from attune.flows.topics import client_options
+from attune.operators.codec import Codec
+from attune.operators.events import (
     Context,
     DeadLetter,
     ErrorClass,
@@ -32,9 +32,9 @@ from operators.events import (
     PageView,
     Search,
 )
-from operators.generator import GeneratorConfig, generate
-from operators.kafka_sink import librdkafka_security
-from operators.privacy import (
+from attune.operators.generator import GeneratorConfig, generate
+from attune.operators.kafka_sink import librdkafka_security
+from attune.operators.privacy import (
     PLAN,
     PiiPlan,
     Pseudonymiser,
@@ -46,8 +46,8 @@ from operators.privacy import (
     pii_fields,
     redact_text,
 )
-from operators.redis_sink import RedisConfig
-from operators.sources import EventListSource
+from attune.operators.redis_sink import RedisConfig
+from attune.operators.sources import EventListSource
 
 KEY = b"unit-test-pseudonym-key-0123456789abcdef"
 OTHER_KEY = b"another-pseudonym-key-for-rotation-0123456"
@@ -334,7 +334,7 @@ def test_flow_refuses_kafka_without_a_key_and_the_demo_uses_a_random_one(
 ) -> None:
     with pytest.raises(ValueError, match="ATTUNE_PSEUDONYM_KEY"):
         pseudonymiser_for(Settings(kafka_bootstrap="127.0.0.1:1"))
-    with caplog.at_level(logging.WARNING, logger="operators.privacy"):
+    with caplog.at_level(logging.WARNING, logger="attune.operators.privacy"):
         a, b = pseudonymiser_for(Settings()), pseudonymiser_for(Settings())
     assert "random key" in caplog.text
     assert a.key_id == "ephemeral" and a.pseudonym("x@y.io") != b.pseudonym("x@y.io")
@@ -416,8 +416,8 @@ def test_kafka_sasl_scram_and_mutual_tls_reach_both_client_libraries() -> None:
         "ssl.key.location": "/etc/client.key",
         "ssl.key.password": "kpw",
     }
-    from flows.generate import producer_config
-    from flows.personalize import kafka_security
+    from attune.flows.generate import producer_config
+    from attune.flows.personalize import kafka_security
 
     assert kafka_security(settings).items() <= producer_config("b:1", settings).items()
     # SSL files are not sent to a plaintext SASL listener

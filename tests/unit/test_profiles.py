@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.events import (
+from attune.operators.events import (
     AddToCart,
     Dwell,
     ErasureRequest,
@@ -24,8 +24,8 @@ from operators.events import (
     RemoveFromCart,
     SegmentChange,
 )
-from operators.features import FEATURES, PROFILE_FIELDS
-from operators.identity import (
+from attune.operators.features import FEATURES, PROFILE_FIELDS
+from attune.operators.identity import (
     MAX_ANONYMOUS_BUFFER,
     Forget,
     HandedOver,
@@ -33,7 +33,7 @@ from operators.identity import (
     identity_step,
     link_of,
 )
-from operators.profiles import (
+from attune.operators.profiles import (
     DAY_MS,
     HOUR_MS,
     MINUTE_MS,
@@ -45,8 +45,8 @@ from operators.profiles import (
     compute,
     profile_write,
 )
-from operators.redis_sink import AliasWrite, ForgetUser, ProfileWrite, SegmentsWrite
-from operators.segments import load_rules
+from attune.operators.redis_sink import AliasWrite, ForgetUser, ProfileWrite, SegmentsWrite
+from attune.operators.segments import load_rules
 
 T0 = 1_767_571_200_000
 GAP = 30 * MINUTE_MS
@@ -240,7 +240,7 @@ def test_dwell_counts_each_page_once() -> None:
 
 
 def test_price_bands_from_catalogue() -> None:
-    from operators.events import ItemUpdate
+    from attune.operators.events import ItemUpdate
 
     items = [
         ItemUpdate(f"i{p}", "x", ("a", "b"), p, "EUR", True, T0, T0) for p in range(100, 1000, 100)
@@ -302,7 +302,7 @@ def test_erasure_forgets_the_user_everywhere() -> None:
 
 
 def test_history_arriving_after_an_erasure_is_dropped_later_events_start_fresh() -> None:
-    from operators.profiles import UserLogic
+    from attune.operators.profiles import UserLogic
 
     logic = UserLogic(None, ProfileConfig(rules=load_rules()))
     logic.on_batch([("u1", ev(T0 + HOUR_MS, ProductView("i1")))])

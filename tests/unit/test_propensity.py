@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from operators.events import Event, EventType, LineItem, PageView, ProductView, Purchase
-from operators.features import FEATURES as PROFILE_FEATURES
-from operators.propensity import (
+from attune.operators.events import Event, EventType, LineItem, PageView, ProductView, Purchase
+from attune.operators.features import FEATURES as PROFILE_FEATURES
+from attune.operators.propensity import (
     FEATURES,
     HIGH,
     MEDIUM,

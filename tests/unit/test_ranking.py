@@ -8,11 +8,11 @@ import numpy as np
 import orjson
 import pytest
 
-from operators.content import Catalogue
-from operators.covisit import BOUGHT, VIEWED, CovisitIndex, ItemNeighbours, NeighbourList
-from operators.embeddings import EmbeddingSnapshot
-from operators.events import ItemUpdate
-from operators.ranking import (
+from attune.operators.content import Catalogue
+from attune.operators.covisit import BOUGHT, VIEWED, CovisitIndex, ItemNeighbours, NeighbourList
+from attune.operators.embeddings import EmbeddingSnapshot
+from attune.operators.events import ItemUpdate
+from attune.operators.ranking import (
     CART,
     VIEW,
     Filters,
@@ -27,7 +27,7 @@ from operators.ranking import (
     recs_value,
     source_of,
 )
-from operators.trending import TrendingBoard
+from attune.operators.trending import TrendingBoard
 
 NOW = 1_767_571_200_000
 #: item -> (category path, in stock)

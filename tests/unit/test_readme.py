@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.settings import Settings, env_name, reference_markdown
+from attune.flows.settings import Settings, env_name, reference_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,7 +48,7 @@ def test_bad_setting_names_the_variable() -> None:
 
 
 def test_redis_doc_lists_the_profile_fields() -> None:
-    from operators.features import FEATURES, PROFILE_FIELDS
+    from attune.operators.features import FEATURES, PROFILE_FIELDS
 
     doc = (ROOT / "docs" / "redis.md").read_text()
     table = doc.split("<!-- profile-fields:start -->\n")[1].split("<!-- profile-fields:end -->")[0]

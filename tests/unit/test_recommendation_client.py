@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from clients.recommendations import (
+from attune.clients.recommendations import (
     REASON_TRENDING,
     CorruptRecommendationsError,
     Recommendation,

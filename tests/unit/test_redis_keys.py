@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from operators.redis_keys import USER_KEY_KINDS, RedisKeys, escape_tag
+from attune.operators.redis_keys import USER_KEY_KINDS, RedisKeys, escape_tag
 
 SLOTS = 16384
 

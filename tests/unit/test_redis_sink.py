@@ -16,9 +16,9 @@ import redis.connection
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.features import PROFILE_FIELDS
-from operators.redis_keys import RedisKeys
-from operators.redis_sink import (
+from attune.operators.features import PROFILE_FIELDS
+from attune.operators.redis_keys import RedisKeys
+from attune.operators.redis_sink import (
     AliasWrite,
     Command,
     ForgetUser,
@@ -238,7 +238,7 @@ def test_config_validates_and_hides_the_password() -> None:
 
 
 def test_config_from_settings() -> None:
-    from flows.settings import Settings
+    from attune.flows.settings import Settings
 
     settings = Settings(redis_url="redis://h:1/0", redis_password="pw", redis_ttl_s=5)
     config = RedisConfig.from_settings(settings)

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flows.topics import DEFAULT_TRIGGER_KINDS
-from operators.events import Trigger
-from operators.rules import (
+from attune.flows.topics import DEFAULT_TRIGGER_KINDS
+from attune.operators.events import Trigger
+from attune.operators.rules import (
     CHANNELS,
     DEFAULT_RULE,
     HISTORY_MAX,
@@ -27,7 +27,7 @@ from operators.rules import (
     parse_trigger_rules,
     trigger_id_for,
 )
-from operators.segments import RuleError, load_rules
+from attune.operators.segments import RuleError, load_rules
 
 ROOT = Path(__file__).parents[2]
 H = 3_600_000

@@ -9,13 +9,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from flows.cli import main
+from attune.flows.cli import main
 
 
 def test_attune_run_embedded_default(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("flows.run.tune_gc", lambda: None)  # keeps this process's GC as it is
+    monkeypatch.setattr(
+        "attune.flows.run.tune_gc", lambda: None
+    )  # keeps this process's GC as it is
     report = tmp_path / "report.json"
     code = main(["run", "--users", "80", "--days", "3", "--seed", "5", "--report", str(report)])
     assert code == 0
@@ -36,8 +38,8 @@ def test_attune_run_refuses_half_a_configuration(capsys: pytest.CaptureFixture[s
 def test_tune_gc_freezes_start_up_and_raises_the_thresholds() -> None:
     # in a child process: the thresholds and the frozen generation are process-wide
     code = (
-        "import gc, flows; flows.tune_gc(); "
-        "print(gc.get_threshold() == flows.GC_THRESHOLDS, gc.get_freeze_count() > 0)"
+        "import gc, attune.flows; attune.flows.tune_gc(); "
+        "print(gc.get_threshold() == attune.flows.GC_THRESHOLDS, gc.get_freeze_count() > 0)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60

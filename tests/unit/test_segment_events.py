@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from operators.events import (
+from attune.operators.events import (
     AddToCart,
     Event,
     EventType,
@@ -15,7 +15,7 @@ from operators.events import (
     Purchase,
     SegmentChange,
 )
-from operators.profiles import (
+from attune.operators.profiles import (
     DAY_MS,
     HOUR_MS,
     MINUTE_MS,
@@ -24,7 +24,7 @@ from operators.profiles import (
     UserState,
     apply,
 )
-from operators.segments import load_rules
+from attune.operators.segments import load_rules
 
 T0 = 1_767_571_200_000
 CFG = ProfileConfig(rules=load_rules(), price_bands=PriceBands({"shoes/run": 10_000}))

@@ -13,9 +13,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.events import SegmentChange
-from operators.features import FEATURES
-from operators.segments import (
+from attune.operators.events import SegmentChange
+from attune.operators.features import FEATURES
+from attune.operators.segments import (
     OPS,
     AllOf,
     Compare,
@@ -699,7 +699,7 @@ DOC = Path(__file__).parents[2] / "docs" / "segments.md"
 
 def features_table() -> str:
     """The features table of docs/segments.md, generated from FEATURES."""
-    from operators.clustering import CLUSTER_FEATURES, LOG1P_FEATURES
+    from attune.operators.clustering import CLUSTER_FEATURES, LOG1P_FEATURES
 
     rows = ["| Feature | Type | Meaning | Clustered |", "|---|---|---|---|"]
     for name, (ftype, meaning) in FEATURES.items():

@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from operators.stream_clock import END_MS, STREAM_CLOCK, Mark, StreamClock
+from attune.operators.stream_clock import END_MS, STREAM_CLOCK, Mark, StreamClock
 
 
 @dataclass
@@ -190,8 +190,8 @@ def test_a_partition_at_the_end_of_a_bounded_input_holds_nothing_back_unrefreshe
 
 
 def test_a_source_partition_tells_the_clock_its_end_three_batches_late() -> None:
-    from operators.events import Event, EventType, PageView
-    from operators.sources import CLOCK_LAG_BATCHES, EventListSource
+    from attune.operators.events import Event, EventType, PageView
+    from attune.operators.sources import CLOCK_LAG_BATCHES, EventListSource
 
     def events() -> Iterator[Event]:
         for i in range(5):

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from kafka.errors import CommitFailedError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from clients.subscriber import (
+from attune.clients.subscriber import (
     ActOnce,
     Delivery,
     MemoryOnceStore,
@@ -29,9 +29,9 @@ from clients.subscriber import (
     Undecodable,
     decode_record,
 )
-from flows.settings import Settings
-from operators.codec import Codec
-from operators.events import ErrorClass, LineItem, SegmentChange, Trigger
+from attune.flows.settings import Settings
+from attune.operators.codec import Codec
+from attune.operators.events import ErrorClass, LineItem, SegmentChange, Trigger
 
 CODEC = Codec()
 SETTINGS = Settings()
@@ -326,7 +326,7 @@ def test_process_acts_once_per_id_and_hands_over_the_undecodable() -> None:
 
 def test_process_logs_undecodable_by_default(caplog: pytest.LogCaptureFixture) -> None:
     consumer = FakeConsumer({P0: [b"junk"]})
-    with caplog.at_level(logging.WARNING, logger="clients.subscriber"):
+    with caplog.at_level(logging.WARNING, logger="attune.clients.subscriber"):
         stats = subscriber(consumer).process(print, once=None, max_messages=1)
     assert stats.undecodable == 1
     assert f"undecodable message on {TOPIC}[0] at offset 0 (BAD_MAGIC)" in caplog.text

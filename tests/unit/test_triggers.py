@@ -6,7 +6,7 @@ import itertools
 import pickle
 from typing import Any
 
-from operators.events import (
+from attune.operators.events import (
     AddToCart,
     ConsentUpdate,
     Dwell,
@@ -21,10 +21,10 @@ from operators.events import (
     RemoveFromCart,
     Trigger,
 )
-from operators.identity import HandedOver, identity_step, link_of
-from operators.profiles import DAY_MS, HOUR_MS, MINUTE_MS, Keyed, ProfileConfig, UserLogic
-from operators.stream_clock import StreamClock
-from operators.triggers import HANDOVER_WAIT_MS, trigger_id
+from attune.operators.identity import HandedOver, identity_step, link_of
+from attune.operators.profiles import DAY_MS, HOUR_MS, MINUTE_MS, Keyed, ProfileConfig, UserLogic
+from attune.operators.stream_clock import StreamClock
+from attune.operators.triggers import HANDOVER_WAIT_MS, trigger_id
 
 T0 = 1_767_571_200_000
 TYPES = {

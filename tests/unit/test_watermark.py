@@ -3,8 +3,8 @@ forward by a client whose clock runs ahead (docs/architecture.md, stage 1)."""
 
 from __future__ import annotations
 
-from operators.events import Event, EventType, Search
-from operators.sources import RECENT_KEYS, PartitionState, Watermark
+from attune.operators.events import Event, EventType, Search
+from attune.operators.sources import RECENT_KEYS, PartitionState, Watermark
 
 T0 = 1_767_571_200_000
 MINUTE = 60_000
