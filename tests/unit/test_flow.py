@@ -14,9 +14,10 @@ from attune.flows.embedded import LocalStore
 from attune.flows.personalize import build_flow
 from attune.flows.settings import Settings
 from attune.operators.clustering import CLUSTER_FEATURES
-from attune.operators.codec import EVENT, write_container
+from attune.operators.container import write_container
 from attune.operators.events import Event, event_to_record
 from attune.operators.generator import Generated, GeneratorConfig, GroundTruth, generate
+from attune.operators.schemas import EVENT
 from attune.operators.sources import EventListSource, FileEventSource
 from tests.truth import cart_expectations, check_cart_triggers, profile_mismatches
 

@@ -28,7 +28,8 @@ from attune.flows.generate import (
     run,
     write_files,
 )
-from attune.operators.codec import Codec, read_container, read_events_file
+from attune.operators.codec import Codec
+from attune.operators.container import read_container, read_events_file
 from attune.operators.events import (
     AddToCart,
     ConsentUpdate,
