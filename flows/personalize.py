@@ -430,7 +430,7 @@ def default_input(settings: Settings) -> tuple[Source[Event | DeadLetter], list[
             FileEventSource(path, allowed_lateness_ms=lateness, privacy=privacy),
             read_items_file(default_paths(path)[1]),
         )
-    from attune.operators.generator import GeneratorConfig, generate
+    from attune.workload.generator import GeneratorConfig, generate
 
     config = GeneratorConfig(
         users=settings.generate_users, days=settings.generate_days, seed=settings.generate_seed
