@@ -10,7 +10,7 @@ and event -> trigger on its topic < 50 ms at a steady 5k events/s). One run:
    tailing (``ATTUNE_KAFKA_TAIL=true``). Readiness: the catalogue and one
    warm-up event are produced and the bench waits (bounded) for the first
    Redis key.
-3. A LIVE workload: generated events (:mod:`attune.operators.generator`, no
+3. A LIVE workload: generated events (:mod:`attune.workload.generator`, no
    duplicates or late events) in their order, each event's ``event_time``
    rewritten to the wall clock (epoch ms) at the moment it is handed to the
    producer, produced at ``--rate`` events/s for ``--seconds``
@@ -540,9 +540,9 @@ def _bench(args: argparse.Namespace) -> str:
     from attune.flows.generate import ProduceError, produce
     from attune.flows.settings import env_name
     from attune.operators.codec import Codec
-    from attune.operators.generator import GeneratorConfig, generate
     from attune.operators.redis_keys import RedisKeys
     from attune.operators.triggers import KINDS
+    from attune.workload.generator import GeneratorConfig, generate
 
     machine = tp.machine_info()
     machine["load_average_start"] = tp.load_average()

@@ -10,7 +10,7 @@ The first benchmark of Attune (design.md, "Targets"). One run:
 2. Fresh topics named ``bench-<random>.*`` (events, an empty events topic,
    items, segments, dead letters, triggers), ``--partitions`` each, deleted at
    the end.
-3. The workload, generated (:mod:`attune.operators.generator`) and produced once
+3. The workload, generated (:mod:`attune.workload.generator`) and produced once
    (:func:`attune.flows.generate.produce`) before anything is timed; its time is
    reported on its own line.
 4. ``--repeat`` times, alternately:
@@ -1114,7 +1114,7 @@ def _produce(args: argparse.Namespace, settings: Settings) -> ProduceReport:
     """The workload, generated and produced once; its time is reported, never timed below."""
     from attune.flows.generate import ProduceError, produce
     from attune.operators.codec import Codec
-    from attune.operators.generator import GeneratorConfig, generate
+    from attune.workload.generator import GeneratorConfig, generate
 
     config = GeneratorConfig(users=args.users, days=args.days, seed=args.seed)
     say(f"generating and producing {args.users:,} users x {args.days} days, seed {args.seed}")

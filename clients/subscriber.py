@@ -45,8 +45,9 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from attune.flows.settings import Settings
 from attune.flows.topics import client_options
-from attune.operators.codec import Codec, SchemaRegistryClient
+from attune.operators.codec import Codec
 from attune.operators.events import DeadLetter, ErrorClass, Source, Trigger
+from attune.operators.schema_registry import SchemaRegistryClient
 
 log = logging.getLogger(__name__)
 

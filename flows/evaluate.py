@@ -58,7 +58,7 @@ import numpy.typing as npt
 import orjson
 from river import optim, reco
 
-from attune.operators.codec import ITEM, read_container, read_events_file
+from attune.operators.container import read_container, read_events_file
 from attune.operators.content import Catalogue
 from attune.operators.covisit import BOUGHT, VIEWED, CovisitIndex, purchase_pairs, session_pairs
 from attune.operators.embeddings import Item2Vec
@@ -87,6 +87,7 @@ from attune.operators.ranking import (
     Weights,
     rank,
 )
+from attune.operators.schemas import ITEM
 from attune.operators.trending import BUY_W, CART_W, VIEW_W, TrendingBoard
 
 SESSION_GAP_MS = 30 * 60_000

@@ -1,6 +1,6 @@
 """The I/O side of ``attune generate``: synthetic events to an Avro file and/or to Kafka.
 
-:mod:`attune.operators.generator` simulates (pure, deterministic); this module writes
+:mod:`attune.workload.generator` simulates (pure, deterministic); this module writes
 what it simulated:
 
 - :func:`write_files`: the events as an Avro object container file (deflate,
@@ -32,10 +32,13 @@ from typing import IO, Any, BinaryIO, TypeVar
 
 from attune.flows.settings import Settings
 from attune.flows.topics import client_options
-from attune.operators.codec import EVENT, ITEM, Codec, SchemaRegistryClient, write_container
+from attune.operators.codec import Codec
+from attune.operators.container import write_container
 from attune.operators.events import Event, ItemUpdate, event_to_record, to_record
-from attune.operators.generator import Generated, GeneratorConfig, generate
 from attune.operators.kafka_sink import librdkafka_security
+from attune.operators.schema_registry import SchemaRegistryClient
+from attune.operators.schemas import EVENT, ITEM
+from attune.workload.generator import Generated, GeneratorConfig, generate
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from attune.operators.codec import read_events_file
+from attune.operators.container import read_events_file
 from attune.operators.events import DeadLetter
 
 #: Inactivity gap that separates two sessions of one user (design default).

@@ -50,8 +50,9 @@ from attune.operators.clustering import (
     PublishParams,
     RedisBoard,
 )
-from attune.operators.codec import Codec, SchemaRegistryClient, read_container
+from attune.operators.codec import Codec
 from attune.operators.consent import ConsentPolicy
+from attune.operators.container import read_container
 from attune.operators.events import (
     DeadLetter,
     ErasureConfirmation,
@@ -89,6 +90,7 @@ from attune.operators.redis_sink import (
 )
 from attune.operators.redis_sink import SegmentsWrite as _SegmentsWrite
 from attune.operators.rules import load_trigger_rules
+from attune.operators.schema_registry import SchemaRegistryClient
 from attune.operators.segments import cluster_segment, load_rules
 from attune.operators.sources import EventListSource, FileEventSource, KafkaEventSource
 from attune.operators.stream_clock import STREAM_CLOCK, ClockBoard, RedisClockBoard
@@ -428,7 +430,7 @@ def default_input(settings: Settings) -> tuple[Source[Event | DeadLetter], list[
             FileEventSource(path, allowed_lateness_ms=lateness, privacy=privacy),
             read_items_file(default_paths(path)[1]),
         )
-    from attune.operators.generator import GeneratorConfig, generate
+    from attune.workload.generator import GeneratorConfig, generate
 
     config = GeneratorConfig(
         users=settings.generate_users, days=settings.generate_days, seed=settings.generate_seed

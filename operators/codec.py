@@ -18,10 +18,11 @@ schemas and any older version registered with :meth:`Codec.register_writer`)
 or by registry id, and fastavro resolves it against the current reader schema,
 so data written with an older or newer compatible schema still decodes.
 
-Schemas are loaded once, at import, from avro/ (installed as ``attune.avro``).
-In process, ``timestamp-millis`` fields are plain int milliseconds: the codec
-decodes with a copy of each schema whose logical types are removed (which does
-not change the fingerprint: logical types are not part of the canonical form).
+Schemas (:mod:`attune.operators.schemas`) are loaded once, at import, from
+avro/; in process, ``timestamp-millis`` fields are plain int milliseconds. Why
+bad bytes are bad is said by :mod:`attune.operators.diagnosis`; the registry
+client is :mod:`attune.operators.schema_registry`; Avro container files are read
+and written by :mod:`attune.operators.container`.
 
 >>> from attune.operators.events import Event, EventType, Search
 >>> codec = Codec()
@@ -38,24 +39,16 @@ True
 
 from __future__ import annotations
 
-import copy
-import importlib.resources
 import io
 import json
 import struct
-import urllib.error
-import urllib.request
-import zlib
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, BinaryIO
+from collections.abc import Callable
+from typing import Any
 
 import fastavro
-import fastavro.schema
-from fastavro._read_common import SchemaResolutionError
 
 from attune.operators.clock import Clock, SystemClock
+from attune.operators.diagnosis import BadDatumError, diagnose
 from attune.operators.events import (
     DeadLetter,
     ErasureConfirmation,
@@ -76,20 +69,24 @@ from attune.operators.events import (
     validate_event,
 )
 from attune.operators.privacy import redact_text
+from attune.operators.schema_registry import SchemaRegistryClient
+from attune.operators.schemas import (
+    CURRENT,
+    DEAD_LETTER,
+    ERASURE_CONFIRMATION,
+    EVENT,
+    ITEM,
+    SEGMENT_CHANGE,
+    TRIGGER,
+    Schema,
+    SchemaVersion,
+    schema_json,
+)
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = 0
 SINGLE_OBJECT_HEADER_LEN = 10
 CONFLUENT_HEADER_LEN = 5
-
-EVENT = "attune.event.Event"
-ITEM = "attune.item.ItemUpdate"
-TRIGGER = "attune.output.Trigger"
-SEGMENT_CHANGE = "attune.output.SegmentChange"
-DEAD_LETTER = "attune.output.DeadLetter"
-ERASURE_CONFIRMATION = "attune.output.ErasureConfirmation"
-
-Schema = dict[str, Any]
 
 _OUTPUT_NAMES: dict[type[Any], str] = {
     Trigger: TRIGGER,
@@ -97,299 +94,6 @@ _OUTPUT_NAMES: dict[type[Any], str] = {
     DeadLetter: DEAD_LETTER,
     ErasureConfirmation: ERASURE_CONFIRMATION,
 }
-
-
-# --- schemas ---------------------------------------------------------------------------------
-
-
-def _strip_logical_types(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: _strip_logical_types(v) for k, v in node.items() if k != "logicalType"}
-    if isinstance(node, list):
-        return [_strip_logical_types(x) for x in node]
-    return node
-
-
-@dataclass(frozen=True, slots=True)
-class SchemaVersion:
-    """One writer schema: its full name, canonical form, fingerprint and parsed forms."""
-
-    name: str
-    canonical: str
-    fingerprint: bytes  # 8 bytes, little-endian CRC-64-AVRO
-    parsed: Schema  # with logical types: for writing
-    decoding: Schema  # logical types removed: for reading into ints
-
-    @classmethod
-    def from_json(cls, schema_json: Schema) -> SchemaVersion:
-        """Parse a fully expanded schema (named types inline), e.g. from a file or a registry."""
-        expanded = copy.deepcopy(schema_json)
-        parsed: Schema = fastavro.parse_schema(expanded)  # type: ignore[assignment]
-        canonical = fastavro.schema.to_parsing_canonical_form(parsed)
-        fp = bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
-        decoding: Schema = fastavro.parse_schema(  # type: ignore[assignment]
-            _strip_logical_types(fastavro.schema.expand_schema(parsed))
-        )
-        return cls(
-            name=fastavro.schema.fullname(parsed),
-            canonical=canonical,
-            fingerprint=fp,
-            parsed=parsed,
-            decoding=decoding,
-        )
-
-
-def _load_current() -> dict[str, SchemaVersion]:
-    folder = Path(str(importlib.resources.files("attune.avro")))
-    out: dict[str, SchemaVersion] = {}
-    for path in sorted(folder.glob("*.avsc")):
-        loaded = fastavro.schema.load_schema(str(path), _write_hint=False)
-        expanded = fastavro.schema.expand_schema(loaded)
-        assert isinstance(expanded, dict), path
-        version = SchemaVersion.from_json(expanded)
-        if version.name != path.stem:
-            raise RuntimeError(f"{path}: file holds record {version.name}; name the file after it")
-        out[version.name] = version
-    return out
-
-
-#: The current schema of every record in avro/, by full name.
-CURRENT: dict[str, SchemaVersion] = _load_current()
-
-
-def schema(full_name: str) -> Schema:
-    """The parsed (fastavro) current schema of a record, e.g. ``schema("attune.event.Event")``."""
-    return CURRENT[full_name].parsed
-
-
-def schema_json(full_name: str) -> str:
-    """The fully expanded JSON of a current schema (what a schema registry stores)."""
-    return json.dumps(fastavro.schema.expand_schema(CURRENT[full_name].parsed))
-
-
-# --- schema registry -------------------------------------------------------------------------
-
-
-class RegistryUnavailableError(RuntimeError):
-    """The configured schema registry could not be reached: an operator error, not bad input."""
-
-
-class SchemaRegistryClient:
-    """Minimal Confluent schema registry client (REST v1), with caches.
-
-    Only what the codec needs: look a schema up by id, register one under a
-    subject. Uses the standard library so it adds no dependency.
-    """
-
-    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
-        self.url = url.rstrip("/")
-        self.timeout_s = timeout_s
-        self._by_id: dict[int, str | None] = {}
-        self._ids: dict[tuple[str, str], int] = {}
-
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(
-            self.url + path,
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                return json.loads(resp.read())
-        except urllib.error.HTTPError:
-            raise
-        except (urllib.error.URLError, OSError) as exc:
-            raise RegistryUnavailableError(
-                f"schema registry at {self.url} is unreachable ({exc}); check "
-                "ATTUNE_SCHEMA_REGISTRY_URL, or unset it to use single-object encoding"
-            ) from exc
-
-    def schema_for_id(self, schema_id: int) -> str | None:
-        """The schema JSON registered under ``schema_id``, or ``None`` if the registry has none."""
-        if schema_id not in self._by_id:
-            try:
-                self._by_id[schema_id] = self._request("GET", f"/schemas/ids/{schema_id}")["schema"]
-            except urllib.error.HTTPError as exc:
-                if exc.code != 404:
-                    raise RegistryUnavailableError(
-                        f"schema registry at {self.url} answered HTTP {exc.code} for id {schema_id}"
-                    ) from exc
-                self._by_id[schema_id] = None
-        return self._by_id[schema_id]
-
-    def register(self, subject: str, schema_str: str) -> int:
-        """Register (or find) ``schema_str`` under ``subject``; returns its id."""
-        key = (subject, schema_str)
-        if key not in self._ids:
-            try:
-                answer = self._request(
-                    "POST", f"/subjects/{subject}/versions", {"schema": schema_str}
-                )
-            except urllib.error.HTTPError as exc:
-                detail = exc.read().decode(errors="replace")
-                raise RegistryUnavailableError(
-                    f"schema registry at {self.url} refused schema for subject {subject}: "
-                    f"HTTP {exc.code} {detail}"
-                ) from exc
-            self._ids[key] = int(answer["id"])
-            self._by_id[self._ids[key]] = schema_str
-        return self._ids[key]
-
-
-# --- diagnosing bad bytes --------------------------------------------------------------------
-
-
-class _BadDatumError(Exception):
-    def __init__(self, error_class: ErrorClass, reason: str) -> None:
-        super().__init__(reason)
-        self.error_class = error_class
-        self.reason = reason
-
-
-class _Walker:
-    """Walks a datum against its writer schema to say where and why it is bad.
-
-    Only used after fastavro has failed, to turn its bare ``IndexError`` or
-    ``EOFError`` into a reason a person can act on. It reads, never writes.
-    """
-
-    def __init__(self, data: bytes, named: dict[str, Any]) -> None:
-        self.data = data
-        self.pos = 0
-        self.named = named
-
-    def _need(self, n: int, path: str) -> None:
-        if self.pos + n > len(self.data):
-            raise _BadDatumError(
-                ErrorClass.TRUNCATED,
-                f"truncated: the datum ends inside field {path or '(root)'} "
-                f"({self.pos + n} bytes after the header expected, {len(self.data)} present)",
-            )
-
-    def _long(self, path: str) -> int:
-        shift = 0
-        acc = 0
-        while True:
-            self._need(1, path)
-            b = self.data[self.pos]
-            self.pos += 1
-            acc |= (b & 0x7F) << shift
-            if not b & 0x80:
-                return (acc >> 1) ^ -(acc & 1)
-            shift += 7
-            if shift > 63:
-                raise _BadDatumError(
-                    ErrorClass.MALFORMED, f"field {path}: varint longer than 10 bytes"
-                )
-
-    def walk(self, sch: Any, path: str = "") -> None:
-        if isinstance(sch, str):
-            if sch in self.named:
-                self.walk(self.named[sch], path)
-                return
-            sch = {"type": sch}
-        if isinstance(sch, list):
-            index = self._long(path)
-            if not 0 <= index < len(sch):
-                raise _BadDatumError(
-                    ErrorClass.INVALID_UNION,
-                    f"field {path}: union branch index {index} out of range "
-                    f"(the union has {len(sch)} branches)",
-                )
-            self.walk(sch[index], path)
-            return
-        kind = sch["type"]
-        if isinstance(kind, dict | list):
-            self.walk(kind, path)
-        elif kind == "record":
-            for f in sch["fields"]:
-                self.walk(f["type"], f"{path}.{f['name']}" if path else f["name"])
-        elif kind == "enum":
-            index = self._long(path)
-            symbols = sch["symbols"]
-            if not 0 <= index < len(symbols):
-                raise _BadDatumError(
-                    ErrorClass.INVALID_ENUM,
-                    f"field {path}: enum index {index} out of range for {sch['name']} "
-                    f"({len(symbols)} symbols)",
-                )
-        elif kind in ("int", "long"):
-            self._long(path)
-        elif kind == "boolean":
-            self._need(1, path)
-            if self.data[self.pos] > 1:
-                raise _BadDatumError(
-                    ErrorClass.MALFORMED, f"field {path}: boolean byte is not 0 or 1"
-                )
-            self.pos += 1
-        elif kind in ("float", "double"):
-            n = 4 if kind == "float" else 8
-            self._need(n, path)
-            self.pos += n
-        elif kind in ("bytes", "string"):
-            n = self._long(path)
-            if n < 0:
-                raise _BadDatumError(ErrorClass.MALFORMED, f"field {path}: negative length {n}")
-            self._need(n, path)
-            if kind == "string":
-                try:
-                    self.data[self.pos : self.pos + n].decode("utf-8")
-                except UnicodeDecodeError:
-                    raise _BadDatumError(
-                        ErrorClass.MALFORMED, f"field {path}: string is not valid UTF-8"
-                    ) from None
-            self.pos += n
-        elif kind == "fixed":
-            self._need(sch["size"], path)
-            self.pos += sch["size"]
-        elif kind in ("array", "map"):
-            while True:
-                count = self._long(path)
-                if count == 0:
-                    break
-                if count < 0:
-                    count = -count
-                    self._long(path)  # block size in bytes
-                for i in range(count):
-                    if kind == "map":
-                        self.walk("string", f"{path}[key]")
-                        self.walk(sch["values"], f"{path}[{i}]")
-                    else:
-                        self.walk(sch["items"], f"{path}[{i}]")
-        elif kind != "null":
-            raise _BadDatumError(ErrorClass.MALFORMED, f"field {path}: unsupported type {kind}")
-
-
-def _diagnose(datum: bytes, writer: SchemaVersion, exc: BaseException) -> _BadDatumError:
-    if isinstance(exc, SchemaResolutionError):
-        text = str(exc)
-        if "default" in text.lower():
-            return _BadDatumError(
-                ErrorClass.MISSING_FIELD,
-                f"missing required field: writer schema {writer.fingerprint.hex()} lacks a field "
-                f"the reader requires and has no default ({redact_text(text)})",
-            )
-        return _BadDatumError(
-            ErrorClass.MALFORMED, f"writer schema cannot be resolved: {redact_text(text)}"
-        )
-    walker = _Walker(datum, writer.decoding.get("__named_schemas", {}))
-    try:
-        walker.walk(writer.decoding)
-    except _BadDatumError as diag:
-        return diag
-    if walker.pos != len(datum):
-        return _BadDatumError(
-            ErrorClass.TRAILING_BYTES,
-            f"{len(datum) - walker.pos} bytes left after a complete datum of {walker.pos} bytes",
-        )
-    return _BadDatumError(
-        ErrorClass.MALFORMED, f"undecodable datum: {type(exc).__name__}: {redact_text(str(exc))}"
-    )
-
-
-# --- the codec -------------------------------------------------------------------------------
 
 
 class Codec:
@@ -492,17 +196,17 @@ class Codec:
             event_id=event_id,
         )
 
-    def _writer_of(self, data: bytes) -> tuple[SchemaVersion, int] | _BadDatumError:
+    def _writer_of(self, data: bytes) -> tuple[SchemaVersion, int] | BadDatumError:
         """The writer schema of a message and where its datum starts, or why neither is known."""
         if data[:2] == SINGLE_OBJECT_MAGIC:
             if len(data) < SINGLE_OBJECT_HEADER_LEN:
-                return _BadDatumError(
+                return BadDatumError(
                     ErrorClass.TRUNCATED,
                     f"truncated: {len(data)} bytes, shorter than the 10-byte single-object header",
                 )
             version = self._by_fingerprint.get(data[2:10])
             if version is None:
-                return _BadDatumError(
+                return BadDatumError(
                     ErrorClass.UNKNOWN_FINGERPRINT,
                     f"unknown writer schema fingerprint {data[2:10].hex()} (CRC-64-AVRO, "
                     "little-endian): register the writer's schema version with the codec",
@@ -510,26 +214,26 @@ class Codec:
             return version, SINGLE_OBJECT_HEADER_LEN
         if data[:1] == b"\x00":
             if len(data) < CONFLUENT_HEADER_LEN:
-                return _BadDatumError(
+                return BadDatumError(
                     ErrorClass.TRUNCATED,
                     f"truncated: {len(data)} bytes, shorter than the 5-byte Confluent header",
                 )
             schema_id = struct.unpack(">I", data[1:5])[0]
             found = self._registry_version(schema_id)
-            if isinstance(found, _BadDatumError):
+            if isinstance(found, BadDatumError):
                 return found
             return found, CONFLUENT_HEADER_LEN
         if not data:
-            return _BadDatumError(ErrorClass.TRUNCATED, "empty message")
-        return _BadDatumError(
+            return BadDatumError(ErrorClass.TRUNCATED, "empty message")
+        return BadDatumError(
             ErrorClass.BAD_MAGIC,
             f"wrong magic bytes {data[:2].hex()}: expected c301 (Avro single-object) "
             "or 00 (Confluent wire format)",
         )
 
-    def _registry_version(self, schema_id: int) -> SchemaVersion | _BadDatumError:
+    def _registry_version(self, schema_id: int) -> SchemaVersion | BadDatumError:
         if self.registry is None:
-            return _BadDatumError(
+            return BadDatumError(
                 ErrorClass.UNKNOWN_SCHEMA_ID,
                 f"Confluent-framed message with schema id {schema_id} but no schema registry "
                 "is configured (set ATTUNE_SCHEMA_REGISTRY_URL)",
@@ -541,7 +245,7 @@ class Codec:
             )
         version = self._by_registry_id[schema_id]
         if version is None:
-            return _BadDatumError(
+            return BadDatumError(
                 ErrorClass.UNKNOWN_SCHEMA_ID,
                 f"schema id {schema_id} is unknown to the schema registry at {self.registry.url}",
             )
@@ -552,7 +256,7 @@ class Codec:
     ) -> dict[str, Any] | DeadLetter:
         """Decode one framed message into a record dict of record type ``expect``."""
         found = self._writer_of(data)
-        if isinstance(found, _BadDatumError):
+        if isinstance(found, BadDatumError):
             return self.dead_letter(data, found.error_class, found.reason, source)
         writer, start = found
         return self.decode_datum(data, start, writer, expect, source)
@@ -585,7 +289,7 @@ class Codec:
                 True,  # ... only where a union holds more than one record
             )
         except Exception as exc:  # fastavro signals bad bytes with many exception types
-            diag = _diagnose(data[start:], writer, exc)
+            diag = diagnose(data[start:], writer, exc)
             return self.dead_letter(data, diag.error_class, diag.reason, source)
         if buf.tell() != len(data):
             return self.dead_letter(
@@ -673,236 +377,3 @@ class Codec:
         """Decode a message of the dead-letter topic (a bad one becomes a dead letter itself)."""
         record = self.decode_record(data, DEAD_LETTER, source)
         return record if isinstance(record, DeadLetter) else dead_letter_from_record(record)
-
-
-# --- object container files ------------------------------------------------------------------
-
-_HEADER_SCHEMA = fastavro.parse_schema(
-    {
-        "type": "record",
-        "name": "org.apache.avro.file.Header",
-        "fields": [
-            {"name": "magic", "type": {"type": "fixed", "name": "Magic", "size": 4}},
-            {"name": "meta", "type": {"type": "map", "values": "bytes"}},
-            {"name": "sync", "type": {"type": "fixed", "name": "Sync", "size": 16}},
-        ],
-    }
-)
-_CONTAINER_MAGIC = b"Obj\x01"
-_SYNC_SIZE = 16
-
-
-def write_container(
-    fh: BinaryIO,
-    full_name: str,
-    records: Iterable[dict[str, Any]],
-    sync_marker: bytes,
-    codec: str = "deflate",
-) -> int:
-    """Write an Avro object container file; a fixed ``sync_marker`` makes the bytes repeatable.
-
-    Returns the number of records written.
-    """
-    count = 0
-
-    def counted() -> Iterator[dict[str, Any]]:
-        nonlocal count
-        for r in records:
-            count += 1
-            yield r
-
-    fastavro.writer(fh, CURRENT[full_name].parsed, counted(), codec=codec, sync_marker=sync_marker)
-    return count
-
-
-def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
-    shift = acc = 0
-    while True:
-        if pos >= len(buf):
-            raise EOFError
-        b = buf[pos]
-        pos += 1
-        acc |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return (acc >> 1) ^ -(acc & 1), pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint longer than 10 bytes")
-
-
-@dataclass(frozen=True, slots=True)
-class ContainerRecord:
-    """One decoded record of a container file, or a dead letter for records that were lost."""
-
-    index: int
-    value: dict[str, Any] | DeadLetter
-    raw: bytes = b""  # the record's datum bytes (no header), kept for dead letters
-    lost: int = 0  # for a dead letter: how many records it stands for
-
-
-def read_container(
-    path: Path | str, expect: str, codec: Codec | None = None
-) -> Iterator[ContainerRecord]:
-    """Read an object container file record by record, turning corruption into dead letters.
-
-    A corrupt record costs the rest of its block (Avro cannot resync inside a
-    block); reading goes on at the next sync marker. A truncated file ends with
-    a dead letter for what was missing. Each dead letter names the file and the
-    record index as its source.
-    """
-    codec = codec or Codec()
-    data = Path(path).read_bytes()
-    src = str(path)
-    if data[:4] != _CONTAINER_MAGIC:
-        yield ContainerRecord(
-            0,
-            codec.dead_letter(
-                data[:64],
-                ErrorClass.BAD_MAGIC,
-                f"{src} is not an Avro container file",
-                Source(src, None, 0),
-            ),
-        )
-        return
-    try:
-        head = io.BytesIO(data)
-        header = fastavro.schemaless_reader(head, _HEADER_SCHEMA, None)
-        assert isinstance(header, dict)
-        pos = head.tell()
-        writer = SchemaVersion.from_json(json.loads(header["meta"]["avro.schema"]))
-        block_codec = header["meta"].get("avro.codec", b"null").decode()
-        sync: bytes = header["sync"]
-    except Exception as exc:
-        yield ContainerRecord(
-            0,
-            codec.dead_letter(
-                data[:64],
-                ErrorClass.MALFORMED,
-                f"{src}: unreadable container header: {exc}",
-                Source(src, None, 0),
-            ),
-        )
-        return
-    if block_codec not in ("null", "deflate"):
-        raise ValueError(f"{src}: container codec {block_codec!r} is not supported (null, deflate)")
-    index = 0
-    while pos < len(data):
-        block_start = pos
-        try:
-            count, pos = _read_long(data, pos)
-            size, pos = _read_long(data, pos)
-            if count < 0 or size < 0 or pos + size + _SYNC_SIZE > len(data):
-                raise EOFError
-            raw = data[pos : pos + size]
-            pos += size
-            if data[pos : pos + _SYNC_SIZE] != sync:
-                raise ValueError("sync marker mismatch")
-            pos += _SYNC_SIZE
-        except (EOFError, ValueError) as exc:
-            truncated = isinstance(exc, EOFError)
-            nxt = data.find(sync, block_start)
-            rest = data[block_start : (nxt if nxt >= 0 else len(data))]
-            reason = (
-                f"{src}: file truncated inside the block at byte {block_start}"
-                if truncated
-                else f"{src}: corrupt block framing at byte {block_start} ({exc})"
-            )
-            yield ContainerRecord(
-                index,
-                codec.dead_letter(
-                    rest,
-                    ErrorClass.TRUNCATED if truncated else ErrorClass.MALFORMED,
-                    reason,
-                    Source(src, None, index),
-                ),
-            )
-            if nxt < 0:
-                return
-            pos = nxt + _SYNC_SIZE
-            continue
-        try:
-            block = zlib.decompress(raw, -15) if block_codec == "deflate" else raw
-        except zlib.error as exc:
-            yield ContainerRecord(
-                index,
-                codec.dead_letter(
-                    raw,
-                    ErrorClass.MALFORMED,
-                    f"{src}: block at byte {block_start} does not inflate ({exc}); "
-                    f"{count} records lost",
-                    Source(src, None, index),
-                ),
-                lost=count,
-            )
-            index += count
-            continue
-        yield from _block_records(
-            block, count=count, first=index, writer=writer, expect=expect, codec=codec, src=src
-        )
-        index += count
-
-
-def _block_records(
-    block: bytes,
-    *,
-    count: int,
-    first: int,
-    writer: SchemaVersion,
-    expect: str,
-    codec: Codec,
-    src: str,
-) -> Iterator[ContainerRecord]:
-    buf = io.BytesIO(block)
-    reader = CURRENT[expect]
-    for k in range(count):
-        start = buf.tell()
-        try:
-            record = fastavro.schemaless_reader(
-                buf,
-                writer.decoding,
-                None if writer.fingerprint == reader.fingerprint else reader.decoding,
-                True,
-                True,
-            )
-            assert isinstance(record, dict)
-        except Exception as exc:
-            diag = _diagnose(block[start:], writer, exc)
-            lost = count - k
-            yield ContainerRecord(
-                first + k,
-                codec.dead_letter(
-                    block[start:],
-                    diag.error_class,
-                    f"{src}: record {first + k}: {diag.reason}; {lost} records of its block lost",
-                    Source(src, None, first + k),
-                ),
-                lost=lost,
-            )
-            return
-        yield ContainerRecord(first + k, record, block[start : buf.tell()])
-    if buf.tell() != len(block):
-        yield ContainerRecord(
-            first + count,
-            codec.dead_letter(
-                block[buf.tell() :],
-                ErrorClass.TRAILING_BYTES,
-                f"{src}: {len(block) - buf.tell()} bytes left at the end of a block",
-                Source(src, None, first + count),
-            ),
-        )
-
-
-def read_events_file(
-    path: Path | str, codec: Codec | None = None
-) -> Iterator[tuple[int, Event | DeadLetter]]:
-    """Events of a container file as ``(record index, Event or DeadLetter)``, never raising."""
-    codec = codec or Codec()
-    src = str(path)
-    for rec in read_container(path, EVENT, codec):
-        if isinstance(rec.value, DeadLetter):
-            yield rec.index, rec.value
-        else:
-            yield (
-                rec.index,
-                codec.event_from_decoded(rec.raw, rec.value, Source(src, None, rec.index)),
-            )

@@ -70,7 +70,8 @@ from confluent_kafka import KafkaError as ConfluentKafkaError
 from confluent_kafka.admin import AdminClient
 from prometheus_client import Counter
 
-from attune.operators.codec import Codec, read_events_file
+from attune.operators.codec import Codec
+from attune.operators.container import read_events_file
 from attune.operators.events import MAX_EVENT_TIME_MS, DeadLetter, ErrorClass, Event, Source
 from attune.operators.privacy import Pseudonymiser
 from attune.operators.stream_clock import STREAM_CLOCK

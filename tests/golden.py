@@ -29,8 +29,8 @@ from attune.flows.embedded import LocalStore
 from attune.flows.personalize import build_flow
 from attune.flows.settings import Settings
 from attune.operators.events import Event
-from attune.operators.generator import GeneratorConfig, generate
 from attune.operators.sources import EventListSource
+from attune.workload.generator import GeneratorConfig, generate
 
 NO_POLICIES = Path(__file__).resolve().parent / "data" / "rules_without_policies.yaml"
 #: A fixed pseudonym key: without one the embedded default draws a random key per process.

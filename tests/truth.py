@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from attune.operators.events import Trigger
-from attune.operators.generator import CartOutcome, GroundTruth
+from attune.workload.truth import CartOutcome, GroundTruth
 
 #: Profile fields that must equal the truth's per-user figures exactly.
 COUNTERS = (

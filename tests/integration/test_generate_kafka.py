@@ -17,7 +17,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from attune.flows.generate import ProduceError, produce
 from attune.operators.codec import Codec
 from attune.operators.events import DeadLetter, Event, ItemUpdate, Source
-from attune.operators.generator import GeneratorConfig, generate
+from attune.workload.generator import GeneratorConfig, generate
 
 WAIT_S = 60.0
 CONFIG = GeneratorConfig(users=150, days=6, seed=21)  # 12,305 events

@@ -33,8 +33,9 @@ from attune.flows.settings import Settings, env_name
 from attune.operators.clustering import ClusterParams
 from attune.operators.codec import Codec
 from attune.operators.events import ErrorClass, SegmentChange, Trigger
-from attune.operators.generator import GeneratorConfig, GroundTruth, generate
 from attune.operators.redis_keys import RedisKeys
+from attune.workload.generator import GeneratorConfig, generate
+from attune.workload.truth import GroundTruth
 from tests.integration.reading import consume_all, fresh_topics
 from tests.truth import profile_mismatches
 

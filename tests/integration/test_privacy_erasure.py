@@ -53,11 +53,12 @@ from attune.operators.events import (
     SegmentChange,
     Trigger,
 )
-from attune.operators.generator import GeneratorConfig, GroundTruth, generate
 from attune.operators.identity import IdentityState
 from attune.operators.profiles import DAY_MS, HOUR_MS, MINUTE_MS, UserState
 from attune.operators.redis_keys import RedisKeys, escape_tag
 from attune.operators.triggers import KINDS
+from attune.workload.generator import GeneratorConfig, generate
+from attune.workload.truth import GroundTruth
 from tests.integration.reading import consume_all, fresh_topics
 
 pytestmark = pytest.mark.integration

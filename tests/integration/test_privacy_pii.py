@@ -53,10 +53,11 @@ from attune.operators.events import (
     Event,
     Identify,
 )
-from attune.operators.generator import GeneratorConfig, GroundTruth, generate
 from attune.operators.privacy import Pseudonymiser, normalise
 from attune.operators.redis_keys import RedisKeys
 from attune.operators.redis_sink import RedisConfig, RedisSink, RedisSinkError
+from attune.workload.generator import GeneratorConfig, generate
+from attune.workload.truth import GroundTruth
 from tests.integration.reading import consume_records, fresh_topics
 from tests.truth import profile_mismatches
 

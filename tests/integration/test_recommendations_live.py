@@ -31,9 +31,9 @@ from attune.flows.generate import produce
 from attune.flows.settings import Settings, env_name
 from attune.operators.codec import Codec
 from attune.operators.events import Event, EventType, ItemUpdate, ProductView
-from attune.operators.generator import GeneratorConfig, generate
 from attune.operators.ranking import REASONS
 from attune.operators.redis_keys import RedisKeys
+from attune.workload.generator import GeneratorConfig, generate
 from tests.integration.reading import fresh_topics
 from tests.integration.test_personalize import flow_env as personalize_env
 

@@ -21,8 +21,9 @@ from attune.flows.generate import produce
 from attune.flows.personalize import build_flow
 from attune.flows.settings import Settings
 from attune.operators.codec import Codec
-from attune.operators.generator import GeneratorConfig, GroundTruth, generate
 from attune.operators.triggers import KINDS
+from attune.workload.generator import GeneratorConfig, generate
+from attune.workload.truth import GroundTruth
 from tests.integration.reading import fresh_topics, read_all
 from tests.truth import cart_expectations, check_cart_triggers
 

@@ -10,7 +10,7 @@ import pytest
 from attune.bench import latency
 from attune.bench.latency import Latency, LatencyRow, format_latency_table, live_events, percentile
 from attune.flows.cli import build_parser
-from attune.operators.generator import GeneratorConfig, generate
+from attune.workload.generator import GeneratorConfig, generate
 
 
 def test_percentile_interpolates_between_ranks() -> None:

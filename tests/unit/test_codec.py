@@ -17,19 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attune.operators import codec as codec_mod
+from attune.operators import schemas
 from attune.operators.clock import FixedClock
-from attune.operators.codec import (
-    CURRENT,
-    EVENT,
-    Codec,
-    RegistryUnavailableError,
-    SchemaRegistryClient,
-    read_container,
-    read_events_file,
-    schema_json,
-    write_container,
-)
+from attune.operators.codec import Codec
+from attune.operators.container import read_container, read_events_file, write_container
 from attune.operators.events import (
     AddToCart,
     ConsentUpdate,
@@ -53,6 +44,8 @@ from attune.operators.events import (
     Trigger,
     event_to_record,
 )
+from attune.operators.schema_registry import RegistryUnavailableError, SchemaRegistryClient
+from attune.operators.schemas import CURRENT, EVENT, schema_json
 
 T0 = 1_767_571_200_000  # 2026-01-05T00:00Z
 
@@ -388,7 +381,7 @@ def test_current_writer_reads_with_old_reader(monkeypatch: pytest.MonkeyPatch) -
     writer = Codec()
     data = writer.encode_event(make_event(session_id="s"))
     reader = Codec()  # knows today's schema as a writer schema, by fingerprint
-    monkeypatch.setitem(CURRENT, EVENT, codec_mod.SchemaVersion.from_json(v1_schema()))
+    monkeypatch.setitem(CURRENT, EVENT, schemas.SchemaVersion.from_json(v1_schema()))
     record = reader.decode_record(data, EVENT)
     assert isinstance(record, dict)
     assert "session_id" not in record
@@ -425,7 +418,7 @@ def test_newer_event_type_is_dead_lettered_not_defaulted_silently() -> None:
 
 def test_logical_types_sit_inside_the_type_object() -> None:
     """A logicalType written at field level is silently ignored by Avro: catch it."""
-    folder = Path(codec_mod.__file__).resolve().parents[1] / "avro"
+    folder = Path(schemas.__file__).resolve().parents[1] / "avro"
     offenders = []
     for path in folder.glob("*.avsc"):
         for f in json.loads(path.read_text())["fields"]:
@@ -437,7 +430,7 @@ def test_logical_types_sit_inside_the_type_object() -> None:
 
 
 def test_every_schema_field_is_documented_and_optionals_default_to_null() -> None:
-    folder = Path(codec_mod.__file__).resolve().parents[1] / "avro"
+    folder = Path(schemas.__file__).resolve().parents[1] / "avro"
     for path in folder.glob("*.avsc"):
         doc = json.loads(path.read_text())
         assert doc.get("doc"), path.name

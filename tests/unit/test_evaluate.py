@@ -10,7 +10,7 @@ import pytest
 from attune.flows.cli import main
 from attune.flows.evaluate import METHODS, EvaluationError, replay
 from attune.flows.generate import write_files
-from attune.operators.generator import GeneratorConfig, generate
+from attune.workload.generator import GeneratorConfig, generate
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

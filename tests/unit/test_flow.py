@@ -14,10 +14,12 @@ from attune.flows.embedded import LocalStore
 from attune.flows.personalize import build_flow
 from attune.flows.settings import Settings
 from attune.operators.clustering import CLUSTER_FEATURES
-from attune.operators.codec import EVENT, write_container
+from attune.operators.container import write_container
 from attune.operators.events import Event, event_to_record
-from attune.operators.generator import Generated, GeneratorConfig, GroundTruth, generate
+from attune.operators.schemas import EVENT
 from attune.operators.sources import EventListSource, FileEventSource
+from attune.workload.generator import Generated, GeneratorConfig, generate
+from attune.workload.truth import GroundTruth
 from tests.truth import cart_expectations, check_cart_triggers, profile_mismatches
 
 NO_POLICIES = Path(__file__).resolve().parents[1] / "data" / "rules_without_policies.yaml"

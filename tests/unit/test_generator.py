@@ -28,7 +28,8 @@ from attune.flows.generate import (
     run,
     write_files,
 )
-from attune.operators.codec import Codec, read_container, read_events_file
+from attune.operators.codec import Codec
+from attune.operators.container import read_container, read_events_file
 from attune.operators.events import (
     AddToCart,
     ConsentUpdate,
@@ -40,15 +41,8 @@ from attune.operators.events import (
     RemoveFromCart,
     validate_event,
 )
-from attune.operators.generator import (
-    ABANDON_AFTER_MS,
-    LATE_ALLOWED_MS,
-    SESSION_GAP_MS,
-    TOO_LATE_MIN_MS,
-    GeneratorConfig,
-    GroundTruth,
-    generate,
-)
+from attune.workload.generator import LATE_ALLOWED_MS, TOO_LATE_MIN_MS, GeneratorConfig, generate
+from attune.workload.truth import ABANDON_AFTER_MS, SESSION_GAP_MS, GroundTruth
 
 MINUTE = 60_000
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,7 +97,7 @@ def generate_truth(cfg: GeneratorConfig) -> GroundTruth:
 _DIGEST = """
 import hashlib, sys
 from attune.operators.codec import Codec
-from attune.operators.generator import GeneratorConfig, generate
+from attune.workload.generator import GeneratorConfig, generate
 codec = Codec()
 h = hashlib.sha256()
 g = generate(GeneratorConfig(users=15, days=2, seed=4))

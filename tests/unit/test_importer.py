@@ -16,7 +16,7 @@ from attune.flows.importer import (
     generic_layout,
     import_csv,
 )
-from attune.operators.codec import read_events_file
+from attune.operators.container import read_events_file
 from attune.operators.events import (
     AddToCart,
     DeadLetter,

@@ -9,7 +9,7 @@ import pytest
 
 from attune.flows.cli import main
 from attune.flows.inspect import summarize
-from attune.operators.codec import EVENT, write_container
+from attune.operators.container import write_container
 from attune.operators.events import (
     AddToCart,
     Event,
@@ -18,6 +18,7 @@ from attune.operators.events import (
     ProductView,
     event_to_record,
 )
+from attune.operators.schemas import EVENT
 
 T0 = 1_767_571_200_000
 MIN = 60_000

@@ -32,7 +32,6 @@ from attune.operators.events import (
     PageView,
     Search,
 )
-from attune.operators.generator import GeneratorConfig, generate
 from attune.operators.kafka_sink import librdkafka_security
 from attune.operators.privacy import (
     PLAN,
@@ -48,6 +47,7 @@ from attune.operators.privacy import (
 )
 from attune.operators.redis_sink import RedisConfig
 from attune.operators.sources import EventListSource
+from attune.workload.generator import GeneratorConfig, generate
 
 KEY = b"unit-test-pseudonym-key-0123456789abcdef"
 OTHER_KEY = b"another-pseudonym-key-for-rotation-0123456"
