@@ -10,9 +10,9 @@ from pathlib import Path
 
 SCRIPT = """
 import importlib, pkgutil, sys
-import attune.flows, attune.operators, attune.bench, attune.clients, attune.avro
+import attune.flows, attune.operators, attune.bench, attune.clients, attune.avro, attune.workload
 names = []
-for pkg in (attune.flows, attune.operators, attune.bench, attune.clients):
+for pkg in (attune.flows, attune.operators, attune.bench, attune.clients, attune.workload):
     for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
         importlib.import_module(info.name)
         names.append(info.name)
@@ -34,3 +34,22 @@ def test_every_module_imports_under_the_attune_namespace_alone(tmp_path: Path) -
     count, generic = done.stdout.split(" ", 1)
     assert int(count) > 40
     assert generic.strip() == "[]"
+
+
+def test_the_flow_operators_do_not_import_the_workload(tmp_path: Path) -> None:
+    """The synthetic workload serves demos, tests and benches: the operators stand alone."""
+    script = (
+        "import importlib, pkgutil, sys, attune.operators as o\n"
+        "for i in pkgutil.walk_packages(o.__path__, 'attune.operators.'):\n"
+        "    importlib.import_module(i.name)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('attune.workload')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    assert done.stdout.strip() == "[]"
