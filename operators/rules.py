@@ -40,9 +40,7 @@ name the file, the line and the reason. docs/triggers.md is the reference.
 from __future__ import annotations
 
 import bisect
-import difflib
 import hashlib
-import math
 import re
 import zoneinfo
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -54,39 +52,35 @@ from typing import Any, Final, Literal, TypeAlias
 
 import yaml
 
-from attune.operators.events import Trigger
-from attune.operators.features import Features
-from attune.operators.segments import (
-    CLUSTER_SEGMENT_PREFIX,
-    EQUALITY_OPS,
-    NULL_OPS,
-    NUMERIC_OPS,
+from attune.operators.conditions import (
+    TRIGGER_LEAVES,
     AllOf,
+    ChannelIs,
     Compare,
     Condition,
-    ConditionParser,
+    HoursIn,
+    HourWindow,
+    InSegment,
+    KindIs,
     Leaf,
     RuleError,
+    ScoreCompare,
     _kind,
     compile_compare,
     compile_condition,
     describe,
 )
+from attune.operators.events import Trigger
+from attune.operators.features import Features
+from attune.operators.segments import _SegmentFileParser
 
 __all__ = [
-    "CHANNELS",
     "DEFAULT_RULE",
     "HISTORY_MAX",
     "Cap",
-    "ChannelIs",
     "Decision",
-    "HourWindow",
-    "HoursIn",
-    "InSegment",
-    "KindIs",
     "Policies",
     "RuleSettings",
-    "ScoreCompare",
     "TriggerContext",
     "TriggerHistory",
     "TriggerRule",
@@ -102,22 +96,18 @@ __all__ = [
 HISTORY_MAX: Final = 16
 #: The rule name reported for triggers that no rule matched (``settings.default``).
 DEFAULT_RULE: Final = "<default>"
-#: The symbols of ``attune.event.Channel`` (avro/attune.event.Context.avsc; a test checks).
-CHANNELS: Final = ("WEB", "APP", "EMAIL", "OTHER")
 #: The attribute every published trigger carries: the name of the rule that published it.
 RULE_ATTRIBUTE: Final = "rule"
 
 Purpose: TypeAlias = Literal["marketing", "service"]
 PURPOSES: Final = ("marketing", "service")
-SCORE_OPS: Final = (*NUMERIC_OPS, *EQUALITY_OPS, *NULL_OPS)
 
-_NAME = re.compile(r"[a-z0-9_]+")
 _DURATION = re.compile(r"(\d+)(ms|s|m|h|d)")
 _UNIT_MS: Final = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _MAX_ZONES: Final = 1024  # cached timezone lookups (names come from events: bound them)
 
 
-# --- time: durations, hour windows, timezones -----------------------------------------------
+# --- time: durations, timezones ---------------------------------------------------------------
 
 
 def _format_duration(ms: int) -> str:
@@ -125,27 +115,6 @@ def _format_duration(ms: int) -> str:
         if ms % _UNIT_MS[unit] == 0:
             return f"{ms // _UNIT_MS[unit]}{unit}"
     return f"{ms}ms"
-
-
-@dataclass(frozen=True, slots=True)
-class HourWindow:
-    """Local hours ``[start, end)``; wraps past midnight when ``start > end`` (22 -> 8).
-
-    >>> w = HourWindow(22, 8)
-    >>> [h for h in range(24) if w.contains(h)]
-    [0, 1, 2, 3, 4, 5, 6, 7, 22, 23]
-    """
-
-    start: int
-    end: int
-
-    def contains(self, hour: int) -> bool:
-        if self.start < self.end:
-            return self.start <= hour < self.end
-        return hour >= self.start or hour < self.end
-
-    def __str__(self) -> str:
-        return f"{self.start}-{self.end}"
 
 
 _ZONES: dict[str, zoneinfo.ZoneInfo | None] = {}
@@ -226,68 +195,7 @@ class _Env:
         return self._hour
 
 
-# --- the trigger leaves of the condition grammar -----------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class KindIs(Leaf):
-    """``kind: K`` or ``kind: [K1, K2]``: the trigger's kind is one of these."""
-
-    kinds: tuple[str, ...]
-
-    def describe(self) -> str:
-        return (
-            f"kind == {self.kinds[0]!r}" if len(self.kinds) == 1 else f"kind in {list(self.kinds)}"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class InSegment(Leaf):
-    """``in_segment: S`` (in any of) or ``not_in_segment: S`` (in none of); S a name or list."""
-
-    segments: tuple[str, ...]
-    negate: bool = False
-
-    def describe(self) -> str:
-        key = "not_in_segment" if self.negate else "in_segment"
-        shown = self.segments[0] if len(self.segments) == 1 else list(self.segments)
-        return f"{key} {shown}"
-
-
-@dataclass(frozen=True, slots=True)
-class ScoreCompare(Leaf):
-    """``score: {name: N, op: OP, value: V}`` over the trigger's ``scores`` map.
-
-    A missing score compares false (like a ``None`` feature); ``is_null`` tests absence.
-    """
-
-    compare: Compare
-
-    def describe(self) -> str:
-        return f"score {describe(self.compare)}"
-
-
-@dataclass(frozen=True, slots=True)
-class HoursIn(Leaf):
-    """``hours: {from: A, to: B}``: the trigger's event time is in local hours ``[A, B)``.
-
-    False when the user's timezone is unknown and no ``default_timezone`` is set.
-    """
-
-    window: HourWindow
-
-    def describe(self) -> str:
-        return f"local hour in {self.window}"
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelIs(Leaf):
-    """``channel: C`` or ``channel: [C1, C2]``: the user's channel is one of these."""
-
-    channels: tuple[str, ...]
-
-    def describe(self) -> str:
-        return f"channel in {list(self.channels)}"
+# --- compiling the trigger leaves (:mod:`attune.operators.conditions`) over a decision's input ---
 
 
 _EnvPredicate: TypeAlias = Callable[[_Env], bool]
@@ -866,8 +774,6 @@ class _FileSpec:
         )
 
 
-_LEAF_KEYS: Final = ("kind", "in_segment", "not_in_segment", "score", "hours", "channel")
-_COMPARE_KEYS: Final = ("feature", "op", "value")
 _RULE_KEYS: Final = (
     "name",
     "description",
@@ -883,8 +789,8 @@ _RULE_KEYS: Final = (
 )
 
 
-class _TriggerRuleParser(ConditionParser):
-    """The segments parser, with trigger leaves, rules, settings and policies."""
+class _TriggerRuleParser(_SegmentFileParser):
+    """The condition parser with the trigger leaves, and the rule file around the conditions."""
 
     subject = "rule"
 
@@ -894,9 +800,7 @@ class _TriggerRuleParser(ConditionParser):
         segments: Collection[str] | None = None,
         kinds: Collection[str] | None = None,
     ) -> None:
-        super().__init__(source)
-        self.known_segments = frozenset(segments) if segments is not None else None
-        self.known_kinds = frozenset(kinds) if kinds is not None else None
+        super().__init__(source, TRIGGER_LEAVES, segments=segments, kinds=kinds)
 
     def make_error(self, line: int, reason: str) -> TriggerRuleError:
         return TriggerRuleError(self.source, line, reason)
@@ -1059,121 +963,12 @@ class _TriggerRuleParser(ConditionParser):
             out["attributes"] = attributes
         return out
 
-    # -- the trigger leaves
-
-    def parse_leaf(self, node: yaml.MappingNode) -> Condition:
-        entries = self.mapping(node, "a condition", (*_COMPARE_KEYS, *_LEAF_KEYS))
-        leaf_keys = [k for k in entries if k in _LEAF_KEYS]
-        if not leaf_keys:
-            return self.parse_compare(node)
-        compare_keys = [k for k in entries if k in _COMPARE_KEYS]
-        if compare_keys:
-            raise self.error(
-                entries[compare_keys[0]][0],
-                f"a condition mixes {compare_keys[0]!r} with {leaf_keys[0]!r}: "
-                "write each as its own condition under 'all'",
-            )
-        # Several trigger keys in one mapping ({kind: K, in_segment: S}): all must hold.
-        leaves = tuple(self.parse_trigger_leaf(key, *entries[key]) for key in leaf_keys)
-        return leaves[0] if len(leaves) == 1 else AllOf(leaves)
-
-    def parse_trigger_leaf(self, key: str, key_node: yaml.Node, node: yaml.Node) -> Leaf:
-        if key == "kind":
-            return KindIs(tuple(self.kind_name(n) for n in self.one_or_list(node, key)))
-        if key in ("in_segment", "not_in_segment"):
-            names = tuple(self.segment_name(n) for n in self.one_or_list(node, key))
-            return InSegment(names, negate=key == "not_in_segment")
-        if key == "channel":
-            return ChannelIs(tuple(self.channel(n) for n in self.one_or_list(node, key)))
-        if key == "hours":
-            return HoursIn(self.hour_window(node))
-        return ScoreCompare(self.score(node))
-
-    def score(self, node: yaml.Node) -> Compare:
-        entries = self.mapping(node, "score", ("name", "op", "value"))
-        if "name" not in entries or "op" not in entries:
-            raise self.error(node, "score needs 'name', 'op' and 'value'")
-        name_node = entries["name"][1]
-        name = self.string(name_node, "score name")
-        if not _NAME.fullmatch(name):
-            raise self.error(name_node, f"bad score name {name!r}: use [a-z0-9_]")
-        op_node = entries["op"][1]
-        op = self.scalar(op_node)
-        if op not in SCORE_OPS:
-            raise self.error(
-                op_node, f"unknown op {op!r} on score {name!r}; use one of {', '.join(SCORE_OPS)}"
-            )
-        if op in NULL_OPS:
-            if "value" in entries:
-                raise self.error(entries["value"][0], f"'{op}' takes no value")
-            return Compare(name, op)
-        if "value" not in entries:
-            raise self.error(node, f"score {name!r} {op} has no 'value'")
-        value_node = entries["value"][1]
-        value = self.scalar(value_node)
-        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-            raise self.error(value_node, f"score {name!r}: value {value!r} is not a number")
-        return Compare(name, op, value)
-
     # -- scalars
-
-    def one_or_list(self, node: yaml.Node, key: str) -> list[yaml.Node]:
-        if isinstance(node, yaml.SequenceNode):
-            if not node.value:
-                raise self.error(node, f"{key!r} has an empty list")
-            return list(node.value)
-        return [node]
 
     def choice(self, node: yaml.Node, key: str, choices: tuple[str, ...]) -> Any:
         value = self.scalar(node)
         if value not in choices:
             raise self.error(node, f"{key} must be one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    def kind_name(self, node: yaml.Node, value: Any = None) -> str:
-        kind = self.scalar(node) if value is None else value
-        if not isinstance(kind, str) or not _NAME.fullmatch(kind):
-            raise self.error(node, f"bad kind {kind!r}: use lower-case letters, digits and '_'")
-        if self.known_kinds is not None and kind not in self.known_kinds:
-            raise self.error(node, f"unknown kind {kind!r}{_suggest(kind, self.known_kinds)}")
-        return kind
-
-    def segment_name(self, node: yaml.Node) -> str:
-        name = self.scalar(node)
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise self.error(node, f"bad segment name {name!r}: use [a-z0-9_]")
-        known = self.known_segments
-        if (
-            known is not None
-            and name not in known
-            and not re.fullmatch(rf"{CLUSTER_SEGMENT_PREFIX}\d+", name)
-        ):
-            raise self.error(node, f"unknown segment {name!r}{_suggest(name, known)}")
-        return name
-
-    def channel(self, node: yaml.Node) -> str:
-        value = self.scalar(node)
-        if value not in CHANNELS:
-            hint = _suggest(str(value).upper(), CHANNELS) if isinstance(value, str) else ""
-            raise self.error(
-                node, f"unknown channel {value!r}{hint}; use one of {', '.join(CHANNELS)}"
-            )
-        return str(value)
-
-    def hour_window(self, node: yaml.Node) -> HourWindow:
-        entries = self.mapping(node, "an hour window", ("from", "to"))
-        if "from" not in entries or "to" not in entries:
-            raise self.error(node, "an hour window needs 'from' and 'to' (local hours, 0-24)")
-        start = self.hour(entries["from"][1], "from", 23)
-        end = self.hour(entries["to"][1], "to", 24)
-        if start == end:
-            raise self.error(node, f"empty hour window: from {start} to {end}")
-        return HourWindow(start, end)
-
-    def hour(self, node: yaml.Node, key: str, highest: int) -> int:
-        value = self.scalar(node)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= highest:
-            raise self.error(node, f"bad hour {value!r} for {key!r}: use a whole hour 0-{highest}")
         return value
 
     def duration(self, node: yaml.Node, what: str) -> int:
@@ -1222,8 +1017,3 @@ class _AnyKey(tuple[str, ...]):
 
     def __contains__(self, key: object) -> bool:
         return True
-
-
-def _suggest(name: str, known: Collection[str]) -> str:
-    close = difflib.get_close_matches(name, sorted(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -37,176 +37,39 @@ segment 'x': unknown feature 'cart_valu' (did you mean 'cart_value_minor'?)
 
 from __future__ import annotations
 
-import difflib
-import math
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final, TypeAlias, TypeVar
 
 import yaml
 
+from attune.operators.conditions import (
+    _NAME,
+    CLUSTER_SEGMENT_PREFIX,
+    Compare,
+    Condition,
+    ConditionParser,
+    Leaf,
+    Not,
+    Predicate,
+    RuleError,
+    _kind,
+    compile_compare,
+    compile_condition,
+)
 from attune.operators.events import SegmentChange
-from attune.operators.features import FEATURES, Features
+from attune.operators.features import Features
 
 __all__ = [
-    "CLUSTER_SEGMENT_PREFIX",
-    "OPS",
-    "AllOf",
-    "AnyOf",
-    "Compare",
-    "Condition",
-    "ConditionParser",
-    "Leaf",
-    "Not",
     "RuleError",
     "RuleSet",
     "Segment",
     "cluster_segment",
-    "compile_compare",
-    "compile_condition",
-    "describe",
     "load_rules",
     "membership_changes",
     "parse_rules",
 ]
-
-#: A compiled condition: features in, membership out.
-Predicate: TypeAlias = Callable[[Features], bool]
-#: What a compiled condition reads: :data:`Features` for segments, another input for other
-#: rule languages that extend the grammar (:mod:`~attune.operators.rules`).
-T = TypeVar("T")
-#: The value of a leaf comparison: a scalar, a tuple for ``in``/``not_in``, ``None`` for the
-#: null tests.
-Operand: TypeAlias = int | float | str | tuple[int | float | str, ...] | None
-
-NUMERIC_OPS: Final = (">", ">=", "<", "<=")
-EQUALITY_OPS: Final = ("==", "!=")
-SET_OPS: Final = ("in", "not_in")
-NULL_OPS: Final = ("is_null", "not_null")
-#: Every comparison operator, in the order the docs list them.
-OPS: Final = (*NUMERIC_OPS, *EQUALITY_OPS, *SET_OPS, *NULL_OPS)
-
-#: Segment names of cluster personas (:mod:`attune.operators.clustering`) are this prefix and the
-#: cluster index; rule segments may not use it.
-CLUSTER_SEGMENT_PREFIX: Final = "persona_"
-
-_NAME = re.compile(r"[a-z0-9_]+")
-_UNQUOTED_OP = re.compile(r"\bop\s*:\s*[>!|]")
-_YAML_TAG = "tag:yaml.org,2002:"
-
-
-# --- feature types ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _FeatureType:
-    base: str  # int | float | str
-    nullable: bool
-
-    @property
-    def numeric(self) -> bool:
-        return self.base in ("int", "float")
-
-    def __str__(self) -> str:
-        return f"{self.base}|None" if self.nullable else self.base
-
-
-def _feature_types() -> dict[str, _FeatureType]:
-    types: dict[str, _FeatureType] = {}
-    for name, (declared, _meaning) in FEATURES.items():
-        parts = {p.strip() for p in declared.split("|")}
-        nullable = "None" in parts
-        bases = parts - {"None"}
-        if len(bases) != 1 or not bases <= {"int", "float", "str"}:
-            raise ValueError(
-                f"operators/features.py: feature {name!r} has type {declared!r}; rule segments "
-                "understand int, float or str, optionally '|None'"
-            )
-        types[name] = _FeatureType(bases.pop(), nullable)
-    return types
-
-
-#: Declared type of each feature, parsed once from :data:`attune.operators.features.FEATURES`.
-_TYPES: Final = _feature_types()
-
-
-# --- the condition tree ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Compare:
-    """Leaf ``{feature: NAME, op: OP, value: V}``; ``value`` is a tuple for ``in``/``not_in``."""
-
-    feature: str
-    op: str
-    value: Operand = None
-
-
-@dataclass(frozen=True, slots=True)
-class AllOf:
-    """``all: [...]``: every child holds."""
-
-    children: tuple[Condition, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class AnyOf:
-    """``any: [...]``: at least one child holds."""
-
-    children: tuple[Condition, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Not:
-    """``not: {...}``: the child does not hold."""
-
-    child: Condition
-
-
-class Leaf:
-    """Base of the leaves another rule language adds to this grammar (:mod:`~.rules`).
-
-    Segment files never contain one; trigger rules add leaves such as ``kind`` or
-    ``in_segment`` next to feature comparisons, under the same ``all``/``any``/``not``.
-    A subclass is a frozen dataclass that says how it reads in :func:`describe`.
-    """
-
-    __slots__ = ()
-
-    def describe(self) -> str:
-        raise NotImplementedError
-
-
-Condition: TypeAlias = Compare | AllOf | AnyOf | Not | Leaf
-
-
-def describe(condition: Condition) -> str:
-    """A condition as one readable line (for docs and logs).
-
-    >>> describe(AllOf((Compare("purchases", ">=", 1), Not(Compare("device_top", "is_null")))))
-    'purchases >= 1 and not device_top is_null'
-    """
-    if isinstance(condition, Compare):
-        if condition.op in NULL_OPS:
-            return f"{condition.feature} {condition.op}"
-        value = condition.value
-        shown = list(value) if isinstance(value, tuple) else value
-        return f"{condition.feature} {condition.op} {shown!r}"
-    if isinstance(condition, Leaf):
-        return condition.describe()
-    if isinstance(condition, Not):
-        inner = describe(condition.child)
-        simple = isinstance(condition.child, Compare | Leaf | Not)
-        return f"not {inner}" if simple else f"not ({inner})"
-    joiner = " and " if isinstance(condition, AllOf) else " or "
-    parts = [
-        f"({describe(c)})" if isinstance(c, AllOf | AnyOf) and len(c.children) > 1 else describe(c)
-        for c in condition.children
-    ]
-    return joiner.join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,107 +82,6 @@ class Segment:
     line: int = 0
 
 
-# --- compiling: closures, built once ------------------------------------------------------------
-# A comparison on a missing or None feature value is false, except ``is_null``. Each leaf is a
-# closure specialised to its operator, so evaluation is one dict lookup and one comparison.
-
-
-def compile_compare(leaf: Compare) -> Predicate:
-    """One comparison as a closure over a mapping (features, or any name -> value map).
-
-    >>> compile_compare(Compare("propensity", ">=", 0.7))({"propensity": 0.9})
-    True
-    """
-    name, op, value = leaf.feature, leaf.op, leaf.value
-    if op == "is_null":
-
-        def is_null(f: Features) -> bool:
-            return f.get(name) is None
-
-        return is_null
-    if op == "not_null":
-
-        def not_null(f: Features) -> bool:
-            return f.get(name) is not None
-
-        return not_null
-    if op in SET_OPS:
-        assert isinstance(value, tuple)
-        members = frozenset(value)
-        if op == "in":
-
-            def in_(f: Features) -> bool:
-                v: Any = f.get(name)
-                return v is not None and v in members
-
-            return in_
-
-        def not_in(f: Features) -> bool:
-            v: Any = f.get(name)
-            return v is not None and v not in members
-
-        return not_in
-    return _COMPARATORS[op](name, value)
-
-
-def _gt(name: str, value: Any) -> Predicate:
-    def gt(f: Features) -> bool:
-        v: Any = f.get(name)
-        return v is not None and v > value
-
-    return gt
-
-
-def _ge(name: str, value: Any) -> Predicate:
-    def ge(f: Features) -> bool:
-        v: Any = f.get(name)
-        return v is not None and v >= value
-
-    return ge
-
-
-def _lt(name: str, value: Any) -> Predicate:
-    def lt(f: Features) -> bool:
-        v: Any = f.get(name)
-        return v is not None and v < value
-
-    return lt
-
-
-def _le(name: str, value: Any) -> Predicate:
-    def le(f: Features) -> bool:
-        v: Any = f.get(name)
-        return v is not None and v <= value
-
-    return le
-
-
-def _eq(name: str, value: Any) -> Predicate:
-    def eq(f: Features) -> bool:
-        v: Any = f.get(name)
-        return v is not None and v == value
-
-    return eq
-
-
-def _ne(name: str, value: Any) -> Predicate:
-    def ne(f: Features) -> bool:
-        v: Any = f.get(name)
-        return v is not None and v != value
-
-    return ne
-
-
-_COMPARATORS: Final[dict[str, Callable[[str, Any], Predicate]]] = {
-    ">": _gt,
-    ">=": _ge,
-    "<": _lt,
-    "<=": _le,
-    "==": _eq,
-    "!=": _ne,
-}
-
-
 def _compile_segment_leaf(leaf: Compare | Leaf) -> Predicate:
     if not isinstance(leaf, Compare):
         raise TypeError(f"a segment condition has only feature comparisons, got {leaf!r}")
@@ -328,64 +90,6 @@ def _compile_segment_leaf(leaf: Compare | Leaf) -> Predicate:
 
 def _compile(condition: Condition) -> Predicate:
     return compile_condition(condition, _compile_segment_leaf)
-
-
-def compile_condition(
-    condition: Condition, compile_leaf: Callable[[Compare | Leaf], Callable[[T], bool]]
-) -> Callable[[T], bool]:
-    """Compile a condition tree once into nested closures; ``compile_leaf`` compiles leaves.
-
-    Segments compile over :data:`Features`; :mod:`attune.operators.rules` compiles the same
-    ``all``/``any``/``not`` over its own input, with its own leaves.
-
-    >>> pred = compile_condition(Not(Compare("purchases", ">", 1)), _compile_segment_leaf)
-    >>> pred({"purchases": 0}), pred({"purchases": 2})
-    (True, False)
-    """
-    if isinstance(condition, Compare | Leaf):
-        return compile_leaf(condition)
-    if isinstance(condition, Not):
-        child = compile_condition(condition.child, compile_leaf)
-
-        def not_(f: T) -> bool:
-            return not child(f)
-
-        return not_
-    preds = tuple(compile_condition(c, compile_leaf) for c in condition.children)
-    if len(preds) == 1:
-        return preds[0]
-    if isinstance(condition, AllOf):
-        if len(preds) == 2:
-            a, b = preds
-
-            def all2(f: T) -> bool:
-                return a(f) and b(f)
-
-            return all2
-        if len(preds) == 3:
-            a, b, c = preds
-
-            def all3(f: T) -> bool:
-                return a(f) and b(f) and c(f)
-
-            return all3
-
-        def all_n(f: T) -> bool:
-            return all(p(f) for p in preds)
-
-        return all_n
-    if len(preds) == 2:
-        a, b = preds
-
-        def any2(f: T) -> bool:
-            return a(f) or b(f)
-
-        return any2
-
-    def any_n(f: T) -> bool:
-        return any(p(f) for p in preds)
-
-    return any_n
 
 
 # --- the rule set --------------------------------------------------------------------------------
@@ -555,26 +259,6 @@ def membership_changes(  # noqa: PLR0917 - the positional signature is the flow'
 # --- loading and validation ----------------------------------------------------------------------
 
 
-class RuleError(ValueError):
-    """A rule file is invalid: ``str(error)`` is ``"<file>:<line>: <reason>"``.
-
-    Attributes
-    ----------
-    file
-        The file (or the ``source`` given to :func:`parse_rules`).
-    line
-        1-based line of the offending node (0 when the file is empty).
-    reason
-        What is wrong, naming the segment when known.
-    """
-
-    def __init__(self, file: str, line: int, reason: str) -> None:
-        super().__init__(f"{file}:{line}: {reason}")
-        self.file = file
-        self.line = line
-        self.reason = reason
-
-
 def load_rules(path: Path | None = None) -> RuleSet:
     """Load and validate a rule file; ``None`` loads the shipped defaults.
 
@@ -638,78 +322,15 @@ def parse_rules(text: str, source: str = "<string>") -> RuleSet:
     >>> parse_rules("segments:\\n  - name: Big\\n", "r.yaml")
     Traceback (most recent call last):
     ...
-    attune.operators.segments.RuleError: r.yaml:2: segment 'Big': bad name 'Big': use lower-case ...
+    attune.operators.conditions.RuleError: r.yaml:2: segment 'Big': bad name 'Big': use ...
     """
-    return RuleSet(ConditionParser(source).parse(text), source)
+    return RuleSet(_SegmentFileParser(source).parse(text), source)
 
 
-class ConditionParser:
-    """Walks the composed YAML node tree, which keeps every node's line.
+class _SegmentFileParser(ConditionParser):
+    """The condition parser, with the segment file around the conditions."""
 
-    :meth:`parse` reads a segment file. Other rule files (:mod:`attune.operators.rules`) subclass
-    it to reuse the node helpers, the error style and :meth:`parse_condition`; they set
-    :attr:`subject` (the word errors name an entry by) and override :meth:`parse_leaf` to
-    add leaves, and :meth:`make_error` to raise their own ``RuleError`` subclass.
-    """
-
-    #: What an entry of the file is called in errors: ``segment 'x': ...``.
     subject = "segment"
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.segment = ""  # the entry errors are about: "'name'" or "#index"
-        self._constructor = yaml.SafeLoader("")
-
-    # -- errors and node helpers
-
-    def make_error(self, line: int, reason: str) -> RuleError:
-        return RuleError(self.source, line, reason)
-
-    def error(self, node: yaml.Node | None, reason: str) -> RuleError:
-        line = node.start_mark.line + 1 if node is not None else 0
-        prefix = f"{self.subject} {self.segment}: " if self.segment else ""
-        return self.make_error(line, prefix + reason)
-
-    def mapping(
-        self,
-        node: yaml.Node,
-        what: str,
-        allowed: Sequence[str],
-    ) -> dict[str, tuple[yaml.Node, yaml.Node]]:
-        """A mapping node's entries as ``key -> (key node, value node)``, keys checked."""
-        if not isinstance(node, yaml.MappingNode):
-            raise self.error(node, f"{what} must be a mapping, got {_kind(node)}")
-        entries: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-        for key_node, value_node in node.value:
-            key = self.scalar(key_node)
-            if not isinstance(key, str):
-                raise self.error(key_node, f"{what}: keys must be strings, got {key!r}")
-            if key in entries:
-                raise self.error(key_node, f"{what}: duplicate key {key!r}")
-            if key not in allowed:
-                raise self.error(key_node, f"{what}: unknown key {key!r}{_expected(key, allowed)}")
-            entries[key] = (key_node, value_node)
-        return entries
-
-    def scalar(self, node: yaml.Node) -> Any:
-        if not isinstance(node, yaml.ScalarNode):
-            raise self.error(node, f"expected a single value, got {_kind(node)}")
-        if not node.tag.startswith(_YAML_TAG):
-            shown = node.tag + (f" {node.value}" if node.value else "")
-            raise self.error(
-                node,
-                f"unexpected YAML tag in {shown!r}: quote the value "
-                "(an operator such as '!=' must be written op: \"!=\")",
-            )
-        return self._constructor.construct_object(node, deep=True)
-
-    def string(self, node: yaml.Node, what: str) -> str:
-        value = self.scalar(node)
-        if not isinstance(value, str) or not value.strip():
-            raise self.error(node, f"{what} must be a non-empty string, got {value!r}")
-        return value
-
-    # -- the grammar
 
     def parse(self, text: str) -> list[Segment]:
         try:
@@ -792,135 +413,3 @@ class ConditionParser:
         line = node.start_mark.line + 1
         self.segment = ""
         return Segment(name=name, description=description, condition=condition, line=line)
-
-    def parse_condition(self, node: yaml.Node) -> Condition:
-        if not isinstance(node, yaml.MappingNode):
-            raise self.error(
-                node,
-                f"a condition must be a mapping (all, any, not or a comparison), got {_kind(node)}",
-            )
-        keys = [self.scalar(k) for k, _ in node.value]
-        combinators = [k for k in keys if k in ("all", "any", "not")]
-        if not combinators:
-            return self.parse_leaf(node)
-        if len(keys) != 1:
-            raise self.error(
-                node,
-                f"a condition with {combinators[0]!r} must have no other key, got {keys!r}",
-            )
-        kind = combinators[0]
-        child_node = node.value[0][1]
-        if kind == "not":
-            return Not(self.parse_condition(child_node))
-        if not isinstance(child_node, yaml.SequenceNode):
-            raise self.error(
-                child_node, f"'{kind}' takes a list of conditions, got {_kind(child_node)}"
-            )
-        if not child_node.value:
-            raise self.error(child_node, f"'{kind}' has an empty list of conditions")
-        children = tuple(self.parse_condition(c) for c in child_node.value)
-        return AllOf(children) if kind == "all" else AnyOf(children)
-
-    def parse_leaf(self, node: yaml.MappingNode) -> Condition:
-        """A condition mapping without ``all``/``any``/``not``: a feature comparison here."""
-        return self.parse_compare(node)
-
-    def parse_compare(self, node: yaml.MappingNode) -> Compare:
-        entries = self.mapping(node, "a comparison", ("feature", "op", "value"))
-        if "feature" not in entries:
-            raise self.error(node, "a comparison needs 'feature', 'op' and 'value'")
-        feature_node = entries["feature"][1]
-        feature = self.string(feature_node, "feature")
-        if feature not in _TYPES:
-            close = difflib.get_close_matches(feature, list(_TYPES), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else " (see operators/features.py)"
-            raise self.error(feature_node, f"unknown feature {feature!r}{hint}")
-        ftype = _TYPES[feature]
-        if "op" not in entries:
-            raise self.error(node, f"comparison on {feature!r} has no 'op'")
-        op_node = entries["op"][1]
-        op = self.scalar(op_node)
-        if op not in OPS:
-            raise self.error(
-                op_node, f"unknown op {op!r} on {feature!r}; use one of {', '.join(OPS)}"
-            )
-        if op in NULL_OPS:
-            if "value" in entries:
-                raise self.error(entries["value"][0], f"'{op}' takes no value")
-            if not ftype.nullable:
-                raise self.error(
-                    op_node,
-                    f"'{op}' on {feature!r}: the feature is never null (type {ftype})",
-                )
-            return Compare(feature, op)
-        if "value" not in entries:
-            raise self.error(node, f"comparison {feature!r} {op} has no 'value'")
-        value_node = entries["value"][1]
-        if op in NUMERIC_OPS and not ftype.numeric:
-            raise self.error(
-                op_node,
-                f"type mismatch: {op!r} needs a numeric feature, {feature!r} is {ftype}",
-            )
-        if op in SET_OPS:
-            if not isinstance(value_node, yaml.SequenceNode):
-                raise self.error(
-                    value_node, f"'{op}' takes a list of values, got {_kind(value_node)}"
-                )
-            if not value_node.value:
-                raise self.error(value_node, f"'{op}' has an empty list of values")
-            items = tuple(self.typed_value(n, feature, ftype, op) for n in value_node.value)
-            return Compare(feature, op, items)
-        return Compare(feature, op, self.typed_value(value_node, feature, ftype, op))
-
-    def typed_value(
-        self, node: yaml.Node, feature: str, ftype: _FeatureType, op: str
-    ) -> int | float | str:
-        value = self.scalar(node)
-        if value is None:
-            fix = "is_null" if op in ("==", "in") else "not_null"
-            raise self.error(node, f"comparison {feature!r} {op} null: use op: {fix}")
-        if ftype.numeric:
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise self.error(
-                    node,
-                    f"type mismatch: {feature!r} is {ftype}, value {value!r} is not a number",
-                )
-            if isinstance(value, float) and math.isnan(value):
-                raise self.error(node, f"value for {feature!r} is NaN")
-            return value
-        if not isinstance(value, str):
-            raise self.error(
-                node, f"type mismatch: {feature!r} is {ftype}, value {value!r} is not a string"
-            )
-        return value
-
-    def _syntax_error(self, text: str, exc: yaml.MarkedYAMLError) -> RuleError:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 0
-        reason = "YAML syntax error"
-        if exc.context:
-            reason += f" {exc.context}"
-            if exc.context_mark is not None and exc.context_mark.line + 1 != line:
-                reason += f" at line {exc.context_mark.line + 1}"
-        reason += f": {exc.problem or 'invalid YAML'}"
-        lines = text.splitlines()
-        suspects = [line, line - 1] if line else []
-        if any(0 < n <= len(lines) and _UNQUOTED_OP.search(lines[n - 1]) for n in suspects):
-            reason += "; quote the operator: op: \">=\" ('>', '!' and '|' are YAML syntax)"
-        return self.make_error(line, reason)
-
-
-def _kind(node: yaml.Node) -> str:
-    if isinstance(node, yaml.MappingNode):
-        return "a mapping"
-    if isinstance(node, yaml.SequenceNode):
-        return "a list"
-    return f"{node.value!r}" if node.value else "nothing"
-
-
-def _expected(key: str, allowed: Sequence[str]) -> str:
-    if "feature" in allowed:  # a comparison, or a misspelt all/any/not
-        allowed = (*allowed, "all", "any", "not")
-    close = difflib.get_close_matches(key, allowed, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return f" ({hint}expected one of {', '.join(allowed)})"

@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attune.flows.topics import DEFAULT_TRIGGER_KINDS
+from attune.operators.conditions import CHANNELS
 from attune.operators.events import Trigger
 from attune.operators.rules import (
-    CHANNELS,
     DEFAULT_RULE,
     HISTORY_MAX,
     Decision,

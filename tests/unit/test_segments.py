@@ -13,16 +13,13 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from attune.operators.conditions import OPS, AllOf, Compare, describe
 from attune.operators.events import SegmentChange
 from attune.operators.features import FEATURES
 from attune.operators.segments import (
-    OPS,
-    AllOf,
-    Compare,
     RuleError,
     RuleSet,
     Segment,
-    describe,
     load_rules,
     membership_changes,
     parse_rules,
