@@ -7,18 +7,14 @@ features of :mod:`attune.operators.features` at each event (and on timers); a
 ``SegmentChange`` records for the ``attune.segments`` topic and Redis.
 
 Rules are declared in a YAML file (the shipped defaults are
-``flows/segments.yaml``; docs/segments.md is the reference) and validated once,
-at start-up, against the declared type of every feature, with errors that name
-the file, the line and the reason (as Metarank does). Each condition tree is
+``flows/segments.yaml``; docs/segments.md is the reference), in the condition
+grammar of :mod:`attune.operators.conditions`, and read and validated once, at
+start-up, by :func:`attune.operators.rule_files.load_rules`. Each condition tree is
 compiled once into nested Python closures: no parsing and no ``eval`` per
 event, a handful of dict lookups and comparisons.
 
->>> rules = parse_rules('''
-... segments:
-...   - name: big_cart
-...     description: a cart worth 100.00 or more
-...     condition: {feature: cart_value_minor, op: ">=", value: 10000}
-... ''')
+>>> rules = RuleSet([Segment("big_cart", "a cart worth 100.00 or more",
+...                          Compare("cart_value_minor", ">=", 10000))])
 >>> rules.names
 ('big_cart',)
 >>> sorted(rules.evaluate({"cart_value_minor": 12000}))
@@ -26,35 +22,20 @@ event, a handful of dict lookups and comparisons.
 >>> [(c.segment, c.change) for c in rules.membership_changes("u1", frozenset(),
 ...     rules.evaluate({"cart_value_minor": 12000}), event_time=1, emit_time=2)]
 [('big_cart', 'ENTERED')]
->>> try:
-...     parse_rules("segments:\\n  - name: x\\n    description: d\\n"
-...                 "    condition: {feature: cart_valu, op: '>', value: 1}\\n", "my.yaml")
-... except RuleError as e:
-...     print(f"{e.file}:{e.line}:", e.reason, sep="\\n")
-my.yaml:4:
-segment 'x': unknown feature 'cart_valu' (did you mean 'cart_value_minor'?)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
-
-import yaml
 
 from attune.operators.conditions import (
-    _NAME,
     CLUSTER_SEGMENT_PREFIX,
     Compare,
     Condition,
-    ConditionParser,
     Leaf,
     Not,
     Predicate,
-    RuleError,
-    _kind,
     compile_compare,
     compile_condition,
 )
@@ -62,13 +43,10 @@ from attune.operators.events import SegmentChange
 from attune.operators.features import Features
 
 __all__ = [
-    "RuleError",
     "RuleSet",
     "Segment",
     "cluster_segment",
-    "load_rules",
     "membership_changes",
-    "parse_rules",
 ]
 
 
@@ -98,8 +76,9 @@ def _compile(condition: Condition) -> Predicate:
 class RuleSet:
     """Validated, compiled segments; :meth:`evaluate` is the per-event call.
 
-    Build one with :func:`load_rules` or :func:`parse_rules` (which validate), or from
-    :class:`Segment` objects (which :func:`parse_rules` produced or a test built).
+    Build one with :func:`~attune.operators.rule_files.load_rules` or
+    :func:`~attune.operators.rule_files.parse_rules` (which validate), or from
+    :class:`Segment` objects (which ``parse_rules`` produced or a test built).
     A rule set is configuration, not state: it is built once per worker at start-up.
     It pickles (by its segments) so that it can travel with a dataflow.
 
@@ -254,162 +233,3 @@ def membership_changes(  # noqa: PLR0917 - the positional signature is the flow'
                 )
             )
     return out
-
-
-# --- loading and validation ----------------------------------------------------------------------
-
-
-def load_rules(path: Path | None = None) -> RuleSet:
-    """Load and validate a rule file; ``None`` loads the shipped defaults.
-
-    Parameters
-    ----------
-    path
-        A YAML rule file (docs/segments.md has the grammar). ``None`` reads
-        ``flows/segments.yaml`` from the installed package.
-
-    Returns
-    -------
-    RuleSet
-        The compiled rules.
-
-    Raises
-    ------
-    RuleError
-        The file is not valid; the message names file, line and reason.
-    OSError
-        The file cannot be read.
-
-    Examples
-    --------
-    >>> rules = load_rules()
-    >>> rules.names[:2]
-    ('interested_but_hesitant', 'frequent_buyer')
-    >>> sorted(rules.evaluate({"purchases_30d": 4, "revenue_30d_minor": 61_000, "sessions": 5,
-    ...                        "purchases": 9, "days_since_last_purchase": 1.5}))
-    ['frequent_buyer', 'high_value']
-    """
-    if path is None:
-        shipped = resources.files("attune.flows") / "segments.yaml"
-        return parse_rules(shipped.read_text(encoding="utf-8"), str(shipped))
-    return parse_rules(Path(path).read_text(encoding="utf-8"), str(path))
-
-
-def parse_rules(text: str, source: str = "<string>") -> RuleSet:
-    """Parse and validate rules from YAML text.
-
-    Parameters
-    ----------
-    text
-        The YAML document: a mapping with a ``segments`` list.
-    source
-        The file name used in error messages.
-
-    Returns
-    -------
-    RuleSet
-        The compiled rules.
-
-    Raises
-    ------
-    RuleError
-        The text is not a valid rule file.
-
-    Examples
-    --------
-    >>> parse_rules("segments: []").names
-    ()
-    >>> parse_rules("segments:\\n  - name: Big\\n", "r.yaml")
-    Traceback (most recent call last):
-    ...
-    attune.operators.conditions.RuleError: r.yaml:2: segment 'Big': bad name 'Big': use ...
-    """
-    return RuleSet(_SegmentFileParser(source).parse(text), source)
-
-
-class _SegmentFileParser(ConditionParser):
-    """The condition parser, with the segment file around the conditions."""
-
-    subject = "segment"
-
-    def parse(self, text: str) -> list[Segment]:
-        try:
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as exc:
-            raise self._syntax_error(text, exc) from exc
-        except yaml.YAMLError as exc:  # pragma: no cover - PyYAML raises marked errors
-            raise self.make_error(0, f"YAML error: {exc}") from exc
-        if root is None:
-            raise self.make_error(0, "empty rule file: expected a mapping with 'segments'")
-        top = self.mapping(root, "the rule file", ("segments",))
-        if "segments" not in top:
-            raise self.error(root, "the rule file has no 'segments' list")
-        _key, seq = top["segments"]
-        if not isinstance(seq, yaml.SequenceNode):
-            raise self.error(seq, f"'segments' must be a list, got {_kind(seq)}")
-        segments: list[Segment] = []
-        lines: dict[str, int] = {}
-        for index, node in enumerate(seq.value, start=1):
-            segment = self.parse_segment(node, index)
-            if segment.name in lines:
-                self.segment = repr(segment.name)
-                raise self.error(
-                    node,
-                    f"duplicate segment name (first declared at line {lines[segment.name]})",
-                )
-            lines[segment.name] = segment.line
-            segments.append(segment)
-        self.segment = ""
-        return segments
-
-    def name_in_errors(self, node: yaml.Node, index: int) -> None:
-        """Errors about the entry at ``node`` name it: by its ``name`` key, else ``#index``."""
-        self.segment = f"#{index}"
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                if (
-                    isinstance(key_node, yaml.ScalarNode)
-                    and key_node.value == "name"
-                    and isinstance(value_node, yaml.ScalarNode)
-                    and value_node.value
-                ):
-                    self.segment = repr(value_node.value)
-
-    def named_entry(
-        self, node: yaml.Node, index: int, what: str, keys: Sequence[str]
-    ) -> tuple[dict[str, tuple[yaml.Node, yaml.Node]], str, yaml.Node]:
-        """A list entry that must be a mapping with a valid ``name``: entries, name, node."""
-        self.name_in_errors(node, index)
-        entries = self.mapping(node, what, keys)
-        if "name" not in entries:
-            raise self.error(node, "missing 'name'")
-        name_node = entries["name"][1]
-        name = self.scalar(name_node)
-        if not isinstance(name, str):
-            raise self.error(name_node, f"name must be a string, got {name!r}")
-        self.segment = repr(name)
-        if not _NAME.fullmatch(name):
-            raise self.error(
-                name_node, f"bad name {name!r}: use lower-case letters, digits and '_'"
-            )
-        return entries, name, name_node
-
-    def parse_segment(self, node: yaml.Node, index: int) -> Segment:
-        entries, name, name_node = self.named_entry(
-            node, index, "a segment", ("name", "description", "condition")
-        )
-        if name.startswith(CLUSTER_SEGMENT_PREFIX):
-            raise self.error(
-                name_node,
-                f"bad name {name!r}: names starting with {CLUSTER_SEGMENT_PREFIX!r} are "
-                "reserved for cluster personas",
-            )
-        if "description" not in entries:
-            raise self.error(node, "missing 'description' (say what the segment means)")
-        description = self.string(entries["description"][1], "description").strip()
-        if "condition" not in entries:
-            raise self.error(node, "missing 'condition'")
-        condition = self.parse_condition(entries["condition"][1])
-        line = node.start_mark.line + 1
-        self.segment = ""
-        return Segment(name=name, description=description, condition=condition, line=line)
