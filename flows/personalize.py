@@ -89,9 +89,9 @@ from attune.operators.redis_sink import (
     TrendingWrite,
 )
 from attune.operators.redis_sink import SegmentsWrite as _SegmentsWrite
-from attune.operators.rules import load_trigger_rules
+from attune.operators.rule_files import load_rules, load_trigger_rules
 from attune.operators.schema_registry import SchemaRegistryClient
-from attune.operators.segments import cluster_segment, load_rules
+from attune.operators.segments import cluster_segment
 from attune.operators.sources import EventListSource, FileEventSource, KafkaEventSource
 from attune.operators.stream_clock import STREAM_CLOCK, ClockBoard, RedisClockBoard
 from attune.operators.triggers import KINDS, TriggerConfig

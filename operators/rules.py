@@ -5,7 +5,7 @@ Stage 8 of the flow (docs/architecture.md). The per-user state fires raw trigger
 decides, per trigger, what reaches the ``attune.triggers.<kind>`` topics:
 
 - rules, in file order, match on the trigger kind, the user's features (the condition
-  grammar of :mod:`attune.operators.segments`, extended with trigger leaves), segments, model
+  grammar of :mod:`attune.operators.conditions`, with its trigger leaves), segments, model
   scores, the local hour and the channel; a matching ``suppress`` rule drops the
   trigger, every matching ``publish`` rule yields one output trigger with its payload;
 - policies then hold publishes back: marketing consent, quiet hours, cooldowns and
@@ -15,9 +15,11 @@ decides, per trigger, what reaches the ``attune.triggers.<kind>`` topics:
 Every decision reads event time (the trigger's ``cause_event_time``), never the wall
 clock, and output ids are hashes of the input id and the rule name, so a replay decides
 the same and publishes the same ids. Rules are YAML (shipped defaults in
-``flows/rules.yaml``, plus an optional user file), validated at start-up with errors that
-name the file, the line and the reason. docs/triggers.md is the reference.
+``flows/rules.yaml``, plus an optional user file), validated at start-up by
+:mod:`attune.operators.rule_files` with errors that name the file, the line and the
+reason. docs/triggers.md is the reference.
 
+>>> from attune.operators.rule_files import parse_trigger_rules
 >>> rules = parse_trigger_rules('''
 ... rules:
 ...   - name: vip_cart_offer
@@ -40,60 +42,42 @@ name the file, the line and the reason. docs/triggers.md is the reference.
 from __future__ import annotations
 
 import bisect
-import difflib
 import hashlib
-import math
-import re
 import zoneinfo
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib import resources
-from pathlib import Path
-from typing import Any, Final, Literal, TypeAlias
+from typing import Final, Literal, TypeAlias
 
-import yaml
-
-from attune.operators.events import Trigger
-from attune.operators.features import Features
-from attune.operators.segments import (
-    CLUSTER_SEGMENT_PREFIX,
-    EQUALITY_OPS,
-    NULL_OPS,
-    NUMERIC_OPS,
+from attune.operators.conditions import (
     AllOf,
+    ChannelIs,
     Compare,
     Condition,
-    ConditionParser,
+    HoursIn,
+    HourWindow,
+    InSegment,
+    KindIs,
     Leaf,
-    RuleError,
-    _kind,
+    ScoreCompare,
     compile_compare,
     compile_condition,
     describe,
 )
+from attune.operators.events import Trigger
+from attune.operators.features import Features
 
 __all__ = [
-    "CHANNELS",
     "DEFAULT_RULE",
     "HISTORY_MAX",
     "Cap",
-    "ChannelIs",
     "Decision",
-    "HourWindow",
-    "HoursIn",
-    "InSegment",
-    "KindIs",
     "Policies",
     "RuleSettings",
-    "ScoreCompare",
     "TriggerContext",
     "TriggerHistory",
     "TriggerRule",
-    "TriggerRuleError",
     "TriggerRules",
-    "load_trigger_rules",
-    "parse_trigger_rules",
     "trigger_id_for",
 ]
 
@@ -102,22 +86,17 @@ __all__ = [
 HISTORY_MAX: Final = 16
 #: The rule name reported for triggers that no rule matched (``settings.default``).
 DEFAULT_RULE: Final = "<default>"
-#: The symbols of ``attune.event.Channel`` (avro/attune.event.Context.avsc; a test checks).
-CHANNELS: Final = ("WEB", "APP", "EMAIL", "OTHER")
 #: The attribute every published trigger carries: the name of the rule that published it.
 RULE_ATTRIBUTE: Final = "rule"
 
 Purpose: TypeAlias = Literal["marketing", "service"]
 PURPOSES: Final = ("marketing", "service")
-SCORE_OPS: Final = (*NUMERIC_OPS, *EQUALITY_OPS, *NULL_OPS)
 
-_NAME = re.compile(r"[a-z0-9_]+")
-_DURATION = re.compile(r"(\d+)(ms|s|m|h|d)")
 _UNIT_MS: Final = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _MAX_ZONES: Final = 1024  # cached timezone lookups (names come from events: bound them)
 
 
-# --- time: durations, hour windows, timezones -----------------------------------------------
+# --- time: durations, timezones ---------------------------------------------------------------
 
 
 def _format_duration(ms: int) -> str:
@@ -125,27 +104,6 @@ def _format_duration(ms: int) -> str:
         if ms % _UNIT_MS[unit] == 0:
             return f"{ms // _UNIT_MS[unit]}{unit}"
     return f"{ms}ms"
-
-
-@dataclass(frozen=True, slots=True)
-class HourWindow:
-    """Local hours ``[start, end)``; wraps past midnight when ``start > end`` (22 -> 8).
-
-    >>> w = HourWindow(22, 8)
-    >>> [h for h in range(24) if w.contains(h)]
-    [0, 1, 2, 3, 4, 5, 6, 7, 22, 23]
-    """
-
-    start: int
-    end: int
-
-    def contains(self, hour: int) -> bool:
-        if self.start < self.end:
-            return self.start <= hour < self.end
-        return hour >= self.start or hour < self.end
-
-    def __str__(self) -> str:
-        return f"{self.start}-{self.end}"
 
 
 _ZONES: dict[str, zoneinfo.ZoneInfo | None] = {}
@@ -226,68 +184,7 @@ class _Env:
         return self._hour
 
 
-# --- the trigger leaves of the condition grammar -----------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class KindIs(Leaf):
-    """``kind: K`` or ``kind: [K1, K2]``: the trigger's kind is one of these."""
-
-    kinds: tuple[str, ...]
-
-    def describe(self) -> str:
-        return (
-            f"kind == {self.kinds[0]!r}" if len(self.kinds) == 1 else f"kind in {list(self.kinds)}"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class InSegment(Leaf):
-    """``in_segment: S`` (in any of) or ``not_in_segment: S`` (in none of); S a name or list."""
-
-    segments: tuple[str, ...]
-    negate: bool = False
-
-    def describe(self) -> str:
-        key = "not_in_segment" if self.negate else "in_segment"
-        shown = self.segments[0] if len(self.segments) == 1 else list(self.segments)
-        return f"{key} {shown}"
-
-
-@dataclass(frozen=True, slots=True)
-class ScoreCompare(Leaf):
-    """``score: {name: N, op: OP, value: V}`` over the trigger's ``scores`` map.
-
-    A missing score compares false (like a ``None`` feature); ``is_null`` tests absence.
-    """
-
-    compare: Compare
-
-    def describe(self) -> str:
-        return f"score {describe(self.compare)}"
-
-
-@dataclass(frozen=True, slots=True)
-class HoursIn(Leaf):
-    """``hours: {from: A, to: B}``: the trigger's event time is in local hours ``[A, B)``.
-
-    False when the user's timezone is unknown and no ``default_timezone`` is set.
-    """
-
-    window: HourWindow
-
-    def describe(self) -> str:
-        return f"local hour in {self.window}"
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelIs(Leaf):
-    """``channel: C`` or ``channel: [C1, C2]``: the user's channel is one of these."""
-
-    channels: tuple[str, ...]
-
-    def describe(self) -> str:
-        return f"channel in {list(self.channels)}"
+# --- compiling the trigger leaves (:mod:`attune.operators.conditions`) over a decision's input ---
 
 
 _EnvPredicate: TypeAlias = Callable[[_Env], bool]
@@ -546,7 +443,8 @@ def trigger_id_for(trigger_id: str, rule: str) -> str:
 class TriggerRules:
     """Validated, compiled trigger rules; :meth:`decide` is the per-trigger call.
 
-    Build with :func:`load_trigger_rules` or :func:`parse_trigger_rules` (which validate).
+    Build with :func:`~attune.operators.rule_files.load_trigger_rules` or
+    :func:`~attune.operators.rule_files.parse_trigger_rules` (which validate).
     Configuration, not state: built once per worker at start-up; it pickles (by its rules).
     """
 
@@ -633,6 +531,7 @@ class TriggerRules:
 
         Examples
         --------
+        >>> from attune.operators.rule_files import load_trigger_rules
         >>> rules = load_trigger_rules()
         >>> t = Trigger(trigger_id="t9", kind="cart_abandoned", user_id="u1",
         ...             cause_event_time=1_700_000_000_000,  # 22:13 UTC, 23:13 in Berlin
@@ -739,491 +638,3 @@ class TriggerRules:
 
     def __repr__(self) -> str:
         return f"TriggerRules({self.source!r}, names={self.names!r})"
-
-
-# --- loading and validation ----------------------------------------------------------------------
-
-
-class TriggerRuleError(RuleError):
-    """A trigger rule file is invalid: ``str(error)`` is ``"<file>:<line>: <reason>"``.
-
-    A :class:`attune.operators.segments.RuleError` (so a ``ValueError``) with ``file``, ``line``
-    (1-based; 0 for an empty file) and ``reason`` (naming the rule when known).
-    """
-
-
-def load_trigger_rules(
-    path: Path | None = None,
-    extra: Path | None = None,
-    *,
-    segments: Collection[str] | None = None,
-    kinds: Collection[str] | None = None,
-) -> TriggerRules:
-    """Load and validate trigger rules: a base file and an optional user file over it.
-
-    Parameters
-    ----------
-    path
-        The base rule file; ``None`` reads the shipped ``flows/rules.yaml``.
-    extra
-        A user file: its rules replace base rules of the same name in place (``enabled:
-        false`` removes one) or are appended; its ``settings`` and ``policies`` keys
-        replace the base's, key by key.
-    segments
-        Known segment names (e.g. ``load_rules().names``): ``in_segment`` names outside
-        them (and not ``persona_<n>``) are errors. ``None``: not checked.
-    kinds
-        Known trigger kinds (the ``attune.triggers.<kind>`` topics): ``kind`` names outside
-        them are errors. ``None``: not checked.
-
-    Returns
-    -------
-    TriggerRules
-        The compiled rules.
-
-    Raises
-    ------
-    TriggerRuleError
-        A file is invalid; the message names its file, line and reason.
-    OSError
-        A file cannot be read.
-
-    Examples
-    --------
-    >>> rules = load_trigger_rules()
-    >>> rules.names[:2]
-    ('high_value_cart_offer', 'cart_reminder')
-    >>> rules.policies.cap, rules.settings.consent_default
-    (Cap(max=3, per_ms=86400000), 'deny')
-    """
-    if path is None:
-        shipped = resources.files("attune.flows") / "rules.yaml"
-        base_text, base_source = shipped.read_text(encoding="utf-8"), str(shipped)
-    else:
-        base_text, base_source = Path(path).read_text(encoding="utf-8"), str(path)
-    base = _TriggerRuleParser(base_source, segments, kinds).parse_file(base_text)
-    if extra is None:
-        return base.build(base_source)
-    user = _TriggerRuleParser(str(extra), segments, kinds).parse_file(
-        Path(extra).read_text(encoding="utf-8")
-    )
-    return base.merged(user).build(f"{base_source} + {extra}")
-
-
-def parse_trigger_rules(
-    text: str,
-    source: str = "<string>",
-    *,
-    segments: Collection[str] | None = None,
-    kinds: Collection[str] | None = None,
-) -> TriggerRules:
-    """Parse and validate trigger rules from YAML text (one file; see :func:`load_trigger_rules`).
-
-    Raises
-    ------
-    TriggerRuleError
-        The text is not a valid rule file.
-
-    Examples
-    --------
-    >>> parse_trigger_rules("rules: []").names
-    ()
-    >>> try:
-    ...     parse_trigger_rules(
-    ...         "rules:\\n  - name: r\\n    description: d\\n    cooldown: 6x\\n    publish: {}\\n",
-    ...         "mine.yaml")
-    ... except TriggerRuleError as e:
-    ...     print(e)
-    mine.yaml:4: rule 'r': bad duration '6x' for cooldown: ...
-    """
-    return _TriggerRuleParser(source, segments, kinds).parse_file(text).build(source)
-
-
-@dataclass(slots=True)
-class _FileSpec:
-    """One parsed file: only the keys it sets, so that a user file overrides key by key."""
-
-    settings: dict[str, Any]
-    policies: dict[str, Any]
-    rules: list[TriggerRule]
-
-    def merged(self, user: _FileSpec) -> _FileSpec:
-        rules = list(self.rules)
-        at = {r.name: i for i, r in enumerate(rules)}
-        for r in user.rules:
-            if r.name in at:
-                rules[at[r.name]] = r
-            else:
-                at[r.name] = len(rules)
-                rules.append(r)
-        return _FileSpec(
-            {**self.settings, **user.settings}, {**self.policies, **user.policies}, rules
-        )
-
-    def build(self, source: str) -> TriggerRules:
-        return TriggerRules(
-            self.rules, RuleSettings(**self.settings), Policies(**self.policies), source
-        )
-
-
-_LEAF_KEYS: Final = ("kind", "in_segment", "not_in_segment", "score", "hours", "channel")
-_COMPARE_KEYS: Final = ("feature", "op", "value")
-_RULE_KEYS: Final = (
-    "name",
-    "description",
-    "when",
-    "publish",
-    "suppress",
-    "purpose",
-    "cap",
-    "cooldown",
-    "quiet_hours",
-    "enabled",
-    "message",
-)
-
-
-class _TriggerRuleParser(ConditionParser):
-    """The segments parser, with trigger leaves, rules, settings and policies."""
-
-    subject = "rule"
-
-    def __init__(
-        self,
-        source: str,
-        segments: Collection[str] | None = None,
-        kinds: Collection[str] | None = None,
-    ) -> None:
-        super().__init__(source)
-        self.known_segments = frozenset(segments) if segments is not None else None
-        self.known_kinds = frozenset(kinds) if kinds is not None else None
-
-    def make_error(self, line: int, reason: str) -> TriggerRuleError:
-        return TriggerRuleError(self.source, line, reason)
-
-    # -- the file
-
-    def parse_file(self, text: str) -> _FileSpec:
-        try:
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as exc:
-            raise self._syntax_error(text, exc) from exc
-        if root is None:
-            raise self.make_error(0, "empty rule file: expected a mapping with 'rules'")
-        top = self.mapping(root, "the rule file", ("settings", "policies", "rules"))
-        spec = _FileSpec({}, {}, [])
-        if "settings" in top:
-            spec.settings = self.parse_settings(top["settings"][1])
-        if "policies" in top:
-            spec.policies = self.parse_policies(top["policies"][1])
-        if "rules" in top:
-            seq = top["rules"][1]
-            if not isinstance(seq, yaml.SequenceNode):
-                raise self.error(seq, f"'rules' must be a list, got {_kind(seq)}")
-            lines: dict[str, int] = {}
-            for index, node in enumerate(seq.value, start=1):
-                rule = self.parse_rule(node, index)
-                if rule.name in lines:
-                    self.segment = repr(rule.name)
-                    raise self.error(
-                        node, f"duplicate rule name (first declared at line {lines[rule.name]})"
-                    )
-                lines[rule.name] = rule.line
-                spec.rules.append(rule)
-            self.segment = ""
-        return spec
-
-    def parse_settings(self, node: yaml.Node) -> dict[str, Any]:
-        entries = self.mapping(
-            node, "settings", ("default", "consent_default", "purpose", "default_timezone")
-        )
-        out: dict[str, Any] = {}
-        for key, choices in (
-            ("default", ("publish", "drop")),
-            ("consent_default", ("deny", "allow")),
-            ("purpose", PURPOSES),
-        ):
-            if key in entries:
-                out[key] = self.choice(entries[key][1], key, choices)
-        if "default_timezone" in entries:
-            tz_node = entries["default_timezone"][1]
-            tz = self.scalar(tz_node)
-            if tz is not None:
-                out["default_timezone"] = self.timezone(tz_node)
-            else:
-                out["default_timezone"] = None
-        return out
-
-    def parse_policies(self, node: yaml.Node) -> dict[str, Any]:
-        entries = self.mapping(node, "policies", ("quiet_hours", "cap", "cooldown"))
-        out: dict[str, Any] = {}
-        if "quiet_hours" in entries:
-            out["quiet_hours"] = self.optional(entries["quiet_hours"][1], self.hour_window)
-        if "cap" in entries:
-            out["cap"] = self.optional(entries["cap"][1], self.cap)
-        if "cooldown" in entries:
-            cd_node = entries["cooldown"][1]
-            if isinstance(cd_node, yaml.MappingNode):
-                cooldowns: dict[str, int] = {}
-                for kind, (key_node, value_node) in self.mapping(
-                    cd_node, "cooldown", _AnyKey()
-                ).items():
-                    if kind != "*":
-                        self.kind_name(key_node, kind)
-                    cooldowns[kind] = self.duration(value_node, f"cooldown of {kind}")
-                out["cooldowns"] = cooldowns
-            else:
-                got = self.optional(cd_node, lambda n: self.duration(n, "cooldown"))
-                out["cooldowns"] = {} if got is None else {"*": got}
-        return out
-
-    # -- one rule
-
-    def parse_rule(self, node: yaml.Node, index: int) -> TriggerRule:
-        entries, name, _ = self.named_entry(node, index, "a rule", _RULE_KEYS)
-        if "description" not in entries:
-            raise self.error(node, "missing 'description' (say what the rule is for)")
-        description = self.string(entries["description"][1], "description").strip()
-        when = self.parse_condition(entries["when"][1]) if "when" in entries else None
-        fields: dict[str, Any] = {}
-        if ("publish" in entries) == ("suppress" in entries):
-            raise self.error(node, "a rule needs exactly one action: 'publish' or 'suppress'")
-        if "suppress" in entries:
-            fields["action"] = "suppress"
-            fields["reason"] = self.string(entries["suppress"][1], "suppress (the reason)")
-            for key in ("purpose", "cap", "cooldown", "quiet_hours"):
-                if key in entries:
-                    raise self.error(entries[key][0], f"{key!r} applies to publish rules only")
-        else:
-            fields["action"] = "publish"
-            fields.update(self.parse_publish(entries["publish"][1]))
-        if "purpose" in entries:
-            fields["purpose"] = self.choice(entries["purpose"][1], "purpose", PURPOSES)
-        overrides: set[str] = set()
-        if "cap" in entries:
-            fields["cap"] = self.optional(entries["cap"][1], self.cap)
-            overrides.add("cap")
-        if "cooldown" in entries:
-            fields["cooldown_ms"] = self.optional(
-                entries["cooldown"][1], lambda n: self.duration(n, "cooldown")
-            )
-            overrides.add("cooldown")
-        if "quiet_hours" in entries:
-            fields["quiet_hours"] = self.optional(entries["quiet_hours"][1], self.hour_window)
-            overrides.add("quiet_hours")
-        if "message" in entries:
-            if "suppress" in entries:
-                raise self.error(entries["message"][0], "'message' applies to publish rules only")
-            fields["message"] = self.string(entries["message"][1], "message").strip() or None
-        if "enabled" in entries:
-            enabled_node = entries["enabled"][1]
-            enabled = self.scalar(enabled_node)
-            if not isinstance(enabled, bool):
-                raise self.error(enabled_node, f"enabled must be true or false, got {enabled!r}")
-            fields["enabled"] = enabled
-        rule = TriggerRule(
-            name=name,
-            description=description,
-            when=when,
-            overrides=frozenset(overrides),
-            line=node.start_mark.line + 1,
-            source=self.source,
-            **fields,
-        )
-        self.segment = ""
-        return rule
-
-    def parse_publish(self, node: yaml.Node) -> dict[str, Any]:
-        if isinstance(node, yaml.ScalarNode) and self.scalar(node) is None:
-            return {}
-        entries = self.mapping(node, "publish", ("kind", "attributes"))
-        out: dict[str, Any] = {}
-        if "kind" in entries:
-            out["kind"] = self.kind_name(entries["kind"][1])
-        if "attributes" in entries:
-            attributes: dict[str, str] = {}
-            for key, (key_node, value_node) in self.mapping(
-                entries["attributes"][1], "attributes", _AnyKey()
-            ).items():
-                if key == RULE_ATTRIBUTE:
-                    raise self.error(
-                        key_node, f"attribute {key!r} is reserved: it names the publishing rule"
-                    )
-                value = self.scalar(value_node)
-                if not isinstance(value, str):
-                    raise self.error(
-                        value_node,
-                        f"attribute {key!r} must be a string, got {value!r} (quote it)",
-                    )
-                attributes[key] = value
-            out["attributes"] = attributes
-        return out
-
-    # -- the trigger leaves
-
-    def parse_leaf(self, node: yaml.MappingNode) -> Condition:
-        entries = self.mapping(node, "a condition", (*_COMPARE_KEYS, *_LEAF_KEYS))
-        leaf_keys = [k for k in entries if k in _LEAF_KEYS]
-        if not leaf_keys:
-            return self.parse_compare(node)
-        compare_keys = [k for k in entries if k in _COMPARE_KEYS]
-        if compare_keys:
-            raise self.error(
-                entries[compare_keys[0]][0],
-                f"a condition mixes {compare_keys[0]!r} with {leaf_keys[0]!r}: "
-                "write each as its own condition under 'all'",
-            )
-        # Several trigger keys in one mapping ({kind: K, in_segment: S}): all must hold.
-        leaves = tuple(self.parse_trigger_leaf(key, *entries[key]) for key in leaf_keys)
-        return leaves[0] if len(leaves) == 1 else AllOf(leaves)
-
-    def parse_trigger_leaf(self, key: str, key_node: yaml.Node, node: yaml.Node) -> Leaf:
-        if key == "kind":
-            return KindIs(tuple(self.kind_name(n) for n in self.one_or_list(node, key)))
-        if key in ("in_segment", "not_in_segment"):
-            names = tuple(self.segment_name(n) for n in self.one_or_list(node, key))
-            return InSegment(names, negate=key == "not_in_segment")
-        if key == "channel":
-            return ChannelIs(tuple(self.channel(n) for n in self.one_or_list(node, key)))
-        if key == "hours":
-            return HoursIn(self.hour_window(node))
-        return ScoreCompare(self.score(node))
-
-    def score(self, node: yaml.Node) -> Compare:
-        entries = self.mapping(node, "score", ("name", "op", "value"))
-        if "name" not in entries or "op" not in entries:
-            raise self.error(node, "score needs 'name', 'op' and 'value'")
-        name_node = entries["name"][1]
-        name = self.string(name_node, "score name")
-        if not _NAME.fullmatch(name):
-            raise self.error(name_node, f"bad score name {name!r}: use [a-z0-9_]")
-        op_node = entries["op"][1]
-        op = self.scalar(op_node)
-        if op not in SCORE_OPS:
-            raise self.error(
-                op_node, f"unknown op {op!r} on score {name!r}; use one of {', '.join(SCORE_OPS)}"
-            )
-        if op in NULL_OPS:
-            if "value" in entries:
-                raise self.error(entries["value"][0], f"'{op}' takes no value")
-            return Compare(name, op)
-        if "value" not in entries:
-            raise self.error(node, f"score {name!r} {op} has no 'value'")
-        value_node = entries["value"][1]
-        value = self.scalar(value_node)
-        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-            raise self.error(value_node, f"score {name!r}: value {value!r} is not a number")
-        return Compare(name, op, value)
-
-    # -- scalars
-
-    def one_or_list(self, node: yaml.Node, key: str) -> list[yaml.Node]:
-        if isinstance(node, yaml.SequenceNode):
-            if not node.value:
-                raise self.error(node, f"{key!r} has an empty list")
-            return list(node.value)
-        return [node]
-
-    def choice(self, node: yaml.Node, key: str, choices: tuple[str, ...]) -> Any:
-        value = self.scalar(node)
-        if value not in choices:
-            raise self.error(node, f"{key} must be one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    def kind_name(self, node: yaml.Node, value: Any = None) -> str:
-        kind = self.scalar(node) if value is None else value
-        if not isinstance(kind, str) or not _NAME.fullmatch(kind):
-            raise self.error(node, f"bad kind {kind!r}: use lower-case letters, digits and '_'")
-        if self.known_kinds is not None and kind not in self.known_kinds:
-            raise self.error(node, f"unknown kind {kind!r}{_suggest(kind, self.known_kinds)}")
-        return kind
-
-    def segment_name(self, node: yaml.Node) -> str:
-        name = self.scalar(node)
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise self.error(node, f"bad segment name {name!r}: use [a-z0-9_]")
-        known = self.known_segments
-        if (
-            known is not None
-            and name not in known
-            and not re.fullmatch(rf"{CLUSTER_SEGMENT_PREFIX}\d+", name)
-        ):
-            raise self.error(node, f"unknown segment {name!r}{_suggest(name, known)}")
-        return name
-
-    def channel(self, node: yaml.Node) -> str:
-        value = self.scalar(node)
-        if value not in CHANNELS:
-            hint = _suggest(str(value).upper(), CHANNELS) if isinstance(value, str) else ""
-            raise self.error(
-                node, f"unknown channel {value!r}{hint}; use one of {', '.join(CHANNELS)}"
-            )
-        return str(value)
-
-    def hour_window(self, node: yaml.Node) -> HourWindow:
-        entries = self.mapping(node, "an hour window", ("from", "to"))
-        if "from" not in entries or "to" not in entries:
-            raise self.error(node, "an hour window needs 'from' and 'to' (local hours, 0-24)")
-        start = self.hour(entries["from"][1], "from", 23)
-        end = self.hour(entries["to"][1], "to", 24)
-        if start == end:
-            raise self.error(node, f"empty hour window: from {start} to {end}")
-        return HourWindow(start, end)
-
-    def hour(self, node: yaml.Node, key: str, highest: int) -> int:
-        value = self.scalar(node)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= highest:
-            raise self.error(node, f"bad hour {value!r} for {key!r}: use a whole hour 0-{highest}")
-        return value
-
-    def duration(self, node: yaml.Node, what: str) -> int:
-        value = self.scalar(node)
-        match = _DURATION.fullmatch(value) if isinstance(value, str) else None
-        if match is None:
-            raise self.error(
-                node,
-                f"bad duration {value!r} for {what}: use a whole number and a unit "
-                "(ms, s, m, h, d), e.g. 6h",
-            )
-        ms = int(match.group(1)) * _UNIT_MS[match.group(2)]
-        if ms <= 0:
-            raise self.error(node, f"{what} must be positive, got {value!r}")
-        return ms
-
-    def cap(self, node: yaml.Node) -> Cap:
-        entries = self.mapping(node, "cap", ("max", "per"))
-        if "max" not in entries or "per" not in entries:
-            raise self.error(node, "cap needs 'max' and 'per', e.g. {max: 3, per: 24h}")
-        max_node = entries["max"][1]
-        most = self.scalar(max_node)
-        if isinstance(most, bool) or not isinstance(most, int) or not 1 <= most <= HISTORY_MAX:
-            raise self.error(
-                max_node,
-                f"cap max must be a whole number 1-{HISTORY_MAX} (the history keeps "
-                f"{HISTORY_MAX} publish times per kind), got {most!r}",
-            )
-        return Cap(most, self.duration(entries["per"][1], "cap per"))
-
-    def timezone(self, node: yaml.Node) -> str:
-        name = self.string(node, "default_timezone")
-        if _zone(name) is None:
-            raise self.error(node, f"unknown timezone {name!r}: use an IANA name such as UTC")
-        return name
-
-    def optional(self, node: yaml.Node, parse: Callable[[yaml.Node], Any]) -> Any:
-        """``null`` turns a policy off; anything else is parsed."""
-        if isinstance(node, yaml.ScalarNode) and self.scalar(node) is None:
-            return None
-        return parse(node)
-
-
-class _AnyKey(tuple[str, ...]):
-    """An ``allowed`` for :meth:`ConditionParser.mapping` that allows every key."""
-
-    def __contains__(self, key: object) -> bool:
-        return True
-
-
-def _suggest(name: str, known: Collection[str]) -> str:
-    close = difflib.get_close_matches(name, sorted(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -63,8 +63,8 @@ from attune.operators.redis_sink import (
     SegmentsWrite,
     plan,
 )
-from attune.operators.rules import TriggerHistory, load_trigger_rules
-from attune.operators.segments import load_rules
+from attune.operators.rule_files import load_rules, load_trigger_rules
+from attune.operators.rules import TriggerHistory
 from attune.operators.stream_clock import StreamClock
 from attune.operators.triggers import KINDS
 

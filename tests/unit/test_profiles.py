@@ -46,7 +46,7 @@ from attune.operators.profiles import (
     profile_write,
 )
 from attune.operators.redis_sink import AliasWrite, ForgetUser, ProfileWrite, SegmentsWrite
-from attune.operators.segments import load_rules
+from attune.operators.rule_files import load_rules
 
 T0 = 1_767_571_200_000
 GAP = 30 * MINUTE_MS

@@ -13,21 +13,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attune.flows.topics import DEFAULT_TRIGGER_KINDS
+from attune.operators.conditions import CHANNELS
 from attune.operators.events import Trigger
+from attune.operators.rule_files import (
+    RuleError,
+    TriggerRuleError,
+    load_rules,
+    load_trigger_rules,
+    parse_trigger_rules,
+)
 from attune.operators.rules import (
-    CHANNELS,
     DEFAULT_RULE,
     HISTORY_MAX,
     Decision,
     TriggerContext,
     TriggerHistory,
-    TriggerRuleError,
     TriggerRules,
-    load_trigger_rules,
-    parse_trigger_rules,
     trigger_id_for,
 )
-from attune.operators.segments import RuleError, load_rules
 
 ROOT = Path(__file__).parents[2]
 H = 3_600_000

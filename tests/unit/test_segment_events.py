@@ -24,7 +24,7 @@ from attune.operators.profiles import (
     UserState,
     apply,
 )
-from attune.operators.segments import load_rules
+from attune.operators.rule_files import load_rules
 
 T0 = 1_767_571_200_000
 CFG = ProfileConfig(rules=load_rules(), price_bands=PriceBands({"shoes/run": 10_000}))

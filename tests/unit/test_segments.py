@@ -13,20 +13,11 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from attune.operators.conditions import OPS, AllOf, Compare, describe
 from attune.operators.events import SegmentChange
 from attune.operators.features import FEATURES
-from attune.operators.segments import (
-    OPS,
-    AllOf,
-    Compare,
-    RuleError,
-    RuleSet,
-    Segment,
-    describe,
-    load_rules,
-    membership_changes,
-    parse_rules,
-)
+from attune.operators.rule_files import RuleError, load_rules, parse_rules
+from attune.operators.segments import RuleSet, Segment, membership_changes
 
 MINUTE = 60_000
 DAY = 86_400_000
