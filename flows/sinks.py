@@ -30,6 +30,7 @@ from attune.operators.kafka_sink import CheckedKafkaSink, KafkaOut, to_kafka
 from attune.operators.models import ModelBoard, RedisModelBoard
 from attune.operators.redis_keys import RedisKeys
 from attune.operators.redis_sink import RedisConfig, RedisSink
+from attune.operators.settings import client_options
 from attune.operators.stream_clock import ClockBoard, RedisClockBoard
 
 
@@ -100,8 +101,6 @@ class EncodingKafkaSink(DynamicSink[Any]):
     delivered through a :class:`CheckedKafkaSink` (every delivery checked)."""
 
     def __init__(self, settings: Settings, topic: Callable[[Any], str], codec: Codec) -> None:
-        from attune.flows.topics import client_options  # kafka-python: only when used
-
         self.inner = CheckedKafkaSink(settings.kafka_bootstrap, security=client_options(settings))
         self.topic = topic
         self.codec = codec
