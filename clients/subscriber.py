@@ -1,7 +1,7 @@
 """Subscriber client for downstream apps: typed triggers from Attune's trigger topics.
 
 The dataflow publishes each behavioural trigger, Avro-encoded and keyed by
-user, to ``attune.triggers.<kind>`` (:meth:`attune.flows.settings.Settings.topic_trigger`).
+user, to ``attune.triggers.<kind>`` (:meth:`attune.operators.settings.Settings.topic_trigger`).
 Apps that send the email, the push or the on-site message read them here,
 with kafka-python only (no native dependency):
 
@@ -43,11 +43,10 @@ from kafka import KafkaConsumer
 from kafka.errors import CommitFailedError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from attune.flows.settings import Settings
-from attune.flows.topics import client_options
 from attune.operators.codec import Codec
 from attune.operators.events import DeadLetter, ErrorClass, Source, Trigger
 from attune.operators.schema_registry import SchemaRegistryClient
+from attune.operators.settings import Settings, client_options
 
 log = logging.getLogger(__name__)
 

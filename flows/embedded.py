@@ -14,18 +14,16 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from attune.flows.sinks import Sinks
 from attune.operators.clustering import ClusterParams, LocalBoard
-from attune.operators.models import LocalModelBoard
-
-if TYPE_CHECKING:
-    from attune.flows.personalize import Sinks
 from attune.operators.consent import withheld_total
 from attune.operators.events import DeadLetter, ErasureConfirmation, SegmentChange, Trigger
+from attune.operators.models import LocalModelBoard
 from attune.operators.redis_keys import RedisKeys
 from attune.operators.redis_sink import (
     AliasWrite,
@@ -74,9 +72,8 @@ class LocalStore:
 
     def sinks(self, board_key: str, models_key: str = DEFAULT_MODELS_KEY) -> Sinks:
         """The flow's sinks writing here; cluster params under ``board_key`` feed the board,
-        the model snapshot under ``models_key`` the model board."""
-        from attune.flows.personalize import Sinks
-
+        the model snapshot under ``models_key`` the model board (the flow's keys from its
+        settings: :func:`attune.flows.personalize.default_sinks`)."""
         self.board_key = board_key
         self.models_key = models_key
         sink = LocalStoreSink(self)

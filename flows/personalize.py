@@ -29,8 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -39,16 +38,16 @@ from typing import Any, TypeGuard, cast
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
-from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
 from attune.flows import tune_gc
+from attune.flows.embedded import LocalStore
 from attune.flows.settings import Settings
+from attune.flows.sinks import Sinks, clusters_key, models_key, server_sinks
 from attune.operators.clustering import (
     ClusterLearnerLogic,
     ClusterVector,
     ParamsBoard,
     PublishParams,
-    RedisBoard,
 )
 from attune.operators.codec import Codec
 from attune.operators.consent import ConsentPolicy
@@ -63,14 +62,12 @@ from attune.operators.events import (
     item_from_record,
 )
 from attune.operators.identity import IdentityLogic, Link, Routed, identity_input
-from attune.operators.kafka_sink import CheckedKafkaSink, KafkaOut, to_kafka
 from attune.operators.models import (
     ModelBoard,
     ModelLearnerLogic,
     ModelReader,
     PublishModels,
     RecsConfig,
-    RedisModelBoard,
     SessionSummary,
     catalogue_of,
 )
@@ -84,8 +81,6 @@ from attune.operators.redis_sink import (
     JsonWrite,
     ProfileWrite,
     RecsWrite,
-    RedisConfig,
-    RedisSink,
     TrendingWrite,
 )
 from attune.operators.redis_sink import SegmentsWrite as _SegmentsWrite
@@ -93,7 +88,7 @@ from attune.operators.rule_files import load_rules, load_trigger_rules
 from attune.operators.schema_registry import SchemaRegistryClient
 from attune.operators.segments import cluster_segment
 from attune.operators.sources import EventListSource, FileEventSource, KafkaEventSource
-from attune.operators.stream_clock import STREAM_CLOCK, ClockBoard, RedisClockBoard
+from attune.operators.stream_clock import STREAM_CLOCK
 from attune.operators.triggers import KINDS, TriggerConfig
 
 log = logging.getLogger(__name__)
@@ -106,25 +101,6 @@ REDIS_OPS = (ProfileWrite, _SegmentsWrite, ForgetUser, AliasWrite, RecsWrite)
 #: Price band quantile: an item priced at or above this quantile of its
 #: category's catalogue prices is in the top ("premium") band.
 PREMIUM_QUANTILE = 2 / 3
-
-
-@dataclass(frozen=True)
-class Sinks:
-    """Where the flow's three outputs go, and where the per-user step reads cluster params."""
-
-    redis: Sink[Any]
-    segments: Sink[Any]
-    dead_letters: Sink[Any]
-    triggers: Sink[Any]
-    board: ParamsBoard | None = None
-    #: Erasure confirmations; ``None``: not published (a warning is logged at build time).
-    erasures: Sink[Any] | None = None
-    #: Where the per-user step reads the published recommendation/propensity models;
-    #: ``None``: no recommendations, propensity or session summaries.
-    models: ModelBoard | None = None
-    #: Where the processes of a cluster share their partitions' stream-clock marks;
-    #: ``None``: this process's partitions alone tell time (one process).
-    clock: ClockBoard | None = None
 
 
 def _categories(raw: str) -> tuple[str, ...]:
@@ -174,16 +150,6 @@ def profile_config(
             kinds=KINDS,
         ),
     )
-
-
-def models_key(settings: Settings) -> str:
-    """The Redis key of the published recommendation/propensity snapshot (bytes)."""
-    return RedisKeys(settings.redis_prefix).model("recs")
-
-
-def clusters_key(settings: Settings) -> str:
-    """The Redis key of the published cluster parameters and persona summaries."""
-    return RedisKeys(settings.redis_prefix).model("clusters")
 
 
 def _identity_logic(cfg: ProfileConfig, resume: bytes | None) -> IdentityLogic:
@@ -445,33 +411,22 @@ def default_input(settings: Settings) -> tuple[Source[Event | DeadLetter], list[
     )
 
 
-def default_sinks(settings: Settings) -> Sinks:
-    """Redis and Kafka when configured; the embedded store otherwise."""
+def default_sinks(settings: Settings, store: LocalStore | None = None) -> Sinks:
+    """The flow's sinks, every key from the settings: Redis and Kafka when configured;
+    the embedded store otherwise (``store``, default the process's shared one).
+
+    The one place sinks are chosen: ``attune run``, :func:`build_flow`'s default and
+    ``python -m bytewax.run`` all come here.
+    """
     if settings.redis_url and settings.kafka_bootstrap:
-        codec = codec_for(settings)
-        redis_config = RedisConfig.from_settings(settings)
-        return Sinks(
-            redis=RedisSink(redis_config),
-            segments=EncodingKafkaSink(settings, _Topic(settings.topic_segments), codec),
-            dead_letters=EncodingKafkaSink(settings, _Topic(settings.topic_dlq), codec),
-            triggers=EncodingKafkaSink(
-                settings, _TriggerTopic(settings.topic_triggers_prefix), codec
-            ),
-            board=RedisBoard(redis_config.client, clusters_key(settings)),
-            erasures=EncodingKafkaSink(settings, _Topic(settings.topic_erasures), codec),
-            models=RedisModelBoard(redis_config.client, models_key(settings)),
-            clock=RedisClockBoard(
-                redis_config.client, RedisKeys(settings.redis_prefix).clock(settings.topic_events)
-            ),
-        )
+        return server_sinks(settings, codec_for(settings))
     if settings.redis_url or settings.kafka_bootstrap:
         raise ValueError(
             "set both ATTUNE_KAFKA_BOOTSTRAP and ATTUNE_REDIS_URL (the flow reads Kafka and "
             "writes Redis), or neither for the embedded default"
         )
-    from attune.flows.embedded import LocalStore
-
-    store = LocalStore.shared()
+    if store is None:
+        store = LocalStore.shared()
     return store.sinks(clusters_key(settings), models_key(settings))
 
 
@@ -481,56 +436,6 @@ def kafka_security(settings: Settings) -> dict[str, str]:
     from attune.operators.kafka_sink import librdkafka_security
 
     return librdkafka_security(client_options(settings))
-
-
-@dataclass(frozen=True)
-class _Topic:
-    name: str
-
-    def __call__(self, out: Any) -> str:
-        return self.name
-
-
-@dataclass(frozen=True)
-class _TriggerTopic:
-    prefix: str
-
-    def __call__(self, out: Trigger) -> str:
-        return f"{self.prefix}{out.kind}"
-
-
-class EncodingKafkaSink(DynamicSink[Any]):
-    """Typed outputs (segment changes, dead letters, triggers) encoded for their topic, then
-    delivered through a :class:`CheckedKafkaSink` (every delivery checked)."""
-
-    def __init__(self, settings: Settings, topic: Callable[[Any], str], codec: Codec) -> None:
-        from attune.flows.topics import client_options
-
-        self.inner = CheckedKafkaSink(settings.kafka_bootstrap, security=client_options(settings))
-        self.topic = topic
-        self.codec = codec
-
-    def build(
-        self, step_id: str, worker_index: int, worker_count: int
-    ) -> StatelessSinkPartition[Any]:
-        return _EncodingPartition(
-            self.inner.build(step_id, worker_index, worker_count), self.codec, self.topic
-        )
-
-
-class _EncodingPartition(StatelessSinkPartition[Any]):
-    def __init__(
-        self, inner: StatelessSinkPartition[KafkaOut], codec: Codec, topic: Callable[[Any], str]
-    ) -> None:
-        self.inner = inner
-        self.codec = codec
-        self.topic = topic
-
-    def write_batch(self, items: list[Any]) -> None:
-        self.inner.write_batch([to_kafka(item, self.codec, self.topic(item)) for item in items])
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def read_items_file(path: Path) -> list[ItemUpdate]:

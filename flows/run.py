@@ -22,7 +22,7 @@ from prometheus_client import start_http_server
 
 from attune.flows import tune_gc
 from attune.flows.embedded import LocalStore, render, write_report
-from attune.flows.personalize import build_flow, clusters_key
+from attune.flows.personalize import build_flow, default_sinks
 from attune.flows.settings import Settings
 from attune.operators.consent import withheld_total
 from attune.operators.sources import progress
@@ -85,8 +85,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     embedded = not settings.kafka_bootstrap and not settings.redis_url
     store = LocalStore() if embedded else None
-    sinks = store.sinks(clusters_key(settings)) if store is not None else None
-    flow = build_flow(settings, sinks=sinks)
+    flow = build_flow(settings, sinks=default_sinks(settings, store))
     tune_gc()
     recovery = None
     if args.recovery_dir:

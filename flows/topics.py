@@ -26,13 +26,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import closing
-from typing import Any
 
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError, for_code
 
 from attune.flows.settings import Settings
+from attune.operators.settings import client_options
 from attune.operators.triggers import KINDS
+
+__all__ = [
+    "DEFAULT_TRIGGER_KINDS",
+    "TOPIC_TIMEOUT_S",
+    "client_options",  # defined with the settings (attune.operators.settings), used here
+    "create_topics",
+    "delete_topics",
+    "design_topics",
+    "ensure_topics",
+    "list_topics",
+    "topic_config",
+    "topic_configs",
+    "wait_for_topics",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +55,6 @@ DEFAULT_TRIGGER_KINDS: tuple[str, ...] = KINDS  # operators/triggers.py owns the
 
 #: How long creating or deleting topics may take, metadata propagation included.
 TOPIC_TIMEOUT_S = 30.0
-
-#: Kafka ``security.protocol`` values and the SASL mechanisms passed through
-#: (GSSAPI/Kerberos and OAUTHBEARER need more than a username and password).
-SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 _UNKNOWN_TOPIC = 3  # UNKNOWN_TOPIC_OR_PARTITION: deleting what is already gone is fine.
 
@@ -242,55 +251,6 @@ def _wait(admin: KafkaAdminClient, bootstrap: str, names: list[str], timeout_s: 
             f"topics on {bootstrap} not ready (a leader for every partition) "
             f"within {timeout_s:.0f}s: {exc}"
         ) from None
-
-
-def client_options(settings: Settings | None) -> dict[str, Any]:
-    """kafka-python connection options (security) from ``settings``.
-
-    >>> client_options(Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="PLAIN",
-    ...                         kafka_sasl_username="u", kafka_sasl_password="p"))["sasl_mechanism"]
-    'PLAIN'
-    >>> client_options(None)
-    {}
-    """
-    if settings is None or settings.kafka_security_protocol == "PLAINTEXT":
-        return {}
-    protocol = settings.kafka_security_protocol
-    if protocol not in SECURITY_PROTOCOLS:
-        raise ValueError(
-            f"ATTUNE_KAFKA_SECURITY_PROTOCOL={protocol!r}: use one of "
-            + ", ".join(SECURITY_PROTOCOLS)
-        )
-    options: dict[str, Any] = {"security_protocol": protocol}
-    if protocol.startswith("SASL_"):
-        if settings.kafka_sasl_mechanism not in SASL_MECHANISMS:
-            raise ValueError(
-                f"{protocol} needs ATTUNE_KAFKA_SASL_MECHANISM set to one of "
-                + ", ".join(SASL_MECHANISMS)
-                + f" (got {settings.kafka_sasl_mechanism!r})"
-            )
-        if not settings.kafka_sasl_username or not settings.kafka_sasl_password:
-            raise ValueError(
-                f"{protocol} needs ATTUNE_KAFKA_SASL_USERNAME and ATTUNE_KAFKA_SASL_PASSWORD"
-            )
-        options.update(
-            sasl_mechanism=settings.kafka_sasl_mechanism,
-            sasl_plain_username=settings.kafka_sasl_username,
-            sasl_plain_password=settings.kafka_sasl_password,
-        )
-    if protocol.endswith("SSL"):
-        if settings.kafka_ssl_cafile:
-            options["ssl_cafile"] = settings.kafka_ssl_cafile
-        if bool(settings.kafka_ssl_certfile) != bool(settings.kafka_ssl_keyfile):
-            raise ValueError(
-                "set both ATTUNE_KAFKA_SSL_CERTFILE and ATTUNE_KAFKA_SSL_KEYFILE, or neither"
-            )
-        if settings.kafka_ssl_certfile:
-            options["ssl_certfile"] = settings.kafka_ssl_certfile
-            options["ssl_keyfile"] = settings.kafka_ssl_keyfile
-        if settings.kafka_ssl_key_password:
-            options["ssl_password"] = settings.kafka_ssl_key_password
-    return options
 
 
 def _admin(bootstrap: str, settings: Settings | None) -> closing[KafkaAdminClient]:

@@ -66,7 +66,7 @@ PRODUCER_DEFAULTS: dict[str, str | int | bool] = {
 #: Settings of :data:`PRODUCER_DEFAULTS` that ``config`` may not change.
 _GUARANTEES = ("acks", "enable.idempotence")
 
-#: kafka-python option names (as ``attune.flows.topics.client_options`` builds them) and
+#: kafka-python option names (as ``attune.operators.settings.client_options`` builds them) and
 #: their librdkafka names, so that the security options are built in one place.
 _LIBRDKAFKA_NAMES: dict[str, str] = {
     "security_protocol": "security.protocol",
@@ -81,7 +81,8 @@ _LIBRDKAFKA_NAMES: dict[str, str] = {
 
 
 def librdkafka_security(options: Mapping[str, Any]) -> dict[str, str]:
-    """kafka-python security options (``attune.flows.topics.client_options``) in librdkafka names.
+    """kafka-python security options (``attune.operators.settings.client_options``) in
+    librdkafka names.
 
     >>> librdkafka_security({"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN",
     ...                      "sasl_plain_username": "u", "sasl_plain_password": "p"})
@@ -236,7 +237,7 @@ class CheckedKafkaSink(DynamicSink[KafkaOut]):
 
     Args:
         bootstrap: ``host:port,...`` of the brokers.
-        security: security options as ``attune.flows.topics.client_options(settings)``
+        security: security options as ``attune.operators.settings.client_options(settings)``
             builds them (kafka-python names; translated by :func:`librdkafka_security`).
         config: further librdkafka producer settings, applied last (e.g.
             ``{"message.timeout.ms": 5000}``).

@@ -9,7 +9,6 @@ end of the topic) and compares what landed in Redis and on the output topics.
 from __future__ import annotations
 
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -316,10 +315,40 @@ def test_one_worker_two_workers_and_two_processes_agree(
     assert differences(cluster_triggers) == []
 
 
+def events_counted(client: redis.Redis, settings: Settings) -> int:
+    """The events the profiles in Redis have counted so far (the flow's progress)."""
+    keys = list(client.scan_iter(match=RedisKeys(settings.redis_prefix).profile("*"), count=1000))
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.hget(key, "events")
+    return sum(int(n) for n in pipe.execute() if n)
+
+
+#: Where the killed runs stop: these shares of the events an uninterrupted run counts.
+KILL_AT = (0.25, 0.5, 0.75)
+KILL_WAIT_S = 300.0
+
+
+def kill_at(
+    proc: subprocess.Popen[bytes], client: redis.Redis, settings: Settings, events: int
+) -> bool:
+    """SIGKILL ``proc`` once Redis counts ``events`` events; False if it finished first."""
+    deadline = time.monotonic() + KILL_WAIT_S
+    while proc.poll() is None:
+        if events_counted(client, settings) >= events:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+            return True
+        assert time.monotonic() < deadline, f"fewer than {events} events in {KILL_WAIT_S} s"
+        time.sleep(0.05)
+    return False
+
+
 def test_sigkill_mid_stream_and_recover(
     stream: Input, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    """Kill the flow with SIGKILL at random points, restart from the recovery store: Redis
+    """Kill the flow with SIGKILL at three points of the stream (a quarter, half and three
+    quarters of the events, as counted in Redis), restart from the recovery store: Redis
     ends byte-identical to an uninterrupted run and equal to the ground truth, and the
     cart, dwell and visit triggers published carry the uninterrupted run's ids, each at
     least once more
@@ -328,6 +357,7 @@ def test_sigkill_mid_stream_and_recover(
     earlier, _ = published_triggers(settings)  # other tests' runs (workers, processes)
     finish(bytewax_run(settings))
     uninterrupted = deterministic(redis_dump(redis_client))
+    total = events_counted(redis_client, settings)
     redis_client.flushdb()
     counted, _ = published_triggers(settings)
     once = counted - earlier  # what the uninterrupted run published
@@ -335,15 +365,11 @@ def test_sigkill_mid_stream_and_recover(
     db = tmp_path / "recovery"
     db.mkdir()
     subprocess.run([sys.executable, "-m", "bytewax.recovery", str(db), "1"], check=True, cwd=ROOT)
-    rng = random.Random(7)
     args = ("-r", str(db), "-s", "1", "-b", "0")
     kills = 0
-    for _ in range(3):
+    for share in KILL_AT:
         proc = bytewax_run(settings, *args)
-        time.sleep(rng.uniform(2.0, 5.0))  # a random point in the run, not a synchronisation
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(30)
+        if kill_at(proc, redis_client, settings, int(total * share)):
             kills += 1
         else:
             finish(proc)

@@ -56,3 +56,37 @@ def test_redis_doc_lists_the_profile_fields() -> None:
         f"| `{name}` | {FEATURES[name][0]} | {FEATURES[name][1]} |" for name in PROFILE_FIELDS
     ]
     assert table == "\n".join(expected) + "\n"
+
+
+def test_readme_command_table_lists_every_cli_command() -> None:
+    """Every ``attune`` subcommand (and every benchmark of ``attune bench``) has a row, and
+    every option a row shows is one its command takes."""
+    import argparse
+
+    from attune.flows.cli import build_parser
+
+    def commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return dict(sub.choices)
+
+    top = commands(build_parser())
+    expected = [f"attune {name}" for name in top if name != "bench"]
+    expected += [f"attune bench {name}" for name in commands(top["bench"])]
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Commands\n\n")[1].split("\n\n")[0]
+    rows = [line.split("|")[1].strip().strip("`") for line in table.splitlines()[2:]]
+    missing = [c for c in expected if not any(re.match(rf"{c}(\s|$)", row) for row in rows)]
+    assert len(expected) >= 11
+    assert missing == []
+    unknown = []
+    for row in rows:
+        words = row.split()
+        if words[0] != "attune":
+            continue  # python -m bytewax.run
+        parser = top[words[1]]
+        if words[1] == "bench":
+            parser = commands(parser)[words[2]]
+        for flag in re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", row):
+            if flag not in parser._option_string_actions:
+                unknown.append((row, flag))
+    assert unknown == []

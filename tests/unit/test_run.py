@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from attune.flows.cli import main
+from attune.flows.embedded import LocalStore
 
 
 def test_attune_run_embedded_default(
@@ -45,3 +46,32 @@ def test_tune_gc_freezes_start_up_and_raises_the_thresholds() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.split() == ["True", "True"]
+
+
+def test_attune_run_embedded_keys_follow_the_redis_prefix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a non-default ``ATTUNE_REDIS_PREFIX`` the embedded store still hears the model
+    learner (its snapshot is published under the prefix, and the per-user step reads it)
+    and writes recommendations (issue 13, item 8)."""
+    monkeypatch.setattr("attune.flows.run.tune_gc", lambda: None)
+    monkeypatch.setenv("ATTUNE_REDIS_PREFIX", "shop1:")
+    stores: list[LocalStore] = []
+
+    class Recorded(LocalStore):
+        def __init__(self) -> None:
+            super().__init__()
+            stores.append(self)
+
+    monkeypatch.setattr("attune.flows.run.LocalStore", Recorded)
+    report = tmp_path / "report.json"
+    code = main(["run", "--users", "60", "--days", "2", "--seed", "5", "--report", str(report)])
+    assert code == 0
+    (store,) = stores
+    assert (store.board_key, store.models_key) == ("shop1:model:clusters", "shop1:model:recs")
+    assert "shop1:model:recs" in store.models
+    assert not any(key.startswith("attune:") for key in store.models)
+    assert store.model_board.get() is not None  # the snapshot reached the per-user step
+    data = orjson.loads(report.read_bytes())
+    assert data["users"] > 40
+    assert data["users_with_recommendations"] > data["users"] // 2
