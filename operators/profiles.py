@@ -628,7 +628,7 @@ def publishable(
         c
         for c in candidates
         if all(
-            consent.allowed_throughout(
+            consent.allowed(
                 cs,
                 purpose,
                 c.cause_event_time,
