@@ -74,7 +74,6 @@ from attune.operators.models import (
     catalogue_of,
 )
 from attune.operators.privacy import Pseudonymiser, ephemeral, load_key, parse_previous_keys
-from attune.operators.profiles import Keyed, Output, PriceBands, ProfileConfig, UserLogic
 from attune.operators.ranking import Filters
 from attune.operators.redis_keys import RedisKeys
 from attune.operators.redis_sink import (
@@ -90,9 +89,13 @@ from attune.operators.redis_sink import (
 from attune.operators.redis_sink import SegmentsWrite as _SegmentsWrite
 from attune.operators.rules import load_trigger_rules
 from attune.operators.segments import cluster_segment, load_rules
+from attune.operators.sessions import PriceBands
 from attune.operators.sources import EventListSource, FileEventSource, KafkaEventSource
 from attune.operators.stream_clock import STREAM_CLOCK, ClockBoard, RedisClockBoard
 from attune.operators.triggers import KINDS, TriggerConfig
+from attune.operators.user_config import ProfileConfig
+from attune.operators.user_logic import Keyed, UserLogic
+from attune.operators.user_state import Output
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import pytest
 from attune.flows.embedded import LocalStore
 from attune.flows.personalize import build_flow
 from attune.flows.settings import Settings
-from attune.operators.clock import FixedClock
+from attune.operators.clock import DAY_MS, HOUR_MS, MINUTE_MS, FixedClock
 from attune.operators.clustering import ClusterVector, LocalBoard
 from attune.operators.consent import (
     ConsentConfigError,
@@ -46,14 +46,6 @@ from attune.operators.identity import (
     identity_input,
     identity_step,
 )
-from attune.operators.profiles import (
-    DAY_MS,
-    HOUR_MS,
-    MINUTE_MS,
-    ProfileConfig,
-    UserLogic,
-    UserState,
-)
 from attune.operators.redis_keys import RedisKeys
 from attune.operators.redis_sink import (
     AliasWrite,
@@ -67,6 +59,9 @@ from attune.operators.rules import TriggerHistory, load_trigger_rules
 from attune.operators.segments import load_rules
 from attune.operators.stream_clock import StreamClock
 from attune.operators.triggers import KINDS
+from attune.operators.user_config import ProfileConfig
+from attune.operators.user_logic import UserLogic
+from attune.operators.user_state import UserState
 
 T0 = 1_767_571_200_000
 _ids = itertools.count()
