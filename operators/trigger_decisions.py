@@ -225,48 +225,48 @@ def publishable(
     channel: str | None = None,
     timezone: str | None = None,
 ) -> list[Output]:
-    """What goes out of the candidates: nothing without marketing consent (the privacy
-    gate's floor, for every kind and every rule purpose); then the trigger rules decide
-    (conditions, actions, caps, cooldowns, quiet hours); without rules, all of them.
+    """What goes out of the candidates: the trigger rules decide (conditions, actions,
+    consent, caps, cooldowns, quiet hours) with the user's real marketing consent; without
+    rules, every candidate with marketing consent.
 
-    Consent is taken in event time: a trigger needs marketing consent (and
-    personalization consent, without which its events would have been withheld) from its
-    cause to when it is due (a cart reminder: from the cart's last change to the end of its wait;
-    any other kind: at its cause), whenever it is judged. A cart judged late (it waited
-    for a hand-over or for the stream clock) is so decided as one judged on time, and a
-    withdrawal before the reminder was due holds it back in every run. ``channel`` and
-    ``timezone`` (of the causing event) override the user's latest ones when given."""
+    Consent is taken in event time, by the one consent decision
+    (:meth:`ConsentPolicy.allowed <attune.operators.consent.ConsentPolicy.allowed>`), from
+    a candidate's cause to when it is due (a cart reminder: from the cart's last change to
+    the end of its wait; any other kind: at its cause), whenever it is judged: a cart
+    judged late (it waited for a hand-over or for the stream clock) is so decided as one
+    judged on time, and a withdrawal before the reminder was due holds it back in every
+    run. Without personalization consent over that span a candidate goes (its events
+    would have been withheld). Marketing consent is the privacy gate's floor for every
+    kind and every rule purpose: the rules read its answer
+    (``TriggerContext.marketing_consent``) under that floor (``consent_floor``) and hold
+    back what it does not allow. ``channel`` and ``timezone`` (of the causing event)
+    override the user's latest ones when given."""
     if not candidates:
         return []
-    consent, cs = cfg.consent, st.consent
+    policy, cs = cfg.consent, st.consent
     wait = cfg.triggers.abandon_after_ms
-    candidates = [
-        c
-        for c in candidates
-        if all(
-            consent.allowed(
-                cs,
-                purpose,
-                c.cause_event_time,
-                c.cause_event_time + (wait if c.kind == "cart_abandoned" else 0),
-            )
-            for purpose in (MARKETING, PERSONALIZATION)
-        )
-    ]
-    if not candidates:
-        return []
     rules = cfg.trigger_rules
-    if rules is None:
-        return list(candidates)
-    ctx = TriggerContext(
-        features=FeatureView(st, st.max_time),
-        segments=frozenset(audiences(st.membership)),
-        marketing_consent=True,
-        timezone=timezone or st.trig.timezone,
-        channel=channel or st.trig.channel,
-    )
+    features = FeatureView(st, st.max_time)
+    segments = frozenset(audiences(st.membership))
     out: list[Output] = []
     for trigger in candidates:
+        start = trigger.cause_event_time
+        end = start + (wait if trigger.kind == "cart_abandoned" else 0)
+        if not policy.allowed(cs, PERSONALIZATION, start, end):
+            continue
+        marketing = policy.allowed(cs, MARKETING, start, end)
+        if rules is None:
+            if marketing:
+                out.append(trigger)
+            continue
+        ctx = TriggerContext(
+            features=features,
+            segments=segments,
+            marketing_consent=marketing,
+            consent_floor=True,
+            timezone=timezone or st.trig.timezone,
+            channel=channel or st.trig.channel,
+        )
         out.extend(rules.decide(trigger, ctx, st.trig.history).published)
     return out
 
