@@ -41,7 +41,7 @@ def admit(st: UserState, event: Event, window_ms: int) -> bool:
     seen[event.event_id] = t
     if len(seen) > MAX_SEEN_IDS:
         del seen[next(iter(seen))]
-    horizon = max(st.max_time, t) - window_ms
+    horizon = max(st.activity.max_time, t) - window_ms
     while seen:
         first = next(iter(seen))
         if seen[first] >= horizon:

@@ -67,7 +67,8 @@ def privacy_gate(st: UserState, event: Event, cfg: ProfileConfig) -> tuple[bool,
 
 def holds_data(st: UserState) -> bool:
     """Whether the state holds anything beyond consent, aliases and dedupe ids."""
-    return bool(st.events or st.segments or st.cluster is not None or st.max_time)
+    a, m = st.activity, st.membership
+    return bool(a.events or m.segments or m.cluster is not None or a.max_time)
 
 
 def _forget_everywhere(st: UserState, t: int, cfg: ProfileConfig) -> list[Output]:
@@ -107,9 +108,9 @@ def withdraw(st: UserState, t: int, cfg: ProfileConfig) -> list[Output]:
 def state_items(st: UserState) -> tuple[str, ...]:
     """The parts of a state that hold data, as the erasure confirmation lists them."""
     items: list[str] = []
-    if st.events:
-        items.append(f"counters: {st.events} events")
     a = st.activity
+    if a.events:
+        items.append(f"counters: {a.events} events")
     if a.session_starts:
         items.append(f"sessions: {len(a.session_starts)} intervals")
     if a.views.times or a.carts.times or a.orders.times:
@@ -121,8 +122,8 @@ def state_items(st: UserState) -> tuple[str, ...]:
         items.append(f"dwell: {len(a.dwell_pages)} pages")
     if a.devices or a.channels:
         items.append("device and channel tallies")
-    if st.segments:
-        items.append(f"segments: {len(st.segments)}")
+    if st.membership.segments:
+        items.append(f"segments: {len(st.membership.segments)}")
     trig = st.trig
     if (
         st.cart.fired
@@ -155,7 +156,8 @@ def erase(st: UserState, event: Event, request: ErasureRequest, cfg: ProfileConf
     t = event.event_time
     judged = before_forgetting(st, t, cfg)
     keys = cfg.keys
-    left = audiences(st.membership)
+    m = st.membership
+    left = audiences(m)
     confirmation = ErasureConfirmation(
         user_id=st.user_id,
         request_id=request.request_id,
@@ -166,7 +168,7 @@ def erase(st: UserState, event: Event, request: ErasureRequest, cfg: ProfileConf
         audiences=tuple(keys.audience(a) for a in left),
         state_items=state_items(st),
         model_data=(
-            (f"persona assignment {cluster_segment(st.cluster)}",) if st.cluster is not None else ()
+            (f"persona assignment {cluster_segment(m.cluster)}",) if m.cluster is not None else ()
         ),
         anonymous_ids=tuple(st.aliases),
         retained=(
@@ -177,10 +179,10 @@ def erase(st: UserState, event: Event, request: ErasureRequest, cfg: ProfileConf
         not_removed=(
             *(
                 (
-                    f"clusters: {st.vectors} session vectors already learned by the shared "
+                    f"clusters: {m.vectors} session vectors already learned by the shared "
                     "persona model (aggregate centroids; they cannot be unlearned)",
                 )
-                if st.vectors
+                if m.vectors
                 else ()
             ),
             *(

@@ -143,7 +143,7 @@ assert set(_FEATURE_FNS) == set(FEATURES), set(_FEATURE_FNS) ^ set(FEATURES)
 
 def compute(st: UserState, name: str, now: int | None = None) -> FeatureValue:
     """One feature of ``st`` at event time ``now`` (default: the user's latest event)."""
-    return _FEATURE_FNS[name](st, st.max_time if now is None else now)
+    return _FEATURE_FNS[name](st, st.activity.max_time if now is None else now)
 
 
 class FeatureView(Mapping[str, FeatureValue]):
@@ -171,7 +171,9 @@ class FeatureView(Mapping[str, FeatureValue]):
 
 def profile_write(st: UserState) -> ProfileWrite:
     """A user's Redis profile: :data:`~attune.operators.features.PROFILE_FIELDS`, latest."""
-    return ProfileWrite.from_features(st.user_id, FeatureView(st, st.max_time), PROFILE_FIELDS)
+    return ProfileWrite.from_features(
+        st.user_id, FeatureView(st, st.activity.max_time), PROFILE_FIELDS
+    )
 
 
 def cart_of(st: UserState) -> dict[str, tuple[int, int]]:

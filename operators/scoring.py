@@ -53,7 +53,7 @@ def close_session(st: UserState, cfg: ProfileConfig) -> list[SessionSummary]:
         st.user_id,
         a.session_start_ms,
         a.session_ends[-1],
-        FeatureView(st, st.max_time),
+        FeatureView(st, st.activity.max_time),
         audiences(st.membership),
     )
     return [summary]
@@ -67,7 +67,7 @@ def decision_point(st: UserState, event: Event, cfg: ProfileConfig) -> None:
         and in_current_session(st.activity, event.event_time)
         and is_outcome_boundary(event)
     ):
-        st.models.decide(FeatureView(st, st.max_time))
+        st.models.decide(FeatureView(st, st.activity.max_time))
 
 
 def observe(st: UserState, event: Event, cfg: ProfileConfig) -> None:
@@ -82,13 +82,13 @@ def score(st: UserState, cfg: ProfileConfig) -> list[Trigger]:
     reader = cfg.models
     if reader is None:
         return []
-    scored = reader.propensity(FeatureView(st, st.max_time))
+    scored = reader.propensity(FeatureView(st, st.activity.max_time))
     if scored is None:
         return []
     m = st.models
     m.propensity, m.tier = round(scored[0], 4), scored[1]
-    if scored[0] >= HIGH and m.high_session != st.session_start_ms and st.trig.known:
-        m.high_session = st.session_start_ms
+    if scored[0] >= HIGH and m.high_session != st.activity.session_start_ms and st.trig.known:
+        m.high_session = st.activity.session_start_ms
         return [high_propensity(st, scored[0], cfg)]
     return []
 
@@ -104,10 +104,10 @@ def recommend(st: UserState, cfg: ProfileConfig) -> list[RecsWrite]:
     top = compute(st, "top_category_7d")
     signals = m.signals(
         st.user_id,
-        st.max_time,
+        st.activity.max_time,
         cart_of(st),
         (top,) if isinstance(top, str) else (),
-        tuple(sorted(st.segments)),
+        tuple(sorted(st.membership.segments)),
     )
     return [RecsWrite(st.user_id, reader.recommend(signals, cfg.recs, cfg.clock.now_ms()))]
 
@@ -115,13 +115,13 @@ def recommend(st: UserState, cfg: ProfileConfig) -> list[RecsWrite]:
 def high_propensity(st: UserState, score: float, cfg: ProfileConfig) -> Trigger:
     """The ``high_propensity`` trigger of the user's current session (docs/triggers.md)."""
     return Trigger(
-        trigger_id=trigger_id("high_propensity", st.user_id, st.session_start_ms),
+        trigger_id=trigger_id("high_propensity", st.user_id, st.activity.session_start_ms),
         kind="high_propensity",
         user_id=st.user_id,
-        cause_event_time=st.max_time,
+        cause_event_time=st.activity.max_time,
         emit_time=cfg.clock.now_ms(),
         reason=f"propensity tier high (score {score:.2f}) in the session started at "
-        f"{st.session_start_ms}",
+        f"{st.activity.session_start_ms}",
         scores={"propensity": round(score, 4)},
     )
 
@@ -129,8 +129,8 @@ def high_propensity(st: UserState, score: float, cfg: ProfileConfig) -> Trigger:
 def end_of_input(st: UserState, cfg: ProfileConfig) -> list[SessionSummary]:
     """End of a bounded input: the open session is summarised (it will not be continued),
     once."""
-    if not st.events or cfg.models is None:
+    if not st.activity.events or cfg.models is None:
         return []
     out = close_session(st, cfg)
-    st.models.summarised_start = st.session_start_ms
+    st.models.summarised_start = st.activity.session_start_ms
     return out

@@ -246,7 +246,7 @@ def publishable(
     policy, cs = cfg.consent, st.consent
     wait = cfg.triggers.abandon_after_ms
     rules = cfg.trigger_rules
-    features = FeatureView(st, st.max_time)
+    features = FeatureView(st, st.activity.max_time)
     segments = frozenset(audiences(st.membership))
     out: list[Output] = []
     for trigger in candidates:
@@ -280,7 +280,7 @@ def due(st: UserState, cfg: ProfileConfig, end_of_input: bool = False) -> list[O
         now = MAX_EVENT_TIME_MS
     else:
         clock = cfg.stream_clock.now_ms() or 0  # already less the allowed lateness
-        now = max(settled_own_time(st, st.max_time, cfg) or 0, clock)
+        now = max(settled_own_time(st, st.activity.max_time, cfg) or 0, clock)
     fired = check_cart(st, now, cfg)
     return out + publishable(st, fired, cfg) if fired else out
 

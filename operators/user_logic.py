@@ -66,8 +66,10 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
 
     def on_notify(self) -> tuple[Iterable[Output], bool]:
         st = self.state
-        if st is None or self.expired():
-            out = [] if st is None else evict(st.membership, st.user_id, st.max_time, self.cfg)
+        if st is None:
+            return [], StatefulBatchLogic.DISCARD
+        if self.expired():
+            out = evict(st.membership, st.user_id, st.activity.max_time, self.cfg)
             return out, StatefulBatchLogic.DISCARD
         return due(st, self.cfg), StatefulBatchLogic.RETAIN
 

@@ -79,7 +79,7 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
     scoring.decision_point(st, event, cfg)  # models: before the outcome is counted
     sessions.count(st.activity, event, cfg.price_bands)
     cart.observe(st.cart, event)  # cart
-    features = FeatureView(st, st.max_time)
+    features = FeatureView(st, st.activity.max_time)
     changes = membership.observe(  # segments
         st.membership, st.user_id, t, features, cfg, boundary=boundary, consent=st.consent
     )
@@ -99,7 +99,7 @@ def fold_batch(
     itself does not depend on order; the hand-over is waited for.
     """
     out: list[Output] = []
-    before = st.events
+    before = st.activity.events
     for item in items:
         erased_at = st.erased_at
         out.extend(apply(st, item, cfg))
@@ -108,11 +108,13 @@ def fold_batch(
         if st.erased_at != erased_at:  # an erasure: keep a tombstone, not the data
             st = tombstone(st)
             before = 0
-        elif st.events < before:  # consent withdrawn: the state was emptied
+        elif st.activity.events < before:  # consent withdrawn: the state was emptied
             before = 0
-    if st.events != before and st.events:  # the outputs stage
-        features = FeatureView(st, st.max_time)
-        persona = membership.assign_persona(st.membership, st.user_id, st.max_time, features, cfg)
+    if st.activity.events != before and st.activity.events:  # the outputs stage
+        features = FeatureView(st, st.activity.max_time)
+        persona = membership.assign_persona(
+            st.membership, st.user_id, st.activity.max_time, features, cfg
+        )
         out.extend(persona)
         out.extend(trigger_decisions.publishable(st, scoring.score(st, cfg), cfg))
         out.extend(scoring.recommend(st, cfg))
