@@ -73,7 +73,7 @@ from attune.operators.events import (
     item_from_record,
 )
 from attune.operators.metrics import RankingTally, intra_list_diversity, log_loss, roc_auc
-from attune.operators.profiles import FeatureView, PriceBands, ProfileConfig, UserState, apply
+from attune.operators.profiles import FeatureView
 from attune.operators.propensity import FEATURES as PROPENSITY_FEATURES
 from attune.operators.propensity import PropensityModel, is_outcome_boundary
 from attune.operators.ranking import (
@@ -88,7 +88,11 @@ from attune.operators.ranking import (
     rank,
 )
 from attune.operators.schemas import ITEM
+from attune.operators.sessions import PriceBands
 from attune.operators.trending import BUY_W, CART_W, VIEW_W, TrendingBoard
+from attune.operators.user_config import ProfileConfig
+from attune.operators.user_state import UserState
+from attune.operators.user_step import apply
 
 SESSION_GAP_MS = 30 * 60_000
 DAY_MS = 86_400_000

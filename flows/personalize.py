@@ -72,7 +72,6 @@ from attune.operators.models import (
     catalogue_of,
 )
 from attune.operators.privacy import Pseudonymiser, ephemeral, load_key, parse_previous_keys
-from attune.operators.profiles import Keyed, Output, PriceBands, ProfileConfig, UserLogic
 from attune.operators.ranking import Filters
 from attune.operators.redis_keys import RedisKeys
 from attune.operators.redis_sink import (
@@ -87,9 +86,13 @@ from attune.operators.redis_sink import SegmentsWrite as _SegmentsWrite
 from attune.operators.rule_files import load_rules, load_trigger_rules
 from attune.operators.schema_registry import SchemaRegistryClient
 from attune.operators.segments import cluster_segment
+from attune.operators.sessions import PriceBands
 from attune.operators.sources import EventListSource, FileEventSource, KafkaEventSource
 from attune.operators.stream_clock import STREAM_CLOCK
 from attune.operators.triggers import KINDS, TriggerConfig
+from attune.operators.user_config import ProfileConfig
+from attune.operators.user_logic import Keyed, UserLogic
+from attune.operators.user_state import Output
 
 log = logging.getLogger(__name__)
 

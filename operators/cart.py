@@ -1,5 +1,10 @@
 """A user's cart as a timeline, and the abandonments it contains, in any arrival order.
 
+The cart stage of the per-user step (:mod:`attune.operators.user_step`), after sessions and
+windows, before segments: :func:`observe` adds an event to the user's
+:class:`CartTimeline`; the trigger stage (:mod:`attune.operators.trigger_decisions`) takes
+the abandonments that are due.
+
 The cart is the fold, in event-time order, of its *entries*: adds and removes
 (cart activity) and orders (a purchase empties the cart). Entries are kept
 sorted by ``(event time, event id)`` however they arrive, so the cart and its
@@ -36,7 +41,7 @@ from bisect import insort
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from attune.operators.events import LineItem
+from attune.operators.events import AddToCart, Event, LineItem, Purchase, RemoveFromCart
 
 MAX_CART_LINES = 100
 MAX_CART_OPS = 256
@@ -180,3 +185,15 @@ class CartTimeline:
         later = self.next_due_ms(after_ms)
         self.wake_ms = MAX_WAKE if later is None else later
         return due
+
+
+def observe(cart: CartTimeline, event: Event) -> None:
+    """The cart stage: an add, a remove or an order joins the timeline (other events do
+    not touch it)."""
+    p, t = event.payload, event.event_time
+    if isinstance(p, AddToCart):
+        cart.add(t, event.event_id, p.item_id, p.quantity, p.unit_price_minor)
+    elif isinstance(p, RemoveFromCart):
+        cart.add(t, event.event_id, p.item_id, -p.quantity, 0)
+    elif isinstance(p, Purchase):
+        cart.order(t, event.event_id)  # the order empties the cart

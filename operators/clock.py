@@ -1,7 +1,8 @@
-"""The one clock abstraction: wall-clock milliseconds, injectable in tests.
+"""The one clock abstraction: wall-clock milliseconds, injectable in tests; time units.
 
 Event time comes from events themselves; this clock only stamps what Attune
-emits (``emit_time``, ``dead_time``) and drives processing-time fallbacks.
+emits (``emit_time``, ``dead_time``) and drives processing-time fallbacks. Both
+are epoch milliseconds, so durations are written in the units below.
 
 >>> FixedClock(1_700_000_000_000).now_ms()
 1700000000000
@@ -12,6 +13,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from typing import Protocol
+
+MINUTE_MS = 60_000
+HOUR_MS = 60 * MINUTE_MS
+DAY_MS = 24 * HOUR_MS
 
 
 class Clock(Protocol):

@@ -201,45 +201,55 @@ class ConsentPolicy:
             self._cache[key] = out
         return dict(out)
 
-    def allowed(self, state: ConsentState | None, purpose: str) -> bool:
-        """Whether ``purpose`` is allowed for a user: their latest statement, else the default
-        of where they are."""
-        if state is not None:
-            stated = state.stated.get(purpose)
-            if stated is not None:
-                return stated[1]
-            return self._default(state.country, state.region, purpose)
-        return self._default(None, None, purpose)
-
-    def allowed_throughout(
-        self, state: ConsentState | None, purpose: str, start_ms: int, end_ms: int
+    def allowed(
+        self,
+        state: ConsentState | None,
+        purpose: str,
+        at_ms: int | None = None,
+        until_ms: int | None = None,
     ) -> bool:
-        """Whether ``purpose`` was allowed from ``start_ms`` to ``end_ms`` in event time:
-        allowed as of ``start_ms`` (the latest statement at or before it, else the
-        default of where the user is) and not withdrawn up to ``end_ms``. A function of
-        the statements, not of the order they arrived in, so a trigger judged late (its
-        judgement waited for other events) is decided as one judged on time. When the
-        kept statements (:data:`MAX_STATEMENTS`) no longer reach back to ``start_ms``, the
-        answer is no.
+        """May this user's data be used for ``purpose`` at event time ``at_ms``? The one
+        consent decision of the flow: the privacy gate, the identity step, the shared
+        learners (analytics) and the triggers (marketing, personalization) all ask it.
+
+        ``at_ms=None``: as the user stands now, by their latest statement in event time
+        (a tie in time goes to the statement that arrived later), else the default of where
+        they are; what the gate asks of each event, so a consent change takes effect from
+        the next event on.
+
+        ``at_ms`` given: as of that event time (the latest kept statement at or before it,
+        else the default of where the user is) and, with ``until_ms``, not withdrawn from
+        it through ``until_ms``. A function of the statements, not of the order they
+        arrived in, so a trigger judged late (its judgement waited for other events) is
+        decided as one judged on time. When the kept statements (:data:`MAX_STATEMENTS`)
+        no longer reach back to ``at_ms``, the answer is no.
 
         >>> policy, cs = ConsentPolicy(), ConsentState()
         >>> cs.observe(1_000, ConsentUpdate(marketing=True))
         >>> cs.observe(5_000, ConsentUpdate(marketing=False))
-        >>> [policy.allowed_throughout(cs, MARKETING, a, b) for a, b in
+        >>> policy.allowed(cs, MARKETING), policy.allowed(cs, MARKETING, 2_000)
+        (False, True)
+        >>> [policy.allowed(cs, MARKETING, a, b) for a, b in
         ...  [(1_000, 4_999), (1_000, 5_000), (6_000, 7_000), (500, 900)]]
         [True, False, False, False]
         """
         if state is None:
             return self._default(None, None, purpose)
+        if at_ms is None:
+            stated = state.stated.get(purpose)
+            if stated is not None:
+                return stated[1]
+            return self._default(state.country, state.region, purpose)
+        end_ms = at_ms if until_ms is None else until_ms
         log = state.log.get(purpose, ())
-        before = [given for t, given in log if t <= start_ms]
+        before = [given for t, given in log if t <= at_ms]
         if before:
             allowed = before[-1]
         elif len(log) >= MAX_STATEMENTS:
-            return False  # what was said at start_ms is no longer kept
+            return False  # what was said at at_ms is no longer kept
         else:
             allowed = self._default(state.country, state.region, purpose)
-        return allowed and not any(not given for t, given in log if start_ms < t <= end_ms)
+        return allowed and not any(not given for t, given in log if at_ms < t <= end_ms)
 
     def _default(self, country: str | None, region: str | None, purpose: str) -> bool:
         cached = self._cache.get((country, region))

@@ -1,7 +1,7 @@
 """The per-user features: names, types and meaning, shared by profiles, segments and Redis.
 
-A user's state (:mod:`attune.operators.profiles`) computes these features at a point
-in event time ``now_ms`` (the user's latest event, or a timer). Rule segments
+The feature view (:mod:`attune.operators.profiles`) computes these features of a user's
+state at a point in event time ``now_ms`` (the user's latest event, or a timer). Rule segments
 (:mod:`attune.operators.segments`) are conditions over them; the profile written to
 Redis is a documented subset (:data:`PROFILE_FIELDS`). Windowed counts are over
 event time: ``_1h``, ``_24h``, ``_7d``, ``_30d`` end at ``now_ms``.

@@ -38,6 +38,12 @@ arrive later (another partition may lag) are dropped if unlinked, or go to the
 user's key, whose own tombstone drops them. The state is discarded after ``ttl`` of wall-clock
 inactivity, kept in the state so restarts do not reset it.
 
+In the per-user step (:mod:`attune.operators.user_step`) identity is a stage too: the
+user's state notes the anonymous ids seen with the user (:func:`note_alias`, so that an
+erasure or a withdrawal deletes their keys) and writes an ``IDENTIFY``'s alias
+(:func:`alias_writes`) with personalization consent; the :class:`HandedOver` and
+:class:`Forget` markers end a login's wait and an anonymous key.
+
 >>> from attune.operators.events import Event, EventType, PageView
 >>> pv = Event("e1", EventType.PAGE_VIEW, 1_767_571_200_000, PageView(), anonymous_id="a1")
 >>> state, out = identity_step(None, pv)
@@ -62,6 +68,7 @@ from bytewax.operators import StatefulBatchLogic
 from attune.operators.clock import Clock, SystemClock
 from attune.operators.consent import PERSONALIZATION, ConsentPolicy, ConsentState
 from attune.operators.events import ConsentUpdate, ErasureRequest, Event, EventType
+from attune.operators.redis_sink import AliasWrite
 
 #: At most this many anonymous events are kept for the hand-over; beyond it the
 #: oldest copies go (they stay counted under the anonymous id until it is
@@ -71,6 +78,8 @@ MAX_ANONYMOUS_BUFFER = 500
 _STATED_ONLY = ConsentPolicy.parse("opt-out")
 #: Consent events kept for the hand-over (the latest ones), apart from the buffer.
 MAX_CONSENT_EVENTS = 8
+#: Anonymous ids remembered per user, so that erasure and withdrawal delete their aliases.
+MAX_ALIASES = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +125,27 @@ def link_of(event: Event) -> Link | None:
     ):
         return Link(event.anonymous_id, event.user_id, event.event_time)
     return None
+
+
+# --- the identity stage of the per-user step (attune.operators.user_step) -----------------------
+
+
+def note_alias(aliases: list[str], user: str, event: Event) -> None:
+    """Remember an anonymous id seen with ``user`` (the latest :data:`MAX_ALIASES`), so that
+    an erasure or a withdrawal deletes its keys too."""
+    anon = event.anonymous_id
+    if anon and anon != user and anon not in aliases:
+        aliases.append(anon)
+        if len(aliases) > MAX_ALIASES:
+            del aliases[0]
+
+
+def alias_writes(event: Event) -> list[AliasWrite]:
+    """The alias an ``IDENTIFY`` writes, ``attune:{u:<anon>}:alias`` -> user. It serves
+    personalization: the user's step writes it at each ``IDENTIFY`` it admits, by the
+    user's consent (one key decides, so a withdrawal's DEL cannot race it)."""
+    link = link_of(event)
+    return [AliasWrite(link.anonymous_id, link.user_id)] if link is not None else []
 
 
 def identity_input(event: Event) -> Link | Event | None:

@@ -21,7 +21,7 @@ the personas (:mod:`attune.operators.clustering`):
    checking the version at most every 2 s; :class:`LocalModelBoard` in process),
    and :class:`ModelReader` turns it into ranking :class:`~attune.operators.ranking.Models`
    over the flow's catalogue, once per version. The per-user step then ranks and
-   scores propensity once per batch of a user (:mod:`attune.operators.profiles`).
+   scores propensity once per batch of a user (:mod:`attune.operators.scoring`).
 
 Staleness: an interaction reaches the shared models when its session closes
 (the session gap after the user's last event, 30 min by default), then at most

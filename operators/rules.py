@@ -139,12 +139,19 @@ class TriggerContext:
         The segments the user is in (rule segments and ``persona_<n>``).
     marketing_consent
         ``True``/``False`` as the user said; ``None`` when unknown
-        (``settings.consent_default`` decides).
+        (``settings.consent_default`` decides). In the flow: the answer of the one consent
+        decision (:meth:`ConsentPolicy.allowed
+        <attune.operators.consent.ConsentPolicy.allowed>`) for this trigger, from its cause
+        to when it is due, the default of where the user is applied (so never ``None``).
     timezone
         IANA name from the user's latest event context (``Europe/Berlin``); ``None`` or an
         unknown name means unknown (``settings.default_timezone`` then applies).
     channel
         Channel of the user's latest event (``WEB``, ``APP``, ``EMAIL``, ``OTHER``).
+    consent_floor
+        Marketing consent is needed whatever a rule's purpose (``service`` too): the flow's
+        privacy gate sets it (docs/privacy.md). ``False``: only ``purpose: marketing``
+        needs it, as the rules say.
     """
 
     features: Features = field(default_factory=dict)
@@ -152,6 +159,7 @@ class TriggerContext:
     marketing_consent: bool | None = None
     timezone: str | None = None
     channel: str | None = None
+    consent_floor: bool = False
 
 
 class _Env:
@@ -605,7 +613,7 @@ class TriggerRules:
         """Why a publish of ``kind`` is held (consent, quiet hours, cooldown, cap), or ``""``."""
         overrides = rule.overrides if rule is not None else frozenset()
         purpose = (rule.purpose if rule is not None else None) or self.settings.purpose
-        if purpose == "marketing":
+        if purpose == "marketing" or env.ctx.consent_floor:
             consent = env.ctx.marketing_consent
             if consent is False:
                 return "no marketing consent"

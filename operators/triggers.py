@@ -1,8 +1,12 @@
 """Behavioural triggers: cart abandoned, long dwell, repeat visit, segment entered/exited.
 
-Stage 8 of the flow, computed from the per-user state (:mod:`attune.operators.profiles`)
-and then filtered by the declarative trigger rules before publishing to
-``attune.triggers.<kind>``. Everything here is event time; a trigger's id is a
+Stage 8 of the flow. This module holds what a trigger is (its id, its kinds, how each
+kind is built) and the user's :class:`TriggerState`, the trigger stage's slice of the
+per-user state, with the functions that keep it (:func:`observe` at every event). The
+decisions (which candidates an event or a timer yields, when they are judged, which go
+out through consent and the declarative trigger rules to ``attune.triggers.<kind>``) are
+:mod:`attune.operators.trigger_decisions`, in the per-user step
+(:mod:`attune.operators.user_step`). Everything here is event time; a trigger's id is a
 hash of its kind and its cause (the causing event's id, or the user and time
 that define it), so a replay yields the same id and downstream apps act once.
 
@@ -25,8 +29,11 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
 from attune.operators.cart import Abandonment
-from attune.operators.events import SegmentChange, Trigger
+from attune.operators.clock import Clock
+from attune.operators.events import AddToCart, Event, SegmentChange, Trigger
+from attune.operators.identity import link_of
 from attune.operators.rules import TriggerHistory
+from attune.operators.sessions import NEW_LATEST, place_in_sessions
 
 #: Trigger kinds Attune computes (``high_propensity`` is defined for the models issue).
 KINDS: tuple[str, ...] = (
@@ -66,48 +73,12 @@ class TriggerConfig:
     repeat_window_ms: int = 7 * 24 * 3_600_000
 
 
-# --- per-user trigger state and detection (called by attune.operators.profiles) -------------
+# --- per-user trigger state and detection (the trigger stage of attune.operators.user_step) --
 
 MAX_FIRED_PAGES = 16
 #: Own-event session intervals and adds to cart kept for the dwell and visit triggers.
 MAX_OWN_SESSIONS = 32
 MAX_OWN_ADDS = 32
-
-#: Where an event time fell among session intervals (:func:`place_in_sessions`).
-JOINED, BRIDGED, NEW_EARLIER, NEW_LATEST = range(4)
-
-
-def place_in_sessions(starts: list[int], ends: list[int], t: int, gap_ms: int, cap: int) -> int:
-    """Place event time ``t`` among sorted session intervals by the gap rule, in any
-    arrival order: it joins or extends one (``JOINED``), bridges two into one
-    (``BRIDGED``), or opens a session (``NEW_LATEST`` when it is the latest, else
-    ``NEW_EARLIER``). At most ``cap`` intervals are kept (the oldest go).
-
-    >>> starts, ends = [], []
-    >>> [place_in_sessions(starts, ends, t, 10, 8) for t in (0, 5, 30, 50, 40, 20, -50)]
-    [3, 0, 3, 3, 1, 0, 2]
-    >>> starts, ends
-    ([-50, 0, 20], [-50, 5, 50])
-    """
-    i = bisect_right(starts, t)  # sessions [0, i) start at or before t
-    joins_left = i > 0 and t - ends[i - 1] <= gap_ms
-    joins_right = i < len(starts) and starts[i] - t <= gap_ms
-    if joins_left and joins_right:
-        ends[i - 1] = ends[i]
-        del starts[i], ends[i]
-        return BRIDGED
-    if joins_left:
-        ends[i - 1] = max(ends[i - 1], t)
-        return JOINED
-    if joins_right:
-        starts[i] = t
-        return JOINED
-    latest = i == len(starts)
-    starts.insert(i, t)
-    ends.insert(i, t)
-    if len(starts) > cap:
-        del starts[0], ends[0]
-    return NEW_LATEST if latest else NEW_EARLIER
 
 
 def own_event(ts: TriggerState, t: int, gap_ms: int, added_item: str | None) -> bool:
@@ -154,6 +125,41 @@ class TriggerState:
     # zone of their causing event: judged when the wait ends.
     deferred: list[tuple[Trigger, str | None, str | None]] = field(default_factory=list)
     history: TriggerHistory = field(default_factory=TriggerHistory)  # caps and cooldowns
+
+
+def observe(ts: TriggerState, user: str, event: Event, gap_ms: int, clock: Clock) -> bool:
+    """What the user's triggers note of an event: its channel, time zone and currency
+    (the latest ones), and, for an event under the user's own id, that the user is
+    known, their own sessions and adds to cart, and a login whose history is now on its
+    way (waited for by ``clock``, :data:`HANDOVER_WAIT_MS` at most). Returns whether the
+    event opened a new latest own session (a repeat visit may follow)."""
+    ctx, p, t = event.context, event.payload, event.event_time
+    if ctx is not None:
+        if ctx.channel is not None:
+            ts.channel = ctx.channel
+        if ctx.timezone is not None:
+            ts.timezone = ctx.timezone
+    if isinstance(p, AddToCart):
+        ts.currency = p.currency
+    if event.user_id != user:
+        return False
+    opened = own_event(ts, t, gap_ms, p.item_id if isinstance(p, AddToCart) else None)
+    ts.known = True
+    if ts.known_since is None or t < ts.known_since:
+        ts.known_since = t
+    link = link_of(event)
+    if link is not None:
+        expect_handover(ts, link.anonymous_id, t, clock.now_ms())
+    return opened
+
+
+def forget_marketing(ts: TriggerState) -> None:
+    """Marketing withdrawn: the publish history kept for caps and cooldowns goes, and the
+    pages long-dwell fired for. (A cart reminder whose wait the withdrawal falls in does
+    not fire, not even if consent comes back: the trigger stage asks for consent
+    throughout the wait, in event time.)"""
+    ts.dwell_fired = []
+    ts.history = TriggerHistory()
 
 
 def cart_abandoned(

@@ -38,6 +38,7 @@ from attune.flows import topics
 from attune.flows.generate import produce
 from attune.flows.personalize import build_flow
 from attune.flows.settings import Settings
+from attune.operators.clock import DAY_MS, HOUR_MS, MINUTE_MS
 from attune.operators.codec import Codec
 from attune.operators.events import (
     AddToCart,
@@ -54,9 +55,9 @@ from attune.operators.events import (
     Trigger,
 )
 from attune.operators.identity import IdentityState
-from attune.operators.profiles import DAY_MS, HOUR_MS, MINUTE_MS, UserState
 from attune.operators.redis_keys import RedisKeys, escape_tag
 from attune.operators.triggers import KINDS
+from attune.operators.user_state import UserState
 from attune.workload.generator import GeneratorConfig, generate
 from attune.workload.truth import GroundTruth
 from tests.integration.reading import consume_all, fresh_topics

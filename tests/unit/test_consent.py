@@ -4,8 +4,10 @@ the per-user and identity steps, retention (idle eviction), and bad configuratio
 from __future__ import annotations
 
 import itertools
+import math
 import pickle
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +15,7 @@ import pytest
 from attune.flows.embedded import LocalStore
 from attune.flows.personalize import build_flow
 from attune.flows.settings import Settings
-from attune.operators.clock import FixedClock
+from attune.operators.clock import DAY_MS, HOUR_MS, MINUTE_MS, FixedClock
 from attune.operators.clustering import ClusterVector, LocalBoard
 from attune.operators.consent import (
     ConsentConfigError,
@@ -31,6 +33,7 @@ from attune.operators.events import (
     Event,
     EventType,
     Identify,
+    ItemUpdate,
     PageView,
     ProductView,
     SegmentChange,
@@ -46,27 +49,24 @@ from attune.operators.identity import (
     identity_input,
     identity_step,
 )
-from attune.operators.profiles import (
-    DAY_MS,
-    HOUR_MS,
-    MINUTE_MS,
-    ProfileConfig,
-    UserLogic,
-    UserState,
-)
+from attune.operators.models import LocalModelBoard, ModelReader, ModelSnapshot, catalogue_of
 from attune.operators.redis_keys import RedisKeys
 from attune.operators.redis_sink import (
     AliasWrite,
     ForgetUser,
     ProfileWrite,
+    RecsWrite,
     RedisOp,
     SegmentsWrite,
     plan,
 )
 from attune.operators.rule_files import load_rules, load_trigger_rules
-from attune.operators.rules import TriggerHistory
+from attune.operators.rules import Decision, TriggerContext, TriggerHistory, TriggerRules
 from attune.operators.stream_clock import StreamClock
 from attune.operators.triggers import KINDS
+from attune.operators.user_config import ProfileConfig
+from attune.operators.user_logic import UserLogic
+from attune.operators.user_state import UserState
 
 T0 = 1_767_571_200_000
 _ids = itertools.count()
@@ -325,6 +325,64 @@ def test_no_trigger_of_any_kind_without_marketing_consent_even_for_service_rules
             assert {"long_dwell", "cart_abandoned", "segment_entered"} <= kinds
         else:
             assert kinds == set()
+
+
+class RecordingRules(TriggerRules):
+    """Trigger rules that also keep what each decision was given and what it decided."""
+
+    def __init__(self, rules: TriggerRules) -> None:
+        super().__init__(rules.rules, rules.settings, rules.policies, rules.source)
+        self.decisions: list[tuple[str, bool | None, Decision]] = []
+
+    def decide(self, trigger: Trigger, ctx: TriggerContext, history: TriggerHistory) -> Decision:
+        decision = super().decide(trigger, ctx, history)
+        self.decisions.append((trigger.kind, ctx.marketing_consent, decision))
+        return decision
+
+
+NAMING_CONSENT = Path(__file__).resolve().parents[1] / "data" / "rules_naming_consent.yaml"
+
+
+def test_without_marketing_consent_the_rules_hold_every_trigger_personalization_goes_on() -> None:
+    """The rules read the user's real marketing consent: refused, a user who allows
+    personalization is segmented, scored and recommended, and no trigger goes out, under
+    the shipped rules and under rules that name their consent themselves; allowed, the
+    same events publish every kind."""
+    items = [ItemUpdate(f"i{n}", f"item {n}", ("home", "kitchen"), 900, "EUR", True, 0, 0)
+             for n in range(1, 6)]  # fmt: skip
+    high = {"version": 1, "mean": {}, "std": {}, "weights": {}, "intercept": math.log(9)}
+    kinds = {"long_dwell", "repeat_visit", "segment_entered", "cart_abandoned", "high_propensity"}
+    names = load_rules().names
+    for path in (None, NAMING_CONSENT):  # the shipped rules; rules naming their consent
+        for marketing in (False, True):
+            rules = RecordingRules(load_trigger_rules(path, segments=names, kinds=KINDS))
+            board = LocalModelBoard()
+            board.put(ModelSnapshot(1, T0, 10, None, {}, {"i2": 1.0}, {}, high, {}).to_bytes())
+            lg = logic(trigger_rules=rules, models=ModelReader(board, catalogue_of(items)))
+            day = 10 * HOUR_MS  # out of the shipped quiet hours (22-8, UTC here)
+            out = batch(lg, ev(day, ConsentUpdate(True, True, marketing)))
+            out += batch(
+                lg, *(ev(day + s * 10_000, Dwell(s * 10_000, "i1", "pv1")) for s in (1, 4))
+            )
+            out += batch(lg, ev(day + MINUTE_MS, ProductView("i1")))
+            for n in (1, 2):  # a repeat visit
+                out += batch(lg, ev(n * DAY_MS + day, PageView()))
+            out += batch(lg, ev(3 * DAY_MS + day, AddToCart("i1", 1, 900, "EUR")))
+            out += list(lg.on_eof()[0])
+            # personalization goes on either way: segments, scores, recommendations
+            entered = [c for c in of(out, SegmentChange) if c.change == "ENTERED"]
+            assert entered and of(out, SegmentsWrite)
+            assert of(out, RecsWrite) and of(out, ProfileWrite)
+            assert {k for k, _, _ in rules.decisions} >= kinds  # every kind reached the rules
+            assert {consent for _, consent, _ in rules.decisions} == {marketing}
+            published = {t.kind for t in of(out, Trigger)}
+            if marketing:
+                assert published >= kinds
+            else:
+                assert published == set()
+                for _, _, decision in rules.decisions:
+                    assert decision.published == []
+                    assert {reason for _, reason in decision.suppressed} == {"no marketing consent"}
 
 
 def test_withdrawing_marketing_drops_the_pending_cart_and_the_trigger_history() -> None:

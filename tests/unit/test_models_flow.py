@@ -13,6 +13,7 @@ import pytest
 from attune.clients.recommendations import parse_recs
 from attune.flows.personalize import recs_config
 from attune.flows.settings import Settings
+from attune.operators.clock import MINUTE_MS
 from attune.operators.content import Catalogue
 from attune.operators.events import (
     AddToCart,
@@ -44,11 +45,14 @@ from attune.operators.models import (
     UserModels,
     catalogue_of,
 )
-from attune.operators.profiles import MINUTE_MS, ProfileConfig, UserLogic, UserState, apply
 from attune.operators.propensity import FEATURES as PROPENSITY_FEATURES
 from attune.operators.ranking import MAX_RECENT, REASONS
 from attune.operators.redis_sink import ForgetUser, RecsWrite, TrendingWrite, plan
 from attune.operators.triggers import trigger_id
+from attune.operators.user_config import ProfileConfig
+from attune.operators.user_logic import UserLogic
+from attune.operators.user_state import UserState
+from attune.operators.user_step import apply
 
 T0 = 1_767_571_200_000
 GAP = 30 * MINUTE_MS

@@ -10,6 +10,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from attune.operators.clock import DAY_MS, HOUR_MS, MINUTE_MS
 from attune.operators.events import (
     AddToCart,
     Dwell,
@@ -33,20 +34,13 @@ from attune.operators.identity import (
     identity_step,
     link_of,
 )
-from attune.operators.profiles import (
-    DAY_MS,
-    HOUR_MS,
-    MINUTE_MS,
-    PriceBands,
-    ProfileConfig,
-    UserState,
-    apply,
-    cart_of,
-    compute,
-    profile_write,
-)
+from attune.operators.profiles import cart_of, compute, profile_write
 from attune.operators.redis_sink import AliasWrite, ForgetUser, ProfileWrite, SegmentsWrite
 from attune.operators.rule_files import load_rules
+from attune.operators.sessions import PriceBands
+from attune.operators.user_config import ProfileConfig
+from attune.operators.user_state import UserState
+from attune.operators.user_step import apply
 
 T0 = 1_767_571_200_000
 GAP = 30 * MINUTE_MS
@@ -302,7 +296,7 @@ def test_erasure_forgets_the_user_everywhere() -> None:
 
 
 def test_history_arriving_after_an_erasure_is_dropped_later_events_start_fresh() -> None:
-    from attune.operators.profiles import UserLogic
+    from attune.operators.user_logic import UserLogic
 
     logic = UserLogic(None, ProfileConfig(rules=load_rules()))
     logic.on_batch([("u1", ev(T0 + HOUR_MS, ProductView("i1")))])

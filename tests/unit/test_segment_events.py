@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from attune.operators.clock import DAY_MS, HOUR_MS, MINUTE_MS
 from attune.operators.events import (
     AddToCart,
     Event,
@@ -15,16 +16,11 @@ from attune.operators.events import (
     Purchase,
     SegmentChange,
 )
-from attune.operators.profiles import (
-    DAY_MS,
-    HOUR_MS,
-    MINUTE_MS,
-    PriceBands,
-    ProfileConfig,
-    UserState,
-    apply,
-)
 from attune.operators.rule_files import load_rules
+from attune.operators.sessions import PriceBands
+from attune.operators.user_config import ProfileConfig
+from attune.operators.user_state import UserState
+from attune.operators.user_step import apply
 
 T0 = 1_767_571_200_000
 CFG = ProfileConfig(rules=load_rules(), price_bands=PriceBands({"shoes/run": 10_000}))

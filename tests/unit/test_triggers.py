@@ -6,6 +6,7 @@ import itertools
 import pickle
 from typing import Any
 
+from attune.operators.clock import DAY_MS, HOUR_MS, MINUTE_MS
 from attune.operators.events import (
     AddToCart,
     ConsentUpdate,
@@ -22,9 +23,10 @@ from attune.operators.events import (
     Trigger,
 )
 from attune.operators.identity import HandedOver, identity_step, link_of
-from attune.operators.profiles import DAY_MS, HOUR_MS, MINUTE_MS, Keyed, ProfileConfig, UserLogic
 from attune.operators.stream_clock import StreamClock
 from attune.operators.triggers import HANDOVER_WAIT_MS, trigger_id
+from attune.operators.user_config import ProfileConfig
+from attune.operators.user_logic import Keyed, UserLogic
 
 T0 = 1_767_571_200_000
 TYPES = {

@@ -1,0 +1,136 @@
+"""The models stage of the per-user step: what the shared models learn from a user and
+what they say about them.
+
+In the per-user step (:mod:`attune.operators.user_step`) after segments, before
+triggers. Its slice is the user's :class:`~attune.operators.models.UserModels` (recent
+interactions, the session's touches and orders, the propensity decision point, the
+latest score); the shared models themselves, their learner and the published snapshot
+are :mod:`attune.operators.models`.
+
+- Per event: a :class:`~attune.operators.models.SessionSummary` of the latest session
+  when an event ends it (:func:`close_session`, only with analytics consent: a shared
+  aggregate), the propensity decision point before the outcome funnel is counted
+  (:func:`decision_point`), and the event's interactions (:func:`observe`).
+- Once per batch: the propensity score and tier (:func:`score`, with a
+  ``high_propensity`` trigger candidate for the trigger stage when the tier first turns
+  high in a session) and, after a product view, cart change or purchase, the user's
+  recommendations (:func:`recommend`).
+
+Without a :class:`~attune.operators.models.ModelReader` (``cfg.models`` is ``None``) the
+stage does nothing.
+"""
+
+from __future__ import annotations
+
+from attune.operators.consent import ANALYTICS
+from attune.operators.events import Event, Trigger
+from attune.operators.membership import audiences
+from attune.operators.models import SessionSummary
+from attune.operators.profiles import FeatureView, cart_of, compute
+from attune.operators.propensity import HIGH, is_outcome_boundary
+from attune.operators.redis_sink import RecsWrite
+from attune.operators.sessions import in_current_session
+from attune.operators.triggers import trigger_id
+from attune.operators.user_config import ProfileConfig
+from attune.operators.user_state import UserState
+
+
+def close_session(st: UserState, cfg: ProfileConfig) -> list[SessionSummary]:
+    """The latest session is over: one :class:`SessionSummary` for the shared models, only
+    with analytics consent (a shared aggregate, like the persona vectors); the per-user
+    session part is reset either way. Taken on the state as it was before the event that
+    ended the session."""
+    if cfg.models is None:
+        return []
+    a = st.activity
+    if not a.session_starts or st.models.summarised_start == a.session_start_ms:
+        st.models.new_session()
+        return []
+    if not cfg.consent.allowed(st.consent, ANALYTICS):
+        st.models.new_session()
+        return []
+    summary = st.models.close(
+        st.user_id,
+        a.session_start_ms,
+        a.session_ends[-1],
+        FeatureView(st, st.activity.max_time),
+        audiences(st.membership),
+    )
+    return [summary]
+
+
+def decision_point(st: UserState, event: Event, cfg: ProfileConfig) -> None:
+    """Before an event of the outcome funnel (cart or checkout page, purchase) in the
+    latest session is counted: keep the session's propensity features as they are."""
+    if (
+        cfg.models is not None
+        and in_current_session(st.activity, event.event_time)
+        and is_outcome_boundary(event)
+    ):
+        st.models.decide(FeatureView(st, st.activity.max_time))
+
+
+def observe(st: UserState, event: Event, cfg: ProfileConfig) -> None:
+    """Note the event's product view, cart change or purchase (recent items, session)."""
+    if cfg.models is not None:
+        st.models.observe(event, in_current_session(st.activity, event.event_time))
+
+
+def score(st: UserState, cfg: ProfileConfig) -> list[Trigger]:
+    """Once per batch: the propensity score and tier from the latest published model;
+    a ``high_propensity`` candidate when the tier first turns high in a session."""
+    reader = cfg.models
+    if reader is None:
+        return []
+    scored = reader.propensity(FeatureView(st, st.activity.max_time))
+    if scored is None:
+        return []
+    m = st.models
+    m.propensity, m.tier = round(scored[0], 4), scored[1]
+    if scored[0] >= HIGH and m.high_session != st.activity.session_start_ms and st.trig.known:
+        m.high_session = st.activity.session_start_ms
+        return [high_propensity(st, scored[0], cfg)]
+    return []
+
+
+def recommend(st: UserState, cfg: ProfileConfig) -> list[RecsWrite]:
+    """Once per batch: the user's recommendations, if the batch had a product view, cart
+    change or purchase."""
+    reader = cfg.models
+    m = st.models
+    if reader is None or not m.recs_due:
+        return []
+    m.recs_due = False
+    top = compute(st, "top_category_7d")
+    signals = m.signals(
+        st.user_id,
+        st.activity.max_time,
+        cart_of(st),
+        (top,) if isinstance(top, str) else (),
+        tuple(sorted(st.membership.segments)),
+    )
+    return [RecsWrite(st.user_id, reader.recommend(signals, cfg.recs, cfg.clock.now_ms()))]
+
+
+def high_propensity(st: UserState, score: float, cfg: ProfileConfig) -> Trigger:
+    """The ``high_propensity`` trigger of the user's current session (docs/triggers.md)."""
+    return Trigger(
+        trigger_id=trigger_id("high_propensity", st.user_id, st.activity.session_start_ms),
+        kind="high_propensity",
+        user_id=st.user_id,
+        cause_event_time=st.activity.max_time,
+        emit_time=cfg.clock.now_ms(),
+        reason=f"propensity tier high (score {score:.2f}) in the session started at "
+        f"{st.activity.session_start_ms}",
+        scores={"propensity": round(score, 4)},
+    )
+
+
+def end_of_input(st: UserState, cfg: ProfileConfig) -> list[SessionSummary]:
+    """End of a bounded input: the open session is summarised (it will not be continued),
+    once."""
+    if not st.activity.events or cfg.models is None:
+        return []
+    out = close_session(st, cfg)
+    st.models.summarised_start = st.activity.session_start_ms
+    return out

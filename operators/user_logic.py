@@ -1,0 +1,89 @@
+"""The Bytewax wrapper of the per-user step: lifecycle, timers, retention, snapshots.
+
+The ``user_state`` step of the flow (:func:`attune.flows.personalize.build_flow`), keyed
+by canonical user. :class:`UserLogic` holds one user's
+:class:`~attune.operators.user_state.UserState` and hands each batch to
+:func:`~attune.operators.user_step.fold_batch`; its timer judges what waits for time
+(:func:`~attune.operators.trigger_decisions.due`) and evicts an idle state.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+from bytewax.operators import StatefulBatchLogic
+
+from attune.operators.consent import EVENTS_WITHHELD
+from attune.operators.identity import UserInput
+from attune.operators.membership import evict
+from attune.operators.trigger_decisions import due, pending
+from attune.operators.user_config import ProfileConfig
+from attune.operators.user_state import Output, UserState
+from attune.operators.user_step import end_of_input, fold_batch
+
+#: How often a user with a pending cart looks at the stream clock (wall time).
+TIMER_POLL = timedelta(seconds=1)
+
+Keyed = tuple[str, UserInput]
+
+
+class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
+    """Per-user step: :func:`~attune.operators.user_step.fold_batch` per batch.
+
+    Values are ``(user key, input)``: Bytewax 0.21 builds a logic from its
+    resume state only, so a new state learns its user from the first value.
+
+    Retention: the state is discarded once ``cfg.state_ttl`` of wall-clock time
+    (``cfg.clock``) has passed since its latest batch; the time is kept in the state
+    (``active_ms``), so a restart from a snapshot does not restart the wait. The user
+    leaves every audience when it goes (their Redis keys expire by their own TTL).
+    """
+
+    def __init__(self, resume: bytes | None, cfg: ProfileConfig) -> None:
+        self.state: UserState | None = pickle.loads(resume) if resume is not None else None
+        self.cfg = cfg
+        self._ttl_ms = int(cfg.state_ttl.total_seconds() * 1000)
+
+    def on_batch(self, values: list[Keyed]) -> tuple[Iterable[Output], bool]:
+        st = self.state or UserState(user_id=values[0][0])
+        kept, out = fold_batch(st, [item for _, item in values], self.cfg)
+        self.state = kept
+        if kept is None:  # merged into its user
+            return out, StatefulBatchLogic.DISCARD
+        if kept.withheld:
+            EVENTS_WITHHELD.inc(kept.withheld)
+            kept.withheld = 0
+        out.extend(due(kept, self.cfg))
+        kept.active_ms = self.cfg.clock.now_ms()
+        return out, StatefulBatchLogic.RETAIN
+
+    def expired(self) -> bool:
+        """Whether the state has been idle (wall clock) for the state TTL."""
+        st = self.state
+        return st is None or self.cfg.clock.now_ms() >= st.active_ms + self._ttl_ms
+
+    def on_notify(self) -> tuple[Iterable[Output], bool]:
+        st = self.state
+        if st is None:
+            return [], StatefulBatchLogic.DISCARD
+        if self.expired():
+            out = evict(st.membership, st.user_id, st.activity.max_time, self.cfg)
+            return out, StatefulBatchLogic.DISCARD
+        return due(st, self.cfg), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[Output], bool]:
+        st = self.state
+        return ([] if st is None else end_of_input(st, self.cfg)), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        st = self.state
+        if st is not None and pending(st, self.cfg):
+            return datetime.now(UTC) + TIMER_POLL  # poll the stream clock while these wait
+        active = st.active_ms if st is not None else self.cfg.clock.now_ms()
+        return datetime.fromtimestamp((active + self._ttl_ms) / 1000, UTC)
+
+    def snapshot(self) -> bytes:
+        # A pickle is the immutable copy Bytewax asks for, ~10x cheaper than deepcopy.
+        return pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)

@@ -1,0 +1,128 @@
+"""The per-user step: a batch of one user's events folded through the stages, in order.
+
+Keyed by canonical user, after identity stitching (:mod:`attune.operators.identity`);
+wrapped for Bytewax by :mod:`attune.operators.user_logic`. Each stage owns one slice of
+the :class:`~attune.operators.user_state.UserState` and the functions that keep it; this
+module calls them in order and collects their outputs, and no stage calls back into it.
+Per event (:func:`apply`):
+
+1. dedupe and order (:mod:`~attune.operators.dedupe`): repeats and erased history stop;
+2. privacy gate (:mod:`~attune.operators.erasure`): an erasure request, or consent;
+   identity (:mod:`~attune.operators.identity`) notes the anonymous ids seen with the
+   user and writes an ``IDENTIFY``'s alias, with consent;
+3. sessions and windows (:mod:`~attune.operators.sessions`);
+4. cart (:mod:`~attune.operators.cart`);
+5. segments (:mod:`~attune.operators.membership`): rule segments, persona vectors;
+6. models (:mod:`~attune.operators.scoring`);
+7. triggers (:mod:`~attune.operators.trigger_decisions`).
+
+The models look at the state twice before an earlier stage changes it: a session an event
+ends is summarised as it was before the event is placed, and the propensity decision
+point is taken before the outcome funnel's event is counted.
+
+Per batch (:func:`fold_batch`), the outputs stage: the persona, the propensity score (its
+trigger judged), the recommendations and **one** profile write (:mod:`~attune.operators.profiles`).
+
+>>> from attune.operators.events import Event, EventType, ProductView
+>>> from attune.operators.profiles import compute
+>>> cfg = ProfileConfig()
+>>> st = UserState(user_id="u1")
+>>> out = apply(st, Event("e1", EventType.PRODUCT_VIEW, 1_767_571_200_000,
+...                       ProductView("i1", "shoes/running", 8999, "EUR"), user_id="u1"), cfg)
+>>> st.product_views, st.sessions, compute(st, "product_views_1h")
+(1, 1, 1)
+>>> apply(st, Event("e1", EventType.PRODUCT_VIEW, 1_767_571_200_000,
+...                 ProductView("i1"), user_id="u1"), cfg)  # the same event id again
+[]
+>>> st.duplicates
+1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from attune.operators import cart, membership, scoring, sessions, trigger_decisions
+from attune.operators.dedupe import admit
+from attune.operators.erasure import erase, forget_merged, privacy_gate, tombstone
+from attune.operators.events import ErasureRequest
+from attune.operators.identity import Forget, HandedOver, UserInput, alias_writes, note_alias
+from attune.operators.profiles import FeatureView, profile_write
+from attune.operators.triggers import handover_done
+from attune.operators.user_config import ProfileConfig
+from attune.operators.user_state import Output, UserState
+
+
+def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
+    """Fold one input into ``st`` through the stages; returns their outputs (profile writes
+    are the batch's, :func:`fold_batch`)."""
+    if isinstance(item, HandedOver):  # identity: a login's history has arrived
+        handover_done(st.trig, item.anonymous_id, item.event_time)
+        return []
+    if isinstance(item, Forget):  # identity: this anonymous key merged into its user
+        return forget_merged(st, item, cfg)
+    event, t = item, item.event_time
+    if not admit(st, event, cfg.dedupe_window_ms):  # dedupe and order
+        return []
+    if isinstance(event.payload, ErasureRequest):  # privacy gate: erasure
+        return erase(st, event, event.payload, cfg)
+    note_alias(st.aliases, st.user_id, event)  # identity
+    allowed, out = privacy_gate(st, event, cfg)  # privacy gate: consent
+    if not allowed:
+        return out
+    out += alias_writes(event)  # identity, with personalization consent
+    # sessions and windows; the models first summarise the session the event ends, as it was
+    boundary = sessions.ends_latest(st.activity, t, cfg.session_gap_ms)
+    if boundary:
+        out += scoring.close_session(st, cfg)
+    sessions.place(st.activity, t, cfg.session_gap_ms)
+    scoring.decision_point(st, event, cfg)  # models: before the outcome is counted
+    sessions.count(st.activity, event, cfg.price_bands)
+    cart.observe(st.cart, event)  # cart
+    features = FeatureView(st, st.activity.max_time)
+    changes = membership.observe(  # segments
+        st.membership, st.user_id, t, features, cfg, boundary=boundary, consent=st.consent
+    )
+    scoring.observe(st, event, cfg)  # models
+    return out + changes + trigger_decisions.on_event(st, event, changes, cfg)  # triggers
+
+
+def fold_batch(
+    st: UserState, items: Iterable[UserInput], cfg: ProfileConfig
+) -> tuple[UserState | None, list[Output]]:
+    """A batch of a user's inputs, in arrival order, then the outputs stage once; returns
+    the state to keep (``None``: discard it, the key merged into its user) and the outputs.
+
+    Arrival order, not event time: for a user's own events that is their partition's
+    order, the same however the stream is cut into batches (a replay, a recovery), so
+    order-dependent decisions (caps, cooldowns, a session's first event) repeat. The state
+    itself does not depend on order; the hand-over is waited for.
+    """
+    out: list[Output] = []
+    before = st.activity.events
+    for item in items:
+        erased_at = st.erased_at
+        out.extend(apply(st, item, cfg))
+        if isinstance(item, Forget):
+            return None, out
+        if st.erased_at != erased_at:  # an erasure: keep a tombstone, not the data
+            st = tombstone(st)
+            before = 0
+        elif st.activity.events < before:  # consent withdrawn: the state was emptied
+            before = 0
+    if st.activity.events != before and st.activity.events:  # the outputs stage
+        features = FeatureView(st, st.activity.max_time)
+        persona = membership.assign_persona(
+            st.membership, st.user_id, st.activity.max_time, features, cfg
+        )
+        out.extend(persona)
+        out.extend(trigger_decisions.publishable(st, scoring.score(st, cfg), cfg))
+        out.extend(scoring.recommend(st, cfg))
+        out.append(profile_write(st))
+    return st, out
+
+
+def end_of_input(st: UserState, cfg: ProfileConfig) -> list[Output]:
+    """End of a bounded input: event time is over, every pending judgement is made, and
+    the open session is summarised for the shared models (it will not be continued)."""
+    return [*trigger_decisions.due(st, cfg, end_of_input=True), *scoring.end_of_input(st, cfg)]
