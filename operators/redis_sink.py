@@ -196,6 +196,19 @@ def _new(users: dict[str, _UserOps], user: str) -> _UserOps:
     return user_ops
 
 
+class _Batch:
+    """A batch of operations after coalescing: what :func:`plan` turns into commands."""
+
+    __slots__ = ("audiences", "shared", "trending", "users")
+
+    def __init__(self) -> None:
+        self.users: dict[str, _UserOps] = {}
+        # audience -> user -> member after the batch (only pairs the batch touched)
+        self.audiences: dict[str, dict[str, bool]] = {}
+        self.shared: dict[str, JsonWrite] = {}
+        self.trending: dict[str, tuple[dict[str, float], int]] = {}  # scope -> (scores, keep)
+
+
 def plan(
     items: Iterable[RedisOp],
     *,
@@ -222,13 +235,23 @@ def plan(
     """
     keys = keys or RedisKeys()
     audience_ttl = ttl_s if audience_ttl_s is None else audience_ttl_s
-    allowed = frozenset(profile_fields)
-    users: dict[str, _UserOps] = {}
-    # audience -> user -> member after the batch (only pairs the batch touched)
-    audiences: dict[str, dict[str, bool]] = {}
-    shared: dict[str, JsonWrite] = {}
-    trending: dict[str, tuple[dict[str, float], int]] = {}  # scope -> (member -> score, keep)
+    batch = _coalesce(items, profile_fields)
+    commands: list[Command] = []
+    _user_commands(commands, batch.users, keys, ttl_s, profile_fields)
+    _audience_commands(commands, batch.audiences, keys, audience_ttl)
+    _trending_commands(commands, batch.trending, keys, audience_ttl)
+    _shared_commands(commands, batch.shared)
+    return commands
 
+
+def _coalesce(  # noqa: PLR0912 - one branch per operation type; a call per op would slow the batch loop
+    items: Iterable[RedisOp], profile_fields: Sequence[str]
+) -> _Batch:
+    """Fold ``items`` in order into what the batch leaves per user, audience, shared key
+    and trending scope (the rules of :func:`plan`)."""
+    allowed = frozenset(profile_fields)
+    batch = _Batch()
+    users, audiences, shared, trending = batch.users, batch.audiences, batch.shared, batch.trending
     for op in items:
         if isinstance(op, ProfileWrite):
             unknown = op.fields.keys() - allowed
@@ -275,8 +298,18 @@ def plan(
             trending[op.scope] = (scores, op.keep)
         else:
             raise TypeError(f"not a Redis write operation: {op!r}")
+    return batch
 
-    commands: list[Command] = []
+
+def _user_commands(
+    commands: list[Command],
+    users: dict[str, _UserOps],
+    keys: RedisKeys,
+    ttl_s: int,
+    profile_fields: Sequence[str],
+) -> None:
+    """Append each user's DEL, profile HSET, segment SADD/SREM, alias and recs SET, with
+    their EXPIREs."""
     for user, user_ops in users.items():
         if user_ops.forget:
             doomed = keys.user_keys(user)
@@ -304,6 +337,12 @@ def plan(
             commands.append(("SET", keys.alias(user), user_ops.alias, "EX", ttl_s))
         if user_ops.recs is not None:
             commands.append(("SET", keys.recs(user), user_ops.recs, "EX", ttl_s))
+
+
+def _audience_commands(
+    commands: list[Command], audiences: dict[str, dict[str, bool]], keys: RedisKeys, ttl_s: int
+) -> None:
+    """Append one SADD and one SREM per audience for all its users, and its EXPIRE."""
     for segment, members in audiences.items():
         key = keys.audience(segment)
         added = [u for u, member in members.items() if member]
@@ -312,7 +351,16 @@ def plan(
             commands.append(("SADD", key, *added))
         if removed:
             commands.append(("SREM", key, *removed))
-        commands.append(("EXPIRE", key, audience_ttl))
+        commands.append(("EXPIRE", key, ttl_s))
+
+
+def _trending_commands(
+    commands: list[Command],
+    trending: dict[str, tuple[dict[str, float], int]],
+    keys: RedisKeys,
+    ttl_s: int,
+) -> None:
+    """Append one ZADD, one trim to the ``keep`` best and one EXPIRE per trending scope."""
     for scope, (scores, keep) in trending.items():
         key = keys.trending(scope)
         zadd: list[str | bytes | int] = ["ZADD", key]
@@ -320,13 +368,16 @@ def plan(
             zadd += (repr(round(score, 6)), member)
         commands.append(tuple(zadd))
         commands.append(("ZREMRANGEBYRANK", key, 0, -keep - 1))
-        commands.append(("EXPIRE", key, audience_ttl))
+        commands.append(("EXPIRE", key, ttl_s))
+
+
+def _shared_commands(commands: list[Command], shared: dict[str, JsonWrite]) -> None:
+    """Append the SET of each shared key's last value (with EX when it has a TTL)."""
     for write in shared.values():
         if write.ttl_s is None:
             commands.append(("SET", write.key, write.value))
         else:
             commands.append(("SET", write.key, write.value, "EX", write.ttl_s))
-    return commands
 
 
 # --- the sink --------------------------------------------------------------------------------
