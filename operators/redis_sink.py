@@ -244,11 +244,13 @@ def plan(
     return commands
 
 
-def _coalesce(  # noqa: PLR0912 - one branch per operation type; a call per op would slow the batch loop
-    items: Iterable[RedisOp], profile_fields: Sequence[str]
-) -> _Batch:
+def _coalesce(items: Iterable[RedisOp], profile_fields: Sequence[str]) -> _Batch:
     """Fold ``items`` in order into what the batch leaves per user, audience, shared key
-    and trending scope (the rules of :func:`plan`)."""
+    and trending scope (the rules of :func:`plan`).
+
+    The frequent operations are folded inline (no call per operation in the batch loop);
+    the rarer :class:`ForgetUser` goes to :func:`_forget`.
+    """
     allowed = frozenset(profile_fields)
     batch = _Batch()
     users, audiences, shared, trending = batch.users, batch.audiences, batch.shared, batch.trending
@@ -271,18 +273,7 @@ def _coalesce(  # noqa: PLR0912 - one branch per operation type; a call per op w
                 user_ops.segments[segment] = False
                 audiences.setdefault(segment, {})[op.user] = False
         elif isinstance(op, ForgetUser):
-            earlier = users.get(op.user)
-            user_ops = users[op.user] = _UserOps()  # earlier operations of the batch dropped
-            user_ops.forget = True
-            if op.keep_alias:
-                user_ops.keep_alias = True
-                user_ops.alias = earlier.alias if earlier is not None else None
-            for segment in op.audiences:
-                audiences.setdefault(segment, {})[op.user] = False
-            # Entries the dropped operations made are undone too (their SADD never runs).
-            for members in audiences.values():
-                if members.get(op.user):
-                    members[op.user] = False
+            _forget(batch, op)
         elif isinstance(op, AliasWrite):
             alias_ops = users.get(op.anonymous_id) or _new(users, op.anonymous_id)
             alias_ops.alias = op.user
@@ -299,6 +290,24 @@ def _coalesce(  # noqa: PLR0912 - one branch per operation type; a call per op w
         else:
             raise TypeError(f"not a Redis write operation: {op!r}")
     return batch
+
+
+def _forget(batch: _Batch, op: ForgetUser) -> None:
+    """Drop what the batch did to ``op.user`` so far (but its alias when ``keep_alias``),
+    mark it for deletion and take it out of its audiences and those the batch entered."""
+    audiences = batch.audiences
+    earlier = batch.users.get(op.user)
+    user_ops = batch.users[op.user] = _UserOps()  # earlier operations of the batch dropped
+    user_ops.forget = True
+    if op.keep_alias:
+        user_ops.keep_alias = True
+        user_ops.alias = earlier.alias if earlier is not None else None
+    for segment in op.audiences:
+        audiences.setdefault(segment, {})[op.user] = False
+    # Entries the dropped operations made are undone too (their SADD never runs).
+    for members in audiences.values():
+        if members.get(op.user):
+            members[op.user] = False
 
 
 def _user_commands(
