@@ -72,7 +72,10 @@ from attune.bench import throughput as tp
 from attune.bench.throughput import BenchError, say
 
 if TYPE_CHECKING:
+    from attune.flows.generate import ProduceReport
+    from attune.operators.codec import Codec
     from attune.operators.events import Event
+    from attune.workload.generator import Generated
 
 #: p99 of event -> Redis write and event -> trigger (design.md, "Targets").
 P99_TARGET_MS = 50.0
@@ -533,19 +536,49 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass(slots=True)
+class _Measured:
+    """What one run measured, for the report (the flow and the servers are gone by then)."""
+
+    report: ProduceReport
+    start_ms: int
+    end_ms: int
+    ready_s: float
+    flow_alive: bool
+    flow_code: int | None
+    dead_letters: int
+    servers_note: str
+    triggers: TriggerWatch
+    redis: RedisWatch
+    ping: PingWatch
+    errors: dict[str, str]
+
+
 def _bench(args: argparse.Namespace) -> str:
-    from itertools import islice
-
-    from attune.flows import topics
-    from attune.flows.generate import ProduceError, produce
-    from attune.flows.settings import env_name
-    from attune.operators.codec import Codec
-    from attune.operators.redis_keys import RedisKeys
-    from attune.operators.triggers import KINDS
-    from attune.workload.generator import GeneratorConfig, generate
-
     machine = tp.machine_info()
     machine["load_average_start"] = tp.load_average()
+    gen, warm, live = _workload(args)
+    measured = _measure(args, gen, warm, live, machine)
+    result = _figures(
+        measured.triggers.got,
+        start_ms=measured.start_ms,
+        end_ms=measured.end_ms,
+        redis=measured.redis,
+        ping=measured.ping,
+        poll_ms=args.redis_poll_ms,
+    )
+    text = _report_text(args, machine, measured, result)
+    if args.json:
+        _write_json(args, machine, measured, result)
+    return text
+
+
+def _workload(args: argparse.Namespace) -> tuple[Generated, list[Event], list[Event]]:
+    """The generator, one warm-up event and the live events (``--rate`` x ``--seconds``)."""
+    from itertools import islice
+
+    from attune.workload.generator import GeneratorConfig, generate
+
     n_live = max(1, round(args.rate * args.seconds))
     config = GeneratorConfig(
         users=args.users,
@@ -560,7 +593,21 @@ def _bench(args: argparse.Namespace) -> str:
     events = list(islice(gen.events, n_live + 1))
     if len(events) < n_live + 1:
         say(f"the generator gave only {len(events):,} events")
-    warm, live = events[:1], events[1:]
+    return gen, events[:1], events[1:]
+
+
+def _measure(
+    args: argparse.Namespace,
+    gen: Generated,
+    warm: list[Event],
+    live: list[Event],
+    machine: dict[str, Any],
+) -> _Measured:
+    """Set up, start the flow, warm it up, produce ``live`` while the threads measure, drain
+    and tear down; the end of the run goes into ``machine`` (load average, code version)."""
+    from attune.flows import topics
+    from attune.flows.settings import env_name
+    from attune.operators.codec import Codec
 
     with contextlib.ExitStack() as stack:
         # attune.bench.throughput's set-up takes args.partitions and args.redis_db.
@@ -572,7 +619,6 @@ def _bench(args: argparse.Namespace) -> str:
             topics.ensure_topics(settings.kafka_bootstrap, [ping_topic], 1, settings=settings)
         except Exception as exc:
             raise BenchError(f"could not create {ping_topic}: {exc}") from None
-        client = bench.redis
         log = stack.enter_context(tempfile.TemporaryFile())
         env = {**os.environ, **tp.settings_env(settings), env_name("kafka_tail"): "true"}
 
@@ -580,63 +626,16 @@ def _bench(args: argparse.Namespace) -> str:
         proc = stack.enter_context(background_flow(env, log))
         codec = Codec()
         gen.events = iter(live_events(warm, wall_ms))
-        try:
-            produce(
-                gen,
-                settings.kafka_bootstrap,
-                settings.topic_events,
-                settings.topic_items,
-                None,
-                codec,
-                settings=settings,
-                progress=False,
-            )
-        except ProduceError as exc:
-            raise BenchError(f"producing the warm-up failed: {exc}") from None
-        t0 = time.monotonic()
-        while client.dbsize() == 0:
-            if proc.poll() is not None:
-                raise BenchError(f"the flow exited with {proc.returncode}:\n{tp._tail(log)}")
-            if time.monotonic() - t0 > args.ready_timeout:
-                raise BenchError(
-                    f"the flow wrote nothing to Redis within {args.ready_timeout:.0f}s "
-                    f"(--ready-timeout); its output ends with:\n{tp._tail(log)}"
-                )
-            time.sleep(0.05)
-        ready_s = time.monotonic() - t0
+        _produce(gen, settings, codec, items=True, rate=None, what="the warm-up")
+        ready_s = _wait_ready(bench.redis, proc, log, args.ready_timeout)
         say(f"flow ready: first Redis key {ready_s:.1f}s after the warm-up event")
 
-        # Sampled users: identified users of the live events.
-        keys = RedisKeys(prefix=settings.redis_prefix)
-        users = sorted({e.user_id for e in live if e.user_id})
-        sample = random.Random(args.seed).sample(users, min(args.sample_users, len(users)))
-        redis_watch = RedisWatch(
-            client, {u: keys.profile(u) for u in sample}, args.redis_poll_ms / 1000
-        )
-        trig = TriggerWatch(settings, KINDS)
-        if not trig.wait_assigned(30):
-            raise BenchError("the trigger subscriber got no partitions within 30 s")
-        ping = PingWatch(settings, ping_topic, args.ping_interval_ms / 1000)
+        trig, redis_watch, ping = _start_watchers(args, settings, bench.redis, live, ping_topic)
         watchers: list[Any] = [trig, redis_watch, ping]
-        for w in watchers:
-            w.start()
-
         say(f"producing {len(live):,} live events at {args.rate:,.0f}/s for {args.seconds:g}s")
         start_ms = wall_ms()
         gen.events = iter(live_events(live, wall_ms, redis_watch.record))
-        try:
-            report = produce(
-                gen,
-                settings.kafka_bootstrap,
-                settings.topic_events,
-                None,
-                args.rate,
-                codec,
-                settings=settings,
-                progress=False,
-            )
-        except ProduceError as exc:
-            raise BenchError(f"producing the live events failed: {exc}") from None
+        report = _produce(gen, settings, codec, items=False, rate=args.rate, what="the live events")
         end_ms = wall_ms()
         say(f"produced {report.events:,} events at {report.events_per_s:,.0f}/s; draining")
         time.sleep(args.drain)
@@ -651,69 +650,150 @@ def _bench(args: argparse.Namespace) -> str:
         dlq = tp.topic_size(settings, bench.topics["dlq"])
         servers_note = bench.servers.note
 
-    errors = {w.name: w.error for w in watchers if w.error}
-    result = _figures(
-        trig.got,
+    return _Measured(
+        report=report,
         start_ms=start_ms,
         end_ms=end_ms,
+        ready_s=ready_s,
+        flow_alive=flow_alive,
+        flow_code=flow_code,
+        dead_letters=dlq,
+        servers_note=servers_note,
+        triggers=trig,
         redis=redis_watch,
         ping=ping,
-        poll_ms=args.redis_poll_ms,
+        errors={w.name: w.error for w in watchers if w.error},
     )
+
+
+def _produce(
+    gen: Generated, settings: Any, codec: Codec, *, items: bool, rate: float | None, what: str
+) -> ProduceReport:
+    """Produce ``gen``'s events (and its catalogue if ``items``) at ``rate`` to the flow's
+    topics; a failure is a :class:`BenchError` naming ``what`` was produced."""
+    from attune.flows.generate import ProduceError, produce
+
+    try:
+        return produce(
+            gen,
+            settings.kafka_bootstrap,
+            settings.topic_events,
+            settings.topic_items if items else None,
+            rate,
+            codec,
+            settings=settings,
+            progress=False,
+        )
+    except ProduceError as exc:
+        raise BenchError(f"producing {what} failed: {exc}") from None
+
+
+def _wait_ready(
+    client: Any, proc: subprocess.Popen[bytes], log: IO[bytes], timeout_s: float
+) -> float:
+    """Seconds until the flow writes its first Redis key (bounded by ``--ready-timeout``)."""
+    t0 = time.monotonic()
+    while client.dbsize() == 0:
+        if proc.poll() is not None:
+            raise BenchError(f"the flow exited with {proc.returncode}:\n{tp._tail(log)}")
+        if time.monotonic() - t0 > timeout_s:
+            raise BenchError(
+                f"the flow wrote nothing to Redis within {timeout_s:.0f}s "
+                f"(--ready-timeout); its output ends with:\n{tp._tail(log)}"
+            )
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
+def _start_watchers(
+    args: argparse.Namespace, settings: Any, client: Any, live: list[Event], ping_topic: str
+) -> tuple[TriggerWatch, RedisWatch, PingWatch]:
+    """The three measuring threads, started once the trigger subscriber has its partitions;
+    Redis is watched for a sample of the identified users of ``live``."""
+    from attune.operators.redis_keys import RedisKeys
+    from attune.operators.triggers import KINDS
+
+    keys = RedisKeys(prefix=settings.redis_prefix)
+    users = sorted({e.user_id for e in live if e.user_id})
+    sample = random.Random(args.seed).sample(users, min(args.sample_users, len(users)))
+    redis_watch = RedisWatch(
+        client, {u: keys.profile(u) for u in sample}, args.redis_poll_ms / 1000
+    )
+    trig = TriggerWatch(settings, KINDS)
+    if not trig.wait_assigned(30):
+        raise BenchError("the trigger subscriber got no partitions within 30 s")
+    ping = PingWatch(settings, ping_topic, args.ping_interval_ms / 1000)
+    for w in (trig, redis_watch, ping):
+        w.start()
+    return trig, redis_watch, ping
+
+
+def _report_text(
+    args: argparse.Namespace, machine: dict[str, Any], m: _Measured, result: dict[str, Any]
+) -> str:
+    """The printed report: the run, the machine, the latency table and the warnings."""
+    report = m.report
     rows: list[LatencyRow] = result["rows"]
     lines = [
         f"attune bench latency: {report.events:,} live events of {args.users:,} users "
         f"(seed {args.seed}) at a target {args.rate:,.0f}/s for {args.seconds:g}s; "
         f"{args.partitions} partition(s), 1 flow process x 1 worker",
         f"achieved production rate: {report.events_per_s:,.0f} events/s "
-        f"({(end_ms - start_ms) / 1000:.1f}s incl. final flush)",
-        f"servers: {servers_note}",
+        f"({(m.end_ms - m.start_ms) / 1000:.1f}s incl. final flush)",
+        f"servers: {m.servers_note}",
         f"machine: {machine.get('nproc')} CPUs ({machine.get('cpu', '?')}), "
         f"Python {machine['python']}, bytewax {machine.get('bytewax')}; load average "
         f"{machine['load_average_start']} -> {machine['load_average_end']}",
         f"code: {machine.get('git')}",
-        f"flow ready {ready_s:.1f}s after the warm-up event; "
-        + ("still running at the end (then stopped)" if flow_alive else f"EXITED ({flow_code})"),
+        f"flow ready {m.ready_s:.1f}s after the warm-up event; "
+        + (
+            "still running at the end (then stopped)" if m.flow_alive else f"EXITED ({m.flow_code})"
+        ),
         "",
         format_latency_table(rows),
         "",
         *result["notes"],
-        f"dead letters during the run: {dlq:,}",
+        f"dead letters during the run: {m.dead_letters:,}",
     ]
-    if errors:
-        lines.append(f"WARNING: measuring threads failed: {errors}")
+    if m.errors:
+        lines.append(f"WARNING: measuring threads failed: {m.errors}")
     if machine.get("git_end") != machine.get("git"):
         lines.append("WARNING: the code changed during the run")
-    text = "\n".join(lines)
-    if args.json:
-        doc = {
-            "argv": sys.argv,
-            "config": {
-                k: (str(v) if isinstance(v, Path) else v)
-                for k, v in vars(args).items()
-                if not callable(v)
-            },
-            "machine": machine,
-            "servers": servers_note,
-            "produce": asdict(report),
-            "flow_ready_s": ready_s,
-            "rows": [
-                {
-                    "label": r.label,
-                    "verdict": r.verdict,
-                    "note": r.note,
-                    **(asdict(r.stat) if r.stat else {}),
-                }
-                for r in rows
-            ],
-            "counts": result["counts"],
-            "dead_letters": dlq,
-            "errors": errors,
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=2) + "\n")
-        say(f"wrote {args.json}")
-    return text
+    return "\n".join(lines)
+
+
+def _write_json(
+    args: argparse.Namespace, machine: dict[str, Any], m: _Measured, result: dict[str, Any]
+) -> None:
+    """The run as JSON at ``--json``: arguments, machine, production, rows and counts."""
+    rows: list[LatencyRow] = result["rows"]
+    doc = {
+        "argv": sys.argv,
+        "config": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+            if not callable(v)
+        },
+        "machine": machine,
+        "servers": m.servers_note,
+        "produce": asdict(m.report),
+        "flow_ready_s": m.ready_s,
+        "rows": [
+            {
+                "label": r.label,
+                "verdict": r.verdict,
+                "note": r.note,
+                **(asdict(r.stat) if r.stat else {}),
+            }
+            for r in rows
+        ],
+        "counts": result["counts"],
+        "dead_letters": m.dead_letters,
+        "errors": m.errors,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    say(f"wrote {args.json}")
 
 
 def _figures(

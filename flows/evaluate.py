@@ -307,19 +307,7 @@ class Replay:
         tr.last_ms = t if tr.last_ms is None else max(tr.last_ms, t)
         p = e.payload
         if isinstance(p, ProductView | AddToCart):
-            kind = VIEW if isinstance(p, ProductView) else CART
-            price = p.price_minor if isinstance(p, ProductView) else p.unit_price_minor
-            known = self.cat.row(p.item_id) is not None
-            row = self._ensure_item(p.item_id, p.category, price)
-            if p.item_id not in tr.interacted:
-                self.eligible += 1
-                if not known:
-                    self.unknown_targets += 1
-                elif zlib.crc32(e.event_id.encode()) % self.sample == 0:
-                    self._evaluate(user, tr, p.item_id, t)
-            self._learn_interaction(user, tr, p.item_id, row, t, kind)
-            if isinstance(p, AddToCart):
-                tr.in_cart[p.item_id] = tr.in_cart.get(p.item_id, 0) + p.quantity
+            self._view_or_add(user, tr, e.event_id, p, t)
         elif isinstance(p, RemoveFromCart):
             left = tr.in_cart.get(p.item_id, 0) - p.quantity
             if left > 0:
@@ -327,14 +315,37 @@ class Replay:
             else:
                 tr.in_cart.pop(p.item_id, None)
         elif isinstance(p, Purchase):
-            tr.bought_in_session = True
-            items = [line.item_id for line in p.lines]
-            self.covisit.learn(purchase_pairs(items), BOUGHT, t)
-            for line in p.lines:
-                row = self._ensure_item(line.item_id, line.category, line.unit_price_minor)
-                self._learn_interaction(user, tr, line.item_id, row, t, PURCHASE, line.quantity)
-                tr.purchased.add(line.item_id)
-            tr.in_cart.clear()
+            self._purchase(user, tr, p, t)
+
+    def _view_or_add(
+        self, user: str, tr: Track, event_id: str, p: ProductView | AddToCart, t: int
+    ) -> None:
+        """A view or add of an item: if the user never touched it before, a target for the
+        methods (evaluated on a sample of the events, by event id); then learned from."""
+        kind = VIEW if isinstance(p, ProductView) else CART
+        price = p.price_minor if isinstance(p, ProductView) else p.unit_price_minor
+        known = self.cat.row(p.item_id) is not None
+        row = self._ensure_item(p.item_id, p.category, price)
+        if p.item_id not in tr.interacted:
+            self.eligible += 1
+            if not known:
+                self.unknown_targets += 1
+            elif zlib.crc32(event_id.encode()) % self.sample == 0:
+                self._evaluate(user, tr, p.item_id, t)
+        self._learn_interaction(user, tr, p.item_id, row, t, kind)
+        if isinstance(p, AddToCart):
+            tr.in_cart[p.item_id] = tr.in_cart.get(p.item_id, 0) + p.quantity
+
+    def _purchase(self, user: str, tr: Track, p: Purchase, t: int) -> None:
+        """A purchase: bought-together pairs and an interaction per line; the cart empties."""
+        tr.bought_in_session = True
+        items = [line.item_id for line in p.lines]
+        self.covisit.learn(purchase_pairs(items), BOUGHT, t)
+        for line in p.lines:
+            row = self._ensure_item(line.item_id, line.category, line.unit_price_minor)
+            self._learn_interaction(user, tr, line.item_id, row, t, PURCHASE, line.quantity)
+            tr.purchased.add(line.item_id)
+        tr.in_cart.clear()
 
     def _learn_interaction(  # noqa: PLR0917
         self, user: str, tr: Track, item: str, row: int, t: int, kind: str, qty: int = 1
@@ -590,6 +601,33 @@ def replay(
     on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Run the prequential replay of ``events_path``; returns the results dict (see module doc)."""
+    items_path = _check_inputs(events_path, items_path, k, sample)
+    items = read_items(items_path) if items_path is not None else []
+    started = time.monotonic()
+    rp = Replay(k, sample, seed, PriceBands.from_items(items))
+    pending = deque(items)
+    while pending and pending[0].updated_time <= (items[0].updated_time if items else 0):
+        rp.apply_item(pending.popleft())
+    first_dead = _replay_events(rp, events_path, pending, progress, on_progress)
+    if rp.events == 0:
+        why = f": {first_dead.reason}" if first_dead is not None else " (it is empty)"
+        raise EvaluationError(f"{events_path} holds no readable events{why}")
+    rp.finish()
+    if not any(t.points for t in rp.tallies.values()):
+        raise EvaluationError(
+            f"{events_path}: no evaluation point (no product view or add-to-cart of a new item"
+            f" among {rp.events} events, sampled 1 in {sample}); lower --sample"
+        )
+    out = rp.results()
+    out["file"] = str(events_path)
+    out["items_file"] = str(items_path) if items_path is not None else None
+    out["elapsed_s"] = round(time.monotonic() - started, 1)
+    return out
+
+
+def _check_inputs(events_path: Path, items_path: Path | None, k: int, sample: int) -> Path | None:
+    """Check the arguments of :func:`evaluate`; the items file to read, if any (by default
+    the one beside the events file, when it exists)."""
     if k < 1:
         raise EvaluationError(f"--k must be >= 1, got {k}")
     if sample < 1:
@@ -598,15 +636,21 @@ def replay(
         raise EvaluationError(f"events file {events_path} does not exist")
     if items_path is None:
         guess = default_items_path(events_path)
-        items_path = guess if guess.is_file() else None
-    elif not items_path.is_file():
+        return guess if guess.is_file() else None
+    if not items_path.is_file():
         raise EvaluationError(f"items file {items_path} does not exist")
-    items = read_items(items_path) if items_path is not None else []
-    started = time.monotonic()
-    rp = Replay(k, sample, seed, PriceBands.from_items(items))
-    pending = deque(items)
-    while pending and pending[0].updated_time <= (items[0].updated_time if items else 0):
-        rp.apply_item(pending.popleft())
+    return items_path
+
+
+def _replay_events(
+    rp: Replay,
+    events_path: Path,
+    pending: deque[ItemUpdate],
+    progress: bool,
+    on_progress: Callable[[int], None] | None,
+) -> DeadLetter | None:
+    """Feed the events of ``events_path`` to ``rp`` in file order, each after the item
+    updates ``pending`` before it, counting dead letters; returns the first of them."""
     bar = Progress(count_records(events_path)) if progress else None
     first_dead: DeadLetter | None = None
     done = 0
@@ -625,20 +669,7 @@ def replay(
             on_progress(done)
     if bar is not None:
         bar.update(done, final=True)
-    if rp.events == 0:
-        why = f": {first_dead.reason}" if first_dead is not None else " (it is empty)"
-        raise EvaluationError(f"{events_path} holds no readable events{why}")
-    rp.finish()
-    if not any(t.points for t in rp.tallies.values()):
-        raise EvaluationError(
-            f"{events_path}: no evaluation point (no product view or add-to-cart of a new item"
-            f" among {rp.events} events, sampled 1 in {sample}); lower --sample"
-        )
-    out = rp.results()
-    out["file"] = str(events_path)
-    out["items_file"] = str(items_path) if items_path is not None else None
-    out["elapsed_s"] = round(time.monotonic() - started, 1)
-    return out
+    return first_dead
 
 
 def _events(path: Path) -> Iterator[tuple[int, Event | DeadLetter]]:

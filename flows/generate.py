@@ -245,6 +245,23 @@ class _Deliveries:
             self.first_error = f"{err.str()} (topic {msg.topic()}, key {msg.key()!r})"
 
 
+def _check_topics(producer: Any, bootstrap: str, topics: list[str]) -> None:
+    """Raise :class:`ProduceError` unless Kafka answers and has every topic of ``topics``."""
+    from confluent_kafka import KafkaException
+
+    for name in topics:
+        try:
+            meta = producer.list_topics(name, timeout=15)
+        except KafkaException as exc:
+            raise ProduceError(f"Kafka at {bootstrap} is not reachable: {exc}") from None
+        info = meta.topics.get(name)
+        if info is None or info.error is not None:
+            raise ProduceError(
+                f"topic {name} is not available on {bootstrap} ({info.error if info else 'absent'})"
+                "; create it first, e.g. with `attune topics create`"
+            )
+
+
 def produce(  # noqa: PLR0917 - the positional signature the CLI and tests share
     generated: Generated,
     bootstrap: str,
@@ -264,7 +281,7 @@ def produce(  # noqa: PLR0917 - the positional signature the CLI and tests share
     :class:`ProduceError` naming the count and the first error if any delivery
     failed or did not complete within ``flush_timeout_s``.
     """
-    from confluent_kafka import KafkaException, Producer
+    from confluent_kafka import Producer
 
     if rate is not None and rate <= 0:
         raise ValueError(f"rate must be > 0 events/s (or None for unpaced), got {rate}")
@@ -274,17 +291,7 @@ def produce(  # noqa: PLR0917 - the positional signature the CLI and tests share
         )
     producer = Producer(producer_config(bootstrap, settings))
     topics = [t for t in (items_topic, topic) if t]
-    for name in topics:
-        try:
-            meta = producer.list_topics(name, timeout=15)
-        except KafkaException as exc:
-            raise ProduceError(f"Kafka at {bootstrap} is not reachable: {exc}") from None
-        info = meta.topics.get(name)
-        if info is None or info.error is not None:
-            raise ProduceError(
-                f"topic {name} is not available on {bootstrap} ({info.error if info else 'absent'})"
-                "; create it first, e.g. with `attune topics create`"
-            )
+    _check_topics(producer, bootstrap, topics)
     deliveries = _Deliveries()
 
     def send(topic_name: str, key: bytes, value: bytes) -> None:

@@ -792,6 +792,68 @@ def _csv_rows(
         yield reader.line_num, fields
 
 
+def _read_rows(
+    fh: TextIO,
+    path: Path,
+    *,
+    layout: Layout,
+    delimiter: str,
+    into: SpillSort[Row],
+    rejects: Rejects,
+    summary: ImportSummary,
+    progress: bool,
+) -> int | None:
+    """Read the header and the rows of the CSV ``fh`` into ``into``, rejecting bad rows and
+    counting rows and skips in ``summary``; returns the earliest row time (``None``: none).
+
+    Raises :class:`ImportLayoutError` when there is no header or the layout does not fit it.
+    """
+    rows_in = _csv_rows(fh, str(path), delimiter)
+    first = next(rows_in, None)
+    if first is None:
+        raise ImportLayoutError(f"{path} is empty: a header row of column names is needed")
+    if isinstance(first[1], csv.Error):
+        raise ImportLayoutError(f"{path}: the header line is not valid CSV ({first[1]})")
+    reader = RowReader(layout, first[1])
+    data: Iterable[tuple[int, list[str] | csv.Error]] = rows_in
+    if progress:
+        data = Progress(f"import read {path}").wrap(data)
+    earliest: int | None = None
+    for line, fields in data:
+        summary.rows += 1
+        if isinstance(fields, csv.Error):
+            rejects.add(line, "bad_csv", str(fields), [])
+            continue
+        try:
+            got = reader.rows(fields, line)
+        except RowError as exc:
+            rejects.add(line, exc.reason, exc.detail, fields)
+            continue
+        if got is None:
+            summary.skipped += 1
+            continue
+        for row in got:
+            into.add(row)
+            earliest = row.time if earliest is None else min(earliest, row.time)
+    return earliest
+
+
+def _counted(by_time: Iterable[Sorted], summary: ImportSummary) -> Iterator[Event]:
+    """The sorted events, counted in ``summary`` as they are written (types, purchase rows,
+    unknown prices, first and last time)."""
+    for s in by_time:
+        ev = s.event
+        summary.by_type[ev.event_type.value] += 1
+        if isinstance(ev.payload, Purchase):
+            summary.purchase_rows += len(ev.payload.lines)
+        if isinstance(ev.payload, AddToCart | Purchase) and ev.payload.currency == NO_CURRENCY:
+            summary.unknown_price += 1
+        if summary.first_ms is None:
+            summary.first_ms = ev.event_time
+        summary.last_ms = ev.event_time
+        yield ev
+
+
 def import_csv(
     path: Path,
     layout: Layout,
@@ -821,39 +883,22 @@ def import_csv(
     rejects_part = rejects_path.with_name(rejects_path.name + ".part") if rejects_path else None
     reject_fh = rejects_part.open("w", newline="", encoding="utf-8") if rejects_part else None
     rejects = Rejects(reject_fh)
-    earliest: int | None = None
     try:
         with (
             path.open(newline="", encoding="utf-8-sig") as fh,
             tempfile.TemporaryDirectory(prefix="attune-import-", dir=tmp_dir) as tmp,
         ):
             by_user = SpillSort[Row](chunk_rows, Path(tmp))
-            rows_in = _csv_rows(fh, str(path), delimiter)
-            first = next(rows_in, None)
-            if first is None:
-                raise ImportLayoutError(f"{path} is empty: a header row of column names is needed")
-            if isinstance(first[1], csv.Error):
-                raise ImportLayoutError(f"{path}: the header line is not valid CSV ({first[1]})")
-            reader = RowReader(layout, first[1])
-            data: Iterable[tuple[int, list[str] | csv.Error]] = rows_in
-            if progress:
-                data = Progress(f"import read {path}").wrap(data)
-            for line, fields in data:
-                summary.rows += 1
-                if isinstance(fields, csv.Error):
-                    rejects.add(line, "bad_csv", str(fields), [])
-                    continue
-                try:
-                    got = reader.rows(fields, line)
-                except RowError as exc:
-                    rejects.add(line, exc.reason, exc.detail, fields)
-                    continue
-                if got is None:
-                    summary.skipped += 1
-                    continue
-                for row in got:
-                    by_user.add(row)
-                    earliest = row.time if earliest is None else min(earliest, row.time)
+            earliest = _read_rows(
+                fh,
+                path,
+                layout=layout,
+                delimiter=delimiter,
+                into=by_user,
+                rejects=rejects,
+                summary=summary,
+                progress=progress,
+            )
             shift = 0 if start_ms is None or earliest is None else start_ms - earliest
             opts = EventOptions(prefix, session_gap_ms, shift)
             by_time = SpillSort[Sorted](chunk_rows, Path(tmp))
@@ -862,25 +907,9 @@ def import_csv(
                 sorted_rows = Progress(f"import sessions and orders {path}").wrap(sorted_rows)
             for item in events_of_user_rows(sorted_rows, opts, rejects):
                 by_time.add(item)
-
-            def events() -> Iterator[Event]:
-                for s in by_time:
-                    ev = s.event
-                    summary.by_type[ev.event_type.value] += 1
-                    if isinstance(ev.payload, Purchase):
-                        summary.purchase_rows += len(ev.payload.lines)
-                    if isinstance(ev.payload, AddToCart | Purchase) and (
-                        ev.payload.currency == NO_CURRENCY
-                    ):
-                        summary.unknown_price += 1
-                    if summary.first_ms is None:
-                        summary.first_ms = ev.event_time
-                    summary.last_ms = ev.event_time
-                    yield ev
-
             summary.events = write_events(
                 out,
-                events(),
+                _counted(by_time, summary),
                 sync_marker(0, f"import:{prefix}"),
                 progress=f"import write {out}" if progress else None,
             )

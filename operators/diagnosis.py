@@ -74,19 +74,9 @@ class _Walker:
 
     def walk(self, sch: Any, path: str = "") -> None:
         if isinstance(sch, str):
-            if sch in self.named:
-                self.walk(self.named[sch], path)
-                return
-            sch = {"type": sch}
+            sch = self.named.get(sch, {"type": sch})  # a named type, or a primitive
         if isinstance(sch, list):
-            index = self._long(path)
-            if not 0 <= index < len(sch):
-                raise BadDatumError(
-                    ErrorClass.INVALID_UNION,
-                    f"field {path}: union branch index {index} out of range "
-                    f"(the union has {len(sch)} branches)",
-                )
-            self.walk(sch[index], path)
+            self._union(sch, path)
             return
         kind = sch["type"]
         if isinstance(kind, dict | list):
@@ -95,15 +85,53 @@ class _Walker:
             for f in sch["fields"]:
                 self.walk(f["type"], f"{path}.{f['name']}" if path else f["name"])
         elif kind == "enum":
-            index = self._long(path)
-            symbols = sch["symbols"]
-            if not 0 <= index < len(symbols):
-                raise BadDatumError(
-                    ErrorClass.INVALID_ENUM,
-                    f"field {path}: enum index {index} out of range for {sch['name']} "
-                    f"({len(symbols)} symbols)",
-                )
-        elif kind in ("int", "long"):
+            self._enum(sch, path)
+        elif kind in ("array", "map"):
+            self._blocks(sch, path)
+        else:
+            self._primitive(sch, path)
+
+    def _union(self, branches: list[Any], path: str) -> None:
+        index = self._long(path)
+        if not 0 <= index < len(branches):
+            raise BadDatumError(
+                ErrorClass.INVALID_UNION,
+                f"field {path}: union branch index {index} out of range "
+                f"(the union has {len(branches)} branches)",
+            )
+        self.walk(branches[index], path)
+
+    def _enum(self, sch: dict[str, Any], path: str) -> None:
+        index = self._long(path)
+        symbols = sch["symbols"]
+        if not 0 <= index < len(symbols):
+            raise BadDatumError(
+                ErrorClass.INVALID_ENUM,
+                f"field {path}: enum index {index} out of range for {sch['name']} "
+                f"({len(symbols)} symbols)",
+            )
+
+    def _blocks(self, sch: dict[str, Any], path: str) -> None:
+        """An array or map: blocks of items (or key-value pairs), ended by a count of 0."""
+        kind = sch["type"]
+        while True:
+            count = self._long(path)
+            if count == 0:
+                break
+            if count < 0:
+                count = -count
+                self._long(path)  # block size in bytes
+            for i in range(count):
+                if kind == "map":
+                    self.walk("string", f"{path}[key]")
+                    self.walk(sch["values"], f"{path}[{i}]")
+                else:
+                    self.walk(sch["items"], f"{path}[{i}]")
+
+    def _primitive(self, sch: dict[str, Any], path: str) -> None:
+        """A primitive or fixed value (``null`` takes no bytes)."""
+        kind = sch["type"]
+        if kind in ("int", "long"):
             self._long(path)
         elif kind == "boolean":
             self._need(1, path)
@@ -117,37 +145,27 @@ class _Walker:
             self._need(n, path)
             self.pos += n
         elif kind in ("bytes", "string"):
-            n = self._long(path)
-            if n < 0:
-                raise BadDatumError(ErrorClass.MALFORMED, f"field {path}: negative length {n}")
-            self._need(n, path)
-            if kind == "string":
-                try:
-                    self.data[self.pos : self.pos + n].decode("utf-8")
-                except UnicodeDecodeError:
-                    raise BadDatumError(
-                        ErrorClass.MALFORMED, f"field {path}: string is not valid UTF-8"
-                    ) from None
-            self.pos += n
+            self._bytes(kind == "string", path)
         elif kind == "fixed":
             self._need(sch["size"], path)
             self.pos += sch["size"]
-        elif kind in ("array", "map"):
-            while True:
-                count = self._long(path)
-                if count == 0:
-                    break
-                if count < 0:
-                    count = -count
-                    self._long(path)  # block size in bytes
-                for i in range(count):
-                    if kind == "map":
-                        self.walk("string", f"{path}[key]")
-                        self.walk(sch["values"], f"{path}[{i}]")
-                    else:
-                        self.walk(sch["items"], f"{path}[{i}]")
         elif kind != "null":
             raise BadDatumError(ErrorClass.MALFORMED, f"field {path}: unsupported type {kind}")
+
+    def _bytes(self, utf8: bool, path: str) -> None:
+        """A length-prefixed bytes or (``utf8``) string value."""
+        n = self._long(path)
+        if n < 0:
+            raise BadDatumError(ErrorClass.MALFORMED, f"field {path}: negative length {n}")
+        self._need(n, path)
+        if utf8:
+            try:
+                self.data[self.pos : self.pos + n].decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadDatumError(
+                    ErrorClass.MALFORMED, f"field {path}: string is not valid UTF-8"
+                ) from None
+        self.pos += n
 
 
 def diagnose(datum: bytes, writer: SchemaVersion, exc: BaseException) -> BadDatumError:

@@ -505,29 +505,12 @@ def validate_event(event: Event) -> str | None:
 def _validate_payload(event: Event) -> str | None:
     p = event.payload
     if isinstance(p, AddToCart):
-        if not p.item_id:
-            return "add-to-cart item_id is empty"
-        if p.quantity < 1:
-            return f"add-to-cart quantity {p.quantity} < 1"
-        if p.unit_price_minor < 0:
-            return f"add-to-cart unit_price_minor {p.unit_price_minor} < 0"
-        if not _CURRENCY.match(p.currency):
-            return f"add-to-cart currency {p.currency!r} is not an ISO 4217 code"
+        return _validate_add_to_cart(p)
     elif isinstance(p, RemoveFromCart):
         if p.quantity < 1:
             return f"remove-from-cart quantity {p.quantity} < 1"
     elif isinstance(p, Purchase):
-        if not p.order_id:
-            return "purchase order_id is empty"
-        if not p.lines:
-            return "purchase has no lines"
-        if p.total_minor < 0:
-            return f"purchase total_minor {p.total_minor} < 0"
-        if not _CURRENCY.match(p.currency):
-            return f"purchase currency {p.currency!r} is not an ISO 4217 code"
-        for line in p.lines:
-            if line.quantity < 1 or line.unit_price_minor < 0:
-                return f"purchase line {line.item_id}: quantity < 1 or negative price"
+        return _validate_purchase(p)
     elif isinstance(p, ProductView):
         if not p.item_id:
             return "product-view item_id is empty"
@@ -538,4 +521,31 @@ def _validate_payload(event: Event) -> str | None:
             return f"dwell_ms {p.dwell_ms} < 0"
     elif isinstance(p, Identify) and not event.user_id:
         return "identify without user_id"
+    return None
+
+
+def _validate_add_to_cart(p: AddToCart) -> str | None:
+    if not p.item_id:
+        return "add-to-cart item_id is empty"
+    if p.quantity < 1:
+        return f"add-to-cart quantity {p.quantity} < 1"
+    if p.unit_price_minor < 0:
+        return f"add-to-cart unit_price_minor {p.unit_price_minor} < 0"
+    if not _CURRENCY.match(p.currency):
+        return f"add-to-cart currency {p.currency!r} is not an ISO 4217 code"
+    return None
+
+
+def _validate_purchase(p: Purchase) -> str | None:
+    if not p.order_id:
+        return "purchase order_id is empty"
+    if not p.lines:
+        return "purchase has no lines"
+    if p.total_minor < 0:
+        return f"purchase total_minor {p.total_minor} < 0"
+    if not _CURRENCY.match(p.currency):
+        return f"purchase currency {p.currency!r} is not an ISO 4217 code"
+    for line in p.lines:
+        if line.quantity < 1 or line.unit_price_minor < 0:
+            return f"purchase line {line.item_id}: quantity < 1 or negative price"
     return None

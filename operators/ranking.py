@@ -466,6 +466,152 @@ def _scaled(x: F64) -> F64:
     return x / top if top > 0 else np.zeros_like(x)
 
 
+@dataclass(slots=True)
+class _Recent:
+    """The user's latest interactions (at most :data:`MAX_RECENT`) as arrays, oldest first.
+
+    ``rows`` is -1 for items the catalogue does not know; ``weights`` the weight of
+    each interaction's kind.
+    """
+
+    interactions: tuple[Interaction, ...]
+    rows: I64
+    times: I64
+    weights: F64
+    known: npt.NDArray[np.bool_]
+    any_known: bool
+
+
+def _recent(signals: UserSignals, cat: Catalogue) -> _Recent:
+    latest = signals.recent[-MAX_RECENT:]
+    recent = [(cat.index.get(i.item, -1), i.time_ms, _KIND_WEIGHT.get(i.kind, 1.0)) for i in latest]
+    rows = np.asarray([r for r, _, _ in recent], np.int64)
+    times = np.asarray([t for _, t, _ in recent], np.int64)
+    kind_w = np.asarray([x for _, _, x in recent], np.float64)
+    known = rows >= 0
+    return _Recent(latest, rows, times, kind_w, known, bool(known.any()))
+
+
+def _category_affinity(signals: UserSignals, cat: Catalogue, rec: _Recent) -> F64:
+    """Per category code, the user's affinity: half short-term, half long-term decayed
+    share of the recent items in it (the profile's top categories when none is known)."""
+    n_codes = len(cat.category_names)
+    aff = np.zeros(n_codes)
+    if rec.any_known:
+        codes = cat.codes[rec.rows[rec.known]]
+        for hl in (SHORT_HALF_LIFE_MS, LONG_HALF_LIFE_MS):
+            wt = decay_weights(rec.times[rec.known], signals.now_ms, hl) * rec.weights[rec.known]
+            a = np.bincount(codes, weights=wt, minlength=n_codes)
+            if a.sum() > 0:
+                aff += 0.5 * a / a.sum()
+    else:
+        for c in signals.top_categories:
+            code = cat.category_code.get(c)
+            if code is not None:
+                aff[code] += 1.0
+        if aff.sum() > 0:
+            aff /= aff.sum()
+    return aff
+
+
+def _embedding_scores(
+    models: Models, rec: _Recent, now: int, mask: npt.NDArray[np.bool_]
+) -> tuple[F64, list[I64]]:
+    """Per row, ``0.6 * max(0, cos(item, short)) + 0.4 * max(0, cos(item, long))``, and
+    the top :data:`N_EMB` allowed rows of each user vector as candidates."""
+    emb_full = np.zeros(len(mask))
+    cand: list[I64] = []
+    emb = models.aligned_embeddings()
+    if emb is not None and rec.any_known:
+        snap_rows = rec.rows.copy()
+        short, long = user_vectors(emb, snap_rows, rec.times, rec.weights, now)
+        for u, share_w in ((short, 0.6), (long, 0.4)):
+            if u is not None:
+                s = np.maximum(emb @ u, 0.0).astype(np.float64)
+                emb_full += share_w * s
+                cand.append(_top(s, mask, N_EMB))
+    return emb_full, cand
+
+
+def _content_scores(
+    cat: Catalogue, consts: _Constants, rec: _Recent, now: int, mask: npt.NDArray[np.bool_]
+) -> tuple[F64, list[I64]]:
+    """Per row, ``max(0, cos)`` with the user's decayed mean content vector, and the top
+    :data:`N_CONTENT` allowed cold rows as candidates.
+
+    The profile is float64, so the product is taken in float64 (cached copy of the
+    vectors: numpy would otherwise convert the whole float32 matrix on every call).
+    """
+    content_full = np.zeros(len(mask))
+    if not rec.any_known:
+        return content_full, []
+    wt = decay_weights(rec.times[rec.known], now, LONG_HALF_LIFE_MS) * rec.weights[rec.known]
+    profile = (wt[:, None] * cat.vectors[rec.rows[rec.known]]).sum(axis=0)
+    norm = float(np.linalg.norm(profile))
+    if norm <= 0:
+        return content_full, []
+    content_full = np.maximum(consts.vectors64 @ (profile / norm), 0.0)
+    return content_full, [_top(content_full, mask & consts.cold, N_CONTENT)]
+
+
+def _covisit_parts(
+    models: Models, rec: _Recent, now: int
+) -> dict[str, list[tuple[I64, F64, float, float, float]]]:
+    """Per kind, the co-visitation lists of the latest :data:`COVISIT_SOURCES` distinct
+    recent items with their decay scale, recency weight and decayed best score (the
+    ``parts`` of :func:`_covisit_scores`)."""
+    parts: dict[str, list[tuple[I64, F64, float, float, float]]] = {VIEWED: [], BOUGHT: []}
+    if not rec.any_known:
+        return parts
+    wt_s = decay_weights(rec.times, now, SHORT_HALF_LIFE_MS) * rec.weights
+    wt_l = decay_weights(rec.times, now, LONG_HALF_LIFE_MS) * rec.weights
+    sources: dict[str, tuple[float, float]] = {}
+    latest = rec.interactions
+    for i in range(len(latest) - 1, -1, -1):
+        item = latest[i].item
+        if item not in sources:
+            sources[item] = (float(wt_s[i]), float(wt_l[i]))
+        if len(sources) >= COVISIT_SOURCES:
+            break
+    for item, (ws, wl) in sources.items():
+        for kind, wgt in ((VIEWED, ws + 0.1 * wl), (BOUGHT, wl)):
+            got = models.covisit_rows(item, kind, now)
+            if got is None:
+                continue
+            c_rows, c_values, best, scale = got
+            best = best * scale
+            if best <= 0:
+                continue
+            parts[kind].append((c_rows, c_values, scale, wgt, best))
+    return parts
+
+
+def _recommendations(
+    cat: Catalogue,
+    rows_c: I64,
+    comps: dict[str, F64],
+    wts: dict[str, float],
+    *,
+    trend_reason: str,
+    k: int,
+    mmr_lambda: float,
+) -> list[Recommendation]:
+    """The hybrid score of the candidates ``rows_c`` (``comps`` scaled components), the
+    MMR pick of ``k`` of them and each one's reason (its largest weighted component)."""
+    weighted = np.stack([wts[name] * comps[name] for name in _COMPONENTS])
+    score = weighted.sum(axis=0)
+    reason_idx = weighted.argmax(axis=0)
+    picked = _mmr(score, cat.vectors[rows_c], k, mmr_lambda)
+    out = []
+    for j in picked:
+        reason = REASONS[_COMPONENTS[int(reason_idx[j])]]
+        if reason == "trending":
+            reason = trend_reason
+        r = int(rows_c[j])
+        out.append(Recommendation(cat.ids[r], round(float(score[j]), 6), reason, cat.categories[r]))
+    return out
+
+
 def rank(
     signals: UserSignals,
     models: Models,
@@ -483,128 +629,49 @@ def rank(
         return []
     mask = allowed_rows(signals, cat, filters)
     now = signals.now_ms
-    n_codes = len(cat.category_names)
-
-    recent = [(cat.index.get(i.item, -1), i.time_ms, _KIND_WEIGHT.get(i.kind, 1.0))
-              for i in signals.recent[-MAX_RECENT:]]  # fmt: skip
-    rows = np.asarray([r for r, _, _ in recent], np.int64)
-    times = np.asarray([t for _, t, _ in recent], np.int64)
-    kind_w = np.asarray([x for _, _, x in recent], np.float64)
-    known = rows >= 0
+    rec = _recent(signals, cat)
 
     # Trending: global, or the mean over the user's segments that have scores.
     consts = models.constants()
     seg = tuple(s for s in signals.segments if s in models.trending.segments)
     trend = models.trend_shares(seg)
-    share, trend_reason = trend.share, trend.reason
+    share = trend.share
+    p_cat = _category_affinity(signals, cat, rec)[cat.codes] * trend.in_cat
 
-    # Category affinity: decayed shares of the recent items' categories.
-    aff = np.zeros(n_codes)
-    if known.any():
-        codes = cat.codes[rows[known]]
-        for hl in (SHORT_HALF_LIFE_MS, LONG_HALF_LIFE_MS):
-            wt = decay_weights(times[known], now, hl) * kind_w[known]
-            a = np.bincount(codes, weights=wt, minlength=n_codes)
-            if a.sum() > 0:
-                aff += 0.5 * a / a.sum()
-    else:
-        for c in signals.top_categories:
-            code = cat.category_code.get(c)
-            if code is not None:
-                aff[code] += 1.0
-        if aff.sum() > 0:
-            aff /= aff.sum()
-    p_cat = aff[cat.codes] * trend.in_cat
-
-    comps_full: dict[str, F64] = {}
-    cand: list[npt.NDArray[np.int64]] = [_top(share, mask, N_TREND), _top(p_cat, mask, N_CAT)]
-
-    # Embeddings.
-    emb_full = np.zeros(n)
-    emb = models.aligned_embeddings()
-    if emb is not None and known.any():
-        snap_rows = rows.copy()
-        short, long = user_vectors(emb, snap_rows, times, kind_w, now)
-        for u, share_w in ((short, 0.6), (long, 0.4)):
-            if u is not None:
-                s = np.maximum(emb @ u, 0.0).astype(np.float64)
-                emb_full += share_w * s
-                cand.append(_top(s, mask, N_EMB))
-    comps_full["embedding"] = emb_full
-
-    # Content similarity with the user's decayed mean content vector. The profile is
-    # float64, so the product is taken in float64 (cached copy of the vectors: numpy
-    # would otherwise convert the whole float32 matrix on every call).
-    content_full = np.zeros(n)
-    if known.any():
-        wt = decay_weights(times[known], now, LONG_HALF_LIFE_MS) * kind_w[known]
-        profile = (wt[:, None] * cat.vectors[rows[known]]).sum(axis=0)
-        norm = float(np.linalg.norm(profile))
-        if norm > 0:
-            content_full = np.maximum(consts.vectors64 @ (profile / norm), 0.0)
-            cand.append(_top(content_full, mask & consts.cold, N_CONTENT))
-    comps_full["content"] = content_full
+    cand: list[I64] = [_top(share, mask, N_TREND), _top(p_cat, mask, N_CAT)]
+    emb_full, emb_cand = _embedding_scores(models, rec, now, mask)
+    content_full, content_cand = _content_scores(cat, consts, rec, now, mask)
+    cand += emb_cand + content_cand
 
     # Co-visitation from the latest recent items, weighted by recency: every source's
     # contributions in one array, summed per row in the order of the sources.
-    parts: dict[str, list[tuple[I64, F64, float, float, float]]] = {VIEWED: [], BOUGHT: []}
-    if known.any():
-        wt_s = decay_weights(times, now, SHORT_HALF_LIFE_MS) * kind_w
-        wt_l = decay_weights(times, now, LONG_HALF_LIFE_MS) * kind_w
-        sources: dict[str, tuple[float, float]] = {}
-        latest = signals.recent[-MAX_RECENT:]
-        for i in range(len(recent) - 1, -1, -1):
-            item = latest[i].item
-            if item not in sources:
-                sources[item] = (float(wt_s[i]), float(wt_l[i]))
-            if len(sources) >= COVISIT_SOURCES:
-                break
-        for item, (ws, wl) in sources.items():
-            for kind, wgt in ((VIEWED, ws + 0.1 * wl), (BOUGHT, wl)):
-                got = models.covisit_rows(item, kind, now)
-                if got is None:
-                    continue
-                c_rows, c_values, best, scale = got
-                best = best * scale
-                if best <= 0:
-                    continue
-                parts[kind].append((c_rows, c_values, scale, wgt, best))
+    parts = _covisit_parts(models, rec, now)
     vt, vt_rows = _covisit_scores(parts[VIEWED], n)
     bt, bt_rows = _covisit_scores(parts[BOUGHT], n)
-    touched = np.zeros(n, np.bool_)
-    touched[vt_rows] = True
-    touched[bt_rows] = True
-
-    flags = touched & mask
+    flags = np.zeros(n, np.bool_)
+    flags[vt_rows] = True
+    flags[bt_rows] = True
+    flags &= mask
     for c_idx in cand:
         flags[c_idx] = True
     rows_c = np.flatnonzero(flags & mask)
     if len(rows_c) == 0:
         return []
     comps = {
-        "embedding": _scaled(comps_full["embedding"][rows_c]),
+        "embedding": _scaled(emb_full[rows_c]),
         "viewed_together": _scaled(vt[rows_c]),
         "bought_together": _scaled(bt[rows_c]),
         "category": _scaled(p_cat[rows_c]),
         "trending": _scaled(share[rows_c]),
-        "content": _scaled(comps_full["content"][rows_c]),
+        "content": _scaled(content_full[rows_c]),
     }
-    if known.any():
+    if rec.any_known:
         wts = {name: float(getattr(w, name)) for name in _COMPONENTS}
     else:
         wts = dict.fromkeys(_COMPONENTS, 0.0) | dict(FALLBACK_WEIGHTS)
-    weighted = np.stack([wts[name] * comps[name] for name in _COMPONENTS])
-    score = weighted.sum(axis=0)
-    reason_idx = weighted.argmax(axis=0)
-    picked = _mmr(score, cat.vectors[rows_c], k, w.mmr_lambda)
-    out = []
-    for j in picked:
-        reason = REASONS[_COMPONENTS[int(reason_idx[j])]]
-        if reason == "trending":
-            reason = trend_reason
-        r = int(rows_c[j])
-        out.append(Recommendation(cat.ids[r], round(float(score[j]), 6), reason, cat.categories[r]))
-    return out
+    return _recommendations(
+        cat, rows_c, comps, wts, trend_reason=trend.reason, k=k, mmr_lambda=w.mmr_lambda
+    )
 
 
 def _covisit_scores(

@@ -196,6 +196,19 @@ def _new(users: dict[str, _UserOps], user: str) -> _UserOps:
     return user_ops
 
 
+class _Batch:
+    """A batch of operations after coalescing: what :func:`plan` turns into commands."""
+
+    __slots__ = ("audiences", "shared", "trending", "users")
+
+    def __init__(self) -> None:
+        self.users: dict[str, _UserOps] = {}
+        # audience -> user -> member after the batch (only pairs the batch touched)
+        self.audiences: dict[str, dict[str, bool]] = {}
+        self.shared: dict[str, JsonWrite] = {}
+        self.trending: dict[str, tuple[dict[str, float], int]] = {}  # scope -> (scores, keep)
+
+
 def plan(
     items: Iterable[RedisOp],
     *,
@@ -222,13 +235,25 @@ def plan(
     """
     keys = keys or RedisKeys()
     audience_ttl = ttl_s if audience_ttl_s is None else audience_ttl_s
-    allowed = frozenset(profile_fields)
-    users: dict[str, _UserOps] = {}
-    # audience -> user -> member after the batch (only pairs the batch touched)
-    audiences: dict[str, dict[str, bool]] = {}
-    shared: dict[str, JsonWrite] = {}
-    trending: dict[str, tuple[dict[str, float], int]] = {}  # scope -> (member -> score, keep)
+    batch = _coalesce(items, profile_fields)
+    commands: list[Command] = []
+    _user_commands(commands, batch.users, keys, ttl_s, profile_fields)
+    _audience_commands(commands, batch.audiences, keys, audience_ttl)
+    _trending_commands(commands, batch.trending, keys, audience_ttl)
+    _shared_commands(commands, batch.shared)
+    return commands
 
+
+def _coalesce(items: Iterable[RedisOp], profile_fields: Sequence[str]) -> _Batch:
+    """Fold ``items`` in order into what the batch leaves per user, audience, shared key
+    and trending scope (the rules of :func:`plan`).
+
+    The frequent operations are folded inline (no call per operation in the batch loop);
+    the rarer :class:`ForgetUser` goes to :func:`_forget`.
+    """
+    allowed = frozenset(profile_fields)
+    batch = _Batch()
+    users, audiences, shared, trending = batch.users, batch.audiences, batch.shared, batch.trending
     for op in items:
         if isinstance(op, ProfileWrite):
             unknown = op.fields.keys() - allowed
@@ -248,18 +273,7 @@ def plan(
                 user_ops.segments[segment] = False
                 audiences.setdefault(segment, {})[op.user] = False
         elif isinstance(op, ForgetUser):
-            earlier = users.get(op.user)
-            user_ops = users[op.user] = _UserOps()  # earlier operations of the batch dropped
-            user_ops.forget = True
-            if op.keep_alias:
-                user_ops.keep_alias = True
-                user_ops.alias = earlier.alias if earlier is not None else None
-            for segment in op.audiences:
-                audiences.setdefault(segment, {})[op.user] = False
-            # Entries the dropped operations made are undone too (their SADD never runs).
-            for members in audiences.values():
-                if members.get(op.user):
-                    members[op.user] = False
+            _forget(batch, op)
         elif isinstance(op, AliasWrite):
             alias_ops = users.get(op.anonymous_id) or _new(users, op.anonymous_id)
             alias_ops.alias = op.user
@@ -275,8 +289,36 @@ def plan(
             trending[op.scope] = (scores, op.keep)
         else:
             raise TypeError(f"not a Redis write operation: {op!r}")
+    return batch
 
-    commands: list[Command] = []
+
+def _forget(batch: _Batch, op: ForgetUser) -> None:
+    """Drop what the batch did to ``op.user`` so far (but its alias when ``keep_alias``),
+    mark it for deletion and take it out of its audiences and those the batch entered."""
+    audiences = batch.audiences
+    earlier = batch.users.get(op.user)
+    user_ops = batch.users[op.user] = _UserOps()  # earlier operations of the batch dropped
+    user_ops.forget = True
+    if op.keep_alias:
+        user_ops.keep_alias = True
+        user_ops.alias = earlier.alias if earlier is not None else None
+    for segment in op.audiences:
+        audiences.setdefault(segment, {})[op.user] = False
+    # Entries the dropped operations made are undone too (their SADD never runs).
+    for members in audiences.values():
+        if members.get(op.user):
+            members[op.user] = False
+
+
+def _user_commands(
+    commands: list[Command],
+    users: dict[str, _UserOps],
+    keys: RedisKeys,
+    ttl_s: int,
+    profile_fields: Sequence[str],
+) -> None:
+    """Append each user's DEL, profile HSET, segment SADD/SREM, alias and recs SET, with
+    their EXPIREs."""
     for user, user_ops in users.items():
         if user_ops.forget:
             doomed = keys.user_keys(user)
@@ -304,6 +346,12 @@ def plan(
             commands.append(("SET", keys.alias(user), user_ops.alias, "EX", ttl_s))
         if user_ops.recs is not None:
             commands.append(("SET", keys.recs(user), user_ops.recs, "EX", ttl_s))
+
+
+def _audience_commands(
+    commands: list[Command], audiences: dict[str, dict[str, bool]], keys: RedisKeys, ttl_s: int
+) -> None:
+    """Append one SADD and one SREM per audience for all its users, and its EXPIRE."""
     for segment, members in audiences.items():
         key = keys.audience(segment)
         added = [u for u, member in members.items() if member]
@@ -312,7 +360,16 @@ def plan(
             commands.append(("SADD", key, *added))
         if removed:
             commands.append(("SREM", key, *removed))
-        commands.append(("EXPIRE", key, audience_ttl))
+        commands.append(("EXPIRE", key, ttl_s))
+
+
+def _trending_commands(
+    commands: list[Command],
+    trending: dict[str, tuple[dict[str, float], int]],
+    keys: RedisKeys,
+    ttl_s: int,
+) -> None:
+    """Append one ZADD, one trim to the ``keep`` best and one EXPIRE per trending scope."""
     for scope, (scores, keep) in trending.items():
         key = keys.trending(scope)
         zadd: list[str | bytes | int] = ["ZADD", key]
@@ -320,13 +377,16 @@ def plan(
             zadd += (repr(round(score, 6)), member)
         commands.append(tuple(zadd))
         commands.append(("ZREMRANGEBYRANK", key, 0, -keep - 1))
-        commands.append(("EXPIRE", key, audience_ttl))
+        commands.append(("EXPIRE", key, ttl_s))
+
+
+def _shared_commands(commands: list[Command], shared: dict[str, JsonWrite]) -> None:
+    """Append the SET of each shared key's last value (with EX when it has a TTL)."""
     for write in shared.values():
         if write.ttl_s is None:
             commands.append(("SET", write.key, write.value))
         else:
             commands.append(("SET", write.key, write.value, "EX", write.ttl_s))
-    return commands
 
 
 # --- the sink --------------------------------------------------------------------------------

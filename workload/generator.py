@@ -627,26 +627,14 @@ class _User:
     ) -> None:
         cfg = gen.config
         rng = random.Random(_seed(cfg.seed, index, 0, 2))
-        cat = gen.catalogue
         self.gen = gen
         self.index = index
         self.user_id = user_id
         self.identity = identity  # known | identify | anonymous (planned)
-        n_fav = rng.choices((1, 2, 3), cum_weights=(0.35, 0.75, 1.0))[0]
-        favs = rng.sample(cat.categories, n_fav)
-        raw = [rng.gammavariate(1.0, 1.0) + 1e-9 for _ in favs]
-        self.favourites: dict[str, float] = {
-            c: w / sum(raw) for c, w in zip(favs, raw, strict=True)
-        }
-        self.fav_cum = list(itertools.accumulate(self.favourites.values()))
-        self.fav_list = list(self.favourites)
-        self.band = rng.choices(PRICE_BANDS, cum_weights=(0.35, 0.8, 1.0))[0]
-        self.brand_of_top: dict[str, str] = {}
-        for c in favs:
-            top = cat.top_of[c]
-            if top not in self.brand_of_top:
-                self.brand_of_top[top] = rng.choice(cat.brands_of_top[top])
-        self.activity = min(40.0, max(0.5, rng.lognormvariate(math.log(6.5), 0.9)))
+        self.flags = flags
+        # The draws from rng come in this order (the workload of a seed depends on it):
+        # tastes, country, device, name and phone, then the plan.
+        self._draw_tastes(rng)
         country = _COUNTRIES[bisect.bisect_left(_COUNTRY_CUM, rng.random() * _COUNTRY_CUM[-1])]
         self.country, self.region, self.tz, offset_min, _ = country
         self.offset_ms = offset_min * MINUTE_MS
@@ -654,27 +642,7 @@ class _User:
         first, last = rng.choice(_FIRST_NAMES), rng.choice(_LAST_NAMES)
         self.email = f"{first}.{last}{index}@example.com"
         self.phone = f"+44 7700 900{rng.randint(0, 999):03d}" if rng.random() < 0.4 else None
-        days = cfg.days
-        self.flags = flags
-        self.arrival_day = 0 if "early" in flags or rng.random() < 0.5 else rng.randrange(days)
-        day0 = cfg.start_ms + self.arrival_day * DAY_MS
-        self.lapse_at: int | None = None
-        if "lapsed" in flags and days >= 2:
-            self.lapse_at = rng.randint(
-                day0 + DAY_MS, max(day0 + DAY_MS, cfg.start_ms + days * DAY_MS // 2)
-            )
-        self.erase_at: int | None = None
-        if "erasure" in flags:
-            lo = max(day0 + DAY_MS // 2, cfg.start_ms + days * DAY_MS // 2)
-            self.erase_at = rng.randint(lo, max(lo, cfg.end_ms - 2 * HOUR_MS))
-        self.withdraw_at: int | None = None
-        if "withdrawal" in flags:
-            self.withdraw_at = rng.randint(day0 + DAY_MS // 2, max(day0 + DAY_MS // 2, cfg.end_ms))
-        self.identify_session = rng.choices((0, 1, 2, 3), cum_weights=(0.4, 0.7, 0.9, 1.0))[0]
-        self.second_device_session: int | None = None
-        if "second_device" in flags and identity != "anonymous":
-            after = self.identify_session if identity == "identify" else 0
-            self.second_device_session = after + 1 + rng.randint(0, 3)
+        self._draw_plan(rng)
         self.consent = {
             "analytics": True,
             "personalization": "no_personalization" not in flags,
@@ -702,6 +670,50 @@ class _User:
         self.landing: tuple[str | None, str | None, str | None, str | None] = _LANDINGS[0]
         self.ctx_url = ""
         self.ctx = Context()
+
+    def _draw_tastes(self, rng: random.Random) -> None:
+        """Draw the user's favourite categories, price band, brands and activity (by __init__)."""
+        cat = self.gen.catalogue
+        n_fav = rng.choices((1, 2, 3), cum_weights=(0.35, 0.75, 1.0))[0]
+        favs = rng.sample(cat.categories, n_fav)
+        raw = [rng.gammavariate(1.0, 1.0) + 1e-9 for _ in favs]
+        self.favourites: dict[str, float] = {
+            c: w / sum(raw) for c, w in zip(favs, raw, strict=True)
+        }
+        self.fav_cum = list(itertools.accumulate(self.favourites.values()))
+        self.fav_list = list(self.favourites)
+        self.band = rng.choices(PRICE_BANDS, cum_weights=(0.35, 0.8, 1.0))[0]
+        self.brand_of_top: dict[str, str] = {}
+        for c in favs:
+            top = cat.top_of[c]
+            if top not in self.brand_of_top:
+                self.brand_of_top[top] = rng.choice(cat.brands_of_top[top])
+        self.activity = min(40.0, max(0.5, rng.lognormvariate(math.log(6.5), 0.9)))
+
+    def _draw_plan(self, rng: random.Random) -> None:
+        """Draw when the user arrives, lapses, asks for erasure, withdraws consent, identifies
+        and brings a second device, by its flags and planned identity (by __init__)."""
+        cfg = self.gen.config
+        flags, identity, days = self.flags, self.identity, cfg.days
+        self.arrival_day = 0 if "early" in flags or rng.random() < 0.5 else rng.randrange(days)
+        day0 = cfg.start_ms + self.arrival_day * DAY_MS
+        self.lapse_at: int | None = None
+        if "lapsed" in flags and days >= 2:
+            self.lapse_at = rng.randint(
+                day0 + DAY_MS, max(day0 + DAY_MS, cfg.start_ms + days * DAY_MS // 2)
+            )
+        self.erase_at: int | None = None
+        if "erasure" in flags:
+            lo = max(day0 + DAY_MS // 2, cfg.start_ms + days * DAY_MS // 2)
+            self.erase_at = rng.randint(lo, max(lo, cfg.end_ms - 2 * HOUR_MS))
+        self.withdraw_at: int | None = None
+        if "withdrawal" in flags:
+            self.withdraw_at = rng.randint(day0 + DAY_MS // 2, max(day0 + DAY_MS // 2, cfg.end_ms))
+        self.identify_session = rng.choices((0, 1, 2, 3), cum_weights=(0.4, 0.7, 0.9, 1.0))[0]
+        self.second_device_session: int | None = None
+        if "second_device" in flags and identity != "anonymous":
+            after = self.identify_session if identity == "identify" else 0
+            self.second_device_session = after + 1 + rng.randint(0, 3)
 
     @staticmethod
     def _draw_device(rng: random.Random) -> tuple[str, str]:
@@ -850,6 +862,31 @@ class _User:
         return day_start + (local - self.offset_ms) % DAY_MS
 
     def _session(self, start: int, erase: bool = False) -> None:
+        index, new_device = self._open_session(start)
+        landing = True  # the next event is the session's first page
+        if index == 0 or new_device:
+            # The banner on a new browser: the first visit chooses, a new device repeats it.
+            self._consent_banner()
+            landing = False
+        if self.withdraw_at is not None and self.t >= self.withdraw_at:
+            landing = self._withdraw_consent(landing)
+        if erase:
+            self._request_erasure(landing)
+            return
+        if self.identity == "known" and index == 0:
+            self._identify("LOGIN", landing)
+            landing = False
+            self._wait()
+        leave = self._browse(index, new_device, landing)
+        if new_device and not self.logged_in:
+            self._wait()
+            self._identify("LOGIN")
+        self._end_session(self.rng, leave)
+
+    def _open_session(self, start: int) -> tuple[int, bool]:
+        """Start a session at ``start`` (or after a break from the last one) on a device:
+        the clock, device, network, session id and landing. Returns the session's index
+        and whether it is on a new device."""
         rng = self.rng
         if self.last_time is not None:
             start = max(
@@ -883,51 +920,58 @@ class _User:
         self.ctx_url = ""
         self.session_id = f"s-{rng.getrandbits(64):016x}" if rng.random() < 0.95 else None
         self.landing = _LANDINGS[bisect.bisect_left(_LANDING_CUM, rng.random() * _LANDING_CUM[-1])]
-        landing = True
-        if index == 0 or new_device:
-            # The banner on a new browser: the first visit chooses, a new device repeats it.
-            c = self.consent
-            self._emit(
-                EventType.CONSENT,
-                ConsentUpdate(c["analytics"], c["personalization"], c["marketing"], "banner"),
-                self._url("/"),
-                landing,
-            )
-            landing = False
-            self._wait(median_ms=4 * SECOND_MS)
-        if self.withdraw_at is not None and self.t >= self.withdraw_at:
-            self.withdraw_at = None
-            purpose = next((p for p in ("marketing", "personalization") if self.consent[p]), None)
-            if purpose is not None:
-                self.consent[purpose] = False
-                payload = (
-                    ConsentUpdate(marketing=False, source="settings")
-                    if purpose == "marketing"
-                    else ConsentUpdate(personalization=False, source="settings")
-                )
-                self._emit(EventType.CONSENT, payload, self._url("/account/privacy"), landing)
-                landing = False
-                self._wait()
-        if erase:
-            self._emit(
-                EventType.PAGE_VIEW,
-                PageView("CONTENT", None, "Privacy settings"),
-                self._url("/account/privacy"),
-                landing,
-            )
-            self._wait()
-            self._emit(
-                EventType.ERASURE,
-                ErasureRequest(
-                    f"er-{rng.getrandbits(48):012x}", "user request in privacy settings"
-                ),
-                self._url("/account/privacy"),
-            )
-            return
-        if self.identity == "known" and index == 0:
-            self._identify("LOGIN", landing)
-            landing = False
-            self._wait()
+        return index, new_device
+
+    def _consent_banner(self) -> None:
+        """The consent banner on the landing page: the user's choices, as a consent update."""
+        c = self.consent
+        self._emit(
+            EventType.CONSENT,
+            ConsentUpdate(c["analytics"], c["personalization"], c["marketing"], "banner"),
+            self._url("/"),
+            landing=True,
+        )
+        self._wait(median_ms=4 * SECOND_MS)
+
+    def _withdraw_consent(self, landing: bool) -> bool:
+        """Withdraw marketing (else personalization) consent in the privacy settings, once
+        the planned time has come; returns whether the next event still lands."""
+        self.withdraw_at = None
+        purpose = next((p for p in ("marketing", "personalization") if self.consent[p]), None)
+        if purpose is None:
+            return landing
+        self.consent[purpose] = False
+        payload = (
+            ConsentUpdate(marketing=False, source="settings")
+            if purpose == "marketing"
+            else ConsentUpdate(personalization=False, source="settings")
+        )
+        self._emit(EventType.CONSENT, payload, self._url("/account/privacy"), landing)
+        self._wait()
+        return False
+
+    def _request_erasure(self, landing: bool) -> None:
+        """Open the privacy settings and ask for erasure."""
+        self._emit(
+            EventType.PAGE_VIEW,
+            PageView("CONTENT", None, "Privacy settings"),
+            self._url("/account/privacy"),
+            landing,
+        )
+        self._wait()
+        self._emit(
+            EventType.ERASURE,
+            ErasureRequest(
+                f"er-{self.rng.getrandbits(48):012x}", "user request in privacy settings"
+            ),
+            self._url("/account/privacy"),
+        )
+
+    def _browse(self, index: int, new_device: bool, landing: bool) -> bool:
+        """From the home page, a number of steps: categories, searches, removals from the
+        cart and product views (identifying on the way if planned). True if the user
+        leaves right after a product."""
+        rng = self.rng
         steps = 1 + min(40, int(rng.expovariate(1 / 7.0)))
         identify_at = -1
         if self.identity == "identify" and not self.identified and index >= self.identify_session:
@@ -936,7 +980,6 @@ class _User:
             identify_at = rng.randint(0, 2)
         self._emit(EventType.PAGE_VIEW, PageView("HOME", None, "Home"), self._url("/"), landing)
         focus: str | None = None
-        leave = False
         for step in range(steps):
             self._wait()
             if step == identify_at:
@@ -955,15 +998,10 @@ class _User:
                 focus = self._search(rng)
             elif r < 0.31 and self.cart:
                 self._remove(rng)
-            else:
-                # Leaving early; but a new device always logs in, to link its anonymous id.
-                leave = self._product(rng, focus) and (self.logged_in or not new_device)
-                if leave:
-                    break
-        if new_device and not self.logged_in:
-            self._wait()
-            self._identify("LOGIN")
-        self._end_session(rng, leave)
+            # Leaving early; but a new device always logs in, to link its anonymous id.
+            elif self._product(rng, focus) and (self.logged_in or not new_device):
+                return True
+        return False
 
     def _identify(self, method: str, landing: bool = False) -> None:
         rng = self.rng

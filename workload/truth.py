@@ -349,32 +349,9 @@ class Tally:
         if cls in _PASSIVE:
             return
         if isinstance(p, AddToCart | RemoveFromCart):
-            if self.pending is not None and t - self.pending > ABANDON_AFTER_MS:
-                self._abandon()
-            line = self.cart.get(p.item_id)
-            if isinstance(p, AddToCart):
-                if line is None:
-                    self.cart[p.item_id] = CartLine(
-                        p.item_id, p.quantity, p.unit_price_minor, p.category
-                    )
-                else:
-                    line.quantity += p.quantity
-            elif line is not None:
-                line.quantity -= p.quantity
-                if line.quantity <= 0:
-                    del self.cart[p.item_id]
-            self.pending = t if self.cart else None
-            self.next_event = None
+            self._cart_change(p, t)
         elif isinstance(p, Purchase):
-            self.revenue += p.total_minor
-            if self.pending is not None:
-                if t - self.pending <= ABANDON_AFTER_MS:
-                    lines, value = self._lines()
-                    self.converted.append((self.pending, lines, value, t, p.order_id))
-                    self.pending = None
-                else:
-                    self._abandon()
-            self.cart.clear()
+            self._purchase(p, t)
         elif isinstance(p, ConsentUpdate):
             self.consent.append(
                 ConsentChange(t, e.event_id, p.analytics, p.personalization, p.marketing, p.source)
@@ -384,6 +361,39 @@ class Tally:
                 self.identified_ms = t
         elif isinstance(p, ErasureRequest):
             self.erasure_ms = t
+
+    def _cart_change(self, p: AddToCart | RemoveFromCart, t: int) -> None:
+        """An add or removal: a cart pending for too long is abandoned first, then the cart
+        changes and is pending from ``t`` if anything is left in it."""
+        if self.pending is not None and t - self.pending > ABANDON_AFTER_MS:
+            self._abandon()
+        line = self.cart.get(p.item_id)
+        if isinstance(p, AddToCart):
+            if line is None:
+                self.cart[p.item_id] = CartLine(
+                    p.item_id, p.quantity, p.unit_price_minor, p.category
+                )
+            else:
+                line.quantity += p.quantity
+        elif line is not None:
+            line.quantity -= p.quantity
+            if line.quantity <= 0:
+                del self.cart[p.item_id]
+        self.pending = t if self.cart else None
+        self.next_event = None
+
+    def _purchase(self, p: Purchase, t: int) -> None:
+        """A purchase: its revenue; the pending cart converted (or abandoned if pending for
+        too long), and emptied."""
+        self.revenue += p.total_minor
+        if self.pending is not None:
+            if t - self.pending <= ABANDON_AFTER_MS:
+                lines, value = self._lines()
+                self.converted.append((self.pending, lines, value, t, p.order_id))
+                self.pending = None
+            else:
+                self._abandon()
+        self.cart.clear()
 
     def finish(self) -> None:
         if self.pending is not None:

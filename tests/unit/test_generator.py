@@ -244,7 +244,13 @@ def derive(evs: list[Event]) -> Derived:
             for purpose in ("analytics", "personalization", "marketing"):
                 if getattr(e.payload, purpose) is not None:
                     d.final_consent[purpose] = getattr(e.payload, purpose)
-    # Carts: replay cart events; after each activity leaving items, look ahead.
+    derive_carts(evs, d)
+    return d
+
+
+def derive_carts(evs: list[Event], d: Derived) -> None:
+    """The abandoned and converted carts of ``d``: replay the cart events; after each
+    activity that leaves items, look ahead."""
     cart_idx = [
         i for i, e in enumerate(evs) if isinstance(e.payload, AddToCart | RemoveFromCart | Purchase)
     ]
@@ -275,7 +281,6 @@ def derive(evs: list[Event]) -> Derived:
             continue
         later = evs[i + 1].event_time if i + 1 < len(evs) else None
         d.abandoned.append((t, lines, value, later))
-    return d
 
 
 def test_truth_matches_figures_derived_from_the_events(

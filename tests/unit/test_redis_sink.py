@@ -8,6 +8,7 @@ the same keys and values, with a TTL on every key the sink wrote.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -264,24 +265,15 @@ class RedisModel:
         name, key, *args = command
         assert isinstance(key, str)
         if name == "DEL":
-            for k in (key, *args):
-                assert isinstance(k, str)
-                self.data.pop(k, None)
-                self.ttl.discard(k)
+            self.delete(key, *args)
         elif name == "HSET":
-            if key not in self.data:
-                self.ttl.discard(key)
+            self.fresh(key)
             self.data.setdefault(key, {}).update(zip(args[::2], args[1::2], strict=True))
         elif name == "SADD":
-            if key not in self.data:
-                self.ttl.discard(key)
+            self.fresh(key)
             self.data.setdefault(key, set()).update(args)
         elif name == "SREM":
-            members = self.data.get(key, set())
-            members.difference_update(args)
-            if not members:
-                self.data.pop(key, None)
-                self.ttl.discard(key)
+            self.srem(key, args)
         elif name == "EXPIRE":
             if key in self.data:
                 self.ttl.add(key)
@@ -293,6 +285,25 @@ class RedisModel:
                 self.ttl.discard(key)
         else:
             raise AssertionError(f"unexpected command {name!r}")
+
+    def delete(self, *keys: object) -> None:
+        for k in keys:
+            assert isinstance(k, str)
+            self.data.pop(k, None)
+            self.ttl.discard(k)
+
+    def fresh(self, key: str) -> None:
+        """A key about to be created has no TTL (one that exists keeps its own)."""
+        if key not in self.data:
+            self.ttl.discard(key)
+
+    def srem(self, key: str, members: Sequence[object]) -> None:
+        """Remove ``members``; a set left empty vanishes, TTL and all."""
+        left = self.data.get(key, set())
+        left.difference_update(members)
+        if not left:
+            self.data.pop(key, None)
+            self.ttl.discard(key)
 
 
 def reference(ops: list[RedisOp]) -> dict[str, Any]:
