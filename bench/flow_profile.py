@@ -104,7 +104,8 @@ STAGES: dict[str, tuple[str, ...]] = {
     "segments": (
         "attune.operators.segments",
         "attune.operators.membership",
-        "attune.operators.conditions",
+        "attune.operators.conditions",  # the condition language, shared with trigger rules
+        "attune.operators.rule_files",
         "attune.operators.clustering",
     ),
     "models/ranking": (
