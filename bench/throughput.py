@@ -214,9 +214,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     prof.add_argument(
         "--profile",
         action="store_true",
-        help="after the repeats, one more end-to-end run under cProfile (1 worker per "
-        "process, not part of the table); prints the CPU share of each stage of the flow and "
-        "the top 15 functions by own time. cProfile inflates Python-heavy code",
+        help="after the repeats, one more end-to-end run under cProfile (not part of the "
+        "table); prints the share of each stage of the flow in the profiled time and the top "
+        "15 functions by own time. cProfile inflates Python-heavy code",
     )
     prof.add_argument(
         "--profile-out",
@@ -1461,34 +1461,41 @@ def profile_text(
 ) -> str:
     """The profile's part of the output: what ran, the caveats, the stages, the top functions.
 
-    ``sections`` are the wrapper's figures of each process (wall and CPU seconds
-    of the profiled ``cli_main``).
+    ``sections`` are the wrapper's figures of each process (:mod:`attune.bench.flow_profile`:
+    wall and process CPU seconds of the profiled ``cli_main``, worker threads profiled).
     """
-    cpu = sum(m.get("thread_cpu_s", 0.0) for m in sections)
+    cpu = sum(m.get("process_cpu_s", 0.0) for m in sections)
     wall = sum(m.get("wall_s", 0.0) for m in sections)
+    threads = int(sum(m.get("worker_threads", 0) for m in sections))
     unprofiled = f" (unprofiled: {unprofiled_wall_s:.1f}s)" if unprofiled_wall_s else ""
     lines = [
         f"profile (--profile): one more end-to-end run under cProfile, {processes} process(es) "
-        f"x 1 worker, not part of the table above; flow wall {wall_s:.1f}s{unprofiled}",
+        f"x {workers} worker(s), not part of the table above; flow wall {wall_s:.1f}s{unprofiled}",
         f"profiled: the workers' run (cli_main; imports and the flow's build left out), "
-        f"{wall:.1f}s wall, {cpu:.1f}s CPU of the worker thread; profiled total (own time of "
-        f"every function) {report.total_s:.1f}s",
+        f"{wall:.1f}s wall, {cpu:.1f}s process CPU; profiled total (own time of every "
+        f"function) {report.total_s:.1f}s",
         "cProfile inflates Python-heavy code (a hook per call) against C, numpy and Rust, and "
         "times by the wall clock (a call blocked waiting counts): the shares are a guide, not a "
         "measurement. self % adds up to 100, library code counted in the stage that called it; "
-        "incl. % is the time inside a stage, the stages it calls included. Bytewax's Rust work "
-        "and its C pickling of snapshots are the own time of cli_main (Bytewax overhead).",
+        "incl. % is the time inside a stage, the stages it calls included.",
     ]
+    if threads:
+        lines.append(
+            f"note: the workers ran on Bytewax's own threads ({threads} profiled, each from its "
+            "first batch): Bytewax's Rust work between Python calls, and its C pickling of "
+            "snapshots, are in no function here, so the shares are of the Python time (Bytewax "
+            "overhead is its Python shims only)"
+        )
+    else:
+        lines.append(
+            "note: Bytewax's Rust work and its C pickling of snapshots are the own time of "
+            "cli_main, in Bytewax overhead"
+        )
     if wall > 0 and cpu < 0.8 * wall:
         lines.append(
-            f"note: the worker thread ran on a CPU for {100 * cpu / wall:.0f}% of the profiled "
-            "wall time (waiting on Kafka or Redis, or other load on the machine); the wall-clock "
-            "shares below include that waiting"
-        )
-    if workers > 1:
-        lines.append(
-            f"note: --workers {workers} ran as 1 worker per process here: cProfile sees the "
-            "main thread only, and Bytewax's extra workers are Rust threads"
+            f"note: the flow used {cpu:.1f}s of CPU in {wall:.1f}s of profiled wall time "
+            f"({100 * cpu / wall:.0f}%: waiting on Kafka or Redis, or other load on the "
+            "machine); the wall-clock shares below include that waiting"
         )
     return "\n".join(lines) + "\n\n" + flow_profile.format_report(report, top=top)
 
@@ -1504,11 +1511,14 @@ def _profile_run(
     with tempfile.TemporaryDirectory(prefix="attune-profile-") as tmp:
         folder = Path(tmp)
         bench.redis.flushdb()
-        say(f"profile: the flow end to end under cProfile, {args.processes} process(es) x 1")
+        say(
+            f"profile: the flow end to end under cProfile, {args.processes} process(es) x "
+            f"{args.workers} worker(s)"
+        )
         run = run_flow(
             flow_env,
             processes=args.processes,
-            workers=1,
+            workers=args.workers,
             timeout_s=timeout,
             label="profile",
             redis_client=bench.redis,

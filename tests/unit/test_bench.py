@@ -709,25 +709,58 @@ def test_profile_text_states_the_caveats() -> None:
     report = fp.analyze(SYNTHETIC, ROOTS)
     text = tp.profile_text(
         report,
-        sections=[{"wall_s": 10.0, "thread_cpu_s": 4.0}],
+        sections=[{"wall_s": 10.0, "process_cpu_s": 4.0, "worker_threads": 0}],
         wall_s=14.0,
         unprofiled_wall_s=9.5,
         processes=1,
-        workers=2,
-    )
-    assert "under cProfile" in text and "not part of the table above" in text
-    assert "flow wall 14.0s (unprofiled: 9.5s)" in text
-    assert "cProfile inflates Python-heavy code" in text
-    assert "ran on a CPU for 40% of the profiled wall time" in text
-    assert "--workers 2 ran as 1 worker per process" in text
-    assert "models/ranking" in text and "top 15 functions by own time" not in text  # 8 exist
-    assert "top 8 functions by own time" in text
-    quiet = tp.profile_text(
-        report,
-        sections=[{"wall_s": 10.0, "thread_cpu_s": 9.5}],
-        wall_s=14.0,
-        unprofiled_wall_s=None,
-        processes=1,
         workers=1,
     )
-    assert "note:" not in quiet and "unprofiled" not in quiet
+    assert "under cProfile, 1 process(es) x 1 worker(s)" in text
+    assert "not part of the table above" in text
+    assert "flow wall 14.0s (unprofiled: 9.5s)" in text
+    assert "cProfile inflates Python-heavy code" in text
+    assert "4.0s of CPU in 10.0s of profiled wall time (40%" in text
+    assert "own time of cli_main" in text
+    assert "models/ranking" in text and "top 15 functions by own time" not in text  # 8 exist
+    assert "top 8 functions by own time" in text
+    threaded = tp.profile_text(
+        report,
+        sections=[{"wall_s": 5.0, "process_cpu_s": 4.5, "worker_threads": 2}] * 2,
+        wall_s=14.0,
+        unprofiled_wall_s=None,
+        processes=2,
+        workers=2,
+    )
+    assert "2 process(es) x 2 worker(s)" in threaded
+    assert "Bytewax's own threads (4 profiled" in threaded
+    assert "of CPU in" not in threaded and "unprofiled" not in threaded
+
+
+def test_thread_profiles_wrap_core_operators_and_profile_other_threads() -> None:
+    """Bytewax's worker threads: profiled from their first call of a wrapped callable."""
+    import threading
+
+    from bytewax import operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSink, TestingSource
+
+    flow = Dataflow("t")
+    items = op.map("double", op.input("in", flow, TestingSource([1, 2])), lambda x: 2 * x)
+    op.output("out", items, TestingSink([]))
+    threads = fp.ThreadProfiles(skip=threading.get_ident())
+    assert threads.instrument(flow) == 1  # map's flat_map_batch mapper
+    mapper = getattr(flow.substeps[1].substeps[0], "mapper")  # noqa: B009 - untyped
+    assert list(mapper([1])) == [2]  # on the skipped (main) thread: nothing profiled
+    assert threads.profiles == {}
+    results: list[Any] = []
+
+    def worker() -> None:
+        results.append(list(mapper([3])))
+        results.append(list(mapper([4])))
+        threads.profiles[threading.get_ident()].disable()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert results == [[6], [8]]
+    assert len(threads.profiles) == 1
