@@ -433,6 +433,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]
 
 #: Fields of Bytewax's core operators holding what Rust calls once per batch (or per key).
 WRAPPED_FIELDS = ("mapper", "builder")
+#: Methods Rust calls on a worker thread to build the partitions of a core operator's
+#: ``source`` or ``sink`` (before its first batch).
+WRAPPED_METHODS = {"source": ("build_part",), "sink": ("build_part", "build")}
 
 
 class ThreadProfiles:
@@ -443,7 +446,8 @@ class ThreadProfiles:
     cluster (``-i``/``-a``) run on threads Bytewax starts from Rust, which
     cProfile never sees, and whose Python thread state Bytewax creates and drops
     around each call into Python (so a profiler set there would not last). The
-    flow's core operators' per-batch callables (:data:`WRAPPED_FIELDS`) are
+    flow's core operators' per-batch callables (:data:`WRAPPED_FIELDS`) and the
+    partition builders of their sources and sinks (:data:`WRAPPED_METHODS`) are
     wrapped: on a thread's first call, the thread's state is kept
     (``PyGILState_Ensure`` once more, never released: the thread is left once the
     flow is done) and a :class:`cProfile.Profile` is enabled on it.
@@ -482,7 +486,7 @@ class ThreadProfiles:
         return profiled_call
 
     def instrument(self, flow: Any) -> int:
-        """Wrap the per-batch callables of every core operator of ``flow``; how many."""
+        """Wrap the callables of every core operator of ``flow`` Rust calls; how many."""
         count = 0
         steps = list(getattr(flow, "substeps", []))
         while steps:
@@ -495,6 +499,17 @@ class ThreadProfiles:
                 fn = getattr(step, name, None)
                 if callable(fn):
                     object.__setattr__(step, name, self.wrap(fn))  # frozen dataclasses
+                    count += 1
+            for name, methods in WRAPPED_METHODS.items():
+                target = getattr(step, name, None)
+                for method in methods if target is not None else ():
+                    fn = getattr(target, method, None)
+                    if not callable(fn):
+                        continue
+                    try:  # on the instance, shadowing the class's method
+                        setattr(target, method, self.wrap(fn))
+                    except AttributeError:  # slotted: the first batch starts the profiler
+                        continue
                     count += 1
         return count
 

@@ -748,7 +748,8 @@ def test_thread_profiles_wrap_core_operators_and_profile_other_threads() -> None
     items = op.map("double", op.input("in", flow, TestingSource([1, 2])), lambda x: 2 * x)
     op.output("out", items, TestingSink([]))
     threads = fp.ThreadProfiles(skip=threading.get_ident())
-    assert threads.instrument(flow) == 1  # map's flat_map_batch mapper
+    # map's flat_map_batch mapper, the source's build_part, the sink's build_part
+    assert threads.instrument(flow) == 3
     mapper = getattr(flow.substeps[1].substeps[0], "mapper")  # noqa: B009 - untyped
     assert list(mapper([1])) == [2]  # on the skipped (main) thread: nothing profiled
     assert threads.profiles == {}
