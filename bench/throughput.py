@@ -1,4 +1,4 @@
-"""``attune bench throughput``: end-to-end events/s, Kafka -> flow -> Redis, next to decode-only.
+"""``attune bench throughput``: end-to-end events/s, Kafka -> flow -> Redis, next to baselines.
 
 The first benchmark of Attune (design.md, "Targets"). One run:
 
@@ -12,7 +12,9 @@ The first benchmark of Attune (design.md, "Targets"). One run:
    the end.
 3. The workload, generated (:mod:`attune.workload.generator`) and produced once
    (:func:`attune.flows.generate.produce`) before anything is timed; its time is
-   reported on its own line.
+   reported on its own line. Then the raw baseline's decoder is chosen
+   (``--raw-decoder``; auto: cavro and fastavro timed on the topic's first
+   messages, the faster).
 4. ``--repeat`` times, alternately:
 
    - **decode-only**: confluent-kafka consumers (one per ``--processes``),
@@ -20,6 +22,9 @@ The first benchmark of Attune (design.md, "Targets"). One run:
      message decoded with :meth:`attune.operators.codec.Codec.decode_event`, nothing
      else. events/s = messages / wall seconds (from the first poll to the
      last message, consumers started together);
+   - **raw consume + decode** (design.md's baseline, no project code): the same
+     read by ``--processes`` children of :mod:`attune.bench.raw_decode`, run as
+     a file so that they import nothing of ``attune``, to plain dicts;
    - **startup-only**: the flow's own command on the empty events topic, so
      it imports, builds (reads the items topic), connects, finds the end and
      exits: its wall time is the start-up and shutdown cost;
@@ -34,9 +39,12 @@ The first benchmark of Attune (design.md, "Targets"). One run:
    After each flow run: peak RSS of each flow process (``os.wait4``), Redis
    ``used_memory`` delta and profile keys (SCAN), ``MEMORY USAGE`` of 100
    sampled users' keys, and the dead-letter topic's growth.
-5. A table on stdout (median, min, max over the repeats; verdicts against the
-   design targets on the medians), progress on stderr, and with ``--json`` a
-   file of every figure plus machine information.
+5. With ``--profile``, one more end-to-end run under cProfile
+   (:mod:`attune.bench.flow_profile`), not part of the table: the share of each
+   stage of the flow in the profiled time and the top functions by own time.
+6. A table on stdout (median, min, max over the repeats; verdicts against the
+   design targets on the medians), the profile under it, progress on stderr,
+   and with ``--json`` a file of every figure plus machine information.
 
 The pure parts (argument parsing, statistics, verdicts, the table) are tested
 in tests/unit/test_bench.py; nothing here is asserted against a clock.
@@ -175,7 +183,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--processes",
         type=_positive_int,
         default=1,
-        help="flow processes (bytewax -i/-a) and decode-only consumers (1)",
+        help="flow processes (bytewax -i/-a), and consumers of each baseline (1)",
     )
     scale.add_argument(
         "--workers", type=_positive_int, default=1, help="worker threads per flow process (-w, 1)"
@@ -185,14 +193,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--repeat",
         type=_positive_int,
         default=1,
-        help="decode-only and end-to-end runs, alternately, N times; median, min, max (1)",
+        help="baseline and end-to-end runs, alternately, N times; median, min, max (1)",
     )
     runs.add_argument(
         "--flow-timeout",
         type=_positive_float,
         default=DEFAULT_FLOW_TIMEOUT_S,
         metavar="SECONDS",
-        help="bound on each flow run and decode-only run; past it, the run is killed "
+        help="bound on each flow run and baseline run (x4 for --profile's run); past it, "
+        "the run is killed "
         f"({DEFAULT_FLOW_TIMEOUT_S:.0f})",
     )
     runs.add_argument(
