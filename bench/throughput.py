@@ -1,4 +1,4 @@
-"""``attune bench throughput``: end-to-end events/s, Kafka -> flow -> Redis, next to decode-only.
+"""``attune bench throughput``: end-to-end events/s, Kafka -> flow -> Redis, next to baselines.
 
 The first benchmark of Attune (design.md, "Targets"). One run:
 
@@ -12,7 +12,9 @@ The first benchmark of Attune (design.md, "Targets"). One run:
    the end.
 3. The workload, generated (:mod:`attune.workload.generator`) and produced once
    (:func:`attune.flows.generate.produce`) before anything is timed; its time is
-   reported on its own line.
+   reported on its own line. Then the raw baseline's decoder is chosen
+   (``--raw-decoder``; auto: cavro and fastavro timed on the topic's first
+   messages, the faster).
 4. ``--repeat`` times, alternately:
 
    - **decode-only**: confluent-kafka consumers (one per ``--processes``),
@@ -20,6 +22,9 @@ The first benchmark of Attune (design.md, "Targets"). One run:
      message decoded with :meth:`attune.operators.codec.Codec.decode_event`, nothing
      else. events/s = messages / wall seconds (from the first poll to the
      last message, consumers started together);
+   - **raw consume + decode** (design.md's baseline, no project code): the same
+     read by ``--processes`` children of :mod:`attune.bench.raw_decode`, run as
+     a file so that they import nothing of ``attune``, to plain dicts;
    - **startup-only**: the flow's own command on the empty events topic, so
      it imports, builds (reads the items topic), connects, finds the end and
      exits: its wall time is the start-up and shutdown cost;
@@ -34,9 +39,12 @@ The first benchmark of Attune (design.md, "Targets"). One run:
    After each flow run: peak RSS of each flow process (``os.wait4``), Redis
    ``used_memory`` delta and profile keys (SCAN), ``MEMORY USAGE`` of 100
    sampled users' keys, and the dead-letter topic's growth.
-5. A table on stdout (median, min, max over the repeats; verdicts against the
-   design targets on the medians), progress on stderr, and with ``--json`` a
-   file of every figure plus machine information.
+5. With ``--profile``, one more end-to-end run under cProfile
+   (:mod:`attune.bench.flow_profile`), not part of the table: the share of each
+   stage of the flow in the profiled time and the top functions by own time.
+6. A table on stdout (median, min, max over the repeats; verdicts against the
+   design targets on the medians), the profile under it, progress on stderr,
+   and with ``--json`` a file of every figure plus machine information.
 
 The pure parts (argument parsing, statistics, verdicts, the table) are tested
 in tests/unit/test_bench.py; nothing here is asserted against a clock.
@@ -72,6 +80,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from attune.bench import flow_profile
 from attune.flows.settings import Settings, env_name
 
 if TYPE_CHECKING:
@@ -106,6 +115,14 @@ MEMORY_SAMPLE_USERS = 100
 FLOW_IMPORT = "attune.flows.personalize:flow"
 #: How often the bench looks at the flow processes and Redis while they run.
 POLL_S = 0.01
+#: ``--raw-decoder``: auto picks the fastest installed (raw_decode.DECODERS).
+RAW_DECODER_CHOICES = ("auto", "cavro", "fastavro")
+#: The raw baseline's program, run as a file so that it imports no project code.
+RAW_DECODE_SCRIPT = Path(__file__).resolve().with_name("raw_decode.py")
+#: The profiled run may take this many times ``--flow-timeout`` (cProfile slows the flow).
+PROFILE_TIMEOUT_FACTOR = 4.0
+#: Functions listed by own time under the profile's stage table.
+PROFILE_TOP = 15
 #: Files whose changes count as a change of the code measured (git pathspecs).
 CODE_PATHS = ("*.py", "*.yaml", "*.avsc", "*.toml")
 #: How often progress lines are written while something runs.
@@ -166,7 +183,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--processes",
         type=_positive_int,
         default=1,
-        help="flow processes (bytewax -i/-a) and decode-only consumers (1)",
+        help="flow processes (bytewax -i/-a), and consumers of each baseline (1)",
     )
     scale.add_argument(
         "--workers", type=_positive_int, default=1, help="worker threads per flow process (-w, 1)"
@@ -176,14 +193,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--repeat",
         type=_positive_int,
         default=1,
-        help="decode-only and end-to-end runs, alternately, N times; median, min, max (1)",
+        help="baseline and end-to-end runs, alternately, N times; median, min, max (1)",
     )
     runs.add_argument(
         "--flow-timeout",
         type=_positive_float,
         default=DEFAULT_FLOW_TIMEOUT_S,
         metavar="SECONDS",
-        help="bound on each flow run and decode-only run; past it, the run is killed "
+        help="bound on each flow run and baseline run (x4 for --profile's run); past it, "
+        "the run is killed "
         f"({DEFAULT_FLOW_TIMEOUT_S:.0f})",
     )
     runs.add_argument(
@@ -193,6 +211,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Redis database the flow writes, flushed before each run (15)",
     )
     runs.add_argument("--json", type=Path, metavar="PATH", help="also write every figure as JSON")
+    raw = parser.add_argument_group("raw baseline (consume + decode, no project code)")
+    raw.add_argument(
+        "--raw-decoder",
+        choices=RAW_DECODER_CHOICES,
+        default="auto",
+        help="Avro decoder of the raw baseline; auto: the fastest installed one, timed on a "
+        "sample of the events topic before the runs (auto)",
+    )
+    prof = parser.add_argument_group("profile")
+    prof.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the repeats, one more end-to-end run under cProfile (not part of the "
+        "table); prints the share of each stage of the flow in the profiled time and the top "
+        "15 functions by own time. cProfile inflates Python-heavy code",
+    )
+    prof.add_argument(
+        "--profile-out",
+        type=Path,
+        metavar="PATH",
+        help="with --profile, also keep the profile (all processes added) as a pstats file, "
+        "e.g. for `python -m pstats PATH` or snakeviz",
+    )
 
 
 # --- statistics, verdicts, the table (pure) --------------------------------------------------
@@ -257,6 +298,7 @@ class Row:
 
 #: The table's figures: (key in a repeat's figures, label, format, target).
 FIGURES: tuple[tuple[str, str, str, Target | None], ...] = (
+    ("raw_events_per_s", "raw consume+decode events/s (no project code)", "{:,.0f}", None),
     ("decode_events_per_s", "decode-only events/s (consume + decode)", "{:,.0f}", None),
     ("e2e_events_per_s", "end-to-end events/s (wall - startup)", "{:,.0f}", None),
     (
@@ -265,13 +307,16 @@ FIGURES: tuple[tuple[str, str, str, Target | None], ...] = (
         "{:,.0f}",
         EVENTS_PER_PROCESS_TARGET,
     ),
+    ("ratio_raw", "end-to-end / raw consume+decode", "{:.3f}", RATIO_TARGET),
     ("ratio", "end-to-end / decode-only", "{:.3f}", RATIO_TARGET),
     ("e2e_events_per_s_with_startup", "end-to-end events/s incl. startup", "{:,.0f}", None),
     ("e2e_events_per_s_first_write", "end-to-end events/s, 1st Redis write->exit", "{:,.0f}", None),
+    ("raw_s", "raw consume+decode wall s (first batch -> end)", "{:.2f}", None),
     ("decode_s", "decode-only wall s (first batch -> end)", "{:.2f}", None),
     ("decode_connect_s", "decode-only connect s (assign -> first batch)", "{:.2f}", None),
     ("e2e_wall_s", "flow wall s (incl. startup)", "{:.2f}", None),
     ("startup_s", "flow startup+shutdown s (empty topic)", "{:.2f}", None),
+    ("raw_cpu_us_per_event", "raw consume+decode CPU us/event", "{:.1f}", None),
     ("decode_cpu_us_per_event", "decode-only CPU us/event", "{:.1f}", None),
     ("flow_cpu_us_per_event", "flow CPU us/event (startup run subtracted)", "{:.1f}", None),
     ("peak_rss_mib", "flow peak RSS MiB (largest process)", "{:.1f}", None),
@@ -366,6 +411,7 @@ def repeat_figures(
     events: int,
     processes: int,
     decode: DecodeResult,
+    raw: DecodeResult | None = None,
     startup: FlowRun,
     flow: FlowRun,
     redis_mem: RedisMemory,
@@ -380,6 +426,7 @@ def repeat_figures(
     """
     processing_s = flow.wall_s - startup.wall_s
     e2e = events / processing_s if processing_s > 0 else None
+    raw_rate = raw.events / raw.wall_s if raw is not None and raw.wall_s > 0 else None
     first_write = None
     if flow.first_write_s is not None and flow.wall_s > flow.first_write_s:
         first_write = events / (flow.wall_s - flow.first_write_s)
@@ -392,8 +439,14 @@ def repeat_figures(
         "decode_connect_s": decode.connect_s,
         "decode_cpu_us_per_event": decode.cpu_s / decode.events * 1e6 if decode.events else None,
         "decode_dead_letters": float(decode.dead_letters),
+        "raw_events_per_s": raw_rate,
+        "raw_s": None if raw is None else raw.wall_s,
+        "raw_connect_s": None if raw is None else raw.connect_s,
+        "raw_cpu_us_per_event": raw.cpu_s / raw.events * 1e6 if raw and raw.events else None,
+        "raw_undecodable": None if raw is None else float(raw.dead_letters),
         "e2e_events_per_s": e2e,
         "e2e_events_per_s_per_process": None if e2e is None else e2e / processes,
+        "ratio_raw": ratio(e2e, raw_rate),
         "ratio": ratio(e2e, decode.events / decode.wall_s if decode.wall_s > 0 else None),
         "e2e_events_per_s_with_startup": events / flow.wall_s if flow.wall_s > 0 else None,
         "e2e_events_per_s_first_write": first_write,
@@ -421,9 +474,16 @@ def repeat_figures(
 
 
 def flow_commands(
-    processes: int, workers: int, ports: Sequence[int], python: str = sys.executable
+    processes: int,
+    workers: int,
+    ports: Sequence[int],
+    python: str = sys.executable,
+    profile_dir: Path | None = None,
 ) -> list[list[str]]:
     """The command line of each flow process.
+
+    With ``profile_dir``, each process runs under cProfile
+    (:mod:`attune.bench.flow_profile`), writing ``flow-<i>.pstats`` there.
 
     >>> flow_commands(1, 1, [], python="py")
     [['py', '-m', 'bytewax.run', 'attune.flows.personalize:flow']]
@@ -431,15 +491,23 @@ def flow_commands(
     ...     print(" ".join(cmd[4:]))
     -i 0 -a 127.0.0.1:2101;127.0.0.1:2102
     -i 1 -a 127.0.0.1:2101;127.0.0.1:2102
+    >>> flow_commands(1, 1, [], python="py", profile_dir=Path("/p"))[0]
+    ['py', '-m', 'attune.bench.flow_profile', '/p/flow-0.pstats', 'attune.flows.personalize:flow']
     """
-    base = [python, "-m", "bytewax.run", FLOW_IMPORT]
+
+    def base(i: int) -> list[str]:
+        if profile_dir is None:
+            return [python, "-m", "bytewax.run", FLOW_IMPORT]
+        out = str(profile_dir / f"flow-{i}.pstats")
+        return [python, "-m", "attune.bench.flow_profile", out, FLOW_IMPORT]
+
     threads = ["-w", str(workers)] if workers > 1 else []
     if processes == 1:
-        return [base + threads]
+        return [base(0) + threads]
     if len(ports) != processes:
         raise ValueError(f"{processes} processes need {processes} ports, got {len(ports)}")
     addresses = ";".join(f"127.0.0.1:{port}" for port in ports)
-    return [[*base, *threads, "-i", str(i), "-a", addresses] for i in range(processes)]
+    return [[*base(i), *threads, "-i", str(i), "-a", addresses] for i in range(processes)]
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -781,6 +849,171 @@ def decode_only(
     )
 
 
+# --- raw consume + decode (no project code) ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RawCalibration:
+    """Which decoder the raw baseline uses, and what each installed one took per message.
+
+    ``decoders`` maps a decoder to its ``us_per_message`` (best of three passes
+    over ``sample`` messages of the events topic) and ``version``; ``agree`` says
+    whether they decoded the sample to equal dicts.
+    """
+
+    chosen: str
+    header_length: int
+    decoders: dict[str, dict[str, Any]]
+    agree: bool
+    sample: int
+
+    def describe(self) -> str:
+        """One line for the header.
+
+        >>> RawCalibration("cavro", 10, {"cavro": {"us_per_message": 14.04, "version": "1.0.0"},
+        ...     "fastavro": {"us_per_message": 40.5, "version": "1.13.1"}}, True, 2000).describe()
+        'cavro 1.0.0 (timed on 2,000 messages: cavro 14.0, fastavro 40.5 us/message)'
+        """
+        chosen = self.decoders.get(self.chosen, {})
+        timings = ", ".join(
+            f"{name} {info['us_per_message']:.1f}"
+            for name, info in sorted(self.decoders.items(), key=lambda kv: kv[1]["us_per_message"])
+        )
+        text = (
+            f"{self.chosen} {chosen.get('version') or ''}".rstrip()
+            + f" (timed on {self.sample:,} messages: {timings} us/message)"
+        )
+        if not self.agree:
+            text += "; WARNING: the decoders disagreed on the sample, fastavro is used"
+        return text
+
+
+def avro_dir() -> Path:
+    """The folder of the ``.avsc`` files (installed as ``attune.avro``)."""
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("attune.avro")))
+
+
+def _raw_job(settings: Settings, topic: str, partitions: Sequence[int], **more: Any) -> str:
+    job = {
+        "config": _kafka_config(settings),
+        "topic": topic,
+        "partitions": list(partitions),
+        "avro_dir": str(avro_dir()),
+        **more,
+    }
+    return json.dumps(job) + "\n"
+
+
+def _raw_result(line: str, proc: subprocess.Popen[str], err: IO[bytes]) -> dict[str, Any]:
+    """A raw child's JSON line, or a :class:`BenchError` with why it failed."""
+    try:
+        doc: dict[str, Any] = json.loads(line) if line.strip() else {}
+    except json.JSONDecodeError:
+        doc = {"error": f"unreadable output {line[:200]!r}"}
+    if not doc or "error" in doc:
+        why = doc.get("error") or f"exited with {proc.poll()}"
+        raise BenchError(f"the raw consume+decode baseline failed: {why}\n{_tail(err)}")
+    if doc.get("attune_modules"):
+        raise BenchError(
+            "the raw consume+decode baseline imported project code: "
+            + ", ".join(doc["attune_modules"])
+        )
+    return doc
+
+
+def _raw_process(stack: contextlib.ExitStack, job: str) -> tuple[subprocess.Popen[str], IO[bytes]]:
+    """One raw-baseline child, its job written: ``python -P raw_decode.py`` (no project path)."""
+    err = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115 - the stack closes it
+    proc = subprocess.Popen(
+        [sys.executable, "-P", str(RAW_DECODE_SCRIPT)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=err,
+        text=True,
+    )
+    stack.callback(_kill_all, [proc])
+    assert proc.stdin is not None
+    proc.stdin.write(job)
+    proc.stdin.flush()
+    return proc, err
+
+
+def calibrate_raw(
+    settings: Settings, topic: str, partitions: int, decoder: str, timeout_s: float
+) -> RawCalibration:
+    """Time the installed decoders on the start of ``topic``; the fastest is the raw decoder."""
+    with contextlib.ExitStack() as stack:
+        job = _raw_job(settings, topic, range(partitions), mode="calibrate", decoder=decoder)
+        proc, err = _raw_process(stack, job)
+        try:
+            out, _ = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"the raw decoder calibration took over {timeout_s:.0f}s") from None
+        doc = _raw_result(out.splitlines()[-1] if out else "", proc, err)
+    return RawCalibration(
+        doc["chosen"], int(doc["header_length"]), doc["decoders"], bool(doc["agree"]), doc["sample"]
+    )
+
+
+def raw_decode(
+    settings: Settings,
+    topic: str,
+    *,
+    partitions: int,
+    processes: int,
+    timeout_s: float,
+    calibration: RawCalibration,
+) -> DecodeResult:
+    """The raw baseline: ``processes`` children (``raw_decode.py``), partitions dealt round robin.
+
+    Every child builds its decoder and consumer and says ready; then all are
+    told to go together. Rates as :func:`decode_only`'s: from the first batch
+    any child received to the last message any child decoded. ``dead_letters``
+    of the result counts the messages the decoder raised on.
+    """
+    groups = [g for i in range(processes) if (g := list(range(partitions))[i::processes])]
+    with contextlib.ExitStack() as stack:
+        children = []
+        for group in groups:
+            job = _raw_job(
+                settings,
+                topic,
+                group,
+                mode="run",
+                decoder=calibration.chosen,
+                header_length=calibration.header_length,
+                batch_size=settings.kafka_batch_size,
+                timeout_s=timeout_s,
+            )
+            children.append(_raw_process(stack, job))
+        for proc, err in children:
+            assert proc.stdout is not None
+            _raw_result(proc.stdout.readline(), proc, err)  # {"ready": true}
+        for proc, _ in children:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        parts = []
+        for proc, err in children:
+            try:
+                out, _ = proc.communicate(timeout=timeout_s + CONSUME_STALL_S)
+            except subprocess.TimeoutExpired:
+                raise BenchError(
+                    f"the raw consume+decode baseline did not finish within {timeout_s:.0f}s"
+                ) from None
+            parts.append(_raw_result(out.splitlines()[-1] if out else "", proc, err))
+    first = min(p["first"] for p in parts)
+    return DecodeResult(
+        sum(p["events"] for p in parts),
+        max(p["end"] for p in parts) - first,
+        first - min(p["start"] for p in parts),
+        sum(p["cpu_s"] for p in parts),
+        sum(p["errors"] for p in parts),
+    )
+
+
 # --- the flow in subprocesses ----------------------------------------------------------------
 
 
@@ -807,7 +1040,7 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _kill_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+def _kill_all(procs: Sequence[subprocess.Popen[Any]]) -> None:
     """Kill the flow processes still running (after a failure or the time bound)."""
     for proc in procs:
         if proc.returncode is None:
@@ -829,14 +1062,21 @@ def run_flow(
     timeout_s: float,
     label: str,
     redis_client: Any | None = None,
+    profile_dir: Path | None = None,
 ) -> FlowRun:
     """Run the flow's processes to their exit; kill them all past ``timeout_s``.
 
     Peak RSS and CPU time of each process come from ``os.wait4`` (its own
     rusage, not the sum over children). ``redis_client``, when given, is
     polled until the first key appears: the cross-check of the processing time.
+    ``profile_dir``: run every process under cProfile (:func:`flow_commands`).
     """
-    commands = flow_commands(processes, workers, _free_ports(processes) if processes > 1 else [])
+    commands = flow_commands(
+        processes,
+        workers,
+        _free_ports(processes) if processes > 1 else [],
+        profile_dir=profile_dir,
+    )
     procs: list[subprocess.Popen[bytes]] = []
     rss: dict[int, int] = {}
     cpu = 0.0
@@ -943,7 +1183,7 @@ def machine_info() -> dict[str, Any]:
             if line.startswith("model name"):
                 info["cpu"] = line.split(":", 1)[1].strip()
                 break
-    for dist in ("bytewax", "confluent-kafka", "fastavro", "redis"):
+    for dist in ("bytewax", "confluent-kafka", "fastavro", "cavro", "redis"):
         try:
             info[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -1018,6 +1258,7 @@ class _Run:
     settings: Settings
     topics: dict[str, str]
     redis: Any
+    raw: RawCalibration | None = None
 
 
 def _bench(args: argparse.Namespace) -> str:
@@ -1026,17 +1267,32 @@ def _bench(args: argparse.Namespace) -> str:
     with contextlib.ExitStack() as stack:
         bench = _set_up(args, stack)
         produced = _produce(args, bench.settings)
+        say(f"timing the raw decoders ({args.raw_decoder}) on the events topic")
+        bench.raw = calibrate_raw(
+            bench.settings,
+            bench.topics["events"],
+            args.partitions,
+            args.raw_decoder,
+            args.flow_timeout,
+        )
+        say(f"raw consume+decode baseline: {bench.raw.describe()}")
         repeats = [
             _one_repeat(args, bench, produced.events, f"run {i}/{args.repeat}")
             for i in range(1, args.repeat + 1)
         ]
+        profile = _profile_run(args, bench, repeats) if args.profile else None
         machine["load_average_end"] = load_average()
         machine["git_end"] = code_version()
     summary = summarize(repeats)
     rows = build_rows(summary)
-    text = "\n\n".join(
-        [_header(args, produced, bench.servers, machine), format_table(rows), _footnote()]
-    )
+    parts = [
+        _header(args, produced, bench.servers, machine, bench.raw),
+        format_table(rows),
+        _footnote(),
+    ]
+    if profile is not None:
+        parts.append(profile.text)
+    text = "\n\n".join(parts)
     if args.json:
         doc = _json_doc(
             args,
@@ -1047,6 +1303,8 @@ def _bench(args: argparse.Namespace) -> str:
             summary=summary,
             rows=rows,
         )
+        doc["raw_decoder"] = asdict(bench.raw) if bench.raw else None
+        doc["profile"] = profile.doc if profile is not None else None
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
         say(f"wrote {args.json}")
@@ -1151,6 +1409,20 @@ def _one_repeat(
         raise BenchError(f"decode-only read {decode.events:,} messages; {events:,} were produced")
     say(f"{tag}: decode-only {decode.events / decode.wall_s:,.0f} events/s")
 
+    assert bench.raw is not None
+    say(f"{tag}: raw consume+decode ({bench.raw.chosen}), {args.processes} consumer(s)")
+    raw = raw_decode(
+        settings,
+        names["events"],
+        partitions=args.partitions,
+        processes=args.processes,
+        timeout_s=args.flow_timeout,
+        calibration=bench.raw,
+    )
+    if raw.events != events:
+        raise BenchError(f"the raw baseline read {raw.events:,} messages; {events:,} were produced")
+    say(f"{tag}: raw consume+decode {raw.events / raw.wall_s:,.0f} events/s")
+
     say(f"{tag}: the flow on the empty topic (startup and shutdown only)")
     startup = run_flow(empty_env, label=f"{tag} startup-only", **scale)
 
@@ -1164,6 +1436,7 @@ def _one_repeat(
         events=events,
         processes=args.processes,
         decode=decode,
+        raw=raw,
         startup=startup,
         flow=flow,
         redis_mem=redis_memory(client, used_before, settings.redis_prefix, args.seed),
@@ -1175,6 +1448,123 @@ def _one_repeat(
         f"(flow {flow.wall_s:.2f}s, startup-only {startup.wall_s:.2f}s)"
     )
     return figures
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileResult:
+    """The ``--profile`` run: its text for stdout and its figures for ``--json``."""
+
+    text: str
+    doc: dict[str, Any]
+
+
+def profile_text(
+    report: flow_profile.ProfileReport,
+    *,
+    sections: Sequence[Mapping[str, float]],
+    wall_s: float,
+    unprofiled_wall_s: float | None,
+    processes: int,
+    workers: int,
+    top: int = PROFILE_TOP,
+) -> str:
+    """The profile's part of the output: what ran, the caveats, the stages, the top functions.
+
+    ``sections`` are the wrapper's figures of each process (:mod:`attune.bench.flow_profile`:
+    wall and process CPU seconds of the profiled ``cli_main``, worker threads profiled).
+    """
+    cpu = sum(m.get("process_cpu_s", 0.0) for m in sections)
+    wall = sum(m.get("wall_s", 0.0) for m in sections)
+    threads = int(sum(m.get("worker_threads", 0) for m in sections))
+    unprofiled = f" (unprofiled: {unprofiled_wall_s:.1f}s)" if unprofiled_wall_s else ""
+    lines = [
+        f"profile (--profile): one more end-to-end run under cProfile, {processes} process(es) "
+        f"x {workers} worker(s), not part of the table above; flow wall {wall_s:.1f}s{unprofiled}",
+        f"profiled: the workers' run (cli_main; imports and the flow's build left out), "
+        f"{wall:.1f}s wall, {cpu:.1f}s process CPU; profiled total (own time of every "
+        f"function) {report.total_s:.1f}s",
+        "cProfile inflates Python-heavy code (a hook per call) against C, numpy and Rust, and "
+        "times by the wall clock (a call blocked waiting counts): the shares are a guide, not a "
+        "measurement. self % adds up to 100, library code counted in the stage that called it; "
+        "incl. % is the time inside a stage, the stages it calls included.",
+    ]
+    if threads:
+        lines.append(
+            f"note: the workers ran on Bytewax's own threads ({threads} profiled, each from its "
+            "first batch): Bytewax's Rust work between Python calls, and its C pickling of "
+            "snapshots, are in no function here, so the shares are of the Python time (Bytewax "
+            "overhead is its Python shims only)"
+        )
+    else:
+        lines.append(
+            "note: Bytewax's Rust work and its C pickling of snapshots are the own time of "
+            "cli_main, in Bytewax overhead"
+        )
+    if wall > 0 and cpu < 0.8 * wall:
+        lines.append(
+            f"note: the flow used {cpu:.1f}s of CPU in {wall:.1f}s of profiled wall time "
+            f"({100 * cpu / wall:.0f}%: waiting on Kafka or Redis, or other load on the "
+            "machine); the wall-clock shares below include that waiting"
+        )
+    return "\n".join(lines) + "\n\n" + flow_profile.format_report(report, top=top)
+
+
+def _profile_run(
+    args: argparse.Namespace, bench: _Run, repeats: Sequence[Mapping[str, float | None]]
+) -> ProfileResult:
+    """One more end-to-end run, every flow process under cProfile; grouped by stage."""
+    import pstats
+
+    flow_env = {**os.environ, **settings_env(bench.settings)}
+    timeout = args.flow_timeout * PROFILE_TIMEOUT_FACTOR
+    with tempfile.TemporaryDirectory(prefix="attune-profile-") as tmp:
+        folder = Path(tmp)
+        bench.redis.flushdb()
+        say(
+            f"profile: the flow end to end under cProfile, {args.processes} process(es) x "
+            f"{args.workers} worker(s)"
+        )
+        run = run_flow(
+            flow_env,
+            processes=args.processes,
+            workers=args.workers,
+            timeout_s=timeout,
+            label="profile",
+            redis_client=bench.redis,
+            profile_dir=folder,
+        )
+        paths = sorted(folder.glob("flow-*.pstats"))
+        if len(paths) != args.processes:
+            raise BenchError(
+                f"profile: {len(paths)} profile file(s) written by {args.processes} process(es)"
+            )
+        sections = [json.loads(p.with_suffix(".json").read_text()) for p in paths]
+        raw = flow_profile.load(paths)
+        if args.profile_out:
+            args.profile_out.parent.mkdir(parents=True, exist_ok=True)
+            pstats.Stats(*[str(p) for p in paths]).dump_stats(str(args.profile_out))
+            say(f"wrote {args.profile_out}")
+    report = flow_profile.analyze(
+        raw, flow_profile.module_roots(flow_profile.PROJECT_PACKAGES), top=PROFILE_TOP
+    )
+    walls = [w for rep in repeats if (w := rep.get("e2e_wall_s")) is not None]
+    text = profile_text(
+        report,
+        sections=sections,
+        wall_s=run.wall_s,
+        unprofiled_wall_s=statistics.median(walls) if walls else None,
+        processes=args.processes,
+        workers=args.workers,
+    )
+    doc = {
+        "wall_s": run.wall_s,
+        "cpu_s": run.cpu_s,
+        "sections": sections,
+        "total_s": report.total_s,
+        "stages": [asdict(x) for x in report.stages],
+        "top": [asdict(x) for x in report.top],
+    }
+    return ProfileResult(text, doc)
 
 
 def _json_doc(
@@ -1225,6 +1615,7 @@ def _header(
     produced: ProduceReport,
     servers: Servers,
     machine: Mapping[str, Any],
+    raw: RawCalibration | None = None,
 ) -> str:
     lines = [
         f"attune bench throughput: {produced.events:,} events of {args.users:,} users "
@@ -1239,6 +1630,8 @@ def _header(
         f"produce (generate + encode + deliver; not part of any figure below): "
         f"{produced.seconds:.1f}s, {produced.events_per_s:,.0f} events/s",
     ]
+    if raw is not None:
+        lines.append(f"raw consume+decode decoder: {raw.describe()}")
     if machine.get("git_end") != machine.get("git"):
         lines.append(
             f"WARNING: the code changed during the run ({machine.get('git')} -> "
@@ -1249,7 +1642,10 @@ def _header(
 
 def _footnote() -> str:
     return (
-        "median/min/max over the repeats; verdicts on the median. 'wall - startup': the flow's "
+        "median/min/max over the repeats; verdicts on the median. Raw consume+decode: "
+        "confluent-kafka + the decoder above to plain dicts, in processes that import no project "
+        "code (design.md's baseline); decode-only: the same read through the project's Codec "
+        "(typed events, dead letters). 'wall - startup': the flow's "
         "wall time minus that of the same command on an empty topic (same items), both in this "
         "run. Per process = end-to-end / --processes. RSS per user = (peak RSS - peak RSS on the "
         "empty topic) / users with a profile key; Redis per user = used_memory growth during the "

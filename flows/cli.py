@@ -204,7 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub = bench_p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
     tp = bench_sub.add_parser(
         "throughput",
-        help="end-to-end events/s Kafka -> flow -> Redis next to a decode-only baseline",
+        help="end-to-end events/s Kafka -> flow -> Redis next to raw consume+decode and "
+        "decode-only baselines; --profile: where the flow's time goes, by stage",
+        description="End-to-end events/s, Kafka -> flow -> Redis, on a generated workload, next "
+        "to two baselines measured in the same run: raw consume+decode (confluent-kafka and the "
+        "fastest Avro decoder installed, no project code) and decode-only (the project's codec). "
+        "Verdicts against design.md's targets; bench/README.md explains every row. --profile "
+        "adds one run under cProfile, grouped by the flow's stages.",
     )
     throughput.add_arguments(tp)
     lat = bench_sub.add_parser(

@@ -1,4 +1,5 @@
-"""The pure parts of ``attune bench throughput``: flags, statistics, verdicts, the table.
+"""The pure parts of ``attune bench throughput``: flags, statistics, verdicts, the table,
+the raw baseline's schema and decoders, and the profile's grouping by stage.
 
 No servers and no clocks here: the bench's figures are printed by the bench,
 never asserted.
@@ -7,11 +8,19 @@ never asserted.
 from __future__ import annotations
 
 import argparse
+import ast
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from attune.bench import flow_profile as fp
+from attune.bench import raw_decode as rd
 from attune.bench import throughput as tp
 from attune.bench.throughput import (
     EVENTS_PER_PROCESS_TARGET,
@@ -43,6 +52,24 @@ def test_defaults_are_the_issue_workload() -> None:
     assert args.redis_db == 15
     assert args.flow_timeout == tp.DEFAULT_FLOW_TIMEOUT_S
     assert args.json is None
+    assert (args.profile, args.profile_out, args.raw_decoder) == (False, None, "auto")
+
+
+def test_profile_and_raw_decoder_flags() -> None:
+    args = parse("--profile", "--profile-out", "out/flow.pstats", "--raw-decoder", "fastavro")
+    assert args.profile is True
+    assert str(args.profile_out) == "out/flow.pstats"
+    assert args.raw_decoder == "fastavro"
+    assert parse("--raw-decoder", "cavro").raw_decoder == "cavro"
+
+
+def test_help_describes_the_new_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        tp.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--profile" in out and "cProfile" in out and "--profile-out" in out
+    assert "--raw-decoder {auto,cavro,fastavro}" in out
+    assert "raw baseline (consume + decode, no project code)" in out
 
 
 def test_flags_are_parsed() -> None:
@@ -68,6 +95,7 @@ def test_flags_are_parsed() -> None:
         ["--redis-db", "-1"],
         ["--flow-timeout", "0"],
         ["--processes", "1.5"],
+        ["--raw-decoder", "avro"],
     ],
 )
 def test_bad_flags_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -185,6 +213,24 @@ def test_rows_follow_the_figures_and_carry_the_targets() -> None:
     assert by_key["dead_letters"].stat is None
 
 
+def test_the_raw_baseline_has_rows_and_its_own_verdict() -> None:
+    keys = [key for key, *_ in tp.FIGURES]
+    for key in ("raw_events_per_s", "raw_cpu_us_per_event", "raw_s", "ratio_raw", "ratio"):
+        assert key in keys
+    # the raw rows sit next to the decode-only ones, the raw ratio right above the old ratio
+    assert keys.index("raw_events_per_s") + 1 == keys.index("decode_events_per_s")
+    assert keys.index("ratio_raw") + 1 == keys.index("ratio")
+    labels = {key: (label, target) for key, label, _fmt, target in tp.FIGURES}
+    assert labels["ratio_raw"] == ("end-to-end / raw consume+decode", RATIO_TARGET)
+    assert labels["ratio"][1] is RATIO_TARGET  # the decode-only verdict is kept too
+    rows = {r.key: r for r in tp.build_rows({"ratio_raw": Stat.of([0.2]), "ratio": Stat.of([0.3])})}
+    assert (rows["ratio_raw"].verdict, rows["ratio"].verdict) == ("FAIL", "pass")
+    assert tp.build_rows({"ratio_raw": Stat.of([0.25])})[keys.index("ratio_raw")].verdict == "pass"
+    table = tp.format_table(tp.build_rows({"ratio_raw": Stat.of([0.2])}))
+    line = next(x for x in table.splitlines() if x.startswith("end-to-end / raw consume+decode"))
+    assert line.split()[-6:] == ["0.200", "0.200", "0.200", ">=", "0.25", "FAIL"]
+
+
 # --- one repeat's arithmetic -----------------------------------------------------------------
 
 
@@ -213,6 +259,39 @@ def test_repeat_figures() -> None:
     assert figures["redis_bytes_per_user"] == 400
     assert figures["redis_sample_bytes_per_user"] == 350
     assert (figures["dead_letters"], figures["segment_changes"]) == (7, 40)
+
+
+def test_repeat_figures_with_the_raw_baseline() -> None:
+    run = FlowRun(wall_s=6.0, first_write_s=None, peak_rss_kib=[1], cpu_s=1.0)
+    startup = FlowRun(wall_s=2.0, first_write_s=None, peak_rss_kib=[1], cpu_s=0.5)
+    figures = tp.repeat_figures(
+        events=80_000,
+        processes=1,
+        decode=DecodeResult(events=80_000, wall_s=4.0, connect_s=0.1, cpu_s=3.0, dead_letters=3),
+        raw=DecodeResult(events=80_000, wall_s=1.0, connect_s=0.2, cpu_s=1.2, dead_letters=0),
+        startup=startup,
+        flow=run,
+        redis_mem=RedisMemory(used_delta=0, profile_users=0, keys=0, sample_bytes_per_user=None),
+        dead_letters=0,
+        segment_changes=0,
+    )
+    assert figures["e2e_events_per_s"] == 20_000  # 80k / (6 s - 2 s)
+    assert figures["raw_events_per_s"] == 80_000
+    assert figures["ratio_raw"] == 0.25
+    assert figures["ratio"] == 1.0  # against decode-only's 20,000/s
+    assert figures["raw_cpu_us_per_event"] == pytest.approx(15.0)
+    assert (figures["raw_s"], figures["raw_connect_s"], figures["raw_undecodable"]) == (1, 0.2, 0)
+    without = tp.repeat_figures(
+        events=80_000,
+        processes=1,
+        decode=DecodeResult(events=80_000, wall_s=4.0, connect_s=0.1, cpu_s=3.0, dead_letters=3),
+        startup=startup,
+        flow=run,
+        redis_mem=RedisMemory(used_delta=0, profile_users=0, keys=0, sample_bytes_per_user=None),
+        dead_letters=0,
+        segment_changes=0,
+    )
+    assert without["raw_events_per_s"] is None and without["ratio_raw"] is None
 
 
 def test_repeat_figures_without_users_or_time() -> None:
@@ -245,6 +324,19 @@ def test_flow_commands_single_and_multi_process() -> None:
     assert {c[c.index("-a") + 1] for c in cmds} == {"127.0.0.1:1;127.0.0.1:2;127.0.0.1:3"}
     with pytest.raises(ValueError, match="2 processes need 2 ports"):
         tp.flow_commands(2, 1, [1], python="py")
+
+
+def test_profiled_flow_commands_write_one_profile_per_process(tmp_path: Path) -> None:
+    cmds = tp.flow_commands(2, 1, [1, 2], python="py", profile_dir=tmp_path)
+    for i, cmd in enumerate(cmds):
+        assert cmd[:5] == [
+            "py",
+            "-m",
+            "attune.bench.flow_profile",
+            str(tmp_path / f"flow-{i}.pstats"),
+            "attune.flows.personalize:flow",
+        ]
+        assert cmd[cmd.index("-i") + 1] == str(i)
 
 
 def test_settings_env_round_trips_through_settings() -> None:
@@ -306,3 +398,370 @@ def test_header_says_where_and_warns_when_the_code_changed() -> None:
     assert "WARNING" not in header
     changed = tp._header(args, produced, servers, {**machine, "git_end": "def"})
     assert "WARNING: the code changed during the run (abc -> def)" in changed
+
+
+# --- the raw baseline: schema, header, decoders (no Kafka) ---------------------------------
+
+
+def _encoded_events(n: int = 40) -> list[bytes]:
+    import itertools
+
+    from attune.operators.codec import Codec
+    from attune.workload.generator import GeneratorConfig, generate
+
+    codec = Codec()
+    events = generate(GeneratorConfig(users=20, days=1, seed=5)).events
+    return [codec.encode_event(e) for e in itertools.islice(events, n)]
+
+
+@pytest.mark.parametrize("record", ["attune.event.Event", "attune.item.ItemUpdate"])
+def test_raw_schema_is_the_avsc_files_expanded(record: str) -> None:
+    import fastavro
+    import fastavro.schema
+
+    folder = tp.avro_dir()
+    ours = rd.load_schema(folder, record)
+    theirs = fastavro.schema.expand_schema(
+        fastavro.schema.load_schema(str(folder / f"{record}.avsc"), _write_hint=False)
+    )
+
+    def canonical(schema: Any) -> str:
+        return str(fastavro.schema.to_parsing_canonical_form(fastavro.parse_schema(schema)))
+
+    assert canonical(ours) == canonical(theirs)
+
+
+def test_raw_schema_of_an_unknown_record_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"no attune\.event\.Event"):
+        rd.load_schema(tmp_path)
+
+
+def test_header_length_by_wire_format() -> None:
+    assert rd.header_length(_encoded_events(1)[0]) == rd.SINGLE_OBJECT_HEADER == 10
+    assert rd.header_length(b"\x00\x00\x00\x00\x07rest") == rd.CONFLUENT_HEADER == 5
+    with pytest.raises(ValueError, match="unknown wire format"):
+        rd.header_length(b"\x01\x02")
+
+
+def test_every_raw_decoder_gives_the_same_plain_dicts() -> None:
+    from attune.operators.codec import Codec
+
+    values = _encoded_events()
+    bodies = [v[rd.header_length(v) :] for v in values]
+    schema = rd.load_schema(tp.avro_dir())
+    installed = rd.installed_decoders()
+    assert "fastavro" in installed
+    decoded = {name: [rd.make_decoder(name, schema)(b) for b in bodies] for name in installed}
+    first = decoded["fastavro"]
+    assert all(out == first for out in decoded.values())
+    assert all(type(d) is dict and type(d["context"]) in (dict, type(None)) for d in first)
+    typed = [Codec().decode_event(v) for v in values]
+    assert [d["event_id"] for d in first] == [getattr(e, "event_id", None) for e in typed]
+
+
+def test_calibration_chooses_an_installed_decoder() -> None:
+    values = _encoded_events(20)
+    bodies = [v[10:] for v in values]
+    result = rd.calibrate(bodies, rd.load_schema(tp.avro_dir()), rd.installed_decoders())
+    assert result["agree"] is True
+    assert result["chosen"] in rd.installed_decoders()
+    assert result["sample"] == 20
+    timings = result["decoders"]
+    assert result["chosen"] == min(timings, key=lambda n: timings[n]["us_per_message"])
+    assert all(t["us_per_message"] > 0 for t in timings.values())
+    with pytest.raises(ValueError, match="unknown decoder"):
+        rd.make_decoder("avro", {})
+
+
+def test_calibration_description_warns_when_decoders_disagree() -> None:
+    cal = tp.RawCalibration(
+        "fastavro",
+        10,
+        {
+            "cavro": {"us_per_message": 14.0, "version": "1.0.0"},
+            "fastavro": {"us_per_message": 40.0, "version": "1.13.1"},
+        },
+        agree=False,
+        sample=100,
+    )
+    text = cal.describe()
+    assert text.startswith("fastavro 1.13.1 (timed on 100 messages: cavro 14.0, fastavro 40.0")
+    assert "WARNING: the decoders disagreed" in text
+
+
+def test_the_raw_program_imports_no_project_code() -> None:
+    tree = ast.parse(tp.RAW_DECODE_SCRIPT.read_text())
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+    assert not [m for m in imported if m.split(".")[0] == "attune"], imported
+    # Run as the bench runs it (a file, -P): building both decoders loads nothing of attune.
+    code = textwrap.dedent(
+        f"""
+        import importlib.util, sys
+        from pathlib import Path
+        spec = importlib.util.spec_from_file_location("raw_decode", {str(tp.RAW_DECODE_SCRIPT)!r})
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        schema = module.load_schema(Path({str(tp.avro_dir())!r}))
+        for name in module.installed_decoders():
+            module.make_decoder(name, schema)
+        import confluent_kafka
+        print(module._attune_modules())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-P", "-c", code], capture_output=True, text=True, check=True, cwd="/"
+    )
+    assert done.stdout.strip() == "[]"
+
+
+# --- the profile: stages, the grouping, the text ---------------------------------------------
+
+ROOTS = {"/src/operators": "attune.operators", "/src/flows": "attune.flows", "/py/site": ""}
+CLI = ("~", 0, "<built-in method bytewax._bytewax.cli_main>")
+APPLY = ("/src/operators/profiles.py", 10, "apply")
+RANK = ("/src/operators/ranking.py", 20, "rank")
+DOT = ("/py/site/numpy/core/multiarray.py", 5, "dot")
+SORTED = ("~", 0, "<built-in method builtins.sorted>")
+SNAP = ("/src/operators/profiles.py", 50, "snapshot")
+DUMPS = ("~", 0, "<built-in method _pickle.dumps>")
+ORPHAN = ("~", 0, "<method 'disable' of '_lsprof.Profiler' objects>")
+
+
+def _entry(tt: float, ct: float, callers: dict[Any, tuple[float, float]]) -> Any:
+    """A pstats entry: (cc, nc, tt, ct, {caller: (cc, nc, tt, ct)})."""
+    return (1, 1, tt, ct, {c: (1, 1, ett, ect) for c, (ett, ect) in callers.items()})
+
+
+SYNTHETIC: dict[Any, Any] = {
+    CLI: _entry(1.0, 9.0, {}),
+    APPLY: _entry(2.0, 7.0, {CLI: (2.0, 7.0)}),
+    RANK: _entry(1.0, 4.0, {APPLY: (1.0, 4.0)}),
+    DOT: _entry(2.5, 3.0, {RANK: (2.5, 3.0)}),
+    # sorted(): 0.3 s of own time when numpy called it (so: ranking's), 0.2 s from apply
+    SORTED: _entry(0.5, 0.5, {DOT: (0.3, 0.3), APPLY: (0.2, 0.2)}),
+    SNAP: _entry(0.5, 1.5, {CLI: (0.5, 1.5)}),
+    DUMPS: _entry(1.0, 1.0, {SNAP: (1.0, 1.0)}),
+    ORPHAN: _entry(0.5, 0.5, {}),
+}
+
+
+def test_stage_of_maps_modules_and_specific_functions() -> None:
+    assert fp.stage_of("attune.operators.ranking", "rank") == "models/ranking"
+    assert fp.stage_of("attune.operators.sources", "next_batch") == "source/decode"
+    assert fp.stage_of("attune.operators.codec", "decode_datum") == "source/decode"
+    assert fp.stage_of("attune.operators.identity", "on_batch") == "identity"
+    assert fp.stage_of("attune.operators.identity", "snapshot") == "snapshots/pickle"
+    assert fp.stage_of("attune.operators.user_logic", "snapshot") == "snapshots/pickle"
+    assert fp.stage_of("attune.operators.embeddings", "snapshot") == "models/ranking"
+    assert fp.stage_of("attune.operators.user_step", "step") == "per-user step"
+    assert fp.stage_of("attune.operators.segments", "evaluate") == "segments"
+    assert fp.stage_of("attune.operators.trigger_decisions", "judge") == "triggers"
+    assert fp.stage_of("attune.operators.redis_sink", "write_batch") == "Redis sink"
+    assert fp.stage_of("attune.operators.kafka_sink", "write_batch") == "Kafka sinks"
+    assert fp.stage_of("attune.flows.personalize", "_by_user") == "flow glue (attune.flows)"
+    assert fp.stage_of("bytewax.operators", "shim_mapper") == "Bytewax overhead"
+    assert fp.stage_of("~", "<built-in method bytewax._bytewax.cli_main>") == "Bytewax overhead"
+    assert fp.stage_of("~", "<built-in method _pickle.dumps>") == "snapshots/pickle"
+    assert fp.stage_of("attune.operators.events", "reduce") == "snapshots/pickle"
+    assert fp.stage_of("numpy.core.multiarray", "dot") is None
+    assert fp.stage_of("~", "<built-in method builtins.sorted>") is None
+    # a custom map: the first stage with a matching pattern wins
+    stages = {"a": ("m:f",), "b": ("m",)}
+    assert (fp.stage_of("m", "f", stages), fp.stage_of("m", "g", stages)) == ("a", "b")
+
+
+def test_every_operators_module_has_a_stage() -> None:
+    """When modules move or appear, add them to flow_profile.STAGES (this names the missing)."""
+    import attune.operators
+
+    folder = Path(next(iter(attune.operators.__path__)))
+    missing = [
+        p.stem
+        for p in sorted(folder.glob("*.py"))
+        if p.stem != "__init__" and fp.stage_of(f"attune.operators.{p.stem}", "f") is None
+    ]
+    assert not missing, f"add attune.operators.{missing} to a stage of flow_profile.STAGES"
+
+
+def test_module_of_profiled_files() -> None:
+    assert fp.module_of("/src/operators/ranking.py", ROOTS) == "attune.operators.ranking"
+    assert fp.module_of("/src/flows/personalize.py", ROOTS) == "attune.flows.personalize"
+    assert fp.module_of("/py/site/bytewax/operators/__init__.py", ROOTS) == "bytewax.operators"
+    assert fp.module_of("/py/site/numpy/core/multiarray.py", ROOTS) == "numpy.core.multiarray"
+    assert fp.module_of("~", ROOTS) == "~"
+    assert fp.module_of("<frozen importlib._bootstrap>", ROOTS) == "importlib._bootstrap"
+    assert fp.module_of("<string>", ROOTS) == "<string>"
+    assert fp.module_of("/elsewhere/thing.py", ROOTS) == "thing"
+
+
+def test_module_roots_know_the_project_site_packages_and_stdlib() -> None:
+    import json
+    import os
+
+    import numpy
+
+    roots = fp.module_roots(fp.PROJECT_PACKAGES)
+    assert "attune.operators" in roots.values()
+    assert fp.module_of(fp.__file__, roots) == "attune.bench.flow_profile"
+    assert fp.module_of(numpy.__file__, roots) == "numpy"
+    assert fp.module_of(json.__file__, roots) == "json"
+    assert fp.module_of(os.path.realpath(tp.__file__), roots) == "attune.bench.throughput"
+
+
+def test_analyze_lifts_library_time_to_the_calling_stage() -> None:
+    report = fp.analyze(SYNTHETIC, ROOTS)
+    assert report.total_s == pytest.approx(9.0)
+    shares = {s.stage: s for s in report.stages}
+    expected_self = {
+        "models/ranking": 1.0 + 2.5 + 0.3,  # rank, numpy's dot, sorted() when dot called it
+        "per-user step": 2.0 + 0.2,
+        "snapshots/pickle": 0.5 + 1.0,
+        "Bytewax overhead": 1.0,
+        fp.OTHER: 0.5,
+    }
+    assert {k: pytest.approx(v) for k, v in expected_self.items()} == {
+        k: s.self_s for k, s in shares.items()
+    }
+    assert sum(s.self_pct for s in report.stages) == pytest.approx(100.0)
+    assert report.stages[0].stage == "models/ranking"  # sorted by self time
+    assert shares["models/ranking"].self_pct == pytest.approx(100 * 3.8 / 9.0)
+    # inclusive: from entering the stage to leaving it, callees of other stages included
+    assert shares["per-user step"].incl_s == pytest.approx(7.0)
+    assert shares["models/ranking"].incl_s == pytest.approx(4.0)
+    assert shares["snapshots/pickle"].incl_s == pytest.approx(1.5)
+    assert shares["Bytewax overhead"].incl_pct == pytest.approx(100.0)
+    assert shares[fp.OTHER].incl_s is None
+    # the top functions by own time, with the stage their time went to
+    top = [(t.function, t.stage) for t in report.top[:3]]
+    assert top == [
+        ("numpy.core.multiarray:5(dot)", "models/ranking"),
+        ("attune.operators.profiles:10(apply)", "per-user step"),
+        ("<built-in method bytewax._bytewax.cli_main>", "Bytewax overhead"),
+    ]
+    assert len(fp.analyze(SYNTHETIC, ROOTS, top=2).top) == 2
+
+
+def test_analyze_survives_cycles_among_library_functions() -> None:
+    a = ("/py/site/lib/a.py", 1, "a")
+    b = ("/py/site/lib/b.py", 1, "b")
+    raw = {
+        RANK: _entry(1.0, 3.0, {}),
+        a: _entry(1.0, 2.0, {RANK: (0.5, 1.5), b: (0.5, 0.5)}),
+        b: _entry(1.0, 1.5, {a: (1.0, 1.5)}),
+    }
+    report = fp.analyze(raw, ROOTS)
+    shares = {s.stage: s.self_s for s in report.stages}
+    assert shares == {"models/ranking": pytest.approx(3.0)}
+
+
+def test_analyze_a_real_profile(tmp_path: Path) -> None:
+    """Functions in files laid out as operators/ranking.py and operators/profiles.py."""
+    import cProfile
+    import importlib.util
+    import pstats
+
+    folder = tmp_path / "operators"
+    folder.mkdir()
+    (folder / "ranking.py").write_text(
+        "import json\ndef rank(n):\n    return json.dumps(sorted(range(n, 0, -1)))\n"
+    )
+    (folder / "profiles.py").write_text(
+        "def apply(rank, n):\n"
+        "    total = 0\n"
+        "    for i in range(n):\n"
+        "        total += i * i\n"
+        "    return total, rank(n)\n"
+    )
+    modules = {}
+    for name in ("ranking", "profiles"):
+        spec = importlib.util.spec_from_file_location(f"_bench_{name}", folder / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(modules[name])
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(20):
+        modules["profiles"].apply(modules["ranking"].rank, 20_000)
+    profile.disable()
+    raw = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    roots = {**fp.module_roots(), str(folder.resolve()): "attune.operators"}
+    report = fp.analyze(raw, roots)
+    shares = {s.stage: s for s in report.stages}
+    assert {"per-user step", "models/ranking"} <= set(shares)
+    assert sum(s.self_pct for s in report.stages) == pytest.approx(100.0)
+    by_function = {t.function: t.stage for t in report.top}
+    assert by_function["<built-in method builtins.sorted>"] == "models/ranking"
+    assert any(f.startswith("attune.operators.profiles:") for f in by_function)
+    # ranking is called from the per-user step: its time is inside the per-user step's
+    assert shares["per-user step"].incl_s is not None
+    assert shares["per-user step"].incl_s >= shares["models/ranking"].self_s
+    text = fp.format_report(report, top=5)
+    assert text.splitlines()[0].split() == ["stage", "self", "%", "self", "s", "incl.", "%"]
+    assert "top 5 functions by own time" in text
+
+
+def test_profile_text_states_the_caveats() -> None:
+    report = fp.analyze(SYNTHETIC, ROOTS)
+    text = tp.profile_text(
+        report,
+        sections=[{"wall_s": 10.0, "process_cpu_s": 4.0, "worker_threads": 0}],
+        wall_s=14.0,
+        unprofiled_wall_s=9.5,
+        processes=1,
+        workers=1,
+    )
+    assert "under cProfile, 1 process(es) x 1 worker(s)" in text
+    assert "not part of the table above" in text
+    assert "flow wall 14.0s (unprofiled: 9.5s)" in text
+    assert "cProfile inflates Python-heavy code" in text
+    assert "4.0s of CPU in 10.0s of profiled wall time (40%" in text
+    assert "own time of cli_main" in text
+    assert "models/ranking" in text and "top 15 functions by own time" not in text  # 8 exist
+    assert "top 8 functions by own time" in text
+    threaded = tp.profile_text(
+        report,
+        sections=[{"wall_s": 5.0, "process_cpu_s": 4.5, "worker_threads": 2}] * 2,
+        wall_s=14.0,
+        unprofiled_wall_s=None,
+        processes=2,
+        workers=2,
+    )
+    assert "2 process(es) x 2 worker(s)" in threaded
+    assert "Bytewax's own threads (4 profiled" in threaded
+    assert "of CPU in" not in threaded and "unprofiled" not in threaded
+
+
+def test_thread_profiles_wrap_core_operators_and_profile_other_threads() -> None:
+    """Bytewax's worker threads: profiled from their first call of a wrapped callable."""
+    import threading
+
+    from bytewax import operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSink, TestingSource
+
+    flow = Dataflow("t")
+    items = op.map("double", op.input("in", flow, TestingSource([1, 2])), lambda x: 2 * x)
+    op.output("out", items, TestingSink([]))
+    threads = fp.ThreadProfiles(skip=threading.get_ident())
+    # map's flat_map_batch mapper, the source's build_part, the sink's build_part
+    assert threads.instrument(flow) == 3
+    mapper = getattr(flow.substeps[1].substeps[0], "mapper")  # noqa: B009 - untyped
+    assert list(mapper([1])) == [2]  # on the skipped (main) thread: nothing profiled
+    assert threads.profiles == {}
+    results: list[Any] = []
+
+    def worker() -> None:
+        results.append(list(mapper([3])))
+        results.append(list(mapper([4])))
+        threads.profiles[threading.get_ident()].disable()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert results == [[6], [8]]
+    assert len(threads.profiles) == 1
