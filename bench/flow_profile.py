@@ -128,7 +128,7 @@ STAGES: dict[str, tuple[str, ...]] = {
     "Kafka sinks": ("attune.operators.kafka_sink",),
     # The flow's small functions between steps (key_on, map, branch callbacks), its sink
     # wrappers and its set-up.
-    "flow glue (attune.flows)": ("attune.flows.*",),
+    "flow glue (attune.flows)": ("attune.flows.*", "attune.operators.settings"),
     "Bytewax overhead": ("bytewax.*", "~:<built-in method bytewax.*"),
 }
 #: Own time of functions with no stage and no caller with one.

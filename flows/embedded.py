@@ -84,7 +84,7 @@ class LocalStore:
             for item in items:
                 self._apply(item)
 
-    def _apply(self, item: Any) -> None:
+    def _apply(self, item: Any) -> None:  # noqa: PLR0912 - one branch per output type the flow writes
         if isinstance(item, ProfileWrite):
             self.profiles[item.user] = dict(item.fields)
         elif isinstance(item, SegmentsWrite):

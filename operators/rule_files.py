@@ -480,36 +480,8 @@ class _TriggerRuleParser(_RuleFileParser):
             raise self.error(node, "missing 'description' (say what the rule is for)")
         description = self.string(entries["description"][1], "description").strip()
         when = self.parse_condition(entries["when"][1]) if "when" in entries else None
-        fields: dict[str, Any] = {}
-        if ("publish" in entries) == ("suppress" in entries):
-            raise self.error(node, "a rule needs exactly one action: 'publish' or 'suppress'")
-        if "suppress" in entries:
-            fields["action"] = "suppress"
-            fields["reason"] = self.string(entries["suppress"][1], "suppress (the reason)")
-            for key in ("purpose", "cap", "cooldown", "quiet_hours"):
-                if key in entries:
-                    raise self.error(entries[key][0], f"{key!r} applies to publish rules only")
-        else:
-            fields["action"] = "publish"
-            fields.update(self.parse_publish(entries["publish"][1]))
-        if "purpose" in entries:
-            fields["purpose"] = self.choice(entries["purpose"][1], "purpose", PURPOSES)
-        overrides: set[str] = set()
-        if "cap" in entries:
-            fields["cap"] = self.optional(entries["cap"][1], self.cap)
-            overrides.add("cap")
-        if "cooldown" in entries:
-            fields["cooldown_ms"] = self.optional(
-                entries["cooldown"][1], lambda n: self.duration(n, "cooldown")
-            )
-            overrides.add("cooldown")
-        if "quiet_hours" in entries:
-            fields["quiet_hours"] = self.optional(entries["quiet_hours"][1], self.hour_window)
-            overrides.add("quiet_hours")
-        if "message" in entries:
-            if "suppress" in entries:
-                raise self.error(entries["message"][0], "'message' applies to publish rules only")
-            fields["message"] = self.string(entries["message"][1], "message").strip() or None
+        fields = self.rule_action(node, entries)
+        overrides = self.rule_policies(entries, fields)
         if "enabled" in entries:
             enabled_node = entries["enabled"][1]
             enabled = self.scalar(enabled_node)
@@ -527,6 +499,49 @@ class _TriggerRuleParser(_RuleFileParser):
         )
         self.segment = ""
         return rule
+
+    def rule_action(
+        self, node: yaml.Node, entries: dict[str, tuple[yaml.Node, yaml.Node]]
+    ) -> dict[str, Any]:
+        """A rule's action: publish (kind, attributes, message) or suppress (reason)."""
+        fields: dict[str, Any] = {}
+        if ("publish" in entries) == ("suppress" in entries):
+            raise self.error(node, "a rule needs exactly one action: 'publish' or 'suppress'")
+        if "suppress" in entries:
+            fields["action"] = "suppress"
+            fields["reason"] = self.string(entries["suppress"][1], "suppress (the reason)")
+            for key in ("purpose", "cap", "cooldown", "quiet_hours"):
+                if key in entries:
+                    raise self.error(entries[key][0], f"{key!r} applies to publish rules only")
+        else:
+            fields["action"] = "publish"
+            fields.update(self.parse_publish(entries["publish"][1]))
+        if "message" in entries:
+            if "suppress" in entries:
+                raise self.error(entries["message"][0], "'message' applies to publish rules only")
+            fields["message"] = self.string(entries["message"][1], "message").strip() or None
+        return fields
+
+    def rule_policies(
+        self, entries: dict[str, tuple[yaml.Node, yaml.Node]], fields: dict[str, Any]
+    ) -> set[str]:
+        """A rule's own purpose, cap, cooldown and quiet hours into ``fields``; the names
+        of the policies it overrides."""
+        if "purpose" in entries:
+            fields["purpose"] = self.choice(entries["purpose"][1], "purpose", PURPOSES)
+        overrides: set[str] = set()
+        if "cap" in entries:
+            fields["cap"] = self.optional(entries["cap"][1], self.cap)
+            overrides.add("cap")
+        if "cooldown" in entries:
+            fields["cooldown_ms"] = self.optional(
+                entries["cooldown"][1], lambda n: self.duration(n, "cooldown")
+            )
+            overrides.add("cooldown")
+        if "quiet_hours" in entries:
+            fields["quiet_hours"] = self.optional(entries["quiet_hours"][1], self.hour_window)
+            overrides.add("quiet_hours")
+        return overrides
 
     def parse_publish(self, node: yaml.Node) -> dict[str, Any]:
         if isinstance(node, yaml.ScalarNode) and self.scalar(node) is None:

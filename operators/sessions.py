@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from attune.operators.clock import DAY_MS
 from attune.operators.events import (
     AddToCart,
+    Context,
     Dwell,
     Event,
     ItemUpdate,
@@ -239,10 +240,7 @@ def count(a: Activity, event: Event, bands: PriceBands) -> None:
         a.session_events += 1
     ctx = event.context
     if ctx is not None:
-        if ctx.device is not None:
-            _tally(a.devices, ctx.device)
-        if ctx.channel is not None:
-            _tally(a.channels, ctx.channel)
+        _tally_context(a, ctx)
     p = event.payload
     if isinstance(p, ProductView):
         a.product_views += 1
@@ -262,26 +260,42 @@ def count(a: Activity, event: Event, bands: PriceBands) -> None:
     elif isinstance(p, RemoveFromCart):
         a.remove_from_carts += 1
     elif isinstance(p, Purchase):
-        a.purchases += 1
-        if current:
-            a.session_purchases += 1
-        a.revenue_minor += p.total_minor
-        a.orders.add(t, p.total_minor)
-        if a.last_purchase_ms is None or t > a.last_purchase_ms:
-            a.last_purchase_ms = t
+        _count_purchase(a, p, t, current)
     elif isinstance(p, Dwell):
-        a.dwells += 1
-        page = p.page_view_id or p.item_id or ""
-        before = a.dwell_pages.get(page, 0)
-        if p.dwell_ms > before:
-            a.dwell_total_ms += p.dwell_ms - before
-            a.dwell_pages[page] = p.dwell_ms
-            if before <= LONG_DWELL_MS < p.dwell_ms:
-                a.long_dwells += 1
-            if len(a.dwell_pages) > MAX_DWELL_PAGES:
-                del a.dwell_pages[next(iter(a.dwell_pages))]
-        a.dwell_max_ms = max(a.dwell_max_ms, p.dwell_ms)
+        _count_dwell(a, p)
     _trim(a)
+
+
+def _tally_context(a: Activity, ctx: Context) -> None:
+    if ctx.device is not None:
+        _tally(a.devices, ctx.device)
+    if ctx.channel is not None:
+        _tally(a.channels, ctx.channel)
+
+
+def _count_purchase(a: Activity, p: Purchase, t: int, current: bool) -> None:
+    a.purchases += 1
+    if current:
+        a.session_purchases += 1
+    a.revenue_minor += p.total_minor
+    a.orders.add(t, p.total_minor)
+    if a.last_purchase_ms is None or t > a.last_purchase_ms:
+        a.last_purchase_ms = t
+
+
+def _count_dwell(a: Activity, p: Dwell) -> None:
+    """A dwell event reports the time so far on a page: count only its growth."""
+    a.dwells += 1
+    page = p.page_view_id or p.item_id or ""
+    before = a.dwell_pages.get(page, 0)
+    if p.dwell_ms > before:
+        a.dwell_total_ms += p.dwell_ms - before
+        a.dwell_pages[page] = p.dwell_ms
+        if before <= LONG_DWELL_MS < p.dwell_ms:
+            a.long_dwells += 1
+        if len(a.dwell_pages) > MAX_DWELL_PAGES:
+            del a.dwell_pages[next(iter(a.dwell_pages))]
+    a.dwell_max_ms = max(a.dwell_max_ms, p.dwell_ms)
 
 
 def _add_view(a: Activity, t: int, premium: int, category: str | None) -> None:

@@ -626,7 +626,7 @@ def feature_dicts(draw: st.DrawFn) -> dict[str, Any]:
     return out
 
 
-def naive(node: dict[str, Any], f: dict[str, Any]) -> bool:
+def naive(node: dict[str, Any], f: dict[str, Any]) -> bool:  # noqa: PLR0912 - one branch per node kind of the reference evaluator
     if "all" in node:
         return all(naive(c, f) for c in node["all"])
     if "any" in node:
