@@ -16,12 +16,17 @@ Rows, per corpus (the same bytes for every row):
 
 - ``fastavro plain`` / ``fastavro return_record_name``: ``schemaless_reader``
   alone on the datum, without and with the record names of unions (what the
-  codec asks for);
-- ``decode_event before``: the decoding of the commit before this benchmark
-  existed, kept here as the baseline: fastavro, then the Event built with the
+  codec's fastavro path asks for);
+- ``cavro (DatumReader.read)``: the fast path's decode alone
+  (:mod:`attune.operators.datum_reader`: cavro and the end-of-datum check),
+  checked equal to fastavro's records;
+- ``decode_event before``: the decoding of the commit before the fast path,
+  kept here as the baseline: fastavro, then the Event built with the
   dataclasses' own constructors, then validated;
+- ``decode_event, fast path off``: today's codec with ``fast_path=False``
+  (fastavro, then today's event building);
 - ``decode_event``: the codec as it is now;
-- the same two with privacy on (a :class:`~attune.operators.privacy.Pseudonymiser`
+- the same three with privacy on (a :class:`~attune.operators.privacy.Pseudonymiser`
   that hashes user ids too).
 
 Timing: every row runs once per repeat, rows interleaved, so that load from
@@ -56,6 +61,7 @@ from typing import Any
 import fastavro
 
 from attune.operators.codec import Codec
+from attune.operators.datum_reader import reader_for
 from attune.operators.events import (
     AddToCart,
     ConsentUpdate,
@@ -158,7 +164,7 @@ def corpora(limit: int) -> list[Corpus]:
 
 
 def _payload_before(avro_name: str, record: dict[str, Any]) -> Any:
-    cls = {f"attune.event.{c.__name__}": c for c in _PAYLOADS}[avro_name]
+    cls = _PAYLOAD_OF_AVRO_NAME[avro_name]
     if cls is Purchase:
         return Purchase(
             order_id=record["order_id"],
@@ -181,6 +187,7 @@ _PAYLOADS = (
     Identify,
     ErasureRequest,
 )
+_PAYLOAD_OF_AVRO_NAME = {f"attune.event.{c.__name__}": c for c in _PAYLOADS}
 _EVENT_TYPES = {t.value: t for t in EventType}
 
 
@@ -226,20 +233,33 @@ def _fastavro(return_record_name: bool) -> Callable[[bytes], Any]:
     return decode
 
 
+def _cavro() -> Callable[[bytes], Any]:
+    reader = reader_for(CURRENT[EVENT])
+    if reader is None:
+        raise SystemExit("cavro is not installed: the fast path is off (pip install cavro)")
+    return lambda data: reader.read(data, 10)
+
+
 def steps() -> list[tuple[str, Callable[[bytes], Any], Callable[[bytes], Any] | None]]:
     """(row name, function of one message, the function whose result it must equal or None)."""
     plain = Codec()
-    private = Codec(privacy=Pseudonymiser(PRIVACY_KEY, "bench", "always").record)
+    slow = Codec(fast_path=False)
+    pseudonymise = Pseudonymiser(PRIVACY_KEY, "bench", "always").record
+    private = Codec(privacy=pseudonymise)
+    private_slow = Codec(privacy=pseudonymise, fast_path=False)
     return [
         ("fastavro plain", _fastavro(False), None),
         ("fastavro return_record_name", _fastavro(True), None),
+        ("cavro (DatumReader.read)", _cavro(), _fastavro(True)),
         ("decode_event before", lambda d: decode_event_before(plain, d), plain.decode_event),
+        ("decode_event, fast path off", slow.decode_event, plain.decode_event),
         ("decode_event", plain.decode_event, None),
         (
             "decode_event before, privacy",
             lambda d: decode_event_before(private, d),
             private.decode_event,
         ),
+        ("decode_event, privacy, fast path off", private_slow.decode_event, private.decode_event),
         ("decode_event, privacy", private.decode_event, None),
     ]
 
