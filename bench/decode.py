@@ -49,12 +49,15 @@ import argparse
 import cProfile
 import io
 import json
+import os
+import platform
 import pstats
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -339,6 +342,25 @@ def table(rows: Sequence[Row]) -> str:
     )
 
 
+def summary(rows: Sequence[Row]) -> list[str]:
+    """One line per corpus and privacy setting: decode_event before -> now, CPU medians."""
+    by = {(r.corpus, r.step): r for r in rows}
+    out = []
+    for corpus in dict.fromkeys(r.corpus for r in rows):
+        for suffix in ("", ", privacy"):
+            before = by.get((corpus, f"decode_event before{suffix}"))
+            now = by.get((corpus, f"decode_event{suffix}"))
+            if before is None or now is None:
+                continue
+            out.append(
+                f"{corpus}{suffix}: decode_event {before.cpu_median:.2f} -> "
+                f"{now.cpu_median:.2f} us CPU ({before.cpu_median / now.cpu_median:.1f}x; "
+                f"minima {min(before.cpu_us):.2f} -> {min(now.cpu_us):.2f}), "
+                f"{before.events_per_s:,.0f} -> {now.events_per_s:,.0f} events/s per core"
+            )
+    return out
+
+
 def profile(corpus: Corpus, top: int) -> str:
     """cProfile of ``Codec.decode_event`` over the corpus, by own time."""
     codec = Codec()
@@ -384,16 +406,32 @@ def run(args: argparse.Namespace) -> int:
         )
         + f"; {args.repeats} repeats, medians"
     )
+    load_start = os.getloadavg()
     rows: list[Row] = []
     for corpus in all_corpora:
         rows.extend(measure(corpus, args.repeats))
+    load_end = os.getloadavg()
+    print(
+        f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, fastavro "
+        f"{metadata.version('fastavro')}, cavro {_version('cavro')}; load average (1, 5, 15 "
+        f"min) {[round(x, 2) for x in load_start]} at start, {[round(x, 2) for x in load_end]} "
+        "at end"
+    )
     print(table(rows))
+    print("\n".join(summary(rows)))
     if args.profile:
         print(profile(all_corpora[0], 20))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
     return 0
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
