@@ -326,7 +326,7 @@ class Codec:
     def decode_event(self, data: bytes, source: Source | None = None) -> Event | DeadLetter:
         """Decode and validate one user event; anything unusable comes back as a dead letter."""
         reader = self._event_reader
-        if reader is not None and reader.version is CURRENT[EVENT]:
+        if reader is not None and reader.version.fingerprint == CURRENT[EVENT].fingerprint:
             if data[:10] == self._event_header:
                 fast = reader.read(data, SINGLE_OBJECT_HEADER_LEN)
             elif data[:5] in self._confluent_event_headers:

@@ -121,6 +121,10 @@ class DatumReader:
         self._one_byte = cavro.Schema('"boolean"')
         self._memory = cavro.MemoryReader
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # cavro's objects do not pickle; a codec that holds this reader still does
+        return reader_for, (self.version,)
+
     def read(self, data: bytes, start: int) -> dict[str, Any] | None:
         """The record of the datum that fills ``data[start:]``, or ``None`` (see the module)."""
         buffer = self._memory(data[start:])

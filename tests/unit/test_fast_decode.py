@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import pickle
 import random
 import struct
 from collections.abc import Iterator
@@ -219,6 +220,32 @@ def test_the_fast_path_is_taken_for_current_events_and_only_then(
     for bad in (good + b"\x00", good[:-1], b"", b"\xc3\x01" + bytes(8) + good[10:]):
         assert isinstance(codec.decode_event(bad), DeadLetter)
     assert len(slow_calls) == 4
+
+
+def test_a_pickled_codec_keeps_its_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    codec = pickle.loads(pickle.dumps(Codec(privacy=Pseudonymiser(KEY, "t1", "always").record)))
+    data = codec.encode_event(_search(user_id="ann@example.com"))
+    expected = Codec(privacy=Pseudonymiser(KEY, "t1", "always").record).decode_event(data)
+    monkeypatch.setattr(Codec, "decode_record", None)  # only the fast path works
+    assert codec.decode_event(data) == expected
+
+
+def test_a_new_current_schema_turns_the_fast_path_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    codec = Codec()
+    data = codec.encode_event(_search())
+    newer = json.loads(CURRENT[EVENT].canonical)
+    newer["fields"].append({"name": "extra", "type": ["null", "string"], "default": None})
+    monkeypatch.setitem(CURRENT, EVENT, SchemaVersion.from_json(newer))
+    slow_calls: list[bytes] = []
+    original = Codec.decode_record
+
+    def spy(self: Codec, data: bytes, expect: str, source: Any = None) -> Any:
+        slow_calls.append(data)
+        return original(self, data, expect, source)
+
+    monkeypatch.setattr(Codec, "decode_record", spy)
+    assert codec.decode_event(data) == _search()
+    assert slow_calls == [data]
 
 
 def _mutations(data: bytes) -> Iterator[bytes]:
