@@ -85,6 +85,7 @@ STAGES: dict[str, tuple[str, ...]] = {
         "attune.operators.schema_registry",
         "attune.operators.diagnosis",
         "attune.operators.container",
+        "attune.operators.datum_reader",
         "attune.operators.events",
         "attune.operators.privacy",  # pseudonymisation, in the source partition
         "attune.operators.stream_clock",  # watermarks, reported by the source partition

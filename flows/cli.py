@@ -110,6 +110,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from attune.bench import latency
 
         return latency.run(args)
+    if args.bench == "decode":
+        from attune.bench import decode
+
+        return decode.run(args)
     raise ValueError(f"unknown benchmark {args.bench!r}")
 
 
@@ -198,9 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_arguments(ev)
     ev.set_defaults(func=_cmd_evaluate)
 
-    from attune.bench import latency, throughput
+    from attune.bench import decode, latency, throughput
 
-    bench_p = sub.add_parser("bench", help="benchmarks: throughput, latency")
+    bench_p = sub.add_parser("bench", help="benchmarks: throughput, latency, decode")
     bench_sub = bench_p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
     tp = bench_sub.add_parser(
         "throughput",
@@ -219,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
         "broker round trip",
     )
     latency.add_arguments(lat)
+    dec = bench_sub.add_parser(
+        "decode",
+        help="what Codec.decode_event costs per event, step by step, before and after (no servers)",
+    )
+    decode.add_arguments(dec)
     bench_p.set_defaults(func=_cmd_bench)
 
     from attune.flows import erase

@@ -22,9 +22,10 @@ True
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import StrEnum
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any, TypeVar
 
 _T = TypeVar("_T")
@@ -391,21 +392,84 @@ def to_record(obj: Any) -> Any:
 _PLAIN = frozenset({str, int, float, bool, bytes})
 
 
+def _slot_constructor(cls: type[_T]) -> Callable[..., _T]:
+    """``cls(*values)`` for a frozen, slotted dataclass, every field given, without ``__init__``.
+
+    The ``__init__`` of a frozen dataclass sets each field through
+    ``object.__setattr__``, which makes building an event from a decoded record
+    cost about as much as a third of decoding it. This sets the slots through
+    their descriptors instead, about 3x cheaper, and gives the same object: none
+    of these classes has a ``__post_init__`` and every field is passed (defaults
+    are not applied). The function is generated, as dataclasses generate
+    ``__init__``, so that it holds one plain call per field and no loop.
+    """
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    if hasattr(cls, "__post_init__") or not all(n.isidentifier() and n[0] != "_" for n in names):
+        raise TypeError(f"{cls.__name__}: not a plain dataclass, build it with its __init__")
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    body = ""
+    for i, name in enumerate(names):
+        namespace[f"_set{i}"] = getattr(cls, name).__set__
+        body += f"    _set{i}(_obj, {name})\n"
+    exec(  # the source is built above from the dataclass's own field names
+        f"def {cls.__name__.lower()}({', '.join(names)}):\n    _obj = _new(_cls)\n{body}"
+        "    return _obj\n",
+        namespace,
+    )
+    built: Callable[..., _T] = namespace[cls.__name__.lower()]
+    return built
+
+
+class _FromRecord:
+    """``cls(**record)`` for a record dict holding exactly the fields of ``cls``, fast."""
+
+    __slots__ = ("cls", "get", "make", "size")
+
+    def __init__(self, cls: type[Any]) -> None:
+        names = [f.name for f in fields(cls)]
+        self.cls = cls
+        self.size = len(names)
+        self.make = _slot_constructor(cls)
+        getter = itemgetter(*names)
+        self.get: Callable[[Mapping[str, Any]], tuple[Any, ...]] = (
+            getter if len(names) > 1 else lambda record: (getter(record),)
+        )
+
+    def __call__(self, record: dict[str, Any]) -> Any:
+        # Exactly the fields (a dict of as many keys, all found): the fast constructor. Anything
+        # else takes cls(**record), so that a malformed record fails as it always did.
+        if type(record) is dict and len(record) == self.size:
+            try:
+                values = self.get(record)
+            except KeyError:
+                pass
+            else:
+                return self.make(*values)
+        return self.cls(**record)
+
+
+_FROM_RECORD: dict[type[Any], _FromRecord] = {
+    cls: _FromRecord(cls) for cls in (Context, LineItem, *PAYLOAD_OF_TYPE.values())
+}
+_context_from_record = _FROM_RECORD[Context]
+_line_from_record = _FROM_RECORD[LineItem]
+_new_purchase = _slot_constructor(Purchase)
+_new_event = _slot_constructor(Event)
+
+
 def _lines(raw: list[dict[str, Any]]) -> tuple[LineItem, ...]:
-    return tuple(LineItem(**line) for line in raw)
+    return tuple([_line_from_record(line) for line in raw])
 
 
 def payload_from_record(avro_name: str, record: dict[str, Any]) -> Payload:
     """Build a payload dataclass from its decoded Avro record (``KeyError`` for unknown names)."""
     cls = PAYLOAD_OF_AVRO_NAME[avro_name]
     if cls is Purchase:
-        return Purchase(
-            order_id=record["order_id"],
-            lines=_lines(record["lines"]),
-            total_minor=record["total_minor"],
-            currency=record["currency"],
+        purchase: Purchase = _new_purchase(
+            record["order_id"], _lines(record["lines"]), record["total_minor"], record["currency"]
         )
-    payload: Payload = cls(**record)
+        return purchase
+    payload: Payload = _FROM_RECORD[cls](record)
     return payload
 
 
@@ -413,19 +477,25 @@ _EVENT_TYPES: dict[str, EventType] = {t.value: t for t in EventType}
 
 
 def event_from_record(record: dict[str, Any]) -> Event:
-    """Build an :class:`Event` from a decoded envelope whose payload is ``(name, record)``."""
+    """Build an :class:`Event` from a decoded envelope whose payload is ``(name, record)``.
+
+    The same Event, and for a malformed record the same exception, as the dataclasses'
+    constructors would give (``Event(**...)``, ``Context(**ctx)``...), at a third of their
+    cost: this runs once per decoded event.
+    """
     name, raw_payload = record["payload"]
     ctx = record["context"]
-    return Event(
-        event_id=record["event_id"],
-        event_type=_EVENT_TYPES[record["event_type"]],
-        event_time=record["event_time"],
-        payload=payload_from_record(name, raw_payload),
-        user_id=record["user_id"],
-        anonymous_id=record["anonymous_id"],
-        session_id=record["session_id"],
-        context=Context(**ctx) if ctx is not None else None,
+    event: Event = _new_event(
+        record["event_id"],
+        _EVENT_TYPES[record["event_type"]],
+        record["event_time"],
+        payload_from_record(name, raw_payload),
+        record["user_id"],
+        record["anonymous_id"],
+        record["session_id"],
+        _context_from_record(ctx) if ctx is not None else None,
     )
+    return event
 
 
 def event_to_record(event: Event) -> dict[str, Any]:
