@@ -69,6 +69,7 @@ STAGES: dict[str, tuple[str, ...]] = {
         "attune.operators.models:snapshot",
         "attune.operators.clustering:snapshot",
         "attune.operators.sources:snapshot",
+        "attune.operators.snapshots",  # the state pickler (and identity's buffered events)
         "*:__reduce__",
         "*:__reduce_ex__",
         "*:__getstate__",
