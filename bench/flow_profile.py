@@ -113,6 +113,7 @@ STAGES: dict[str, tuple[str, ...]] = {
     "models/ranking": (
         "attune.operators.models",
         "attune.operators.ranking",
+        "attune.operators.recs_encoding",  # the recs value, built after ranking
         "attune.operators.scoring",
         "attune.operators.propensity",
         "attune.operators.embeddings",
