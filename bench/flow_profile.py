@@ -69,6 +69,7 @@ STAGES: dict[str, tuple[str, ...]] = {
         "attune.operators.models:snapshot",
         "attune.operators.clustering:snapshot",
         "attune.operators.sources:snapshot",
+        "attune.operators.snapshots",  # the state pickler (and identity's buffered events)
         "*:__reduce__",
         "*:__reduce_ex__",
         "*:__getstate__",
@@ -112,6 +113,7 @@ STAGES: dict[str, tuple[str, ...]] = {
     "models/ranking": (
         "attune.operators.models",
         "attune.operators.ranking",
+        "attune.operators.recs_encoding",  # the recs value, built after ranking
         "attune.operators.scoring",
         "attune.operators.propensity",
         "attune.operators.embeddings",

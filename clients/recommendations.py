@@ -4,9 +4,10 @@ The dataflow's ranking step writes each user's recommendations to Redis, and
 trending items per scope; apps read them here with redis-py (docs/redis.md,
 "Recommendations", is the contract):
 
-- ``attune:{u:<user>}:recs``: a string, orjson
-  ``{"items": [{"item", "score", "reason", "category"?}, ...], "model_version",
-  "generated_at" (epoch ms), "source"}``, items in rank order;
+- ``attune:{u:<user>}:recs``: a string, orjson ``{"v": 2, "items": [[item, score,
+  reason code, category index], ...], "categories": [...], "model_version",
+  "generated_at" (epoch ms), "source"}``, items in rank order (format 2,
+  :mod:`attune.operators.recs_encoding`; format 1, items as objects, is read too);
 - ``attune:trending:global``, ``attune:trending:category:<name>``,
   ``attune:trending:segment:<name>``: sorted sets, member an item id, higher
   score more trending.
@@ -53,6 +54,7 @@ from typing import Any, TypeGuard
 import orjson
 import redis
 
+from attune.operators import recs_encoding
 from attune.operators.redis_keys import DEFAULT_PREFIX, RedisKeys
 
 log = logging.getLogger(__name__)
@@ -150,9 +152,15 @@ def _number(value: Any) -> TypeGuard[int | float]:
 def parse_recs(raw: bytes | str, key: str = "recs") -> StoredRecs:
     """Parse a ``recs`` value; :class:`CorruptRecommendationsError` names what is wrong.
 
-    Unknown extra fields are ignored (writers may add some); the documented ones
-    must be there with their types.
+    Reads format 2 (``"v": 2``, what Attune writes: items ``[item, score, reason code,
+    category index]``, :mod:`attune.operators.recs_encoding`) and format 1 (no ``v``:
+    items as objects), so values written before an upgrade stay readable. Reason codes
+    come back as their reasons. Unknown extra fields are ignored (writers may add some);
+    the documented ones must be there with their types.
 
+    >>> parse_recs(b'{"v":2,"items":[["i1",0.8,"sv",0]],"categories":["shoes"],'
+    ...            b'"model_version":"m3","generated_at":1,"source":"personalized"}').items
+    (Recommendation(item='i1', score=0.8, reason='similar-to-viewed', category='shoes'),)
     >>> try:
     ...     parse_recs(b'{"items": [{"item": "i1", "score": "high", "reason": "x"}]}', "k")
     ... except CorruptRecommendationsError as exc:
@@ -168,24 +176,16 @@ def parse_recs(raw: bytes | str, key: str = "recs") -> StoredRecs:
     items = value.get("items")
     if not isinstance(items, list):
         raise CorruptRecommendationsError(key, "items is missing or not a list")
-    out: list[Recommendation] = []
-    for i, entry in enumerate(items):
-        where = f"items[{i}]"
-        if not isinstance(entry, dict):
-            raise CorruptRecommendationsError(key, f"{where} is not an object")
-        item, score, reason = entry.get("item"), entry.get("score"), entry.get("reason")
-        category = entry.get("category")
-        if not isinstance(item, str) or not item:
-            raise CorruptRecommendationsError(key, f"{where}.item is {item!r}, not an item id")
-        if not _number(score):
-            raise CorruptRecommendationsError(
-                key, f"{where}.score is {score!r}, not a finite number"
-            )
-        if not isinstance(reason, str):
-            raise CorruptRecommendationsError(key, f"{where}.reason is {reason!r}, not a string")
-        if category is not None and not isinstance(category, str):
-            raise CorruptRecommendationsError(key, f"{where}.category is {category!r}")
-        out.append(Recommendation(item, float(score), reason, category))
+    version = value.get("v", 1)
+    if version == 1:
+        out = [_item_v1(key, i, entry) for i, entry in enumerate(items)]
+    elif version == recs_encoding.FORMAT:
+        categories = value.get("categories")
+        if not isinstance(categories, list) or not all(isinstance(c, str) for c in categories):
+            raise CorruptRecommendationsError(key, "categories is missing or not a list of strings")
+        out = [_item_v2(key, i, entry, categories) for i, entry in enumerate(items)]
+    else:
+        raise CorruptRecommendationsError(key, f"v is {version!r}, not a format this client reads")
     model_version, generated_at = value.get("model_version"), value.get("generated_at")
     source = value.get("source")
     if not isinstance(model_version, str):
@@ -195,6 +195,55 @@ def parse_recs(raw: bytes | str, key: str = "recs") -> StoredRecs:
     if not isinstance(source, str) or not source:
         raise CorruptRecommendationsError(key, f"source is {source!r}, not a string")
     return StoredRecs(tuple(out), model_version, generated_at, source)
+
+
+def _checked(
+    key: str, where: str, *, item: Any, score: Any, reason: Any, category: Any
+) -> Recommendation:
+    if not isinstance(item, str) or not item:
+        raise CorruptRecommendationsError(key, f"{where}.item is {item!r}, not an item id")
+    if not _number(score):
+        raise CorruptRecommendationsError(key, f"{where}.score is {score!r}, not a finite number")
+    if not isinstance(reason, str):
+        raise CorruptRecommendationsError(key, f"{where}.reason is {reason!r}, not a string")
+    if category is not None and not isinstance(category, str):
+        raise CorruptRecommendationsError(key, f"{where}.category is {category!r}")
+    return Recommendation(item, float(score), reason, category)
+
+
+def _item_v1(key: str, i: int, entry: Any) -> Recommendation:
+    """Format 1: ``{"item", "score", "reason", "category"?}``."""
+    if not isinstance(entry, dict):
+        raise CorruptRecommendationsError(key, f"items[{i}] is not an object")
+    return _checked(
+        key,
+        f"items[{i}]",
+        item=entry.get("item"),
+        score=entry.get("score"),
+        reason=entry.get("reason"),
+        category=entry.get("category"),
+    )
+
+
+def _item_v2(key: str, i: int, entry: Any, categories: list[str]) -> Recommendation:
+    """Format 2: ``[item, score, reason code, category index or null]``."""
+    where = f"items[{i}]"
+    if not isinstance(entry, list) or len(entry) != 4:
+        raise CorruptRecommendationsError(key, f"{where} is not [item, score, reason, category]")
+    item, score, code, index = entry
+    category = None
+    if index is not None:
+        if (
+            isinstance(index, bool)
+            or not isinstance(index, int)
+            or not 0 <= index < len(categories)
+        ):
+            raise CorruptRecommendationsError(
+                key, f"{where}.category is {index!r}, not an index into categories"
+            )
+        category = categories[index]
+    reason = recs_encoding.reason_of(code) if isinstance(code, str) else code
+    return _checked(key, where, item=item, score=score, reason=reason, category=category)
 
 
 def in_category(item_category: str | None, category: str) -> bool:

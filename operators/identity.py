@@ -58,13 +58,13 @@ erasure or a withdrawal deletes their keys) and writes an ``IDENTIFY``'s alias
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from bytewax.operators import StatefulBatchLogic
 
+from attune.operators import snapshots
 from attune.operators.clock import Clock, SystemClock
 from attune.operators.consent import PERSONALIZATION, ConsentPolicy, ConsentState
 from attune.operators.events import ConsentUpdate, ErasureRequest, Event, EventType
@@ -162,7 +162,9 @@ class IdentityState:
     """What one anonymous id remembers: its user once linked, else its recent events."""
 
     user_id: str | None = None
-    buffer: list[Event] = field(default_factory=list)
+    # The buffered events, each pickled once as it is kept (snapshots.dumps): a snapshot
+    # of the state copies these bytes instead of pickling every event again each epoch.
+    buffer: list[bytes] = field(default_factory=list)
     dropped: int = 0  # anonymous events no longer in the buffer (cap reached)
     consent: ConsentState = field(default_factory=ConsentState)
     consents: list[Event] = field(default_factory=list)  # CONSENT events, for the hand-over
@@ -192,7 +194,8 @@ def identity_step(
             out: list[Routed] = [
                 (item.anonymous_id, Forget(item.anonymous_id, item.user_id, item.event_time))
             ]
-            out.extend((item.user_id, e) for e in (*st.consents, *st.buffer))
+            out.extend((item.user_id, e) for e in st.consents)
+            out.extend((item.user_id, _buffered(e)) for e in st.buffer)
             out.append(_handed_over(item, len(st.consents) + len(st.buffer)))
             st.buffer = []
             st.consents = []
@@ -221,8 +224,13 @@ def identity_step(
     if len(st.buffer) >= MAX_ANONYMOUS_BUFFER:
         del st.buffer[0]
         st.dropped += 1
-    st.buffer.append(item)
+    st.buffer.append(snapshots.dumps(item))
     return st, routed
+
+
+def _buffered(kept: bytes | Event) -> Event:
+    """A buffered event back (a snapshot from before buffers held bytes holds events)."""
+    return kept if isinstance(kept, Event) else snapshots.loads(kept)
 
 
 def _handed_over(link: Link, events: int) -> Routed:
@@ -240,7 +248,7 @@ class IdentityLogic(StatefulBatchLogic[Event | Link, Routed, bytes]):
         policy: ConsentPolicy | None = None,
         clock: Clock | None = None,
     ) -> None:
-        self.state: IdentityState | None = pickle.loads(resume) if resume is not None else None
+        self.state: IdentityState | None = snapshots.loads(resume) if resume is not None else None
         self.ttl_ms = int(ttl.total_seconds() * 1000)
         self.policy = policy
         self.clock: Clock = clock or SystemClock()
@@ -266,4 +274,4 @@ class IdentityLogic(StatefulBatchLogic[Event | Link, Routed, bytes]):
         return datetime.fromtimestamp((active + self.ttl_ms) / 1000, UTC)
 
     def snapshot(self) -> bytes:
-        return pickle.dumps(self.state or IdentityState(), protocol=pickle.HIGHEST_PROTOCOL)
+        return snapshots.dumps(self.state or IdentityState())

@@ -76,8 +76,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-import orjson
 
+from attune.operators import recs_encoding
 from attune.operators.content import Catalogue
 from attune.operators.covisit import BOUGHT, VIEWED, CovisitIndex, NeighbourList
 from attune.operators.embeddings import (
@@ -735,18 +735,18 @@ def source_of(signals: UserSignals, models: Models) -> str:
 def recs_value(
     recs: Sequence[Recommendation], model_version: str, generated_at_ms: int, source: str
 ) -> bytes:
-    """The orjson value of ``attune:{u:<user>}:recs``.
+    """The value of ``attune:{u:<user>}:recs``: format 2 of
+    :mod:`attune.operators.recs_encoding` (items positional, reasons as codes, categories
+    once; docs/redis.md).
 
     >>> recs_value([Recommendation("i1", 0.5, "trending", "a/x")], "c1-e0", 7, "trending")
-    b'{"items":[{"item":"i1","score":0.5,"reason":"trending","category":"a/x"}],"model_version":"c1-e0","generated_at":7,"source":"trending"}'
+    b'{"v":2,"items":[["i1",0.5,"tr",0]],"categories":["a/x"],"model_version":"c1-e0","generated_at":7,"source":"trending"}'
     """
     if source not in ("personalized", "trending"):
         raise ValueError(f"source must be 'personalized' or 'trending', got {source!r}")
-    return orjson.dumps(
-        {
-            "items": [r.to_json() for r in recs],
-            "model_version": model_version,
-            "generated_at": generated_at_ms,
-            "source": source,
-        }
+    return recs_encoding.encode(
+        ((r.item, r.score, r.reason, r.category) for r in recs),
+        model_version,
+        generated_at_ms,
+        source,
     )

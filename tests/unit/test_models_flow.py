@@ -211,12 +211,12 @@ def test_recommendations_favour_the_viewed_category_and_respect_filters() -> Non
     logic = UserLogic(None, config(recs=recs_config(Settings(recs_k=6))))
     out = run(logic, [view(T0 + n * 1000, n) for n in (0, 3, 6, 9)])  # all home/kitchen
     (write,) = [o for o in out if isinstance(o, RecsWrite)]
-    recs = orjson.loads(write.value)["items"]
-    assert len(recs) == 6 and all(r["category"] == "home/kitchen" for r in recs)
+    recs = parse_recs(write.value).items  # the stored list, read as the client reads it
+    assert len(recs) == 6 and all(r.category == "home/kitchen" for r in recs)
     denied = recs_config(Settings(recs_deny_categories="home"))
     logic = UserLogic(None, config(recs=denied))
     (write,) = [o for o in run(logic, [view(T0, 0)]) if isinstance(o, RecsWrite)]
-    assert all(not r["category"].startswith("home") for r in orjson.loads(write.value)["items"])
+    assert all(not (r.category or "").startswith("home") for r in parse_recs(write.value).items)
 
 
 def test_recs_settings_are_checked() -> None:

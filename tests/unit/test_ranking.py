@@ -8,6 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
+from attune.clients.recommendations import parse_recs
 from attune.operators.content import Catalogue
 from attune.operators.covisit import BOUGHT, VIEWED, CovisitIndex, ItemNeighbours, NeighbourList
 from attune.operators.embeddings import EmbeddingSnapshot
@@ -27,6 +28,7 @@ from attune.operators.ranking import (
     recs_value,
     source_of,
 )
+from attune.operators.recs_encoding import SCORE_DECIMALS
 from attune.operators.trending import TrendingBoard
 
 NOW = 1_767_571_200_000
@@ -207,11 +209,14 @@ def test_recs_value_and_pickling() -> None:
     m = _models()
     signals = UserSignals("u", NOW, recent=(Interaction("s1", NOW, VIEW),))
     recs = rank(signals, m, k=3)
-    value = orjson.loads(recs_value(recs, m.version, NOW, source_of(signals, m)))
+    raw = recs_value(recs, m.version, NOW, source_of(signals, m))
+    value = orjson.loads(raw)
     assert value["source"] == "personalized" and value["generated_at"] == NOW
     assert value["model_version"] == m.version
-    assert [x["item"] for x in value["items"]] == _items(recs)
-    assert set(value["items"][0]) == {"item", "score", "reason", "category"}
+    stored = parse_recs(raw).items  # format 2 (docs/redis.md), read back by the client
+    assert [x.item for x in stored] == _items(recs)
+    assert [(x.reason, x.category) for x in stored] == [(r.reason, r.category) for r in recs]
+    assert [x.score for x in stored] == [round(r.score, SCORE_DECIMALS) for r in recs]
     with pytest.raises(ValueError, match="source must be"):
         recs_value(recs, "v", NOW, "cached")
     copy = pickle.loads(pickle.dumps(m))

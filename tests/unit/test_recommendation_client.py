@@ -32,8 +32,21 @@ GOOD: dict[str, Any] = {
 }
 
 
-def test_parse_recs_reads_the_contract() -> None:
-    assert parse_recs(orjson.dumps(GOOD)) == StoredRecs(
+#: The same list in format 2, what the flow writes (docs/redis.md, "Recommendations").
+GOOD_V2: dict[str, Any] = {
+    "v": 2,
+    "items": [["i1", 0.83, "sv", 0], ["i2", 1, "bt", None]],
+    "categories": ["shoes"],
+    "model_version": "emb-3",
+    "generated_at": 1_767_571_200_000,
+    "source": "personalized",
+    "future_field": [1, 2],
+}
+
+
+@pytest.mark.parametrize("good", [GOOD, GOOD_V2], ids=["format-1", "format-2"])
+def test_parse_recs_reads_the_contract(good: dict[str, Any]) -> None:
+    assert parse_recs(orjson.dumps(good)) == StoredRecs(
         items=(
             Recommendation("i1", 0.83, "similar-to-viewed", "shoes"),
             Recommendation("i2", 1.0, "bought-together", None),
@@ -42,8 +55,45 @@ def test_parse_recs_reads_the_contract() -> None:
         generated_at=1_767_571_200_000,
         source="personalized",
     )
-    assert parse_recs(orjson.dumps({**GOOD, "items": []})).items == ()
-    assert parse_recs(orjson.dumps(GOOD).decode()).model_version == "emb-3"  # str too
+    assert parse_recs(orjson.dumps({**good, "items": []})).items == ()
+    assert parse_recs(orjson.dumps(good).decode()).model_version == "emb-3"  # str too
+
+
+def test_what_the_ranking_step_writes_reads_back() -> None:
+    from attune.operators.ranking import Recommendation as Ranked
+    from attune.operators.ranking import recs_value
+
+    ranked = [Ranked("i1", 0.83, "similar-to-viewed", "shoes"), Ranked("i2", 1.0, "x-new", None)]
+    stored = parse_recs(recs_value(ranked, "emb-3", 1_767_571_200_000, "personalized"))
+    assert stored.items == (
+        Recommendation("i1", 0.83, "similar-to-viewed", "shoes"),
+        Recommendation("i2", 1.0, "x-new", None),  # a reason without a code, written whole
+    )
+
+
+def _v2(**changes: Any) -> bytes:
+    return orjson.dumps({**GOOD_V2, **changes})
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (_v2(v=3), "v is 3, not a format this client reads"),
+        (_v2(categories=None), "categories is missing"),
+        (_v2(categories=[1]), "categories is missing or not a list of strings"),
+        (_v2(items=[{"item": "i1"}]), r"items\[0\] is not \[item, score, reason, category\]"),
+        (_v2(items=[["i1", 0.5, "sv"]]), r"items\[0\] is not"),
+        (_v2(items=[["i1", 0.5, "sv", 1]]), r"items\[0\]\.category is 1, not an index"),
+        (_v2(items=[["i1", 0.5, "sv", True]]), r"items\[0\]\.category is True"),
+        (_v2(items=[["", 0.5, "sv", 0]]), r"items\[0\]\.item is ''"),
+        (_v2(items=[["i1", "x", "sv", 0]]), r"items\[0\]\.score is 'x'"),
+        (_v2(items=[["i1", 0.5, 7, 0]]), r"items\[0\]\.reason is 7"),
+        (_v2(model_version=None), "model_version is None"),
+    ],
+)
+def test_parse_recs_format_2_names_what_is_wrong(raw: bytes, problem: str) -> None:
+    with pytest.raises(CorruptRecommendationsError, match=problem):
+        parse_recs(raw, "attune:{u:u1}:recs")
 
 
 def _with(**changes: Any) -> bytes:
