@@ -52,6 +52,8 @@ from bisect import insort
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import chain
+from operator import itemgetter
 from typing import Any, Final, Protocol
 
 import numpy as np
@@ -142,9 +144,14 @@ PROPENSITY_MIN_SESSIONS: Final = 100
 #: Neighbours per item and kind in the snapshot (what ranking reads, ranking.N_COVISIT).
 SNAPSHOT_NEIGHBOURS: Final = 30
 
-_MAGIC: Final = b"ATMOD1"
+_MAGIC: Final = b"ATMOD2"
 _HEAD: Final = struct.Struct("<6sQ")  # magic, version: what a board reads to see a change
-_LEN: Final = struct.Struct("<I")  # length of the embedding snapshot that follows
+_LEN: Final = struct.Struct("<I")  # length of the section that follows
+_I4: Final = np.dtype("<i4")
+_I8: Final = np.dtype("<i8")
+_F8: Final = np.dtype("<f8")
+#: dtypes of the snapshot's arrays, in order (see :class:`ModelSnapshot`).
+_ARRAYS: Final[tuple[np.dtype[Any], ...]] = (_I4, _I8, _I4, _I4, _F8, _I4, _F8, _I4, _I4, _F8)
 
 MODEL_VERSION = Gauge("attune_model_version", "Version of the published recommendation models")
 MODEL_SESSIONS = Gauge("attune_model_sessions", "Session summaries learnt by the shared models")
@@ -339,14 +346,25 @@ class RecsConfig:
 class ModelSnapshot:
     """What the learner publishes and every worker reads.
 
-    ``to_bytes``: ``ATMOD1``, the version (8 bytes, little-endian: a board reads 14
-    bytes to see a change), the length of the embedding snapshot (4 bytes), the
-    embedding snapshot (:meth:`EmbeddingSnapshot.to_bytes`, float16), then orjson of
-    the rest: ``created_ms``, ``sessions``, ``covisit`` (item -> ``[at_ms, viewed,
-    bought]``, each a list of ``[item, score]``), ``trending`` (item -> score),
-    ``segment_trending`` (segment -> item -> score), ``propensity``
-    (:meth:`PropensityModel.publish` parameters or null) and ``metrics``. No pickle
-    crosses Redis: whoever can write the key cannot run code in the workers.
+    ``to_bytes`` (``ATMOD2``): the version (8 bytes, little-endian: a board reads
+    14 bytes to see a change), then length-prefixed sections (u32 LE length each):
+
+    1. the embedding snapshot (:meth:`EmbeddingSnapshot.to_bytes`, float16; empty: none);
+    2. orjson of the small parts: ``created_ms``, ``sessions``, ``propensity``
+       (:meth:`PropensityModel.publish` parameters or null), ``metrics``, ``items``
+       (the item ids every array below indexes), ``segments`` (names, in order) and
+       ``counts`` (the lengths of the arrays);
+    3. the arrays, little-endian, back to back (a worker decodes each with one
+       ``np.frombuffer``): co-visitation ``cv_item`` (i4, the listed items),
+       ``cv_at`` (i8, their ``at_ms``), ``cv_end`` (i4, where each item's viewed and
+       then bought neighbours end, cumulative), ``cv_nb`` (i4) and ``cv_score`` (f8);
+       global trending ``tr_item`` (i4) and ``tr_score`` (f8); per segment
+       ``st_end`` (i4, cumulative), ``st_item`` (i4) and ``st_score`` (f8).
+
+    Scores stay float64, so a worker reads exactly what the learner published;
+    ``ATMOD1`` spelt the same content as orjson lists of lists, whose decoding cost
+    every worker a Python object per number. No pickle crosses Redis: whoever can
+    write the key cannot run code in the workers.
     """
 
     version: int
@@ -361,18 +379,52 @@ class ModelSnapshot:
 
     def to_bytes(self) -> bytes:
         emb = self.embeddings.to_bytes() if self.embeddings is not None else b""
-        body = orjson.dumps(
+        listed = list(self.covisit)
+        lists = list(self.covisit.values())
+        kinds = [kind for lst in lists for kind in (lst.viewed, lst.bought)]
+        # zip(*...) and map() keep the per-number work in C: snapshots hold ~10^5 scores.
+        nb_names, nb_scores = _unzip(chain.from_iterable(kinds))
+        segments = list(self.segment_trending)
+        seg_scores = [self.segment_trending[s] for s in segments]
+        seg_names, seg_values = _unzip(chain.from_iterable(v.items() for v in seg_scores))
+        # One id table for every array: items in first-seen order.
+        table = list(dict.fromkeys(chain(listed, nb_names, self.trending, seg_names)))
+        code = {item: i for i, item in enumerate(table)}.__getitem__
+        arrays = (
+            np.fromiter(map(code, listed), _I4, len(listed)),
+            np.array([lst.at_ms for lst in lists], _I8),
+            np.cumsum(np.fromiter(map(len, kinds), _I4, len(kinds)), dtype=_I4),
+            np.fromiter(map(code, nb_names), _I4, len(nb_names)),
+            np.array(nb_scores, _F8),
+            np.fromiter(map(code, self.trending), _I4, len(self.trending)),
+            np.fromiter(self.trending.values(), _F8, len(self.trending)),
+            np.cumsum(np.fromiter(map(len, seg_scores), _I4, len(segments)), dtype=_I4),
+            np.fromiter(map(code, seg_names), _I4, len(seg_names)),
+            np.array(seg_values, _F8),
+        )
+        meta = orjson.dumps(
             {
                 "created_ms": self.created_ms,
                 "sessions": self.sessions,
-                "covisit": {k: [v.at_ms, v.viewed, v.bought] for k, v in self.covisit.items()},
-                "trending": self.trending,
-                "segment_trending": self.segment_trending,
                 "propensity": self.propensity,
                 "metrics": self.metrics,
+                "items": table,
+                "segments": segments,
+                "counts": [len(a) for a in arrays],
             }
         )
-        return _HEAD.pack(_MAGIC, self.version) + _LEN.pack(len(emb)) + emb + body
+        body = b"".join(a.tobytes() for a in arrays)
+        return b"".join(
+            (
+                _HEAD.pack(_MAGIC, self.version),
+                _LEN.pack(len(emb)),
+                emb,
+                _LEN.pack(len(meta)),
+                meta,
+                _LEN.pack(len(body)),
+                body,
+            )
+        )
 
     @staticmethod
     def peek_version(head: bytes) -> int | None:
@@ -389,34 +441,86 @@ class ModelSnapshot:
         if version is None:
             raise ValueError("not an Attune model snapshot (bad magic or too short)")
         try:
-            pos = _HEAD.size + _LEN.size
-            (n,) = _LEN.unpack_from(data, _HEAD.size)
-            emb = EmbeddingSnapshot.from_bytes(data[pos : pos + n]) if n else None
-            raw = orjson.loads(data[pos + n :])
-            return cls(
-                version,
-                int(raw["created_ms"]),
-                int(raw["sessions"]),
-                emb,
-                {
-                    k: NeighbourList(
-                        k,
-                        int(at),
-                        tuple([(i, float(x)) for i, x in v]),
-                        tuple([(i, float(x)) for i, x in b]),
-                    )
-                    for k, (at, v, b) in raw["covisit"].items()
-                },
-                {k: float(v) for k, v in raw["trending"].items()},
-                {
-                    s: {k: float(v) for k, v in scores.items()}
-                    for s, scores in raw["segment_trending"].items()
-                },
-                raw["propensity"],
-                dict(raw["metrics"]),
-            )
+            return cls._decode(version, data)
         except (struct.error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"model snapshot {version} is corrupt: {exc!r}") from exc
+
+    @classmethod
+    def _decode(cls, version: int, data: bytes) -> ModelSnapshot:
+        pos = _HEAD.size
+        sections: list[bytes] = []
+        for _ in range(3):
+            (n,) = _LEN.unpack_from(data, pos)
+            pos += _LEN.size
+            if pos + n > len(data):
+                raise ValueError(f"a section of {n} bytes runs past the end ({len(data)} bytes)")
+            sections.append(data[pos : pos + n])
+            pos += n
+        if pos != len(data):
+            raise ValueError(f"{len(data) - pos} bytes after the last section")
+        emb_bytes, meta_bytes, body = sections
+        meta = orjson.loads(meta_bytes)
+        counts = [int(c) for c in meta["counts"]]
+        if len(counts) != len(_ARRAYS) or sum(
+            c * t.itemsize for c, t in zip(counts, _ARRAYS, strict=True)
+        ) != len(body):
+            raise ValueError(f"array lengths {counts} do not match {len(body)} bytes of arrays")
+        arrays: list[Any] = []
+        at = 0
+        for count, dtype in zip(counts, _ARRAYS, strict=True):
+            arrays.append(np.frombuffer(body, dtype, count, at))
+            at += count * dtype.itemsize
+        cv_item, cv_at, cv_end, cv_nb, cv_score, tr_item, tr_score, st_end, st_item, st_score = (
+            arrays
+        )
+        table = meta["items"]
+        names = np.empty(len(table), dtype=object)
+        names[:] = table
+        if len(cv_end) != 2 * len(cv_item) or len(st_end) != len(meta["segments"]):
+            raise ValueError("co-visitation or segment offsets do not match their items")
+        # Names and (name, score) pairs built in bulk; each list is then a slice of them.
+        pairs = list(zip(names[cv_nb].tolist(), cv_score.tolist(), strict=True))
+        ends = cv_end.tolist()
+        starts = [0, *ends][:-1]
+        covisit = {
+            item: NeighbourList(
+                item,
+                at_ms,
+                tuple(pairs[starts[2 * k] : ends[2 * k]]),
+                tuple(pairs[starts[2 * k + 1] : ends[2 * k + 1]]),
+            )
+            for k, (item, at_ms) in enumerate(
+                zip(names[cv_item].tolist(), cv_at.tolist(), strict=True)
+            )
+        }
+        seg_names = names[st_item].tolist()
+        seg_values = st_score.tolist()
+        seg_ends = st_end.tolist()
+        seg_starts = [0, *seg_ends][:-1]
+        return cls(
+            version,
+            int(meta["created_ms"]),
+            int(meta["sessions"]),
+            EmbeddingSnapshot.from_bytes(emb_bytes) if emb_bytes else None,
+            covisit,
+            dict(zip(names[tr_item].tolist(), tr_score.tolist(), strict=True)),
+            {
+                str(seg): dict(zip(seg_names[a:b], seg_values[a:b], strict=True))
+                for seg, a, b in zip(meta["segments"], seg_starts, seg_ends, strict=True)
+            },
+            meta["propensity"],
+            dict(meta["metrics"]),
+        )
+
+
+def _unzip(pairs: Iterable[tuple[str, float]]) -> tuple[list[str], list[float]]:
+    """Names and scores of ``(name, score)`` pairs, as two lists (the loops run in C)."""
+    both = list(pairs)
+    return list(map(_first, both)), list(map(_second, both))
+
+
+_first: Final = itemgetter(0)
+_second: Final = itemgetter(1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,12 +9,15 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from attune.clients.recommendations import parse_recs
 from attune.flows.personalize import recs_config
 from attune.flows.settings import Settings
 from attune.operators.clock import MINUTE_MS
 from attune.operators.content import Catalogue
+from attune.operators.covisit import NeighbourList
 from attune.operators.events import (
     AddToCart,
     ConsentUpdate,
@@ -385,6 +388,39 @@ def test_snapshot_bytes_round_trip_and_bad_bytes_are_refused() -> None:
         ModelSnapshot.from_bytes(b"garbage")
     with pytest.raises(ValueError, match="corrupt"):
         ModelSnapshot.from_bytes(snap.to_bytes()[:20])
+
+
+_ids_st = st.text(min_size=1, max_size=6)
+_scores_st = st.floats(allow_nan=False, allow_infinity=False, width=64)
+_lists_st = st.lists(st.tuples(_ids_st, _scores_st), max_size=4).map(tuple)
+
+
+@given(
+    covisit=st.dictionaries(_ids_st, st.tuples(st.integers(0, 2**62), _lists_st, _lists_st)),
+    trending=st.dictionaries(_ids_st, _scores_st),
+    segments=st.dictionaries(_ids_st, st.dictionaries(_ids_st, _scores_st)),
+)
+@settings(max_examples=60, deadline=None)
+def test_snapshot_arrays_round_trip_every_list_score_and_order(
+    covisit: dict[str, tuple[int, Any, Any]],
+    trending: dict[str, float],
+    segments: dict[str, dict[str, float]],
+) -> None:
+    lists = {k: NeighbourList(k, at, v, b) for k, (at, v, b) in covisit.items()}
+    snap = ModelSnapshot(3, T0, 5, None, lists, trending, segments, None, {"auc": None})
+    back = ModelSnapshot.from_bytes(snap.to_bytes())
+    assert back == snap
+    assert list(back.covisit) == list(lists) and list(back.trending) == list(trending)
+    assert [list(v) for v in back.segment_trending.values()] == [list(v) for v in segments.values()]
+
+
+def test_a_snapshot_whose_arrays_disagree_with_their_counts_is_corrupt() -> None:
+    lst = NeighbourList("a", T0, (("b", 1.5),), ())
+    data = ModelSnapshot(2, T0, 1, None, {"a": lst}, {"a": 1.0}, {}, None, {}).to_bytes()
+    with pytest.raises(ValueError, match="corrupt"):
+        ModelSnapshot.from_bytes(data[:-8])  # the last score cut off
+    with pytest.raises(ValueError, match="corrupt"):
+        ModelSnapshot.from_bytes(data + b"x")
 
 
 class FakeRedis:
