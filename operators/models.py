@@ -378,53 +378,10 @@ class ModelSnapshot:
     metrics: dict[str, Any]
 
     def to_bytes(self) -> bytes:
-        emb = self.embeddings.to_bytes() if self.embeddings is not None else b""
-        listed = list(self.covisit)
-        lists = list(self.covisit.values())
-        kinds = [kind for lst in lists for kind in (lst.viewed, lst.bought)]
-        # zip(*...) and map() keep the per-number work in C: snapshots hold ~10^5 scores.
-        nb_names, nb_scores = _unzip(chain.from_iterable(kinds))
-        segments = list(self.segment_trending)
-        seg_scores = [self.segment_trending[s] for s in segments]
-        seg_names, seg_values = _unzip(chain.from_iterable(v.items() for v in seg_scores))
-        # One id table for every array: items in first-seen order.
-        table = list(dict.fromkeys(chain(listed, nb_names, self.trending, seg_names)))
-        code = {item: i for i, item in enumerate(table)}.__getitem__
-        arrays = (
-            np.fromiter(map(code, listed), _I4, len(listed)),
-            np.array([lst.at_ms for lst in lists], _I8),
-            np.cumsum(np.fromiter(map(len, kinds), _I4, len(kinds)), dtype=_I4),
-            np.fromiter(map(code, nb_names), _I4, len(nb_names)),
-            np.array(nb_scores, _F8),
-            np.fromiter(map(code, self.trending), _I4, len(self.trending)),
-            np.fromiter(self.trending.values(), _F8, len(self.trending)),
-            np.cumsum(np.fromiter(map(len, seg_scores), _I4, len(segments)), dtype=_I4),
-            np.fromiter(map(code, seg_names), _I4, len(seg_names)),
-            np.array(seg_values, _F8),
-        )
-        meta = orjson.dumps(
-            {
-                "created_ms": self.created_ms,
-                "sessions": self.sessions,
-                "propensity": self.propensity,
-                "metrics": self.metrics,
-                "items": table,
-                "segments": segments,
-                "counts": [len(a) for a in arrays],
-            }
-        )
-        body = b"".join(a.tobytes() for a in arrays)
-        return b"".join(
-            (
-                _HEAD.pack(_MAGIC, self.version),
-                _LEN.pack(len(emb)),
-                emb,
-                _LEN.pack(len(meta)),
-                meta,
-                _LEN.pack(len(body)),
-                body,
-            )
-        )
+        encoder = SnapshotEncoder()
+        for item, lst in self.covisit.items():
+            encoder.put(item, lst)
+        return encoder.encode(self)
 
     @staticmethod
     def peek_version(head: bytes) -> int | None:
@@ -513,14 +470,107 @@ class ModelSnapshot:
         )
 
 
-def _unzip(pairs: Iterable[tuple[str, float]]) -> tuple[list[str], list[float]]:
-    """Names and scores of ``(name, score)`` pairs, as two lists (the loops run in C)."""
-    both = list(pairs)
-    return list(map(_first, both)), list(map(_second, both))
+@dataclass(slots=True)
+class SnapshotEncoder:
+    """Writes ``ATMOD2`` (:class:`ModelSnapshot`), keeping what it can between publications.
+
+    The learner keeps one encoder: its item id table only grows (codes stay valid),
+    and each item's neighbour lists are encoded once, when they change
+    (:meth:`put`), so a publication joins bytes instead of re-encoding ~10^5 scores
+    (at 20,000 items that was most of a publication's cost). Pickles.
+    """
+
+    codes: dict[str, int] = field(default_factory=dict)
+    table: list[str] = field(default_factory=list)
+    # item -> (its code, at_ms, viewed count, bought count, neighbour codes, scores)
+    lists: dict[str, tuple[int, int, int, int, bytes, bytes]] = field(default_factory=dict)
+
+    def code(self, items: Iterable[str]) -> list[int]:
+        """The codes of ``items``, new ones appended to the table."""
+        codes, table = self.codes, self.table
+        items = items if isinstance(items, (list, tuple, dict)) else list(items)
+        try:
+            return list(map(codes.__getitem__, items))  # known items: the loop runs in C
+        except KeyError:
+            pass
+        out = []
+        for item in items:
+            c = codes.get(item)
+            if c is None:
+                c = codes[item] = len(table)
+                table.append(item)
+            out.append(c)
+        return out
+
+    def put(self, item: str, lst: NeighbourList) -> None:
+        """Encode ``item``'s lists (replacing the previous ones; the order of items stays)."""
+        pairs = lst.viewed + lst.bought
+        self.lists[item] = (
+            self.code((item,))[0],
+            lst.at_ms,
+            len(lst.viewed),
+            len(lst.bought),
+            np.array(self.code([name for name, _ in pairs]), _I4).tobytes(),
+            np.array([score for _, score in pairs], _F8).tobytes(),
+        )
+
+    def encode(self, snap: ModelSnapshot) -> bytes:
+        """``snap`` as bytes, its co-visitation lists being those :meth:`put` here."""
+        emb = snap.embeddings.to_bytes() if snap.embeddings is not None else b""
+        entries = list(self.lists.values())
+        lens = np.array(list(chain.from_iterable(map(_lens, entries))), _I4)
+        cv_nb = b"".join(map(_nb_codes, entries))
+        cv_score = b"".join(map(_nb_scores, entries))
+        segments = list(snap.segment_trending)
+        seg_scores = [snap.segment_trending[s] for s in segments]
+        seg_items = list(chain.from_iterable(seg_scores))
+        arrays = (
+            np.fromiter(map(_first, entries), _I4, len(entries)).tobytes(),
+            np.fromiter(map(_second, entries), _I8, len(entries)).tobytes(),
+            np.cumsum(lens, dtype=_I4).tobytes(),
+            cv_nb,
+            cv_score,
+            np.array(self.code(snap.trending), _I4).tobytes(),
+            np.fromiter(snap.trending.values(), _F8, len(snap.trending)).tobytes(),
+            np.cumsum(np.fromiter(map(len, seg_scores), _I4, len(segments)), dtype=_I4).tobytes(),
+            np.array(self.code(seg_items), _I4).tobytes(),
+            np.fromiter(
+                chain.from_iterable(v.values() for v in seg_scores), _F8, len(seg_items)
+            ).tobytes(),
+        )
+        meta = orjson.dumps(
+            {
+                "created_ms": snap.created_ms,
+                "sessions": snap.sessions,
+                "propensity": snap.propensity,
+                "metrics": snap.metrics,
+                "items": self.table,
+                "segments": segments,
+                "counts": [len(a) // t.itemsize for a, t in zip(arrays, _ARRAYS, strict=True)],
+            }
+        )
+        body = b"".join(arrays)
+        return b"".join(
+            (
+                _HEAD.pack(_MAGIC, snap.version),
+                _LEN.pack(len(emb)),
+                emb,
+                _LEN.pack(len(meta)),
+                meta,
+                _LEN.pack(len(body)),
+                body,
+            )
+        )
+
+
+def _lens(entry: tuple[int, int, int, int, bytes, bytes]) -> tuple[int, int]:
+    return entry[2], entry[3]
 
 
 _first: Final = itemgetter(0)
 _second: Final = itemgetter(1)
+_nb_codes: Final = itemgetter(4)
+_nb_scores: Final = itemgetter(5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -552,14 +602,19 @@ class ModelLearner:
     propensity: PropensityModel = field(init=False)
     pending: list[list[str]] = field(default_factory=list)
     changed: dict[str, None] = field(default_factory=dict)  # items with new trend scores
-    # Published neighbour lists, rebuilt at a publication only for the items whose
-    # co-visitation state changed since the last one (decayed scores keep their ratios).
-    neighbours: dict[str, NeighbourList] = field(default_factory=dict)
+    # Items whose co-visitation state changed since the last publication: only their
+    # lists are rebuilt and encoded (decayed scores keep their ratios); the others
+    # stay in the encoder as they were published.
     covisit_changed: dict[str, None] = field(default_factory=dict)
     sessions: int = 0
     version: int = 0
     latest_ms: int = 0
     embeddings: EmbeddingSnapshot | None = None
+    encoder: SnapshotEncoder = field(default_factory=SnapshotEncoder)
+    # The trend scores published so far (global in the order of ``trends``, and per
+    # segment), brought up to date at each publication for the changed items only.
+    scores: dict[str, float] = field(default_factory=dict)
+    segment_scores: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.item2vec = Item2Vec(seed=self.seed)
@@ -608,18 +663,24 @@ class ModelLearner:
         self.version += 1
         metrics = self.propensity.metrics()
         scopes: dict[str, list[tuple[str, float]]] = {}
+        scores, segment_scores = self.scores, self.segment_scores
         for item in self.changed:
-            for scope, member, score in self.trends[item].publish():
+            trend = self.trends[item]
+            for scope, member, score in trend.publish():
                 scopes.setdefault(scope, []).append((member, score))
+            scores[item] = trend.score  # new items arrive in the order of self.trends
+            for seg, score in trend.segments.items():
+                segment_scores.setdefault(seg, {})[item] = score
         self.changed = {}
+        self._neighbour_lists(at)
         snapshot = ModelSnapshot(
             version=self.version,
             created_ms=at,
             sessions=self.sessions,
             embeddings=self.embeddings,
-            covisit=self._neighbour_lists(at),
-            trending=_best({i: t.score for i, t in self.trends.items()}, SNAPSHOT_TRENDING),
-            segment_trending=self._segment_scores(),
+            covisit={},  # the encoder holds the lists
+            trending=_best(scores, SNAPSHOT_TRENDING),
+            segment_trending={seg: _best(v, KEEP_PER_SCOPE) for seg, v in segment_scores.items()},
             propensity=(
                 self.propensity.publish() if self.propensity.n >= PROPENSITY_MIN_SESSIONS else None
             ),
@@ -627,32 +688,29 @@ class ModelLearner:
         )
         return PublishModels(
             self.version,
-            snapshot.to_bytes(),
+            self.encoder.encode(snapshot),
             tuple(TrendingWrite(scope, tuple(m)) for scope, m in scopes.items()),
             orjson.dumps({**metrics, "model_version": self.version, "at": at}),
         )
 
-    def _neighbour_lists(self, at: int) -> dict[str, NeighbourList]:
+    def _neighbour_lists(self, at: int) -> None:
         states = self.covisit.states
         for item in self.covisit_changed:
             state = states.get(item)
             if state is not None:
-                self.neighbours[item] = state.publish(at, SNAPSHOT_NEIGHBOURS)
+                self.encoder.put(item, state.publish(at, SNAPSHOT_NEIGHBOURS))
         self.covisit_changed = {}
-        return dict(self.neighbours)
-
-    def _segment_scores(self) -> dict[str, dict[str, float]]:
-        out: dict[str, dict[str, float]] = {}
-        for item, trend in self.trends.items():
-            for seg, score in trend.segments.items():
-                out.setdefault(seg, {})[item] = score
-        return {seg: _best(scores, KEEP_PER_SCOPE) for seg, scores in out.items()}
 
 
 def _best(scores: dict[str, float], n: int) -> dict[str, float]:
+    """The ``n`` best scores, best first, ties in the dict's order (a stable sort, as
+    ``sorted(key=-score)``; numpy's, as this runs over every item at each publication)."""
     if len(scores) <= n:
         return dict(scores)
-    return dict(sorted(scores.items(), key=lambda kv: -kv[1])[:n])
+    items = list(scores)
+    values = np.fromiter(scores.values(), _F8, len(items))
+    top = np.argsort(-values, kind="stable")[:n].tolist()
+    return dict(zip(map(items.__getitem__, top), values[top].tolist(), strict=True))
 
 
 class ModelLearnerLogic(StatefulBatchLogic[SessionSummary, PublishModels, bytes]):

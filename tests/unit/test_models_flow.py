@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import pickle
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -355,6 +356,26 @@ def test_learner_publishes_every_n_summaries_and_at_end_of_input() -> None:
     assert {m for m, _ in glob.members} == {"i003", "i004"}
     out, _ = resumed.on_eof()
     assert list(out) == []  # nothing new: nothing published
+
+
+def test_learner_snapshots_encoded_incrementally_equal_a_fresh_encoding() -> None:
+    learner = ModelLearner({f"i{n:03}": CATEGORIES[n % 3] for n in range(5)})
+    published: dict[str, NeighbourList] = {}
+    for step in range(4):
+        for n in range(step * 3, step * 3 + 2 + step):
+            learner.learn(summary(n, bought=n % 3 == 0))
+        at = T0 + step * 3_600_000
+        changed = list(learner.covisit_changed)
+        snap = ModelSnapshot.from_bytes(learner.publish(now_ms=at).snapshot)
+        for item in changed:  # republished as the item's state says now; the others kept
+            published[item] = learner.covisit.states[item].publish(at, 30)
+        assert snap.covisit == published
+        again = ModelSnapshot.from_bytes(snap.to_bytes())
+        assert replace(again, embeddings=None) == replace(snap, embeddings=None)
+        assert snap.trending == {i: t.score for i, t in learner.trends.items()}
+        assert snap.segment_trending == {
+            "vip": {i: t.segments["vip"] for i, t in learner.trends.items() if "vip" in t.segments}
+        }
 
 
 def test_learner_trends_weigh_views_carts_and_bought_units() -> None:
