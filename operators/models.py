@@ -718,7 +718,9 @@ class ModelLearnerLogic(StatefulBatchLogic[SessionSummary, PublishModels, bytes]
 
     Publishes after ``publish_every`` new summaries, after ``publish_s`` wall
     seconds with unpublished ones (a quiet stream still gets fresh models), and at
-    the end of input. One message per user session reaches it, not per event.
+    the end of input; never twice within ``publish_min_s`` seconds (a publication
+    costs O(items): at high session rates the count alone would publish many
+    times per board refresh). One message per user session reaches it, not per event.
     """
 
     def __init__(
@@ -729,6 +731,7 @@ class ModelLearnerLogic(StatefulBatchLogic[SessionSummary, PublishModels, bytes]
         seed: int = 0,
         publish_every: int = PUBLISH_EVERY,
         publish_s: float = PUBLISH_S,
+        publish_min_s: float = 0.0,
     ) -> None:
         if publish_every < 1 or publish_s < 0:
             raise ValueError(
@@ -736,11 +739,18 @@ class ModelLearnerLogic(StatefulBatchLogic[SessionSummary, PublishModels, bytes]
                 f"{publish_s} s: set ATTUNE_MODELS_PUBLISH_EVERY >= 1 and "
                 "ATTUNE_MODELS_PUBLISH_S >= 0"
             )
+        if publish_min_s < 0:
+            raise ValueError(
+                f"the model learner publishes at most every {publish_min_s} s: set "
+                "ATTUNE_MODELS_PUBLISH_MIN_S >= 0"
+            )
         self.learner: ModelLearner = (
             pickle.loads(resume) if resume else ModelLearner(categories, seed)
         )
         self.publish_every = publish_every
         self.publish_s = publish_s
+        self.publish_min_s = publish_min_s
+        self.published_at = -math.inf  # the last publication (monotonic), for publish_min_s
         self.unpublished = 0
         self.last_publish = time.monotonic()
 
@@ -748,9 +758,12 @@ class ModelLearnerLogic(StatefulBatchLogic[SessionSummary, PublishModels, bytes]
         for summary in values:
             self.learner.learn(summary)
         self.unpublished += len(values)
-        if self.unpublished >= self.publish_every:
+        if self.unpublished >= self.publish_every and self._since_publish() >= self.publish_min_s:
             return self._publish(), StatefulBatchLogic.RETAIN
         return [], StatefulBatchLogic.RETAIN
+
+    def _since_publish(self) -> float:
+        return time.monotonic() - self.published_at
 
     def on_notify(self) -> tuple[Iterable[PublishModels], bool]:
         return (self._publish() if self.unpublished else []), StatefulBatchLogic.RETAIN
@@ -761,12 +774,14 @@ class ModelLearnerLogic(StatefulBatchLogic[SessionSummary, PublishModels, bytes]
     def notify_at(self) -> datetime | None:
         if not self.unpublished:
             return None
-        wait = max(0.0, self.publish_s - (time.monotonic() - self.last_publish))
-        return datetime.now(UTC) + timedelta(seconds=wait)
+        wait = self.publish_s - (time.monotonic() - self.last_publish)
+        if self.unpublished >= self.publish_every:  # held back by publish_min_s only
+            wait = min(wait, self.publish_min_s - self._since_publish())
+        return datetime.now(UTC) + timedelta(seconds=max(0.0, wait))
 
     def _publish(self) -> list[PublishModels]:
         self.unpublished = 0
-        self.last_publish = time.monotonic()
+        self.last_publish = self.published_at = time.monotonic()
         out = self.learner.publish()
         m = self.learner.propensity.metrics()
         MODEL_VERSION.set(out.version)

@@ -6,6 +6,7 @@ import itertools
 import math
 import pickle
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -376,6 +377,22 @@ def test_learner_snapshots_encoded_incrementally_equal_a_fresh_encoding() -> Non
         assert snap.segment_trending == {
             "vip": {i: t.segments["vip"] for i, t in learner.trends.items() if "vip" in t.segments}
         }
+
+
+def test_learner_publishes_by_count_at_most_every_publish_min_s() -> None:
+    logic = ModelLearnerLogic(None, {}, publish_every=1, publish_s=600, publish_min_s=3600)
+    out, _ = logic.on_batch([summary(0)])
+    assert [p.version for p in out] == [1]  # the first publication is not held back
+    out, _ = logic.on_batch([summary(1)])
+    assert list(out) == []  # due by count, but within publish_min_s of the last one
+    due = logic.notify_at()
+    assert due is not None and due > datetime.now(UTC) + timedelta(seconds=590)
+    logic.published_at -= 3600  # an hour later
+    assert logic.notify_at() <= datetime.now(UTC)  # type: ignore[operator]
+    out, _ = logic.on_notify()
+    assert [p.version for p in out] == [2]
+    with pytest.raises(ValueError, match="ATTUNE_MODELS_PUBLISH_MIN_S"):
+        ModelLearnerLogic(None, {}, publish_min_s=-1)
 
 
 def test_learner_trends_weigh_views_carts_and_bought_units() -> None:
