@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -53,6 +54,7 @@ from attune.operators.models import (
 from attune.operators.propensity import FEATURES as PROPENSITY_FEATURES
 from attune.operators.ranking import MAX_RECENT, REASONS
 from attune.operators.redis_sink import ForgetUser, RecsWrite, TrendingWrite, plan
+from attune.operators.trending import logaddexp2
 from attune.operators.triggers import trigger_id
 from attune.operators.user_config import ProfileConfig
 from attune.operators.user_logic import UserLogic
@@ -524,3 +526,12 @@ def test_erasure_forgets_the_model_inputs_and_says_what_the_shared_models_keep()
 def test_bad_publish_settings_are_refused_with_the_setting_named() -> None:
     with pytest.raises(ValueError, match="ATTUNE_MODELS_PUBLISH_EVERY"):
         ModelLearnerLogic(None, {}, publish_every=0)
+
+
+@given(
+    st.one_of(st.just(float("-inf")), st.floats(-1e4, 1e6)),
+    st.one_of(st.just(float("-inf")), st.floats(-1e4, 1e6)),
+)
+def test_trend_logaddexp2_is_numpys(x: float, y: float) -> None:
+    assert logaddexp2(x, y) == float(np.logaddexp2(x, y))
+    assert logaddexp2(x, x + 1e-12) == float(np.logaddexp2(x, x + 1e-12))
