@@ -615,6 +615,7 @@ class ModelLearner:
     # segment), brought up to date at each publication for the changed items only.
     scores: dict[str, float] = field(default_factory=dict)
     segment_scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # the last publication's
 
     def __post_init__(self) -> None:
         self.item2vec = Item2Vec(seed=self.seed)
@@ -661,7 +662,7 @@ class ModelLearner:
             self.pending = []
             self.embeddings = self.item2vec.snapshot(at)
         self.version += 1
-        metrics = self.propensity.metrics()
+        metrics = self.metrics = self.propensity.metrics()  # computed once per publication
         scopes: dict[str, list[tuple[str, float]]] = {}
         scores, segment_scores = self.scores, self.segment_scores
         for item in self.changed:
@@ -682,7 +683,9 @@ class ModelLearner:
             trending=_best(scores, SNAPSHOT_TRENDING),
             segment_trending={seg: _best(v, KEEP_PER_SCOPE) for seg, v in segment_scores.items()},
             propensity=(
-                self.propensity.publish() if self.propensity.n >= PROPENSITY_MIN_SESSIONS else None
+                self.propensity.publish(metrics)
+                if self.propensity.n >= PROPENSITY_MIN_SESSIONS
+                else None
             ),
             metrics=metrics,
         )
@@ -783,7 +786,7 @@ class ModelLearnerLogic(StatefulBatchLogic[SessionSummary, PublishModels, bytes]
         self.unpublished = 0
         self.last_publish = self.published_at = time.monotonic()
         out = self.learner.publish()
-        m = self.learner.propensity.metrics()
+        m = self.learner.metrics
         MODEL_VERSION.set(out.version)
         MODEL_SESSIONS.set(self.learner.sessions)
         for gauge, value in ((PROPENSITY_AUC, m["auc"]), (PROPENSITY_LOG_LOSS, m["log_loss"])):
