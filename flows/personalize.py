@@ -317,6 +317,7 @@ def _model_learner_logic(
         categories,
         publish_every=settings.models_publish_every,
         publish_s=settings.models_publish_s,
+        publish_min_s=settings.models_publish_min_s,
     )
 
 

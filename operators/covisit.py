@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 __all__ = [
     "BOUGHT",
@@ -130,8 +131,7 @@ class ItemNeighbours:
         w[other] = w.get(other, 0.0) + weight * 2.0**exp
         self.updates += 1
         if len(w) > 2 * TOP_N:
-            keep = sorted(w.items(), key=lambda kv: -kv[1])[:TOP_N]
-            self.weights[kind] = dict(keep)
+            self.weights[kind] = dict(_strongest(w, TOP_N))
 
     def _rebase(self, t_ms: int) -> None:
         assert self.t0 is not None
@@ -147,17 +147,34 @@ class ItemNeighbours:
         if not w or self.t0 is None:
             return []
         scale = 2.0 ** (-(now_ms - self.t0) / HALF_LIFE_MS)
-        best = sorted(w.items(), key=lambda kv: -kv[1])[:n]
-        return [(k, v * scale) for k, v in best]
+        return [(k, v * scale) for k, v in _strongest(w, n)]
 
     def publish(self, now_ms: int, n: int = TOP_N) -> NeighbourList:
         """The top ``n`` neighbours of each kind, to write to Redis (see :class:`NeighbourList`)."""
         return NeighbourList(
             self.item,
             now_ms,
-            tuple((k, round(v, 6)) for k, v in self.top(VIEWED, n, now_ms)),
-            tuple((k, round(v, 6)) for k, v in self.top(BOUGHT, n, now_ms)),
+            self._published(VIEWED, n, now_ms),
+            self._published(BOUGHT, n, now_ms),
         )
+
+    def _published(self, kind: str, n: int, now_ms: int) -> tuple[tuple[str, float], ...]:
+        """:meth:`top`, scores rounded to 6 decimals, in one pass (the learner's publication
+        runs it for every item whose co-visitation changed)."""
+        w = self.weights[kind]
+        if not w or self.t0 is None:
+            return ()
+        scale = 2.0 ** (-(now_ms - self.t0) / HALF_LIFE_MS)
+        return tuple([(k, round(v * scale, 6)) for k, v in _strongest(w, n)])
+
+
+_weight = itemgetter(1)
+
+
+def _strongest(w: dict[str, float], n: int) -> list[tuple[str, float]]:
+    """The ``n`` largest weights, ties in insertion order (``reverse`` keeps sorts stable);
+    the key is a C function, not a lambda: this runs for every published list."""
+    return sorted(w.items(), key=_weight, reverse=True)[:n]
 
 
 @dataclass(slots=True)

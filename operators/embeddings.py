@@ -215,10 +215,14 @@ class Item2Vec:
         cum = np.cumsum(noise / noise.sum())
         for _ in range(self.epochs):
             order = self.rng.permutation(len(centres))
+            # One draw of the epoch's negatives: the generator yields the same numbers as
+            # one draw per mini-batch (nothing else draws in between), with one searchsorted.
+            negs = np.searchsorted(cum, self.rng.random((len(order), self.negatives)))
+            np.minimum(negs, n - 1, out=negs)
+            c_all, o_all = centres[order], contexts[order]
             for start in range(0, len(order), self.batch_pairs):
-                sel = order[start : start + self.batch_pairs]
-                neg = np.searchsorted(cum, self.rng.random((len(sel), self.negatives)))
-                self._step(centres[sel], contexts[sel], np.minimum(neg, n - 1))
+                end = start + self.batch_pairs
+                self._step(c_all[start:end], o_all[start:end], negs[start:end])
         self.pairs_trained += len(centres)
         self.version += 1
         return len(centres)

@@ -52,6 +52,8 @@ from bisect import insort
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import chain
+from operator import itemgetter
 from typing import Any, Final, Protocol
 
 import numpy as np
@@ -142,9 +144,14 @@ PROPENSITY_MIN_SESSIONS: Final = 100
 #: Neighbours per item and kind in the snapshot (what ranking reads, ranking.N_COVISIT).
 SNAPSHOT_NEIGHBOURS: Final = 30
 
-_MAGIC: Final = b"ATMOD1"
+_MAGIC: Final = b"ATMOD2"
 _HEAD: Final = struct.Struct("<6sQ")  # magic, version: what a board reads to see a change
-_LEN: Final = struct.Struct("<I")  # length of the embedding snapshot that follows
+_LEN: Final = struct.Struct("<I")  # length of the section that follows
+_I4: Final = np.dtype("<i4")
+_I8: Final = np.dtype("<i8")
+_F8: Final = np.dtype("<f8")
+#: dtypes of the snapshot's arrays, in order (see :class:`ModelSnapshot`).
+_ARRAYS: Final[tuple[np.dtype[Any], ...]] = (_I4, _I8, _I4, _I4, _F8, _I4, _F8, _I4, _I4, _F8)
 
 MODEL_VERSION = Gauge("attune_model_version", "Version of the published recommendation models")
 MODEL_SESSIONS = Gauge("attune_model_sessions", "Session summaries learnt by the shared models")
@@ -339,14 +346,25 @@ class RecsConfig:
 class ModelSnapshot:
     """What the learner publishes and every worker reads.
 
-    ``to_bytes``: ``ATMOD1``, the version (8 bytes, little-endian: a board reads 14
-    bytes to see a change), the length of the embedding snapshot (4 bytes), the
-    embedding snapshot (:meth:`EmbeddingSnapshot.to_bytes`, float16), then orjson of
-    the rest: ``created_ms``, ``sessions``, ``covisit`` (item -> ``[at_ms, viewed,
-    bought]``, each a list of ``[item, score]``), ``trending`` (item -> score),
-    ``segment_trending`` (segment -> item -> score), ``propensity``
-    (:meth:`PropensityModel.publish` parameters or null) and ``metrics``. No pickle
-    crosses Redis: whoever can write the key cannot run code in the workers.
+    ``to_bytes`` (``ATMOD2``): the version (8 bytes, little-endian: a board reads
+    14 bytes to see a change), then length-prefixed sections (u32 LE length each):
+
+    1. the embedding snapshot (:meth:`EmbeddingSnapshot.to_bytes`, float16; empty: none);
+    2. orjson of the small parts: ``created_ms``, ``sessions``, ``propensity``
+       (:meth:`PropensityModel.publish` parameters or null), ``metrics``, ``items``
+       (the item ids every array below indexes), ``segments`` (names, in order) and
+       ``counts`` (the lengths of the arrays);
+    3. the arrays, little-endian, back to back (a worker decodes each with one
+       ``np.frombuffer``): co-visitation ``cv_item`` (i4, the listed items),
+       ``cv_at`` (i8, their ``at_ms``), ``cv_end`` (i4, where each item's viewed and
+       then bought neighbours end, cumulative), ``cv_nb`` (i4) and ``cv_score`` (f8);
+       global trending ``tr_item`` (i4) and ``tr_score`` (f8); per segment
+       ``st_end`` (i4, cumulative), ``st_item`` (i4) and ``st_score`` (f8).
+
+    Scores stay float64, so a worker reads exactly what the learner published;
+    ``ATMOD1`` spelt the same content as orjson lists of lists, whose decoding cost
+    every worker a Python object per number. No pickle crosses Redis: whoever can
+    write the key cannot run code in the workers.
     """
 
     version: int
@@ -360,19 +378,10 @@ class ModelSnapshot:
     metrics: dict[str, Any]
 
     def to_bytes(self) -> bytes:
-        emb = self.embeddings.to_bytes() if self.embeddings is not None else b""
-        body = orjson.dumps(
-            {
-                "created_ms": self.created_ms,
-                "sessions": self.sessions,
-                "covisit": {k: [v.at_ms, v.viewed, v.bought] for k, v in self.covisit.items()},
-                "trending": self.trending,
-                "segment_trending": self.segment_trending,
-                "propensity": self.propensity,
-                "metrics": self.metrics,
-            }
-        )
-        return _HEAD.pack(_MAGIC, self.version) + _LEN.pack(len(emb)) + emb + body
+        encoder = SnapshotEncoder()
+        for item, lst in self.covisit.items():
+            encoder.put(item, lst)
+        return encoder.encode(self)
 
     @staticmethod
     def peek_version(head: bytes) -> int | None:
@@ -389,34 +398,179 @@ class ModelSnapshot:
         if version is None:
             raise ValueError("not an Attune model snapshot (bad magic or too short)")
         try:
-            pos = _HEAD.size + _LEN.size
-            (n,) = _LEN.unpack_from(data, _HEAD.size)
-            emb = EmbeddingSnapshot.from_bytes(data[pos : pos + n]) if n else None
-            raw = orjson.loads(data[pos + n :])
-            return cls(
-                version,
-                int(raw["created_ms"]),
-                int(raw["sessions"]),
-                emb,
-                {
-                    k: NeighbourList(
-                        k,
-                        int(at),
-                        tuple([(i, float(x)) for i, x in v]),
-                        tuple([(i, float(x)) for i, x in b]),
-                    )
-                    for k, (at, v, b) in raw["covisit"].items()
-                },
-                {k: float(v) for k, v in raw["trending"].items()},
-                {
-                    s: {k: float(v) for k, v in scores.items()}
-                    for s, scores in raw["segment_trending"].items()
-                },
-                raw["propensity"],
-                dict(raw["metrics"]),
-            )
+            return cls._decode(version, data)
         except (struct.error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"model snapshot {version} is corrupt: {exc!r}") from exc
+
+    @classmethod
+    def _decode(cls, version: int, data: bytes) -> ModelSnapshot:
+        pos = _HEAD.size
+        sections: list[bytes] = []
+        for _ in range(3):
+            (n,) = _LEN.unpack_from(data, pos)
+            pos += _LEN.size
+            if pos + n > len(data):
+                raise ValueError(f"a section of {n} bytes runs past the end ({len(data)} bytes)")
+            sections.append(data[pos : pos + n])
+            pos += n
+        if pos != len(data):
+            raise ValueError(f"{len(data) - pos} bytes after the last section")
+        emb_bytes, meta_bytes, body = sections
+        meta = orjson.loads(meta_bytes)
+        counts = [int(c) for c in meta["counts"]]
+        if len(counts) != len(_ARRAYS) or sum(
+            c * t.itemsize for c, t in zip(counts, _ARRAYS, strict=True)
+        ) != len(body):
+            raise ValueError(f"array lengths {counts} do not match {len(body)} bytes of arrays")
+        arrays: list[Any] = []
+        at = 0
+        for count, dtype in zip(counts, _ARRAYS, strict=True):
+            arrays.append(np.frombuffer(body, dtype, count, at))
+            at += count * dtype.itemsize
+        cv_item, cv_at, cv_end, cv_nb, cv_score, tr_item, tr_score, st_end, st_item, st_score = (
+            arrays
+        )
+        table = meta["items"]
+        names = np.empty(len(table), dtype=object)
+        names[:] = table
+        if len(cv_end) != 2 * len(cv_item) or len(st_end) != len(meta["segments"]):
+            raise ValueError("co-visitation or segment offsets do not match their items")
+        # Names and (name, score) pairs built in bulk; each list is then a slice of them.
+        pairs = list(zip(names[cv_nb].tolist(), cv_score.tolist(), strict=True))
+        ends = cv_end.tolist()
+        starts = [0, *ends][:-1]
+        covisit = {
+            item: NeighbourList(
+                item,
+                at_ms,
+                tuple(pairs[starts[2 * k] : ends[2 * k]]),
+                tuple(pairs[starts[2 * k + 1] : ends[2 * k + 1]]),
+            )
+            for k, (item, at_ms) in enumerate(
+                zip(names[cv_item].tolist(), cv_at.tolist(), strict=True)
+            )
+        }
+        seg_names = names[st_item].tolist()
+        seg_values = st_score.tolist()
+        seg_ends = st_end.tolist()
+        seg_starts = [0, *seg_ends][:-1]
+        return cls(
+            version,
+            int(meta["created_ms"]),
+            int(meta["sessions"]),
+            EmbeddingSnapshot.from_bytes(emb_bytes) if emb_bytes else None,
+            covisit,
+            dict(zip(names[tr_item].tolist(), tr_score.tolist(), strict=True)),
+            {
+                str(seg): dict(zip(seg_names[a:b], seg_values[a:b], strict=True))
+                for seg, a, b in zip(meta["segments"], seg_starts, seg_ends, strict=True)
+            },
+            meta["propensity"],
+            dict(meta["metrics"]),
+        )
+
+
+@dataclass(slots=True)
+class SnapshotEncoder:
+    """Writes ``ATMOD2`` (:class:`ModelSnapshot`), keeping what it can between publications.
+
+    The learner keeps one encoder: its item id table only grows (codes stay valid),
+    and each item's neighbour lists are encoded once, when they change
+    (:meth:`put`), so a publication joins bytes instead of re-encoding ~10^5 scores
+    (at 20,000 items that was most of a publication's cost). Pickles.
+    """
+
+    codes: dict[str, int] = field(default_factory=dict)
+    table: list[str] = field(default_factory=list)
+    # item -> (its code, at_ms, viewed count, bought count, neighbour codes, scores)
+    lists: dict[str, tuple[int, int, int, int, bytes, bytes]] = field(default_factory=dict)
+
+    def code(self, items: Iterable[str]) -> list[int]:
+        """The codes of ``items``, new ones appended to the table."""
+        codes, table = self.codes, self.table
+        items = items if isinstance(items, (list, tuple, dict)) else list(items)
+        try:
+            return list(map(codes.__getitem__, items))  # known items: the loop runs in C
+        except KeyError:
+            pass
+        out = []
+        for item in items:
+            c = codes.get(item)
+            if c is None:
+                c = codes[item] = len(table)
+                table.append(item)
+            out.append(c)
+        return out
+
+    def put(self, item: str, lst: NeighbourList) -> None:
+        """Encode ``item``'s lists (replacing the previous ones; the order of items stays)."""
+        pairs = lst.viewed + lst.bought
+        self.lists[item] = (
+            self.code((item,))[0],
+            lst.at_ms,
+            len(lst.viewed),
+            len(lst.bought),
+            np.array(self.code([name for name, _ in pairs]), _I4).tobytes(),
+            np.array([score for _, score in pairs], _F8).tobytes(),
+        )
+
+    def encode(self, snap: ModelSnapshot) -> bytes:
+        """``snap`` as bytes, its co-visitation lists being those :meth:`put` here."""
+        emb = snap.embeddings.to_bytes() if snap.embeddings is not None else b""
+        entries = list(self.lists.values())
+        lens = np.array(list(chain.from_iterable(map(_lens, entries))), _I4)
+        cv_nb = b"".join(map(_nb_codes, entries))
+        cv_score = b"".join(map(_nb_scores, entries))
+        segments = list(snap.segment_trending)
+        seg_scores = [snap.segment_trending[s] for s in segments]
+        seg_items = list(chain.from_iterable(seg_scores))
+        arrays = (
+            np.fromiter(map(_first, entries), _I4, len(entries)).tobytes(),
+            np.fromiter(map(_second, entries), _I8, len(entries)).tobytes(),
+            np.cumsum(lens, dtype=_I4).tobytes(),
+            cv_nb,
+            cv_score,
+            np.array(self.code(snap.trending), _I4).tobytes(),
+            np.fromiter(snap.trending.values(), _F8, len(snap.trending)).tobytes(),
+            np.cumsum(np.fromiter(map(len, seg_scores), _I4, len(segments)), dtype=_I4).tobytes(),
+            np.array(self.code(seg_items), _I4).tobytes(),
+            np.fromiter(
+                chain.from_iterable(v.values() for v in seg_scores), _F8, len(seg_items)
+            ).tobytes(),
+        )
+        meta = orjson.dumps(
+            {
+                "created_ms": snap.created_ms,
+                "sessions": snap.sessions,
+                "propensity": snap.propensity,
+                "metrics": snap.metrics,
+                "items": self.table,
+                "segments": segments,
+                "counts": [len(a) // t.itemsize for a, t in zip(arrays, _ARRAYS, strict=True)],
+            }
+        )
+        body = b"".join(arrays)
+        return b"".join(
+            (
+                _HEAD.pack(_MAGIC, snap.version),
+                _LEN.pack(len(emb)),
+                emb,
+                _LEN.pack(len(meta)),
+                meta,
+                _LEN.pack(len(body)),
+                body,
+            )
+        )
+
+
+def _lens(entry: tuple[int, int, int, int, bytes, bytes]) -> tuple[int, int]:
+    return entry[2], entry[3]
+
+
+_first: Final = itemgetter(0)
+_second: Final = itemgetter(1)
+_nb_codes: Final = itemgetter(4)
+_nb_scores: Final = itemgetter(5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,14 +602,20 @@ class ModelLearner:
     propensity: PropensityModel = field(init=False)
     pending: list[list[str]] = field(default_factory=list)
     changed: dict[str, None] = field(default_factory=dict)  # items with new trend scores
-    # Published neighbour lists, rebuilt at a publication only for the items whose
-    # co-visitation state changed since the last one (decayed scores keep their ratios).
-    neighbours: dict[str, NeighbourList] = field(default_factory=dict)
+    # Items whose co-visitation state changed since the last publication: only their
+    # lists are rebuilt and encoded (decayed scores keep their ratios); the others
+    # stay in the encoder as they were published.
     covisit_changed: dict[str, None] = field(default_factory=dict)
     sessions: int = 0
     version: int = 0
     latest_ms: int = 0
     embeddings: EmbeddingSnapshot | None = None
+    encoder: SnapshotEncoder = field(default_factory=SnapshotEncoder)
+    # The trend scores published so far (global in the order of ``trends``, and per
+    # segment), brought up to date at each publication for the changed items only.
+    scores: dict[str, float] = field(default_factory=dict)
+    segment_scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # the last publication's
 
     def __post_init__(self) -> None:
         self.item2vec = Item2Vec(seed=self.seed)
@@ -502,53 +662,58 @@ class ModelLearner:
             self.pending = []
             self.embeddings = self.item2vec.snapshot(at)
         self.version += 1
-        metrics = self.propensity.metrics()
+        metrics = self.metrics = self.propensity.metrics()  # computed once per publication
         scopes: dict[str, list[tuple[str, float]]] = {}
+        scores, segment_scores = self.scores, self.segment_scores
         for item in self.changed:
-            for scope, member, score in self.trends[item].publish():
+            trend = self.trends[item]
+            for scope, member, score in trend.publish():
                 scopes.setdefault(scope, []).append((member, score))
+            scores[item] = trend.score  # new items arrive in the order of self.trends
+            for seg, score in trend.segments.items():
+                segment_scores.setdefault(seg, {})[item] = score
         self.changed = {}
+        self._neighbour_lists(at)
         snapshot = ModelSnapshot(
             version=self.version,
             created_ms=at,
             sessions=self.sessions,
             embeddings=self.embeddings,
-            covisit=self._neighbour_lists(at),
-            trending=_best({i: t.score for i, t in self.trends.items()}, SNAPSHOT_TRENDING),
-            segment_trending=self._segment_scores(),
+            covisit={},  # the encoder holds the lists
+            trending=_best(scores, SNAPSHOT_TRENDING),
+            segment_trending={seg: _best(v, KEEP_PER_SCOPE) for seg, v in segment_scores.items()},
             propensity=(
-                self.propensity.publish() if self.propensity.n >= PROPENSITY_MIN_SESSIONS else None
+                self.propensity.publish(metrics)
+                if self.propensity.n >= PROPENSITY_MIN_SESSIONS
+                else None
             ),
             metrics=metrics,
         )
         return PublishModels(
             self.version,
-            snapshot.to_bytes(),
+            self.encoder.encode(snapshot),
             tuple(TrendingWrite(scope, tuple(m)) for scope, m in scopes.items()),
             orjson.dumps({**metrics, "model_version": self.version, "at": at}),
         )
 
-    def _neighbour_lists(self, at: int) -> dict[str, NeighbourList]:
+    def _neighbour_lists(self, at: int) -> None:
         states = self.covisit.states
         for item in self.covisit_changed:
             state = states.get(item)
             if state is not None:
-                self.neighbours[item] = state.publish(at, SNAPSHOT_NEIGHBOURS)
+                self.encoder.put(item, state.publish(at, SNAPSHOT_NEIGHBOURS))
         self.covisit_changed = {}
-        return dict(self.neighbours)
-
-    def _segment_scores(self) -> dict[str, dict[str, float]]:
-        out: dict[str, dict[str, float]] = {}
-        for item, trend in self.trends.items():
-            for seg, score in trend.segments.items():
-                out.setdefault(seg, {})[item] = score
-        return {seg: _best(scores, KEEP_PER_SCOPE) for seg, scores in out.items()}
 
 
 def _best(scores: dict[str, float], n: int) -> dict[str, float]:
+    """The ``n`` best scores, best first, ties in the dict's order (a stable sort, as
+    ``sorted(key=-score)``; numpy's, as this runs over every item at each publication)."""
     if len(scores) <= n:
         return dict(scores)
-    return dict(sorted(scores.items(), key=lambda kv: -kv[1])[:n])
+    items = list(scores)
+    values = np.fromiter(scores.values(), _F8, len(items))
+    top = np.argsort(-values, kind="stable")[:n].tolist()
+    return dict(zip(map(items.__getitem__, top), values[top].tolist(), strict=True))
 
 
 class ModelLearnerLogic(StatefulBatchLogic[SessionSummary, PublishModels, bytes]):
@@ -556,7 +721,9 @@ class ModelLearnerLogic(StatefulBatchLogic[SessionSummary, PublishModels, bytes]
 
     Publishes after ``publish_every`` new summaries, after ``publish_s`` wall
     seconds with unpublished ones (a quiet stream still gets fresh models), and at
-    the end of input. One message per user session reaches it, not per event.
+    the end of input; never twice within ``publish_min_s`` seconds (a publication
+    costs O(items): at high session rates the count alone would publish many
+    times per board refresh). One message per user session reaches it, not per event.
     """
 
     def __init__(
@@ -567,6 +734,7 @@ class ModelLearnerLogic(StatefulBatchLogic[SessionSummary, PublishModels, bytes]
         seed: int = 0,
         publish_every: int = PUBLISH_EVERY,
         publish_s: float = PUBLISH_S,
+        publish_min_s: float = 0.0,
     ) -> None:
         if publish_every < 1 or publish_s < 0:
             raise ValueError(
@@ -574,11 +742,18 @@ class ModelLearnerLogic(StatefulBatchLogic[SessionSummary, PublishModels, bytes]
                 f"{publish_s} s: set ATTUNE_MODELS_PUBLISH_EVERY >= 1 and "
                 "ATTUNE_MODELS_PUBLISH_S >= 0"
             )
+        if publish_min_s < 0:
+            raise ValueError(
+                f"the model learner publishes at most every {publish_min_s} s: set "
+                "ATTUNE_MODELS_PUBLISH_MIN_S >= 0"
+            )
         self.learner: ModelLearner = (
             pickle.loads(resume) if resume else ModelLearner(categories, seed)
         )
         self.publish_every = publish_every
         self.publish_s = publish_s
+        self.publish_min_s = publish_min_s
+        self.published_at = -math.inf  # the last publication (monotonic), for publish_min_s
         self.unpublished = 0
         self.last_publish = time.monotonic()
 
@@ -586,9 +761,12 @@ class ModelLearnerLogic(StatefulBatchLogic[SessionSummary, PublishModels, bytes]
         for summary in values:
             self.learner.learn(summary)
         self.unpublished += len(values)
-        if self.unpublished >= self.publish_every:
+        if self.unpublished >= self.publish_every and self._since_publish() >= self.publish_min_s:
             return self._publish(), StatefulBatchLogic.RETAIN
         return [], StatefulBatchLogic.RETAIN
+
+    def _since_publish(self) -> float:
+        return time.monotonic() - self.published_at
 
     def on_notify(self) -> tuple[Iterable[PublishModels], bool]:
         return (self._publish() if self.unpublished else []), StatefulBatchLogic.RETAIN
@@ -599,14 +777,16 @@ class ModelLearnerLogic(StatefulBatchLogic[SessionSummary, PublishModels, bytes]
     def notify_at(self) -> datetime | None:
         if not self.unpublished:
             return None
-        wait = max(0.0, self.publish_s - (time.monotonic() - self.last_publish))
-        return datetime.now(UTC) + timedelta(seconds=wait)
+        wait = self.publish_s - (time.monotonic() - self.last_publish)
+        if self.unpublished >= self.publish_every:  # held back by publish_min_s only
+            wait = min(wait, self.publish_min_s - self._since_publish())
+        return datetime.now(UTC) + timedelta(seconds=max(0.0, wait))
 
     def _publish(self) -> list[PublishModels]:
         self.unpublished = 0
-        self.last_publish = time.monotonic()
+        self.last_publish = self.published_at = time.monotonic()
         out = self.learner.publish()
-        m = self.learner.propensity.metrics()
+        m = self.learner.metrics
         MODEL_VERSION.set(out.version)
         MODEL_SESSIONS.set(self.learner.sessions)
         for gauge, value in ((PROPENSITY_AUC, m["auc"]), (PROPENSITY_LOG_LOSS, m["log_loss"])):

@@ -242,12 +242,13 @@ class PropensityModel:
         for x, y in list(self.buffer)[-keep:]:
             self.model.learn_one(x, y)
 
-    def publish(self) -> dict[str, Any]:
+    def publish(self, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
         """The parameters the per-user path scores with (JSON for ``attune:model:propensity``).
 
         ``{"version", "mean": {feature: m}, "std": {feature: s}, "weights": {feature: w},
         "intercept", "metrics"}``: a scaled logistic regression, read back by
-        :class:`PropensityScorer` (no pickle crosses Redis).
+        :class:`PropensityScorer` (no pickle crosses Redis). ``metrics``: :meth:`metrics`
+        if the caller has just computed them (a window's ROC AUC is not free).
         """
         scaler, logreg = self.model.steps.values()
         means = {k: float(v) for k, v in scaler.means.items()}
@@ -258,7 +259,7 @@ class PropensityModel:
             "std": std,
             "weights": {k: float(v) for k, v in logreg.weights.items()},
             "intercept": float(logreg.intercept),
-            "metrics": self.metrics(),
+            "metrics": self.metrics() if metrics is None else metrics,
         }
 
     def metrics(self) -> dict[str, Any]:

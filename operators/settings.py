@@ -171,6 +171,12 @@ class Settings:
         "... and at the latest this many seconds after it learnt something new (a quiet "
         "stream still gets fresh models).",
     )
+    models_publish_min_s: int = _setting(
+        0,
+        "... but not more often than every this many seconds (0: no limit). Workers read "
+        "a new snapshot at most every 2 s; at thousands of sessions per second set 2 so "
+        "that the learner's publication cost stays flat as the rate grows.",
+    )
     trigger_rules_file: str = _setting(
         "",
         "YAML file of trigger rules merged over the shipped ones (flows/rules.yaml): "

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["EPOCH_MS", "HALF_LIFE_MS", "ItemTrend", "TrendingBoard", "scopes_of"]
+__all__ = ["EPOCH_MS", "HALF_LIFE_MS", "ItemTrend", "TrendingBoard", "logaddexp2", "scopes_of"]
 
 #: Reference time of the forward decay: 2020-01-01T00:00Z.
 EPOCH_MS = 1_577_836_800_000
@@ -59,6 +59,28 @@ def log_weight(t_ms: int, weight: float, half_life_ms: float = HALF_LIFE_MS) -> 
     2.0
     """
     return math.log2(weight) + (t_ms - EPOCH_MS) / half_life_ms
+
+
+def logaddexp2(x: float, y: float) -> float:
+    """``log2(2**x + 2**y)`` on Python floats: numpy's ``logaddexp2`` step for step (the
+    same result, tested), without a numpy scalar call per interaction (~1 us each).
+
+    >>> logaddexp2(3.0, 3.0), logaddexp2(NEG_INF, 2.0), float(np.logaddexp2(1.0, 2.5))
+    (4.0, 2.0, 2.936751795439824)
+    >>> logaddexp2(1.0, 2.5)
+    2.936751795439824
+    """
+    if x == y:
+        return x + 1.0  # also -inf and -inf
+    diff = x - y
+    if diff > 0:
+        return x + _LOG2E * math.log1p(math.exp2(-diff))
+    if diff <= 0:
+        return y + _LOG2E * math.log1p(math.exp2(diff))
+    return diff  # nan
+
+
+_LOG2E = 1.4426950408889634074
 
 
 def scopes_of(category: str | None) -> list[str]:
@@ -88,9 +110,9 @@ class ItemTrend:
 
     def update(self, t_ms: int, weight: float, segments: tuple[str, ...] = ()) -> None:
         lw = log_weight(t_ms, weight, self.half_life_ms)
-        self.score = float(np.logaddexp2(self.score, lw))
+        self.score = logaddexp2(self.score, lw)
         for s in segments:
-            self.segments[s] = float(np.logaddexp2(self.segments.get(s, NEG_INF), lw))
+            self.segments[s] = logaddexp2(self.segments.get(s, NEG_INF), lw)
 
     def publish(self) -> list[tuple[str, str, float]]:
         """``(scope, item, score)`` for a ZADD each: global, its categories and segments."""

@@ -5,16 +5,22 @@ from __future__ import annotations
 import itertools
 import math
 import pickle
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from attune.clients.recommendations import parse_recs
 from attune.flows.personalize import recs_config
 from attune.flows.settings import Settings
 from attune.operators.clock import MINUTE_MS
 from attune.operators.content import Catalogue
+from attune.operators.covisit import NeighbourList
 from attune.operators.events import (
     AddToCart,
     ConsentUpdate,
@@ -48,6 +54,7 @@ from attune.operators.models import (
 from attune.operators.propensity import FEATURES as PROPENSITY_FEATURES
 from attune.operators.ranking import MAX_RECENT, REASONS
 from attune.operators.redis_sink import ForgetUser, RecsWrite, TrendingWrite, plan
+from attune.operators.trending import logaddexp2
 from attune.operators.triggers import trigger_id
 from attune.operators.user_config import ProfileConfig
 from attune.operators.user_logic import UserLogic
@@ -354,6 +361,42 @@ def test_learner_publishes_every_n_summaries_and_at_end_of_input() -> None:
     assert list(out) == []  # nothing new: nothing published
 
 
+def test_learner_snapshots_encoded_incrementally_equal_a_fresh_encoding() -> None:
+    learner = ModelLearner({f"i{n:03}": CATEGORIES[n % 3] for n in range(5)})
+    published: dict[str, NeighbourList] = {}
+    for step in range(4):
+        for n in range(step * 3, step * 3 + 2 + step):
+            learner.learn(summary(n, bought=n % 3 == 0))
+        at = T0 + step * 3_600_000
+        changed = list(learner.covisit_changed)
+        snap = ModelSnapshot.from_bytes(learner.publish(now_ms=at).snapshot)
+        for item in changed:  # republished as the item's state says now; the others kept
+            published[item] = learner.covisit.states[item].publish(at, 30)
+        assert snap.covisit == published
+        again = ModelSnapshot.from_bytes(snap.to_bytes())
+        assert replace(again, embeddings=None) == replace(snap, embeddings=None)
+        assert snap.trending == {i: t.score for i, t in learner.trends.items()}
+        assert snap.segment_trending == {
+            "vip": {i: t.segments["vip"] for i, t in learner.trends.items() if "vip" in t.segments}
+        }
+
+
+def test_learner_publishes_by_count_at_most_every_publish_min_s() -> None:
+    logic = ModelLearnerLogic(None, {}, publish_every=1, publish_s=600, publish_min_s=3600)
+    out, _ = logic.on_batch([summary(0)])
+    assert [p.version for p in out] == [1]  # the first publication is not held back
+    out, _ = logic.on_batch([summary(1)])
+    assert list(out) == []  # due by count, but within publish_min_s of the last one
+    due = logic.notify_at()
+    assert due is not None and due > datetime.now(UTC) + timedelta(seconds=590)
+    logic.published_at -= 3600  # an hour later
+    assert logic.notify_at() <= datetime.now(UTC)  # type: ignore[operator]
+    out, _ = logic.on_notify()
+    assert [p.version for p in out] == [2]
+    with pytest.raises(ValueError, match="ATTUNE_MODELS_PUBLISH_MIN_S"):
+        ModelLearnerLogic(None, {}, publish_min_s=-1)
+
+
 def test_learner_trends_weigh_views_carts_and_bought_units() -> None:
     learner = ModelLearner()
     learner.learn(
@@ -385,6 +428,39 @@ def test_snapshot_bytes_round_trip_and_bad_bytes_are_refused() -> None:
         ModelSnapshot.from_bytes(b"garbage")
     with pytest.raises(ValueError, match="corrupt"):
         ModelSnapshot.from_bytes(snap.to_bytes()[:20])
+
+
+_ids_st = st.text(min_size=1, max_size=6)
+_scores_st = st.floats(allow_nan=False, allow_infinity=False, width=64)
+_lists_st = st.lists(st.tuples(_ids_st, _scores_st), max_size=4).map(tuple)
+
+
+@given(
+    covisit=st.dictionaries(_ids_st, st.tuples(st.integers(0, 2**62), _lists_st, _lists_st)),
+    trending=st.dictionaries(_ids_st, _scores_st),
+    segments=st.dictionaries(_ids_st, st.dictionaries(_ids_st, _scores_st)),
+)
+@settings(max_examples=60, deadline=None)
+def test_snapshot_arrays_round_trip_every_list_score_and_order(
+    covisit: dict[str, tuple[int, Any, Any]],
+    trending: dict[str, float],
+    segments: dict[str, dict[str, float]],
+) -> None:
+    lists = {k: NeighbourList(k, at, v, b) for k, (at, v, b) in covisit.items()}
+    snap = ModelSnapshot(3, T0, 5, None, lists, trending, segments, None, {"auc": None})
+    back = ModelSnapshot.from_bytes(snap.to_bytes())
+    assert back == snap
+    assert list(back.covisit) == list(lists) and list(back.trending) == list(trending)
+    assert [list(v) for v in back.segment_trending.values()] == [list(v) for v in segments.values()]
+
+
+def test_a_snapshot_whose_arrays_disagree_with_their_counts_is_corrupt() -> None:
+    lst = NeighbourList("a", T0, (("b", 1.5),), ())
+    data = ModelSnapshot(2, T0, 1, None, {"a": lst}, {"a": 1.0}, {}, None, {}).to_bytes()
+    with pytest.raises(ValueError, match="corrupt"):
+        ModelSnapshot.from_bytes(data[:-8])  # the last score cut off
+    with pytest.raises(ValueError, match="corrupt"):
+        ModelSnapshot.from_bytes(data + b"x")
 
 
 class FakeRedis:
@@ -450,3 +526,12 @@ def test_erasure_forgets_the_model_inputs_and_says_what_the_shared_models_keep()
 def test_bad_publish_settings_are_refused_with_the_setting_named() -> None:
     with pytest.raises(ValueError, match="ATTUNE_MODELS_PUBLISH_EVERY"):
         ModelLearnerLogic(None, {}, publish_every=0)
+
+
+@given(
+    st.one_of(st.just(float("-inf")), st.floats(-1e4, 1e6)),
+    st.one_of(st.just(float("-inf")), st.floats(-1e4, 1e6)),
+)
+def test_trend_logaddexp2_is_numpys(x: float, y: float) -> None:
+    assert logaddexp2(x, y) == float(np.logaddexp2(x, y))
+    assert logaddexp2(x, x + 1e-12) == float(np.logaddexp2(x, x + 1e-12))
