@@ -102,6 +102,7 @@ __all__ = [
     "UserSignals",
     "Weights",
     "rank",
+    "rank_full",
     "recs_value",
 ]
 
@@ -112,6 +113,8 @@ MAX_RECENT = 50
 #: Recent items whose co-visitation lists are read per call.
 COVISIT_SOURCES = 10
 N_EMB, N_TREND, N_CAT, N_CONTENT, N_COVISIT = 100, 50, 100, 30, 30
+#: Embedding neighbours kept per item and snapshot: the pool the user vectors pick from.
+N_EMB_NEIGHBOURS = 40
 
 REASONS: dict[str, str] = {
     "embedding": "similar-to-viewed",
@@ -218,6 +221,24 @@ class _TrendShares:
     share: F64  # each row's share of the decayed popularity
     in_cat: F64  # each row's share within its category
     reason: str
+    _order: I64 | None = None  # rows with a positive share, largest first (lazily)
+    _by_cat: dict[int, I64] = field(default_factory=dict)  # code -> rows by in_cat (lazily)
+
+    def order(self) -> I64:
+        """Rows with a positive share, largest share first (ties: lower row first)."""
+        if self._order is None:
+            rows = np.flatnonzero(self.share > 0)
+            self._order = rows[np.argsort(-self.share[rows], kind="stable")].astype(np.int64)
+        return self._order
+
+    def in_category(self, codes: npt.NDArray[np.int32], code: int) -> I64:
+        """Rows of category ``code`` with a positive share in it, largest first."""
+        got = self._by_cat.get(code)
+        if got is None:
+            rows = np.flatnonzero((codes == code) & (self.in_cat > 0))
+            got = rows[np.argsort(-self.in_cat[rows], kind="stable")].astype(np.int64)
+            self._by_cat[code] = got
+        return got
 
 
 @dataclass(slots=True)
@@ -235,6 +256,32 @@ class _Constants:
     vectors64: F64  # the content vectors as float64, what ``vectors @ float64`` computes on
     cold: npt.NDArray[np.bool_]  # rows without a trend score (cold items)
     shares: dict[tuple[str, ...], _TrendShares] = field(default_factory=dict)
+    _cold_rows: I64 | None = None
+    _cold_vectors: F32 | None = None
+    base_masks: dict[tuple[bool, tuple[str, ...], tuple[str, ...]], npt.NDArray[np.bool_]] = field(
+        default_factory=dict
+    )
+
+    def cold_rows(self) -> tuple[I64, F32]:
+        """The cold rows and their content vectors, gathered once."""
+        if self._cold_rows is None or self._cold_vectors is None:
+            self._cold_rows = np.flatnonzero(self.cold).astype(np.int64)
+            self._cold_vectors = self.catalogue.vectors[self._cold_rows]
+        return self._cold_rows, self._cold_vectors
+
+    def base_mask(self, filters: Filters) -> npt.NDArray[np.bool_]:
+        """Stock and category filters over the rows (read-only; cached per filter)."""
+        key = (filters.in_stock_only, filters.allow_categories, filters.deny_categories)
+        got = self.base_masks.get(key)
+        if got is None:
+            only = Filters(
+                in_stock_only=key[0], exclude_seen=False, allow_categories=key[1],
+                deny_categories=key[2],
+            )  # fmt: skip
+            got = allowed_rows(UserSignals("", 0), self.catalogue, only)
+            got.flags.writeable = False
+            self.base_masks[key] = got
+        return got
 
     def fits(self, cat: Catalogue, trending: TrendingBoard) -> bool:
         return (
@@ -298,6 +345,8 @@ class Models:
     _aligned_key: tuple[int, int, int] = (-1, -1, -1)
     _aligned: F32 | None = None
     _constants: _Constants | None = field(default=None, compare=False, repr=False)
+    _neighbours: dict[int, I64] = field(default_factory=dict, compare=False, repr=False)
+    _neighbours_key: tuple[int, int, int] = field(default=(-1, -1, -1), compare=False, repr=False)
     covisit_rows_cache: CovisitRows = field(default_factory=CovisitRows, compare=False, repr=False)
 
     @property
@@ -383,6 +432,25 @@ class Models:
         if best is None:
             return None
         return rows, values, best, published.scale(now_ms)
+
+    def embedding_neighbours(self, row: int) -> I64:
+        """The :data:`N_EMB_NEIGHBOURS` rows nearest to ``row`` by embedding cosine (positive
+        cosine only, ``row`` itself excluded), best first; computed once per item and
+        snapshot (then cached until the snapshot or the catalogue changes)."""
+        emb = self.aligned_embeddings()
+        if emb is None:
+            return np.zeros(0, np.int64)
+        if self._neighbours_key != self._aligned_key:
+            self._neighbours, self._neighbours_key = {}, self._aligned_key
+        got = self._neighbours.get(row)
+        if got is None:
+            sims = (emb @ emb[row]).astype(np.float64)
+            sims[row] = 0.0
+            got = _top(sims, np.ones(len(sims), np.bool_), N_EMB_NEIGHBOURS)
+            got = got[np.argsort(-sims[got], kind="stable")]
+            got.flags.writeable = False
+            self._neighbours[row] = got
+        return got
 
     def aligned_embeddings(self) -> F32 | None:
         """Item vectors by catalogue row (zero rows for items the snapshot lacks), cached."""
@@ -595,13 +663,17 @@ def _recommendations(
     trend_reason: str,
     k: int,
     mmr_lambda: float,
+    vectors: F32 | None = None,
 ) -> list[Recommendation]:
     """The hybrid score of the candidates ``rows_c`` (``comps`` scaled components), the
-    MMR pick of ``k`` of them and each one's reason (its largest weighted component)."""
+    MMR pick of ``k`` of them and each one's reason (its largest weighted component).
+    ``vectors``: the candidates' content vectors if already gathered."""
     weighted = np.stack([wts[name] * comps[name] for name in _COMPONENTS])
     score = weighted.sum(axis=0)
     reason_idx = weighted.argmax(axis=0)
-    picked = _mmr(score, cat.vectors[rows_c], k, mmr_lambda)
+    pool = _mmr_pool(score, k, mmr_lambda)
+    pool_vectors = cat.vectors[rows_c[pool]] if vectors is None else vectors[pool]
+    picked = [int(pool[j]) for j in _mmr(score[pool], pool_vectors, k, mmr_lambda)]
     out = []
     for j in picked:
         reason = REASONS[_COMPONENTS[int(reason_idx[j])]]
@@ -612,14 +684,15 @@ def _recommendations(
     return out
 
 
-def rank(
+def rank_full(
     signals: UserSignals,
     models: Models,
     k: int = 10,
     filters: Filters | None = None,
     weights: Weights | None = None,
 ) -> list[Recommendation]:
-    """The top ``k`` items for the user, with a reason each (see the module docstring)."""
+    """The top ``k`` items for the user, scoring the whole catalogue: the reference that
+    :func:`rank` approximates over a bounded candidate set (kept for comparisons)."""
     filters = filters or Filters()
     w = weights or Weights()
     cat = models.catalogue
@@ -671,6 +744,215 @@ def rank(
         wts = dict.fromkeys(_COMPONENTS, 0.0) | dict(FALLBACK_WEIGHTS)
     return _recommendations(
         cat, rows_c, comps, wts, trend_reason=trend.reason, k=k, mmr_lambda=w.mmr_lambda
+    )
+
+
+def _mmr_pool(score: F64, k: int, lam: float) -> I64:
+    """The candidates :func:`_mmr` can pick among its first ``k`` picks, in order: a
+    candidate whose ``lam * rel`` is below ``lam * rel_k - (1 - lam)`` (``rel_k`` the k-th
+    best relevance) always loses to one of the ``k`` best, whose penalty is at most
+    ``1 - lam``; so the picks over this pool are the picks over all (exactly)."""
+    m = len(score)
+    if m <= k or lam <= 0.0:
+        return np.arange(m, dtype=np.int64)
+    rel = _scaled(score.astype(np.float64))
+    kth = float(np.partition(rel, m - k)[m - k])
+    margin = 0.0 if lam >= 1.0 else (1.0 - lam) * 1.001 + 1e-9  # cosines may pass 1 by an ulp
+    return np.flatnonzero(lam * rel >= lam * kth - margin).astype(np.int64)
+
+
+def _first_allowed(order: I64, mask: npt.NDArray[np.bool_], m: int) -> I64:
+    """The first ``m`` rows of ``order`` that ``mask`` allows."""
+    return order[mask[order]][:m]
+
+
+def _drop_rows(
+    mask: npt.NDArray[np.bool_], signals: UserSignals, cat: Catalogue, filters: Filters
+) -> None:
+    """Clear the rows of purchased, in-cart, excluded (and seen) items in ``mask``."""
+    index = cat.index
+    groups: list[Sequence[str] | frozenset[str]] = [
+        signals.purchased,
+        signals.in_cart,
+        filters.exclude,
+    ]
+    if filters.exclude_seen:
+        groups.append(signals.seen)
+        groups.append([i.item for i in signals.recent])
+    for items in groups:
+        for item in items:
+            r = index.get(item)
+            if r is not None:
+                mask[r] = False
+
+
+def _category_candidates(
+    trend: _TrendShares, cat: Catalogue, aff: F64, mask: npt.NDArray[np.bool_]
+) -> I64:
+    """The top :data:`N_CAT` allowed rows by ``affinity(category) x share in category``,
+    from the categories the user has an affinity for (each one's best rows, cached)."""
+    codes = np.flatnonzero(aff > 0)
+    if len(codes) == 0:
+        return np.zeros(0, np.int64)
+    rows = np.concatenate(
+        [_first_allowed(trend.in_category(cat.codes, int(c)), mask, N_CAT) for c in codes]
+    )
+    if len(rows) <= N_CAT:
+        return rows
+    values = aff[cat.codes[rows]] * trend.in_cat[rows]
+    return rows[_top(values, np.ones(len(rows), np.bool_), N_CAT)]
+
+
+def _seed_rows(rec: _Recent) -> list[int]:
+    """Rows of the latest :data:`COVISIT_SOURCES` distinct recent items the catalogue
+    knows, latest first: the items whose neighbours are candidates."""
+    out: dict[int, None] = {}
+    rows = rec.rows.tolist()
+    for i in range(len(rows) - 1, -1, -1):
+        r = rows[i]
+        if r >= 0 and r not in out:
+            out[r] = None
+            if len(out) >= COVISIT_SOURCES:
+                break
+    return list(out)
+
+
+def _content_profile(cat: Catalogue, rec: _Recent, now: int) -> F64 | None:
+    """The user's decayed mean content vector, unit length (``None`` without one)."""
+    if not rec.any_known:
+        return None
+    wt = decay_weights(rec.times[rec.known], now, LONG_HALF_LIFE_MS) * rec.weights[rec.known]
+    profile = (wt[:, None] * cat.vectors[rec.rows[rec.known]]).sum(axis=0)
+    norm = float(np.linalg.norm(profile))
+    if norm <= 0:
+        return None
+    unit: F64 = profile / norm
+    return unit
+
+
+def _embedding_candidates(
+    models: Models,
+    emb: F32 | None,
+    rec: _Recent,
+    now: int,
+    mask: npt.NDArray[np.bool_],
+    *,
+    cand: list[I64],
+) -> list[tuple[F32, float]]:
+    """The user vectors with their shares (0.6 short-term, 0.4 long-term); appends to
+    ``cand`` each vector's top :data:`N_EMB` allowed rows among the seeds' embedding
+    neighbours (kept per item and snapshot)."""
+    if emb is None or not rec.any_known:
+        return []
+    short, long = user_vectors(emb, rec.rows.copy(), rec.times, rec.weights, now)
+    user_vecs = [(u, sw) for u, sw in ((short, 0.6), (long, 0.4)) if u is not None]
+    seeds = _seed_rows(rec)
+    if user_vecs and seeds:
+        pool = np.unique(np.concatenate([models.embedding_neighbours(r) for r in seeds]))
+        pool = pool[mask[pool]]
+        every = np.ones(len(pool), np.bool_)
+        for u, _ in user_vecs:
+            sims = np.maximum(emb[pool] @ u, 0.0).astype(np.float64)
+            cand.append(pool[_top(sims, every, N_EMB)])
+    return user_vecs
+
+
+def _cold_candidates(consts: _Constants, profile: F32, mask: npt.NDArray[np.bool_]) -> list[I64]:
+    """The top :data:`N_CONTENT` allowed cold rows by content similarity to ``profile``."""
+    cold_rows, cold_vectors = consts.cold_rows()
+    if not len(cold_rows):
+        return []
+    sims = np.maximum(cold_vectors @ profile, 0.0).astype(np.float64)
+    return [cold_rows[_top(sims, mask[cold_rows], N_CONTENT)]]
+
+
+def rank(
+    signals: UserSignals,
+    models: Models,
+    k: int = 10,
+    filters: Filters | None = None,
+    weights: Weights | None = None,
+) -> list[Recommendation]:
+    """The top ``k`` items for the user, with a reason each (see the module docstring).
+
+    Scores a bounded candidate set, never the whole catalogue: trending and
+    trending-in-category from orders kept per snapshot, the embedding neighbours of
+    the latest recent items (kept per item and snapshot) ranked by the user vectors,
+    the co-visitation lists, and the cold items by content similarity. Per call the
+    cost grows with the candidates (a few hundred), not with the catalogue.
+    """
+    filters = filters or Filters()
+    w = weights or Weights()
+    cat = models.catalogue
+    cat.ensure_fresh()
+    n = len(cat)
+    if n == 0 or k <= 0:
+        return []
+    now = signals.now_ms
+    consts = models.constants()
+    mask = consts.base_mask(filters).copy()
+    _drop_rows(mask, signals, cat, filters)
+    rec = _recent(signals, cat)
+
+    seg = tuple(s for s in signals.segments if s in models.trending.segments)
+    trend = models.trend_shares(seg)
+    aff = _category_affinity(signals, cat, rec)
+    cand: list[I64] = [
+        _first_allowed(trend.order(), mask, N_TREND),
+        _category_candidates(trend, cat, aff, mask),
+    ]
+    emb = models.aligned_embeddings()
+    user_vecs = _embedding_candidates(models, emb, rec, now, mask, cand=cand)
+    # Content: float32 products (the vectors are float32; the profile is rounded once).
+    profile64 = _content_profile(cat, rec, now)
+    profile = profile64.astype(np.float32) if profile64 is not None else None
+    if profile is not None:
+        cand.extend(_cold_candidates(consts, profile, mask))
+
+    parts = _covisit_parts(models, rec, now)
+    vt, vt_rows = _covisit_scores(parts[VIEWED], n)
+    bt, bt_rows = _covisit_scores(parts[BOUGHT], n)
+    flags = np.zeros(n, np.bool_)
+    flags[vt_rows] = True
+    flags[bt_rows] = True
+    for c_idx in cand:
+        flags[c_idx] = True
+    rows_c = np.flatnonzero(flags & mask)
+    if len(rows_c) == 0:
+        return []
+
+    emb_c = np.zeros(len(rows_c))
+    if user_vecs and emb is not None:
+        e = emb[rows_c]
+        for u, share_w in user_vecs:
+            emb_c += share_w * np.maximum(e @ u, 0.0).astype(np.float64)
+    vectors_c = cat.vectors[rows_c]  # the candidates' content vectors, for content and MMR
+    content_c = (
+        np.maximum(vectors_c @ profile, 0.0).astype(np.float64)
+        if profile is not None
+        else np.zeros(len(rows_c))
+    )
+    comps = {
+        "embedding": _scaled(emb_c),
+        "viewed_together": _scaled(vt[rows_c]),
+        "bought_together": _scaled(bt[rows_c]),
+        "category": _scaled(aff[cat.codes[rows_c]] * trend.in_cat[rows_c]),
+        "trending": _scaled(trend.share[rows_c]),
+        "content": _scaled(content_c),
+    }
+    if rec.any_known:
+        wts = {name: float(getattr(w, name)) for name in _COMPONENTS}
+    else:
+        wts = dict.fromkeys(_COMPONENTS, 0.0) | dict(FALLBACK_WEIGHTS)
+    return _recommendations(
+        cat,
+        rows_c,
+        comps,
+        wts,
+        trend_reason=trend.reason,
+        k=k,
+        mmr_lambda=w.mmr_lambda,
+        vectors=vectors_c,
     )
 
 
