@@ -71,6 +71,7 @@ given, per top category if known; :data:`FALLBACK_WEIGHTS`), ``source ==
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -256,18 +257,18 @@ class _Constants:
     vectors64: F64  # the content vectors as float64, what ``vectors @ float64`` computes on
     cold: npt.NDArray[np.bool_]  # rows without a trend score (cold items)
     shares: dict[tuple[str, ...], _TrendShares] = field(default_factory=dict)
-    _cold_rows: I64 | None = None
-    _cold_vectors: F32 | None = None
+    _cold_by_code: dict[int, tuple[I64, F32]] = field(default_factory=dict)
     base_masks: dict[tuple[bool, tuple[str, ...], tuple[str, ...]], npt.NDArray[np.bool_]] = field(
         default_factory=dict
     )
 
-    def cold_rows(self) -> tuple[I64, F32]:
-        """The cold rows and their content vectors, gathered once."""
-        if self._cold_rows is None or self._cold_vectors is None:
-            self._cold_rows = np.flatnonzero(self.cold).astype(np.int64)
-            self._cold_vectors = self.catalogue.vectors[self._cold_rows]
-        return self._cold_rows, self._cold_vectors
+    def cold_in(self, code: int) -> tuple[I64, F32]:
+        """The cold rows of category ``code`` and their content vectors, gathered once."""
+        got = self._cold_by_code.get(code)
+        if got is None:
+            rows = np.flatnonzero(self.cold & (self.catalogue.codes == code)).astype(np.int64)
+            got = self._cold_by_code[code] = (rows, self.catalogue.vectors[rows])
+        return got
 
     def base_mask(self, filters: Filters) -> npt.NDArray[np.bool_]:
         """Stock and category filters over the rows (read-only; cached per filter)."""
@@ -539,7 +540,8 @@ class _Recent:
     """The user's latest interactions (at most :data:`MAX_RECENT`) as arrays, oldest first.
 
     ``rows`` is -1 for items the catalogue does not know; ``weights`` the weight of
-    each interaction's kind.
+    each interaction's kind; ``wt_short`` / ``wt_long`` those weights decayed to
+    ``now_ms`` with the short- and long-term half-lives (computed once per call).
     """
 
     interactions: tuple[Interaction, ...]
@@ -548,6 +550,8 @@ class _Recent:
     weights: F64
     known: npt.NDArray[np.bool_]
     any_known: bool
+    wt_short: F64
+    wt_long: F64
 
 
 def _recent(signals: UserSignals, cat: Catalogue) -> _Recent:
@@ -557,7 +561,10 @@ def _recent(signals: UserSignals, cat: Catalogue) -> _Recent:
     times = np.asarray([t for _, t, _ in recent], np.int64)
     kind_w = np.asarray([x for _, _, x in recent], np.float64)
     known = rows >= 0
-    return _Recent(latest, rows, times, kind_w, known, bool(known.any()))
+    now = signals.now_ms
+    wt_s = decay_weights(times, now, SHORT_HALF_LIFE_MS) * kind_w
+    wt_l = decay_weights(times, now, LONG_HALF_LIFE_MS) * kind_w
+    return _Recent(latest, rows, times, kind_w, known, bool(known.any()), wt_s, wt_l)
 
 
 def _category_affinity(signals: UserSignals, cat: Catalogue, rec: _Recent) -> F64:
@@ -567,8 +574,8 @@ def _category_affinity(signals: UserSignals, cat: Catalogue, rec: _Recent) -> F6
     aff = np.zeros(n_codes)
     if rec.any_known:
         codes = cat.codes[rec.rows[rec.known]]
-        for hl in (SHORT_HALF_LIFE_MS, LONG_HALF_LIFE_MS):
-            wt = decay_weights(rec.times[rec.known], signals.now_ms, hl) * rec.weights[rec.known]
+        for wt_all in (rec.wt_short, rec.wt_long):
+            wt = wt_all[rec.known]  # the same floats as decaying the known ones alone
             a = np.bincount(codes, weights=wt, minlength=n_codes)
             if a.sum() > 0:
                 aff += 0.5 * a / a.sum()
@@ -631,8 +638,7 @@ def _covisit_parts(
     parts: dict[str, list[tuple[I64, F64, float, float, float]]] = {VIEWED: [], BOUGHT: []}
     if not rec.any_known:
         return parts
-    wt_s = decay_weights(rec.times, now, SHORT_HALF_LIFE_MS) * rec.weights
-    wt_l = decay_weights(rec.times, now, LONG_HALF_LIFE_MS) * rec.weights
+    wt_s, wt_l = rec.wt_short, rec.wt_long  # decayed to signals.now_ms (== now)
     sources: dict[str, tuple[float, float]] = {}
     latest = rec.interactions
     for i in range(len(latest) - 1, -1, -1):
@@ -670,10 +676,11 @@ def _recommendations(
     ``vectors``: the candidates' content vectors if already gathered."""
     weighted = np.stack([wts[name] * comps[name] for name in _COMPONENTS])
     score = weighted.sum(axis=0)
-    reason_idx = weighted.argmax(axis=0)
     pool = _mmr_pool(score, k, mmr_lambda)
     pool_vectors = cat.vectors[rows_c[pool]] if vectors is None else vectors[pool]
-    picked = [int(pool[j]) for j in _mmr(score[pool], pool_vectors, k, mmr_lambda)]
+    mmr = _mmr_small if len(pool) <= MMR_SMALL else _mmr
+    picked = [int(pool[j]) for j in mmr(score[pool], pool_vectors, k, mmr_lambda)]
+    reason_idx = dict(zip(picked, weighted[:, picked].argmax(axis=0).tolist(), strict=True))
     out = []
     for j in picked:
         reason = REASONS[_COMPONENTS[int(reason_idx[j])]]
@@ -817,11 +824,11 @@ def _seed_rows(rec: _Recent) -> list[int]:
     return list(out)
 
 
-def _content_profile(cat: Catalogue, rec: _Recent, now: int) -> F64 | None:
+def _content_profile(cat: Catalogue, rec: _Recent) -> F64 | None:
     """The user's decayed mean content vector, unit length (``None`` without one)."""
     if not rec.any_known:
         return None
-    wt = decay_weights(rec.times[rec.known], now, LONG_HALF_LIFE_MS) * rec.weights[rec.known]
+    wt = rec.wt_long[rec.known]
     profile = (wt[:, None] * cat.vectors[rec.rows[rec.known]]).sum(axis=0)
     norm = float(np.linalg.norm(profile))
     if norm <= 0:
@@ -834,7 +841,6 @@ def _embedding_candidates(
     models: Models,
     emb: F32 | None,
     rec: _Recent,
-    now: int,
     mask: npt.NDArray[np.bool_],
     *,
     cand: list[I64],
@@ -844,24 +850,41 @@ def _embedding_candidates(
     neighbours (kept per item and snapshot)."""
     if emb is None or not rec.any_known:
         return []
-    short, long = user_vectors(emb, rec.rows.copy(), rec.times, rec.weights, now)
-    user_vecs = [(u, sw) for u, sw in ((short, 0.6), (long, 0.4)) if u is not None]
+    # embeddings.user_vectors with the call's decay weights (the same formula)
+    m = emb[rec.rows[rec.known]]
+    user_vecs: list[tuple[F32, float]] = []
+    for wt_all, share_w in ((rec.wt_short, 0.6), (rec.wt_long, 0.4)):
+        u = (wt_all[rec.known][:, None] * m).sum(axis=0).astype(np.float32)
+        norm = float(np.linalg.norm(u))
+        if norm > 1e-6:
+            user_vecs.append((u / norm, share_w))
     seeds = _seed_rows(rec)
     if user_vecs and seeds:
-        pool = np.unique(np.concatenate([models.embedding_neighbours(r) for r in seeds]))
-        pool = pool[mask[pool]]
+        in_pool = np.zeros(len(mask), np.bool_)
+        for r in seeds:
+            in_pool[models.embedding_neighbours(r)] = True
+        pool = np.flatnonzero(in_pool & mask)
         every = np.ones(len(pool), np.bool_)
-        for u, _ in user_vecs:
-            sims = np.maximum(emb[pool] @ u, 0.0).astype(np.float64)
+        sims_all = emb[pool] @ np.stack([u for u, _ in user_vecs], axis=1)
+        for j in range(len(user_vecs)):
+            sims = np.maximum(sims_all[:, j], 0.0).astype(np.float64)
             cand.append(pool[_top(sims, every, N_EMB)])
     return user_vecs
 
 
-def _cold_candidates(consts: _Constants, profile: F32, mask: npt.NDArray[np.bool_]) -> list[I64]:
-    """The top :data:`N_CONTENT` allowed cold rows by content similarity to ``profile``."""
-    cold_rows, cold_vectors = consts.cold_rows()
-    if not len(cold_rows):
+def _cold_candidates(
+    consts: _Constants, profile: F32, aff: F64, mask: npt.NDArray[np.bool_]
+) -> list[I64]:
+    """The top :data:`N_CONTENT` allowed cold rows by content similarity to ``profile``,
+    among the cold items of the user's categories (``aff > 0``): the content vector is
+    mostly category (top level, path, brand and price band are all category-scoped), so
+    cold items elsewhere share little more than tags with the profile."""
+    parts = [consts.cold_in(int(c)) for c in np.flatnonzero(aff > 0)]
+    parts = [p for p in parts if len(p[0])]
+    if not parts:
         return []
+    cold_rows = np.concatenate([p[0] for p in parts])
+    cold_vectors = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
     sims = np.maximum(cold_vectors @ profile, 0.0).astype(np.float64)
     return [cold_rows[_top(sims, mask[cold_rows], N_CONTENT)]]
 
@@ -902,12 +925,12 @@ def rank(
         _category_candidates(trend, cat, aff, mask),
     ]
     emb = models.aligned_embeddings()
-    user_vecs = _embedding_candidates(models, emb, rec, now, mask, cand=cand)
+    user_vecs = _embedding_candidates(models, emb, rec, mask, cand=cand)
     # Content: float32 products (the vectors are float32; the profile is rounded once).
-    profile64 = _content_profile(cat, rec, now)
+    profile64 = _content_profile(cat, rec)
     profile = profile64.astype(np.float32) if profile64 is not None else None
     if profile is not None:
-        cand.extend(_cold_candidates(consts, profile, mask))
+        cand.extend(_cold_candidates(consts, profile, aff, mask))
 
     parts = _covisit_parts(models, rec, now)
     vt, vt_rows = _covisit_scores(parts[VIEWED], n)
@@ -978,6 +1001,45 @@ def _covisit_scores(
     contrib = weight * (values * scale) / best
     sums = np.bincount(rows, weights=contrib, minlength=n)  # float64 with weights
     return sums.astype(np.float64, copy=False), rows
+
+
+#: Up to this many MMR candidates, :func:`_mmr_small` (plain floats) is faster.
+MMR_SMALL = 64
+
+
+def _mmr_small(score: F64, vectors: F32, k: int, lam: float) -> list[int]:
+    """:func:`_mmr` with the similarities taken in one product and the greedy loop on
+    Python floats: the same picks (first maximum on ties), for small candidate sets.
+
+    >>> v = np.array([[1, 0], [1, 0], [0, 1]], np.float32)
+    >>> _mmr_small(np.array([1.0, 0.9, 0.5]), v, 2, 0.5)
+    [0, 2]
+    """
+    m = len(score)
+    k = min(k, m)
+    rel_a = _scaled(score.astype(np.float64))
+    if lam >= 1.0:
+        return [int(i) for i in np.argsort(-rel_a, kind="stable")[:k]]
+    rel = (lam * rel_a).tolist()
+    sims = np.maximum(vectors @ vectors.T, 0.0).astype(np.float64).tolist() if k > 1 else []
+    pen = 1.0 - lam
+    max_sim = [0.0] * m
+    free = list(range(m))
+    picked: list[int] = []
+    for _ in range(k):
+        best, j = -math.inf, -1
+        for i in free:
+            value = rel[i] - pen * max_sim[i]
+            if value > best:
+                best, j = value, i
+        picked.append(j)
+        if len(picked) == k:
+            break
+        free.remove(j)
+        row = sims[j]
+        for i in free:
+            max_sim[i] = max(max_sim[i], row[i])
+    return picked
 
 
 def _mmr(score: F64, vectors: F32, k: int, lam: float) -> list[int]:
