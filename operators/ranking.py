@@ -434,24 +434,34 @@ class Models:
             return None
         return rows, values, best, published.scale(now_ms)
 
-    def embedding_neighbours(self, row: int) -> I64:
-        """The :data:`N_EMB_NEIGHBOURS` rows nearest to ``row`` by embedding cosine (positive
-        cosine only, ``row`` itself excluded), best first; computed once per item and
-        snapshot (then cached until the snapshot or the catalogue changes)."""
+    def embedding_neighbours(self, rows: Sequence[int]) -> list[I64]:
+        """For each row, the :data:`N_EMB_NEIGHBOURS` rows nearest to it by embedding
+        cosine (positive cosines only, the row itself excluded), best first. Computed once
+        per item and snapshot (the missing ones of a call in one product), then cached
+        until the snapshot or the catalogue changes."""
         emb = self.aligned_embeddings()
         if emb is None:
-            return np.zeros(0, np.int64)
+            return [np.zeros(0, np.int64) for _ in rows]
         if self._neighbours_key != self._aligned_key:
             self._neighbours, self._neighbours_key = {}, self._aligned_key
-        got = self._neighbours.get(row)
-        if got is None:
-            sims = (emb @ emb[row]).astype(np.float64)
-            sims[row] = 0.0
-            got = _top(sims, np.ones(len(sims), np.bool_), N_EMB_NEIGHBOURS)
-            got = got[np.argsort(-sims[got], kind="stable")]
-            got.flags.writeable = False
-            self._neighbours[row] = got
-        return got
+        cache = self._neighbours
+        missing = [r for r in dict.fromkeys(rows) if r not in cache]
+        if missing:
+            # float32, one row per missing item (this product order is the fast one)
+            sims = np.ascontiguousarray((emb @ emb[np.asarray(missing)].T).T)
+            sims[np.arange(len(missing)), missing] = 0.0
+            n = sims.shape[1]
+            kth = max(0, n - N_EMB_NEIGHBOURS)
+            for i, r in enumerate(missing):
+                row = sims[i]
+                # the N-th best value by a partition (faster than argpartition), then the
+                # rows at or above it and positive, best first (lower row first on ties)
+                cand = np.flatnonzero(row >= max(float(np.partition(row, kth)[kth]), 1e-12))
+                got = cand[np.argsort(-row[cand], kind="stable")][:N_EMB_NEIGHBOURS]
+                got = got.astype(np.int64)
+                got.flags.writeable = False
+                cache[r] = got
+        return [cache[r] for r in rows]
 
     def aligned_embeddings(self) -> F32 | None:
         """Item vectors by catalogue row (zero rows for items the snapshot lacks), cached."""
@@ -861,8 +871,8 @@ def _embedding_candidates(
     seeds = _seed_rows(rec)
     if user_vecs and seeds:
         in_pool = np.zeros(len(mask), np.bool_)
-        for r in seeds:
-            in_pool[models.embedding_neighbours(r)] = True
+        for nbrs in models.embedding_neighbours(seeds):
+            in_pool[nbrs] = True
         pool = np.flatnonzero(in_pool & mask)
         every = np.ones(len(pool), np.bool_)
         sims_all = emb[pool] @ np.stack([u for u, _ in user_vecs], axis=1)
