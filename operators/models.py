@@ -84,6 +84,7 @@ from attune.operators.propensity import FEATURES as PROPENSITY_FEATURES
 from attune.operators.propensity import PropensityModel, PropensityScorer, tier
 from attune.operators.ranking import (
     CART,
+    COVISIT_SOURCES,
     MAX_RECENT,
     PURCHASE,
     VIEW,
@@ -143,6 +144,9 @@ MAX_ITEMS: Final = 500_000
 PROPENSITY_MIN_SESSIONS: Final = 100
 #: Neighbours per item and kind in the snapshot (what ranking reads, ranking.N_COVISIT).
 SNAPSHOT_NEIGHBOURS: Final = 30
+#: Event-time age after which a user's recommendations are recomputed even if nothing
+#: they are computed from changed (the recency weights decay: the short half-life).
+RECS_MAX_AGE_MS: Final = 30 * 60 * 1000
 
 _MAGIC: Final = b"ATMOD2"
 _HEAD: Final = struct.Struct("<6sQ")  # magic, version: what a board reads to see a change
@@ -228,6 +232,10 @@ class UserModels:
     propensity: float | None = None
     tier: str | None = None
     high_session: int | None = None  # session start of the last high_propensity trigger
+    # what the last recommendations were computed from (ModelReader.recs_key) and when
+    recs_key: tuple[object, ...] | None = None
+    recs_at: int = 0
+    recs_cart: bool = False  # a cart change or purchase since the last recommendations
 
     def observe(self, event: Event, current: bool) -> None:
         """Note a product view, cart change or purchase (``current``: in the latest session)."""
@@ -236,9 +244,11 @@ class UserModels:
             self._touch(SessionTouch(p.item_id, t, VIEW, 1, p.category), current)
         elif isinstance(p, AddToCart):
             self._touch(SessionTouch(p.item_id, t, CART, p.quantity, p.category), current)
+            self.recs_cart = True
         elif isinstance(p, RemoveFromCart):
-            self.recs_due = True
+            self.recs_due = self.recs_cart = True
         elif isinstance(p, Purchase):
+            self.recs_due = self.recs_cart = True
             for line in p.lines:
                 self._touch(
                     SessionTouch(line.item_id, t, PURCHASE, line.quantity, line.category), current
@@ -917,6 +927,26 @@ class ModelReader:
             except ValueError as exc:  # rank all the same; no score until the next snapshot
                 log.warning("ignoring the propensity model of snapshot %d: %s", snap.version, exc)
         return LiveModels(f"m{snap.version}-{models.version}", models, scorer)
+
+    def recs_key(self, signals: UserSignals) -> tuple[object, ...]:
+        """What a user's recommendations depend on, but for time: the snapshot, the
+        items seeding the candidates (the latest :data:`~.ranking.COVISIT_SOURCES`
+        distinct recent items, as a set), the cart, the purchases, the profile's top
+        categories and the segments. Equal keys within :data:`RECS_MAX_AGE_MS` give
+        (nearly) the same list, so the step keeps the last one."""
+        seeds: dict[str, None] = {}
+        for i in reversed(signals.recent):
+            seeds[i.item] = None
+            if len(seeds) >= COVISIT_SOURCES:
+                break
+        return (
+            self.current().version,
+            tuple(sorted(seeds)),
+            tuple(sorted(signals.in_cart)),
+            tuple(sorted(signals.purchased)),
+            signals.top_categories,
+            signals.segments,
+        )
 
     def recommend(self, signals: UserSignals, cfg: RecsConfig, now_ms: int) -> bytes:
         """The Redis value of the user's recommendations (:func:`~.ranking.recs_value`)."""

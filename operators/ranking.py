@@ -71,6 +71,7 @@ given, per top category if known; :data:`FALLBACK_WEIGHTS`), ``source ==
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -102,6 +103,7 @@ __all__ = [
     "UserSignals",
     "Weights",
     "rank",
+    "rank_full",
     "recs_value",
 ]
 
@@ -112,6 +114,8 @@ MAX_RECENT = 50
 #: Recent items whose co-visitation lists are read per call.
 COVISIT_SOURCES = 10
 N_EMB, N_TREND, N_CAT, N_CONTENT, N_COVISIT = 100, 50, 100, 30, 30
+#: Embedding neighbours kept per item and snapshot: the pool the user vectors pick from.
+N_EMB_NEIGHBOURS = 40
 
 REASONS: dict[str, str] = {
     "embedding": "similar-to-viewed",
@@ -218,6 +222,24 @@ class _TrendShares:
     share: F64  # each row's share of the decayed popularity
     in_cat: F64  # each row's share within its category
     reason: str
+    _order: I64 | None = None  # rows with a positive share, largest first (lazily)
+    _by_cat: dict[int, I64] = field(default_factory=dict)  # code -> rows by in_cat (lazily)
+
+    def order(self) -> I64:
+        """Rows with a positive share, largest share first (ties: lower row first)."""
+        if self._order is None:
+            rows = np.flatnonzero(self.share > 0)
+            self._order = rows[np.argsort(-self.share[rows], kind="stable")].astype(np.int64)
+        return self._order
+
+    def in_category(self, codes: npt.NDArray[np.int32], code: int) -> I64:
+        """Rows of category ``code`` with a positive share in it, largest first."""
+        got = self._by_cat.get(code)
+        if got is None:
+            rows = np.flatnonzero((codes == code) & (self.in_cat > 0))
+            got = rows[np.argsort(-self.in_cat[rows], kind="stable")].astype(np.int64)
+            self._by_cat[code] = got
+        return got
 
 
 @dataclass(slots=True)
@@ -235,6 +257,32 @@ class _Constants:
     vectors64: F64  # the content vectors as float64, what ``vectors @ float64`` computes on
     cold: npt.NDArray[np.bool_]  # rows without a trend score (cold items)
     shares: dict[tuple[str, ...], _TrendShares] = field(default_factory=dict)
+    _cold_by_code: dict[int, tuple[I64, F32]] = field(default_factory=dict)
+    base_masks: dict[tuple[bool, tuple[str, ...], tuple[str, ...]], npt.NDArray[np.bool_]] = field(
+        default_factory=dict
+    )
+
+    def cold_in(self, code: int) -> tuple[I64, F32]:
+        """The cold rows of category ``code`` and their content vectors, gathered once."""
+        got = self._cold_by_code.get(code)
+        if got is None:
+            rows = np.flatnonzero(self.cold & (self.catalogue.codes == code)).astype(np.int64)
+            got = self._cold_by_code[code] = (rows, self.catalogue.vectors[rows])
+        return got
+
+    def base_mask(self, filters: Filters) -> npt.NDArray[np.bool_]:
+        """Stock and category filters over the rows (read-only; cached per filter)."""
+        key = (filters.in_stock_only, filters.allow_categories, filters.deny_categories)
+        got = self.base_masks.get(key)
+        if got is None:
+            only = Filters(
+                in_stock_only=key[0], exclude_seen=False, allow_categories=key[1],
+                deny_categories=key[2],
+            )  # fmt: skip
+            got = allowed_rows(UserSignals("", 0), self.catalogue, only)
+            got.flags.writeable = False
+            self.base_masks[key] = got
+        return got
 
     def fits(self, cat: Catalogue, trending: TrendingBoard) -> bool:
         return (
@@ -298,6 +346,8 @@ class Models:
     _aligned_key: tuple[int, int, int] = (-1, -1, -1)
     _aligned: F32 | None = None
     _constants: _Constants | None = field(default=None, compare=False, repr=False)
+    _neighbours: dict[int, I64] = field(default_factory=dict, compare=False, repr=False)
+    _neighbours_key: tuple[int, int, int] = field(default=(-1, -1, -1), compare=False, repr=False)
     covisit_rows_cache: CovisitRows = field(default_factory=CovisitRows, compare=False, repr=False)
 
     @property
@@ -383,6 +433,35 @@ class Models:
         if best is None:
             return None
         return rows, values, best, published.scale(now_ms)
+
+    def embedding_neighbours(self, rows: Sequence[int]) -> list[I64]:
+        """For each row, the :data:`N_EMB_NEIGHBOURS` rows nearest to it by embedding
+        cosine (positive cosines only, the row itself excluded), best first. Computed once
+        per item and snapshot (the missing ones of a call in one product), then cached
+        until the snapshot or the catalogue changes."""
+        emb = self.aligned_embeddings()
+        if emb is None:
+            return [np.zeros(0, np.int64) for _ in rows]
+        if self._neighbours_key != self._aligned_key:
+            self._neighbours, self._neighbours_key = {}, self._aligned_key
+        cache = self._neighbours
+        missing = [r for r in dict.fromkeys(rows) if r not in cache]
+        if missing:
+            # float32, one row per missing item (this product order is the fast one)
+            sims = np.ascontiguousarray((emb @ emb[np.asarray(missing)].T).T)
+            sims[np.arange(len(missing)), missing] = 0.0
+            n = sims.shape[1]
+            kth = max(0, n - N_EMB_NEIGHBOURS)
+            for i, r in enumerate(missing):
+                row = sims[i]
+                # the N-th best value by a partition (faster than argpartition), then the
+                # rows at or above it and positive, best first (lower row first on ties)
+                cand = np.flatnonzero(row >= max(float(np.partition(row, kth)[kth]), 1e-12))
+                got = cand[np.argsort(-row[cand], kind="stable")][:N_EMB_NEIGHBOURS]
+                got = got.astype(np.int64)
+                got.flags.writeable = False
+                cache[r] = got
+        return [cache[r] for r in rows]
 
     def aligned_embeddings(self) -> F32 | None:
         """Item vectors by catalogue row (zero rows for items the snapshot lacks), cached."""
@@ -471,7 +550,8 @@ class _Recent:
     """The user's latest interactions (at most :data:`MAX_RECENT`) as arrays, oldest first.
 
     ``rows`` is -1 for items the catalogue does not know; ``weights`` the weight of
-    each interaction's kind.
+    each interaction's kind; ``wt_short`` / ``wt_long`` those weights decayed to
+    ``now_ms`` with the short- and long-term half-lives (computed once per call).
     """
 
     interactions: tuple[Interaction, ...]
@@ -480,6 +560,8 @@ class _Recent:
     weights: F64
     known: npt.NDArray[np.bool_]
     any_known: bool
+    wt_short: F64
+    wt_long: F64
 
 
 def _recent(signals: UserSignals, cat: Catalogue) -> _Recent:
@@ -489,7 +571,10 @@ def _recent(signals: UserSignals, cat: Catalogue) -> _Recent:
     times = np.asarray([t for _, t, _ in recent], np.int64)
     kind_w = np.asarray([x for _, _, x in recent], np.float64)
     known = rows >= 0
-    return _Recent(latest, rows, times, kind_w, known, bool(known.any()))
+    now = signals.now_ms
+    wt_s = decay_weights(times, now, SHORT_HALF_LIFE_MS) * kind_w
+    wt_l = decay_weights(times, now, LONG_HALF_LIFE_MS) * kind_w
+    return _Recent(latest, rows, times, kind_w, known, bool(known.any()), wt_s, wt_l)
 
 
 def _category_affinity(signals: UserSignals, cat: Catalogue, rec: _Recent) -> F64:
@@ -499,8 +584,8 @@ def _category_affinity(signals: UserSignals, cat: Catalogue, rec: _Recent) -> F6
     aff = np.zeros(n_codes)
     if rec.any_known:
         codes = cat.codes[rec.rows[rec.known]]
-        for hl in (SHORT_HALF_LIFE_MS, LONG_HALF_LIFE_MS):
-            wt = decay_weights(rec.times[rec.known], signals.now_ms, hl) * rec.weights[rec.known]
+        for wt_all in (rec.wt_short, rec.wt_long):
+            wt = wt_all[rec.known]  # the same floats as decaying the known ones alone
             a = np.bincount(codes, weights=wt, minlength=n_codes)
             if a.sum() > 0:
                 aff += 0.5 * a / a.sum()
@@ -563,8 +648,7 @@ def _covisit_parts(
     parts: dict[str, list[tuple[I64, F64, float, float, float]]] = {VIEWED: [], BOUGHT: []}
     if not rec.any_known:
         return parts
-    wt_s = decay_weights(rec.times, now, SHORT_HALF_LIFE_MS) * rec.weights
-    wt_l = decay_weights(rec.times, now, LONG_HALF_LIFE_MS) * rec.weights
+    wt_s, wt_l = rec.wt_short, rec.wt_long  # decayed to signals.now_ms (== now)
     sources: dict[str, tuple[float, float]] = {}
     latest = rec.interactions
     for i in range(len(latest) - 1, -1, -1):
@@ -595,13 +679,18 @@ def _recommendations(
     trend_reason: str,
     k: int,
     mmr_lambda: float,
+    vectors: F32 | None = None,
 ) -> list[Recommendation]:
     """The hybrid score of the candidates ``rows_c`` (``comps`` scaled components), the
-    MMR pick of ``k`` of them and each one's reason (its largest weighted component)."""
+    MMR pick of ``k`` of them and each one's reason (its largest weighted component).
+    ``vectors``: the candidates' content vectors if already gathered."""
     weighted = np.stack([wts[name] * comps[name] for name in _COMPONENTS])
     score = weighted.sum(axis=0)
-    reason_idx = weighted.argmax(axis=0)
-    picked = _mmr(score, cat.vectors[rows_c], k, mmr_lambda)
+    pool = _mmr_pool(score, k, mmr_lambda)
+    pool_vectors = cat.vectors[rows_c[pool]] if vectors is None else vectors[pool]
+    mmr = _mmr_small if len(pool) <= MMR_SMALL else _mmr
+    picked = [int(pool[j]) for j in mmr(score[pool], pool_vectors, k, mmr_lambda)]
+    reason_idx = dict(zip(picked, weighted[:, picked].argmax(axis=0).tolist(), strict=True))
     out = []
     for j in picked:
         reason = REASONS[_COMPONENTS[int(reason_idx[j])]]
@@ -612,14 +701,15 @@ def _recommendations(
     return out
 
 
-def rank(
+def rank_full(
     signals: UserSignals,
     models: Models,
     k: int = 10,
     filters: Filters | None = None,
     weights: Weights | None = None,
 ) -> list[Recommendation]:
-    """The top ``k`` items for the user, with a reason each (see the module docstring)."""
+    """The top ``k`` items for the user, scoring the whole catalogue: the reference that
+    :func:`rank` approximates over a bounded candidate set (kept for comparisons)."""
     filters = filters or Filters()
     w = weights or Weights()
     cat = models.catalogue
@@ -674,6 +764,231 @@ def rank(
     )
 
 
+def _mmr_pool(score: F64, k: int, lam: float) -> I64:
+    """The candidates :func:`_mmr` can pick among its first ``k`` picks, in order: a
+    candidate whose ``lam * rel`` is below ``lam * rel_k - (1 - lam)`` (``rel_k`` the k-th
+    best relevance) always loses to one of the ``k`` best, whose penalty is at most
+    ``1 - lam``; so the picks over this pool are the picks over all (exactly)."""
+    m = len(score)
+    if m <= k or lam <= 0.0:
+        return np.arange(m, dtype=np.int64)
+    rel = _scaled(score.astype(np.float64))
+    kth = float(np.partition(rel, m - k)[m - k])
+    margin = 0.0 if lam >= 1.0 else (1.0 - lam) * 1.001 + 1e-9  # cosines may pass 1 by an ulp
+    return np.flatnonzero(lam * rel >= lam * kth - margin).astype(np.int64)
+
+
+def _first_allowed(order: I64, mask: npt.NDArray[np.bool_], m: int) -> I64:
+    """The first ``m`` rows of ``order`` that ``mask`` allows."""
+    return order[mask[order]][:m]
+
+
+def _drop_rows(
+    mask: npt.NDArray[np.bool_], signals: UserSignals, cat: Catalogue, filters: Filters
+) -> None:
+    """Clear the rows of purchased, in-cart, excluded (and seen) items in ``mask``."""
+    index = cat.index
+    groups: list[Sequence[str] | frozenset[str]] = [
+        signals.purchased,
+        signals.in_cart,
+        filters.exclude,
+    ]
+    if filters.exclude_seen:
+        groups.append(signals.seen)
+        groups.append([i.item for i in signals.recent])
+    for items in groups:
+        for item in items:
+            r = index.get(item)
+            if r is not None:
+                mask[r] = False
+
+
+def _category_candidates(
+    trend: _TrendShares, cat: Catalogue, aff: F64, mask: npt.NDArray[np.bool_]
+) -> I64:
+    """The top :data:`N_CAT` allowed rows by ``affinity(category) x share in category``,
+    from the categories the user has an affinity for (each one's best rows, cached)."""
+    codes = np.flatnonzero(aff > 0)
+    if len(codes) == 0:
+        return np.zeros(0, np.int64)
+    rows = np.concatenate(
+        [_first_allowed(trend.in_category(cat.codes, int(c)), mask, N_CAT) for c in codes]
+    )
+    if len(rows) <= N_CAT:
+        return rows
+    values = aff[cat.codes[rows]] * trend.in_cat[rows]
+    return rows[_top(values, np.ones(len(rows), np.bool_), N_CAT)]
+
+
+def _seed_rows(rec: _Recent) -> list[int]:
+    """Rows of the latest :data:`COVISIT_SOURCES` distinct recent items the catalogue
+    knows, latest first: the items whose neighbours are candidates."""
+    out: dict[int, None] = {}
+    rows = rec.rows.tolist()
+    for i in range(len(rows) - 1, -1, -1):
+        r = rows[i]
+        if r >= 0 and r not in out:
+            out[r] = None
+            if len(out) >= COVISIT_SOURCES:
+                break
+    return list(out)
+
+
+def _content_profile(cat: Catalogue, rec: _Recent) -> F64 | None:
+    """The user's decayed mean content vector, unit length (``None`` without one)."""
+    if not rec.any_known:
+        return None
+    wt = rec.wt_long[rec.known]
+    profile = (wt[:, None] * cat.vectors[rec.rows[rec.known]]).sum(axis=0)
+    norm = float(np.linalg.norm(profile))
+    if norm <= 0:
+        return None
+    unit: F64 = profile / norm
+    return unit
+
+
+def _embedding_candidates(
+    models: Models,
+    emb: F32 | None,
+    rec: _Recent,
+    mask: npt.NDArray[np.bool_],
+    *,
+    cand: list[I64],
+) -> list[tuple[F32, float]]:
+    """The user vectors with their shares (0.6 short-term, 0.4 long-term); appends to
+    ``cand`` each vector's top :data:`N_EMB` allowed rows among the seeds' embedding
+    neighbours (kept per item and snapshot)."""
+    if emb is None or not rec.any_known:
+        return []
+    # embeddings.user_vectors with the call's decay weights (the same formula)
+    m = emb[rec.rows[rec.known]]
+    user_vecs: list[tuple[F32, float]] = []
+    for wt_all, share_w in ((rec.wt_short, 0.6), (rec.wt_long, 0.4)):
+        u = (wt_all[rec.known][:, None] * m).sum(axis=0).astype(np.float32)
+        norm = float(np.linalg.norm(u))
+        if norm > 1e-6:
+            user_vecs.append((u / norm, share_w))
+    seeds = _seed_rows(rec)
+    if user_vecs and seeds:
+        in_pool = np.zeros(len(mask), np.bool_)
+        for nbrs in models.embedding_neighbours(seeds):
+            in_pool[nbrs] = True
+        pool = np.flatnonzero(in_pool & mask)
+        every = np.ones(len(pool), np.bool_)
+        sims_all = emb[pool] @ np.stack([u for u, _ in user_vecs], axis=1)
+        for j in range(len(user_vecs)):
+            sims = np.maximum(sims_all[:, j], 0.0).astype(np.float64)
+            cand.append(pool[_top(sims, every, N_EMB)])
+    return user_vecs
+
+
+def _cold_candidates(
+    consts: _Constants, profile: F32, aff: F64, mask: npt.NDArray[np.bool_]
+) -> list[I64]:
+    """The top :data:`N_CONTENT` allowed cold rows by content similarity to ``profile``,
+    among the cold items of the user's categories (``aff > 0``): the content vector is
+    mostly category (top level, path, brand and price band are all category-scoped), so
+    cold items elsewhere share little more than tags with the profile."""
+    parts = [consts.cold_in(int(c)) for c in np.flatnonzero(aff > 0)]
+    parts = [p for p in parts if len(p[0])]
+    if not parts:
+        return []
+    cold_rows = np.concatenate([p[0] for p in parts])
+    cold_vectors = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+    sims = np.maximum(cold_vectors @ profile, 0.0).astype(np.float64)
+    return [cold_rows[_top(sims, mask[cold_rows], N_CONTENT)]]
+
+
+def rank(
+    signals: UserSignals,
+    models: Models,
+    k: int = 10,
+    filters: Filters | None = None,
+    weights: Weights | None = None,
+) -> list[Recommendation]:
+    """The top ``k`` items for the user, with a reason each (see the module docstring).
+
+    Scores a bounded candidate set, never the whole catalogue: trending and
+    trending-in-category from orders kept per snapshot, the embedding neighbours of
+    the latest recent items (kept per item and snapshot) ranked by the user vectors,
+    the co-visitation lists, and the cold items by content similarity. Per call the
+    cost grows with the candidates (a few hundred), not with the catalogue.
+    """
+    filters = filters or Filters()
+    w = weights or Weights()
+    cat = models.catalogue
+    cat.ensure_fresh()
+    n = len(cat)
+    if n == 0 or k <= 0:
+        return []
+    now = signals.now_ms
+    consts = models.constants()
+    mask = consts.base_mask(filters).copy()
+    _drop_rows(mask, signals, cat, filters)
+    rec = _recent(signals, cat)
+
+    seg = tuple(s for s in signals.segments if s in models.trending.segments)
+    trend = models.trend_shares(seg)
+    aff = _category_affinity(signals, cat, rec)
+    cand: list[I64] = [
+        _first_allowed(trend.order(), mask, N_TREND),
+        _category_candidates(trend, cat, aff, mask),
+    ]
+    emb = models.aligned_embeddings()
+    user_vecs = _embedding_candidates(models, emb, rec, mask, cand=cand)
+    # Content: float32 products (the vectors are float32; the profile is rounded once).
+    profile64 = _content_profile(cat, rec)
+    profile = profile64.astype(np.float32) if profile64 is not None else None
+    if profile is not None:
+        cand.extend(_cold_candidates(consts, profile, aff, mask))
+
+    parts = _covisit_parts(models, rec, now)
+    vt, vt_rows = _covisit_scores(parts[VIEWED], n)
+    bt, bt_rows = _covisit_scores(parts[BOUGHT], n)
+    flags = np.zeros(n, np.bool_)
+    flags[vt_rows] = True
+    flags[bt_rows] = True
+    for c_idx in cand:
+        flags[c_idx] = True
+    rows_c = np.flatnonzero(flags & mask)
+    if len(rows_c) == 0:
+        return []
+
+    emb_c = np.zeros(len(rows_c))
+    if user_vecs and emb is not None:
+        e = emb[rows_c]
+        for u, share_w in user_vecs:
+            emb_c += share_w * np.maximum(e @ u, 0.0).astype(np.float64)
+    vectors_c = cat.vectors[rows_c]  # the candidates' content vectors, for content and MMR
+    content_c = (
+        np.maximum(vectors_c @ profile, 0.0).astype(np.float64)
+        if profile is not None
+        else np.zeros(len(rows_c))
+    )
+    comps = {
+        "embedding": _scaled(emb_c),
+        "viewed_together": _scaled(vt[rows_c]),
+        "bought_together": _scaled(bt[rows_c]),
+        "category": _scaled(aff[cat.codes[rows_c]] * trend.in_cat[rows_c]),
+        "trending": _scaled(trend.share[rows_c]),
+        "content": _scaled(content_c),
+    }
+    if rec.any_known:
+        wts = {name: float(getattr(w, name)) for name in _COMPONENTS}
+    else:
+        wts = dict.fromkeys(_COMPONENTS, 0.0) | dict(FALLBACK_WEIGHTS)
+    return _recommendations(
+        cat,
+        rows_c,
+        comps,
+        wts,
+        trend_reason=trend.reason,
+        k=k,
+        mmr_lambda=w.mmr_lambda,
+        vectors=vectors_c,
+    )
+
+
 def _covisit_scores(
     parts: Sequence[tuple[I64, F64, float, float, float]], n: int
 ) -> tuple[F64, I64]:
@@ -696,6 +1011,45 @@ def _covisit_scores(
     contrib = weight * (values * scale) / best
     sums = np.bincount(rows, weights=contrib, minlength=n)  # float64 with weights
     return sums.astype(np.float64, copy=False), rows
+
+
+#: Up to this many MMR candidates, :func:`_mmr_small` (plain floats) is faster.
+MMR_SMALL = 64
+
+
+def _mmr_small(score: F64, vectors: F32, k: int, lam: float) -> list[int]:
+    """:func:`_mmr` with the similarities taken in one product and the greedy loop on
+    Python floats: the same picks (first maximum on ties), for small candidate sets.
+
+    >>> v = np.array([[1, 0], [1, 0], [0, 1]], np.float32)
+    >>> _mmr_small(np.array([1.0, 0.9, 0.5]), v, 2, 0.5)
+    [0, 2]
+    """
+    m = len(score)
+    k = min(k, m)
+    rel_a = _scaled(score.astype(np.float64))
+    if lam >= 1.0:
+        return [int(i) for i in np.argsort(-rel_a, kind="stable")[:k]]
+    rel = (lam * rel_a).tolist()
+    sims = np.maximum(vectors @ vectors.T, 0.0).astype(np.float64).tolist() if k > 1 else []
+    pen = 1.0 - lam
+    max_sim = [0.0] * m
+    free = list(range(m))
+    picked: list[int] = []
+    for _ in range(k):
+        best, j = -math.inf, -1
+        for i in free:
+            value = rel[i] - pen * max_sim[i]
+            if value > best:
+                best, j = value, i
+        picked.append(j)
+        if len(picked) == k:
+            break
+        free.remove(j)
+        row = sims[j]
+        for i in free:
+            max_sim[i] = max(max_sim[i], row[i])
+    return picked
 
 
 def _mmr(score: F64, vectors: F32, k: int, lam: float) -> list[int]:

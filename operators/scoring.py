@@ -25,7 +25,7 @@ from __future__ import annotations
 from attune.operators.consent import ANALYTICS
 from attune.operators.events import Event, Trigger
 from attune.operators.membership import audiences
-from attune.operators.models import SessionSummary
+from attune.operators.models import RECS_MAX_AGE_MS, SessionSummary
 from attune.operators.profiles import FeatureView, cart_of, compute
 from attune.operators.propensity import HIGH, is_outcome_boundary
 from attune.operators.redis_sink import RecsWrite
@@ -95,20 +95,30 @@ def score(st: UserState, cfg: ProfileConfig) -> list[Trigger]:
 
 def recommend(st: UserState, cfg: ProfileConfig) -> list[RecsWrite]:
     """Once per batch: the user's recommendations, if the batch had a product view, cart
-    change or purchase."""
+    change or purchase, and either the batch changed the cart or bought, or what they
+    are computed from changed since the last ones
+    (:meth:`~attune.operators.models.ModelReader.recs_key`: the snapshot, the items
+    seeding the candidates, cart, purchases, top categories, segments) or they are
+    older than :data:`~attune.operators.models.RECS_MAX_AGE_MS` of event time. When
+    nothing is recomputed nothing is written: the stored list stands."""
     reader = cfg.models
     m = st.models
     if reader is None or not m.recs_due:
         return []
     m.recs_due = False
     top = compute(st, "top_category_7d")
+    now = st.activity.max_time
     signals = m.signals(
         st.user_id,
-        st.activity.max_time,
+        now,
         cart_of(st),
         (top,) if isinstance(top, str) else (),
         tuple(sorted(st.membership.segments)),
     )
+    key = reader.recs_key(signals)
+    if not m.recs_cart and key == m.recs_key and 0 <= now - m.recs_at < RECS_MAX_AGE_MS:
+        return []  # nothing the list is computed from changed: the stored one stands
+    m.recs_key, m.recs_at, m.recs_cart = key, now, False
     return [RecsWrite(st.user_id, reader.recommend(signals, cfg.recs, cfg.clock.now_ms()))]
 
 

@@ -350,3 +350,38 @@ def test_covisit_rows_are_shared_across_snapshots_while_lists_are_equal() -> Non
     assert again is not None and again[0] is rows  # reused, not rebuilt
     got = second.covisit_rows("i4", VIEWED, NOW)
     assert got is not None and got[0].tolist() == [cat.index["i7"], cat.index["i8"]]
+
+
+def test_small_mmr_and_the_pruned_pool_pick_as_mmr_does() -> None:
+    from attune.operators.ranking import _mmr_pool, _mmr_small
+
+    rng = np.random.default_rng(11)
+    for _ in range(300):
+        m = int(rng.integers(1, 40))
+        v = rng.normal(size=(m, 6)).astype(np.float32)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        if m > 2:
+            v[1] = v[0]  # identical items
+        score = rng.random(m).round(int(rng.integers(1, 4)))  # ties too
+        k = int(rng.integers(1, 12))
+        lam = float(rng.choice([0.0, 0.3, 0.9, 1.0]))
+        want = _mmr(score, v, k, lam)
+        assert _mmr_small(score, v, k, lam) == want
+        pool = _mmr_pool(score, k, lam)
+        assert [int(pool[j]) for j in _mmr(score[pool], v[pool], k, lam)] == want
+
+
+def test_candidate_ranking_keeps_the_full_rankings_items() -> None:
+    """rank scores a bounded candidate set; on a small world it finds what rank_full does."""
+    from attune.operators.ranking import rank_full
+
+    cat, covisit, trending, emb = _world(5)
+    m = Models(cat, covisit, trending, emb)
+    rng = np.random.default_rng(12)
+    overlap = []
+    for _ in range(60):
+        signals = _signals(rng)
+        got, full = rank(signals, m, k=8), rank_full(signals, m, k=8)
+        assert len(got) == len(full)
+        overlap.append(len({r.item for r in got} & {r.item for r in full}) / max(1, len(full)))
+    assert float(np.mean(overlap)) > 0.9
