@@ -164,10 +164,15 @@ class CartTimeline:
             (a.due_ms for a in self.abandonments(after_ms) if a.activity_ms not in fired), None
         )
 
+    def nothing_due(self, now_ms: int) -> bool:
+        """Whether :meth:`take_due` at ``now_ms`` is known to find nothing, without a scan
+        (nothing changed since it last looked, and the next abandonment is not yet due)."""
+        return self.wake_ms is not None and now_ms <= self.wake_ms
+
     def take_due(self, now_ms: int, after_ms: int) -> list[Abandonment]:
         """Abandonments due strictly before the settled time ``now_ms`` that have not fired;
         marks them fired, then folds away what ``now_ms`` decided (up to the latest order)."""
-        if self.wake_ms is not None and now_ms <= self.wake_ms:
+        if self.nothing_due(now_ms):
             return []  # nothing changed and nothing due yet: no scan
         due = [
             a
