@@ -19,7 +19,7 @@ triggers (kept in the state, :data:`MAX_DEFERRED` at most) until the hand-over a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from attune.operators.consent import MARKETING, PERSONALIZATION
 from attune.operators.events import MAX_EVENT_TIME_MS, Dwell, Event, SegmentChange, Trigger
@@ -40,15 +40,18 @@ from attune.operators.user_state import Output, UserState
 
 
 def on_event(
-    st: UserState, event: Event, segment_out: Iterable[Change], cfg: ProfileConfig
+    st: UserState, event: Event, segment_out: list[Change], cfg: ProfileConfig
 ) -> list[Output]:
     """The trigger stage at an event: note it in the trigger state, then judge the carts it
     settles and the triggers it caused (the segments stage's rule changes among them)."""
     own_opened = observe(st.trig, st.user_id, event, cfg.session_gap_ms, cfg.clock)
     carts, caused = _behaviour_triggers(st, event, own_opened, cfg)
-    if st.trig.known:
+    if segment_out and st.trig.known:
         caused += [segment_trigger(c) for c in segment_out if isinstance(c, SegmentChange)]
-    return publishable(st, carts, cfg) + judge_caused(st, caused, cfg, event)
+    out = publishable(st, carts, cfg) if carts else []
+    if caused:
+        out += judge_caused(st, caused, cfg, event)
+    return out
 
 
 def _behaviour_triggers(

@@ -93,7 +93,10 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
         changed=changed(activity, before, event),
     )
     scoring.observe(st, event, cfg)  # models
-    return out + changes + trigger_decisions.on_event(st, event, changes, cfg)  # triggers
+    if changes:
+        out += changes
+    out += trigger_decisions.on_event(st, event, changes, cfg)  # triggers
+    return out
 
 
 def fold_batch(
