@@ -188,8 +188,11 @@ class FeatureView(Mapping[str, FeatureValue]):
         return _FEATURE_FNS[name](self.st, self.now)
 
     def get(self, name: str, default: FeatureValue = None) -> FeatureValue:  # type: ignore[override]
-        fn = _FEATURE_FNS.get(name)
-        return default if fn is None else fn(self.st, self.now)
+        try:
+            fn = _FEATURE_FNS[name]
+        except KeyError:
+            return default
+        return fn(self.st, self.now)
 
     def __iter__(self) -> Iterator[str]:
         return iter(_FEATURE_FNS)
