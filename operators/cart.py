@@ -145,34 +145,43 @@ class CartTimeline:
     def abandonments(self, after_ms: int) -> Iterator[Abandonment]:
         """Every abandonment in the timeline, fired or not, including the pending last one
         (due when nothing follows it in time)."""
+        for t, cart in self._abandoned(after_ms):
+            yield Abandonment(t, t + after_ms, _lines(cart))
+
+    def _abandoned(self, after_ms: int) -> Iterator[tuple[int, dict[str, tuple[int, int]]]]:
+        """:meth:`abandonments` as (cause time, the cart after it); the cart is the fold's
+        own, read it before the next one."""
         cart = dict(self.base)
         entries = self.entries
+        last = len(entries) - 1
         for i, entry in enumerate(entries):
             _step(cart, entry)
             if entry[3] == ORDER or not cart:
                 continue
             t = entry[0]
-            nxt = entries[i + 1][0] if i + 1 < len(entries) else None
-            if nxt is None or nxt > t + after_ms:
-                lines = tuple(LineItem(item, q, p) for item, (q, p) in cart.items())
-                yield Abandonment(t, t + after_ms, lines)
+            if i == last or entries[i + 1][0] > t + after_ms:
+                yield t, cart
 
     def next_due_ms(self, after_ms: int) -> int | None:
         """When the earliest abandonment that has not fired will be due, ``None`` if none."""
         fired = self.fired
-        return next(
-            (a.due_ms for a in self.abandonments(after_ms) if a.activity_ms not in fired), None
-        )
+        return next((t + after_ms for t, _ in self._abandoned(after_ms) if t not in fired), None)
+
+    def nothing_due(self, now_ms: int) -> bool:
+        """Whether :meth:`take_due` at ``now_ms`` is known to find nothing, without a scan
+        (nothing changed since it last looked, and the next abandonment is not yet due)."""
+        return self.wake_ms is not None and now_ms <= self.wake_ms
 
     def take_due(self, now_ms: int, after_ms: int) -> list[Abandonment]:
         """Abandonments due strictly before the settled time ``now_ms`` that have not fired;
         marks them fired, then folds away what ``now_ms`` decided (up to the latest order)."""
-        if self.wake_ms is not None and now_ms <= self.wake_ms:
+        if self.nothing_due(now_ms):
             return []  # nothing changed and nothing due yet: no scan
+        fired = self.fired
         due = [
-            a
-            for a in self.abandonments(after_ms)
-            if a.due_ms < now_ms and a.activity_ms not in self.fired
+            Abandonment(t, t + after_ms, _lines(cart))
+            for t, cart in self._abandoned(after_ms)
+            if t + after_ms < now_ms and t not in fired
         ]
         for a in due:
             insort(self.fired, a.activity_ms)
@@ -185,6 +194,10 @@ class CartTimeline:
         later = self.next_due_ms(after_ms)
         self.wake_ms = MAX_WAKE if later is None else later
         return due
+
+
+def _lines(cart: Mapping[str, tuple[int, int]]) -> tuple[LineItem, ...]:
+    return tuple(LineItem(item, q, p) for item, (q, p) in cart.items())
 
 
 def observe(cart: CartTimeline, event: Event) -> None:

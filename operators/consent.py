@@ -313,5 +313,16 @@ class ConsentState:
         self.region = region
         self.located_ms = t
 
+    def same_place(self, ctx: Context | None) -> bool:
+        """Whether an event's context leaves the user where they are: :meth:`locate` would
+        change nothing but the time it was known (so would no default of a purpose).
+
+        >>> cs = ConsentState()
+        >>> cs.locate(1_000, Context(country="DE"))
+        >>> cs.same_place(Context(country="DE")), cs.same_place(Context(country="FR"))
+        (True, False)
+        """
+        return ctx is None or (ctx.country == self.country and ctx.region == self.region)
+
     def is_empty(self) -> bool:
         return not self.stated and self.country is None and self.region is None

@@ -50,19 +50,29 @@ def privacy_gate(st: UserState, event: Event, cfg: ProfileConfig) -> tuple[bool,
     (:func:`~attune.operators.triggers.forget_marketing`).
     """
     policy, cs = cfg.consent, st.consent
+    t, ctx, payload = event.event_time, event.context, event.payload
+    if not isinstance(payload, ConsentUpdate) and cs.same_place(ctx):
+        cs.locate(t, ctx)  # most events: consent and place as they were, so is marketing
+        if policy.allowed(cs, PERSONALIZATION):
+            return True, []
+        return False, _withhold(st, t, cfg)
     marketing_before = policy.allowed(cs, MARKETING)
-    t = event.event_time
-    cs.locate(t, event.context)
-    if isinstance(event.payload, ConsentUpdate):
-        cs.observe(t, event.payload)
+    cs.locate(t, ctx)
+    if isinstance(payload, ConsentUpdate):
+        cs.observe(t, payload)
     if not policy.allowed(cs, PERSONALIZATION):
-        out = before_forgetting(st, t, cfg) if st.trig.known else []
-        out += withdraw(st, t, cfg) if holds_data(st) or st.aliases else []
-        st.withheld += 1
-        return False, out
+        return False, _withhold(st, t, cfg)
     if marketing_before and not policy.allowed(cs, MARKETING):
         forget_marketing(st.trig)
     return True, []
+
+
+def _withhold(st: UserState, t: int, cfg: ProfileConfig) -> list[Output]:
+    """An event without personalization consent: counted, and what the state held goes."""
+    out = before_forgetting(st, t, cfg) if st.trig.known else []
+    out += withdraw(st, t, cfg) if holds_data(st) or st.aliases else []
+    st.withheld += 1
+    return out
 
 
 def holds_data(st: UserState) -> bool:

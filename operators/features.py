@@ -11,7 +11,7 @@ event time: ``_1h``, ``_24h``, ``_7d``, ``_30d`` end at ``now_ms``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 FeatureValue = int | float | str | None
 Features = Mapping[str, FeatureValue]
@@ -72,6 +72,92 @@ FEATURES: dict[str, tuple[str, str]] = {
     ),
     "propensity_tier": ("str|None", "high (score >= 0.5), medium (>= 0.2) or low"),
 }
+
+# --- what an event can change --------------------------------------------------------------------
+# Rule segments are evaluated after every event (docs/segments.md); a segment is evaluated
+# again only when an event changed something one of its features reads. The parts of a
+# user's state an event can change, as bits (the per-user step works out which of them an
+# event changed: :func:`attune.operators.profiles.changed`):
+
+TIME = 1 << 0  #: the user's "now" (latest event time) moved
+SESSIONS = 1 << 1  #: the session intervals, the current session or the first event time
+VIEWS = 1 << 2  #: product views: one more, or the 7-day window dropped some
+CARTS = 1 << 3  #: adds to cart: one more, or the 7-day window dropped some
+ORDERS = 1 << 4  #: orders: one more, or the 30-day window dropped some
+CART = 1 << 5  #: the cart's timeline (an add, a remove or an order)
+PAGES = 1 << 6  #: page views
+SEARCHES = 1 << 7  #: searches
+REMOVES = 1 << 8  #: removes from cart
+DWELLS = 1 << 9  #: dwell heartbeats
+CONTEXT = 1 << 10  #: the device and channel tallies
+EVERY_EVENT = 1 << 11  #: changes with every event, or between events (the models' scores)
+EVERYTHING = (1 << 12) - 1
+
+#: Feature name -> the bits of what can change it (evaluated at the latest event time:
+#: the windows of ``VIEWS``, ``CARTS`` and ``ORDERS`` are trimmed to that time, so a window
+#: as long as its series' horizon changes only with them; shorter ones move with ``TIME``).
+CHANGED_BY: dict[str, int] = {
+    "events": EVERY_EVENT,
+    "page_views": PAGES,
+    "product_views": VIEWS,
+    "searches": SEARCHES,
+    "add_to_carts": CARTS,
+    "remove_from_carts": REMOVES,
+    "purchases": ORDERS,
+    "dwells": DWELLS,
+    "revenue_minor": ORDERS,
+    "avg_order_value_minor": ORDERS,
+    "sessions": SESSIONS,
+    "session_events": EVERY_EVENT,
+    "session_product_views": SESSIONS | VIEWS,
+    "session_add_to_carts": SESSIONS | CARTS,
+    "session_purchases": SESSIONS | ORDERS,
+    "session_start_ms": SESSIONS,
+    "session_duration_ms": SESSIONS | TIME,
+    "product_views_1h": VIEWS | TIME,
+    "product_views_24h": VIEWS | TIME,
+    "product_views_7d": VIEWS,
+    "add_to_carts_1h": CARTS | TIME,
+    "add_to_carts_24h": CARTS | TIME,
+    "add_to_carts_7d": CARTS,
+    "purchases_7d": ORDERS | TIME,
+    "purchases_30d": ORDERS,
+    "revenue_30d_minor": ORDERS,
+    "top_category_7d": VIEWS,
+    "top_category_share_7d": VIEWS,
+    "premium_view_share_7d": VIEWS,
+    "priced_views_7d": VIEWS,
+    "first_seen_ms": SESSIONS,
+    "last_seen_ms": TIME,
+    "last_purchase_ms": ORDERS,
+    "days_since_last_purchase": ORDERS | TIME,
+    "days_since_first_seen": SESSIONS | TIME,
+    "cart_units": CART,
+    "cart_lines": CART,
+    "cart_value_minor": CART,
+    "dwell_total_ms": DWELLS,
+    "dwell_max_ms": DWELLS,
+    "long_dwells": DWELLS,
+    "device_top": CONTEXT,
+    "channel_top": CONTEXT,
+    "propensity_score": EVERY_EVENT,  # scored once per batch, between events
+    "propensity_tier": EVERY_EVENT,
+}
+assert set(CHANGED_BY) == set(FEATURES), set(CHANGED_BY) ^ set(FEATURES)
+
+
+def change_bits(names: Iterable[str]) -> int:
+    """The bits of what can change any of the features ``names`` (every bit for a name
+    that is not a feature).
+
+    >>> change_bits(["purchases_30d", "sessions"]) == ORDERS | SESSIONS
+    True
+    """
+    bits = 0
+    for name in names:
+        bits |= CHANGED_BY.get(name, EVERYTHING)
+    return bits
+
 
 #: Features written to the user's Redis profile hash (compact: Redis memory is
 #: budgeted at ~400 bytes per user for all of a user's keys).

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from attune.operators.clustering import ClusterVector, vector
 from attune.operators.consent import ANALYTICS, ConsentState
 from attune.operators.events import SegmentChange
-from attune.operators.features import Features
+from attune.operators.features import EVERYTHING, Features
 from attune.operators.redis_sink import SegmentsWrite
 from attune.operators.segments import cluster_segment, membership_changes
 from attune.operators.user_config import ProfileConfig
@@ -40,6 +40,9 @@ class Membership:
     """Which audiences the user is in. Pickles; small."""
 
     segments: frozenset[str] = frozenset()  # rule segments
+    #: The :attr:`RuleSet.fingerprint <attune.operators.segments.RuleSet.fingerprint>` of
+    #: the rules ``segments`` was decided by (0: not yet): other rules decide it again whole.
+    rules: int = 0
     cluster: int | None = None  # persona assigned from the published cluster parameters
     vectors: int = 0  # session vectors sent to the shared persona learner
 
@@ -64,20 +67,28 @@ def observe(
     *,
     boundary: bool,
     consent: ConsentState | None,
+    changed: int = EVERYTHING,
 ) -> list[Change]:
     """The segments stage at an event at ``t``: a persona vector if the event ended the
     latest session (``boundary``; one vector per session, not per event: the learner is one
     key; a shared aggregate of behaviour, so it needs analytics consent), then the rule
-    segments on the features now, with the changes."""
+    segments on the features now, with the changes. Only the segments whose features the
+    event may have ``changed`` (bits of :data:`~attune.operators.features.CHANGED_BY`) are
+    evaluated again, when the membership was decided by these rules."""
     out: list[Change] = []
     if boundary and cfg.board is not None and cfg.consent.allowed(consent, ANALYTICS):
         m.vectors += 1
         out.append(ClusterVector(user, vector(features)))
-    if cfg.rules is not None:
-        after = cfg.rules.evaluate(features)
+    rules = cfg.rules
+    if rules is not None:
+        if m.rules == rules.fingerprint:
+            after = rules.reevaluate(features, m.segments, changed)
+        else:
+            after = rules.evaluate(features)
+            m.rules = rules.fingerprint
         if after != m.segments:
             before, m.segments = m.segments, after
-            changes = cfg.rules.membership_changes(user, before, after, t, cfg.clock.now_ms())
+            changes = rules.membership_changes(user, before, after, t, cfg.clock.now_ms())
             entered = tuple(sorted(after - before))
             exited = tuple(sorted(before - after))
             out += [*changes, SegmentsWrite(user, entered, exited)]

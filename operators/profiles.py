@@ -31,7 +31,36 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 
 from attune.operators.clock import DAY_MS, HOUR_MS
-from attune.operators.features import FEATURES, PROFILE_FIELDS, FeatureValue
+from attune.operators.events import (
+    AddToCart,
+    ConsentUpdate,
+    Dwell,
+    ErasureRequest,
+    Event,
+    Identify,
+    PageView,
+    ProductView,
+    Purchase,
+    RemoveFromCart,
+    Search,
+)
+from attune.operators.features import (
+    CART,
+    CARTS,
+    CONTEXT,
+    DWELLS,
+    EVERY_EVENT,
+    FEATURES,
+    ORDERS,
+    PAGES,
+    PROFILE_FIELDS,
+    REMOVES,
+    SEARCHES,
+    SESSIONS,
+    TIME,
+    VIEWS,
+    FeatureValue,
+)
 from attune.operators.redis_sink import ProfileWrite
 from attune.operators.sessions import Activity
 from attune.operators.user_state import UserState
@@ -159,14 +188,85 @@ class FeatureView(Mapping[str, FeatureValue]):
         return _FEATURE_FNS[name](self.st, self.now)
 
     def get(self, name: str, default: FeatureValue = None) -> FeatureValue:  # type: ignore[override]
-        fn = _FEATURE_FNS.get(name)
-        return default if fn is None else fn(self.st, self.now)
+        try:
+            fn = _FEATURE_FNS[name]
+        except KeyError:
+            return default
+        return fn(self.st, self.now)
 
     def __iter__(self) -> Iterator[str]:
         return iter(_FEATURE_FNS)
 
     def __len__(self) -> int:
         return len(_FEATURE_FNS)
+
+
+#: What each kind of event changes of the features (:data:`attune.operators.features.CHANGED_BY`)
+#: besides time, sessions, window trims and context; a kind not listed: all of it.
+_CHANGED_BY_PAYLOAD: dict[type, int] = {
+    ProductView: VIEWS,
+    PageView: PAGES,
+    Search: SEARCHES,
+    AddToCart: CARTS | CART,
+    RemoveFromCart: REMOVES | CART,
+    Purchase: ORDERS | CART,
+    Dwell: DWELLS,
+    ConsentUpdate: 0,
+    Identify: 0,
+    ErasureRequest: 0,
+}
+_EVERY_KIND = VIEWS | PAGES | SEARCHES | CARTS | REMOVES | ORDERS | CART | DWELLS
+
+#: What :func:`changed` compares: the latest time, sessions, first time, window lengths.
+Marks = tuple[int, int, int, int, int, int, int]
+
+
+def marks(a: Activity) -> Marks:
+    """The marks of the activity before an event, for :func:`changed`."""
+    return (
+        a.max_time,
+        a.sessions,
+        a.session_start_ms,
+        a.first_seen_ms,
+        len(a.views.times),
+        len(a.carts.times),
+        len(a.orders.times),
+    )
+
+
+def changed(a: Activity, before: Marks, event: Event) -> int:
+    """What ``event`` changed of the features (bits of
+    :data:`~attune.operators.features.CHANGED_BY`), from the activity's :func:`marks`
+    before it and the kind of event: the features a bit does not name are as they were.
+
+    >>> from attune.operators.events import Event, EventType, ProductView
+    >>> from attune.operators.features import SESSIONS, TIME, VIEWS
+    >>> from attune.operators.sessions import PriceBands, count, place
+    >>> a = Activity()
+    >>> view = Event("e1", EventType.PRODUCT_VIEW, 1_000, ProductView("i1"), user_id="u1")
+    >>> before = marks(a)
+    >>> place(a, view.event_time, gap_ms=1_800_000)
+    True
+    >>> count(a, view, PriceBands())
+    >>> bits = changed(a, before, view)
+    >>> bool(bits & TIME), bool(bits & SESSIONS), bool(bits & VIEWS), bool(bits & PAGES)
+    (True, True, True, False)
+    """
+    max_time, sessions, start, first, views, carts, orders = before
+    bits = EVERY_EVENT | _CHANGED_BY_PAYLOAD.get(type(event.payload), _EVERY_KIND)
+    if a.max_time != max_time:
+        bits |= TIME
+    if a.sessions != sessions or a.session_start_ms != start or a.first_seen_ms != first:
+        bits |= SESSIONS
+    if len(a.views.times) != views:
+        bits |= VIEWS
+    if len(a.carts.times) != carts:
+        bits |= CARTS
+    if len(a.orders.times) != orders:
+        bits |= ORDERS
+    if event.context is not None:
+        bits |= CONTEXT
+    return bits
 
 
 def profile_write(st: UserState) -> ProfileWrite:

@@ -26,6 +26,7 @@ event, a handful of dict lookups and comparisons.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -40,7 +41,7 @@ from attune.operators.conditions import (
     compile_condition,
 )
 from attune.operators.events import SegmentChange
-from attune.operators.features import Features
+from attune.operators.features import Features, change_bits
 
 __all__ = [
     "RuleSet",
@@ -87,7 +88,16 @@ class RuleSet:
     (frozenset({'buyer'}), frozenset())
     """
 
-    __slots__ = ("_compiled", "descriptions", "features", "names", "segments", "source")
+    __slots__ = (
+        "_compiled",
+        "_watched",
+        "descriptions",
+        "features",
+        "fingerprint",
+        "names",
+        "segments",
+        "source",
+    )
 
     def __init__(self, segments: Iterable[Segment], source: str = "<rules>") -> None:
         self.segments: tuple[Segment, ...] = tuple(segments)
@@ -105,6 +115,16 @@ class RuleSet:
         self._compiled: tuple[tuple[str, Predicate], ...] = tuple(
             (s.name, _compile(s.condition)) for s in self.segments
         )
+        #: Per segment, what can change it (:data:`attune.operators.features.CHANGED_BY`).
+        self._watched: tuple[tuple[str, int, Predicate], ...] = tuple(
+            (name, change_bits(_features_of(s.condition)), pred)
+            for s, (name, pred) in zip(self.segments, self._compiled, strict=True)
+        )
+        #: Stands for these rules in a user's state: a membership decided by other rules (an
+        #: earlier run's file) is decided again whole (:meth:`reevaluate`'s caller checks).
+        self.fingerprint: int = (
+            zlib.crc32(repr([(s.name, s.condition) for s in self.segments]).encode()) or 1
+        )
 
     def evaluate(self, features: Features) -> frozenset[str]:
         """The names of the segments whose condition ``features`` satisfy.
@@ -121,6 +141,27 @@ class RuleSet:
             The segments the user is in now.
         """
         return frozenset([name for name, pred in self._compiled if pred(features)])
+
+    def reevaluate(
+        self, features: Features, before: frozenset[str], changed: int
+    ) -> frozenset[str]:
+        """:meth:`evaluate` after an event, when ``before`` is what it gave before the event
+        and ``changed`` says what the event changed (bits of
+        :data:`attune.operators.features.CHANGED_BY`): only the segments a feature of which
+        it may have changed are evaluated again; the others are as they were.
+
+        >>> rules = RuleSet([Segment("buyer", "has ordered", Compare("purchases", ">=", 1)),
+        ...                  Segment("multi", "two sessions", Compare("sessions", ">=", 2))])
+        >>> from attune.operators.features import ORDERS
+        >>> sorted(rules.reevaluate({"purchases": 1, "sessions": 2}, frozenset(), ORDERS))
+        ['buyer']
+        """
+        flipped = [
+            name
+            for name, watched, pred in self._watched
+            if watched & changed and (not pred(features)) == (name in before)
+        ]
+        return before ^ frozenset(flipped) if flipped else before
 
     def membership_changes(
         self,

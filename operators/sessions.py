@@ -69,6 +69,9 @@ def place_in_sessions(starts: list[int], ends: list[int], t: int, gap_ms: int, c
     >>> starts, ends
     ([-50, 0, 20], [-50, 5, 50])
     """
+    if starts and t >= starts[-1] and t - ends[-1] <= gap_ms:  # most events: the latest
+        ends[-1] = max(ends[-1], t)
+        return JOINED
     i = bisect_right(starts, t)  # sessions [0, i) start at or before t
     joins_left = i > 0 and t - ends[i - 1] <= gap_ms
     joins_right = i < len(starts) and starts[i] - t <= gap_ms
@@ -207,9 +210,8 @@ def place(a: Activity, t: int, gap_ms: int) -> bool:
     """Place event time ``t`` on the user's timeline: first seen, sessions (the gap rule, in
     any arrival order), the latest time. Returns whether ``t`` opened a new latest session.
     """
-    if not a.events:
+    if not a.events or t < a.first_seen_ms:
         a.first_seen_ms = t
-    a.first_seen_ms = min(a.first_seen_ms, t)
     placed = place_in_sessions(a.session_starts, a.session_ends, t, gap_ms, MAX_SESSIONS)
     if placed == BRIDGED:
         a.sessions -= 1
@@ -235,7 +237,7 @@ def count(a: Activity, event: Event, bands: PriceBands) -> None:
     trim the windows to their horizon."""
     t = event.event_time
     a.events += 1
-    current = in_current_session(a, t)
+    current = t >= a.session_start_ms  # in_current_session
     if current:
         a.session_events += 1
     ctx = event.context
@@ -248,6 +250,8 @@ def count(a: Activity, event: Event, bands: PriceBands) -> None:
             a.session_product_views += 1
         premium = bands.is_premium(p.category, p.price_minor)
         _add_view(a, t, -1 if premium is None else int(premium), p.category)
+    elif isinstance(p, Dwell):
+        _count_dwell(a, p)
     elif isinstance(p, PageView):
         a.page_views += 1
     elif isinstance(p, Search):
@@ -261,16 +265,23 @@ def count(a: Activity, event: Event, bands: PriceBands) -> None:
         a.remove_from_carts += 1
     elif isinstance(p, Purchase):
         _count_purchase(a, p, t, current)
-    elif isinstance(p, Dwell):
-        _count_dwell(a, p)
     _trim(a)
 
 
 def _tally_context(a: Activity, ctx: Context) -> None:
-    if ctx.device is not None:
-        _tally(a.devices, ctx.device)
-    if ctx.channel is not None:
-        _tally(a.channels, ctx.channel)
+    device, channel = ctx.device, ctx.channel
+    if device is not None:
+        devices = a.devices
+        if device in devices:
+            devices[device] += 1
+        elif len(devices) < MAX_TALLY_KEYS:
+            devices[device] = 1
+    if channel is not None:
+        channels = a.channels
+        if channel in channels:
+            channels[channel] += 1
+        elif len(channels) < MAX_TALLY_KEYS:
+            channels[channel] = 1
 
 
 def _count_purchase(a: Activity, p: Purchase, t: int, current: bool) -> None:
@@ -320,17 +331,18 @@ def _forget_views(a: Activity, values: Iterable[int]) -> None:
             a.views_premium -= v
 
 
-def _tally(counts: dict[str, int], key: str) -> None:
-    if key in counts or len(counts) < MAX_TALLY_KEYS:
-        counts[key] = counts.get(key, 0) + 1
-
-
 def _trim(a: Activity) -> None:
     now = a.max_time
-    n = bisect_left(a.views.times, now - 7 * DAY_MS)
-    if n:
+    week = now - 7 * DAY_MS
+    times = a.views.times
+    if times and times[0] < week:  # something to drop (most events: nothing)
+        n = bisect_left(times, week)
         _forget_views(a, a.views.values[:n])
-        a.views.trim(now - 7 * DAY_MS)
+        a.views.trim(week)
         del a.view_categories[:n]
-    a.carts.trim(now - 7 * DAY_MS)
-    a.orders.trim(now - 30 * DAY_MS)
+    times = a.carts.times
+    if times and times[0] < week:
+        a.carts.trim(week)
+    times = a.orders.times
+    if times and times[0] < now - 30 * DAY_MS:
+        a.orders.trim(now - 30 * DAY_MS)

@@ -101,6 +101,22 @@ class _Local:
     published_ms: int | None = None
 
 
+_FOREVER = float("inf")
+#: Seconds a kept reading gives up early before a mark turns idle or the board is due
+#: (float rounding).
+_MARGIN_S = 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """A reading of the stream clock, and until when it holds unless a mark changes."""
+
+    version: int
+    mono_until: float  # monotonic seconds
+    wall_until: float  # wall ms
+    reached: int | None
+
+
 class StreamClock:
     """The event time the stream has reached. Thread-safe (worker threads share it); not
     state: it is rebuilt from the sources after a restart.
@@ -142,6 +158,10 @@ class StreamClock:
         self._started_ms = wall_ms()
         self._synced = float("-inf")
         self._lateness_ms = 0
+        #: Bumped by whatever changes the marks (:meth:`_changed`): a reading is kept for
+        #: as long as nothing but time passed and no mark's idleness or freshness flipped.
+        self._version = 0
+        self._reading: _Reading | None = None
 
     def reset(self, board: ClockBoard | None = None, lateness_ms: int = 0) -> None:
         """Start a new flow run: no event time, no partitions; share marks via ``board``;
@@ -154,12 +174,14 @@ class StreamClock:
             self._lateness_ms = lateness_ms
             self._started_ms = self._wall_ms()
             self._synced = float("-inf")
+            self._changed()
 
     def expect(self, partitions: Iterable[str]) -> None:
         """Every partition of the input, read here or elsewhere: each one holds time back
         until some process reported it."""
         with self._lock:
             self._expected = self._expected | frozenset(partitions)
+            self._changed()
 
     def advance(self, partition: str, watermark_ms: int) -> None:
         """A partition read here reached ``watermark_ms`` (marks never go back)."""
@@ -174,6 +196,8 @@ class StreamClock:
                 local.seen = now
             if moved and self._board is not None:  # only shared marks wait out the delay
                 local.pending.append((now, watermark_ms))
+            if moved:
+                self._changed()
             self._sync(now)
 
     def now_ms(self) -> int | None:
@@ -184,18 +208,59 @@ class StreamClock:
 
     def reached_ms(self) -> int | None:
         """The event time every partition has been read to (late events aside), ``None``
-        while some partition has not reported."""
+        while some partition has not reported.
+
+        Per-user steps ask this many times a batch: the answer is kept until a mark moves,
+        the board is due to be asked again, or a partition turns idle or stale; only then
+        is it worked out again (:meth:`_read`), the same as it would have been."""
+        reading = self._reading
+        if (
+            reading is not None
+            and reading.version == self._version
+            and self._monotonic() < reading.mono_until
+            and (reading.wall_until == _FOREVER or self._wall_ms() < reading.wall_until)
+        ):
+            return reading.reached
+        return self._read()
+
+    def _read(self) -> int | None:
+        """:meth:`reached_ms` worked out from the marks, and kept with how long it holds."""
         with self._lock:
             now = self._monotonic()
             self._sync(now)
             wall = self._wall_ms()
+            idle_after = self.idle_after_s
+            # the reading holds until the board is due, or an active mark turns idle, or a
+            # remote mark stale (a hair early, so rounding never keeps it past that)
+            board_due = self._synced + self.sync_s - _MARGIN_S
+            mono_until = board_due if self._board is not None else _FOREVER
+            wall_until = _FOREVER
             # partition -> (watermark, seconds since it moved)
-            marks = {name: (m.watermark_ms, now - m.seen) for name, m in self._local.items()}
+            marks: dict[str, tuple[int, float]] = {}
+            for name, m in self._local.items():
+                idle = now - m.seen
+                marks[name] = (m.watermark_ms, idle)
+                if idle < idle_after:
+                    mono_until = min(mono_until, m.seen + idle_after - _MARGIN_S)
+            reached: int | None = None
             for name in self._expected - marks.keys():
                 mark = self._remote.get(name)
                 if mark is None or not self._fresh(mark, wall):
-                    return None
-                marks[name] = (mark.watermark_ms, max(0.0, (wall - mark.seen_ms) / 1000))
+                    break  # until the board says otherwise (stale marks stay stale)
+                if mark.watermark_ms < END_MS:
+                    wall_until = min(wall_until, mark.written_ms + self.stale_after_s * 1000 - 1)
+                idle = max(0.0, (wall - mark.seen_ms) / 1000)
+                if idle < idle_after:
+                    wall_until = min(wall_until, mark.seen_ms + idle_after * 1000 - 1)
+                marks[name] = (mark.watermark_ms, idle)
+            else:
+                reached = self._reached(marks)
+                if marks and not any(idle < idle_after for _, idle in marks.values()):
+                    mono_until = -_FOREVER  # moves with the wall clock: never kept
+            self._reading = _Reading(self._version, mono_until, wall_until, reached)
+            return reached
+
+    def _reached(self, marks: dict[str, tuple[int, float]]) -> int | None:
         if not marks:
             return None
         active = [wm for wm, idle in marks.values() if idle < self.idle_after_s]
@@ -204,6 +269,11 @@ class StreamClock:
         top = max(wm for wm, _ in marks.values())
         least_idle = min(idle for _, idle in marks.values())
         return top + int((least_idle - self.idle_after_s) * 1000)
+
+    def _changed(self) -> None:
+        """The marks changed (the lock is held): a kept reading no longer holds."""
+        self._version += 1
+        self._reading = None
 
     def _fresh(self, mark: Mark, wall: int) -> bool:
         """Written by a process of this run that is still refreshing it (a partition at
@@ -227,6 +297,7 @@ class StreamClock:
                 seen = wall - int((now - local.seen) * 1000)
                 out[name] = Mark(local.published_ms, seen, wall).encode()
         theirs = board.exchange(out)
+        self._changed()
         self._remote = {
             name: mark
             for name, raw in theirs.items()

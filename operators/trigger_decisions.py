@@ -19,7 +19,7 @@ triggers (kept in the state, :data:`MAX_DEFERRED` at most) until the hand-over a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from attune.operators.consent import MARKETING, PERSONALIZATION
 from attune.operators.events import MAX_EVENT_TIME_MS, Dwell, Event, SegmentChange, Trigger
@@ -40,15 +40,18 @@ from attune.operators.user_state import Output, UserState
 
 
 def on_event(
-    st: UserState, event: Event, segment_out: Iterable[Change], cfg: ProfileConfig
+    st: UserState, event: Event, segment_out: list[Change], cfg: ProfileConfig
 ) -> list[Output]:
     """The trigger stage at an event: note it in the trigger state, then judge the carts it
     settles and the triggers it caused (the segments stage's rule changes among them)."""
     own_opened = observe(st.trig, st.user_id, event, cfg.session_gap_ms, cfg.clock)
     carts, caused = _behaviour_triggers(st, event, own_opened, cfg)
-    if st.trig.known:
+    if segment_out and st.trig.known:
         caused += [segment_trigger(c) for c in segment_out if isinstance(c, SegmentChange)]
-    return publishable(st, carts, cfg) + judge_caused(st, caused, cfg, event)
+    out = publishable(st, carts, cfg) if carts else []
+    if caused:
+        out += judge_caused(st, caused, cfg, event)
+    return out
 
 
 def _behaviour_triggers(
@@ -66,35 +69,42 @@ def _behaviour_triggers(
     handed over at login, and anonymous events routed here after it arrive in an order
     that depends on batching: they neither fire nor change these judgements.
     """
-    if not st.trig.known:
+    ts = st.trig
+    if not ts.known:
         return [], []
-    settled = settled_own_time(st, event.event_time, cfg)
-    carts = [] if settled is None else check_cart(st, settled, cfg)
-    since = st.trig.known_since
-    if since is None or event.event_time < since or event.user_id != st.user_id:
+    t = event.event_time
+    if not ts.awaiting and st.cart.nothing_due(t - cfg.triggers.settle_ms):
+        carts: list[Trigger] = []  # the settled time is at most that: no clock to read
+    else:
+        settled = settled_own_time(st, t, cfg)
+        carts = [] if settled is None else check_cart(st, settled, cfg)
+    since = ts.known_since
+    if since is None or t < since or event.user_id != st.user_id:
         return carts, []  # the anonymous era, or an anonymous event routed here after login
-    emit = cfg.clock.now_ms()
     p = event.payload
+    if not (own_opened or isinstance(p, Dwell)):
+        return carts, []
+    emit = cfg.clock.now_ms()
     caused: list[Trigger] = []
     if (
         isinstance(p, Dwell)
         and p.item_id is not None
         and p.dwell_ms > cfg.triggers.long_dwell_ms
-        and not added_in_own_session(st.trig, p.item_id, event.event_time)
+        and not added_in_own_session(ts, p.item_id, t)
     ):
         fired = long_dwell(
-            st.trig,
+            ts,
             st.user_id,
             page=p.page_view_id or p.item_id,
             item_id=p.item_id,
             dwell_ms=p.dwell_ms,
-            t=event.event_time,
+            t=t,
             emit_ms=emit,
         )
         if fired is not None:
             caused.append(fired)
     if own_opened:
-        starts = st.trig.own_starts
+        starts = ts.own_starts
         visit = repeat_visit(st.user_id, starts[-1], starts, emit, cfg.triggers)
         if visit is not None:
             caused.append(visit)
@@ -205,6 +215,8 @@ def check_cart(
     """
     if not st.trig.known:
         return []
+    if not st.trig.awaiting and st.cart.nothing_due(now_ms):
+        return []  # no clock to read (and, no hand-over awaited, nothing to expire)
     # a consent change may be among the anonymous events still on their way
     if not final and now_ms < MAX_EVENT_TIME_MS and judgements_wait(st, cfg):
         return []

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from attune.operators.cart import Abandonment
 from attune.operators.clock import Clock
-from attune.operators.events import AddToCart, Event, SegmentChange, Trigger
+from attune.operators.events import AddToCart, Event, EventType, SegmentChange, Trigger
 from attune.operators.identity import link_of
 from attune.operators.rules import TriggerHistory
 from attune.operators.sessions import NEW_LATEST, place_in_sessions
@@ -147,7 +147,7 @@ def observe(ts: TriggerState, user: str, event: Event, gap_ms: int, clock: Clock
     ts.known = True
     if ts.known_since is None or t < ts.known_since:
         ts.known_since = t
-    link = link_of(event)
+    link = link_of(event) if event.event_type is EventType.IDENTIFY else None
     if link is not None:
         expect_handover(ts, link.anonymous_id, t, clock.now_ms())
     return opened

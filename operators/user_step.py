@@ -47,7 +47,7 @@ from attune.operators.dedupe import admit
 from attune.operators.erasure import erase, forget_merged, privacy_gate, tombstone
 from attune.operators.events import ErasureRequest
 from attune.operators.identity import Forget, HandedOver, UserInput, alias_writes, note_alias
-from attune.operators.profiles import FeatureView, profile_write
+from attune.operators.profiles import FeatureView, changed, marks, profile_write
 from attune.operators.triggers import handover_done
 from attune.operators.user_config import ProfileConfig
 from attune.operators.user_state import Output, UserState
@@ -72,19 +72,31 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
         return out
     out += alias_writes(event)  # identity, with personalization consent
     # sessions and windows; the models first summarise the session the event ends, as it was
-    boundary = sessions.ends_latest(st.activity, t, cfg.session_gap_ms)
+    activity = st.activity
+    boundary = sessions.ends_latest(activity, t, cfg.session_gap_ms)
     if boundary:
         out += scoring.close_session(st, cfg)
-    sessions.place(st.activity, t, cfg.session_gap_ms)
+    before = marks(activity)
+    sessions.place(activity, t, cfg.session_gap_ms)
     scoring.decision_point(st, event, cfg)  # models: before the outcome is counted
-    sessions.count(st.activity, event, cfg.price_bands)
+    sessions.count(activity, event, cfg.price_bands)
     cart.observe(st.cart, event)  # cart
-    features = FeatureView(st, st.activity.max_time)
-    changes = membership.observe(  # segments
-        st.membership, st.user_id, t, features, cfg, boundary=boundary, consent=st.consent
+    features = FeatureView(st, activity.max_time)
+    changes = membership.observe(  # segments: those whose features the event changed
+        st.membership,
+        st.user_id,
+        t,
+        features,
+        cfg,
+        boundary=boundary,
+        consent=st.consent,
+        changed=changed(activity, before, event),
     )
     scoring.observe(st, event, cfg)  # models
-    return out + changes + trigger_decisions.on_event(st, event, changes, cfg)  # triggers
+    if changes:
+        out += changes
+    out += trigger_decisions.on_event(st, event, changes, cfg)  # triggers
+    return out
 
 
 def fold_batch(

@@ -734,3 +734,113 @@ def test_docs_examples_are_valid_rules() -> None:
     assert len(rule_files) >= 2
     for text in rule_files:
         assert parse_rules(text, "docs/segments.md").names
+
+
+# --- evaluated again only when an event changed what a segment reads ---------------------------
+
+
+def _every_feature_rules(values: dict[str, list[Any]]) -> RuleSet:
+    """Segments on every feature, with thresholds among the values the workload gives, so
+    that each of them is entered and left along the way."""
+    segments: list[Segment] = []
+    for name, seen in sorted(values.items()):
+        known = [v for v in seen if v is not None]
+        segments.append(Segment(f"{name}_null", "d", Compare(name, "is_null", None)))
+        if not known:
+            continue
+        if isinstance(known[0], str):
+            top = max(set(known), key=lambda v: (known.count(v), v))
+            segments.append(Segment(f"{name}_top", "d", Compare(name, "==", top)))
+            continue
+        ordered = sorted(known)
+        distinct = sorted(set(known))
+        thresholds = {ordered[len(ordered) * q // 4] for q in (1, 2, 3)}
+        thresholds |= {distinct[min(1, len(distinct) - 1)], distinct[len(distinct) // 2]}
+        for i, threshold in enumerate(sorted(thresholds)):
+            segments.append(Segment(f"{name}_{i}", "d", Compare(name, ">=", threshold)))
+    return RuleSet(segments)
+
+
+@pytest.mark.parametrize(
+    ("users", "days", "order"),
+    [(40, 3, "generated"), (10, 60, "generated"), (20, 3, "shuffled"), (8, 40, "reversed")],
+)
+def test_segments_evaluated_again_only_where_an_event_changed_their_features(
+    users: int, days: int, order: str
+) -> None:
+    """The per-user step evaluates a segment again only when the event changed something
+    one of its features reads (operators/features.py ``CHANGED_BY``): on a generated
+    workload (duplicates, logins, withdrawals, erasures; over 30 days, so the windows
+    drop events; in arrival orders that move the first and latest times and bridge
+    sessions) and rules over every feature, the membership after every event is the one a
+    full evaluation gives (but for an emptied state, which has left every segment)."""
+    import random
+
+    from attune.operators.identity import UserInput
+    from attune.operators.profiles import FeatureView
+    from attune.operators.sessions import PriceBands
+    from attune.operators.user_config import ProfileConfig
+    from attune.operators.user_state import UserState
+    from attune.operators.user_step import apply, fold_batch
+    from attune.workload.generator import GeneratorConfig, generate
+
+    g = generate(
+        GeneratorConfig(users=users, days=days, seed=3, withdrawal_share=0.1, erasure_share=0.1)
+    )
+    bands = PriceBands.from_items(g.items)
+    by_user: dict[str, list[UserInput]] = {}
+    for e in g.events:
+        by_user.setdefault(e.user_id or e.anonymous_id or "", []).append(e)
+    rnd = random.Random(7)
+    for events in by_user.values():
+        if order == "reversed":
+            events.reverse()
+        elif order == "shuffled":  # late by up to some 20 events
+            for i in range(0, len(events), 20):
+                chunk = events[i : i + 20]
+                rnd.shuffle(chunk)
+                events[i : i + 20] = chunk
+    values: dict[str, list[Any]] = {name: [] for name in FEATURES}
+    plain = ProfileConfig(rules=None, price_bands=bands)
+    for user, events in by_user.items():
+        fold = UserState(user)
+        for item in events:
+            apply(fold, item, plain)
+            view = FeatureView(fold, fold.activity.max_time)
+            for name in FEATURES:
+                values[name].append(view[name])
+    rules = _every_feature_rules(values)
+    cfg = ProfileConfig(rules=rules, price_bands=bands)
+    checked = 0
+    for user, events in by_user.items():
+        state: UserState | None = UserState(user)
+        for item in events:  # a batch each: the outputs stage in between
+            assert state is not None
+            state, _ = fold_batch(state, [item], cfg)
+            assert state is not None
+            full = rules.evaluate(FeatureView(state, state.activity.max_time))
+            assert state.membership.segments == full or not state.activity.events
+            checked += 1
+    assert checked == sum(map(len, by_user.values())) > 1000
+    assert len(rules.names) > 100
+
+
+def test_a_membership_decided_by_other_rules_is_decided_again_whole() -> None:
+    """A state from a run with another rule file (a snapshot): the next event evaluates
+    every segment, not only those whose features it changed."""
+    from attune.operators.events import Event, EventType, PageView, ProductView
+    from attune.operators.user_config import ProfileConfig
+    from attune.operators.user_state import UserState
+    from attune.operators.user_step import apply
+
+    before = ProfileConfig(rules=RuleSet([Segment("s", "d", Compare("sessions", ">=", 1))]))
+    viewer = Segment("viewer", "has viewed a product", Compare("product_views", ">=", 1))
+    after = ProfileConfig(rules=RuleSet([*before.rules.segments, viewer]))  # type: ignore[union-attr]
+    state = UserState("u1")
+    apply(state, Event("e1", EventType.PRODUCT_VIEW, T0, ProductView("i1"), "u1"), before)
+    assert state.membership.segments == {"s"}
+    out = apply(state, Event("e2", EventType.PAGE_VIEW, T0 + MINUTE, PageView(), "u1"), after)
+    assert state.membership.segments == {"s", "viewer"}
+    assert [(c.segment, c.change) for c in out if isinstance(c, SegmentChange)] == [
+        ("viewer", "ENTERED")
+    ]

@@ -11,6 +11,9 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from attune.operators.stream_clock import END_MS, STREAM_CLOCK, Mark, StreamClock
 
 
@@ -211,3 +214,67 @@ def test_a_source_partition_tells_the_clock_its_end_three_batches_late() -> None
     assert END_MS not in reached  # told only as the partition stops
     assert STREAM_CLOCK.reached_ms() == END_MS
     STREAM_CLOCK.reset()
+
+
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["advance", "wait", "read", "read_other"]),
+        st.sampled_from(["p0", "p1"]),
+        st.integers(0, 40_000),
+        st.sampled_from([0.0, 0.1, 0.25, 1.0, 5.0, 10.0, 29.9, 30.0, 30.1]),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=_OPS, shared=st.booleans(), sync_s=st.sampled_from([0.25, 20.0]))
+def test_a_kept_reading_is_the_reading_worked_out_again(
+    ops: list[tuple[str, str, int, float]], shared: bool, sync_s: float
+) -> None:
+    """Reads between changes are kept (cheap for per-user steps), and are always what the
+    marks say at that moment: partitions turning idle, the board's interval, stale marks."""
+    t = Time()
+    board = DictBoard() if shared else None
+    a = clock(t, board, in_flight_s=1.0, sync_s=sync_s, idle_after_s=30)
+    b = clock(t, board, in_flight_s=1.0, sync_s=sync_s, idle_after_s=30)
+    for c in (a, b):
+        c.expect(["p0", "p1"] if shared else ["p0"])
+    for op, part, mark, seconds in ops:
+        if op == "advance":
+            (a if part == "p0" else b).advance(part, mark)
+        elif op == "wait":
+            t.advance(seconds)
+        else:
+            c = a if op == "read" else b
+            kept = c.reached_ms()
+            assert kept == c._read()  # worked out from the marks again
+            assert c.now_ms() == (None if kept is None else kept - c._lateness_ms)
+
+
+def test_a_kept_reading_ends_when_a_remote_mark_turns_stale_or_idle() -> None:
+    t = Time()
+    board = DictBoard()
+    a = clock(t, board, in_flight_s=0.0, sync_s=50.0, stale_after_s=10.0, idle_after_s=30)
+    b = clock(t, board, in_flight_s=0.0, sync_s=50.0, stale_after_s=10.0, idle_after_s=30)
+    for c in (a, b):
+        c.expect(["p0", "p1"])
+    a.advance("p0", 1_000)  # published at once, then A stops refreshing it
+    b.advance("p1", 5_000)  # B reads A's mark
+    assert b.reached_ms() == 1_000
+    t.advance(11)
+    assert b.reached_ms() is None  # A's mark went stale between two board exchanges
+
+    t = Time()
+    board = DictBoard()
+    a = clock(t, board, in_flight_s=0.0, sync_s=50.0, stale_after_s=100.0, idle_after_s=30)
+    b = clock(t, board, in_flight_s=0.0, sync_s=50.0, stale_after_s=100.0, idle_after_s=30)
+    for c in (a, b):
+        c.expect(["p0", "p1"])
+    a.advance("p0", 1_000)
+    b.advance("p1", 5_000)
+    t.advance(20)
+    b.advance("p1", 6_000)
+    assert b.reached_ms() == 1_000
+    t.advance(11)
+    assert b.reached_ms() == 6_000  # p0 turned idle: it no longer holds time back
