@@ -257,9 +257,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except (RuntimeError, ValueError, OSError) as exc:
-        print(f"attune {args.command}: {exc}", file=sys.stderr)
+        print(f"attune {args.command}: {root_cause(exc)}", file=sys.stderr)
+        if args.verbose:
+            for link in reversed(_chain(exc)[:-1]):
+                print(f"  (raised as: {type(link).__name__}: {link})", file=sys.stderr)
         return 1
     return code
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from or during, outermost first."""
+    chain = [exc]
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None:
+        if any(nxt is seen for seen in chain):
+            break
+        chain.append(nxt)
+    return chain
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of the chain: the one that says what was wrong.
+
+    Bytewax wraps an error raised in a source or sink ("error calling
+    `StatefulSourcePartition.next_batch` ...") around the project's own message
+    (no such file, a server that is not reachable, a missing topic).
+
+    >>> try:
+    ...     try:
+    ...         raise FileNotFoundError("no such file: e.avro")
+    ...     except OSError as inner:
+    ...         raise RuntimeError("error calling next_batch") from inner
+    ... except RuntimeError as outer:
+    ...     print(root_cause(outer))
+    no such file: e.avro
+    """
+    return _chain(exc)[-1]
 
 
 if __name__ == "__main__":
