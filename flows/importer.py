@@ -46,6 +46,7 @@ import io
 import math
 import os
 import pickle
+import re
 import sys
 import tempfile
 import time
@@ -277,6 +278,8 @@ def parse_time_ms(text: str, time_format: str) -> int:
     (1433221332500, 1433221332000)
     >>> parse_time_ms("964982703", "auto"), parse_time_ms("1433221332117", "auto")
     (964982703000, 1433221332117)
+    >>> parse_time_ms("2015-06-02T05:02:12Z", "auto")
+    1433221332000
     >>> parse_time_ms("yesterday", "auto")
     Traceback (most recent call last):
     ...
@@ -311,8 +314,13 @@ def parse_time_ms(text: str, time_format: str) -> int:
     return round(moment.timestamp() * 1000)
 
 
+#: An epoch number as ``auto`` reads it: digits, an optional sign, fraction and exponent.
+#: An ISO 8601 date starts with digits too, so a leading digit alone does not make one.
+_EPOCH_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
 def _looks_numeric(text: str) -> bool:
-    return bool(text) and (text[0].isdigit() or (text[0] in "+-." and text[1:2].isdigit()))
+    return _EPOCH_NUMBER.fullmatch(text) is not None
 
 
 def parse_quantity(text: str) -> int:

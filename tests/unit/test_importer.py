@@ -374,3 +374,16 @@ def test_tab_separated_file_with_delimiter_flag(tmp_path: Path) -> None:
         ("196", EventType.PRODUCT_VIEW)  # rating 3 < 4: no add-to-cart
     ]
     assert main([*argv, "--delimiter", "ab"]) == 1
+
+
+def test_auto_time_format_reads_iso_8601_times(tmp_path: Path) -> None:
+    """Issue 16, finding 1: ``auto`` took any value starting with a digit for an epoch
+    number and rejected every ISO 8601 time; the docs say it reads them."""
+    src = write_csv(
+        tmp_path / "iso.csv", "u,i,ts\na,x,2026-01-05T10:00:00Z\na,y,2026-01-05T10:01:00+00:00\n"
+    )
+    out = tmp_path / "iso.avro"
+    summary = import_csv(src, generic_layout({"user": "u", "item": "i", "time": "ts"}), out,
+                         progress=False)  # fmt: skip
+    assert [e.event_time for e in read_back(out)] == [1_767_607_200_000, 1_767_607_260_000]
+    assert summary.line().endswith("rejected 0 rows")
