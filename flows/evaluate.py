@@ -58,6 +58,7 @@ import numpy.typing as npt
 import orjson
 from river import optim, reco
 
+from attune.operators.clock import DAY_MS
 from attune.operators.container import read_container, read_events_file
 from attune.operators.content import Catalogue
 from attune.operators.covisit import BOUGHT, VIEWED, CovisitIndex, purchase_pairs, session_pairs
@@ -95,7 +96,6 @@ from attune.operators.user_state import UserState
 from attune.operators.user_step import apply
 
 SESSION_GAP_MS = 30 * 60_000
-DAY_MS = 86_400_000
 #: Sessions the embedding learner waits for before a training step and a new snapshot.
 EMBED_EVERY_SESSIONS = 200
 #: Interactions kept per user for the methods (the live path keeps the same cap).

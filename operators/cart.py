@@ -142,15 +142,10 @@ class CartTimeline:
         """The cart now: item id -> (units, unit price in minor units)."""
         return fold(self.base, self.entries)
 
-    def abandonments(self, after_ms: int) -> Iterator[Abandonment]:
-        """Every abandonment in the timeline, fired or not, including the pending last one
-        (due when nothing follows it in time)."""
-        for t, cart in self._abandoned(after_ms):
-            yield Abandonment(t, t + after_ms, _lines(cart))
-
     def _abandoned(self, after_ms: int) -> Iterator[tuple[int, dict[str, tuple[int, int]]]]:
-        """:meth:`abandonments` as (cause time, the cart after it); the cart is the fold's
-        own, read it before the next one."""
+        """Every abandonment in the timeline, fired or not, including the pending last one
+        (due when nothing follows it in time), as (cause time, the cart after it); the cart
+        is the fold's own, read it before the next one."""
         cart = dict(self.base)
         entries = self.entries
         last = len(entries) - 1

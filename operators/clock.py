@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-MINUTE_MS = 60_000
+SECOND_MS = 1_000
+MINUTE_MS = 60 * SECOND_MS
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
 

@@ -38,6 +38,8 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from attune.operators.clock import DAY_MS, MINUTE_MS
+
 __all__ = [
     "LONG_HALF_LIFE_MS",
     "SHORT_HALF_LIFE_MS",
@@ -48,8 +50,6 @@ __all__ = [
 ]
 
 F32 = npt.NDArray[np.float32]
-MINUTE_MS = 60_000
-DAY_MS = 24 * 60 * MINUTE_MS
 
 SHORT_HALF_LIFE_MS = 30 * MINUTE_MS
 LONG_HALF_LIFE_MS = 7 * DAY_MS

@@ -84,6 +84,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from attune.operators.clock import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS
 from attune.operators.events import (
     MAX_EVENT_TIME_MS,
     MIN_EVENT_TIME_MS,
@@ -123,11 +124,6 @@ __all__ = [
     "generate",
     "ground_truth",
 ]
-
-SECOND_MS = 1_000
-MINUTE_MS = 60 * SECOND_MS
-HOUR_MS = 60 * MINUTE_MS
-DAY_MS = 24 * HOUR_MS
 
 #: 2026-01-05T00:00:00Z, a Monday.
 DEFAULT_START_MS = 1_767_571_200_000

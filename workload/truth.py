@@ -32,6 +32,7 @@ from typing import Any
 
 import orjson
 
+from attune.operators.clock import MINUTE_MS
 from attune.operators.events import (
     PAYLOAD_OF_TYPE,
     AddToCart,
@@ -57,7 +58,6 @@ __all__ = [
     "UserTruth",
 ]
 
-MINUTE_MS = 60_000
 #: The truth's session rule: a gap longer than this between two counted events starts a session.
 SESSION_GAP_MS = 30 * MINUTE_MS
 #: The truth's cart rule: a cart with items and no cart activity or purchase for this long.

@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 
+from attune.operators.clock import DAY_MS
 from attune.operators.content import Catalogue
 from attune.operators.covisit import (
     BOUGHT,
@@ -21,7 +22,6 @@ from attune.operators.covisit import (
     session_pairs,
 )
 from attune.operators.embeddings import (
-    DAY_MS,
     EmbeddingSnapshot,
     Item2Vec,
     user_vectors,
