@@ -172,10 +172,10 @@ class Settings:
         "stream still gets fresh models).",
     )
     models_publish_min_s: int = _setting(
-        0,
+        2,
         "... but not more often than every this many seconds (0: no limit). Workers read "
-        "a new snapshot at most every 2 s; at thousands of sessions per second set 2 so "
-        "that the learner's publication cost stays flat as the rate grows.",
+        "a new snapshot at most every 2 s, so a publication sooner than that is never "
+        "read; the floor keeps the learner's publication cost flat as the rate grows.",
     )
     trigger_rules_file: str = _setting(
         "",
