@@ -25,6 +25,9 @@ from attune.operators.user_step import end_of_input, fold_batch
 
 #: How often a user with a pending cart looks at the stream clock (wall time).
 TIMER_POLL = timedelta(seconds=1)
+#: ... and a user whose event-caused triggers wait for a login's history: in a live
+#: stream that wait is milliseconds, and these triggers are for acting within seconds.
+DEFERRED_POLL = timedelta(milliseconds=50)
 
 Keyed = tuple[str, UserInput]
 
@@ -41,10 +44,29 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
     leaves every audience when it goes (their Redis keys expire by their own TTL).
     """
 
+    __slots__ = ("_active_ms", "_frozen", "_state", "_ttl_ms", "cfg")
+
     def __init__(self, resume: bytes | None, cfg: ProfileConfig) -> None:
-        self.state: UserState | None = snapshots.loads(resume) if resume is not None else None
+        # Between epochs an idle user's state is kept as its snapshot bytes (``_frozen``,
+        # a third of the objects' memory) and thawed by the first access; ``_active_ms``
+        # answers the TTL check without thawing.
+        self._state: UserState | None = None
+        self._frozen = resume
+        self._active_ms: int | None = None
         self.cfg = cfg
         self._ttl_ms = int(cfg.state_ttl.total_seconds() * 1000)
+
+    @property
+    def state(self) -> UserState | None:
+        """The user's state, thawed from its snapshot bytes if it was frozen."""
+        if self._frozen is not None:
+            self._state = snapshots.loads(self._frozen)
+            self._frozen = None
+        return self._state
+
+    @state.setter
+    def state(self, value: UserState | None) -> None:
+        self._state, self._frozen = value, None
 
     def on_batch(self, values: list[Keyed]) -> tuple[Iterable[Output], bool]:
         st = self.state or UserState(user_id=values[0][0])
@@ -59,18 +81,27 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         kept.active_ms = self.cfg.clock.now_ms()
         return out, StatefulBatchLogic.RETAIN
 
+    def _latest_active_ms(self) -> int | None:
+        if self._frozen is not None and self._active_ms is not None:
+            return self._active_ms
+        st = self.state
+        return None if st is None else st.active_ms
+
     def expired(self) -> bool:
         """Whether the state has been idle (wall clock) for the state TTL."""
-        st = self.state
-        return st is None or self.cfg.clock.now_ms() >= st.active_ms + self._ttl_ms
+        active = self._latest_active_ms()
+        return active is None or self.cfg.clock.now_ms() >= active + self._ttl_ms
 
     def on_notify(self) -> tuple[Iterable[Output], bool]:
+        if self.expired():
+            st = self.state
+            if st is None:
+                return [], StatefulBatchLogic.DISCARD
+            out = evict(st.membership, st.user_id, st.activity.max_time, self.cfg)
+            return out, StatefulBatchLogic.DISCARD
         st = self.state
         if st is None:
             return [], StatefulBatchLogic.DISCARD
-        if self.expired():
-            out = evict(st.membership, st.user_id, st.activity.max_time, self.cfg)
-            return out, StatefulBatchLogic.DISCARD
         return due(st, self.cfg), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Output], bool]:
@@ -78,13 +109,23 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         return ([] if st is None else end_of_input(st, self.cfg)), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
+        if self._frozen is not None and self._active_ms is not None:
+            # Frozen only after a snapshot; nothing was pending then (see snapshot).
+            return datetime.fromtimestamp((self._active_ms + self._ttl_ms) / 1000, UTC)
         st = self.state
-        if st is not None and pending(st, self.cfg):
-            return datetime.now(UTC) + TIMER_POLL  # poll the stream clock while these wait
+        if st is not None and pending(st, self.cfg):  # poll the stream clock while these wait
+            return datetime.now(UTC) + (DEFERRED_POLL if st.trig.deferred else TIMER_POLL)
         active = st.active_ms if st is not None else self.cfg.clock.now_ms()
         return datetime.fromtimestamp((active + self._ttl_ms) / 1000, UTC)
 
     def snapshot(self) -> bytes:
         # A pickle is the immutable copy Bytewax asks for, ~10x cheaper than deepcopy;
         # snapshots.dumps pickles the state's dataclasses by their field values.
-        return snapshots.dumps(self.state)
+        if self._frozen is not None:
+            return self._frozen
+        st = self._state
+        data = snapshots.dumps(st)
+        if st is not None and not pending(st, self.cfg):
+            # Idle until its next batch or its TTL: keep the bytes, drop the objects.
+            self._frozen, self._state, self._active_ms = data, None, st.active_ms
+        return data

@@ -1,0 +1,99 @@
+"""The Bytewax wrapper of the per-user step (operators/user_logic.py): an idle user's state
+kept as its snapshot bytes gives the same outputs as a live one, and the timers poll as
+often as what waits needs."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bytewax.operators import StatefulBatchLogic
+
+from attune.operators import snapshots
+from attune.operators.clock import FixedClock
+from attune.operators.events import AddToCart, ConsentUpdate, Event, EventType, Trigger
+from attune.operators.user_config import ProfileConfig
+from attune.operators.user_logic import DEFERRED_POLL, TIMER_POLL, Keyed, UserLogic
+from attune.workload.generator import GeneratorConfig, generate
+
+T0 = 1_767_571_200_000
+
+
+def _by_user() -> dict[str, list[Event]]:
+    by_user: dict[str, list[Event]] = defaultdict(list)
+    for event in generate(GeneratorConfig(users=15, days=3, seed=8)).events:
+        by_user[event.user_key].append(event)
+    return by_user
+
+
+def _same_wake(a: datetime | None, b: datetime | None) -> bool:
+    """The same timer: a poll is ``now + interval``, read a few microseconds apart."""
+    if a is None or b is None:
+        return a is b
+    return abs((a - b).total_seconds()) < 0.5
+
+
+def test_a_frozen_state_gives_what_a_live_one_gives() -> None:
+    wall = FixedClock(T0)
+    cfg = ProfileConfig(clock=wall)
+    frozen_count = 0
+    for user, events in _by_user().items():
+        live, thawing = UserLogic(None, cfg), UserLogic(None, cfg)
+        for start in range(0, len(events), 5):
+            batch: list[Keyed] = [(user, e) for e in events[start : start + 5]]
+            out_live, keep_live = live.on_batch(batch)
+            out_thawing, keep_thawing = thawing.on_batch(batch)
+            assert list(out_thawing) == list(out_live) and keep_thawing == keep_live
+            assert _same_wake(thawing.notify_at(), live.notify_at())
+            if keep_live is StatefulBatchLogic.DISCARD:  # merged into its user
+                break
+            # An epoch ends: the snapshot freezes the idle state until its next batch
+            # (the live one is never snapshotted, so it is never frozen).
+            assert snapshots.loads(thawing.snapshot()) == live.state
+            frozen_count += thawing._frozen is not None
+            assert _same_wake(thawing.notify_at(), live.notify_at())  # without thawing
+            assert thawing.expired() == live.expired()
+            wall.advance(1_000)
+        assert thawing.state == live.state
+    assert frozen_count > 0  # the path under test was taken
+
+
+def test_a_frozen_state_expires_and_leaves_its_audiences_like_a_live_one() -> None:
+    wall = FixedClock(T0)
+    cfg = ProfileConfig(clock=wall, state_ttl=timedelta(minutes=5))
+    user, events = max(_by_user().items(), key=lambda kv: len(kv[1]))
+    live, thawing = UserLogic(None, cfg), UserLogic(None, cfg)
+    batch: list[Keyed] = [(user, e) for e in events[:20]]
+    live.on_batch(batch)
+    thawing.on_batch(batch)
+    thawing.snapshot()
+    wall.advance(5 * 60_000)
+    assert thawing.expired() and live.expired()
+    out_thawing, keep_thawing = thawing.on_notify()
+    out_live, keep_live = live.on_notify()
+    assert list(out_thawing) == list(out_live)
+    assert keep_thawing is keep_live is StatefulBatchLogic.DISCARD
+
+
+def _event(t: int, payload: Any, etype: EventType) -> Keyed:
+    return "u1", Event(f"e{t}", etype, T0 + t, payload, user_id="u1")
+
+
+def test_a_pending_cart_polls_every_second_and_deferred_triggers_every_50_ms() -> None:
+    logic = UserLogic(None, ProfileConfig())
+    logic.on_batch([_event(0, ConsentUpdate(True, True, True), EventType.CONSENT)])
+    logic.on_batch([_event(60_000, AddToCart("i1", 1, 1500, "EUR"), EventType.ADD_TO_CART)])
+    before = datetime.now(UTC)
+    wake = logic.notify_at()
+    assert wake is not None and before + TIMER_POLL <= wake <= datetime.now(UTC) + TIMER_POLL
+    assert logic.snapshot() and logic._frozen is None  # a pending state stays live
+
+    st = logic.state
+    assert st is not None
+    trigger = Trigger("t1", "long_dwell", "u1", T0, T0 + 5, "waits for the login's history")
+    st.trig.deferred.append((trigger, None, None))
+    before = datetime.now(UTC)
+    wake = logic.notify_at()
+    assert wake is not None
+    assert before + DEFERRED_POLL <= wake <= datetime.now(UTC) + DEFERRED_POLL
