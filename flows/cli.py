@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 
 import orjson
+from confluent_kafka import KafkaException
 
 from attune.flows.settings import Settings, reference_markdown
 
@@ -256,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         code: int = args.func(args)
-    except (RuntimeError, ValueError, OSError) as exc:
+    except (RuntimeError, ValueError, OSError, KafkaException) as exc:
         print(f"attune {args.command}: {root_cause(exc)}", file=sys.stderr)
         if args.verbose:
             for link in reversed(_chain(exc)[:-1]):
@@ -268,11 +269,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _chain(exc: BaseException) -> list[BaseException]:
     """``exc`` and the exceptions it was raised from or during, outermost first."""
     chain = [exc]
-    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None:
+    while (nxt := _raised_from(chain[-1])) is not None:
         if any(nxt is seen for seen in chain):
             break
         chain.append(nxt)
     return chain
+
+
+def _raised_from(exc: BaseException) -> BaseException | None:
+    """What ``exc`` was raised from, or during; ``raise ... from None`` ends the chain
+    there (the project says so when its own line already names the cause)."""
+    if exc.__cause__ is not None:
+        return exc.__cause__
+    return None if exc.__suppress_context__ else exc.__context__
 
 
 def root_cause(exc: BaseException) -> BaseException:

@@ -4,11 +4,13 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 
-from attune.flows.cli import main
+from attune.flows import run
+from attune.flows.cli import main, root_cause
 
 
 def test_a_missing_input_file_is_named_in_the_error_line(
@@ -21,3 +23,31 @@ def test_a_missing_input_file_is_named_in_the_error_line(
     assert last.startswith("attune run: ")
     assert "No such file or directory" in last and str(missing) in last
     assert "next_batch" not in last
+
+
+def test_an_unreachable_broker_is_one_line_without_librdkafka_noise(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(run, "KAFKA_CHECK_S", 1.0)
+    with socket.socket() as s:  # a loopback port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = main(["run", "--kafka", f"127.0.0.1:{port}", "--redis", "redis://127.0.0.1:1/0"])
+    assert code == 1
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # librdkafka's connection errors kept out
+    assert err[0].startswith(f"attune run: Kafka at 127.0.0.1:{port} is not reachable (")
+    assert err[0].endswith(
+        "start local servers with `attune local up`, or point --kafka / "
+        "ATTUNE_KAFKA_BOOTSTRAP at a broker"
+    )
+
+
+def test_the_error_line_stops_where_the_project_said_from_none() -> None:
+    try:
+        try:
+            raise ConnectionRefusedError("[Errno 111] Connection refused")
+        except OSError:
+            raise RuntimeError("Kafka at k:1 is not reachable: start `attune local up`") from None
+    except RuntimeError as exc:
+        assert str(root_cause(exc)) == "Kafka at k:1 is not reachable: start `attune local up`"
