@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 #: How long an id is remembered by default: long enough to cover a redelivery
 #: after a crash and a replay after Attune's recovery, short enough to stay small.
 DEFAULT_MEMORY_TTL_S = 24 * 3600
+#: The longest the broker may hold a subscriber's fetch waiting for data (triggers are
+#: for acting within seconds: an idle poll every 50 ms costs the broker little).
+SUBSCRIBER_FETCH_MAX_WAIT_MS = 50
 DEFAULT_MEMORY_ENTRIES = 100_000
 DEFAULT_REDIS_TTL_S = 7 * 24 * 3600
 DEFAULT_REDIS_PREFIX = "attune:once:"
@@ -402,6 +405,10 @@ class TriggerSubscriber:
                 )
             options: dict[str, Any] = {
                 "client_id": f"attune-subscriber-{group_id}",
+                # kafka-python's 500 ms default lets the broker hold a fetch that long
+                # while it waits for data, so a trigger that arrives meanwhile can reach
+                # the app up to ~0.5 s late; a keyword argument still overrides it.
+                "fetch_max_wait_ms": SUBSCRIBER_FETCH_MAX_WAIT_MS,
                 **client_options(self.settings),
                 **consumer_options,
             }

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from kafka.errors import CommitFailedError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from attune.clients import subscriber as subscriber_module
 from attune.clients.subscriber import (
     ActOnce,
     Delivery,
@@ -410,3 +411,25 @@ def test_constructor_checks_its_arguments() -> None:
         consumer=consumer,
     )
     assert sub.topics == consumer.topics == ["shop.t.long_dwell", "shop.t.cart_abandoned"]
+
+
+class _Recorder:
+    """Stands in for kafka-python's KafkaConsumer class: records the options it got."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    def subscribe(self, topics: list[str]) -> None:
+        self.topics = topics
+
+
+def test_fetches_wait_50_ms_not_kafka_pythons_500_and_the_caller_can_override(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(subscriber_module, "KafkaConsumer", _Recorder)
+    sub = TriggerSubscriber("k:1", ["cart_abandoned"], "app", settings=Settings())
+    assert sub._consumer.options["fetch_max_wait_ms"] == 50
+    sub = TriggerSubscriber(
+        "k:1", ["cart_abandoned"], "app", settings=Settings(), fetch_max_wait_ms=200
+    )
+    assert sub._consumer.options["fetch_max_wait_ms"] == 200
