@@ -72,8 +72,33 @@ def write_container(
             count += 1
             yield r
 
-    fastavro.writer(fh, CURRENT[full_name].parsed, counted(), codec=codec, sync_marker=sync_marker)
+    schema = _HEADER_ORDERED.get(full_name)
+    if schema is None:
+        schema = _HEADER_ORDERED[full_name] = _ordered(CURRENT[full_name].parsed)
+    fastavro.writer(fh, schema, counted(), codec=codec, sync_marker=sync_marker)
     return count
+
+
+#: Parsed schemas whose header JSON is the same in every process (see :func:`_ordered`).
+_HEADER_ORDERED: dict[str, Any] = {}
+
+
+def _ordered(schema: Any) -> Any:
+    """``schema`` (parsed) with every object's keys sorted, fastavro's own entries kept.
+
+    fastavro writes the header's ``avro.schema`` as ``json.dumps`` of the parsed schema,
+    and its parser copies a field's optional properties (``doc``, ``aliases``,
+    ``default``...) by iterating a ``set``: their order, so the file's bytes, depended
+    on ``PYTHONHASHSEED``. Key order means nothing to an Avro reader.
+    """
+    if isinstance(schema, list):
+        return [_ordered(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {
+        key: (value if key.startswith("__") else _ordered(value))
+        for key, value in sorted(schema.items())
+    }
 
 
 def _read_long(buf: bytes, pos: int) -> tuple[int, int]:

@@ -96,6 +96,8 @@ def generate_truth(cfg: GeneratorConfig) -> GroundTruth:
 
 _DIGEST = """
 import hashlib, sys
+from pathlib import Path
+from attune.flows.generate import write_files
 from attune.operators.codec import Codec
 from attune.workload.generator import GeneratorConfig, generate
 codec = Codec()
@@ -104,16 +106,28 @@ g = generate(GeneratorConfig(users=15, days=2, seed=4))
 for e in g.events:
     h.update(codec.encode_event(e))
 h.update(g.truth.to_json())
+out = Path(sys.argv[1]) / "e.avro"
+summary = write_files(generate(GeneratorConfig(users=15, days=2, seed=4)), out, progress=False)
+for path in (out, Path(summary["truth"]), Path(summary["items_out"])):
+    h.update(path.read_bytes())  # the files' bytes too: their Avro headers hold the schema
 print(h.hexdigest())
 """
 
 
-def test_independent_of_pythonhashseed() -> None:
+def test_independent_of_pythonhashseed(tmp_path: Path) -> None:
+    """Events, truth and the written files (issue 15: the container header's schema JSON
+    differed under PYTHONHASHSEED 1, 2 and 3)."""
     digests = set()
-    for hash_seed in ("1", "4242"):
+    for hash_seed in ("1", "2", "3"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(ROOT)}
+        work = tmp_path / hash_seed
+        work.mkdir()
         done = subprocess.run(
-            [sys.executable, "-c", _DIGEST], env=env, capture_output=True, text=True, check=True
+            [sys.executable, "-c", _DIGEST, str(work)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         digests.add(done.stdout.strip())
     assert len(digests) == 1
