@@ -146,7 +146,10 @@ def profile_config(
         rules=rules,
         price_bands=PriceBands.from_items(items or [], PREMIUM_QUANTILE),
         board=board,
-        triggers=TriggerConfig(settle_ms=settings.allowed_lateness_s * 1000),
+        triggers=TriggerConfig(
+            abandon_after_ms=settings.cart_abandon_after_s * 1000,
+            settle_ms=settings.allowed_lateness_s * 1000,
+        ),
         trigger_rules=load_trigger_rules(
             extra=Path(settings.trigger_rules_file) if settings.trigger_rules_file else None,
             segments=rules.names,
@@ -217,7 +220,11 @@ def build_flow(
         items = default_items if items is None else items
     cfg = profile_config(settings, items, sinks.board, sinks.models)
     # One flow per process; a new flow starts with no event time.
-    STREAM_CLOCK.reset(sinks.clock, lateness_ms=settings.allowed_lateness_s * 1000)
+    STREAM_CLOCK.reset(
+        sinks.clock,
+        lateness_ms=settings.allowed_lateness_s * 1000,
+        live_within_ms=settings.live_within_s * 1000,
+    )
 
     flow = Dataflow("attune_personalize")
     decoded = op.input("events", flow, source)

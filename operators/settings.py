@@ -142,6 +142,19 @@ class Settings:
         "How far (seconds) an event may trail its source partition's newest event time; "
         "later ones go to the dead-letter topic with class LATE.",
     )
+    live_within_s: int = _setting(
+        30,
+        "A stream read to within this many seconds of the wall clock is live: timers "
+        "(cart abandonment) then judge at the time read, within a second of their due "
+        "time, instead of waiting out the allowed lateness (processing time: an event "
+        "later than that no longer changes a cart judged meanwhile). Replays of older "
+        "events are never live. 0: always wait (event time only).",
+    )
+    cart_abandon_after_s: int = _setting(
+        1800,
+        "A cart left this many seconds (event time) without a purchase or cart change "
+        "is abandoned (the cart_abandoned trigger).",
+    )
     state_ttl_s: int = _setting(
         30 * 24 * 3600,
         "Per-user and identity flow state is discarded after this many idle (wall-clock) "

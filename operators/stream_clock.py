@@ -102,6 +102,8 @@ class _Local:
 
 
 _FOREVER = float("inf")
+#: Before any event time (the floor of :meth:`StreamClock.now_ms` before it went live).
+_NEVER_MS = -(1 << 62)
 #: Seconds a kept reading gives up early before a mark turns idle or the board is due
 #: (float rounding).
 _MARGIN_S = 1e-6
@@ -158,20 +160,28 @@ class StreamClock:
         self._started_ms = wall_ms()
         self._synced = float("-inf")
         self._lateness_ms = 0
+        self._live_within_ms = 0
+        self._settled_floor = _NEVER_MS  # now_ms never goes back
         #: Bumped by whatever changes the marks (:meth:`_changed`): a reading is kept for
         #: as long as nothing but time passed and no mark's idleness or freshness flipped.
         self._version = 0
         self._reading: _Reading | None = None
 
-    def reset(self, board: ClockBoard | None = None, lateness_ms: int = 0) -> None:
+    def reset(
+        self, board: ClockBoard | None = None, lateness_ms: int = 0, live_within_ms: int = 0
+    ) -> None:
         """Start a new flow run: no event time, no partitions; share marks via ``board``;
-        an event up to ``lateness_ms`` behind its partition's watermark may still come."""
+        an event up to ``lateness_ms`` behind its partition's watermark may still come;
+        the stream is live (:meth:`live`) while it has been read to within
+        ``live_within_ms`` of the wall clock (0: never)."""
         with self._lock:
             self._local.clear()
             self._remote.clear()
             self._expected = frozenset()
             self._board = board
             self._lateness_ms = lateness_ms
+            self._live_within_ms = live_within_ms
+            self._settled_floor = _NEVER_MS
             self._started_ms = self._wall_ms()
             self._synced = float("-inf")
             self._changed()
@@ -202,9 +212,29 @@ class StreamClock:
 
     def now_ms(self) -> int | None:
         """The settled event time: no event older than it can still arrive (the reached
-        time less the allowed lateness), ``None`` while some partition has not reported."""
+        time less the allowed lateness), ``None`` while some partition has not reported.
+
+        While the stream is :meth:`live`, the reached time itself: a live stream is read
+        within seconds of its events, so waiting out the allowed lateness (minutes) would
+        only delay every timer by it. That is processing time: an event later than the
+        reached time can no longer change what was judged meanwhile. A replay of older
+        events is never live, so its judgements stay in event time, the same in every run.
+        The answer never goes back (a live stream that falls behind keeps its time)."""
         reached = self.reached_ms()
-        return None if reached is None else reached - self._lateness_ms
+        if reached is None:
+            return None
+        if self._live_within_ms and reached >= self._wall_ms() - self._live_within_ms:
+            self._settled_floor = max(self._settled_floor, reached)
+            return reached
+        return max(reached - self._lateness_ms, self._settled_floor)
+
+    def live(self) -> bool:
+        """Whether every partition has been read to within the live window of the wall clock
+        (:meth:`reset`): timers then judge at the reached time (:meth:`now_ms`)."""
+        if not self._live_within_ms:
+            return False
+        reached = self.reached_ms()
+        return reached is not None and reached >= self._wall_ms() - self._live_within_ms
 
     def reached_ms(self) -> int | None:
         """The event time every partition has been read to (late events aside), ``None``

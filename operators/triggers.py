@@ -72,6 +72,13 @@ class TriggerConfig:
     repeat_sessions: int = 3
     repeat_window_ms: int = 7 * 24 * 3_600_000
 
+    def __post_init__(self) -> None:
+        if self.abandon_after_ms <= 0:
+            raise ValueError(
+                f"a cart cannot be abandoned after {self.abandon_after_ms / 1000:g} s: "
+                "set ATTUNE_CART_ABANDON_AFTER_S > 0"
+            )
+
 
 # --- per-user trigger state and detection (the trigger stage of attune.operators.user_step) --
 

@@ -28,6 +28,11 @@ TIMER_POLL = timedelta(seconds=1)
 #: ... and a user whose event-caused triggers wait for a login's history: in a live
 #: stream that wait is milliseconds, and these triggers are for acting within seconds.
 DEFERRED_POLL = timedelta(milliseconds=50)
+#: While the stream is live (its clock keeps pace with the wall clock), a pending cart
+#: wakes when it is due instead of polling: at least this long, at most ...
+LIVE_WAKE_MIN_MS = 20
+#: ... this long between looks (the stream clock may stall).
+LIVE_WAKE_MAX_MS = 10_000
 
 Keyed = tuple[str, UserInput]
 
@@ -114,9 +119,23 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
             return datetime.fromtimestamp((self._active_ms + self._ttl_ms) / 1000, UTC)
         st = self.state
         if st is not None and pending(st, self.cfg):  # poll the stream clock while these wait
-            return datetime.now(UTC) + (DEFERRED_POLL if st.trig.deferred else TIMER_POLL)
+            return datetime.now(UTC) + self._poll(st)
         active = st.active_ms if st is not None else self.cfg.clock.now_ms()
         return datetime.fromtimestamp((active + self._ttl_ms) / 1000, UTC)
+
+    def _poll(self, st: UserState) -> timedelta:
+        """How long a pending user waits before it looks at the stream clock again."""
+        if st.trig.deferred:
+            return DEFERRED_POLL
+        clock = self.cfg.stream_clock
+        if clock.live():  # event time keeps pace with the wall: sleep until it is due
+            due_ms = st.cart.next_due_ms(self.cfg.triggers.abandon_after_ms)
+            now_ms = clock.now_ms()
+            if due_ms is not None and now_ms is not None and due_ms >= now_ms:
+                # judged once the settled time is strictly past the due time
+                wait = min(max(due_ms + 1 - now_ms, LIVE_WAKE_MIN_MS), LIVE_WAKE_MAX_MS)
+                return timedelta(milliseconds=wait)
+        return TIMER_POLL
 
     def snapshot(self) -> bytes:
         # A pickle is the immutable copy Bytewax asks for, ~10x cheaper than deepcopy;

@@ -278,3 +278,26 @@ def test_a_kept_reading_ends_when_a_remote_mark_turns_stale_or_idle() -> None:
     assert b.reached_ms() == 1_000
     t.advance(11)
     assert b.reached_ms() == 6_000  # p0 turned idle: it no longer holds time back
+
+
+def test_a_live_stream_settles_at_the_time_read_and_a_replay_waits_out_the_lateness() -> None:
+    t = Time()
+    clock = StreamClock(wall_ms=t.wall_ms, monotonic=t.monotonic)
+    clock.reset(lateness_ms=600_000, live_within_ms=30_000)
+    clock.expect(["events:0"])
+    old = t.wall - 86_400_000  # a replay of yesterday's events
+    clock.advance("events:0", old)
+    assert not clock.live() and clock.now_ms() == old - 600_000
+    clock.advance("events:0", t.wall - 200)  # caught up: read to 0.2 s behind the wall
+    assert clock.live() and clock.now_ms() == t.wall - 200
+    t.advance(60)  # the flow stalls for a minute: no longer live, but time does not go back
+    assert not clock.live() and clock.now_ms() == t.wall - 60_000 - 200
+
+
+def test_without_a_live_window_the_stream_clock_is_event_time_only() -> None:
+    t = Time()
+    clock = StreamClock(wall_ms=t.wall_ms, monotonic=t.monotonic)
+    clock.reset(lateness_ms=600_000)
+    clock.expect(["events:0"])
+    clock.advance("events:0", t.wall)
+    assert not clock.live() and clock.now_ms() == t.wall - 600_000

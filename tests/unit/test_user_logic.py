@@ -5,6 +5,7 @@ often as what waits needs."""
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,6 +14,8 @@ from bytewax.operators import StatefulBatchLogic
 from attune.operators import snapshots
 from attune.operators.clock import FixedClock
 from attune.operators.events import AddToCart, ConsentUpdate, Event, EventType, Trigger
+from attune.operators.stream_clock import StreamClock
+from attune.operators.triggers import TriggerConfig
 from attune.operators.user_config import ProfileConfig
 from attune.operators.user_logic import DEFERRED_POLL, TIMER_POLL, Keyed, UserLogic
 from attune.workload.generator import GeneratorConfig, generate
@@ -97,3 +100,41 @@ def test_a_pending_cart_polls_every_second_and_deferred_triggers_every_50_ms() -
     wake = logic.notify_at()
     assert wake is not None
     assert before + DEFERRED_POLL <= wake <= datetime.now(UTC) + DEFERRED_POLL
+
+
+@dataclass
+class _Wall:
+    ms: int
+
+    def wall_ms(self) -> int:
+        return self.ms
+
+    def monotonic(self) -> float:
+        return self.ms / 1000
+
+
+def test_while_live_a_cart_wakes_when_due_and_fires_without_waiting_out_the_lateness() -> None:
+    wall = _Wall(T0 + 3_600_000)
+    clock = StreamClock(wall_ms=wall.wall_ms, monotonic=wall.monotonic)
+    clock.reset(lateness_ms=600_000, live_within_ms=30_000)
+    clock.expect(["events:0"])
+    cfg = ProfileConfig(stream_clock=clock, triggers=TriggerConfig(abandon_after_ms=5_000))
+    logic = UserLogic(None, cfg)
+    t = wall.ms - 100  # a live event: 0.1 s old
+    logic.on_batch([_event(t - 1_000 - T0, ConsentUpdate(True, True, True), EventType.CONSENT)])
+    logic.on_batch([_event(t - T0, AddToCart("i1", 1, 1500, "EUR"), EventType.ADD_TO_CART)])
+    clock.advance("events:0", t)
+    assert clock.live()
+    before = datetime.now(UTC)
+    wake = logic.notify_at()
+    # due at t + 5 s; the clock has read to t: wake in 5 s (+1 ms), not at the 1 s poll
+    assert wake is not None and abs((wake - before).total_seconds() - 5.001) < 0.5
+
+    wall.ms += 5_000
+    clock.advance("events:0", t + 4_999)  # the due time not yet strictly passed: nothing
+    out, _ = logic.on_notify()
+    assert [o for o in out if isinstance(o, Trigger)] == []
+    clock.advance("events:0", t + 5_001)
+    out, _ = logic.on_notify()
+    fired = [o for o in out if isinstance(o, Trigger)]
+    assert [o.kind for o in fired] == ["cart_abandoned"]  # not 10 minutes of lateness later
