@@ -20,9 +20,12 @@ and event -> trigger on its topic < 50 ms at a steady 5k events/s). One run:
    - **event -> trigger**: a :class:`attune.clients.subscriber.TriggerSubscriber` on
      every trigger kind (fresh group, assigned before production starts);
      latency = wall time the subscriber got the trigger - the trigger's
-     ``cause_event_time``, for triggers caused by an event of this run. A
-     ``cart_abandoned`` trigger is caused by a 30-minute timer, not by an
-     event: it is counted, never in the latency figures;
+     ``cause_event_time``, for triggers caused by an event of this run (p99
+     against 100 ms). A ``cart_abandoned`` trigger is caused by a timer, not by
+     an event: the flow runs with ``ATTUNE_CART_ABANDON_AFTER_S`` =
+     ``--abandon-after-s`` (10 s) so that carts fall due while it tails, and
+     its figure is the wall time the subscriber got it - its due time (the
+     last cart change + the wait; p99 against 1 s);
    - **event -> Redis**: ``--sample-users`` users' profile hashes polled
      (one Lua script: HGET ``last_seen_ms`` of each; a standalone Redis, not a
      Cluster, since the keys span slots) every ``--redis-poll-ms``; an event is
@@ -77,9 +80,12 @@ if TYPE_CHECKING:
     from attune.operators.events import Event
     from attune.workload.generator import Generated
 
-#: p99 of event -> Redis write and event -> trigger (design.md, "Targets").
+#: p99 of event -> Redis write (design.md, "Targets"), the default target of a row.
 P99_TARGET_MS = 50.0
-TARGET_TEXT = "p99 < 50 ms"
+#: p99 of event -> trigger for event-caused triggers (design.md, "Targets").
+TRIGGER_TARGET_MS = 100.0
+#: p99 of a cart_abandoned trigger's due time -> subscriber while tailing (issue 14).
+CART_DUE_TARGET_MS = 1000.0
 TABLE_HEADER: tuple[str, ...] = tuple(
     ["figure", "p50 ms", "p95 ms", "p99 ms", "max ms", "count", "target", "verdict", "note"]
 )
@@ -127,6 +133,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=tp._positive_float,
         default=5.0,
         help="seconds to keep measuring after production ends (5)",
+    )
+    work.add_argument(
+        "--abandon-after-s",
+        type=tp._positive_int,
+        default=10,
+        help="ATTUNE_CART_ABANDON_AFTER_S for the flow (10), so that carts fall due while "
+        "it tails and the due -> trigger figure has data",
     )
     runs = parser.add_argument_group("runs")
     runs.add_argument(
@@ -197,12 +210,13 @@ class Latency:
 
 @dataclass(frozen=True, slots=True)
 class LatencyRow:
-    """One line of the table; ``targeted`` rows get a verdict of p99 against 50 ms."""
+    """One line of the table; ``targeted`` rows get a verdict of p99 against ``target_ms``."""
 
     label: str
     stat: Latency | None
     targeted: bool = False
     note: str = ""
+    target_ms: float = P99_TARGET_MS
 
     @property
     def verdict(self) -> str:
@@ -210,7 +224,7 @@ class LatencyRow:
             return ""
         if self.stat is None:
             return "n/a"
-        return "pass" if self.stat.p99 < P99_TARGET_MS else "FAIL"
+        return "pass" if self.stat.p99 < self.target_ms else "FAIL"
 
 
 def format_latency_table(rows: Sequence[LatencyRow]) -> str:
@@ -233,7 +247,7 @@ def format_latency_table(rows: Sequence[LatencyRow]) -> str:
             if s is None
             else (*(f"{v:,.1f}" for v in (s.p50, s.p95, s.p99, s.max)), f"{s.count:,}")
         )
-        target = TARGET_TEXT if row.targeted else ""
+        target = f"p99 < {row.target_ms:g} ms" if row.targeted else ""
         lines.append((row.label, *nums, target, row.verdict, row.note))
     widths = [max(len(r[i]) for r in (header, *lines)) for i in range(len(header))]
     right = {1, 2, 3, 4, 5}
@@ -566,6 +580,7 @@ def _bench(args: argparse.Namespace) -> str:
         redis=measured.redis,
         ping=measured.ping,
         poll_ms=args.redis_poll_ms,
+        abandon_after_ms=args.abandon_after_s * 1000,
     )
     text = _report_text(args, machine, measured, result)
     if args.json:
@@ -612,7 +627,9 @@ def _measure(
     with contextlib.ExitStack() as stack:
         # attune.bench.throughput's set-up takes args.partitions and args.redis_db.
         bench = tp._set_up(args, stack)
-        settings = bench.settings.replace(kafka_tail=True)
+        settings = bench.settings.replace(
+            kafka_tail=True, cart_abandon_after_s=args.abandon_after_s
+        )
         ping_topic = bench.topics["events"].rsplit(".", 1)[0] + ".ping"
         stack.callback(tp._delete_topics, settings, [ping_topic])
         try:
@@ -804,17 +821,21 @@ def _figures(
     redis: RedisWatch,
     ping: PingWatch,
     poll_ms: float,
+    abandon_after_ms: int,
 ) -> dict[str, Any]:
     """The table's rows, notes and counts from what the threads measured."""
     live = [r for r in got if r.kind not in TIMER_KINDS and r.cause_event_time >= start_ms]
     before = [r for r in got if r.kind not in TIMER_KINDS and r.cause_event_time < start_ms]
     timers = [r for r in got if r.kind in TIMER_KINDS]
+    # carts that fell due while the flow tailed the run's events (not the warm-up's)
+    due = [r for r in timers if r.cause_event_time + abandon_after_ms >= start_ms]
     rows = [
         LatencyRow(
             "event -> trigger, all event-caused kinds",
             Latency.of([r.received_ms - r.cause_event_time for r in live]),
             targeted=True,
             note="subscriber receive - cause_event_time",
+            target_ms=TRIGGER_TARGET_MS,
         )
     ]
     for kind in EVENT_CAUSED_KINDS:
@@ -835,6 +856,17 @@ def _figures(
             Latency.of([r.received_ms - r.emit_time for r in live]),
         ),
         LatencyRow(
+            "cart_abandoned: due -> subscriber",
+            Latency.of([r.received_ms - r.cause_event_time - abandon_after_ms for r in due]),
+            targeted=True,
+            note=f"subscriber receive - (last cart change + {abandon_after_ms / 1000:g} s)",
+            target_ms=CART_DUE_TARGET_MS,
+        ),
+        LatencyRow(
+            "  of which due -> emit (in flow)",
+            Latency.of([float(r.emit_time - r.cause_event_time - abandon_after_ms) for r in due]),
+        ),
+        LatencyRow(
             "event -> Redis profile write",
             Latency.of(redis.latencies),
             targeted=True,
@@ -852,6 +884,7 @@ def _figures(
         "triggers_event_caused_this_run": len(live),
         "triggers_caused_before_run": len(before),
         "triggers_timer_caused": len(timers),
+        "carts_due_in_run": len(due),
         "redis_events_seen": len(redis.latencies),
         "redis_events_not_seen": redis.undetected(),
         "redis_polls": redis.polls,
@@ -860,7 +893,8 @@ def _figures(
     notes = [
         f"triggers received: {len(got):,} ({len(live):,} caused by events of this run; "
         f"{len(before):,} caused before production began, e.g. by the warm-up; "
-        f"{len(timers):,} cart_abandoned, timer-caused, not in the figures)",
+        f"{len(timers):,} cart_abandoned, timer-caused, of which {len(due):,} fell due "
+        "during the run: their figure is from the due time, not an event)",
         f"event -> Redis: {len(redis.latencies):,} sampled events seen, "
         f"{redis.undetected():,} never seen (filtered, consent, or not yet written); "
         f"includes up to one {poll_ms:g} ms polling interval and the 0-1 ms truncation of "
