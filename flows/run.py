@@ -123,8 +123,8 @@ def check_kafka(settings: Settings, timeout_s: float | None = None) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     embedded = not settings.kafka_bootstrap and not settings.redis_url
-    if settings.kafka_bootstrap and not settings.input_file:
-        check_kafka(settings)
+    if settings.kafka_bootstrap and settings.redis_url and not settings.input_file:
+        check_kafka(settings)  # half a configuration is refused by build_flow, first
     store = LocalStore() if embedded else None
     flow = build_flow(settings, sinks=default_sinks(settings, store))
     tune_gc()

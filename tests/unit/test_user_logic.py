@@ -15,9 +15,16 @@ from attune.operators import snapshots
 from attune.operators.clock import FixedClock
 from attune.operators.events import AddToCart, ConsentUpdate, Event, EventType, Trigger
 from attune.operators.stream_clock import StreamClock
+from attune.operators.trigger_decisions import pending
 from attune.operators.triggers import TriggerConfig
 from attune.operators.user_config import ProfileConfig
-from attune.operators.user_logic import DEFERRED_POLL, TIMER_POLL, Keyed, UserLogic
+from attune.operators.user_logic import (
+    DEFERRED_POLL,
+    IDLE_FREEZE,
+    TIMER_POLL,
+    Keyed,
+    UserLogic,
+)
 from attune.workload.generator import GeneratorConfig, generate
 
 T0 = 1_767_571_200_000
@@ -30,11 +37,8 @@ def _by_user() -> dict[str, list[Event]]:
     return by_user
 
 
-def _same_wake(a: datetime | None, b: datetime | None) -> bool:
-    """The same timer: a poll is ``now + interval``, read a few microseconds apart."""
-    if a is None or b is None:
-        return a is b
-    return abs((a - b).total_seconds()) < 0.5
+#: Never freezes: the reference a freezing logic is compared with.
+NEVER = timedelta(days=365_000)
 
 
 def test_a_frozen_state_gives_what_a_live_one_gives() -> None:
@@ -42,22 +46,31 @@ def test_a_frozen_state_gives_what_a_live_one_gives() -> None:
     cfg = ProfileConfig(clock=wall)
     frozen_count = 0
     for user, events in _by_user().items():
-        live, thawing = UserLogic(None, cfg), UserLogic(None, cfg)
+        live, thawing = UserLogic(None, cfg, NEVER), UserLogic(None, cfg)
         for start in range(0, len(events), 5):
             batch: list[Keyed] = [(user, e) for e in events[start : start + 5]]
             out_live, keep_live = live.on_batch(batch)
             out_thawing, keep_thawing = thawing.on_batch(batch)
             assert list(out_thawing) == list(out_live) and keep_thawing == keep_live
-            assert _same_wake(thawing.notify_at(), live.notify_at())
             if keep_live is StatefulBatchLogic.DISCARD:  # merged into its user
                 break
-            # An epoch ends: the snapshot freezes the idle state until its next batch
-            # (the live one is never snapshotted, so it is never frozen).
+            assert thawing._frozen is None  # in use: live objects
             assert snapshots.loads(thawing.snapshot()) == live.state
+            # idle for a minute: the timer freezes it, unless something waits for time
+            wall.advance(int(IDLE_FREEZE.total_seconds() * 1000))
+            out_live, _ = live.on_notify()
+            out_thawing, _ = thawing.on_notify()
+            assert list(out_thawing) == list(out_live)
             frozen_count += thawing._frozen is not None
-            assert _same_wake(thawing.notify_at(), live.notify_at())  # without thawing
-            assert thawing.expired() == live.expired()
-            wall.advance(1_000)
+            assert live.state is not None
+            if pending(live.state, cfg):  # what waits for time is never frozen
+                assert thawing._frozen is None
+            assert snapshots.loads(thawing.snapshot()) == live.state
+            assert thawing.expired() == live.expired()  # answered without thawing
+            if thawing._frozen is not None:  # the TTL is all that is left to wait for
+                ttl_ms = int(cfg.state_ttl.total_seconds() * 1000)
+                wake = datetime.fromtimestamp((live.state.active_ms + ttl_ms) / 1000, UTC)
+                assert thawing.notify_at() == wake
         assert thawing.state == live.state
     assert frozen_count > 0  # the path under test was taken
 
@@ -65,12 +78,16 @@ def test_a_frozen_state_gives_what_a_live_one_gives() -> None:
 def test_a_frozen_state_expires_and_leaves_its_audiences_like_a_live_one() -> None:
     wall = FixedClock(T0)
     cfg = ProfileConfig(clock=wall, state_ttl=timedelta(minutes=5))
-    user, events = max(_by_user().items(), key=lambda kv: len(kv[1]))
-    live, thawing = UserLogic(None, cfg), UserLogic(None, cfg)
-    batch: list[Keyed] = [(user, e) for e in events[:20]]
-    live.on_batch(batch)
-    thawing.on_batch(batch)
-    thawing.snapshot()
+    for user, events in sorted(_by_user().items(), key=lambda kv: -len(kv[1])):
+        live, thawing = UserLogic(None, cfg, NEVER), UserLogic(None, cfg)
+        batch: list[Keyed] = [(user, e) for e in events[:20]]
+        live.on_batch(batch)
+        thawing.on_batch(batch)
+        if live.state is not None and not pending(live.state, cfg):
+            break  # a user with nothing waiting for time: it freezes
+    wall.advance(int(IDLE_FREEZE.total_seconds() * 1000))
+    thawing.on_notify()
+    assert thawing._frozen is not None
     wall.advance(5 * 60_000)
     assert thawing.expired() and live.expired()
     out_thawing, keep_thawing = thawing.on_notify()
@@ -90,7 +107,6 @@ def test_a_pending_cart_polls_every_second_and_deferred_triggers_every_50_ms() -
     before = datetime.now(UTC)
     wake = logic.notify_at()
     assert wake is not None and before + TIMER_POLL <= wake <= datetime.now(UTC) + TIMER_POLL
-    assert logic.snapshot() and logic._frozen is None  # a pending state stays live
 
     st = logic.state
     assert st is not None
