@@ -47,6 +47,7 @@ from attune.operators.codec import Codec
 from attune.operators.events import DeadLetter, ErrorClass, Source, Trigger
 from attune.operators.schema_registry import SchemaRegistryClient
 from attune.operators.settings import Settings, client_options
+from attune.operators.triggers import KINDS
 
 log = logging.getLogger(__name__)
 
@@ -389,6 +390,12 @@ class TriggerSubscriber:
             raise TypeError(f"kinds must be a sequence of trigger kinds, e.g. [{kinds!r}]")
         if not kinds:
             raise ValueError("no trigger kinds to subscribe to")
+        unknown = [k for k in kinds if k not in KINDS]
+        if unknown:  # a misspelt kind would subscribe to a topic nothing writes
+            raise ValueError(
+                f"unknown trigger kind(s) {', '.join(map(repr, unknown))}: the kinds are "
+                + ", ".join(KINDS)
+            )
         if not group_id:
             raise ValueError("group_id is empty: offsets are committed per consumer group")
         if consumer_options.get("enable_auto_commit"):

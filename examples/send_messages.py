@@ -124,6 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 stop=stop,
                 on_undecodable=report,
             )
+    except ValueError as exc:  # a setting or argument the subscriber refused
+        print(f"send_messages: {exc}", file=sys.stderr)
+        return 2
     finally:
         if out is not sys.stdout:
             out.close()

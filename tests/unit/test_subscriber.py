@@ -8,10 +8,14 @@ moves on poll and back on seek, commits of the next offset to read).
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -397,6 +401,11 @@ def test_constructor_checks_its_arguments() -> None:
         TriggerSubscriber("", "cart_abandoned", "app", consumer=consumer)
     with pytest.raises(ValueError, match="no trigger kinds"):
         TriggerSubscriber("", [], "app", consumer=consumer)
+    # a misspelt kind would read a topic nothing writes (issue 16, finding 7)
+    with pytest.raises(
+        ValueError, match=r"unknown trigger kind\(s\) 'cart_abandon': the kinds are cart_abandoned,"
+    ):
+        TriggerSubscriber("", ["long_dwell", "cart_abandon"], "app", consumer=consumer)
     with pytest.raises(ValueError, match="group_id"):
         TriggerSubscriber("", ["long_dwell"], "", consumer=consumer)
     with pytest.raises(ValueError, match="enable_auto_commit"):
@@ -433,3 +442,21 @@ def test_fetches_wait_50_ms_not_kafka_pythons_500_and_the_caller_can_override(
         "k:1", ["cart_abandoned"], "app", settings=Settings(), fetch_max_wait_ms=200
     )
     assert sub._consumer.options["fetch_max_wait_ms"] == 200
+
+
+def test_the_example_app_refuses_a_misspelt_kind_in_one_line() -> None:
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "ATTUNE_KAFKA_BOOTSTRAP": "127.0.0.1:1", "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, str(root / "examples" / "send_messages.py"), "--kinds", "cart_abandon"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "send_messages: unknown trigger kind(s) 'cart_abandon': the kinds are cart_abandoned, "
+        "long_dwell, repeat_visit, segment_entered, segment_exited, high_propensity"
+    ]
