@@ -44,3 +44,17 @@ def test_synthetic_ids_are_distinct_and_as_long_as_their_source() -> None:
     ids = {redis_memory.synthetic_id("uffac1148d3", i) for i in range(1000)}
     assert len(ids) == 1000 and {len(i) for i in ids} == {11}
     assert len(redis_memory.synthetic_id("x" * 100, 1)) == 100
+
+
+def test_the_latency_bench_polls_last_seen_ms_out_of_the_profile_string() -> None:
+    # bench/latency.py's poll, against a real server as the bench runs it (here for the
+    # server this module needs anyway).
+    from attune.bench.latency import LAST_SEEN_AT, POLL_SCRIPT
+    from attune.operators.redis_keys import encode_profile
+
+    with redis_memory.OwnRedis() as client:
+        client.set("a", encode_profile({"events": "1", "last_seen_ms": "17", "device_top": "x"}))
+        client.set("b", encode_profile({"first_seen_ms": "5"}))  # no last_seen_ms yet
+        client.set("c", encode_profile({"last_seen_ms": "99"}))  # the last value written
+        keys = ("a", "b", "missing", "c")
+        assert client.eval(POLL_SCRIPT, len(keys), *keys, LAST_SEEN_AT) == b"17,,,99"
