@@ -228,14 +228,13 @@ def synthetic_id(source: str, index: int) -> str:
     return digest[: len(source)]
 
 
-def populate(client: redis.Redis, sources: Sequence[UserKeys], count: int) -> list[str]:
-    """``count`` synthetic users, user ``i`` a copy of ``sources[i % len(sources)]``; their ids."""
-    users: list[str] = []
+def populate(client: redis.Redis, sources: Sequence[UserKeys], count: int) -> None:
+    """``count`` synthetic users, user ``i`` a copy of ``sources[i % len(sources)]`` with the
+    id ``synthetic_id(source, i)``."""
     pipe = client.pipeline(transaction=False)
     for index in range(count):
         source = sources[index % len(sources)]
         user = synthetic_id(source.user, index)
-        users.append(user)
         for kind, dump, pttl in source.dumps:
             pipe.restore(getattr(KEYS, kind)(user), pttl, dump)
         for anonymous_id, dump, pttl in source.aliases:
@@ -245,7 +244,6 @@ def populate(client: redis.Redis, sources: Sequence[UserKeys], count: int) -> li
         if len(pipe) >= 2000:
             pipe.execute()
     pipe.execute()
-    return users
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -257,11 +255,12 @@ class Figures:
     slope_b: float  # used_memory per user between the two populations
     usage_b: float  # mean MEMORY USAGE of one user's own keys
     keys_per_user: float
-    value_b: dict[str, float]  # mean value bytes (STRLEN / listpack) per kind
+    value_b: dict[str, float]  # per kind: mean STRLEN of strings, MEMORY USAGE of others
     part_slope_b: dict[str, float]  # used_memory slope per user of each part alone
 
 
 def used_memory(client: redis.Redis) -> int:
+    """``INFO memory``'s ``used_memory``: what the allocator holds for the data set."""
     info = client.info("memory")
     return int(info["used_memory"])
 

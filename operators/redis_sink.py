@@ -345,7 +345,7 @@ def _user_commands(
             commands.append(("SET", keys.profile(user), value, "EX", ttl_s))
         segments_key = keys.segments(user)
         if user_ops.segments:
-            added = [a for s, member in user_ops.segments.items() if member for a in (s, "1")]
+            added = [f for s, member in user_ops.segments.items() if member for f in (s, "1")]
             removed = [s for s, member in user_ops.segments.items() if not member]
             if added:
                 commands.append(("HSET", segments_key, *added))
@@ -649,7 +649,8 @@ class _RedisPartition(StatelessSinkPartition[RedisOp]):
             self._convert(keys=[str(key)])
         again = [commands[i] for i in old]
         still = self._send(self._packer.pack(again), again)
-        kept = [(i, error) for i, error in refused if i not in set(old)]
+        retried = set(old)
+        kept = [(i, error) for i, error in refused if i not in retried]
         return sorted(kept + [(old[j], error) for j, error in still])
 
     def _send(self, request: bytes, commands: list[Command]) -> list[tuple[int, Exception]]:
