@@ -32,9 +32,9 @@ What the rest of Attune relies on:
   transaction). Errors raise: Bytewax stops and recovery replays.
 - Upgrades in place: a segments key still a set (written before the hash) refuses
   HSET/HDEL with WRONGTYPE; the partition converts it with a Lua script
-  (:data:`CONVERT_SEGMENTS`, so the Redis user needs EVAL/EVALSHA) and sends the
-  refused commands again. Older profiles (hashes) and recommendations (format 2)
-  are replaced whole by the next SET.
+  (:data:`CONVERT_SEGMENTS`, sent with EVAL, which a Redis ACL user must be allowed) and
+  sends the refused commands again. Older profiles (hashes) and recommendations
+  (format 2) are replaced whole by the next SET.
 
 :func:`plan` is pure, so coalescing is tested without Redis:
 
@@ -576,7 +576,8 @@ COMMANDS = (
 #: Lua: turn a user's segments key written as a set (before the hash) into the hash of
 #: the same members, its TTL kept. ``KEYS[1]``: the key; returns the members moved.
 #: One script, so no reader sees the key missing; run only on a WRONGTYPE, i.e. once
-#: per such key.
+#: per such key, with plain EVAL (one ACL permission, ``+eval``: redis-py's EVALSHA
+#: wrapper would need ``SCRIPT LOAD`` too).
 CONVERT_SEGMENTS = """
 if redis.call('TYPE', KEYS[1]).ok ~= 'set' then return 0 end
 local members = redis.call('SMEMBERS', KEYS[1])
@@ -604,7 +605,6 @@ class _RedisPartition(StatelessSinkPartition[RedisOp]):
         self._keys = RedisKeys(config.prefix)
         ttls = {config.ttl_s, config.audience_ttl_s or config.ttl_s}
         self._packer = RespPacker([*COMMANDS, "1", *ttls])
-        self._convert = client.register_script(CONVERT_SEGMENTS)
 
     def write_batch(self, items: list[RedisOp]) -> None:
         commands = plan(
@@ -646,7 +646,7 @@ class _RedisPartition(StatelessSinkPartition[RedisOp]):
         """
         old = [i for i, error in refused if _old_segments(commands[i], error)]
         for key in dict.fromkeys(commands[i][1] for i in old):
-            self._convert(keys=[str(key)])
+            self._client.eval(CONVERT_SEGMENTS, 1, key)
         again = [commands[i] for i in old]
         still = self._send(self._packer.pack(again), again)
         retried = set(old)

@@ -254,6 +254,36 @@ def test_keys_of_the_previous_layout_are_upgraded_in_place(
 
 
 @pytest.mark.integration
+def test_the_upgrade_of_an_old_set_needs_eval_under_an_acl(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    user, password = f"attune-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
+    redis_client.execute_command(
+        "ACL",
+        "SETUSER",
+        user,
+        "on",
+        f">{password}",
+        "resetkeys",
+        "~attune:*",
+        "+@all",
+        "-@scripting",
+    )
+    redis_client.sadd(KEYS.segments("u1"), "old")
+    config = RedisConfig(redis_url, username=user, password=password, ttl_s=TTL_S)
+    part = RedisSink(config).build("redis", 0, 1)
+    try:
+        with pytest.raises(RedisSinkError, match="no permissions to run the 'eval' command"):
+            part.write_batch([SegmentsWrite("u1", ("vip",))])
+        redis_client.execute_command("ACL", "SETUSER", user, "+eval")
+        part.write_batch([SegmentsWrite("u1", ("vip",))])  # recovery replays the batch
+    finally:
+        part.close()
+        redis_client.execute_command("ACL", "DELUSER", user)
+    assert redis_client.hgetall(KEYS.segments("u1")) == {b"old": b"1", b"vip": b"1"}
+
+
+@pytest.mark.integration
 def test_a_connection_closed_by_the_server_is_replaced(
     redis_client: redis.Redis, redis_config: RedisConfig
 ) -> None:
