@@ -4,10 +4,14 @@ The dataflow's ranking step writes each user's recommendations to Redis, and
 trending items per scope; apps read them here with redis-py (docs/redis.md,
 "Recommendations", is the contract):
 
-- ``attune:{u:<user>}:recs``: a string, orjson ``{"v": 2, "items": [[item, score,
-  reason code, category index], ...], "categories": [...], "model_version",
-  "generated_at" (epoch ms), "source"}``, items in rank order (format 2,
-  :mod:`attune.operators.recs_encoding`; format 1, items as objects, is read too);
+- ``attune:{u:<user>}:recs``: a string, format 3 (text:
+  ``3|<model_version>|<generated_at>|<source>|<categories>|<item>|...``, items in rank
+  order, :mod:`attune.operators.recs_encoding`); formats 2 and 1 (orjson, written by
+  earlier versions) are read too;
+- ``attune:{u:<user>}:segments``: a hash, segment name -> ``1`` (a set before: read too);
+- ``attune:{u:<user>}:profile``: a string, format 2 (``2|<value>|...``,
+  :func:`attune.operators.redis_keys.encode_profile`; a hash of fields before: read too),
+  read by :meth:`RecommendationClient.get_profile`;
 - ``attune:trending:global``, ``attune:trending:category:<name>``,
   ``attune:trending:segment:<name>``: sorted sets, member an item id, higher
   score more trending.
@@ -55,7 +59,7 @@ import orjson
 import redis
 
 from attune.operators import recs_encoding
-from attune.operators.redis_keys import DEFAULT_PREFIX, RedisKeys
+from attune.operators.redis_keys import DEFAULT_PREFIX, PROFILE_ORDER, RedisKeys, decode_profile
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +77,8 @@ CONTEXT_KEYS = frozenset({"category", "exclude", "item"})
 
 
 class CorruptRecommendationsError(ValueError):
-    """A Redis value does not have the documented shape (docs/redis.md, "Recommendations")."""
+    """A Redis value does not have the documented shape (docs/redis.md): recommendations,
+    segments or a profile."""
 
     def __init__(self, key: str, problem: str) -> None:
         super().__init__(f"{key}: {problem}")
@@ -152,11 +157,15 @@ def _number(value: Any) -> TypeGuard[int | float]:
 def parse_recs(raw: bytes | str, key: str = "recs") -> StoredRecs:
     """Parse a ``recs`` value; :class:`CorruptRecommendationsError` names what is wrong.
 
-    Reads format 2 (``"v": 2``, what Attune writes: items ``[item, score, reason code,
-    category index]``, :mod:`attune.operators.recs_encoding`) and format 1 (no ``v``:
-    items as objects), so values written before an upgrade stay readable. Reason codes
-    come back as their reasons. Unknown extra fields are ignored (writers may add some);
-    the documented ones must be there with their types.
+    Reads format 3 (text, ``3|...``, what Attune stores) and the JSON formats 2
+    (``"v": 2``: items ``[item, score, reason code, category index]``) and 1 (no ``v``:
+    items as objects), so values written before an upgrade stay readable
+    (:mod:`attune.operators.recs_encoding`). Reason codes come back as their reasons.
+    Unknown extra JSON fields are ignored (writers may add some); the documented ones
+    must be there with their types.
+
+    >>> parse_recs(b"3|m4|7|p|shoes|i1,831,sv,0|i2,500").items[1]
+    Recommendation(item='i2', score=0.5, reason='similar-to-viewed', category='shoes')
 
     >>> parse_recs(b'{"v":2,"items":[["i1",0.8,"sv",0]],"categories":["shoes"],'
     ...            b'"model_version":"m3","generated_at":1,"source":"personalized"}').items
@@ -167,6 +176,8 @@ def parse_recs(raw: bytes | str, key: str = "recs") -> StoredRecs:
     ...     print(exc)
     k: items[0].score is 'high', not a finite number
     """
+    if raw[:2] in (b"3|", "3|"):
+        return _parse_v3(raw, key)
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -195,6 +206,53 @@ def parse_recs(raw: bytes | str, key: str = "recs") -> StoredRecs:
     if not isinstance(source, str) or not source:
         raise CorruptRecommendationsError(key, f"source is {source!r}, not a string")
     return StoredRecs(tuple(out), model_version, generated_at, source)
+
+
+def _parse_v3(raw: bytes | str, key: str) -> StoredRecs:
+    """Format 3, the text :func:`attune.operators.recs_encoding.compact` writes."""
+    try:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        items, model_version, generated_at, source = recs_encoding.decode_compact(text)
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise CorruptRecommendationsError(key, f"format 3: {exc}") from None
+    if not source:
+        raise CorruptRecommendationsError(key, "source is empty")
+    out = [
+        _checked(
+            key,
+            f"items[{i}]",
+            item=item,
+            score=score,
+            reason=recs_encoding.reason_of(code),
+            category=category,
+        )
+        for i, (item, score, code, category) in enumerate(items)
+    ]
+    return StoredRecs(tuple(out), model_version, generated_at, source)
+
+
+def parse_profile(
+    raw: bytes | str | Mapping[bytes, bytes] | Mapping[str, str], key: str = "profile"
+) -> dict[str, str | None]:
+    """A ``profile`` value as field -> value (``None``: not known), every field of
+    ``PROFILE_ORDER``; :class:`CorruptRecommendationsError` names what is wrong.
+
+    Reads format 2 (the string ``2|<value>|...`` Attune writes,
+    :func:`attune.operators.redis_keys.decode_profile`) and format 1, the hash of field
+    -> value written before (pass what ``HGETALL`` returned), so profiles written before
+    an upgrade stay readable until they are rewritten or expire. Values stay strings as
+    stored (ints in decimal, floats as ``repr``): the caller converts what it uses.
+
+    >>> parse_profile(b"2|3|1")["page_views"], parse_profile({b"events": b"3"})["events"]
+    ('1', '3')
+    """
+    if isinstance(raw, Mapping):
+        stored = {_text(name): _text(value) for name, value in raw.items()}
+        return {name: stored.get(name) or None for name in PROFILE_ORDER}
+    try:
+        return decode_profile(raw.decode() if isinstance(raw, bytes) else raw)
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise CorruptRecommendationsError(key, str(exc)) from None
 
 
 def _checked(
@@ -379,8 +437,9 @@ class RecommendationClient:
             preferred (a Redis set has no order); other segments follow by name.
 
     Two round trips at most for a known user with a full list (one pipelined
-    ``GET``/``GET``/``SMEMBERS``, one pipelined ``ZREVRANGE`` per scope if a top-up
-    is needed), three when an anonymous id is resolved to its user.
+    ``GET``/``GET``/``HKEYS``, one pipelined ``ZREVRANGE`` per scope if a top-up
+    is needed), three when an anonymous id is resolved to its user, one more when
+    the user's segments are still a set (written before the hash: ``SMEMBERS``).
     """
 
     def __init__(
@@ -412,22 +471,30 @@ class RecommendationClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _corrupt(self, error: CorruptRecommendationsError) -> None:
+    def _corrupt(
+        self, error: CorruptRecommendationsError, instead: str = "falling back to trending"
+    ) -> None:
         if self.strict:
             raise error
-        log.warning("ignoring corrupt Redis value, falling back to trending: %s", error)
+        log.warning("ignoring corrupt Redis value, %s: %s", instead, error)
 
     def _read_user(self, user: str) -> tuple[Any, Any, Any]:
         pipe = self.redis.pipeline(transaction=False)
         pipe.get(self.keys.recs(user))
         pipe.get(self.keys.alias(user))
-        pipe.smembers(self.keys.segments(user))
+        pipe.hkeys(self.keys.segments(user))
         recs, alias, segments = pipe.execute(raise_on_error=False)
         return recs, alias, segments
 
     def _segments(self, user: str, value: Any) -> set[str]:
+        key = self.keys.segments(user)
+        if isinstance(value, redis.ResponseError) and str(value).startswith("WRONGTYPE"):
+            try:  # a set, as written before the hash (the sink converts it at its next write)
+                value = self.redis.smembers(key)
+            except redis.ResponseError as exc:
+                value = exc
         if isinstance(value, redis.ResponseError):
-            self._corrupt(CorruptRecommendationsError(self.keys.segments(user), str(value)))
+            self._corrupt(CorruptRecommendationsError(key, str(value)))
             return set()
         return {_text(s) for s in value or ()}
 
@@ -456,6 +523,43 @@ class RecommendationClient:
                 continue
             out.append((scope, [(_text(m), float(s)) for m, s in members]))
         return out
+
+    def get_profile(self, user: str) -> dict[str, str | None] | None:
+        """The profile of ``user`` (an anonymous id merged into a user: that user's), as
+        :func:`parse_profile` reads it; ``None`` when there is none, or when it is corrupt
+        (logged; ``strict=True`` raises :class:`CorruptRecommendationsError`).
+
+        One pipelined round trip (``GET`` of the profile and the alias), one more to
+        follow an alias, one more for a profile still a hash (``HGETALL``).
+        """
+        if not user:
+            raise ValueError("user is empty")
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(self.keys.profile(user))
+        pipe.get(self.keys.alias(user))
+        raw, alias = pipe.execute(raise_on_error=False)
+        if raw is None and isinstance(alias, bytes | str) and _text(alias) not in ("", user):
+            user = _text(alias)
+            raw = self._get(self.keys.profile(user))
+        if raw is None:
+            return None
+        key = self.keys.profile(user)
+        try:
+            if isinstance(raw, redis.ResponseError) and str(raw).startswith("WRONGTYPE"):
+                raw = self.redis.hgetall(key)  # format 1: a hash
+            if isinstance(raw, redis.ResponseError):
+                raise CorruptRecommendationsError(key, str(raw))
+            return parse_profile(raw, key) if raw else None
+        except CorruptRecommendationsError as exc:
+            self._corrupt(exc, "no profile")
+            return None
+
+    def _get(self, key: str) -> Any:
+        """``GET key``, a refusal (WRONGTYPE) returned rather than raised."""
+        try:
+            return self.redis.get(key)
+        except redis.ResponseError as exc:
+            return exc
 
     def get_recommendations(
         self, user: str, k: int = 10, context: Mapping[str, Any] | None = None

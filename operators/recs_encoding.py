@@ -1,13 +1,35 @@
 """The encoding of a user's recommendations in Redis (``attune:{u:<user>}:recs``).
 
-Written by the ranking step (:func:`attune.operators.ranking.recs_value`), read by the
-client library (:func:`attune.clients.recommendations.parse_recs`); docs/redis.md
+Made by the ranking step (:func:`attune.operators.ranking.recs_value`, format 2),
+stored by the Redis sink as format 3 (:func:`compact`), read by the client library
+(:func:`attune.clients.recommendations.parse_recs`, formats 1, 2 and 3); docs/redis.md
 ("Recommendations") is the contract. It imports nothing heavier than orjson, so the
 client library can share it.
 
-Format 2 (the current one) is orjson, one object, its items positional to keep a
-user's value small (Redis keeps one per user; format 1 spelled out ``item``, ``score``,
-``reason`` and ``category`` in every item, ~1.1 KB for ten):
+Format 3 (what Redis holds) is text, not JSON: Redis keeps one value per user, and
+format 2's brackets, quotes and ``0.`` of every score were a third of it. Fields are
+separated by ``|``::
+
+    3|<model_version>|<generated_at>|<source>|<categories>|<item>|<item>...
+
+``source`` is a code (:data:`SOURCE_CODES`, else written whole), ``categories`` the
+category paths the items use joined by ``,`` (empty: none), and each item
+``<id>,<score>,<reason code>,<category index>``: the score in thousandths (an integer),
+the reason as in format 2, the index empty when the category is not known. An item
+with the reason and category of the item before it is written ``<id>,<score>`` (most
+lists give one reason and one category to most items). In every string ``%``, ``|``
+and ``,`` are written ``%25``, ``%7C``, ``%2C``.
+
+>>> compact(encode([("i1", 0.8312345, "similar-to-viewed", "shoes/running"),
+...                 ("i3", 0.61, "similar-to-viewed", "shoes/running"),
+...                 ("i7", 0.5, "bought-together", None)], "m3-5", 7, "personalized"))
+b'3|m3-5|7|p|shoes/running|i1,831,sv,0|i3,610|i7,500,bt,'
+>>> decode_compact('3|m3-5|7|p|shoes/running|i1,831,sv,0|i3,610|i7,500,bt,')[0]
+[('i1', 0.831, 'sv', 'shoes/running'), ('i3', 0.61, 'sv', 'shoes/running'), ('i7', 0.5, 'bt', None)]
+
+Format 2 (what the ranking step makes, and Redis held before format 3) is orjson, one
+object, its items positional (format 1 spelled out ``item``, ``score``, ``reason`` and
+``category`` in every item, ~1.1 KB for ten):
 
 - ``v``: 2, the format;
 - ``items``: rank order, each ``[item id, score, reason code, category index]``: the
@@ -45,6 +67,14 @@ REASON_CODES: dict[str, str] = {
 }
 #: Code -> reason.
 REASONS_BY_CODE: dict[str, str] = {code: reason for reason, code in REASON_CODES.items()}
+#: The format :func:`compact` writes (the first field).
+COMPACT_FORMAT = "3"
+#: Source -> the code a format-3 value stores (another source is written whole).
+SOURCE_CODES: dict[str, str] = {"personalized": "p", "trending": "t"}
+#: Code -> source.
+SOURCES_BY_CODE: dict[str, str] = {code: source for source, code in SOURCE_CODES.items()}
+#: How a format-2 value starts (what :func:`compact` converts).
+_FORMAT_2_START = b'{"v":2,'
 
 #: One recommendation as :func:`encode` takes it: item id, score, reason, category path.
 Entry = tuple[str, float, str, str | None]
@@ -81,3 +111,85 @@ def reason_of(code: str) -> str:
     ('similar-to-viewed', 'co-visited')
     """
     return REASONS_BY_CODE.get(code, code)
+
+
+def _escape(value: str) -> str:
+    if "%" in value or "|" in value or "," in value:
+        return value.replace("%", "%25").replace("|", "%7C").replace(",", "%2C")
+    return value
+
+
+def _unescape(value: str) -> str:
+    if "%" in value:
+        return value.replace("%2C", ",").replace("%7C", "|").replace("%25", "%")
+    return value
+
+
+def compact(value: bytes) -> bytes:
+    """The format-3 value of a format-2 value; any other value is returned as it is.
+
+    The Redis sink stores what the ranking step makes in format 3, so ranking keeps its
+    one format; a value that does not start as :func:`encode` starts it (a foreign or
+    test writer's) is not the sink's to rewrite.
+
+    >>> compact(b'{"v":2,"items":[],"categories":[],"model_version":"m|1",'
+    ...         b'"generated_at":5,"source":"trending"}')
+    b'3|m%7C1|5|t|'
+    >>> compact(b"anything else")
+    b'anything else'
+    """
+    if not value.startswith(_FORMAT_2_START):
+        return value
+    parsed = orjson.loads(value)
+    categories: list[str] = parsed["categories"]
+    source: str = parsed["source"]
+    parts = [
+        COMPACT_FORMAT,
+        _escape(parsed["model_version"]),
+        str(parsed["generated_at"]),
+        SOURCE_CODES.get(source) or _escape(source),
+        ",".join(_escape(c) for c in categories),
+    ]
+    last: tuple[str, int | None] | None = None
+    for item, score, reason, index in parsed["items"]:
+        entry = f"{_escape(item)},{round(score * 1000)}"
+        if (reason, index) != last:
+            entry += f",{_escape(reason)},{'' if index is None else index}"
+            last = (reason, index)
+        parts.append(entry)
+    return "|".join(parts).encode()
+
+
+def decode_compact(text: str) -> tuple[list[tuple[str, float, str, str | None]], str, int, str]:
+    """A format-3 value's items ``(id, score, reason code, category path)``, model version,
+    generation time and source; ``ValueError`` says what is wrong (the client turns it into
+    its corrupt-value error)."""
+    parts = text.split("|")
+    if parts[0] != COMPACT_FORMAT or len(parts) < 5:
+        raise ValueError("not a format-3 value of at least 5 fields")
+    _, model_version, generated_at, source, joined = parts[:5]
+    if not (generated_at.isascii() and generated_at.isdigit()):
+        raise ValueError(f"generated_at is {generated_at!r}, not epoch ms")
+    categories = [_unescape(c) for c in joined.split(",")] if joined else []
+    items: list[tuple[str, float, str, str | None]] = []
+    code, path = "", None
+    for i, entry in enumerate(parts[5:]):
+        fields = entry.split(",")
+        if len(fields) == 4:
+            code, index = _unescape(fields[2]), fields[3]
+            try:
+                category = int(index) if index else None
+            except ValueError:
+                raise ValueError(f"items[{i}].category is {index!r}, not an integer") from None
+            if category is not None and not 0 <= category < len(categories):
+                raise ValueError(f"items[{i}].category is {category}, not an index into categories")
+            path = None if category is None else categories[category]
+        elif len(fields) != 2 or i == 0:
+            raise ValueError(f"items[{i}] is not <id>,<score>[,<reason>,<category>]")
+        try:
+            thousandths = int(fields[1])
+        except ValueError:
+            raise ValueError(f"items[{i}].score is {fields[1]!r}, not an integer") from None
+        items.append((_unescape(fields[0]), thousandths / 1000, code, path))
+    source = SOURCES_BY_CODE.get(source) or _unescape(source)
+    return items, _unescape(model_version), int(generated_at), source

@@ -1,8 +1,10 @@
-"""The one builder of Redis key names: every key Attune writes is made here.
+"""The one builder of Redis key names (every key Attune writes is made here), and the
+format of the profile value.
 
 Used by the Redis sink (:mod:`attune.operators.redis_sink`) and by anything that reads
 what it wrote (client library, tests, docs). docs/redis.md lists every key with
-its type, encoding and TTL.
+its type, encoding and TTL. It imports nothing but the standard library, so the client
+library can share it.
 
 Per-user keys carry a Redis Cluster hash tag, ``{u:<user>}``, so that all keys
 of one user hash to the same slot: one user's writes can be pipelined to one
@@ -22,10 +24,28 @@ readers building keys themselves must apply it too (:func:`escape_tag`).
 'attune:{u:a%7Db%25c}:segments'
 >>> keys.user_keys("u1")
 ['attune:{u:u1}:profile', 'attune:{u:u1}:segments', 'attune:{u:u1}:recs', 'attune:{u:u1}:alias']
+
+The profile (``attune:{u:<user>}:profile``) is one string, format 2,
+``2|<value>|<value>|...``: the format, then the values of :data:`PROFILE_ORDER` in that
+fixed order, separated by ``|`` (format 1 was a hash of field name -> value; the names,
+stored in every user's hash, cost more than the values, and Redis keeps one per user).
+Values are as format 1 stored them: ints in decimal, floats ``repr(round(x, 6))``,
+``""`` when not known; a ``%`` or ``|`` inside a value is written ``%25`` / ``%7C``.
+Trailing values that are not known are left out, and a reader takes a value it does not
+find as not known. New fields are only ever appended to :data:`PROFILE_ORDER`, so a
+reader of an older list reads the values it knows and ignores the rest.
+
+>>> value = encode_profile({"events": "3", "device_top": "a|b"},
+...                        ("events", "revenue_minor", "device_top"))
+>>> value
+'2|3||a%7Cb'
+>>> decode_profile(value, ("events", "revenue_minor", "device_top", "propensity_tier"))
+{'events': '3', 'revenue_minor': None, 'device_top': 'a|b', 'propensity_tier': None}
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 DEFAULT_PREFIX = "attune:"
@@ -67,11 +87,12 @@ class RedisKeys:
         return f"{self.prefix}{{u:{escape_tag(user)}}}:{kind}"
 
     def profile(self, user: str) -> str:
-        """Hash of the user's profile features (``PROFILE_FIELDS``)."""
+        """String: the user's profile features (:func:`encode_profile`)."""
         return self._user(user, "profile")
 
     def segments(self, user: str) -> str:
-        """Set of the segment names the user is in."""
+        """Hash: the names of the segments the user is in, each with value ``1`` (a set
+        before; the sink converts one it meets)."""
         return self._user(user, "segments")
 
     def recs(self, user: str) -> str:
@@ -102,3 +123,72 @@ class RedisKeys:
         """Every per-user key of ``user`` (all in one hash slot): what erasure deletes."""
         tag = f"{self.prefix}{{u:{escape_tag(user)}}}:"
         return [tag + kind for kind in USER_KEY_KINDS]
+
+
+# --- the profile value ---------------------------------------------------------------------
+
+#: The profile format :func:`encode_profile` writes (the first value).
+PROFILE_FORMAT = "2"
+#: The profile's fields in their format-2 order. Equal to
+#: ``attune.operators.features.PROFILE_FIELDS`` (a test checks it); only ever appended to.
+PROFILE_ORDER: tuple[str, ...] = (
+    "events",
+    "page_views",
+    "product_views",
+    "searches",
+    "add_to_carts",
+    "purchases",
+    "revenue_minor",
+    "sessions",
+    "first_seen_ms",
+    "last_seen_ms",
+    "last_purchase_ms",
+    "cart_value_minor",
+    "top_category_7d",
+    "device_top",
+    "propensity_score",
+    "propensity_tier",
+)
+
+
+def escape_value(value: str) -> str:
+    """``value`` with ``%`` and ``|`` escaped (most values have neither: returned as is).
+
+    >>> escape_value("12"), escape_value("50%|x")
+    ('12', '50%25%7Cx')
+    """
+    if "%" in value or "|" in value:
+        return value.replace("%", "%25").replace("|", "%7C")
+    return value
+
+
+def unescape_value(value: str) -> str:
+    """The inverse of :func:`escape_value`."""
+    if "%" in value:
+        return value.replace("%7C", "|").replace("%25", "%")
+    return value
+
+
+def encode_profile(fields: Mapping[str, str], names: Sequence[str] = PROFILE_ORDER) -> str:
+    """The format-2 value of a profile: ``fields`` (encoded values, missing -> not known)
+    in the order of ``names``, trailing unknown values left out."""
+    values = [PROFILE_FORMAT]
+    values += [escape_value(fields.get(name, "")) for name in names]
+    while values[-1] == "":
+        values.pop()
+    return "|".join(values)
+
+
+def decode_profile(value: str, names: Sequence[str] = PROFILE_ORDER) -> dict[str, str | None]:
+    """Every field of ``names`` from a format-2 value, ``None`` when not known.
+
+    Raises ``ValueError`` when ``value`` is not format 2.
+    """
+    parts = value.split("|")
+    if parts[0] != PROFILE_FORMAT:
+        raise ValueError(f"profile format {parts[0][:16]!r}, not {PROFILE_FORMAT!r}")
+    values = parts[1:]
+    return {
+        name: unescape_value(values[i]) if i < len(values) and values[i] else None
+        for i, name in enumerate(names)
+    }

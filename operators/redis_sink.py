@@ -5,23 +5,36 @@ The last stage of the flow (design.md, "Sinks"): per-user logic emits
 published model parameters) and :class:`RedisSink` writes them. Key names come
 from :class:`~attune.operators.redis_keys.RedisKeys`; docs/redis.md documents every key.
 
-Three properties the rest of Attune relies on:
+What the rest of Attune relies on:
 
-- Idempotent: every command sets an absolute value (HSET of the whole profile,
-  SADD/SREM of a membership, SET, DEL); nothing increments. Replaying a batch
-  after recovery, or a batch that failed half-way being sent again, leaves the
-  same bytes in Redis.
-- Whole profiles, never half: the profile is one HSET of every profile field
-  (absent ones as ``""``), so no field of an older profile lingers, and, unlike
-  DEL + HSET, a reader never catches a user without a profile in between.
+- Idempotent: every command sets an absolute value (SET of the whole profile,
+  HSET/HDEL of a segment membership, SADD/SREM of an audience member, SET, DEL);
+  nothing increments. Replaying a batch after recovery, or a batch that failed
+  half-way being sent again, leaves the same bytes in Redis.
+- Whole profiles, never half: the profile is one string of every profile field
+  (:func:`~attune.operators.redis_keys.encode_profile`, format 2), set with its TTL in one
+  ``SET ... EX``, so no field of an older profile lingers and a reader never
+  catches a user without a profile.
+- Compact: Redis keeps these values for every user, so the sink stores the small
+  formats (profile format 2, recommendations format 3 converted from the ranking
+  step's format 2 by :func:`~attune.operators.recs_encoding.compact`, segments as a
+  small hash); docs/redis.md has the formats and the bytes per user they cost
+  (``python -m attune.bench.redis_memory``).
 - TTL'd: every per-user key written is given the configured TTL in the same
-  request; audience sets get their own TTL, refreshed whenever one is written.
+  request, and a profile write refreshes the segments key's TTL too (a member who
+  stays in a segment for longer than the TTL keeps it); audience sets get their own
+  TTL, refreshed whenever one is written.
 - Batched: :func:`plan` folds a batch into the fewest commands (the last
   profile of a user wins, segment entries and exits fold in order, a
   :class:`ForgetUser` drops the user's earlier operations, each audience gets
   one SADD and one SREM for all its users), and the partition pipelines them:
   one request on one connection, the replies read after (not a MULTI
   transaction). Errors raise: Bytewax stops and recovery replays.
+- Upgrades in place: a segments key still a set (written before the hash) refuses
+  HSET/HDEL with WRONGTYPE; the partition converts it with a Lua script
+  (:data:`CONVERT_SEGMENTS`, sent with EVAL, which a Redis ACL user must be allowed) and
+  sends the refused commands again. Older profiles (hashes) and recommendations
+  (format 2) are replaced whole by the next SET.
 
 :func:`plan` is pure, so coalescing is tested without Redis:
 
@@ -30,9 +43,8 @@ Three properties the rest of Attune relies on:
 ...        SegmentsWrite("u1", entered=("vip",), exited=())]
 >>> for command in plan(ops, keys=keys, ttl_s=60, profile_fields=("events", "device_top")):
 ...     print(command)
-('HSET', 'attune:{u:u1}:profile', 'events', '2', 'device_top', '')
-('EXPIRE', 'attune:{u:u1}:profile', 60)
-('SADD', 'attune:{u:u1}:segments', 'vip')
+('SET', 'attune:{u:u1}:profile', '2|2', 'EX', 60)
+('HSET', 'attune:{u:u1}:segments', 'vip', '1')
 ('EXPIRE', 'attune:{u:u1}:segments', 60)
 ('SADD', 'attune:segment:vip', 'u1')
 ('EXPIRE', 'attune:segment:vip', 60)
@@ -49,8 +61,9 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from attune.operators import recs_encoding
 from attune.operators.features import PROFILE_FIELDS, Features, FeatureValue
-from attune.operators.redis_keys import DEFAULT_PREFIX, RedisKeys
+from attune.operators.redis_keys import DEFAULT_PREFIX, PROFILE_ORDER, RedisKeys, encode_profile
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +78,7 @@ Command = tuple[str | bytes | int, ...]
 
 
 def encode_value(value: FeatureValue) -> str:
-    """A feature value as stored in a Redis hash, the same bytes on every replay.
+    """A feature value as stored in the Redis profile, the same bytes on every replay.
 
     ``None`` -> ``""``, ints as decimal strings (Redis keeps them as integers),
     floats rounded to 6 decimals and written with ``repr`` (shortest form).
@@ -86,7 +99,7 @@ def encode_value(value: FeatureValue) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ProfileWrite:
-    """Replace the user's profile hash with ``fields`` (encoded values; missing -> ``""``)."""
+    """Replace the user's profile with ``fields`` (encoded values; missing -> not known)."""
 
     user: str
     fields: Mapping[str, str]
@@ -148,7 +161,8 @@ class JsonWrite:
 @dataclass(frozen=True, slots=True)
 class RecsWrite:
     """Replace the user's recommendations (``SET ... EX`` the per-user TTL) with ``value``,
-    the orjson bytes of :func:`attune.operators.ranking.recs_value` (docs/redis.md)."""
+    the format-2 bytes of :func:`attune.operators.ranking.recs_value`, stored as format 3
+    (:func:`attune.operators.recs_encoding.compact`; docs/redis.md)."""
 
     user: str
     value: bytes
@@ -215,20 +229,21 @@ def plan(
     keys: RedisKeys | None = None,
     ttl_s: int = DEFAULT_TTL_S,
     audience_ttl_s: int | None = None,
-    profile_fields: Sequence[str] = PROFILE_FIELDS,
+    profile_fields: Sequence[str] = PROFILE_ORDER,
 ) -> list[Command]:
     """The Redis commands that apply ``items`` in order, coalesced.
 
-    Per user: the last :class:`ProfileWrite` wins; segment entries and exits
-    fold in order into one final membership per segment (entered then exited
-    -> SREM); a :class:`ForgetUser` drops what came before it for that user,
+    Per user: the last :class:`ProfileWrite` wins (one ``SET ... EX``, and an
+    ``EXPIRE`` of the segments key unless the batch writes it); segment entries and
+    exits fold in order into one final membership per segment (entered then exited
+    -> HDEL); a :class:`ForgetUser` drops what came before it for that user,
     becomes DEL of every per-user key plus SREM from its audiences and the
     audiences the dropped operations entered, and what follows it is applied
     after the DEL. Each audience gets one SADD and one SREM for all its users.
     Every per-user key written gets EXPIRE ``ttl_s``; each audience written
     gets EXPIRE ``audience_ttl_s`` (default ``ttl_s``). For
     :class:`JsonWrite`, the last value per key wins; for :class:`RecsWrite`, the last
-    per user (one ``SET ... EX``); :class:`TrendingWrite` s of one scope fold into one
+    per user (one ``SET ... EX``, format 3); :class:`TrendingWrite` s of one scope fold into one
     ``ZADD`` (the last score per member), one trim and one ``EXPIRE``.
 
     Raises ``ValueError`` for a profile field not in ``profile_fields``.
@@ -317,8 +332,8 @@ def _user_commands(
     ttl_s: int,
     profile_fields: Sequence[str],
 ) -> None:
-    """Append each user's DEL, profile HSET, segment SADD/SREM, alias and recs SET, with
-    their EXPIREs."""
+    """Append each user's DEL, profile SET, segment HSET/HDEL, alias and recs SET, with
+    their TTLs."""
     for user, user_ops in users.items():
         if user_ops.forget:
             doomed = keys.user_keys(user)
@@ -326,26 +341,25 @@ def _user_commands(
                 doomed.remove(keys.alias(user))
             commands.append(("DEL", *doomed))
         if user_ops.profile is not None:
-            key = keys.profile(user)
-            profile = user_ops.profile
-            hset: list[str | bytes | int] = ["HSET", key]
-            for name in profile_fields:
-                hset += (name, profile.get(name, ""))
-            commands.append(tuple(hset))
-            commands.append(("EXPIRE", key, ttl_s))
+            value = encode_profile(user_ops.profile, profile_fields)
+            commands.append(("SET", keys.profile(user), value, "EX", ttl_s))
+        segments_key = keys.segments(user)
         if user_ops.segments:
-            key = keys.segments(user)
-            added = [s for s, member in user_ops.segments.items() if member]
+            added = [f for s, member in user_ops.segments.items() if member for f in (s, "1")]
             removed = [s for s, member in user_ops.segments.items() if not member]
             if added:
-                commands.append(("SADD", key, *added))
+                commands.append(("HSET", segments_key, *added))
             if removed:
-                commands.append(("SREM", key, *removed))
-            commands.append(("EXPIRE", key, ttl_s))
+                commands.append(("HDEL", segments_key, *removed))
+            commands.append(("EXPIRE", segments_key, ttl_s))
+        elif user_ops.profile is not None:
+            # The segments live as long as the profile, even when none changed.
+            commands.append(("EXPIRE", segments_key, ttl_s))
         if user_ops.alias is not None:
             commands.append(("SET", keys.alias(user), user_ops.alias, "EX", ttl_s))
         if user_ops.recs is not None:
-            commands.append(("SET", keys.recs(user), user_ops.recs, "EX", ttl_s))
+            value_3 = recs_encoding.compact(user_ops.recs)
+            commands.append(("SET", keys.recs(user), value_3, "EX", ttl_s))
 
 
 def _audience_commands(
@@ -527,7 +541,7 @@ class RespPacker:
     A batch is sent as one write on one connection and its replies read in
     order: pipelining as redis-py's ``Pipeline`` does, without its per-argument
     Python packing, which measured 2.7x slower (55 vs 20 us per profile write,
-    docs/redis.md). Command names, profile field names, ``""`` and the TTLs are
+    docs/redis.md). Command names, ``"1"`` (a segment member's value) and the TTLs are
     packed at construction; the cache holds nothing else, so it stays small.
 
     >>> RespPacker(["EXPIRE"]).pack([("EXPIRE", "k", 60), ("SET", "k", b"v")])
@@ -555,7 +569,33 @@ def _bulk(arg: str | bytes | int) -> bytes:
 
 
 #: The commands :func:`plan` emits; all reply with one integer or simple string.
-COMMANDS = ("HSET", "EXPIRE", "SADD", "SREM", "DEL", "SET", "EX", "ZADD", "ZREMRANGEBYRANK")
+COMMANDS = (
+    "SET", "EX", "EXPIRE", "HSET", "HDEL", "SADD", "SREM", "DEL", "ZADD", "ZREMRANGEBYRANK"
+)  # fmt: skip
+
+#: Lua: turn a user's segments key written as a set (before the hash) into the hash of
+#: the same members, its TTL kept. ``KEYS[1]``: the key; returns the members moved.
+#: One script, so no reader sees the key missing; run only on a WRONGTYPE, i.e. once
+#: per such key, with plain EVAL (one ACL permission, ``+eval``: redis-py's EVALSHA
+#: wrapper would need ``SCRIPT LOAD`` too).
+CONVERT_SEGMENTS = """
+if redis.call('TYPE', KEYS[1]).ok ~= 'set' then return 0 end
+local members = redis.call('SMEMBERS', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+redis.call('DEL', KEYS[1])
+for _, member in ipairs(members) do redis.call('HSET', KEYS[1], member, '1') end
+if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+return #members
+"""
+
+
+def _old_segments(command: Command, error: Exception) -> bool:
+    """Whether ``error`` is a segments HSET/HDEL refused because the key is still a set."""
+    return (
+        command[0] in ("HSET", "HDEL")
+        and str(command[1]).endswith(":segments")
+        and str(error).startswith("WRONGTYPE")
+    )
 
 
 class _RedisPartition(StatelessSinkPartition[RedisOp]):
@@ -564,7 +604,7 @@ class _RedisPartition(StatelessSinkPartition[RedisOp]):
         self._client = client
         self._keys = RedisKeys(config.prefix)
         ttls = {config.ttl_s, config.audience_ttl_s or config.ttl_s}
-        self._packer = RespPacker([*COMMANDS, *PROFILE_FIELDS, "", *ttls])
+        self._packer = RespPacker([*COMMANDS, "1", *ttls])
 
     def write_batch(self, items: list[RedisOp]) -> None:
         commands = plan(
@@ -580,6 +620,8 @@ class _RedisPartition(StatelessSinkPartition[RedisOp]):
             # redis-py's pool replaces a connection the server closed while idle;
             # any other failure stops the flow, and recovery replays the batch.
             refused = self._send(request, commands)
+            if any(_old_segments(commands[i], error) for i, error in refused):
+                refused = self._upgrade_segments(commands, refused)
         except redis.RedisError as exc:
             raise RedisSinkError(
                 f"Redis at {self._config.safe_url} failed a batch of {len(items)} writes "
@@ -592,6 +634,24 @@ class _RedisPartition(StatelessSinkPartition[RedisOp]):
                 f"Redis at {self._config.safe_url} refused {len(refused)} of {len(commands)} "
                 f"commands of a batch of {len(items)} writes; the first, {name!s} {key!r}: {error}"
             )
+
+    def _upgrade_segments(
+        self, commands: list[Command], refused: list[tuple[int, Exception]]
+    ) -> list[tuple[int, Exception]]:
+        """Convert the segments keys still sets (:data:`CONVERT_SEGMENTS`) and send their
+        refused commands again; what stays refused, as :meth:`_send` says it.
+
+        Only the batch's own HSET/HDEL of those keys are re-sent: their EXPIRE was
+        applied to the set, and the conversion keeps the TTL.
+        """
+        old = [i for i, error in refused if _old_segments(commands[i], error)]
+        for key in dict.fromkeys(commands[i][1] for i in old):
+            self._client.eval(CONVERT_SEGMENTS, 1, key)
+        again = [commands[i] for i in old]
+        still = self._send(self._packer.pack(again), again)
+        retried = set(old)
+        kept = [(i, error) for i, error in refused if i not in retried]
+        return sorted(kept + [(old[j], error) for j, error in still])
 
     def _send(self, request: bytes, commands: list[Command]) -> list[tuple[int, Exception]]:
         """Send the batch on one connection and read every reply; the refused commands."""

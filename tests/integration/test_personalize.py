@@ -25,6 +25,7 @@ import redis
 from bytewax.testing import run_main
 from confluent_kafka import Producer
 
+from attune.clients.recommendations import parse_profile
 from attune.flows import topics
 from attune.flows.generate import produce
 from attune.flows.personalize import build_flow
@@ -98,7 +99,7 @@ def redis_dump(client: redis.Redis) -> dict[str, Any]:
 
 
 #: Profile fields scored with the shared propensity model (see deterministic()).
-MODEL_FIELDS = (b"propensity_score", b"propensity_tier")
+MODEL_FIELDS = ("propensity_score", "propensity_tier")
 
 
 def deterministic(dump: dict[str, Any]) -> dict[str, Any]:
@@ -118,8 +119,14 @@ def deterministic(dump: dict[str, Any]) -> dict[str, Any]:
             continue
         if key.endswith(":recs"):
             continue
-        if kind == "hash":
-            out[key] = (kind, {k: v for k, v in value.items() if k not in MODEL_FIELDS}, ttl)
+        if key.endswith(":profile"):
+            fields = parse_profile(value).items()
+            out[key] = (kind, {k: v for k, v in fields if k not in MODEL_FIELDS}, ttl)
+            continue
+        if kind == "hash":  # a user's segments: name -> 1
+            names = sorted(k for k in value if not k.startswith(b"persona_"))
+            if names:
+                out[key] = (kind, names, ttl)
             continue
         if kind == "set":
             members = [m for m in value if not m.startswith(b"persona_")]
@@ -134,8 +141,10 @@ def assert_profiles_match(client: redis.Redis, settings: Settings, truth: Ground
     keys = RedisKeys(settings.redis_prefix)
 
     def profile_of(user: str) -> dict[str, str]:
-        raw: dict[bytes, bytes] = client.hgetall(keys.profile(user))  # type: ignore[assignment]
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        raw: bytes | None = client.get(keys.profile(user))  # type: ignore[assignment]
+        if raw is None:
+            return {}
+        return {name: value or "" for name, value in parse_profile(raw).items()}
 
     assert len(truth.exact_users()) > 300
     assert profile_mismatches(profile_of, truth) == {}
@@ -195,7 +204,7 @@ def test_kafka_to_redis_equals_the_ground_truth(stream: Input, redis_client: red
     ):
         final[(c.user_id, c.segment)] = c.change
     for (user, segment), change in list(final.items())[:200]:
-        members = redis_client.smembers(keys.segments(user))
+        members = redis_client.hkeys(keys.segments(user))
         assert (segment.encode() in members) == (change == "ENTERED"), (user, segment)
 
 
@@ -320,8 +329,8 @@ def events_counted(client: redis.Redis, settings: Settings) -> int:
     keys = list(client.scan_iter(match=RedisKeys(settings.redis_prefix).profile("*"), count=1000))
     pipe = client.pipeline(transaction=False)
     for key in keys:
-        pipe.hget(key, "events")
-    return sum(int(n) for n in pipe.execute() if n)
+        pipe.get(key)
+    return sum(int(parse_profile(raw)["events"] or 0) for raw in pipe.execute() if raw)
 
 
 #: Where the killed runs stop: these shares of the events an uninterrupted run counts.

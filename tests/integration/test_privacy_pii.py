@@ -40,6 +40,7 @@ import redis
 from bytewax.testing import run_main
 from confluent_kafka import Producer
 
+from attune.clients.recommendations import parse_profile
 from attune.flows import topics
 from attune.flows.cli import main as cli_main
 from attune.flows.generate import produce
@@ -345,8 +346,10 @@ def test_pseudonymised_users_still_join_and_match_the_truth(run: Run) -> None:
 
     def profile_of(user: str) -> dict[str, str]:
         stored = p.user_id(run.user_of.get(user, user))
-        raw: dict[bytes, bytes] = client.hgetall(keys.profile(stored))  # type: ignore[assignment]
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        raw: bytes | None = client.get(keys.profile(stored))  # type: ignore[assignment]
+        if raw is None:
+            return {}
+        return {name: value or "" for name, value in parse_profile(raw).items()}
 
     assert profile_mismatches(profile_of, run.truth) == {}
     for original, carried in run.user_of.items():
@@ -432,7 +435,7 @@ def test_redis_acl_user_authenticates_and_a_wrong_password_is_refused(run: Run) 
 
         part.write_batch([ProfileWrite("acl-user", {"events": "1"})])
         part.close()
-        assert admin.hget("attune:{u:acl-user}:profile", "events") == b"1"
+        assert admin.get("attune:{u:acl-user}:profile") == b"2|1"
         whoami = RedisConfig.from_settings(settings).client()
         assert whoami.execute_command("ACL", "WHOAMI") == user.encode()
         whoami.close()

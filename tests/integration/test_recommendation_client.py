@@ -1,5 +1,6 @@
 """The recommendation client against the real Redis: the contract values written as the
-ranking step writes them (docs/redis.md, "Recommendations"), read back through the client."""
+Redis sink stores them (docs/redis.md, "Recommendations"), and as the previous layout
+did, read back through the client."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 import redis
 
 from attune.clients import CorruptRecommendationsError, Recommendation, RecommendationClient
-from attune.operators.redis_keys import RedisKeys
+from attune.operators import recs_encoding
+from attune.operators.redis_keys import RedisKeys, encode_profile
 
 pytestmark = pytest.mark.integration
 
@@ -19,6 +21,12 @@ T = 1_767_571_200_000
 
 
 def recs_value(*items: tuple[str, float, str, str | None]) -> bytes:
+    """Format 3, as the sink stores what the ranking step makes."""
+    return recs_encoding.compact(recs_encoding.encode(items, "emb-3", T, "personalized"))
+
+
+def recs_value_v1(*items: tuple[str, float, str, str | None]) -> bytes:
+    """Format 1, as an older version wrote it."""
     return orjson.dumps(
         {
             "items": [
@@ -33,7 +41,8 @@ def recs_value(*items: tuple[str, float, str, str | None]) -> bytes:
 
 
 def write_contract(client: redis.Redis, keys: RedisKeys) -> None:
-    """What the flow writes: one user's list, an alias, segments, trending per scope."""
+    """What the flow writes: one user's list, an alias, segments, trending per scope; and
+    u5's list and segments as the previous layout wrote them (format 1, a set)."""
     pipe = client.pipeline()
     pipe.set(
         keys.recs("u1"),
@@ -45,7 +54,9 @@ def write_contract(client: redis.Redis, keys: RedisKeys) -> None:
         ex=3600,
     )
     pipe.set(keys.alias("anon-7"), "u1", ex=3600)
-    pipe.sadd(keys.segments("u2"), "vip", "new_visitor")
+    pipe.hset(keys.segments("u2"), mapping={"vip": "1", "new_visitor": "1"})
+    pipe.set(keys.recs("u5"), recs_value_v1(("i1", 0.83, "similar-to-viewed", "shoes")))
+    pipe.sadd(keys.segments("u5"), "vip")
     pipe.zadd(keys.trending("global"), {"g1": 90.0, "g2": 80.0, "i1": 70.0, "g3": 60.0})
     pipe.zadd(keys.trending("category:shoes"), {"s1": 30.0, "i1": 20.0, "s2": 10.0})
     pipe.zadd(keys.trending("segment:vip"), {"v1": 5.0, "g1": 4.0})
@@ -100,6 +111,38 @@ def test_unknown_user_gets_trending_with_the_fallback_flagged(redis_client: redi
     # The context's category wins over the segments.
     r = client.get_recommendations("u2", k=4, context={"category": "shoes"})
     assert summary(r) == ("trending", True, "unknown_user", "category:shoes", ["s1", "i1", "s2"])
+
+
+def test_values_of_the_previous_layout_read_the_same(redis_client: redis.Redis) -> None:
+    write_contract(redis_client, RedisKeys())
+    r = RecommendationClient(redis_client, strict=True).get_recommendations("u5", k=3)
+    assert summary(r) == ("personalized", False, None, "segment:vip", ["i1", "v1", "g1"])
+    assert r.items[0] == Recommendation("i1", 0.83, "similar-to-viewed", "shoes")
+
+
+def test_profiles_of_both_formats_and_of_an_alias(
+    redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys = RedisKeys()
+    write_contract(redis_client, keys)
+    redis_client.set(keys.profile("u1"), encode_profile({"events": "3", "device_top": "MOBILE"}))
+    redis_client.hset(keys.profile("u2"), mapping={"events": "5", "device_top": ""})  # format 1
+    redis_client.set(keys.profile("u3"), b"9|future format")
+    client = RecommendationClient(redis_client)
+    u1, u2 = client.get_profile("u1"), client.get_profile("u2")
+    assert u1 is not None and (u1["events"], u1["device_top"], u1["sessions"]) == (
+        "3",
+        "MOBILE",
+        None,
+    )
+    assert u2 is not None and (u2["events"], u2["device_top"]) == ("5", None)
+    assert client.get_profile("anon-7") == u1  # an anonymous id reads its user's
+    assert client.get_profile("never-seen") is None
+    with caplog.at_level(logging.WARNING, logger="attune.clients.recommendations"):
+        assert client.get_profile("u3") is None
+    assert any("no profile: attune:{u:u3}:profile" in rec.getMessage() for rec in caplog.records)
+    with pytest.raises(CorruptRecommendationsError, match="profile format '9'"):
+        RecommendationClient(redis_client, strict=True).get_profile("u3")
 
 
 def test_anonymous_id_reads_its_user(redis_client: redis.Redis, redis_url: str) -> None:

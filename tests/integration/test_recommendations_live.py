@@ -161,7 +161,7 @@ def test_recommendations_follow_what_a_user_views_in_the_same_run(
         profile and the list are written by the same batch)."""
 
         def probe() -> Recommendations | None:
-            seen = redis_client.hget(keys.profile(user), "product_views")
+            seen = (client.get_profile(user) or {}).get("product_views")
             if seen is None or int(seen) < views:
                 return None
             got = client.get_recommendations(user, k=10)

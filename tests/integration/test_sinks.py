@@ -24,6 +24,7 @@ from bytewax.outputs import DynamicSink
 from bytewax.testing import TestingSource, run_main
 from kafka import KafkaConsumer
 
+from attune.clients.recommendations import parse_profile
 from attune.operators.codec import Codec
 from attune.operators.events import SegmentChange
 from attune.operators.features import PROFILE_FIELDS
@@ -113,17 +114,20 @@ def test_dataflow_writes_profiles_segments_aliases_each_with_a_ttl(
 
     run_flow(ops, RedisSink(redis_config), batch_size=64)
 
-    assert redis_client.hgetall(KEYS.profile("user-7")) == {
-        **{name.encode(): b"" for name in PROFILE_FIELDS},
-        b"events": b"9",
-        b"page_views": b"4",
-        b"first_seen_ms": b"1700000000000",
-        b"last_seen_ms": b"1700000000009",
-        b"top_category_7d": b"shoes/running",
-        b"device_top": b"mobile",
+    stored = redis_client.get(KEYS.profile("user-7"))
+    assert stored == b"2|9|4|||||||1700000000000|1700000000009|||shoes/running|mobile"
+    assert parse_profile(stored) == {
+        **dict.fromkeys(PROFILE_FIELDS),
+        "events": "9",
+        "page_views": "4",
+        "first_seen_ms": "1700000000000",
+        "last_seen_ms": "1700000000009",
+        "top_category_7d": "shoes/running",
+        "device_top": "mobile",
     }
-    assert redis_client.smembers(KEYS.segments("user-3")) == {b"vip"}
-    assert redis_client.smembers(KEYS.segments("user-4")) == {b"browsers"}
+    assert redis_client.hgetall(KEYS.segments("user-3")) == {b"vip": b"1"}
+    assert redis_client.hgetall(KEYS.segments("user-4")) == {b"browsers": b"1"}
+    assert redis_client.object("encoding", KEYS.segments("user-4")) == b"listpack"
     vip = {f"user-{i}".encode() for i in range(0, 200, 3)}
     assert redis_client.smembers(KEYS.audience("vip")) == vip
     browsers = {f"user-{i}".encode() for i in range(200) if i % 3}
@@ -169,7 +173,7 @@ def test_replaying_batches_leaves_redis_byte_identical(
         part.close()
 
     assert after == before
-    # 49 profiles and 24 segment sets (u48 forgotten), an alias, 3 audiences, a model key.
+    # 49 profiles and 24 segment hashes (u48 forgotten), an alias, 3 audiences, a model key.
     assert len(before) == 49 + 24 + 1 + 3 + 1
 
 
@@ -209,17 +213,74 @@ def test_forget_user_removes_every_key_and_audience_membership(
 def test_a_refused_command_fails_the_batch_loudly(
     redis_client: redis.Redis, redis_config: RedisConfig
 ) -> None:
-    redis_client.set(KEYS.profile("u1"), b"not a hash")
+    redis_client.set(KEYS.segments("u1"), b"neither a hash nor a set")
     part = RedisSink(redis_config).build("redis", 0, 1)
+    batch: list[RedisOp] = [SegmentsWrite("u1", ("vip",)), SegmentsWrite("u2", ("vip",))]
     try:
-        with pytest.raises(RedisSinkError, match=r"refused 1 of 4 commands.*HSET.*WRONGTYPE"):
-            part.write_batch([profile("u1", events=1), profile("u2", events=1)])
+        with pytest.raises(RedisSinkError, match=r"refused 1 of 6 commands.*HSET.*WRONGTYPE"):
+            part.write_batch(batch)
         # Every reply of the failed batch was read: the next batch sees its own.
-        redis_client.delete(KEYS.profile("u1"))
-        part.write_batch([profile("u1", events=2)])
+        redis_client.delete(KEYS.segments("u1"))
+        part.write_batch([*batch, profile("u1", events=2)])
     finally:
         part.close()
-    assert redis_client.hget(KEYS.profile("u1"), "events") == b"2"
+    assert parse_profile(redis_client.get(KEYS.profile("u1")) or b"")["events"] == "2"
+    assert redis_client.hkeys(KEYS.segments("u1")) == [b"vip"]
+
+
+@pytest.mark.integration
+def test_keys_of_the_previous_layout_are_upgraded_in_place(
+    redis_client: redis.Redis, redis_config: RedisConfig
+) -> None:
+    redis_client.hset(KEYS.profile("u1"), mapping={"events": "1", "device_top": "mobile"})
+    redis_client.sadd(KEYS.segments("u1"), "old", "kept")
+    redis_client.expire(KEYS.segments("u1"), 50)
+    redis_client.sadd(KEYS.segments("u2"), "old")
+    part = RedisSink(redis_config).build("redis", 0, 1)
+    try:
+        part.write_batch(
+            [
+                profile("u1", events=2),
+                SegmentsWrite("u1", entered=("vip",), exited=("old",)),
+                SegmentsWrite("u2", exited=("old",)),
+            ]
+        )
+    finally:
+        part.close()
+    assert redis_client.type(KEYS.profile("u1")) == b"string"  # the hash replaced by SET
+    assert redis_client.hgetall(KEYS.segments("u1")) == {b"kept": b"1", b"vip": b"1"}
+    assert 0 < redis_client.ttl(KEYS.segments("u1")) <= TTL_S
+    assert not redis_client.exists(KEYS.segments("u2"))  # its one member left
+
+
+@pytest.mark.integration
+def test_the_upgrade_of_an_old_set_needs_eval_under_an_acl(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    user, password = f"attune-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
+    redis_client.execute_command(
+        "ACL",
+        "SETUSER",
+        user,
+        "on",
+        f">{password}",
+        "resetkeys",
+        "~attune:*",
+        "+@all",
+        "-@scripting",
+    )
+    redis_client.sadd(KEYS.segments("u1"), "old")
+    config = RedisConfig(redis_url, username=user, password=password, ttl_s=TTL_S)
+    part = RedisSink(config).build("redis", 0, 1)
+    try:
+        with pytest.raises(RedisSinkError, match="no permissions to run the 'eval' command"):
+            part.write_batch([SegmentsWrite("u1", ("vip",))])
+        redis_client.execute_command("ACL", "SETUSER", user, "+eval")
+        part.write_batch([SegmentsWrite("u1", ("vip",))])  # recovery replays the batch
+    finally:
+        part.close()
+        redis_client.execute_command("ACL", "DELUSER", user)
+    assert redis_client.hgetall(KEYS.segments("u1")) == {b"old": b"1", b"vip": b"1"}
 
 
 @pytest.mark.integration
@@ -233,7 +294,7 @@ def test_a_connection_closed_by_the_server_is_replaced(
         part.write_batch([profile("u1", events=2)])
     finally:
         part.close()
-    assert redis_client.hget(KEYS.profile("u1"), "events") == b"2"
+    assert parse_profile(redis_client.get(KEYS.profile("u1")) or b"")["events"] == "2"
 
 
 @pytest.mark.integration

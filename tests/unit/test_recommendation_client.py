@@ -15,10 +15,14 @@ from attune.clients.recommendations import (
     Request,
     StoredRecs,
     in_category,
+    parse_profile,
     parse_recs,
     select,
     trending_scopes,
 )
+from attune.operators.features import PROFILE_FIELDS
+from attune.operators.recs_encoding import compact
+from attune.operators.redis_keys import encode_profile
 
 GOOD: dict[str, Any] = {
     "items": [
@@ -44,9 +48,17 @@ GOOD_V2: dict[str, Any] = {
 }
 
 
-@pytest.mark.parametrize("good", [GOOD, GOOD_V2], ids=["format-1", "format-2"])
-def test_parse_recs_reads_the_contract(good: dict[str, Any]) -> None:
-    assert parse_recs(orjson.dumps(good)) == StoredRecs(
+#: The same list in format 3, what the sink stores.
+GOOD_V3 = b"3|emb-3|1767571200000|p|shoes|i1,830,sv,0|i2,1000,bt,"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [orjson.dumps(GOOD), orjson.dumps(GOOD_V2), GOOD_V3, compact(orjson.dumps(GOOD_V2))],
+    ids=["format-1", "format-2", "format-3", "format-3-compacted"],
+)
+def test_parse_recs_reads_the_contract(raw: bytes) -> None:
+    assert parse_recs(raw) == StoredRecs(
         items=(
             Recommendation("i1", 0.83, "similar-to-viewed", "shoes"),
             Recommendation("i2", 1.0, "bought-together", None),
@@ -55,20 +67,71 @@ def test_parse_recs_reads_the_contract(good: dict[str, Any]) -> None:
         generated_at=1_767_571_200_000,
         source="personalized",
     )
+    assert parse_recs(raw.decode()).model_version == "emb-3"  # str too
+
+
+@pytest.mark.parametrize("good", [GOOD, GOOD_V2], ids=["format-1", "format-2"])
+def test_parse_recs_reads_an_empty_list(good: dict[str, Any]) -> None:
     assert parse_recs(orjson.dumps({**good, "items": []})).items == ()
-    assert parse_recs(orjson.dumps(good).decode()).model_version == "emb-3"  # str too
+    assert parse_recs(compact(orjson.dumps({**GOOD_V2, "items": []}))).items == ()
 
 
-def test_what_the_ranking_step_writes_reads_back() -> None:
+@pytest.mark.parametrize("stored_by_the_sink", [False, True], ids=["format-2", "format-3"])
+def test_what_the_ranking_step_writes_reads_back(stored_by_the_sink: bool) -> None:
     from attune.operators.ranking import Recommendation as Ranked
     from attune.operators.ranking import recs_value
 
-    ranked = [Ranked("i1", 0.83, "similar-to-viewed", "shoes"), Ranked("i2", 1.0, "x-new", None)]
-    stored = parse_recs(recs_value(ranked, "emb-3", 1_767_571_200_000, "personalized"))
+    ranked = [
+        Ranked("i1", 0.83, "similar-to-viewed", "shoes"),
+        Ranked("i,2|%", 1.0, "x-new", None),
+        Ranked("i3", -0.25, "x-new", None),
+    ]
+    value = recs_value(ranked, "emb|3", 1_767_571_200_000, "personalized")
+    stored = parse_recs(compact(value) if stored_by_the_sink else value)
     assert stored.items == (
         Recommendation("i1", 0.83, "similar-to-viewed", "shoes"),
-        Recommendation("i2", 1.0, "x-new", None),  # a reason without a code, written whole
+        Recommendation("i,2|%", 1.0, "x-new", None),  # a reason without a code, written whole
+        Recommendation("i3", -0.25, "x-new", None),
     )
+    assert (stored.model_version, stored.source) == ("emb|3", "personalized")
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (b"3|m|1|p", "at least 5 fields"),
+        (b"3|m|soon|p|", "generated_at is 'soon'"),
+        (b"3|m|1||", "source is empty"),
+        (b"3|m|1|p||i1,5", r"items\[0\] is not <id>,<score>"),
+        (b"3|m|1|p||i1,5,sv", r"items\[0\] is not"),
+        (b"3|m|1|p||i1,x,sv,", r"items\[0\]\.score is 'x'"),
+        (b"3|m|1|p||i1,5,sv,0", r"items\[0\]\.category is 0, not an index"),
+        (b"3|m|1|p|a|i1,5,sv,z", r"items\[0\]\.category is 'z'"),
+        (b"3|m|1|p|a|,5,sv,0", r"items\[0\]\.item is ''"),
+        (b"3|m|1|p|a|\xff,5,sv,0", "format 3"),
+    ],
+)
+def test_parse_recs_format_3_names_what_is_wrong(raw: bytes, problem: str) -> None:
+    with pytest.raises(CorruptRecommendationsError, match=problem):
+        parse_recs(raw, "attune:{u:u1}:recs")
+
+
+def test_parse_profile_reads_both_formats() -> None:
+    written = encode_profile({"events": "3", "top_category_7d": "a|b", "propensity_score": "0.5"})
+    as_hash = {name.encode(): b"" for name in PROFILE_FIELDS} | {
+        b"events": b"3",
+        b"top_category_7d": b"a|b",
+        b"propensity_score": b"0.5",
+    }
+    expected = {name: None for name in PROFILE_FIELDS} | {
+        "events": "3",
+        "top_category_7d": "a|b",
+        "propensity_score": "0.5",
+    }
+    assert parse_profile(written.encode()) == parse_profile(written) == expected
+    assert parse_profile(as_hash) == expected  # format 1, what HGETALL gives
+    with pytest.raises(CorruptRecommendationsError, match="profile format '9'"):
+        parse_profile(b"9|1", "attune:{u:u1}:profile")
 
 
 def _v2(**changes: Any) -> bytes:

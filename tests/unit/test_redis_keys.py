@@ -11,7 +11,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from attune.operators.redis_keys import USER_KEY_KINDS, RedisKeys, escape_tag
+from attune.operators.redis_keys import (
+    PROFILE_ORDER,
+    USER_KEY_KINDS,
+    RedisKeys,
+    decode_profile,
+    encode_profile,
+    escape_tag,
+)
 
 SLOTS = 16384
 
@@ -170,3 +177,10 @@ def test_user_keys_never_look_like_shared_keys() -> None:
     shared = {keys.audience("x"), keys.trending("x"), keys.model("x")}
     for user in AWKWARD_IDS:
         assert shared.isdisjoint(keys.user_keys(user))
+
+
+@given(st.lists(st.text(), min_size=len(PROFILE_ORDER), max_size=len(PROFILE_ORDER)))
+def test_profile_value_round_trips_any_text(values: list[str]) -> None:
+    fields = dict(zip(PROFILE_ORDER, values, strict=True))
+    decoded = decode_profile(encode_profile(fields))
+    assert decoded == {name: value or None for name, value in fields.items()}

@@ -18,13 +18,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attune.operators.features import PROFILE_FIELDS
-from attune.operators.redis_keys import RedisKeys
+from attune.operators.recs_encoding import encode
+from attune.operators.redis_keys import PROFILE_ORDER, RedisKeys, decode_profile, encode_profile
 from attune.operators.redis_sink import (
     AliasWrite,
     Command,
     ForgetUser,
     JsonWrite,
     ProfileWrite,
+    RecsWrite,
     RedisConfig,
     RedisOp,
     RespPacker,
@@ -49,18 +51,38 @@ def test_last_profile_of_a_user_wins_and_every_field_is_written() -> None:
         profile_fields=FIELDS,
     )
     assert commands == [
-        ("HSET", "attune:{u:u1}:profile", "events", "2", "device_top", ""),
-        ("EXPIRE", "attune:{u:u1}:profile", TTL),
-        ("HSET", "attune:{u:u2}:profile", "events", "7", "device_top", ""),
-        ("EXPIRE", "attune:{u:u2}:profile", TTL),
+        ("SET", "attune:{u:u1}:profile", "2|2", "EX", TTL),
+        ("EXPIRE", "attune:{u:u1}:segments", TTL),  # the segments live as long as the profile
+        ("SET", "attune:{u:u2}:profile", "2|7", "EX", TTL),
+        ("EXPIRE", "attune:{u:u2}:segments", TTL),
     ]
 
 
-def test_profile_writes_every_profile_field_by_default() -> None:
-    (hset, expire) = plan([ProfileWrite("u1", {"events": "3"})])
-    assert hset[2::2] == PROFILE_FIELDS
-    assert dict(zip(hset[2::2], hset[3::2], strict=True))["events"] == "3"
-    assert expire[0] == "EXPIRE"
+def test_profile_writes_every_profile_field_in_the_documented_order() -> None:
+    (set_, _) = plan([ProfileWrite("u1", {"events": "3", "device_top": "MOBILE"})])
+    assert PROFILE_ORDER == PROFILE_FIELDS  # a new profile field is appended to the format
+    assert set_[2] == "2|3|||||||||||||MOBILE"
+    assert decode_profile(str(set_[2])) == {
+        name: {"events": "3", "device_top": "MOBILE"}.get(name) for name in PROFILE_FIELDS
+    }
+
+
+def test_profile_values_with_separators_round_trip() -> None:
+    fields = {"events": "1", "top_category_7d": "a|b%7C", "device_top": "%"}
+    value = encode_profile(fields)
+    assert value.count("|") == PROFILE_FIELDS.index("device_top") + 1
+    decoded = decode_profile(value)
+    assert {k: v for k, v in decoded.items() if v is not None} == fields
+    # a reader of a longer field list reads the values it knows, the rest as not known
+    assert decode_profile(value, (*PROFILE_FIELDS, "later"))["later"] is None
+    with pytest.raises(ValueError, match="profile format"):
+        decode_profile("3|1")
+
+
+def test_recommendations_are_stored_in_format_3() -> None:
+    value = encode([("i1", 0.5, "trending", "a/x"), ("i2", 0.25, "trending", "a/x")], "m1", 7, "t")
+    (set_,) = plan([RecsWrite("u1", value)], ttl_s=TTL)
+    assert set_ == ("SET", "attune:{u:u1}:recs", b"3|m1|7|t|a/x|i1,500,tr,0|i2,250", "EX", TTL)
 
 
 def test_unknown_profile_field_is_refused() -> None:
@@ -111,10 +133,10 @@ def test_segments_fold_in_order_per_user_and_group_per_audience() -> None:
         audience_ttl_s=99,
     )
     assert commands == [
-        ("SADD", "attune:{u:u1}:segments", "vip", "loyal"),
-        ("SREM", "attune:{u:u1}:segments", "browsers"),
+        ("HSET", "attune:{u:u1}:segments", "vip", "1", "loyal", "1"),
+        ("HDEL", "attune:{u:u1}:segments", "browsers"),
         ("EXPIRE", "attune:{u:u1}:segments", TTL),
-        ("SREM", "attune:{u:u2}:segments", "vip"),
+        ("HDEL", "attune:{u:u2}:segments", "vip"),
         ("EXPIRE", "attune:{u:u2}:segments", TTL),
         ("SADD", "attune:segment:vip", "u1"),
         ("SREM", "attune:segment:vip", "u2"),
@@ -128,9 +150,9 @@ def test_segments_fold_in_order_per_user_and_group_per_audience() -> None:
 
 def test_enter_then_exit_in_one_batch_is_a_removal() -> None:
     commands = plan([SegmentsWrite("u1", entered=("vip",)), SegmentsWrite("u1", exited=("vip",))])
-    assert ("SREM", "attune:{u:u1}:segments", "vip") in commands
+    assert ("HDEL", "attune:{u:u1}:segments", "vip") in commands
     assert ("SREM", "attune:segment:vip", "u1") in commands
-    assert not [c for c in commands if c[0] == "SADD"]
+    assert not [c for c in commands if c[0] in {"SADD", "HSET"}]
     assert commands == plan(
         [SegmentsWrite("u1", entered=("vip",)), SegmentsWrite("u1", exited=("vip",))]
     )
@@ -150,8 +172,8 @@ def test_forget_drops_the_users_earlier_operations() -> None:
     )
     assert commands == [
         ("DEL", *KEYS.user_keys("anon")),
-        ("HSET", "attune:{u:u2}:profile", "events", "4", "device_top", ""),
-        ("EXPIRE", "attune:{u:u2}:profile", TTL),
+        ("SET", "attune:{u:u2}:profile", "2|4", "EX", TTL),
+        ("EXPIRE", "attune:{u:u2}:segments", TTL),
         # The entry made earlier in the batch is undone, with the given audiences.
         ("SREM", "attune:segment:browsers", "anon"),
         ("EXPIRE", "attune:segment:browsers", TTL),
@@ -172,9 +194,8 @@ def test_operations_after_forget_apply_after_the_delete() -> None:
     )
     assert commands == [
         ("DEL", *KEYS.user_keys("u1")),
-        ("HSET", "attune:{u:u1}:profile", "events", "1", "device_top", ""),
-        ("EXPIRE", "attune:{u:u1}:profile", TTL),
-        ("SADD", "attune:{u:u1}:segments", "vip"),
+        ("SET", "attune:{u:u1}:profile", "2|1", "EX", TTL),
+        ("HSET", "attune:{u:u1}:segments", "vip", "1"),
         ("EXPIRE", "attune:{u:u1}:segments", TTL),
         ("SADD", "attune:segment:vip", "u1"),
         ("EXPIRE", "attune:segment:vip", TTL),
@@ -269,11 +290,13 @@ class RedisModel:
         elif name == "HSET":
             self.fresh(key)
             self.data.setdefault(key, {}).update(zip(args[::2], args[1::2], strict=True))
+        elif name == "HDEL":
+            self.remove(key, args)
         elif name == "SADD":
             self.fresh(key)
             self.data.setdefault(key, set()).update(args)
         elif name == "SREM":
-            self.srem(key, args)
+            self.remove(key, args)
         elif name == "EXPIRE":
             if key in self.data:
                 self.ttl.add(key)
@@ -297,10 +320,14 @@ class RedisModel:
         if key not in self.data:
             self.ttl.discard(key)
 
-    def srem(self, key: str, members: Sequence[object]) -> None:
-        """Remove ``members``; a set left empty vanishes, TTL and all."""
+    def remove(self, key: str, members: Sequence[object]) -> None:
+        """SREM or HDEL ``members``; a set or hash left empty vanishes, TTL and all."""
         left = self.data.get(key, set())
-        left.difference_update(members)
+        for member in members:
+            if isinstance(left, dict):
+                left.pop(member, None)
+            else:
+                left.discard(member)
         if not left:
             self.data.pop(key, None)
             self.ttl.discard(key)
@@ -312,16 +339,20 @@ def reference(ops: list[RedisOp]) -> dict[str, Any]:
 
     def srem(key: str, member: str) -> None:
         if key in state:
-            state[key].discard(member)
+            if isinstance(state[key], dict):
+                state[key].pop(member, None)
+            else:
+                state[key].discard(member)
             if not state[key]:
                 del state[key]
 
     for op in ops:
         if isinstance(op, ProfileWrite):
-            state[KEYS.profile(op.user)] = {f: op.fields.get(f, "") for f in FIELDS}
+            values = [op.fields.get(f, "") for f in FIELDS]
+            state[KEYS.profile(op.user)] = "|".join(["2", *values]).rstrip("|")
         elif isinstance(op, SegmentsWrite):
             for segment in op.entered:
-                state.setdefault(KEYS.segments(op.user), set()).add(segment)
+                state.setdefault(KEYS.segments(op.user), {})[segment] = "1"
                 state.setdefault(KEYS.audience(segment), set()).add(op.user)
             for segment in op.exited:
                 srem(KEYS.segments(op.user), segment)
