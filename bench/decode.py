@@ -59,7 +59,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +87,7 @@ from attune.operators.events import (
     Search,
     validate_event,
 )
-from attune.operators.identity import identity_input
+from attune.operators.identity import identity_inputs
 from attune.operators.privacy import Pseudonymiser
 from attune.operators.schemas import CURRENT, EVENT
 from attune.operators.settings import Settings
@@ -322,28 +321,14 @@ def _branch(items: Sequence[Any], predicate: Callable[[Any], bool]) -> tuple[lis
 
 def route(items: list[Event | DeadLetter]) -> tuple[list[Any], list[Any], list[Any]]:
     """The flow's steps from the source to its keyed streams (flows/personalize.py), called
-    as Bytewax 0.21 calls them: ``branch`` predicates per item; ``map``, ``filter_map`` and
-    ``key_on`` through Bytewax's Python shims (a generator per batch, a call per item).
-    Returns (keyed by user, keyed by anonymous id, dead letters); the identity step itself
-    is per-user state, not part of the source path."""
+    as Bytewax 0.21 calls them: ``branch`` predicates per item, the ``flat_map_batch``
+    functions once per batch. Returns (keyed by user, keyed by anonymous id, dead
+    letters); the identity step itself is per-user state, not part of the source path."""
     events, dead = _branch(items, personalize._is_event)
     anonymous, identified = _branch(events, personalize._anonymous_only)
-
-    def link_shim(event: Event) -> Any:
-        found = identity_input(event)
-        return (found,) if found is not None else ()
-
-    links = list(chain.from_iterable(link_shim(e) for e in identified))
-
-    def key_shim(item: Any) -> tuple[str, Any]:
-        key = personalize._anonymous_key(item)
-        if not isinstance(key, str):
-            raise TypeError(key)
-        return key, item
-
-    by_anonymous = list(key_shim(x) for x in [*anonymous, *links])
-    known = list(personalize._known(e) for e in identified)
-    return known, by_anonymous, dead
+    links = identity_inputs(identified)
+    by_anonymous = [*personalize._by_anonymous_id(anonymous), *links]
+    return personalize._known(identified), by_anonymous, dead
 
 
 def batch_steps() -> list[tuple[str, Callable[[list[Message]], Any]]]:
