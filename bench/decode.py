@@ -17,6 +17,8 @@ Rows, per corpus (the same bytes for every row):
 - ``fastavro plain`` / ``fastavro return_record_name``: ``schemaless_reader``
   alone on the datum, without and with the record names of unions (what the
   codec's fastavro path asks for);
+- ``cavro raw (binary_decode)``: cavro to a plain dict with no project code, the
+  decoder of the throughput bench's raw baseline (bench/raw_decode.py): the floor;
 - ``cavro (DatumReader.read)``: the fast path's decode alone
   (:mod:`attune.operators.datum_reader`: cavro and the end-of-datum check),
   checked equal to fastavro's records;
@@ -27,7 +29,14 @@ Rows, per corpus (the same bytes for every row):
   (fastavro, then today's event building);
 - ``decode_event``: the codec as it is now;
 - the same three with privacy on (a :class:`~attune.operators.privacy.Pseudonymiser`
-  that hashes user ids too).
+  that hashes user ids too);
+- the source path, with privacy on, over the corpus as consumed Kafka batches of
+  :data:`BATCH` messages (``confluent_kafka.Message`` objects):
+  ``source: partition batch, privacy`` is
+  :func:`~attune.operators.sources.decode_messages`, a Kafka source partition's
+  per-message work (decode, pseudonymise, validate, watermark); ``source: + identity
+  routing`` adds the flow's steps up to its keyed streams (:func:`route`: the events
+  keyed by user id, and by anonymous id for the identity step).
 
 Timing: every row runs once per repeat, rows interleaved, so that load from
 other processes hits all rows alike; the table shows the median (and minimum) of

@@ -572,27 +572,29 @@ def validate_event(event: Event) -> str | None:
     """``None`` if the event is usable, else the reason it is not (for a dead letter)."""
     if not event.event_id:
         return "event_id is empty"
-    if event.event_type is EventType.UNKNOWN:
+    event_type = event.event_type
+    if event_type is _UNKNOWN_TYPE:
         return "event_type is UNKNOWN (written with a newer schema than this reader knows)"
-    expected = PAYLOAD_OF_TYPE[event.event_type]
-    if type(event.payload) is not expected:
+    expected = PAYLOAD_OF_TYPE[event_type]
+    p = event.payload
+    if type(p) is not expected:
         return (
-            f"event_type {event.event_type.value} does not match payload "
-            f"{type(event.payload).__name__} (expected {expected.__name__})"
+            f"event_type {event_type.value} does not match payload "
+            f"{type(p).__name__} (expected {expected.__name__})"
         )
     if not event.user_id and not event.anonymous_id:
         return "neither user_id nor anonymous_id is set"
     if not MIN_EVENT_TIME_MS <= event.event_time < MAX_EVENT_TIME_MS:
         return f"event_time {event.event_time} is outside 2000-01-01..2100-01-01"
-    return _validate_payload(event)
-
-
-def _validate_payload(event: Event) -> str | None:
-    # validate_event has checked that the payload's class is exactly its type's: one
-    # look-up by that class finds its check (no chain of isinstance calls per event).
-    p = event.payload
-    check = _PAYLOAD_CHECKS.get(type(p))
+    # The payload's class is exactly its type's: one look-up by that class finds its
+    # check (no chain of isinstance calls per event).
+    check = _PAYLOAD_CHECKS.get(expected)
     return None if check is None else check(p, event)
+
+
+#: ``EventType.UNKNOWN`` read once: a member looked up on its enum class costs ~900
+#: instructions each time (callgrind, Python 3.11), a fifth of validate_event.
+_UNKNOWN_TYPE = EventType.UNKNOWN
 
 
 def _validate_remove_from_cart(p: RemoveFromCart, event: Event) -> str | None:
