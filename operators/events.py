@@ -475,17 +475,12 @@ def _purchase_from_record(record: dict[str, Any]) -> Purchase:
     return purchase
 
 
-#: The builder of each payload record, by Avro full name (one look-up per event).
+#: The builder of each payload record, by Avro full name (one look-up per event; an
+#: unknown name raises ``KeyError``, as the constructors' look-up did).
 _PAYLOAD_FROM_RECORD: dict[str, Callable[[dict[str, Any]], Any]] = {
     name: _purchase_from_record if cls is Purchase else _FROM_RECORD[cls]
     for name, cls in PAYLOAD_OF_AVRO_NAME.items()
 }
-
-
-def payload_from_record(avro_name: str, record: dict[str, Any]) -> Payload:
-    """Build a payload dataclass from its decoded Avro record (``KeyError`` for unknown names)."""
-    payload: Payload = _PAYLOAD_FROM_RECORD[avro_name](record)
-    return payload
 
 
 _EVENT_TYPES: dict[str, EventType] = {t.value: t for t in EventType}
