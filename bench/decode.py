@@ -17,6 +17,8 @@ Rows, per corpus (the same bytes for every row):
 - ``fastavro plain`` / ``fastavro return_record_name``: ``schemaless_reader``
   alone on the datum, without and with the record names of unions (what the
   codec's fastavro path asks for);
+- ``cavro raw (binary_decode)``: cavro to a plain dict with no project code, the
+  decoder of the throughput bench's raw baseline (bench/raw_decode.py): the floor;
 - ``cavro (DatumReader.read)``: the fast path's decode alone
   (:mod:`attune.operators.datum_reader`: cavro and the end-of-datum check),
   checked equal to fastavro's records;
@@ -27,7 +29,14 @@ Rows, per corpus (the same bytes for every row):
   (fastavro, then today's event building);
 - ``decode_event``: the codec as it is now;
 - the same three with privacy on (a :class:`~attune.operators.privacy.Pseudonymiser`
-  that hashes user ids too).
+  that hashes user ids too);
+- the source path, with privacy on, over the corpus as consumed Kafka batches of
+  :data:`BATCH` messages (``confluent_kafka.Message`` objects):
+  ``source: partition batch, privacy`` is
+  :func:`~attune.operators.sources.decode_messages`, a Kafka source partition's
+  per-message work (decode, pseudonymise, validate, watermark); ``source: + identity
+  routing`` adds the flow's steps up to its keyed streams (:func:`route`: the events
+  keyed by user id, and by anonymous id for the identity step).
 
 Timing: every row runs once per repeat, rows interleaved, so that load from
 other processes hits all rows alike; the table shows the median (and minimum) of
@@ -47,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import importlib.resources
 import io
 import json
 import os
@@ -62,8 +72,11 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+from confluent_kafka import Message
 
-from attune.operators.codec import Codec
+from attune.bench import raw_decode
+from attune.flows import personalize
+from attune.operators.codec import SINGLE_OBJECT_HEADER_LEN, Codec
 from attune.operators.datum_reader import reader_for
 from attune.operators.events import (
     AddToCart,
@@ -83,8 +96,11 @@ from attune.operators.events import (
     Search,
     validate_event,
 )
+from attune.operators.identity import identity_inputs
 from attune.operators.privacy import Pseudonymiser
 from attune.operators.schemas import CURRENT, EVENT
+from attune.operators.settings import Settings
+from attune.operators.sources import Watermark, decode_messages
 from attune.workload.generator import GeneratorConfig, generate
 
 DEFAULT_REPEATS = 21
@@ -253,6 +269,7 @@ def steps() -> list[tuple[str, Callable[[bytes], Any], Callable[[bytes], Any] | 
     return [
         ("fastavro plain", _fastavro(False), None),
         ("fastavro return_record_name", _fastavro(True), None),
+        ("cavro raw (binary_decode)", _cavro_raw(), None),
         ("cavro (DatumReader.read)", _cavro(), _fastavro(True)),
         ("decode_event before", lambda d: decode_event_before(plain, d), plain.decode_event),
         ("decode_event, fast path off", slow.decode_event, plain.decode_event),
@@ -265,6 +282,91 @@ def steps() -> list[tuple[str, Callable[[bytes], Any], Callable[[bytes], Any] | 
         ("decode_event, privacy, fast path off", private_slow.decode_event, private.decode_event),
         ("decode_event, privacy", private.decode_event, None),
     ]
+
+
+def _cavro_raw() -> Callable[[bytes], Any]:
+    """The raw baseline's decoder (bench/raw_decode.py): cavro to a plain dict, no project
+    code (no record names of unions, no end-of-datum check)."""
+    folder = Path(str(importlib.resources.files("attune.avro")))
+    decode = raw_decode.make_decoder("cavro", raw_decode.load_schema(folder))
+    return lambda data: decode(data[SINGLE_OBJECT_HEADER_LEN:])
+
+
+# --- the source path: a Kafka batch to keyed events -----------------------------------------
+
+#: Messages per consumed batch, as :class:`~attune.operators.sources.KafkaEventSource`'s default.
+BATCH = 1000
+TOPIC = "attune.events"
+
+
+def messages(corpus: Corpus) -> list[list[Message]]:
+    """The corpus as consumed Kafka batches of :data:`BATCH` messages of one partition."""
+    msgs = [
+        Message(topic=TOPIC, partition=0, offset=i, value=data)
+        for i, data in enumerate(corpus.data)
+    ]
+    return [msgs[i : i + BATCH] for i in range(0, len(msgs), BATCH)]
+
+
+def _partition(codec: Codec) -> Callable[[list[Message]], list[Event | DeadLetter]]:
+    """The per-message work of a Kafka source partition (decode, pseudonymise, validate,
+    watermark), on one batch; a fresh watermark per batch, so every pass is alike."""
+    lateness = Settings().allowed_lateness_s * 1000
+
+    def read(batch: list[Message]) -> list[Event | DeadLetter]:
+        return decode_messages(batch, codec, Watermark(lateness), TOPIC, 0, tail=False)[0]
+
+    return read
+
+
+def _branch(items: Sequence[Any], predicate: Callable[[Any], bool]) -> tuple[list[Any], list[Any]]:
+    """``op.branch``: Bytewax calls the predicate on every item (from Rust)."""
+    trues: list[Any] = []
+    falses: list[Any] = []
+    for item in items:
+        (trues if predicate(item) else falses).append(item)
+    return trues, falses
+
+
+def route(items: list[Event | DeadLetter]) -> tuple[list[Any], list[Any], list[Any]]:
+    """The flow's steps from the source to its keyed streams (flows/personalize.py), called
+    as Bytewax 0.21 calls them: ``branch`` predicates per item, the ``flat_map_batch``
+    functions once per batch. Returns (keyed by user, keyed by anonymous id, dead
+    letters); the identity step itself is per-user state, not part of the source path."""
+    events, dead = _branch(items, personalize._is_event)
+    anonymous, identified = _branch(events, personalize._anonymous_only)
+    links = identity_inputs(identified)
+    by_anonymous = [*personalize._by_anonymous_id(anonymous), *links]
+    return personalize._known(identified), by_anonymous, dead
+
+
+def batch_steps() -> list[tuple[str, Callable[[list[Message]], Any]]]:
+    """(row name, function of one consumed batch): the source path, with privacy on as
+    every flow source has it."""
+    private = Codec(privacy=Pseudonymiser(PRIVACY_KEY, "bench", "always").record)
+    read = _partition(private)
+    return [
+        ("source: partition batch, privacy", read),
+        ("source: + identity routing", lambda batch: route(read(batch))),
+    ]
+
+
+def check_source(corpus: Corpus) -> None:
+    """The source path's events are ``decode_event``'s (privacy on), and every one is routed."""
+    private = Codec(privacy=Pseudonymiser(PRIVACY_KEY, "bench", "always").record)
+    rows = batch_steps()
+    read, routed = rows[0][1], rows[1][1]
+    i = 0
+    for batch in messages(corpus):
+        items = read(batch)
+        for item, msg in zip(items, batch, strict=True):
+            if isinstance(item, Event) and item != private.decode_event(msg.value() or b""):
+                raise AssertionError(f"{corpus.name} event {i}: the source path differs")
+            i += 1
+        known, by_anonymous, dead = routed(batch)
+        anonymous = sum(1 for _, x in by_anonymous if isinstance(x, Event) and x.user_id is None)
+        if len(known) + anonymous + len(dead) != len(items):
+            raise AssertionError(f"{corpus.name}: the routing lost events")
 
 
 # --- timing ----------------------------------------------------------------------------------
@@ -315,7 +417,20 @@ def measure(corpus: Corpus, repeats: int) -> list[Row]:
             c1, t1 = time.process_time(), time.perf_counter()
             wall[name].append((t1 - t0) / n * 1e6)
             cpu[name].append((c1 - c0) / n * 1e6)
-    return [Row(corpus.name, name, wall[name], cpu[name], n) for name, _, _ in rows]
+    batches = messages(corpus)
+    sources = batch_steps()
+    for name, _ in sources:
+        wall[name], cpu[name] = [], []
+    for _ in range(repeats):
+        for name, read in sources:
+            t0, c0 = time.perf_counter(), time.process_time()
+            for batch in batches:
+                read(batch)
+            c1, t1 = time.process_time(), time.perf_counter()
+            wall[name].append((t1 - t0) / n * 1e6)
+            cpu[name].append((c1 - c0) / n * 1e6)
+    names = [name for name, _, _ in rows] + [name for name, _ in sources]
+    return [Row(corpus.name, name, wall[name], cpu[name], n) for name in names]
 
 
 def table(rows: Sequence[Row]) -> str:
@@ -399,6 +514,7 @@ def run(args: argparse.Namespace) -> int:
     all_corpora = corpora(args.events)
     for corpus in all_corpora:
         check(corpus)
+        check_source(corpus)
     print(
         "attune bench decode: "
         + ", ".join(

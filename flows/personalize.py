@@ -38,6 +38,7 @@ from typing import Any, TypeGuard, cast
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
+from bytewax.operators import KeyedStream
 
 from attune.flows import tune_gc
 from attune.flows.embedded import LocalStore
@@ -61,7 +62,7 @@ from attune.operators.events import (
     Trigger,
     item_from_record,
 )
-from attune.operators.identity import IdentityLogic, Link, Routed, identity_input
+from attune.operators.identity import IdentityLogic, Link, Routed, identity_inputs
 from attune.operators.models import (
     ModelBoard,
     ModelLearnerLogic,
@@ -174,18 +175,23 @@ def _anonymous_only(event: Event) -> bool:
     return event.user_id is None
 
 
-def _anonymous_key(item: Event | Link) -> str:
-    return item.anonymous_id or ""
+def _by_anonymous_id(events: list[Event]) -> list[tuple[str, Event | Link]]:
+    """Anonymous-only events keyed by their anonymous id, for the identity step."""
+    return [(event.anonymous_id or "", event) for event in events]
 
 
-def _by_user(kv: tuple[str, Routed]) -> tuple[str, Keyed]:
-    routed = kv[1]
-    return routed[0], routed
+def _by_user(batch: list[tuple[str, Routed]]) -> list[tuple[str, Keyed]]:
+    """The identity step's ``(user key, input)`` pairs keyed by that user."""
+    return [(routed[0], routed) for _, routed in batch]
 
 
-def _known(event: Event) -> tuple[str, Keyed]:
-    user = event.user_id or ""
-    return user, (user, event)
+def _known(events: list[Event]) -> list[tuple[str, Keyed]]:
+    """Events with a user id keyed by it."""
+    out: list[tuple[str, Keyed]] = []
+    for event in events:
+        user = event.user_id or ""
+        out.append((user, (user, event)))
+    return out
 
 
 def _unkey(kv: tuple[str, Output]) -> Output:
@@ -232,13 +238,14 @@ def build_flow(
     events: Stream[Event] = valid.trues
     dead = cast(Stream[DeadLetter], valid.falses)
 
+    # Identity routing: batch steps (flat_map_batch), one call per batch, not per event.
     anon = op.branch("anonymous_only", events, _anonymous_only)
-    links: Stream[Event | Link] = op.filter_map("links", anon.falses, identity_input)
-    to_identity: Stream[Event | Link] = op.merge("to_identity", anon.trues, links)
-    keyed_anon = op.key_on("by_anonymous_id", to_identity, _anonymous_key)
+    links = op.flat_map_batch("links", anon.falses, identity_inputs)
+    anonymous = op.flat_map_batch("by_anonymous_id", anon.trues, _by_anonymous_id)
+    keyed_anon: KeyedStream[Event | Link] = op.merge("to_identity", anonymous, links)
     routed = op.stateful_batch("identity", keyed_anon, partial(_identity_logic, cfg))
-    from_identity = op.map("route_to_user", routed, _by_user)
-    known = op.map("known_user", anon.falses, _known)
+    from_identity = op.flat_map_batch("route_to_user", routed, _by_user)
+    known = op.flat_map_batch("known_user", anon.falses, _known)
     to_users = op.merge("to_users", known, from_identity)
     user_out = op.stateful_batch("user_state", to_users, partial(_user_logic, cfg))
     outputs = op.map("unkey", user_out, _unkey)

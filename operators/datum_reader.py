@@ -22,7 +22,8 @@ return_record_name_override=True)`` with the writer schema as reader), or
   says ``int`` (both are the same zig-zag varint on the wire);
 - ``None`` for a datum cavro cannot decode (bad bytes: the fastavro path says
   why), for bytes left after the datum (cavro does not say where a datum ended,
-  so the reader asks for one more byte and expects end-of-input), and from
+  so the reader appends an end-of-datum marker and expects to read it right
+  after the datum: :class:`DatumReader`), and from
   :func:`reader_for` for a schema with anything but records, enums, strings,
   ints, longs, booleans, null, arrays and unions of ``null`` and one type or of
   records only: what tests/unit/test_fast_decode.py compares with fastavro.
@@ -47,6 +48,7 @@ form, which has none (in process, ``timestamp-millis`` fields are int ms).
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from attune.operators.schemas import SchemaVersion
@@ -103,22 +105,38 @@ def _widen_ints(node: Any) -> Any:
     return node
 
 
+#: Random bytes in the end-of-datum marker.
+MARKER_BYTES = 16
+
+
 class DatumReader:
     """Reads datums written with ``version`` into fastavro's records, or says it cannot.
 
     Build it with :func:`reader_for`, which knows which schemas qualify.
+
+    cavro decodes from the start of its input and does not say where the datum ended;
+    reading one byte more and catching the ``EOFError`` cost a sixth of the read (10,900
+    instructions of 60,500 per event, callgrind). So the reader appends an end-of-datum
+    marker instead, Avro ``bytes`` holding a random value drawn for this reader, and
+    reads a record of the datum and then a ``bytes`` field (2,400 instructions more
+    than the datum alone). The marker comes back as appended exactly when the datum
+    ended with the message: a datum that ends early reads its trailing bytes as the
+    marker's length and value, one that ends late runs out of input. (Trailing bytes
+    that encode the marker itself would pass: 2^-128 for bytes that cannot know this
+    process's random value.)
     """
 
     def __init__(self, version: SchemaVersion) -> None:
         if cavro is None:
             raise RuntimeError("cavro is not installed: pip install cavro, or decode with fastavro")
         self.version = version
+        self._marker = os.urandom(MARKER_BYTES)
+        self._encoded_marker = cavro.Schema('"bytes"').binary_encode(self._marker)
         self._schema = cavro.Schema(
-            json.dumps(_widen_ints(json.loads(version.canonical))),
+            json.dumps(_with_end(_widen_ints(json.loads(version.canonical)))),
             record_decodes_to_dict=True,
             union_decodes_to=cavro.UnionDecodeOption.TYPE_TUPLE_IF_RECORD_AMBIGUOUS,
         )
-        self._one_byte = cavro.Schema('"boolean"')
         self._memory = cavro.MemoryReader
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -127,16 +145,23 @@ class DatumReader:
 
     def read(self, data: bytes, start: int) -> dict[str, Any] | None:
         """The record of the datum that fills ``data[start:]``, or ``None`` (see the module)."""
-        buffer = self._memory(data[start:])
         try:
-            record = self._schema.binary_read(buffer)
+            framed = self._schema.binary_read(self._memory(data[start:] + self._encoded_marker))
         except Exception:  # bad bytes, in any of cavro's ways: the fastavro path says why
             return None
-        try:
-            self._one_byte.binary_read(buffer)
-        except EOFError:  # the datum ended with the message
-            return record if type(record) is dict else None
+        record = framed["datum"]
+        if framed["end"] == self._marker and type(record) is dict:
+            return record
         return None  # bytes left after the datum
+
+
+def _with_end(datum: Any) -> dict[str, Any]:
+    """The schema of a datum followed by the end-of-datum marker."""
+    return {
+        "type": "record",
+        "name": "attune_datum_reader.Framed",
+        "fields": [{"name": "datum", "type": datum}, {"name": "end", "type": "bytes"}],
+    }
 
 
 _READERS: dict[bytes, DatumReader | None] = {}

@@ -387,6 +387,8 @@ class Pseudonymiser:
         self._payload = {
             PAYLOAD_OF_AVRO_NAME[name]: fields for name, fields in plan.payload.items()
         }
+        # By Avro full name: only the payload records that have PII fields.
+        self._payload_by_name = {name: fields for name, fields in plan.payload.items() if fields}
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, ((self._key, self.key_id, self.policy.value), self.previous, self.plan))
@@ -471,31 +473,36 @@ class Pseudonymiser:
         )
 
     def record(self, record: dict[str, Any]) -> dict[str, Any]:
-        """A decoded ``attune.event.Event`` record (payload as ``(name, record)``), in place."""
+        """A decoded ``attune.event.Event`` record (payload as ``(name, record)``), in place.
+
+        Runs on every decoded event, so it does only what the plan needs: a loop that has
+        no field is skipped, and a payload is looked at only if its record has PII fields
+        (by its name: of the payloads today only ``Identify``).
+        """
+        user_id = self.user_id
         for name in self._identity:
             value = record.get(name)
             if value:
-                record[name] = self.user_id(value)
-        for name in self._header:
-            value = record.get(name)
-            if value:
-                record[name] = self.pseudonym(value)
+                record[name] = user_id(value)
+        if self._header:
+            self._hash_fields(record, self._header)
         ctx = record.get("context")
-        if ctx:
-            for name in self._context_fields:
-                value = ctx.get(name)
-                if value:
-                    ctx[name] = self.pseudonym(value)
+        if ctx and self._context_fields:
+            self._hash_fields(ctx, self._context_fields)
         payload = record.get("payload")
-        if isinstance(payload, tuple | list) and len(payload) == 2:
-            fields = self.plan.payload.get(payload[0], ())
+        if (type(payload) is tuple or type(payload) is list) and len(payload) == 2:
+            fields = self._payload_by_name.get(payload[0])
             body = payload[1]
-            if isinstance(body, dict):
-                for name in fields:
-                    value = body.get(name)
-                    if value:
-                        body[name] = self.pseudonym(value)
+            if fields is not None and isinstance(body, dict):
+                self._hash_fields(body, fields)
         return record
+
+    def _hash_fields(self, body: dict[str, Any], names: tuple[str, ...]) -> None:
+        """The fields ``names`` of the record dict ``body`` pseudonymised, in place."""
+        for name in names:
+            value = body.get(name)
+            if value:
+                body[name] = self.pseudonym(value)
 
 
 def _replace(obj: Any, names: tuple[str, ...], hash_: Callable[[str], str]) -> Any:

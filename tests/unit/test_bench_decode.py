@@ -19,11 +19,12 @@ def test_a_small_run_prints_every_row_and_writes_json(
     out = tmp_path / "decode.json"
     assert decode.main(["--events", "20", "--repeats", "2", "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    for step, _, _ in decode.steps():
+    names = [step for step, _, _ in decode.steps()] + [step for step, _ in decode.batch_steps()]
+    for step in names:
         assert text.count(step) >= 3  # one row per corpus
     assert "generated: decode_event" in text and "minimal, privacy: decode_event" in text
     rows = json.loads(out.read_text())
-    assert len(rows) == 3 * len(decode.steps())
+    assert len(rows) == 3 * len(names)
     assert all(len(r["cpu_us"]) == 2 and r["events"] == 20 for r in rows)
 
 
@@ -43,3 +44,12 @@ def test_a_row_that_differs_from_decode_event_fails_the_run(
     monkeypatch.setattr(decode, "decode_event_before", lambda codec, data: None)
     with pytest.raises(AssertionError, match="decode_event before differs"):
         decode.check(corpus)
+
+
+def test_the_source_path_check_fails_on_a_routing_that_loses_events(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    corpus = decode.corpora(5)[0]
+    monkeypatch.setattr(decode, "route", lambda items: ([], [], []))
+    with pytest.raises(AssertionError, match="the routing lost events"):
+        decode.check_source(corpus)
