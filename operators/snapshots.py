@@ -84,23 +84,35 @@ def _entry(cls: type) -> tuple[str, Any] | None:
     entry = None
     if _plain_state(cls):
         names = _names(cls)
-        if names:
-            name = f"{cls.__module__}:{cls.__qualname__}"
+        name = f"{cls.__module__}:{cls.__qualname__}"
+        if names and _found(name) is cls:  # not a class a name cannot find (a local one)
             _CLASSES[name] = cls
             entry = (name, attrgetter(*names))
     _ENTRIES[cls] = entry
     return entry
 
 
+def _resolve(name: str) -> Any:
+    module, _, qualname = name.partition(":")
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
+
+
+def _found(name: str) -> Any:
+    """What ``name`` resolves to, ``None`` when nothing."""
+    try:
+        return _resolve(name)
+    except (ImportError, AttributeError):
+        return None
+
+
 def _class(name: str) -> type:
     """The class named ``"module:QualName"`` (imported on first use, then cached)."""
     cls = _CLASSES.get(name)
     if cls is None:
-        module, _, qualname = name.partition(":")
-        found: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            found = getattr(found, part)
-        cls = _CLASSES[name] = found
+        cls = _CLASSES[name] = _resolve(name)
     return cls
 
 

@@ -10,6 +10,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+import pytest
+
 from attune.operators import snapshots
 from attune.operators.events import ConsentUpdate, Event, EventType
 from attune.operators.identity import IdentityLogic, IdentityState, Link, identity_step
@@ -115,3 +117,12 @@ def test_a_snapshot_in_the_rebuild_format_still_loads() -> None:
     now = snapshots.dumps(st)
     assert b"restore" in now and b"rebuild" not in now
     assert snapshots.loads(now) == st
+
+
+def test_a_class_no_name_finds_fails_when_pickled_not_when_loaded() -> None:
+    @dataclass(slots=True)
+    class Local:
+        a: int
+
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        snapshots.dumps(Local(1))
