@@ -304,6 +304,10 @@ class ConsentState:
             return
         country = ctx.country
         region = ctx.region
+        if country == self.country and region == self.region:  # most events: where they were
+            if country or region:  # (what is kept is normalised already)
+                self.located_ms = t
+            return
         if not country and not region:
             return
         region = region.upper() if region else None

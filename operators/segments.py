@@ -90,6 +90,7 @@ class RuleSet:
 
     __slots__ = (
         "_compiled",
+        "_reevaluated",
         "_watched",
         "descriptions",
         "features",
@@ -120,6 +121,10 @@ class RuleSet:
             (name, change_bits(_features_of(s.condition)), pred)
             for s, (name, pred) in zip(self.segments, self._compiled, strict=True)
         )
+        #: Per value of :meth:`reevaluate`'s ``changed``: the segments it evaluates again
+        #: (an event's kind and what it moved give a handful of values, at most
+        #: ``EVERYTHING + 1``), so that an event does not test every segment's bits.
+        self._reevaluated: dict[int, tuple[tuple[str, Predicate], ...]] = {}
         #: Stands for these rules in a user's state: a membership decided by other rules (an
         #: earlier run's file) is decided again whole (:meth:`reevaluate`'s caller checks).
         self.fingerprint: int = (
@@ -156,11 +161,12 @@ class RuleSet:
         >>> sorted(rules.reevaluate({"purchases": 1, "sessions": 2}, frozenset(), ORDERS))
         ['buyer']
         """
-        flipped = [
-            name
-            for name, watched, pred in self._watched
-            if watched & changed and (not pred(features)) == (name in before)
-        ]
+        again = self._reevaluated.get(changed)
+        if again is None:
+            again = self._reevaluated[changed] = tuple(
+                (name, pred) for name, watched, pred in self._watched if watched & changed
+            )
+        flipped = [name for name, pred in again if (not pred(features)) == (name in before)]
         return before ^ frozenset(flipped) if flipped else before
 
     def membership_changes(

@@ -11,15 +11,20 @@ interactions, session touches, buffered events).
 :func:`dumps` pickles with a :class:`pickle.Pickler` whose ``reducer_override`` knows
 these two kinds of objects:
 
-- a dataclass instance becomes ``(rebuild, (cls, field values))``, the values read by
-  one ``attrgetter`` built once per class; :func:`rebuild` sets them back without
-  calling ``__init__`` (as the default pickling does, so ``__post_init__`` does not
-  run twice and ``init=False`` fields come back too);
+- a dataclass instance becomes ``(restore, ("module:QualName", field values))``, the
+  values read by one ``attrgetter`` built once per class; :func:`restore` finds the
+  class by that name (once per process) and sets the values back without calling
+  ``__init__`` (as the default pickling does, so ``__post_init__`` does not run twice
+  and ``init=False`` fields come back too). The class travels as a string, not by
+  reference: a string is memoised and written by the C pickler at once, where a class
+  reference costs a call of :meth:`reducer_override <_Pickler.reducer_override>` and
+  a module lookup per class per snapshot;
 - an enum member becomes a reference to ``Class.MEMBER`` (a global, memoised).
 
 Everything else pickles as usual, and :func:`loads` is :func:`pickle.loads`: a snapshot
-written by the default pickling still restores, and this one restores in any process
-that imports Attune.
+written by the default pickling still restores, so does one written in the earlier
+format of this module, ``(rebuild, (cls, field values))`` (:func:`rebuild` stays for
+them), and this one restores in any process that imports Attune.
 
 >>> from attune.operators.user_state import UserState
 >>> st = UserState("u1")
@@ -30,6 +35,7 @@ True
 
 from __future__ import annotations
 
+import importlib
 import io
 import pickle
 import threading
@@ -40,10 +46,13 @@ from typing import Any
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
-#: Per class: the getter of its field values and their names (``None``: not a dataclass).
-_GETTERS: dict[type, tuple[Any, tuple[str, ...]] | None] = {}
-#: Per class: the names :func:`rebuild` sets, in field order.
+#: Per class: its ``"module:QualName"`` and the getter of its field values (``None``: it
+#: pickles as usual).
+_ENTRIES: dict[type, tuple[str, Any] | None] = {}
+#: Per class: the names :func:`restore` sets, in field order.
 _NAMES: dict[type, tuple[str, ...]] = {}
+#: ``"module:QualName"`` -> class, for :func:`restore`.
+_CLASSES: dict[str, type] = {}
 
 
 def _names(cls: type) -> tuple[str, ...]:
@@ -71,18 +80,43 @@ def _plain_state(cls: type) -> bool:
     )
 
 
-def _getter(cls: type) -> tuple[Any, tuple[str, ...]] | None:
+def _entry(cls: type) -> tuple[str, Any] | None:
     entry = None
     if _plain_state(cls):
         names = _names(cls)
-        entry = (attrgetter(*names), names) if names else None
-    _GETTERS[cls] = entry
+        name = f"{cls.__module__}:{cls.__qualname__}"
+        if names and _found(name) is cls:  # not a class a name cannot find (a local one)
+            _CLASSES[name] = cls
+            entry = (name, attrgetter(*names))
+    _ENTRIES[cls] = entry
     return entry
 
 
-def rebuild(cls: type, values: Any) -> Any:
-    """A dataclass instance from its field values (a tuple, or the value of a single
-    field), without ``__init__``, as the default unpickling of a dataclass does."""
+def _resolve(name: str) -> Any:
+    module, _, qualname = name.partition(":")
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
+
+
+def _found(name: str) -> Any:
+    """What ``name`` resolves to, ``None`` when nothing."""
+    try:
+        return _resolve(name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def _class(name: str) -> type:
+    """The class named ``"module:QualName"`` (imported on first use, then cached)."""
+    cls = _CLASSES.get(name)
+    if cls is None:
+        cls = _CLASSES[name] = _resolve(name)
+    return cls
+
+
+def _set(cls: type, values: Any) -> Any:
     obj: Any = object.__new__(cls)
     names = _names(cls)
     if len(names) == 1:
@@ -93,12 +127,28 @@ def rebuild(cls: type, values: Any) -> Any:
     return obj
 
 
+def restore(name: str, values: Any) -> Any:
+    """A dataclass instance of the class named ``"module:QualName"`` from its field values
+    (a tuple, or the value of a single field), without ``__init__``, as the default
+    unpickling of a dataclass does."""
+    return _set(_class(name), values)
+
+
+def rebuild(cls: type, values: Any) -> Any:
+    """:func:`restore` for snapshots written before it, which name the class by reference:
+    kept so that they still load."""
+    return _set(cls, values)
+
+
 class _Pickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         cls = type(obj)
-        entry = _GETTERS[cls] if cls in _GETTERS else _getter(cls)
+        try:
+            entry = _ENTRIES[cls]
+        except KeyError:
+            entry = _entry(cls)
         if entry is not None:
-            return rebuild, (cls, entry[0](obj))
+            return restore, (entry[0], entry[1](obj))
         if isinstance(obj, Enum):
             return getattr, (cls, obj._name_)
         return NotImplemented

@@ -287,6 +287,8 @@ def due(st: UserState, cfg: ProfileConfig, end_of_input: bool = False) -> list[O
     """On the timer (and after each batch): the triggers deferred while judgements waited,
     and the carts the stream's clock has settled; all of them at the end of a bounded input
     (event time is over)."""
+    if not st.trig.known:
+        return []  # an anonymous id: nothing deferred (see pending), no cart judged
     out = release_deferred(st, cfg, end_of_input)
     if end_of_input:
         now = MAX_EVENT_TIME_MS
@@ -299,7 +301,16 @@ def due(st: UserState, cfg: ProfileConfig, end_of_input: bool = False) -> list[O
 
 def pending(st: UserState, cfg: ProfileConfig) -> bool:
     """Whether a judgement waits for time to pass: deferred triggers, or a cart not yet
-    judged (the timer then polls the stream clock)."""
-    return bool(st.trig.deferred) or (
-        st.cart.next_due_ms(cfg.triggers.abandon_after_ms) is not None
-    )
+    judged (the timer then polls the stream clock).
+
+    Never for an anonymous id (a key no event under its own user id reached:
+    ``TriggerState.known``): its triggers are never judged, not even its cart's (only a
+    known user's are, :func:`check_cart`, and only a known user's triggers are ever
+    deferred, :func:`judge_caused`), so :func:`due` has nothing to find and polling it
+    every second only costs a wake-up and a snapshot. Its cart is not lost: at login the
+    identity step hands the id's buffered events over to the user, whose own timeline
+    then holds the cart, and discards the anonymous state (``Forget``)."""
+    trig = st.trig
+    if not trig.known:
+        return False
+    return bool(trig.deferred) or st.cart.next_due_ms(cfg.triggers.abandon_after_ms) is not None

@@ -45,7 +45,7 @@ from collections.abc import Iterable
 from attune.operators import cart, membership, scoring, sessions, trigger_decisions
 from attune.operators.dedupe import admit
 from attune.operators.erasure import erase, forget_merged, privacy_gate, tombstone
-from attune.operators.events import ErasureRequest
+from attune.operators.events import ErasureRequest, EventType
 from attune.operators.identity import Forget, HandedOver, UserInput, alias_writes, note_alias
 from attune.operators.profiles import FeatureView, changed, marks, profile_write
 from attune.operators.triggers import handover_done
@@ -66,19 +66,23 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
         return []
     if isinstance(event.payload, ErasureRequest):  # privacy gate: erasure
         return erase(st, event, event.payload, cfg)
-    note_alias(st.aliases, st.user_id, event)  # identity
+    if event.anonymous_id:  # identity (most events under a user id name no other)
+        note_alias(st.aliases, st.user_id, event)
     allowed, out = privacy_gate(st, event, cfg)  # privacy gate: consent
     if not allowed:
         return out
-    out += alias_writes(event)  # identity, with personalization consent
+    if event.event_type is EventType.IDENTIFY:  # identity, with personalization consent
+        out += alias_writes(event)  # (only an IDENTIFY links: no lookup for the others)
     # sessions and windows; the models first summarise the session the event ends, as it was
     activity = st.activity
+    models = cfg.models is not None  # models off: their stage is skipped whole
     boundary = sessions.ends_latest(activity, t, cfg.session_gap_ms)
-    if boundary:
+    if boundary and models:
         out += scoring.close_session(st, cfg)
     before = marks(activity)
     sessions.place(activity, t, cfg.session_gap_ms)
-    scoring.decision_point(st, event, cfg)  # models: before the outcome is counted
+    if models:
+        scoring.decision_point(st, event, cfg)  # models: before the outcome is counted
     sessions.count(activity, event, cfg.price_bands)
     cart.observe(st.cart, event)  # cart
     features = FeatureView(st, activity.max_time)
@@ -92,7 +96,8 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
         consent=st.consent,
         changed=changed(activity, before, event),
     )
-    scoring.observe(st, event, cfg)  # models
+    if models:
+        scoring.observe(st, event, cfg)  # models
     if changes:
         out += changes
     out += trigger_decisions.on_event(st, event, changes, cfg)  # triggers

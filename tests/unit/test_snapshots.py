@@ -3,14 +3,19 @@ exactly what the default pickling restores, for real per-user and identity state
 
 from __future__ import annotations
 
+import base64
 import pickle
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+import pytest
+
 from attune.operators import snapshots
-from attune.operators.events import Event, EventType
+from attune.operators.events import ConsentUpdate, Event, EventType
 from attune.operators.identity import IdentityLogic, IdentityState, Link, identity_step
+from attune.operators.membership import Membership
 from attune.operators.user_config import ProfileConfig
 from attune.operators.user_logic import UserLogic
 from attune.operators.user_state import UserState
@@ -84,3 +89,40 @@ def test_classes_with_their_own_pickling_keep_it_and_enums_stay_singletons() -> 
     assert restored.value == 3 and restored.cache == {}
     kinds = snapshots.loads(snapshots.dumps([EventType.PURCHASE, EventType.DWELL]))
     assert kinds[0] is EventType.PURCHASE and kinds[1] is EventType.DWELL
+
+
+#: ``snapshots.dumps`` of a small user state in the format before ``restore``: classes by
+#: reference, ``(rebuild, (cls, values))`` (zlib, base64).
+_REBUILD_FORMAT = """
+eNplkUtOwzAQhlNDKVTArrx6ga4q9QiIDZJVL2hZRshtrcYij8p2KrGIxKoikjeow5m4EAdgHIcASiw5M7bn
+m8f/2v34JEH12RtuTJ6KcbYRiptM6bFO+UZHmdFge0oschmvYA922HqYa6GetOFGgD15RGdW2XsYWZJPoAAa
+hBARe9WKXGapFqkBe3rnrSayQFTC1bMwMl0DPXzbgS4gOgu9zTVjNDCwgwdgiL5uVy+0lggFe3y7NHIrzYvj
+0gDXQbX/WcxViOjmICLRwB7NhJJCYxhedTluHb6rUvqn+GjowvzZf6+oYQVapr63g/YAuKq6x99cJiKWad09
+C7HWriViApbICVAy/eoYwCJYg2srkYhkIZSO5AZsf/rrIHJkD7ZovQPtUUI7DeSyDclWIsa59Z2UU+8gIMRO
+XH+sLHFcjDkBygbTFsAouV5jfmxv7s1G3NJFF9UUQ/hZCLloQVQeowD2vCbcS43HTsiiSuzTuzl7a/wN18IV
+3w==
+"""
+
+
+def test_a_snapshot_in_the_rebuild_format_still_loads() -> None:
+    old = zlib.decompress(base64.b64decode(_REBUILD_FORMAT))
+    assert b"rebuild" in old and b"restore" not in old
+    st = UserState("u1")
+    st.activity.events = 3
+    st.activity.views.add(5, 1)
+    st.membership = Membership(frozenset({"vip"}), 7, 2, 1)
+    st.consent.observe(4, ConsentUpdate(marketing=True))
+    st.cart.add(5, "e1", "i1", 2, 500)
+    assert snapshots.loads(old) == st
+    now = snapshots.dumps(st)
+    assert b"restore" in now and b"rebuild" not in now
+    assert snapshots.loads(now) == st
+
+
+def test_a_class_no_name_finds_fails_when_pickled_not_when_loaded() -> None:
+    @dataclass(slots=True)
+    class Local:
+        a: int
+
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        snapshots.dumps(Local(1))

@@ -24,6 +24,7 @@ from attune.operators.events import (
 )
 from attune.operators.identity import HandedOver, identity_step, link_of
 from attune.operators.stream_clock import StreamClock
+from attune.operators.trigger_decisions import due, pending
 from attune.operators.triggers import HANDOVER_WAIT_MS, trigger_id
 from attune.operators.user_config import ProfileConfig
 from attune.operators.user_logic import Keyed, UserLogic
@@ -373,3 +374,21 @@ def test_trigger_state_pickles_with_the_user() -> None:
     restored = UserLogic(logic.snapshot(), logic.cfg)
     assert restored.state == logic.state
     assert pickle.loads(logic.snapshot()).cart.next_due_ms(30 * MINUTE_MS) == T0 + 31 * MINUTE_MS
+
+
+def test_an_anonymous_cart_does_not_poll_the_clock() -> None:
+    """An anonymous id's cart is never judged under the id, so ``pending`` is false (no
+    one-second poll, no snapshot per poll); a known user's cart polls. (At login the
+    id's history is handed over: the user's own timeline holds the cart and judges it.)"""
+    clock = FakeClock()
+    cfg = ProfileConfig(stream_clock=clock)
+    anon = UserLogic(None, cfg)
+    anon.on_batch([("a1", event(MINUTE_MS, AddToCart("i1", 1, 1500, "EUR"), None, "a1"))])
+    assert anon.state is not None and not anon.state.trig.known
+    assert anon.state.cart.next_due_ms(cfg.triggers.abandon_after_ms) is not None
+    assert not pending(anon.state, cfg)
+    clock.ms = T0 + DAY_MS
+    assert due(anon.state, cfg) == []
+    known = user(FakeClock())
+    known.on_batch([ev(MINUTE_MS, AddToCart("i1", 1, 1500, "EUR"))])
+    assert known.state is not None and pending(known.state, known.cfg)
