@@ -47,7 +47,8 @@ def on_event(
     own_opened = observe(st.trig, st.user_id, event, cfg.session_gap_ms, cfg.clock)
     carts, caused = _behaviour_triggers(st, event, own_opened, cfg)
     if segment_out and st.trig.known:
-        caused += [segment_trigger(c) for c in segment_out if isinstance(c, SegmentChange)]
+        since = st.trig.known_since
+        caused += [segment_trigger(c, since) for c in segment_out if isinstance(c, SegmentChange)]
     out = publishable(st, carts, cfg) if carts else []
     if caused:
         out += judge_caused(st, caused, cfg, event)

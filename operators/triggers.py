@@ -265,14 +265,22 @@ def repeat_visit(
     )
 
 
-def segment_trigger(change: SegmentChange) -> Trigger:
-    """A segment entered/exited trigger from a membership change."""
+def segment_trigger(change: SegmentChange, known_since: int | None = None) -> Trigger:
+    """A segment entered/exited trigger from a membership change.
+
+    Its cause is the change, or the user's first event under their id if that came later:
+    a change in anonymous history handed over at login could not be acted on before the
+    user was known, so the trigger is as fresh as the login (its id stays the change's).
+    """
     kind = "segment_entered" if change.change == "ENTERED" else "segment_exited"
+    cause = change.event_time
+    if known_since is not None and known_since > cause:
+        cause = known_since
     return Trigger(
         trigger_id=trigger_id(kind, change.user_id, change.segment, change.event_time),
         kind=kind,
         user_id=change.user_id,
-        cause_event_time=change.event_time,
+        cause_event_time=cause,
         emit_time=change.emit_time,
         reason=change.reason or f"{change.change.lower()} {change.segment}",
         segment=change.segment,
