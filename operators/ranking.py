@@ -12,12 +12,14 @@ Steps (all numpy over catalogue rows; no Python loop over the catalogue):
    not already seen (``Filters.exclude_seen``); category allow list (an item
    passes if its category path equals or starts with ``<entry>/``) and deny
    list (same match); explicit ``exclude`` ids.
-2. **Candidates**: the union of embedding neighbours of the short- and
-   long-term user vectors (top :data:`N_EMB` each), co-visitation neighbours of
-   the recent items (viewed-together and bought-together lists), the top
-   :data:`N_TREND` trending items, the top :data:`N_CAT` items of the user's
-   category-affinity x trending-in-category score, and the top
-   :data:`N_CONTENT` never-interacted (cold) items by content similarity.
+2. **Candidates**: the union of the embedding neighbours of the latest recent
+   items (:data:`N_EMB_NEIGHBOURS` each, kept per item and snapshot),
+   co-visitation neighbours of the recent items (viewed-together and
+   bought-together lists), the top :data:`N_TREND` trending items, the top
+   :data:`N_CAT` items of the user's category-affinity x trending-in-category
+   score, and the top :data:`N_CONTENT` never-interacted (cold) items by content
+   similarity. (:func:`rank_full` scores the whole catalogue and takes the top
+   :data:`N_EMB` of each user vector instead of the neighbours.)
 3. **Hybrid score** of a candidate, each component scaled to [0, 1] over the
    candidates (divided by its maximum)::
 
@@ -41,7 +43,8 @@ Steps (all numpy over catalogue rows; no Python loop over the catalogue):
    never on the evaluation log; docs/models.md).
 4. **Diversity** by maximal marginal relevance: pick greedily the candidate
    maximising ``lambda * score/max_score - (1 - lambda) * max content cosine
-   to the items already picked`` (``lambda`` = :attr:`Weights.mmr_lambda`).
+   to the items already picked`` (``lambda`` = :attr:`Weights.mmr_lambda`),
+   among the :data:`MMR_POOL_PER_PICK` ``* k`` best-scored candidates.
 5. **Reason**: the component with the largest weighted contribution
    (:data:`REASONS`): ``similar-to-viewed``, ``viewed-together``,
    ``bought-together``, ``trending-in-category``, ``trending`` (or
@@ -71,9 +74,9 @@ given, per top category if known; :data:`FALLBACK_WEIGHTS`), ``source ==
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -114,8 +117,9 @@ MAX_RECENT = 50
 #: Recent items whose co-visitation lists are read per call.
 COVISIT_SOURCES = 10
 N_EMB, N_TREND, N_CAT, N_CONTENT, N_COVISIT = 100, 50, 100, 30, 30
-#: Embedding neighbours kept per item and snapshot: the pool the user vectors pick from.
-N_EMB_NEIGHBOURS = 40
+#: Embedding neighbours kept per item and snapshot, all of them candidates when the item
+#: is among the latest :data:`COVISIT_SOURCES` recent items (docs/models.md).
+N_EMB_NEIGHBOURS = 20
 
 REASONS: dict[str, str] = {
     "embedding": "similar-to-viewed",
@@ -223,7 +227,9 @@ class _TrendShares:
     in_cat: F64  # each row's share within its category
     reason: str
     _order: I64 | None = None  # rows with a positive share, largest first (lazily)
-    _by_cat: dict[int, I64] = field(default_factory=dict)  # code -> rows by in_cat (lazily)
+    # rows with a positive in_cat sorted by category code, then in_cat (largest first), and
+    # where each code starts in them (lazily, once: one sort instead of one scan per code)
+    _by_cat: tuple[I64, I64] | None = None
 
     def order(self) -> I64:
         """Rows with a positive share, largest share first (ties: lower row first)."""
@@ -233,13 +239,21 @@ class _TrendShares:
         return self._order
 
     def in_category(self, codes: npt.NDArray[np.int32], code: int) -> I64:
-        """Rows of category ``code`` with a positive share in it, largest first."""
-        got = self._by_cat.get(code)
-        if got is None:
-            rows = np.flatnonzero((codes == code) & (self.in_cat > 0))
-            got = rows[np.argsort(-self.in_cat[rows], kind="stable")].astype(np.int64)
-            self._by_cat[code] = got
-        return got
+        """Rows of category ``code`` with a positive share in it, largest first (ties:
+        lower row first). All categories are sorted at the first call, in one pass: a scan
+        of the catalogue per category cost O(catalogue) per category and snapshot."""
+        if self._by_cat is None:
+            rows = np.flatnonzero(self.in_cat > 0)
+            # lexsort is stable: by code, then by share descending, then by row
+            order = rows[np.lexsort((-self.in_cat[rows], codes[rows]))].astype(np.int64)
+            n_codes = int(codes.max()) + 1 if len(codes) else 0
+            starts = np.searchsorted(codes[order], np.arange(n_codes + 1)).astype(np.int64)
+            order.flags.writeable = False
+            self._by_cat = (order, starts)
+        order, starts = self._by_cat
+        if code + 1 >= len(starts):
+            return order[:0]
+        return order[starts[code] : starts[code + 1]]
 
 
 @dataclass(slots=True)
@@ -254,21 +268,39 @@ class _Constants:
     n_codes: int
     trending: TrendingBoard
     trend_version: int
-    vectors64: F64  # the content vectors as float64, what ``vectors @ float64`` computes on
     cold: npt.NDArray[np.bool_]  # rows without a trend score (cold items)
     shares: dict[tuple[str, ...], _TrendShares] = field(default_factory=dict)
-    _cold_by_code: dict[int, tuple[I64, F32]] = field(default_factory=dict)
+    # the cold rows sorted by category code, their content vectors in that order and where
+    # each code starts (lazily, once per snapshot)
+    _cold_by_code: tuple[I64, F32, I64] | None = None
     base_masks: dict[tuple[bool, tuple[str, ...], tuple[str, ...]], npt.NDArray[np.bool_]] = field(
         default_factory=dict
     )
+    _vectors64: F64 | None = None
+
+    def vectors64(self) -> F64:
+        """The content vectors as float64, what :func:`rank_full`'s ``vectors @ float64``
+        computes on (made on first use: :func:`rank` never needs them, and converting the
+        whole matrix per snapshot cost ~40 MB of copying at 20,000 items)."""
+        if self._vectors64 is None:
+            self._vectors64 = _read_only(self.catalogue.vectors.astype(np.float64))
+        return self._vectors64
 
     def cold_in(self, code: int) -> tuple[I64, F32]:
-        """The cold rows of category ``code`` and their content vectors, gathered once."""
-        got = self._cold_by_code.get(code)
-        if got is None:
-            rows = np.flatnonzero(self.cold & (self.catalogue.codes == code)).astype(np.int64)
-            got = self._cold_by_code[code] = (rows, self.catalogue.vectors[rows])
-        return got
+        """The cold rows of category ``code`` and their content vectors: views into one
+        array per snapshot (gathering a category's vectors per call copied megabytes per
+        call at 20,000 items, most of them cold)."""
+        if self._cold_by_code is None:
+            codes = self.catalogue.codes
+            rows = np.flatnonzero(self.cold).astype(np.int64)
+            rows = rows[np.argsort(codes[rows], kind="stable")]
+            starts = np.searchsorted(codes[rows], np.arange(self.n_codes + 1)).astype(np.int64)
+            self._cold_by_code = (rows, self.catalogue.vectors[rows], starts)
+        rows, vectors, starts = self._cold_by_code
+        if code + 1 >= len(starts):
+            return rows[:0], vectors[:0]
+        lo, hi = int(starts[code]), int(starts[code + 1])
+        return rows[lo:hi], vectors[lo:hi]
 
     def base_mask(self, filters: Filters) -> npt.NDArray[np.bool_]:
         """Stock and category filters over the rows (read-only; cached per filter)."""
@@ -349,6 +381,10 @@ class Models:
     _neighbours: dict[int, I64] = field(default_factory=dict, compare=False, repr=False)
     _neighbours_key: tuple[int, int, int] = field(default=(-1, -1, -1), compare=False, repr=False)
     covisit_rows_cache: CovisitRows = field(default_factory=CovisitRows, compare=False, repr=False)
+    _covisit_norm: dict[tuple[str, str], tuple[I64, F64] | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    _covisit_norm_key: tuple[int, int, int] = field(default=(-1, -1, -1), compare=False, repr=False)
 
     @property
     def version(self) -> str:
@@ -365,7 +401,6 @@ class Models:
         same_cat = (
             c is not None and c.catalogue is cat and c.cat_version == cat.version and c.n == n
         )
-        vectors64 = c.vectors64 if c is not None and same_cat else cat.vectors.astype(np.float64)
         scores = trending.scores
         cold = ~np.isfinite(scores[:n]) if len(scores) >= n else np.ones(n, np.bool_)
         c = _Constants(
@@ -375,8 +410,8 @@ class Models:
             len(cat.category_names),
             trending,
             trending.version,
-            _read_only(vectors64),
             cold,
+            _vectors64=c._vectors64 if c is not None and same_cat else None,
         )
         self._constants = c
         return c
@@ -434,6 +469,24 @@ class Models:
             return None
         return rows, values, best, published.scale(now_ms)
 
+    def covisit_norm(self, item: str, kind: str, now_ms: int) -> tuple[I64, F64] | None:
+        """:meth:`covisit_rows` as rows and ``score / best score``: the decay multiplies
+        both by the same factor, so the ratio is fixed for a published list and is
+        computed once per snapshot and list (a call then reads one dict entry per list,
+        where it compared the snapshot's list with the cached one and decayed it).
+        ``None`` without a list (or with a best score of 0)."""
+        if item in self.covisit.states:  # live learner states (the evaluator): not cached
+            return _normalised(self.covisit_rows(item, kind, now_ms))
+        cat = self.catalogue
+        key = (id(cat), cat.version, len(cat))
+        if key != self._covisit_norm_key:
+            self._covisit_norm, self._covisit_norm_key = {}, key
+        cache = self._covisit_norm
+        got = cache.get((item, kind), _MISSING)
+        if got is _MISSING:
+            got = cache[(item, kind)] = _normalised(self.covisit_rows(item, kind, now_ms))
+        return got
+
     def embedding_neighbours(self, rows: Sequence[int]) -> list[I64]:
         """For each row, the :data:`N_EMB_NEIGHBOURS` rows nearest to it by embedding
         cosine (positive cosines only, the row itself excluded), best first. Computed once
@@ -486,17 +539,30 @@ class Models:
         return self._aligned
 
 
+#: Marks a key :meth:`Models.covisit_norm` has not computed yet (``None`` is a value).
+_MISSING: Final = (np.zeros(0, np.int64), np.zeros(0))
+
+
+def _normalised(got: tuple[I64, F64, float, float] | None) -> tuple[I64, F64] | None:
+    """Rows and ``score / best`` of a :meth:`Models.covisit_rows` answer (read-only)."""
+    if got is None or got[2] <= 0:
+        return None
+    rows, values, best, _ = got
+    return rows, _read_only(values / best)
+
+
 def _known_rows(cat: Catalogue, lst: Sequence[tuple[str, float]]) -> tuple[I64, F64]:
-    """Catalogue rows and scores of the listed items the catalogue knows, in list order."""
-    index = cat.index
-    rows: list[int] = []
-    values: list[float] = []
-    for other, score in lst:
-        r = index.get(other)
-        if r is not None:
-            rows.append(r)
-            values.append(score)
-    return np.asarray(rows, np.int64), np.asarray(values, np.float64)
+    """Catalogue rows and scores of the listed items the catalogue knows, in list order.
+    (Comprehensions, not a loop with appends: this runs for every list a snapshot
+    changed, ~1,000 per snapshot of the 2,000-item bench.)"""
+    get = cat.index.get
+    found = [get(other, -1) for other, _ in lst]
+    rows = np.asarray(found, np.int64)
+    values = np.asarray([score for _, score in lst], np.float64)
+    if -1 in found:
+        keep = rows >= 0
+        return rows[keep], values[keep]
+    return rows, values
 
 
 def _category_mask(categories: Sequence[str], entries: tuple[str, ...]) -> npt.NDArray[np.bool_]:
@@ -635,17 +701,17 @@ def _content_scores(
     norm = float(np.linalg.norm(profile))
     if norm <= 0:
         return content_full, []
-    content_full = np.maximum(consts.vectors64 @ (profile / norm), 0.0)
+    content_full = np.maximum(consts.vectors64() @ (profile / norm), 0.0)
     return content_full, [_top(content_full, mask & consts.cold, N_CONTENT)]
 
 
 def _covisit_parts(
     models: Models, rec: _Recent, now: int
-) -> dict[str, list[tuple[I64, F64, float, float, float]]]:
+) -> dict[str, list[tuple[I64, F64, float]]]:
     """Per kind, the co-visitation lists of the latest :data:`COVISIT_SOURCES` distinct
-    recent items with their decay scale, recency weight and decayed best score (the
-    ``parts`` of :func:`_covisit_scores`)."""
-    parts: dict[str, list[tuple[I64, F64, float, float, float]]] = {VIEWED: [], BOUGHT: []}
+    recent items as rows, ``score / best`` and the source's recency weight (the ``parts``
+    of :func:`_covisit_scores`)."""
+    parts: dict[str, list[tuple[I64, F64, float]]] = {VIEWED: [], BOUGHT: []}
     if not rec.any_known:
         return parts
     wt_s, wt_l = rec.wt_short, rec.wt_long  # decayed to signals.now_ms (== now)
@@ -659,21 +725,16 @@ def _covisit_parts(
             break
     for item, (ws, wl) in sources.items():
         for kind, wgt in ((VIEWED, ws + 0.1 * wl), (BOUGHT, wl)):
-            got = models.covisit_rows(item, kind, now)
-            if got is None:
-                continue
-            c_rows, c_values, best, scale = got
-            best = best * scale
-            if best <= 0:
-                continue
-            parts[kind].append((c_rows, c_values, scale, wgt, best))
+            got = models.covisit_norm(item, kind, now)
+            if got is not None:
+                parts[kind].append((got[0], got[1], wgt))
     return parts
 
 
 def _recommendations(
     cat: Catalogue,
     rows_c: I64,
-    comps: dict[str, F64],
+    comps: F64,
     wts: dict[str, float],
     *,
     trend_reason: str,
@@ -681,15 +742,18 @@ def _recommendations(
     mmr_lambda: float,
     vectors: F32 | None = None,
 ) -> list[Recommendation]:
-    """The hybrid score of the candidates ``rows_c`` (``comps`` scaled components), the
-    MMR pick of ``k`` of them and each one's reason (its largest weighted component).
+    """The hybrid score of the candidates ``rows_c``, the MMR pick of ``k`` of them and
+    each one's reason (its largest weighted component). ``comps``: one row per component
+    (in :data:`_COMPONENTS` order) over the candidates, each scaled here to [0, 1] by its
+    maximum (all rows in a few calls: the same floats as one row at a time).
     ``vectors``: the candidates' content vectors if already gathered."""
-    weighted = np.stack([wts[name] * comps[name] for name in _COMPONENTS])
+    top = comps.max(axis=1, keepdims=True)
+    scaled = np.divide(comps, top, out=np.zeros_like(comps), where=top > 0)
+    weighted = np.asarray([wts[name] for name in _COMPONENTS])[:, None] * scaled
     score = weighted.sum(axis=0)
-    pool = _mmr_pool(score, k, mmr_lambda)
+    pool = _mmr_pool(score, k)
     pool_vectors = cat.vectors[rows_c[pool]] if vectors is None else vectors[pool]
-    mmr = _mmr_small if len(pool) <= MMR_SMALL else _mmr
-    picked = [int(pool[j]) for j in mmr(score[pool], pool_vectors, k, mmr_lambda)]
+    picked = [int(pool[j]) for j in _mmr(score[pool], pool_vectors, k, mmr_lambda)]
     reason_idx = dict(zip(picked, weighted[:, picked].argmax(axis=0).tolist(), strict=True))
     out = []
     for j in picked:
@@ -747,14 +811,16 @@ def rank_full(
     rows_c = np.flatnonzero(flags & mask)
     if len(rows_c) == 0:
         return []
-    comps = {
-        "embedding": _scaled(emb_full[rows_c]),
-        "viewed_together": _scaled(vt[rows_c]),
-        "bought_together": _scaled(bt[rows_c]),
-        "category": _scaled(p_cat[rows_c]),
-        "trending": _scaled(share[rows_c]),
-        "content": _scaled(content_full[rows_c]),
-    }
+    comps = np.stack(
+        [
+            emb_full[rows_c],
+            vt[rows_c],
+            bt[rows_c],
+            p_cat[rows_c],
+            share[rows_c],
+            content_full[rows_c],
+        ]
+    )
     if rec.any_known:
         wts = {name: float(getattr(w, name)) for name in _COMPONENTS}
     else:
@@ -764,18 +830,20 @@ def rank_full(
     )
 
 
-def _mmr_pool(score: F64, k: int, lam: float) -> I64:
-    """The candidates :func:`_mmr` can pick among its first ``k`` picks, in order: a
-    candidate whose ``lam * rel`` is below ``lam * rel_k - (1 - lam)`` (``rel_k`` the k-th
-    best relevance) always loses to one of the ``k`` best, whose penalty is at most
-    ``1 - lam``; so the picks over this pool are the picks over all (exactly)."""
+def _mmr_pool(score: F64, k: int) -> I64:
+    """The :data:`MMR_POOL_PER_PICK` ``* k`` best-scored candidates, in candidate order
+    (all of them if fewer): what :func:`_mmr` picks from.
+
+    With ``lam`` < 1 a candidate whose ``lam * rel`` is below ``lam * rel_k - (1 - lam)``
+    (``rel_k`` the k-th best relevance) always loses to one of the ``k`` best, so MMR over
+    the candidates above that bound picks exactly as over all; when more than the cap are
+    above it, the best-scored of them are kept (the picks may then differ).
+    """
     m = len(score)
-    if m <= k or lam <= 0.0:
+    cap = MMR_POOL_PER_PICK * k
+    if m <= cap:
         return np.arange(m, dtype=np.int64)
-    rel = _scaled(score.astype(np.float64))
-    kth = float(np.partition(rel, m - k)[m - k])
-    margin = 0.0 if lam >= 1.0 else (1.0 - lam) * 1.001 + 1e-9  # cosines may pass 1 by an ulp
-    return np.flatnonzero(lam * rel >= lam * kth - margin).astype(np.int64)
+    return np.sort(np.argpartition(-score, cap - 1)[:cap]).astype(np.int64)
 
 
 def _first_allowed(order: I64, mask: npt.NDArray[np.bool_], m: int) -> I64:
@@ -848,37 +916,24 @@ def _content_profile(cat: Catalogue, rec: _Recent) -> F64 | None:
 
 
 def _embedding_candidates(
-    models: Models,
-    emb: F32 | None,
-    rec: _Recent,
-    mask: npt.NDArray[np.bool_],
-    *,
-    cand: list[I64],
+    models: Models, emb: F32 | None, rec: _Recent, *, cand: list[I64]
 ) -> list[tuple[F32, float]]:
     """The user vectors with their shares (0.6 short-term, 0.4 long-term); appends to
-    ``cand`` each vector's top :data:`N_EMB` allowed rows among the seeds' embedding
-    neighbours (kept per item and snapshot)."""
+    ``cand`` the embedding neighbours of the latest recent items (kept per item and
+    snapshot). The candidates are scored against the user vectors with all the others,
+    so they are not ranked by them here (that took two products and two selections)."""
     if emb is None or not rec.any_known:
         return []
-    # embeddings.user_vectors with the call's decay weights (the same formula)
-    m = emb[rec.rows[rec.known]]
+    # embeddings.user_vectors with the call's decay weights, both vectors in one product
+    wt = np.stack([rec.wt_short[rec.known], rec.wt_long[rec.known]])
+    vecs = (wt @ emb[rec.rows[rec.known]]).astype(np.float32)
     user_vecs: list[tuple[F32, float]] = []
-    for wt_all, share_w in ((rec.wt_short, 0.6), (rec.wt_long, 0.4)):
-        u = (wt_all[rec.known][:, None] * m).sum(axis=0).astype(np.float32)
+    for u, share_w in zip(vecs, (0.6, 0.4), strict=True):
         norm = float(np.linalg.norm(u))
         if norm > 1e-6:
             user_vecs.append((u / norm, share_w))
-    seeds = _seed_rows(rec)
-    if user_vecs and seeds:
-        in_pool = np.zeros(len(mask), np.bool_)
-        for nbrs in models.embedding_neighbours(seeds):
-            in_pool[nbrs] = True
-        pool = np.flatnonzero(in_pool & mask)
-        every = np.ones(len(pool), np.bool_)
-        sims_all = emb[pool] @ np.stack([u for u, _ in user_vecs], axis=1)
-        for j in range(len(user_vecs)):
-            sims = np.maximum(sims_all[:, j], 0.0).astype(np.float64)
-            cand.append(pool[_top(sims, every, N_EMB)])
+    if user_vecs:
+        cand.extend(models.embedding_neighbours(_seed_rows(rec)))
     return user_vecs
 
 
@@ -894,8 +949,7 @@ def _cold_candidates(
     if not parts:
         return []
     cold_rows = np.concatenate([p[0] for p in parts])
-    cold_vectors = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
-    sims = np.maximum(cold_vectors @ profile, 0.0).astype(np.float64)
+    sims = np.maximum(np.concatenate([p[1] @ profile for p in parts]), 0.0).astype(np.float64)
     return [cold_rows[_top(sims, mask[cold_rows], N_CONTENT)]]
 
 
@@ -910,8 +964,9 @@ def rank(
 
     Scores a bounded candidate set, never the whole catalogue: trending and
     trending-in-category from orders kept per snapshot, the embedding neighbours of
-    the latest recent items (kept per item and snapshot) ranked by the user vectors,
-    the co-visitation lists, and the cold items by content similarity. Per call the
+    the latest recent items (kept per item and snapshot), the co-visitation lists (as
+    rows and ratios to their best score, kept per list and snapshot), and the cold items
+    of the user's categories by content similarity (grouped per snapshot). Per call the
     cost grows with the candidates (a few hundred), not with the catalogue.
     """
     filters = filters or Filters()
@@ -935,7 +990,7 @@ def rank(
         _category_candidates(trend, cat, aff, mask),
     ]
     emb = models.aligned_embeddings()
-    user_vecs = _embedding_candidates(models, emb, rec, mask, cand=cand)
+    user_vecs = _embedding_candidates(models, emb, rec, cand=cand)
     # Content: float32 products (the vectors are float32; the profile is rounded once).
     profile64 = _content_profile(cat, rec)
     profile = profile64.astype(np.float32) if profile64 is not None else None
@@ -965,14 +1020,16 @@ def rank(
         if profile is not None
         else np.zeros(len(rows_c))
     )
-    comps = {
-        "embedding": _scaled(emb_c),
-        "viewed_together": _scaled(vt[rows_c]),
-        "bought_together": _scaled(bt[rows_c]),
-        "category": _scaled(aff[cat.codes[rows_c]] * trend.in_cat[rows_c]),
-        "trending": _scaled(trend.share[rows_c]),
-        "content": _scaled(content_c),
-    }
+    comps = np.stack(
+        [
+            emb_c,
+            vt[rows_c],
+            bt[rows_c],
+            aff[cat.codes[rows_c]] * trend.in_cat[rows_c],
+            trend.share[rows_c],
+            content_c,
+        ]
+    )
     if rec.any_known:
         wts = {name: float(getattr(w, name)) for name in _COMPONENTS}
     else:
@@ -989,71 +1046,39 @@ def rank(
     )
 
 
-def _covisit_scores(
-    parts: Sequence[tuple[I64, F64, float, float, float]], n: int
-) -> tuple[F64, I64]:
-    """Per row, the sum over the sources (in order) of ``weight * score * scale / best``.
+def _covisit_scores(parts: Sequence[tuple[I64, F64, float]], n: int) -> tuple[F64, I64]:
+    """Per row, the sum over the sources (in order) of ``weight * score / best``.
 
-    ``parts``: per source list, its rows, scores, decay scale, the source's weight and
-    the list's decayed best score. Returns the dense sums and every row listed. The
-    same floats as adding ``weight * (scores * scale) / best`` into a zero array list
-    by list: the products are taken element by element alike, and ``np.bincount`` adds
-    in input order starting from 0.
+    ``parts``: per source list, its rows, ``score / best`` and the source's weight.
+    Returns the dense sums and every row listed (``np.bincount`` adds in input order,
+    starting from 0: the same floats as a loop over the sources).
     """
     if not parts:
         return np.zeros(n), np.zeros(0, np.int64)
     sizes = [len(p[0]) for p in parts]
     rows = np.concatenate([p[0] for p in parts])
-    values = np.concatenate([p[1] for p in parts])
-    scale = np.repeat(np.asarray([p[2] for p in parts]), sizes)
-    weight = np.repeat(np.asarray([p[3] for p in parts]), sizes)
-    best = np.repeat(np.asarray([p[4] for p in parts]), sizes)
-    contrib = weight * (values * scale) / best
-    sums = np.bincount(rows, weights=contrib, minlength=n)  # float64 with weights
+    norm = np.concatenate([p[1] for p in parts])
+    weight = np.repeat(np.asarray([p[2] for p in parts]), sizes)
+    sums = np.bincount(rows, weights=weight * norm, minlength=n)  # float64 with weights
     return sums.astype(np.float64, copy=False), rows
 
 
-#: Up to this many MMR candidates, :func:`_mmr_small` (plain floats) is faster.
-MMR_SMALL = 64
-
-
-def _mmr_small(score: F64, vectors: F32, k: int, lam: float) -> list[int]:
-    """:func:`_mmr` with the similarities taken in one product and the greedy loop on
-    Python floats: the same picks (first maximum on ties), for small candidate sets.
-
-    >>> v = np.array([[1, 0], [1, 0], [0, 1]], np.float32)
-    >>> _mmr_small(np.array([1.0, 0.9, 0.5]), v, 2, 0.5)
-    [0, 2]
-    """
-    m = len(score)
-    k = min(k, m)
-    rel_a = _scaled(score.astype(np.float64))
-    if lam >= 1.0:
-        return [int(i) for i in np.argsort(-rel_a, kind="stable")[:k]]
-    rel = (lam * rel_a).tolist()
-    sims = np.maximum(vectors @ vectors.T, 0.0).astype(np.float64).tolist() if k > 1 else []
-    pen = 1.0 - lam
-    max_sim = [0.0] * m
-    free = list(range(m))
-    picked: list[int] = []
-    for _ in range(k):
-        best, j = -math.inf, -1
-        for i in free:
-            value = rel[i] - pen * max_sim[i]
-            if value > best:
-                best, j = value, i
-        picked.append(j)
-        if len(picked) == k:
-            break
-        free.remove(j)
-        row = sims[j]
-        for i in free:
-            max_sim[i] = max(max_sim[i], row[i])
-    return picked
+#: MMR picks among at most this many candidates per pick, the best-scored
+#: (:func:`_mmr_pool`): with ``mmr_lambda`` 0.9 the pool that gives exactly the picks
+#: over all candidates held 100+ of them for most users, and MMR over them was the
+#: largest single cost of :func:`rank`; a candidate past the 4k-th best score seldom
+#: beats them all on diversity (docs/models.md).
+MMR_POOL_PER_PICK = 4
 
 
 def _mmr(score: F64, vectors: F32, k: int, lam: float) -> list[int]:
-    """Greedy maximal marginal relevance over candidates (indices into ``score``).
+    """Greedy maximal marginal relevance over candidates (indices into ``score``): each
+    pick maximises ``lam * rel - (1 - lam) * max(0, cos to the picked)`` (first maximum
+    on ties).
+
+    ``lam * rel - (1 - lam) * max_j s_j`` is ``min_j (lam * rel - (1 - lam) * s_j)`` (the
+    same floats: the map is monotone), so the values are one matrix taken once and a
+    pick is an argmax and a row minimum: a few numpy calls per pick, none per candidate.
 
     >>> v = np.array([[1, 0], [1, 0], [0, 1]], np.float32)
     >>> _mmr(np.array([1.0, 0.9, 0.5]), v, 2, 1.0), _mmr(np.array([1.0, 0.9, 0.5]), v, 2, 0.5)
@@ -1061,22 +1086,22 @@ def _mmr(score: F64, vectors: F32, k: int, lam: float) -> list[int]:
     """
     m = len(score)
     k = min(k, m)
-    rel = _scaled(score.astype(np.float64))
+    rel = lam * _scaled(score.astype(np.float64))
     if lam >= 1.0:
         return [int(i) for i in np.argsort(-rel, kind="stable")[:k]]
-    max_sim = np.zeros(m)
-    chosen = np.zeros(m, np.bool_)
+    if k <= 1:
+        return [int(np.argmax(rel))][:k]
+    value = rel.copy()
+    sims = np.maximum(vectors @ vectors.T, 0.0).astype(np.float64)
+    after = rel[None, :] - (1.0 - lam) * sims  # row j: the values if j were the closest pick
     picked: list[int] = []
     for _ in range(k):
-        value = lam * rel - (1.0 - lam) * max_sim
-        value[chosen] = -np.inf
         j = int(np.argmax(value))
         picked.append(j)
         if len(picked) == k:
             break  # the similarities to the last pick would decide nothing
-        chosen[j] = True
-        sims = np.maximum(vectors @ vectors[j], 0.0)
-        np.maximum(max_sim, sims, out=max_sim)
+        np.minimum(value, after[j], out=value)
+        value[j] = -np.inf
     return picked
 
 

@@ -323,14 +323,33 @@ def test_covisit_scores_add_like_a_loop_over_the_sources() -> None:
     expected = np.zeros(n)
     for _ in range(7):
         rows = rng.integers(n, size=int(rng.integers(0, 12)))  # repeats within a list too
-        values = rng.random(len(rows)) * 10.0 ** rng.integers(-3, 3)
-        scale, weight, best = float(rng.random()), float(rng.random()), float(rng.random() + 0.1)
-        parts.append((rows.astype(np.int64), values, scale, weight, best))
-        for r, v in zip(rows.tolist(), (values * scale).tolist(), strict=True):
-            expected[r] = expected[r] + weight * v / best
+        norm = rng.random(len(rows))
+        weight = float(rng.random())
+        parts.append((rows.astype(np.int64), norm, weight))
+        for r, v in zip(rows.tolist(), norm.tolist(), strict=True):
+            expected[r] = expected[r] + weight * v
     got, rows = _covisit_scores(parts, n)
     assert got.tobytes() == expected.tobytes()
     assert sorted(rows.tolist()) == sorted(r for p in parts for r in p[0].tolist())
+
+
+def test_covisit_norm_is_the_decayed_ratio_to_the_best_score() -> None:
+    """The decay scales a list's scores and its best alike: the cached ratio is the ratio
+    of the decayed numbers at any time."""
+    cat, covisit, trending, emb = _world(7)
+    m = Models(cat, covisit, trending, emb)
+    for later in (NOW, NOW + 5 * 10**7):
+        for item in ("i0", "i3", "i50", "nothing"):
+            for kind in (VIEWED, BOUGHT):
+                got = m.covisit_norm(item, kind, later)
+                full = m.covisit_rows(item, kind, later)
+                if full is None:
+                    assert got is None
+                    continue
+                assert got is not None
+                rows, values, best, scale = full
+                assert got[0].tolist() == rows.tolist()
+                np.testing.assert_allclose(got[1], (values * scale) / (best * scale))
 
 
 def test_covisit_rows_are_shared_across_snapshots_while_lists_are_equal() -> None:
@@ -352,8 +371,25 @@ def test_covisit_rows_are_shared_across_snapshots_while_lists_are_equal() -> Non
     assert got is not None and got[0].tolist() == [cat.index["i7"], cat.index["i8"]]
 
 
-def test_small_mmr_and_the_pruned_pool_pick_as_mmr_does() -> None:
-    from attune.operators.ranking import _mmr_pool, _mmr_small
+def _mmr_by_loop(score: np.ndarray, v: np.ndarray, k: int, lam: float) -> list[int]:
+    """MMR as written in the docs, one candidate at a time (the reference)."""
+    rel = score / score.max() if score.max() > 0 else np.zeros_like(score)
+    picked: list[int] = []
+    for _ in range(min(k, len(score))):
+        best, j = -np.inf, -1
+        for i in range(len(score)):
+            if i in picked:
+                continue
+            sim = max([max(0.0, float(v[i] @ v[p])) for p in picked], default=0.0)
+            value = lam * rel[i] - (1.0 - lam) * sim
+            if value > best + 1e-12:
+                best, j = value, i
+        picked.append(j)
+    return picked
+
+
+def test_mmr_and_the_pool_pick_as_the_loop_does() -> None:
+    from attune.operators.ranking import MMR_POOL_PER_PICK, _mmr_pool
 
     rng = np.random.default_rng(11)
     for _ in range(300):
@@ -364,11 +400,13 @@ def test_small_mmr_and_the_pruned_pool_pick_as_mmr_does() -> None:
             v[1] = v[0]  # identical items
         score = rng.random(m).round(int(rng.integers(1, 4)))  # ties too
         k = int(rng.integers(1, 12))
-        lam = float(rng.choice([0.0, 0.3, 0.9, 1.0]))
-        want = _mmr(score, v, k, lam)
-        assert _mmr_small(score, v, k, lam) == want
-        pool = _mmr_pool(score, k, lam)
-        assert [int(pool[j]) for j in _mmr(score[pool], v[pool], k, lam)] == want
+        lam = float(rng.choice([0.0, 0.3, 0.9]))
+        want = _mmr_by_loop(score, v, k, lam)
+        assert _mmr(score, v, k, lam) == want
+        pool = _mmr_pool(score, k)
+        assert len(pool) == min(m, MMR_POOL_PER_PICK * k)
+        assert sorted(pool.tolist()) == pool.tolist()
+        assert score[pool].min() >= np.delete(score, pool).max(initial=-1.0)
 
 
 def test_candidate_ranking_keeps_the_full_rankings_items() -> None:
