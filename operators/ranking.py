@@ -1114,16 +1114,16 @@ def source_of(signals: UserSignals, models: Models) -> str:
 def recs_value(
     recs: Sequence[Recommendation], model_version: str, generated_at_ms: int, source: str
 ) -> bytes:
-    """The value of ``attune:{u:<user>}:recs``: format 2 of
-    :mod:`attune.operators.recs_encoding` (items positional, reasons as codes, categories
-    once; docs/redis.md).
+    """The value of ``attune:{u:<user>}:recs``: format 3 of
+    :mod:`attune.operators.recs_encoding` (text, items positional, reasons as codes,
+    categories once; docs/redis.md), what Redis stores.
 
     >>> recs_value([Recommendation("i1", 0.5, "trending", "a/x")], "c1-e0", 7, "trending")
-    b'{"v":2,"items":[["i1",0.5,"tr",0]],"categories":["a/x"],"model_version":"c1-e0","generated_at":7,"source":"trending"}'
+    b'3|c1-e0|7|t|a/x|i1,500,tr,0'
     """
     if source not in ("personalized", "trending"):
         raise ValueError(f"source must be 'personalized' or 'trending', got {source!r}")
-    return recs_encoding.encode(
+    return recs_encoding.encode_compact(
         ((r.item, r.score, r.reason, r.category) for r in recs),
         model_version,
         generated_at_ms,

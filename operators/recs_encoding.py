@@ -1,7 +1,8 @@
 """The encoding of a user's recommendations in Redis (``attune:{u:<user>}:recs``).
 
-Made by the ranking step (:func:`attune.operators.ranking.recs_value`, format 2),
-stored by the Redis sink as format 3 (:func:`compact`), read by the client library
+Made by the ranking step in format 3 (:func:`attune.operators.ranking.recs_value`,
+:func:`encode_compact`), stored as it is by the Redis sink (which turns a format-2
+value into format 3, :func:`compact`), read by the client library
 (:func:`attune.clients.recommendations.parse_recs`, formats 1, 2 and 3); docs/redis.md
 ("Recommendations") is the contract. It imports nothing heavier than orjson, so the
 client library can share it.
@@ -102,6 +103,39 @@ def encode(items: Iterable[Entry], model_version: str, generated_at_ms: int, sou
             "source": source,
         }
     )
+
+
+def encode_compact(
+    items: Iterable[Entry], model_version: str, generated_at_ms: int, source: str
+) -> bytes:
+    """The format-3 value of a user's recommendations, ``items`` in rank order: the same
+    bytes as ``compact(encode(...))`` without the JSON in between (the ranking step makes
+    one per relevant batch of a user)."""
+    categories: dict[str, int] = {}
+    entries: list[str] = []
+    codes = REASON_CODES
+    last: tuple[str, int | None] | None = None
+    for item, score, reason, category in items:
+        index = None
+        if category is not None:
+            index = categories.get(category)
+            if index is None:
+                index = categories[category] = len(categories)
+        code = codes.get(reason, reason)
+        # as compact() reads a format-2 score: rounded to SCORE_DECIMALS first
+        entry = f"{_escape(item)},{round(round(score, SCORE_DECIMALS) * 1000)}"
+        if (code, index) != last:
+            entry += f",{_escape(code)},{'' if index is None else index}"
+            last = (code, index)
+        entries.append(entry)
+    head = [
+        COMPACT_FORMAT,
+        _escape(model_version),
+        str(generated_at_ms),
+        SOURCE_CODES.get(source) or _escape(source),
+        ",".join(_escape(c) for c in categories),
+    ]
+    return "|".join(head + entries).encode()
 
 
 def reason_of(code: str) -> str:

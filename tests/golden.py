@@ -36,7 +36,10 @@ NO_POLICIES = Path(__file__).resolve().parent / "data" / "rules_without_policies
 #: A fixed pseudonym key: without one the embedded default draws a random key per process.
 PSEUDONYM_KEY = "golden-digest-pseudonym-key-0123456789abcdef"
 #: Fields that hold when the flow wrote something (wall clock): the one thing that differs.
-WALL_CLOCK = re.compile(r'(emit_time=|dead_time=|processed_time=|"generated_at":)\d+')
+#: Wall-clock times in the recorded items (a format-3 recs value's 3rd field among them).
+WALL_CLOCK = re.compile(
+    r"(emit_time=|dead_time=|processed_time=|\"generated_at\":|b'3\|[^|']*\|)\d+"
+)
 WORKLOADS = {"a": (250, 5, 5), "b": (120, 3, 11)}
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
-import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from attune.clients.recommendations import parse_recs
+from attune.operators import recs_encoding
 from attune.operators.content import Catalogue
 from attune.operators.covisit import BOUGHT, VIEWED, CovisitIndex, ItemNeighbours, NeighbourList
 from attune.operators.embeddings import EmbeddingSnapshot
@@ -210,10 +212,10 @@ def test_recs_value_and_pickling() -> None:
     signals = UserSignals("u", NOW, recent=(Interaction("s1", NOW, VIEW),))
     recs = rank(signals, m, k=3)
     raw = recs_value(recs, m.version, NOW, source_of(signals, m))
-    value = orjson.loads(raw)
-    assert value["source"] == "personalized" and value["generated_at"] == NOW
-    assert value["model_version"] == m.version
-    stored = parse_recs(raw).items  # format 2 (docs/redis.md), read back by the client
+    parsed = parse_recs(raw)  # format 3 (docs/redis.md), read back by the client
+    assert parsed.source == "personalized" and parsed.generated_at == NOW
+    assert parsed.model_version == m.version
+    stored = parsed.items
     assert [x.item for x in stored] == _items(recs)
     assert [(x.reason, x.category) for x in stored] == [(r.reason, r.category) for r in recs]
     assert [x.score for x in stored] == [round(r.score, SCORE_DECIMALS) for r in recs]
@@ -423,3 +425,25 @@ def test_candidate_ranking_keeps_the_full_rankings_items() -> None:
         assert len(got) == len(full)
         overlap.append(len({r.item for r in got} & {r.item for r in full}) / max(1, len(full)))
     assert float(np.mean(overlap)) > 0.9
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.text(min_size=1, max_size=8),
+            st.floats(min_value=0, max_value=2, allow_nan=False),
+            st.sampled_from([*recs_encoding.REASON_CODES, "co-visited", "a|b,c%"]),
+            st.one_of(st.none(), st.sampled_from(["shoes/running", "a,b", "c|d", "%"])),
+        ),
+        max_size=12,
+    ),
+    st.sampled_from(["m3-c5", "m|1,%"]),
+    st.sampled_from(["personalized", "trending"]),
+)
+def test_format_3_made_directly_is_format_2_compacted(
+    items: list[recs_encoding.Entry], version: str, source: str
+) -> None:
+    direct = recs_encoding.encode_compact(items, version, 1_767_571_200_000, source)
+    assert direct == recs_encoding.compact(
+        recs_encoding.encode(items, version, 1_767_571_200_000, source)
+    )
