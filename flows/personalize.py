@@ -123,7 +123,11 @@ def recs_config(settings: Settings) -> RecsConfig:
             f"categories {both} are in both ATTUNE_RECS_ALLOW_CATEGORIES and "
             "ATTUNE_RECS_DENY_CATEGORIES; keep each in one list"
         )
-    return RecsConfig(settings.recs_k, Filters(allow_categories=allow, deny_categories=deny))
+    return RecsConfig(
+        settings.recs_k,
+        Filters(allow_categories=allow, deny_categories=deny),
+        min_gap_ms=settings.recs_min_gap_s * 1000,
+    )
 
 
 def profile_config(

@@ -339,14 +339,18 @@ def _time_of(i: Interaction) -> int:
 
 @dataclass(frozen=True, slots=True)
 class RecsConfig:
-    """How the per-user step ranks (settings feed it): list length and business filters."""
+    """How the per-user step ranks (settings feed it): list length, business filters, and
+    the least event time between two lists of a user (0: a list per relevant batch)."""
 
     k: int = 10
     filters: Filters = field(default_factory=Filters)
+    min_gap_ms: int = 0
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError(f"recommendation list length must be >= 1, got {self.k}")
+        if self.min_gap_ms < 0:
+            raise ValueError(f"ATTUNE_RECS_MIN_GAP_S must be >= 0, got {self.min_gap_ms / 1000}")
 
 
 # --- the snapshot ------------------------------------------------------------------------------

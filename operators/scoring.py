@@ -93,21 +93,32 @@ def score(st: UserState, cfg: ProfileConfig) -> list[Trigger]:
     return []
 
 
-def recommend(st: UserState, cfg: ProfileConfig) -> list[RecsWrite]:
+def recommend(st: UserState, cfg: ProfileConfig, *, flush: bool = False) -> list[RecsWrite]:
     """Once per batch: the user's recommendations, if the batch had a product view, cart
     change or purchase, and either the batch changed the cart or bought, or what they
     are computed from changed since the last ones
     (:meth:`~attune.operators.models.ModelReader.recs_key`: the snapshot, the items
     seeding the candidates, cart, purchases, top categories, segments) or they are
     older than :data:`~attune.operators.models.RECS_MAX_AGE_MS` of event time. When
-    nothing is recomputed nothing is written: the stored list stands."""
+    nothing is recomputed nothing is written: the stored list stands.
+
+    Not within ``cfg.recs.min_gap_ms`` of event time of the user's last list, unless the
+    cart changed or they bought: the list then stays due, for the next batch after the
+    gap, or ``flush`` (the user went idle, or the input ended)."""
     reader = cfg.models
     m = st.models
     if reader is None or not m.recs_due:
         return []
+    now = st.activity.max_time
+    if (
+        not flush
+        and not m.recs_cart
+        and m.recs_key is not None
+        and 0 <= now - m.recs_at < cfg.recs.min_gap_ms
+    ):
+        return []  # still due: the ranking is the step's largest cost, once per gap
     m.recs_due = False
     top = compute(st, "top_category_7d")
-    now = st.activity.max_time
     signals = m.signals(
         st.user_id,
         now,
@@ -136,11 +147,12 @@ def high_propensity(st: UserState, score: float, cfg: ProfileConfig) -> Trigger:
     )
 
 
-def end_of_input(st: UserState, cfg: ProfileConfig) -> list[SessionSummary]:
-    """End of a bounded input: the open session is summarised (it will not be continued),
-    once."""
+def end_of_input(st: UserState, cfg: ProfileConfig) -> list[SessionSummary | RecsWrite]:
+    """End of a bounded input: a list still due is ranked, and the open session is
+    summarised (it will not be continued), once."""
     if not st.activity.events or cfg.models is None:
         return []
-    out = close_session(st, cfg)
+    out: list[SessionSummary | RecsWrite] = [*recommend(st, cfg, flush=True)]
+    out += close_session(st, cfg)
     st.models.summarised_start = st.activity.session_start_ms
     return out

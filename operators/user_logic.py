@@ -21,7 +21,7 @@ from attune.operators.membership import evict
 from attune.operators.trigger_decisions import due, pending
 from attune.operators.user_config import ProfileConfig
 from attune.operators.user_state import Output, UserState
-from attune.operators.user_step import end_of_input, fold_batch
+from attune.operators.user_step import end_of_input, fold_batch, went_idle
 
 #: How often a user with a pending cart looks at the stream clock (wall time).
 TIMER_POLL = timedelta(seconds=1)
@@ -117,8 +117,11 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         if st is None:
             return [], StatefulBatchLogic.DISCARD
         out = due(st, self.cfg)
-        if not pending(st, self.cfg) and self.cfg.clock.now_ms() >= st.active_ms + self._freeze_ms:
-            self._frozen, self._state, self._active_ms = snapshots.dumps(st), None, st.active_ms
+        if self.cfg.clock.now_ms() >= st.active_ms + self._freeze_ms:  # idle
+            out.extend(went_idle(st, self.cfg))  # e.g. a list held back by the gap, now
+            if not pending(st, self.cfg):
+                self._frozen, self._state = snapshots.dumps(st), None
+                self._active_ms = st.active_ms
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Output], bool]:

@@ -139,6 +139,12 @@ def fold_batch(
     return st, out
 
 
+def went_idle(st: UserState, cfg: ProfileConfig) -> list[Output]:
+    """The user sent nothing for a while (the wrapper's idle timer): what waited for their
+    next batch goes out now (a recommendation list held back by ``ATTUNE_RECS_MIN_GAP_S``)."""
+    return [*scoring.recommend(st, cfg, flush=True)]
+
+
 def end_of_input(st: UserState, cfg: ProfileConfig) -> list[Output]:
     """End of a bounded input: event time is over, every pending judgement is made, and
     the open session is summarised for the shared models (it will not be continued)."""

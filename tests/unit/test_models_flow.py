@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from attune.clients.recommendations import parse_recs
 from attune.flows.personalize import recs_config
 from attune.flows.settings import Settings
-from attune.operators.clock import MINUTE_MS
+from attune.operators.clock import MINUTE_MS, FixedClock
 from attune.operators.content import Catalogue
 from attune.operators.covisit import NeighbourList
 from attune.operators.events import (
@@ -57,7 +57,7 @@ from attune.operators.redis_sink import ForgetUser, RecsWrite, TrendingWrite, pl
 from attune.operators.trending import logaddexp2
 from attune.operators.triggers import trigger_id
 from attune.operators.user_config import ProfileConfig
-from attune.operators.user_logic import UserLogic
+from attune.operators.user_logic import IDLE_FREEZE, UserLogic
 from attune.operators.user_state import UserState
 from attune.operators.user_step import apply
 
@@ -212,6 +212,36 @@ def test_one_recommendation_write_per_batch_with_a_relevant_event() -> None:
     # a cart removal does (the cart is a filter)
     removal = ev(T0 + 11_000, RemoveFromCart("i001", 1))
     assert [o for o in run(logic, [removal]) if isinstance(o, RecsWrite)]
+
+
+def test_a_list_at_most_once_per_gap_and_what_changed_meanwhile_later() -> None:
+    board = LocalModelBoard()
+    board.put(snapshot(version=4).to_bytes())
+    wall = FixedClock(T0)
+    gap = recs_config(Settings(recs_min_gap_s=30))
+    logic = UserLogic(None, config(board, recs=gap, clock=wall))
+
+    def lists(out: list[Any]) -> list[RecsWrite]:
+        return [o for o in out if isinstance(o, RecsWrite)]
+
+    assert len(lists(run(logic, [view(T0, 0)]))) == 1  # the first list: at once
+    assert lists(run(logic, [view(T0 + 10_000, 1)])) == []  # within 30 s: held back
+    assert lists(run(logic, [view(T0 + 20_000, 2)])) == []
+    # past the gap, the next batch ranks what changed meanwhile (i001, i002 now seen)
+    (later,) = lists(run(logic, [ev(T0 + 31_000)]))  # even without a product view
+    assert not {"i000", "i001", "i002"} & {r.item for r in parse_recs(later.value).items}
+    # a cart change goes out at once, gap or not
+    assert len(lists(run(logic, [ev(T0 + 32_000, AddToCart("i005", 1, 100, "EUR"))]))) == 1
+    # held back, then the user goes idle: the wrapper's idle timer sends it
+    assert lists(run(logic, [view(T0 + 40_000, 3)])) == []
+    wall.advance(int(IDLE_FREEZE.total_seconds() * 1000))
+    out, _ = logic.on_notify()
+    assert len(lists(list(out))) == 1
+    # held back at the end of a bounded input: sent then
+    assert lists(run(logic, [view(T0 + 50_000, 4)])) == []  # 10 s after the idle one
+    assert lists(run(logic, [view(T0 + 60_000, 5)])) == []
+    out, _ = logic.on_eof()
+    assert len(lists(list(out))) == 1
 
 
 def test_recommendations_favour_the_viewed_category_and_respect_filters() -> None:
