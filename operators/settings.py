@@ -20,6 +20,8 @@ this class (``attune config --markdown``) and a test keeps the two in step.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -224,6 +226,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read every setting from ``environ`` (default: ``os.environ``)."""
         env = os.environ if environ is None else environ
+        warn_unknown(env)
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(env_name(f.name))
@@ -307,6 +310,34 @@ def reference_markdown() -> str:
         default = f.default if f.default != "" else "(empty)"
         rows.append(f"| `{env_name(f.name)}` | `{default}` | {f.metadata['doc']} |")
     return "\n".join(rows) + "\n"
+
+
+_LOG = logging.getLogger(__name__)
+#: Unknown ``ATTUNE_*`` names warned about in this process (each once).
+_WARNED: set[str] = set()
+
+
+def warn_unknown(env: Mapping[str, str]) -> list[str]:
+    """Log a warning, once per process and name, for each ``ATTUNE_*`` variable that is not
+    a setting (a misspelt ``ATTUNE_REDIS_URI`` would otherwise be ignored in silence),
+    with the closest setting's name; returns the unknown names.
+
+    >>> warn_unknown({"ATTUNE_REDIS_URI": "redis://x", "ATTUNE_REDIS_URL": "redis://y"})
+    ['ATTUNE_REDIS_URI']
+    """
+    known = _known_names()
+    unknown = sorted(k for k in env if k.startswith("ATTUNE_") and k not in known)
+    for name in unknown:
+        if name not in _WARNED:
+            _WARNED.add(name)
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            _LOG.warning("%s is not an Attune setting and is ignored%s", name, hint)
+    return unknown
+
+
+def _known_names() -> list[str]:
+    return [env_name(f.name) for f in fields(Settings)]
 
 
 def client_options(settings: Settings | None) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -90,3 +91,18 @@ def test_readme_command_table_lists_every_cli_command() -> None:
             if flag not in parser._option_string_actions:
                 unknown.append((row, flag))
     assert unknown == []
+
+
+def test_a_misspelt_attune_variable_is_warned_about_with_the_setting_it_resembles(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 16, finding 10: ``ATTUNE_REDIS_URI`` was ignored in silence."""
+    env = {"ATTUNE_KAFKA_BOOTSTRAPS": "k:1", "ATTUNE_REDIS_URL": "redis://r:1/0"}
+    with caplog.at_level(logging.WARNING, logger="attune.operators.settings"):
+        settings = Settings.from_env(env)
+        Settings.from_env(env)  # once per process and name
+    assert settings.kafka_bootstrap == "" and settings.redis_url == "redis://r:1/0"
+    assert [r.getMessage() for r in caplog.records] == [
+        "ATTUNE_KAFKA_BOOTSTRAPS is not an Attune setting and is ignored "
+        "(did you mean ATTUNE_KAFKA_BOOTSTRAP?)"
+    ]
