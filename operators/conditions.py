@@ -47,6 +47,8 @@ from attune.operators.features import FEATURES, Features
 __all__ = [
     "CHANNELS",
     "CLUSTER_SEGMENT_PREFIX",
+    "DEVICES",
+    "ENUM_FEATURES",
     "EQUALITY_OPS",
     "NULL_OPS",
     "NUMERIC_OPS",
@@ -96,6 +98,14 @@ OPS: Final = (*NUMERIC_OPS, *EQUALITY_OPS, *SET_OPS, *NULL_OPS)
 CLUSTER_SEGMENT_PREFIX: Final = "persona_"
 #: The symbols of ``attune.event.Channel`` (avro/attune.event.Context.avsc; a test checks).
 CHANNELS: Final = ("WEB", "APP", "EMAIL", "OTHER")
+#: The symbols of ``attune.event.Device`` (the same schema; a test checks).
+DEVICES: Final = ("DESKTOP", "MOBILE", "TABLET", "OTHER")
+#: Features whose values are enum symbols: a comparison with anything else is refused at
+#: load time (``mobile`` for ``MOBILE`` would leave the segment silently empty).
+ENUM_FEATURES: Final[dict[str, tuple[str, ...]]] = {
+    "device_top": DEVICES,
+    "channel_top": CHANNELS,
+}
 #: The operators of a ``score`` leaf.
 SCORE_OPS: Final = (*NUMERIC_OPS, *EQUALITY_OPS, *NULL_OPS)
 #: The trigger leaves: condition keys besides ``all``/``any``/``not`` and feature comparisons,
@@ -685,6 +695,13 @@ class ConditionParser:
         if not isinstance(value, str):
             raise self.error(
                 node, f"type mismatch: {feature!r} is {ftype}, value {value!r} is not a string"
+            )
+        symbols = ENUM_FEATURES.get(feature)
+        if symbols is not None and value not in symbols:
+            hint = _suggest(value.upper(), symbols)
+            raise self.error(
+                node,
+                f"{feature!r} is never {value!r}{hint}; its values are {', '.join(symbols)}",
             )
         return value
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attune.flows.topics import DEFAULT_TRIGGER_KINDS
-from attune.operators.conditions import CHANNELS
+from attune.operators.conditions import CHANNELS, DEVICES
 from attune.operators.events import Trigger
 from attune.operators.rule_files import (
     RuleError,
@@ -193,14 +193,14 @@ def test_feature_conditions_use_the_segment_grammar() -> None:
         "\n      all:\n        - {kind: cart_abandoned}\n"
         "        - any:\n            - {feature: cart_value_minor, op: '>=', value: 10000}\n"
         "            - {feature: purchases, op: '>', value: 3}\n"
-        "        - not: {feature: device_top, op: '==', value: tv}\n",
+        "        - not: {feature: device_top, op: '==', value: TABLET}\n",
         "settings: {default: drop}\n",
     )
     assert matches(r, trig(), ctx(features={"cart_value_minor": 10_000, "purchases": 0}))
     assert matches(r, trig(), ctx(features={"cart_value_minor": 0, "purchases": 4}))
     assert not matches(r, trig(), ctx(features={"cart_value_minor": 0, "purchases": 1}))
-    tv = {"cart_value_minor": 20_000, "device_top": "tv"}
-    assert not matches(r, trig(), ctx(features=tv))
+    tablet = {"cart_value_minor": 20_000, "device_top": "TABLET"}
+    assert not matches(r, trig(), ctx(features=tablet))
     assert not matches(r, trig("long_dwell"), ctx(features={"cart_value_minor": 10_000}))
     # None and missing features compare false, as in segments.
     assert not matches(r, trig(), ctx(features={}))
@@ -924,3 +924,9 @@ def test_docs_examples_are_valid_rule_files() -> None:
     assert len(files) >= 3
     for text in files:
         parse_trigger_rules(text, "docs/triggers.md", kinds=DEFAULT_TRIGGER_KINDS)
+
+
+def test_devices_are_the_avro_enum_symbols() -> None:
+    schema = json.loads((ROOT / "avro" / "attune.event.Context.avsc").read_text())
+    [device] = [f for f in schema["fields"] if f["name"] == "device"]
+    assert tuple(device["type"][1]["symbols"]) == DEVICES

@@ -279,7 +279,7 @@ segments:
     condition: {feature: device_top, op: is_null}
   - name: other_device
     description: a device that is not mobile
-    condition: {feature: device_top, op: "!=", value: mobile}
+    condition: {feature: device_top, op: "!=", value: MOBILE}
 """
     )
     assert rules.evaluate({"days_since_last_purchase": None}) == {"not_recent", "unknown_device"}
@@ -393,10 +393,23 @@ HEAD = "segments:\n  - name: s\n    description: d\n"
             id="bool-value-on-int",
         ),
         pytest.param(
-            HEAD + "    condition: {feature: device_top, op: in, value: [mobile, 3]}\n",
+            HEAD + "    condition: {feature: device_top, op: in, value: [MOBILE, 3]}\n",
             4,
             "segment 's': type mismatch: 'device_top' is str|None, value 3 is not a string",
             id="in-list-element",
+        ),
+        pytest.param(  # issue 16, finding 4: the docs' own example compared with 'mobile'
+            HEAD + "    condition: {feature: device_top, op: '==', value: mobile}\n",
+            4,
+            "segment 's': 'device_top' is never 'mobile' (did you mean 'MOBILE'?); its values "
+            "are DESKTOP, MOBILE, TABLET, OTHER",
+            id="enum-symbol-case",
+        ),
+        pytest.param(
+            HEAD + "    condition: {feature: channel_top, op: not_in, value: [WEB, SMS]}\n",
+            4,
+            "segment 's': 'channel_top' is never 'SMS'; its values are WEB, APP, EMAIL, OTHER",
+            id="enum-symbol-unknown",
         ),
         pytest.param(
             HEAD + "    condition: {feature: device_top, op: in, value: mobile}\n",
@@ -582,7 +595,7 @@ PROPERTY_FEATURES = (
     "device_top",  # str|None
 )
 NUMBERS = st.one_of(st.integers(-3, 3), st.sampled_from([-1.5, 0.0, 0.5, 2.5]))
-STRINGS = st.sampled_from(["mobile", "desktop", "tv"])
+STRINGS = st.sampled_from(["MOBILE", "DESKTOP", "OTHER"])  # device_top's symbols
 
 
 @st.composite
