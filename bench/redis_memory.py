@@ -45,6 +45,7 @@ from bytewax.testing import run_main
 from attune.flows.embedded import LocalStore
 from attune.flows.personalize import build_flow
 from attune.flows.settings import Settings
+from attune.operators import recs_encoding
 from attune.operators.events import Event
 from attune.operators.features import PROFILE_FIELDS
 from attune.operators.redis_keys import RedisKeys
@@ -137,8 +138,17 @@ def legacy_commands(batch: Sequence[RedisOp], keys: RedisKeys = KEYS) -> list[Co
         elif isinstance(op, AliasWrite):
             out.append(("SET", keys.alias(op.anonymous_id), op.user, "EX", TTL_S))
         elif isinstance(op, RecsWrite):
-            out.append(("SET", keys.recs(op.user), op.value, "EX", TTL_S))
+            out.append(("SET", keys.recs(op.user), _format_2(op.value), "EX", TTL_S))
     return out
+
+
+def _format_2(value: bytes) -> bytes:
+    """The format-2 value of a format-3 one (the ranking step makes format 3 since
+    5384556; the previous layout stored format 2); any other value as it is."""
+    if not value.startswith(b"3|"):
+        return value
+    items, version, generated_at, source = recs_encoding.decode_compact(value.decode())
+    return recs_encoding.encode(items, version, generated_at, source)  # codes kept as codes
 
 
 def write_legacy(client: redis.Redis, batches: Sequence[Sequence[RedisOp]]) -> None:
