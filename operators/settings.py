@@ -169,7 +169,7 @@ class Settings:
     cluster_seed: int = _setting(42, "Seed of the persona clustering.")
     recs_k: int = _setting(10, "Recommendations written per user (attune:{u:<user>}:recs).")
     recs_min_gap_s: int = _setting(
-        30,
+        0,
         "A user's list is ranked again at most every this many seconds of their event "
         "time (a cart change or purchase: at once); what changed meanwhile is ranked at "
         "their next batch after it, when they go idle (a minute) or at the end of input. "
