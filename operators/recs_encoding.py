@@ -87,11 +87,7 @@ def encode(items: Iterable[Entry], model_version: str, generated_at_ms: int, sou
     rows: list[list[object]] = []
     codes = REASON_CODES
     for item, score, reason, category in items:
-        index = None
-        if category is not None:
-            index = categories.get(category)
-            if index is None:
-                index = categories[category] = len(categories)
+        index = _index(categories, category)
         rows.append([item, round(score, SCORE_DECIMALS), codes.get(reason, reason), index])
     return orjson.dumps(
         {
@@ -105,6 +101,17 @@ def encode(items: Iterable[Entry], model_version: str, generated_at_ms: int, sou
     )
 
 
+def _index(categories: dict[str, int], category: str | None) -> int | None:
+    """``category``'s index among the list's categories, in first-use order (added when
+    new); ``None`` when unknown."""
+    if category is None:
+        return None
+    index = categories.get(category)
+    if index is None:
+        index = categories[category] = len(categories)
+    return index
+
+
 def encode_compact(
     items: Iterable[Entry], model_version: str, generated_at_ms: int, source: str
 ) -> bytes:
@@ -116,11 +123,7 @@ def encode_compact(
     codes = REASON_CODES
     last: tuple[str, int | None] | None = None
     for item, score, reason, category in items:
-        index = None
-        if category is not None:
-            index = categories.get(category)
-            if index is None:
-                index = categories[category] = len(categories)
+        index = _index(categories, category)
         code = codes.get(reason, reason)
         # as compact() reads a format-2 score: rounded to SCORE_DECIMALS first
         entry = f"{_escape(item)},{round(round(score, SCORE_DECIMALS) * 1000)}"
