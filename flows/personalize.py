@@ -16,7 +16,7 @@ Stages (docs/architecture.md has the picture)::
                                                                     -> user state
     user state (by canonical user): privacy gate (consent, erasure), dedupe, sessions,
                                     windows, cart, segments
-      -> Redis ops (profiles, segment sets, aliases, forgets) ....... -> Redis
+      -> Redis ops (profiles, segment hashes, aliases, forgets) .... -> Redis
       -> segment changes .......................................... -> attune.segments
       -> erasure confirmations ............................. -> attune.privacy.erasures
       -> recommendations + propensity (once per batch of a user) .... -> Redis

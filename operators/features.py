@@ -159,7 +159,7 @@ def change_bits(names: Iterable[str]) -> int:
     return bits
 
 
-#: Features written to the user's Redis profile hash (compact: Redis memory is
+#: Features written to the user's Redis profile string (compact: Redis memory is
 #: budgeted at ~400 bytes per user for all of a user's keys).
 PROFILE_FIELDS: tuple[str, ...] = (
     "events",
