@@ -9,6 +9,8 @@ by canonical user. :class:`UserLogic` holds one user's
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
@@ -37,6 +39,16 @@ LIVE_WAKE_MAX_MS = 10_000
 #: back: ~3x less memory for the many users between sessions, and no thawing for a
 #: user in the middle of one (a thaw costs about as much as a snapshot).
 IDLE_FREEZE = timedelta(seconds=60)
+#: Wake times of polls (carts, deferred triggers) are rounded up to this grid (ms) ...
+POLL_GRID_MS = 100
+#: ... and those of the idle freeze and the TTL to this one.
+IDLE_GRID_MS = 1_000
+
+
+def _on_grid(ms: float, grid_ms: int) -> datetime:
+    """The wall time ``ms`` (epoch ms) rounded up to a multiple of ``grid_ms``."""
+    return datetime.fromtimestamp(math.ceil(ms / grid_ms) * grid_ms / 1000, UTC)
+
 
 Keyed = tuple[str, UserInput]
 
@@ -129,18 +141,20 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         return ([] if st is None else end_of_input(st, self.cfg)), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
+        # Wake times are rounded up to a grid so that many users wake in one activation:
+        # Bytewax scans every key's timer on each activation of the step, so each distinct
+        # wake time costs a pass over all users.
         if self._frozen is not None and self._active_ms is not None:
             # frozen only when nothing waited for time (see on_notify): the TTL is next
-            return datetime.fromtimestamp((self._active_ms + self._ttl_ms) / 1000, UTC)
+            return _on_grid(self._active_ms + self._ttl_ms, IDLE_GRID_MS)
         st = self.state
         if st is not None and pending(st, self.cfg):  # poll the stream clock while these wait
-            return datetime.now(UTC) + self._poll(st)
+            poll = self._poll(st) / timedelta(milliseconds=1)
+            return _on_grid(time.time() * 1000 + poll, POLL_GRID_MS)
         if st is None:
-            return datetime.fromtimestamp((self.cfg.clock.now_ms() + self._ttl_ms) / 1000, UTC)
+            return _on_grid(self.cfg.clock.now_ms() + self._ttl_ms, IDLE_GRID_MS)
         # idle: freeze after IDLE_FREEZE, then wait for the TTL
-        return datetime.fromtimestamp(
-            (st.active_ms + min(self._freeze_ms, self._ttl_ms)) / 1000, UTC
-        )
+        return _on_grid(st.active_ms + min(self._freeze_ms, self._ttl_ms), IDLE_GRID_MS)
 
     def _poll(self, st: UserState) -> timedelta:
         """How long a pending user waits before it looks at the stream clock again."""

@@ -21,6 +21,7 @@ from attune.operators.user_config import ProfileConfig
 from attune.operators.user_logic import (
     DEFERRED_POLL,
     IDLE_FREEZE,
+    POLL_GRID_MS,
     TIMER_POLL,
     Keyed,
     UserLogic,
@@ -104,9 +105,11 @@ def test_a_pending_cart_polls_every_second_and_deferred_triggers_every_50_ms() -
     logic = UserLogic(None, ProfileConfig())
     logic.on_batch([_event(0, ConsentUpdate(True, True, True), EventType.CONSENT)])
     logic.on_batch([_event(60_000, AddToCart("i1", 1, 1500, "EUR"), EventType.ADD_TO_CART)])
+    grid = timedelta(milliseconds=POLL_GRID_MS)  # wake times are rounded up to it
     before = datetime.now(UTC)
     wake = logic.notify_at()
-    assert wake is not None and before + TIMER_POLL <= wake <= datetime.now(UTC) + TIMER_POLL
+    assert wake is not None and before + TIMER_POLL <= wake <= datetime.now(UTC) + TIMER_POLL + grid
+    assert wake.timestamp() * 1000 % POLL_GRID_MS == 0
 
     st = logic.state
     assert st is not None
@@ -115,7 +118,7 @@ def test_a_pending_cart_polls_every_second_and_deferred_triggers_every_50_ms() -
     before = datetime.now(UTC)
     wake = logic.notify_at()
     assert wake is not None
-    assert before + DEFERRED_POLL <= wake <= datetime.now(UTC) + DEFERRED_POLL
+    assert before + DEFERRED_POLL <= wake <= datetime.now(UTC) + DEFERRED_POLL + grid
 
 
 @dataclass
