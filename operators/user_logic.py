@@ -137,8 +137,17 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Output], bool]:
+        was_frozen = self._frozen is not None
         st = self.state
-        return ([] if st is None else end_of_input(st, self.cfg)), StatefulBatchLogic.RETAIN
+        if st is None:
+            return [], StatefulBatchLogic.RETAIN
+        out = end_of_input(st, self.cfg)
+        if was_frozen and not pending(st, self.cfg):
+            # Frozen again: every user gets this call at once, and thawing all of them
+            # together would hold every state's objects at the same time.
+            self._frozen, self._state = snapshots.dumps(st), None
+            self._active_ms = st.active_ms
+        return out, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         # Wake times are rounded up to a grid so that many users wake in one activation:

@@ -157,3 +157,28 @@ def test_while_live_a_cart_wakes_when_due_and_fires_without_waiting_out_the_late
     out, _ = logic.on_notify()
     fired = [o for o in out if isinstance(o, Trigger)]
     assert [o.kind for o in fired] == ["cart_abandoned"]  # not 10 minutes of lateness later
+
+
+def test_a_frozen_state_ends_the_input_like_a_live_one_and_stays_frozen() -> None:
+    wall = FixedClock(T0)
+    cfg = ProfileConfig(clock=wall)
+    ended = 0
+    for user, events in _by_user().items():
+        live, thawing = UserLogic(None, cfg, NEVER), UserLogic(None, cfg)
+        batch: list[Keyed] = [(user, e) for e in events]
+        _, keep = live.on_batch(batch)
+        thawing.on_batch(batch)
+        if keep is StatefulBatchLogic.DISCARD:
+            continue
+        wall.advance(int(IDLE_FREEZE.total_seconds() * 1000))
+        live.on_notify()
+        thawing.on_notify()
+        if thawing._frozen is None:
+            continue  # something waits for time: never frozen
+        out_live, _ = live.on_eof()
+        out_thawing, _ = thawing.on_eof()
+        assert list(out_thawing) == list(out_live)
+        assert thawing._frozen is not None  # not all users thawed at once at the end
+        assert thawing.state == live.state
+        ended += 1
+    assert ended > 0
