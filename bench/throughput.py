@@ -1079,6 +1079,7 @@ def run_flow(
     )
     procs: list[subprocess.Popen[bytes]] = []
     rss: dict[int, int] = {}
+    hwm: dict[int, int] = {}
     cpu = 0.0
     first_write: float | None = None
     with contextlib.ExitStack() as stack:
@@ -1104,13 +1105,18 @@ def run_flow(
                     continue
                 proc.returncode = os.waitstatus_to_exitcode(status)
                 del pending[i]
-                rss[i] = usage.ru_maxrss  # KiB on Linux
+                # ru_maxrss counts the parent's pages the child had before its exec (this
+                # bench holds the whole generated workload): the mm's own high-water mark,
+                # read while it ran, is the flow's peak
+                rss[i] = hwm.get(i) or usage.ru_maxrss  # KiB on Linux
                 cpu += usage.ru_utime + usage.ru_stime
                 if proc.returncode != 0:
                     raise BenchError(
                         f"{label}: flow process {i} ({' '.join(commands[i][1:])}) exited with "
                         f"{proc.returncode}; its output ends with:\n{_tail(logs[i])}"
                     )
+            for i, proc in pending.items():
+                hwm[i] = max(hwm.get(i, 0), _vm_hwm_kib(proc.pid))
             now = time.monotonic()
             if first_write is None and redis_client is not None and redis_client.dbsize() > 0:
                 first_write = now - start
@@ -1127,6 +1133,19 @@ def run_flow(
                 time.sleep(POLL_S)
         wall = time.monotonic() - start
     return FlowRun(wall, first_write, [rss[i] for i in sorted(rss)], cpu)
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    """The peak RSS (KiB) of process ``pid``'s own address space so far (``VmHWM``, reset
+    by its exec, unlike ``ru_maxrss``); 0 when it cannot be read (gone, not Linux)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return 0
+    return 0
 
 
 # --- Redis -----------------------------------------------------------------------------------
