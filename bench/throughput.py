@@ -36,7 +36,8 @@ The first benchmark of Attune (design.md, "Targets"). One run:
      a cross-check that needs no subtraction, messages / (exit - the moment
      the first Redis key appeared).
 
-   After each flow run: peak RSS of each flow process (``os.wait4``), Redis
+   After each flow run: peak RSS of each flow process (``VmHWM``, read while it
+   runs), CPU time (``os.wait4``), Redis
    ``used_memory`` delta and profile keys (SCAN), ``MEMORY USAGE`` of 100
    sampled users' keys, and the dead-letter topic's growth.
 5. With ``--profile``, one more end-to-end run under cProfile
