@@ -128,7 +128,8 @@ def status(settings: Settings) -> dict[str, str]:
     """
     out = {}
     for name, script in zip(SERVERS, (KAFKA_SCRIPT, REDIS_SCRIPT), strict=True):
-        result = _run(script, ["status"], settings, timeout_s=STATUS_TIMEOUT_S)
+        # not logged: the caller prints these lines (`attune local status` showed each twice)
+        result = _run(script, ["status"], settings, timeout_s=STATUS_TIMEOUT_S, echo=False)
         line = result.stdout.strip()
         if result.returncode not in (0, 3) or not line:
             raise LocalServerError(
@@ -155,9 +156,10 @@ def _script_env(settings: Settings) -> dict[str, str]:
 
 
 def _run(
-    script: Path, args: list[str], settings: Settings, *, timeout_s: float
+    script: Path, args: list[str], settings: Settings, *, timeout_s: float, echo: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    """Run one script; stdout and stderr together, as a person would read them."""
+    """Run one script; stdout and stderr together, as a person would read them (logged
+    line by line at INFO when ``echo``)."""
     if not script.is_file():
         raise LocalServerError(
             f"{script} not found: the local servers need the deploy/ folder of a source "
@@ -182,8 +184,9 @@ def _run(
         raise LocalServerError(
             f"{script.name} {' '.join(args)} did not finish within {timeout_s:.0f}s:\n{output}"
         ) from None
-    for line in result.stdout.splitlines():
-        log.info("%s", line)
+    if echo:
+        for line in result.stdout.splitlines():
+            log.info("%s", line)
     return result
 
 

@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import logging
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,23 @@ def test_the_error_line_stops_where_the_project_said_from_none() -> None:
             raise RuntimeError("Kafka at k:1 is not reachable: start `attune local up`") from None
     except RuntimeError as exc:
         assert str(root_cause(exc)) == "Kafka at k:1 is not reachable: start `attune local up`"
+
+
+def test_local_status_prints_each_server_once(
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 16, finding 10: each status line was logged by the script runner and printed."""
+
+    def fake_run(cmd: list[str], **_kw: object) -> subprocess.CompletedProcess[str]:
+        name = "kafka" if "kafka" in cmd[1] else "redis"
+        return subprocess.CompletedProcess(cmd, 0, stdout=f"up {name}-line\n")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)  # what the script runner calls
+    with caplog.at_level(logging.INFO):
+        assert main(["local", "status"]) == 0
+    printed = capfd.readouterr().out
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    for line in ("up kafka-line", "up redis-line"):
+        assert printed.count(line) == 1 and line not in logged
