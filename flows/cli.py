@@ -74,8 +74,10 @@ def _cmd_topics(args: argparse.Namespace) -> int:
         created = topics.create_topics(bootstrap, settings, partitions=args.partitions)
         for name in topics.design_topics(settings):
             print(f"{name:<32} {'created' if name in created else 'exists'}")
-    elif args.action == "delete":
-        topics.delete_topics(bootstrap, topics.design_topics(settings), settings=settings)
+    elif args.action == "delete":  # one line per topic, as create prints
+        deleted = topics.delete_topics(bootstrap, topics.design_topics(settings), settings=settings)
+        for name in topics.design_topics(settings):
+            print(f"{name:<32} {'deleted' if name in deleted else 'absent'}")
     else:
         for name in topics.list_topics(bootstrap, settings=settings):
             print(name)

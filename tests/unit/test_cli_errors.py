@@ -73,3 +73,19 @@ def test_local_status_prints_each_server_once(
     logged = "\n".join(r.getMessage() for r in caplog.records)
     for line in ("up kafka-line", "up redis-line"):
         assert printed.count(line) == 1 and line not in logged
+
+
+def test_topics_delete_says_what_it_deleted(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16, finding 10: `attune topics delete` printed nothing."""
+    from attune.flows import topics
+
+    monkeypatch.setattr(topics, "design_topics", lambda _settings: ["t.events", "t.dlq"])
+    monkeypatch.setattr(topics, "delete_topics", lambda *_a, **_kw: ["t.events"])
+    assert main(["topics", "delete", "--bootstrap", "k:1"]) == 0
+    assert capsys.readouterr().out.split("\n") == [
+        f"{'t.events':<32} deleted",
+        f"{'t.dlq':<32} absent",
+        "",
+    ]
