@@ -48,6 +48,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from attune.operators.features import PROFILE_FIELDS
+
 DEFAULT_PREFIX = "attune:"
 
 #: Suffixes of the per-user keys, in the order of :meth:`RedisKeys.user_keys`.
@@ -129,26 +131,10 @@ class RedisKeys:
 
 #: The profile format :func:`encode_profile` writes (the first value).
 PROFILE_FORMAT = "2"
-#: The profile's fields in their format-2 order. Equal to
-#: ``attune.operators.features.PROFILE_FIELDS`` (a test checks it); only ever appended to.
-PROFILE_ORDER: tuple[str, ...] = (
-    "events",
-    "page_views",
-    "product_views",
-    "searches",
-    "add_to_carts",
-    "purchases",
-    "revenue_minor",
-    "sessions",
-    "first_seen_ms",
-    "last_seen_ms",
-    "last_purchase_ms",
-    "cart_value_minor",
-    "top_category_7d",
-    "device_top",
-    "propensity_score",
-    "propensity_tier",
-)
+#: The profile's fields in their format-2 order: the features the profile holds, in
+#: :data:`attune.operators.features.PROFILE_FIELDS` order, which is only ever appended to
+#: (a reader matches values to names by position).
+PROFILE_ORDER: tuple[str, ...] = PROFILE_FIELDS
 
 
 def escape_value(value: str) -> str:

@@ -223,7 +223,7 @@ class StreamClock:
         reached = self.reached_ms()
         if reached is None:
             return None
-        if self._live_within_ms and reached >= self._wall_ms() - self._live_within_ms:
+        if self._live_at(reached):
             self._settled_floor = max(self._settled_floor, reached)
             return reached
         return max(reached - self._lateness_ms, self._settled_floor)
@@ -234,7 +234,10 @@ class StreamClock:
         if not self._live_within_ms:
             return False
         reached = self.reached_ms()
-        return reached is not None and reached >= self._wall_ms() - self._live_within_ms
+        return reached is not None and self._live_at(reached)
+
+    def _live_at(self, reached: int) -> bool:
+        return bool(self._live_within_ms) and reached >= self._wall_ms() - self._live_within_ms
 
     def reached_ms(self) -> int | None:
         """The event time every partition has been read to (late events aside), ``None``

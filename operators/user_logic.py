@@ -132,8 +132,7 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         if self.cfg.clock.now_ms() >= st.active_ms + self._freeze_ms:  # idle
             out.extend(went_idle(st, self.cfg))  # e.g. a list held back by the gap, now
             if not pending(st, self.cfg):
-                self._frozen, self._state = snapshots.dumps(st), None
-                self._active_ms = st.active_ms
+                self._freeze(st)
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Output], bool]:
@@ -145,9 +144,12 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         if was_frozen and not pending(st, self.cfg):
             # Frozen again: every user gets this call at once, and thawing all of them
             # together would hold every state's objects at the same time.
-            self._frozen, self._state = snapshots.dumps(st), None
-            self._active_ms = st.active_ms
+            self._freeze(st)
         return out, StatefulBatchLogic.RETAIN
+
+    def _freeze(self, st: UserState) -> None:
+        """Keep ``st`` as its snapshot bytes (nothing of it waits for time)."""
+        self._frozen, self._state, self._active_ms = snapshots.dumps(st), None, st.active_ms
 
     def notify_at(self) -> datetime | None:
         # Wake times are rounded up to a grid so that many users wake in one activation:
