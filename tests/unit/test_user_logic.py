@@ -22,6 +22,7 @@ from attune.operators.user_logic import (
     DEFERRED_POLL,
     IDLE_FREEZE,
     POLL_GRID_MS,
+    REPLAY_IDLE_CHECK,
     TIMER_POLL,
     Keyed,
     UserLogic,
@@ -182,3 +183,69 @@ def test_a_frozen_state_ends_the_input_like_a_live_one_and_stays_frozen() -> Non
         assert thawing.state == live.state
         ended += 1
     assert ended > 0
+
+
+def test_in_a_replay_a_user_whose_session_is_over_freezes_seconds_after_its_batch() -> None:
+    """A replay runs hours of event time in minutes: a user freezes once the stream clock
+    is a session gap past its latest event, REPLAY_IDLE_CHECK after its batch, not after
+    IDLE_FREEZE of wall time; a user still in its session, or read live, does not."""
+    day = 86_400_000
+    wall = _Wall(T0 + 30 * day)  # the events are a month old: never live
+    clock = StreamClock(wall_ms=wall.wall_ms, monotonic=wall.monotonic)
+    clock.reset(lateness_ms=600_000, live_within_ms=30_000)
+    clock.expect(["events:0"])
+    cfg = ProfileConfig(stream_clock=clock, clock=FixedClock(wall.ms))
+    assert isinstance(cfg.clock, FixedClock)
+    live_ref, logic = UserLogic(None, cfg, NEVER), UserLogic(None, cfg)
+    batch = [_event(0, ConsentUpdate(True, True, True), EventType.CONSENT)]
+    for lg in (live_ref, logic):
+        lg.on_batch(batch)
+    check_ms = int(REPLAY_IDLE_CHECK.total_seconds() * 1000)
+    clock.advance("events:0", T0 + 5 * 60_000)  # read 5 minutes on: the session is open
+    assert not clock.live()
+    wake = logic.notify_at()
+    assert wake is not None and wake.timestamp() * 1000 <= wall.ms + check_ms + 1_000
+    cfg.clock.advance(check_ms)
+    logic.on_notify()
+    assert logic._frozen is None  # still in its session by the stream clock
+    # it looks again after twice the wait, and so on until the idle freeze comes first
+    looks = [check_ms]
+    wake = logic.notify_at()
+    idle_ms = IDLE_FREEZE.total_seconds() * 1000
+    while wake is not None and wake.timestamp() * 1000 < wall.ms + idle_ms:
+        looks.append(int(wake.timestamp() * 1000) - wall.ms)
+        cfg.clock.ms = int(wake.timestamp() * 1000)
+        logic.on_notify()
+        assert logic._frozen is None
+        wake = logic.notify_at()
+    assert looks == [2_000, 4_000, 8_000, 16_000, 32_000]
+    assert wake is not None and wake.timestamp() * 1000 == wall.ms + idle_ms
+
+    for lg in (live_ref, logic):
+        lg.on_batch([_event(60_000, ConsentUpdate(True, True, True), EventType.CONSENT)])
+    # the stream clock settles past the session gap (+ the lateness) after its event
+    clock.advance("events:0", T0 + 60_000 + cfg.session_gap_ms + 600_000)
+    cfg.clock.advance(check_ms)
+    out, keep = logic.on_notify()
+    assert list(out) == [] and keep is StatefulBatchLogic.RETAIN
+    assert logic._frozen is not None  # frozen: its session is over
+    assert snapshots.loads(logic.snapshot()) == live_ref.state
+    # and it thaws to give the same outputs as one never frozen
+    nxt = [_event(cfg.session_gap_ms * 3, ConsentUpdate(True, True, True), EventType.CONSENT)]
+    assert list(logic.on_batch(nxt)[0]) == list(live_ref.on_batch(nxt)[0])
+    assert logic.state == live_ref.state
+
+
+def test_a_live_stream_never_takes_the_replay_freeze() -> None:
+    wall = _Wall(T0 + 3_600_000)
+    clock = StreamClock(wall_ms=wall.wall_ms, monotonic=wall.monotonic)
+    clock.reset(lateness_ms=600_000, live_within_ms=30_000)
+    clock.expect(["events:0"])
+    cfg = ProfileConfig(stream_clock=clock, clock=FixedClock(wall.ms))
+    logic = UserLogic(None, cfg)
+    logic.on_batch([_event(0, ConsentUpdate(True, True, True), EventType.CONSENT)])
+    clock.advance("events:0", wall.ms - 100)
+    assert clock.live()
+    wake = logic.notify_at()  # the wall-clock idle freeze only
+    assert wake is not None
+    assert wake.timestamp() * 1000 >= wall.ms + IDLE_FREEZE.total_seconds() * 1000
