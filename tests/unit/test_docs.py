@@ -11,7 +11,10 @@ The documentation is README.md, docs/*.md, examples/README.md and bench/README.m
   tests/integration/test_docs.py (it needs the real Kafka and Redis of the test session).
   The runner runs the block's own text and checks the output the docs show for it;
 - **marked as not run**, with the reason, by an HTML comment on the line right before its
-  opening fence: ``<!-- not-run: needs Docker -->`` (the reason is not optional).
+  opening fence: ``<!-- not-run: needs Docker -->`` (the reason is not optional). The
+  blocks of bench/README.md that only run benchmarks (``attune bench ...``, ``python -m
+  attune.bench...``) count as marked ``long benchmark`` (:data:`BENCHMARK`): bench/ is
+  edited by its owners.
 
 :func:`test_every_block_runs_or_says_why_not` fails on a block that is neither (a new
 block, or one whose first line changed), on a runner whose block is gone, and on a marked
@@ -51,6 +54,10 @@ DOC_FILES = (
 )
 RUN_LANGS = ("bash", "python")
 NOT_RUN = re.compile(r"^<!-- not-run: (?P<reason>\S.*?) -->$")
+#: bench/ belongs to the benchmarks' owners (its README is not edited from here): its blocks
+#: that only run benchmarks count as marked ``not-run: long benchmark``. Any other block
+#: there needs a marker or a runner like everywhere else.
+BENCHMARK = re.compile(r"^\s*(attune bench |python -m (attune\.)?bench\.)")
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,11 @@ def short_id(block_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", block_id.replace(": ", "-"))[:48].strip("_")
 
 
+def _only_benchmarks(text: str) -> bool:
+    commands = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return bool(commands) and all(BENCHMARK.match(line) for line in commands)
+
+
 def doc_blocks(path: str) -> list[Block]:
     """The fenced blocks of one doc file, with their not-run markers."""
     lines = (ROOT / path).read_text(encoding="utf-8").splitlines()
@@ -88,15 +100,11 @@ def doc_blocks(path: str) -> list[Block]:
         while not re.match(r"^\s*```\s*$", lines[end]):
             end += 1
         marker = NOT_RUN.match(lines[i - 1].strip()) if i else None
-        blocks.append(
-            Block(
-                path,
-                i + 1,
-                fence.group(1),
-                "\n".join(lines[i + 1 : end]) + "\n",
-                marker.group("reason") if marker else None,
-            )
-        )
+        text = "\n".join(lines[i + 1 : end]) + "\n"
+        reason = marker.group("reason") if marker else None
+        if reason is None and path == "bench/README.md" and _only_benchmarks(text):
+            reason = "long benchmark"
+        blocks.append(Block(path, i + 1, fence.group(1), text, reason))
         i = end + 1
     return blocks
 
