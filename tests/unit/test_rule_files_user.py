@@ -89,3 +89,26 @@ def test_a_disabled_rule_needs_no_description_nor_action() -> None:
     # What a disabled rule does say is still checked.
     with pytest.raises(TriggerRuleError, match="cooldown"):
         parse_trigger_rules("rules:\n  - name: r\n    enabled: false\n    cooldown: 6x\n")
+
+
+def test_attune_run_with_own_segments_starts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same through ``attune run --segments``: it ran into ``flows/rules.yaml:37: rule
+    'high_value_cart_offer': unknown segment 'high_value'`` before any event."""
+    from attune.flows.cli import main
+
+    own = tmp_path / "segments.yaml"
+    own.write_text(OWN_SEGMENTS)
+    report = tmp_path / "r.json"
+    with caplog.at_level(logging.WARNING, logger="attune.operators.rule_files"):
+        code = main(
+            ["run", "--segments", str(own), "--users", "5", "--days", "1", "--report", str(report)]
+        )
+    assert code == 0, capsys.readouterr().err
+    assert report.is_file()
+    mine = [r for r in caplog.records if r.name == "attune.operators.rule_files"]
+    assert [r.getMessage().split(": ", 1)[1] for r in mine] == [
+        "skipped shipped trigger rule(s) needing a segment your segments file does not "
+        "define: high_value_cart_offer (in_segment high_value)"
+    ]
