@@ -404,6 +404,64 @@ def test_the_rule_files_of_the_docs_load() -> None:
         parse_trigger_rules(staff.text, segments=shipped, kinds=KINDS)
 
 
+#: Files that produce the validation errors the docs show, by the entry the error names.
+SEGMENT_ERRORS = {
+    "frequent_buyer": '{feature: purchase_30d, op: ">=", value: 2}',
+    "big_cart": '{feature: device_top, op: ">", value: 3}',
+    "x": "{all: []}",
+    "YAML": "{feature: events, op: >=, value: 1}",
+}
+TRIGGER_ERRORS = {
+    "unknown feature": '    when: {feature: cart_valu, op: ">=", value: 1}\n    publish: {}\n',
+    "unknown segment": "    when: {in_segment: high_valu}\n    publish: {}\n",
+    "bad duration": "    cooldown: 6x\n    publish: {}\n",
+    "bad hour": "    quiet_hours: {from: 21, to: 25}\n    publish: {}\n",
+    "duplicate": "    publish: {}\n  - name: r\n    description: d\n    publish: {}\n",
+    "YAML": "    when: {feature: events, op: >=, value: 1}\n    publish: {}\n",
+}
+
+
+def _shown_errors(path: str, heading: str) -> list[tuple[str, str]]:
+    """The ``<file>:<line>: <reason>`` lines of the output block under ``heading``, as
+    ``(file, reason)`` (line numbers are the example files', not these)."""
+    text = (ROOT / path).read_text()
+    after = text.split(heading, 1)[1]
+    (b,) = [b for b in doc_blocks(path) if b.lang == "" and b.text in after][:1]
+    shown = []
+    for line in b.text.splitlines():
+        found = re.match(r"^(\S+?):\d+: (.*)$", line)
+        assert found, line
+        shown.append((found.group(1), found.group(2)))
+    return shown
+
+
+def test_the_validation_errors_the_docs_show_are_the_loaders() -> None:
+    """docs/segments.md and docs/triggers.md show example error lines: each is what the
+    loader says of a file with that mistake."""
+    from attune.operators.rule_files import RuleError, load_rules, parse_rules, parse_trigger_rules
+    from attune.operators.triggers import KINDS
+
+    shown = _shown_errors("docs/segments.md", "### Validation errors")
+    assert len(shown) == len(SEGMENT_ERRORS)
+    for source, reason in shown:
+        name = next(k for k in SEGMENT_ERRORS if f"'{k}'" in reason or reason.startswith(k))
+        text = f"segments:\n  - name: {name}\n    description: d\n    condition: "
+        with pytest.raises(RuleError) as err:
+            parse_rules(text + SEGMENT_ERRORS[name] + "\n", source)
+        assert str(err.value).split(": ", 1)[1] == reason
+    shown = _shown_errors("docs/triggers.md", "## Validation errors")
+    assert len(shown) == len(TRIGGER_ERRORS)
+    for source, reason in shown:
+        key = next(k for k in TRIGGER_ERRORS if k in reason)
+        named = re.match(r"rule '(\w+)'", reason)
+        text = f"rules:\n  - name: {named.group(1) if named else 'r'}\n    description: d\n"
+        with pytest.raises(RuleError) as err:
+            parse_trigger_rules(
+                text + TRIGGER_ERRORS[key], source, segments=load_rules().names, kinds=KINDS
+            )
+        assert str(err.value).split(": ", 1)[1] == reason
+
+
 def integration_runners() -> dict[str, Any]:
     from tests.integration import test_docs
 
