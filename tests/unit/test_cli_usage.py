@@ -75,3 +75,25 @@ def test_kafka_python_logs_only_with_verbose(
     finally:
         logging.getLogger("kafka").setLevel(logging.NOTSET)
     capsys.readouterr()
+
+
+def test_topics_on_an_unreachable_broker_is_one_line_naming_the_flag(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """kafka-python's bootstrap failure (after ~30 s of retries, each logged) ended in a
+    traceback: ``KafkaTimeoutError`` was not among the errors the CLI reports."""
+    from kafka.errors import KafkaTimeoutError
+
+    from attune.flows import topics
+
+    def unreachable(**_: object) -> None:
+        raise KafkaTimeoutError("Unable to bootstrap from 127.0.0.1:1")
+
+    monkeypatch.setattr(topics, "KafkaAdminClient", unreachable)
+    assert main(["topics", "list", "--bootstrap", "127.0.0.1:1"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("attune topics: Kafka at 127.0.0.1:1 is not reachable (")
+    assert line.endswith(
+        "start local servers with `attune local up`, or point --bootstrap / "
+        "ATTUNE_KAFKA_BOOTSTRAP at a broker"
+    )
