@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
 
 import orjson
 from confluent_kafka import KafkaException
+from kafka.errors import KafkaError
 
 from attune.flows.settings import Settings, reference_markdown
 
@@ -85,10 +87,10 @@ def _cmd_topics(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from attune.flows.inspect import summarize
+    from attune.flows.inspect import inspect_file
 
     for path in args.files:
-        print(summarize(path).render())
+        print(inspect_file(path))
     return 0
 
 
@@ -174,11 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     top = sub.add_parser("topics", help="create, delete or list the design topics")
     top.add_argument("action", choices=["create", "delete", "list"])
-    top.add_argument("--bootstrap", help="Kafka bootstrap (default: settings, else local broker)")
-    top.add_argument("--partitions", type=int, help="partitions per topic (create)")
+    top.add_argument(
+        "--bootstrap", help="Kafka bootstrap (default: ATTUNE_KAFKA_BOOTSTRAP, else local broker)"
+    )
+    top.add_argument(
+        "--partitions", type=int, help="partitions per topic (create; ATTUNE_PARTITIONS)"
+    )
     top.set_defaults(func=_cmd_topics)
 
-    ins = sub.add_parser("inspect", help="summarise Avro event files; corrupt records are counted")
+    ins = sub.add_parser(
+        "inspect",
+        help="summarise Avro event files; corrupt records are counted; an item catalogue "
+        "(e.items.avro) is named as one",
+    )
     ins.add_argument("files", nargs="+", help="Avro object container files of events")
     ins.set_defaults(func=_cmd_inspect)
 
@@ -251,21 +261,68 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Loggers of libraries whose lines are noise on a terminal: kafka-python logs ~20 INFO
+#: lines of connection chatter per admin call, and a line per retry of an unreachable
+#: broker, whose failure the command's own error line then reports. Shown with --verbose.
+QUIET_LOGGERS = ("kafka",)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the usage of the (sub)command the flag was given to, not the top level's
+        command_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
     try:
         code: int = args.func(args)
-    except (RuntimeError, ValueError, OSError, KafkaException) as exc:
-        print(f"attune {args.command}: {root_cause(exc)}", file=sys.stderr)
+    except (RuntimeError, ValueError, OSError, KafkaException, KafkaError) as exc:
+        message = with_flags(str(root_cause(exc)), command_parser(parser, args))
+        print(f"attune {args.command}: {message}", file=sys.stderr)
         if args.verbose:
             for link in reversed(_chain(exc)[:-1]):
                 print(f"  (raised as: {type(link).__name__}: {link})", file=sys.stderr)
         return 1
     return code
+
+
+def command_parser(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> argparse.ArgumentParser:
+    """The parser of the subcommand ``args`` were parsed for (``attune bench latency``'s for
+    ``bench latency``), or ``parser`` itself."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = getattr(args, subs[0].dest, None) if subs else None
+        if chosen is None:
+            return parser
+        parser = subs[0].choices[chosen]
+
+
+def with_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """``message`` with each ``ATTUNE_*`` variable that a flag of ``parser`` overrides shown
+    next to it: ``--redis / ATTUNE_REDIS_URL`` (an option's help names its variable).
+
+    >>> p = argparse.ArgumentParser()
+    >>> _ = p.add_argument("--redis", help="Redis URL (ATTUNE_REDIS_URL)")
+    >>> with_flags("check ATTUNE_REDIS_URL and credentials", p)
+    'check --redis / ATTUNE_REDIS_URL and credentials'
+    >>> with_flags("point --redis / ATTUNE_REDIS_URL at it", p)
+    'point --redis / ATTUNE_REDIS_URL at it'
+    """
+    flags: dict[str, str] = {}
+    for action in parser._actions:
+        long = [o for o in action.option_strings if o.startswith("--")]
+        for name in re.findall(r"\bATTUNE_[A-Z0-9_]+\b", action.help or ""):
+            if long:
+                flags.setdefault(name, long[0])
+    for name, flag in flags.items():
+        message = re.sub(rf"(?<!{re.escape(flag)} / )\b{name}\b", f"{flag} / {name}", message)
+    return message
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

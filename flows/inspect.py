@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import fastavro
+
 from attune.operators.container import read_events_file
 from attune.operators.events import DeadLetter
 
@@ -59,6 +61,66 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+#: The record an events file holds; what `attune generate` writes next to it.
+EVENT_RECORD = "attune.event.Event"
+ITEM_RECORD = "attune.item.ItemUpdate"
+#: A dead letter's reason is cut to this many characters in the examples (a schema
+#: resolution error can quote both schemas: tens of kilobytes).
+REASON_CHARS = 200
+
+
+class NotAnEventsFileError(ValueError):
+    """The file is an Avro container of other records (the item catalogue, ...)."""
+
+
+def writer_record(path: Path | str) -> str | None:
+    """The full name of the record an Avro container file holds (its header's writer
+    schema), or ``None`` when the header cannot be read (left to the events reader, which
+    reports it)."""
+    try:
+        with open(path, "rb") as fh:
+            schema = fastavro.reader(fh).writer_schema
+    except (ValueError, EOFError, fastavro.read.SchemaResolutionError):
+        return None
+    if not isinstance(schema, dict):
+        return None
+    name, namespace = str(schema.get("name", "")), schema.get("namespace")
+    return f"{namespace}.{name}" if namespace and "." not in name else name
+
+
+def _short(reason: str) -> str:
+    return reason if len(reason) <= REASON_CHARS else reason[: REASON_CHARS - 3] + "..."
+
+
+def summarize_items(path: Path | str) -> str:
+    """An item catalogue file (``e.items.avro``), in one line: records and distinct items."""
+    records = 0
+    items: set[str] = set()
+    with open(path, "rb") as fh:
+        for record in fastavro.reader(fh):
+            records += 1
+            if isinstance(record, dict):
+                items.add(str(record.get("item_id")))
+    return (
+        f"{path}: not an events file: it holds {ITEM_RECORD} records (an item catalogue): "
+        f"{records} updates of {len(items)} items"
+    )
+
+
+def inspect_file(path: Path | str) -> str:
+    """What ``attune inspect`` prints for one file: an events summary, or one line for an
+    item catalogue. Other Avro records are refused (:class:`NotAnEventsFileError`)."""
+    record = writer_record(path)
+    if record == ITEM_RECORD:
+        return summarize_items(path)
+    if record is not None and record != EVENT_RECORD:
+        raise NotAnEventsFileError(
+            f"{path}: not an events file: it holds {record} records "
+            f"(attune inspect reads {EVENT_RECORD} files)"
+        )
+    return summarize(path).render()
+
+
 def summarize(path: Path | str, max_examples: int = 3) -> FileSummary:
     """Read ``path`` and count what it holds; corrupt records become dead-letter counts."""
     summary = FileSummary(path=str(path))
@@ -69,7 +131,7 @@ def summarize(path: Path | str, max_examples: int = 3) -> FileSummary:
             summary.dead_letters += 1
             summary.dead_by_class[item.error_class.value] += 1
             if len(summary.dead_examples) < max_examples:
-                summary.dead_examples.append(f"record {item.source_offset}: {item.reason}")
+                summary.dead_examples.append(f"record {item.source_offset}: {_short(item.reason)}")
             continue
         summary.events += 1
         summary.by_type[item.event_type.value] += 1

@@ -32,7 +32,11 @@ from attune.operators.sources import progress
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("input (default: Kafka if configured, else the generator)")
-    src.add_argument("--input", help="replay an Avro event file (e.g. from attune generate)")
+    src.add_argument(
+        "--input",
+        help="replay an Avro event file (e.g. from attune generate; ATTUNE_INPUT_FILE); "
+        "not with --kafka",
+    )
     src.add_argument("--users", type=int, help="generator: users (default 1000)")
     src.add_argument("--days", type=int, help="generator: days (default 7)")
     src.add_argument("--seed", type=int, help="generator: seed (default 7)")
@@ -120,8 +124,26 @@ def check_kafka(settings: Settings, timeout_s: float | None = None) -> None:
         ) from None
 
 
+def check_servers(settings: Settings) -> None:
+    """Refuse, in one line, what the flow would not do as asked: half a server
+    configuration, or an input file next to Kafka (the flow reads the topic: a file was
+    ignored in silence, issue 16, finding 5)."""
+    if bool(settings.kafka_bootstrap) != bool(settings.redis_url):
+        raise ValueError(
+            "set both ATTUNE_KAFKA_BOOTSTRAP and ATTUNE_REDIS_URL (the flow reads Kafka and "
+            "writes Redis), or neither for the embedded default"
+        )
+    if settings.input_file and settings.kafka_bootstrap:
+        raise ValueError(
+            f"input file {settings.input_file}: a file is replayed without servers, but Kafka "
+            "is configured (the flow would read the events topic and ignore the file); give "
+            "either ATTUNE_INPUT_FILE, or ATTUNE_KAFKA_BOOTSTRAP and ATTUNE_REDIS_URL"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
+    check_servers(settings)
     embedded = not settings.kafka_bootstrap and not settings.redis_url
     if settings.kafka_bootstrap and settings.redis_url and not settings.input_file:
         check_kafka(settings)  # half a configuration is refused by build_flow, first

@@ -260,8 +260,13 @@ def _admin(bootstrap: str, settings: Settings | None) -> closing[KafkaAdminClien
             "no Kafka bootstrap servers: set ATTUNE_KAFKA_BOOTSTRAP "
             "(or start local servers with `attune local up`)"
         )
-    return closing(
-        KafkaAdminClient(
+    try:
+        admin = KafkaAdminClient(
             bootstrap_servers=bootstrap, client_id="attune-topics", **client_options(settings)
         )
-    )
+    except KafkaTimeoutError as exc:
+        raise RuntimeError(
+            f"Kafka at {bootstrap} is not reachable ({exc}): start local servers with "
+            "`attune local up`, or point ATTUNE_KAFKA_BOOTSTRAP at a broker"
+        ) from None
+    return closing(admin)

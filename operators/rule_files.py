@@ -31,6 +31,7 @@ segment 'x': unknown feature 'cart_valu' (did you mean 'cart_value_minor'?)
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -44,7 +45,12 @@ from attune.operators.conditions import (
     _NAME,
     CLUSTER_SEGMENT_PREFIX,
     TRIGGER_LEAVES,
+    AllOf,
+    AnyOf,
+    Condition,
     ConditionParser,
+    InSegment,
+    Not,
     RuleError,
     _kind,
 )
@@ -61,6 +67,8 @@ from attune.operators.rules import (
     _zone,
 )
 from attune.operators.segments import RuleSet, Segment
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "RuleError",
@@ -200,18 +208,80 @@ def load_trigger_rules(
     >>> rules.policies.cap, rules.settings.consent_default
     (Cap(max=3, per_ms=86400000), 'deny')
     """
+    user = None
+    if extra is not None:
+        user = _TriggerRuleParser(str(extra), segments, kinds).parse_file(
+            Path(extra).read_text(encoding="utf-8")
+        )
     if path is None:
         shipped = resources.files("attune.flows") / "rules.yaml"
-        base_text, base_source = shipped.read_text(encoding="utf-8"), str(shipped)
+        base_source = str(shipped)
+        # The shipped rules name the shipped segments; a user's own segments file need not
+        # define them: the rules that need a segment it lacks are skipped (see _skip_needing).
+        base = _TriggerRuleParser(base_source, None, kinds).parse_file(
+            shipped.read_text(encoding="utf-8")
+        )
+        if segments is not None:
+            base = _skip_needing(base, frozenset(segments), user, base_source)
     else:
-        base_text, base_source = Path(path).read_text(encoding="utf-8"), str(path)
-    base = _TriggerRuleParser(base_source, segments, kinds).parse_file(base_text)
-    if extra is None:
+        base_source = str(path)
+        base = _TriggerRuleParser(base_source, segments, kinds).parse_file(
+            Path(path).read_text(encoding="utf-8")
+        )
+    if user is None:
         return base.build(base_source)
-    user = _TriggerRuleParser(str(extra), segments, kinds).parse_file(
-        Path(extra).read_text(encoding="utf-8")
-    )
     return base.merged(user).build(f"{base_source} + {extra}")
+
+
+def _segments_named(condition: Condition | None) -> set[str]:
+    if isinstance(condition, InSegment):
+        return set(condition.segments)
+    if isinstance(condition, AllOf | AnyOf):
+        return set().union(*(_segments_named(c) for c in condition.children))
+    if isinstance(condition, Not):
+        return _segments_named(condition.child)
+    return set()
+
+
+def _needs(condition: Condition | None, missing: frozenset[str]) -> bool:
+    """True when ``condition`` cannot hold for a user in none of ``missing`` (``in_segment``
+    on them only); ``not_in_segment`` on a missing segment always holds, so it does not need it."""
+    if isinstance(condition, InSegment):
+        return not condition.negate and set(condition.segments) <= missing
+    if isinstance(condition, AllOf):
+        return any(_needs(c, missing) for c in condition.children)
+    if isinstance(condition, AnyOf):
+        return all(_needs(c, missing) for c in condition.children)
+    return False
+
+
+def _skip_needing(
+    base: _FileSpec, known: frozenset[str], user: _FileSpec | None, source: str
+) -> _FileSpec:
+    """``base`` without the rules that need a segment outside ``known``, reported in one line
+    (not those the user's file replaces or disables: it decides about them)."""
+    named_by_user = {r.name for r in user.rules} if user is not None else set()
+    kept: list[TriggerRule] = []
+    skipped: list[str] = []
+    for rule in base.rules:
+        missing = frozenset(
+            name
+            for name in _segments_named(rule.when)
+            if name not in known and not re.fullmatch(rf"{CLUSTER_SEGMENT_PREFIX}\d+", name)
+        )
+        if missing and _needs(rule.when, missing):
+            if rule.name not in named_by_user:
+                skipped.append(f"{rule.name} (in_segment {', '.join(sorted(missing))})")
+            continue
+        kept.append(rule)
+    if skipped:
+        log.warning(
+            "%s: skipped shipped trigger rule(s) needing a segment your segments file does "
+            "not define: %s",
+            source,
+            "; ".join(skipped),
+        )
+    return _FileSpec(base.settings, base.policies, kept)
 
 
 def parse_trigger_rules(
@@ -476,18 +546,27 @@ class _TriggerRuleParser(_RuleFileParser):
 
     def parse_rule(self, node: yaml.Node, index: int) -> TriggerRule:
         entries, name, _ = self.named_entry(node, index, "a rule", _RULE_KEYS)
-        if "description" not in entries:
-            raise self.error(node, "missing 'description' (say what the rule is for)")
-        description = self.string(entries["description"][1], "description").strip()
-        when = self.parse_condition(entries["when"][1]) if "when" in entries else None
-        fields = self.rule_action(node, entries)
-        overrides = self.rule_policies(entries, fields)
+        enabled = True
         if "enabled" in entries:
             enabled_node = entries["enabled"][1]
             enabled = self.scalar(enabled_node)
             if not isinstance(enabled, bool):
                 raise self.error(enabled_node, f"enabled must be true or false, got {enabled!r}")
-            fields["enabled"] = enabled
+        # A disabled rule (``- name: x`` + ``enabled: false``, to remove a shipped one) needs
+        # no description and no action; what it does give is still checked.
+        if "description" in entries:
+            description = self.string(entries["description"][1], "description").strip()
+        elif enabled:
+            raise self.error(node, "missing 'description' (say what the rule is for)")
+        else:
+            description = ""
+        when = self.parse_condition(entries["when"][1]) if "when" in entries else None
+        if enabled or "publish" in entries or "suppress" in entries:
+            fields = self.rule_action(node, entries)
+        else:
+            fields = {"action": "suppress", "reason": "disabled"}
+        overrides = self.rule_policies(entries, fields)
+        fields["enabled"] = enabled
         rule = TriggerRule(
             name=name,
             description=description,

@@ -33,7 +33,10 @@ def test_attune_run_embedded_default(
 
 def test_attune_run_refuses_half_a_configuration(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--kafka", "127.0.0.1:1", "--users", "5"]) == 1
-    assert "set both ATTUNE_KAFKA_BOOTSTRAP and ATTUNE_REDIS_URL" in capsys.readouterr().err
+    assert (
+        "set both --kafka / ATTUNE_KAFKA_BOOTSTRAP and --redis / ATTUNE_REDIS_URL"
+        in capsys.readouterr().err
+    )
 
 
 def test_tune_gc_freezes_start_up_and_raises_the_thresholds() -> None:
