@@ -241,7 +241,7 @@ class _TrendShares:
 
     def allowed_order(self, key: _FilterKey, base: npt.NDArray[np.bool_]) -> I64:
         """:meth:`order` without the rows ``base`` (the filter ``key``'s mask) excludes."""
-        got = self._allowed.get(key)
+        got = self._allowed_cache().get(key)
         if got is None:
             order = self.order()
             got = self._allowed[key] = order[base[order]]
@@ -251,11 +251,18 @@ class _TrendShares:
         self, codes: npt.NDArray[np.int32], code: int, key: _FilterKey, base: npt.NDArray[np.bool_]
     ) -> I64:
         """:meth:`in_category` without the rows ``base`` (the filter ``key``'s mask) excludes."""
-        got = self._allowed.get((key, code))
+        got = self._allowed_cache().get((key, code))
         if got is None:
             rows = self.in_category(codes, code)
             got = self._allowed[(key, code)] = rows[base[rows]]
         return got
+
+    def _allowed_cache(self) -> dict[tuple[object, ...], I64]:
+        try:
+            return self._allowed
+        except AttributeError:  # unpickled from a version without it
+            self._allowed = {}
+            return self._allowed
 
     def order(self) -> I64:
         """Rows with a positive share, largest share first (ties: lower row first)."""
@@ -530,7 +537,7 @@ class Models:
                          self.covisit_norm(item, BOUGHT, now_ms), len(self.catalogue))  # fmt: skip
         cat = self.catalogue
         key = (id(cat), cat.version, len(cat))
-        if key != self._covisit_pairs_key:
+        if key != getattr(self, "_covisit_pairs_key", None):  # (None: unpickled from older)
             self._covisit_pairs, self._covisit_pairs_key = {}, key
         cache = self._covisit_pairs
         if item in cache:
@@ -560,15 +567,21 @@ class Models:
             sims[np.arange(len(missing)), missing] = 0.0
             n = sims.shape[1]
             kth = max(0, n - N_EMB_NEIGHBOURS)
-            for i, r in enumerate(missing):
-                row = sims[i]
-                # the N-th best value by a partition (faster than argpartition), then the
-                # rows at or above it and positive, best first (lower row first on ties)
-                cand = np.flatnonzero(row >= max(float(np.partition(row, kth)[kth]), 1e-12))
-                got = cand[np.argsort(-row[cand], kind="stable")][:N_EMB_NEIGHBOURS]
-                got = got.astype(np.int64)
+            # per row the N-th best value by a partition (all rows in one call), then the
+            # rows at or above it and positive, best first (lower row first on ties): one
+            # sort of all of them by (row, -value, column), each row's first N kept
+            floor = np.float32(1e-12)  # what a row >= 1e-12 comparison compares with
+            kth_best = np.partition(sims, kth, axis=1)[:, kth]
+            at, col = np.nonzero(sims >= np.maximum(kth_best, floor)[:, None])
+            order = np.lexsort((col, -sims[at, col], at))
+            counts = np.bincount(at, minlength=len(missing)).tolist()
+            col = col[order]
+            start = 0
+            for r, c in zip(missing, counts, strict=True):
+                got = col[start : start + min(c, N_EMB_NEIGHBOURS)].astype(np.int64)
                 got.flags.writeable = False
                 cache[r] = got
+                start += c
         return [cache[r] for r in rows]
 
     def aligned_embeddings(self) -> F32 | None:
@@ -831,17 +844,22 @@ def _recommendations(
     scaled = np.divide(comps, top, out=np.zeros_like(comps), where=top > 0)
     weighted = np.asarray([wts[name] for name in _COMPONENTS])[:, None] * scaled
     score = weighted.sum(axis=0)
-    pool = _mmr_pool(score, k)
-    pool_vectors = cat.vectors[rows_c[pool]] if vectors is None else vectors[pool]
-    picked = [int(pool[j]) for j in _mmr(score[pool], pool_vectors, k, mmr_lambda)]
-    reason_idx = dict(zip(picked, weighted[:, picked].argmax(axis=0).tolist(), strict=True))
+    if vectors is None:
+        vectors = cat.vectors[rows_c]
+    if len(score) <= MMR_POOL_PER_PICK * k:  # the pool is every candidate
+        picked = _mmr(score, vectors, k, mmr_lambda)
+    else:
+        pool = _mmr_pool(score, k)
+        in_pool = _mmr(score[pool], vectors[pool], k, mmr_lambda)
+        picked = pool[in_pool].tolist()
+    reasons = weighted[:, picked].argmax(axis=0).tolist()
+    ids, categories = cat.ids, cat.categories
     out = []
-    for j in picked:
-        reason = REASONS[_COMPONENTS[int(reason_idx[j])]]
+    for r, value, c in zip(rows_c[picked].tolist(), score[picked].tolist(), reasons, strict=True):
+        reason = REASONS[_COMPONENTS[c]]
         if reason == "trending":
             reason = trend_reason
-        r = int(rows_c[j])
-        out.append(Recommendation(cat.ids[r], round(float(score[j]), 6), reason, cat.categories[r]))
+        out.append(Recommendation(ids[r], round(value, 6), reason, categories[r]))
     return out
 
 
@@ -1219,22 +1237,23 @@ def _mmr(score: F64, vectors: F32, k: int, lam: float) -> list[int]:
     """
     m = len(score)
     k = min(k, m)
-    rel = lam * _scaled(score.astype(np.float64))
+    rel = lam * _scaled(score if score.dtype == np.float64 else score.astype(np.float64))
     if lam >= 1.0:
-        return [int(i) for i in np.argsort(-rel, kind="stable")[:k]]
+        top: list[int] = np.argsort(-rel, kind="stable")[:k].tolist()
+        return top
     if k <= 1:
-        return [int(np.argmax(rel))][:k]
-    value = rel.copy()
+        return [int(rel.argmax())][:k]
     sims = np.maximum(vectors @ vectors.T, 0.0).astype(np.float64)
     after = rel[None, :] - (1.0 - lam) * sims  # row j: the values if j were the closest pick
+    value = rel
     picked: list[int] = []
-    for _ in range(k):
-        j = int(np.argmax(value))
+    minimum, neg_inf = np.minimum, -np.inf
+    for _ in range(k - 1):
+        j = int(value.argmax())
         picked.append(j)
-        if len(picked) == k:
-            break  # the similarities to the last pick would decide nothing
-        np.minimum(value, after[j], out=value)
-        value[j] = -np.inf
+        minimum(value, after[j], out=value)
+        value[j] = neg_inf
+    picked.append(int(value.argmax()))  # the similarities to the last pick decide nothing
     return picked
 
 
