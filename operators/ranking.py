@@ -542,11 +542,8 @@ class Models:
         cache = self._covisit_pairs
         if item in cache:
             return cache[item]
-        got = cache[item] = _pair(
-            self.covisit_norm(item, VIEWED, now_ms),
-            self.covisit_norm(item, BOUGHT, now_ms),
-            len(cat),
-        )
+        got = cache[item] = _pair(self.covisit_norm(item, VIEWED, now_ms),
+                                  self.covisit_norm(item, BOUGHT, now_ms), len(cat))  # fmt: skip
         return got
 
     def embedding_neighbours(self, rows: Sequence[int]) -> list[I64]:
@@ -678,9 +675,13 @@ def allowed_rows(signals: UserSignals, cat: Catalogue, filters: Filters) -> npt.
     return mask
 
 
-def _top(values: F64, mask: npt.NDArray[np.bool_], n: int) -> npt.NDArray[np.int64]:
-    """Rows of the ``n`` largest finite positive ``values`` where ``mask``."""
-    v = np.where(mask & (values > 0), values, -np.inf)
+def _top(values: F64, mask: npt.NDArray[np.bool_] | None, n: int) -> npt.NDArray[np.int64]:
+    """Rows of the ``n`` largest finite positive ``values`` where ``mask`` (everywhere
+    without one)."""
+    ok = values > 0
+    if mask is not None:
+        ok &= mask
+    v = np.where(ok, values, -np.inf)
     m = int(np.count_nonzero(np.isfinite(v)))
     if m == 0:
         return np.zeros(0, np.int64)
@@ -984,7 +985,7 @@ def _category_candidates(
     if len(rows) <= N_CAT:
         return rows
     values = aff[cat.codes[rows]] * trend.in_cat[rows]
-    return rows[_top(values, np.ones(len(rows), np.bool_), N_CAT)]
+    return rows[_top(values, None, N_CAT)]
 
 
 def _seed_rows(rec: _Recent) -> list[int]:
@@ -1021,7 +1022,7 @@ def _user_vectors(emb: F32 | None, rec: _Recent) -> list[tuple[F32, float]]:
     vecs = (wt @ emb[rec.known_rows]).astype(np.float32)
     user_vecs: list[tuple[F32, float]] = []
     for u, share_w in zip(vecs, (0.6, 0.4), strict=True):
-        norm = float(np.linalg.norm(u))
+        norm = float(np.sqrt(u @ u))  # np.linalg.norm of a vector (float32), in two calls
         if norm > 1e-6:
             user_vecs.append((u / norm, share_w))
     return user_vecs
