@@ -569,8 +569,10 @@ class Models:
             # sort of all of them by (row, -value, column), each row's first N kept
             floor = np.float32(1e-12)  # what a row >= 1e-12 comparison compares with
             kth_best = np.partition(sims, kth, axis=1)[:, kth]
-            at, col = np.nonzero(sims >= np.maximum(kth_best, floor)[:, None])
-            order = np.lexsort((col, -sims[at, col], at))
+            # (flat indices, then divmod: np.nonzero of a 2-d mask cost ~10x more)
+            flat = np.flatnonzero(sims >= np.maximum(kth_best, floor)[:, None])
+            at, col = np.divmod(flat, n)
+            order = np.lexsort((col, -sims.ravel()[flat], at))
             counts = np.bincount(at, minlength=len(missing)).tolist()
             col = col[order]
             start = 0
