@@ -418,7 +418,7 @@ class Models:
         default_factory=dict, compare=False, repr=False
     )
     _covisit_norm_key: tuple[int, int, int] = field(default=(-1, -1, -1), compare=False, repr=False)
-    # item -> covisit_pair(item) (None: no list), for the catalogue state _covisit_pairs_key
+    # item -> its covisit_pairs entry (None: no list), for the catalogue state _covisit_pairs_key
     _covisit_pairs: dict[str, tuple[I64, F64, I64, I64, F64] | None] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -527,24 +527,30 @@ class Models:
             got = cache[(item, kind)] = _normalised(self.covisit_rows(item, kind, now_ms))
         return got
 
-    def covisit_pair(self, item: str, now_ms: int) -> tuple[I64, F64, I64, I64, F64] | None:
-        """Both kinds of :meth:`covisit_norm` of ``item`` in one entry: the viewed-together
+    def covisit_pairs(
+        self, items: Sequence[str], now_ms: int
+    ) -> list[tuple[I64, F64, I64, I64, F64] | None]:
+        """Per item, both kinds of :meth:`covisit_norm` in one entry: the viewed-together
         rows and ratios, the bought-together rows, the same plus the catalogue size (the
         bins of a sum over both kinds at once) and ratios; empty arrays for a kind without
         a list, ``None`` with neither. Cached per snapshot and item like covisit_norm."""
-        if item in self.covisit.states:  # live learner states (the evaluator): not cached
-            return _pair(self.covisit_norm(item, VIEWED, now_ms),
-                         self.covisit_norm(item, BOUGHT, now_ms), len(self.catalogue))  # fmt: skip
         cat = self.catalogue
         key = (id(cat), cat.version, len(cat))
         if key != getattr(self, "_covisit_pairs_key", None):  # (None: unpickled from older)
             self._covisit_pairs, self._covisit_pairs_key = {}, key
-        cache = self._covisit_pairs
-        if item in cache:
-            return cache[item]
-        got = cache[item] = _pair(self.covisit_norm(item, VIEWED, now_ms),
-                                  self.covisit_norm(item, BOUGHT, now_ms), len(cat))  # fmt: skip
-        return got
+        cache, states, n = self._covisit_pairs, self.covisit.states, len(cat)
+        out = []
+        for item in items:
+            if item in states:  # live learner states (the evaluator): not cached
+                got = _pair(self.covisit_norm(item, VIEWED, now_ms),
+                            self.covisit_norm(item, BOUGHT, now_ms), n)  # fmt: skip
+            elif item in cache:
+                got = cache[item]
+            else:
+                got = cache[item] = _pair(self.covisit_norm(item, VIEWED, now_ms),
+                                          self.covisit_norm(item, BOUGHT, now_ms), n)  # fmt: skip
+            out.append(got)
+        return out
 
     def embedding_neighbours(self, rows: Sequence[int]) -> list[I64]:
         """For each row, the :data:`N_EMB_NEIGHBOURS` rows nearest to it by embedding
@@ -621,7 +627,7 @@ def _normalised(got: tuple[I64, F64, float, float] | None) -> tuple[I64, F64] | 
 def _pair(
     viewed: tuple[I64, F64] | None, bought: tuple[I64, F64] | None, n: int
 ) -> tuple[I64, F64, I64, I64, F64] | None:
-    """:meth:`Models.covisit_pair` from the two :meth:`Models.covisit_norm` answers."""
+    """:meth:`Models.covisit_pairs` entry from the two :meth:`Models.covisit_norm` answers."""
     if viewed is None and bought is None:
         return None
     v_rows, v_norm = viewed if viewed is not None else (_EMPTY_ROWS, _EMPTY_F64)
@@ -1061,18 +1067,19 @@ def _covisit_sums(models: Models, rec: _Recent, now: int, n: int) -> tuple[F64 |
         return None, []
     wt_s, wt_l = rec.wt_short.tolist(), rec.wt_long.tolist()
     latest = rec.interactions
-    seen: set[str] = set()
+    sources: dict[str, int] = {}  # item -> its latest interaction's index
+    for i in range(len(latest) - 1, -1, -1):
+        item = latest[i].item
+        if item not in sources:
+            sources[item] = i
+            if len(sources) >= COVISIT_SOURCES:
+                break
     rows: list[I64] = []
     bins: list[I64] = []
     norms: list[F64] = []
     weights: list[float] = []
     sizes: list[int] = []
-    for i in range(len(latest) - 1, -1, -1):
-        item = latest[i].item
-        if item in seen:
-            continue
-        seen.add(item)
-        got = models.covisit_pair(item, now)
+    for i, got in zip(sources.values(), models.covisit_pairs(list(sources), now), strict=True):
         if got is not None:
             v_rows, v_norm, b_rows, b_bins, b_norm = got
             rows += (v_rows, b_rows)
@@ -1080,8 +1087,6 @@ def _covisit_sums(models: Models, rec: _Recent, now: int, n: int) -> tuple[F64 |
             norms += (v_norm, b_norm)
             weights += (wt_s[i] + 0.1 * wt_l[i], wt_l[i])
             sizes += (len(v_rows), len(b_rows))
-        if len(seen) >= COVISIT_SOURCES:
-            break
     if not rows:
         return None, []
     weight = np.repeat(np.asarray(weights), sizes)
