@@ -74,6 +74,7 @@ given, per top category if known; :data:`FALLBACK_WEIGHTS`), ``source ==
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -219,6 +220,10 @@ class Recommendation:
         }
 
 
+#: What :meth:`_Constants.base_mask` depends on: stock only, allow list, deny list.
+_FilterKey = tuple[bool, tuple[str, ...], tuple[str, ...]]
+
+
 @dataclass(slots=True)
 class _TrendShares:
     """Trending shares of one segment combination (``()``: global), read-only arrays."""
@@ -230,6 +235,34 @@ class _TrendShares:
     # rows with a positive in_cat sorted by category code, then in_cat (largest first), and
     # where each code starts in them (lazily, once: one sort instead of one scan per code)
     _by_cat: tuple[I64, I64] | None = None
+    # order() and in_category() restricted to the rows a filter's stock and category rules
+    # allow, per filter key (and code): a call then masks only their heads
+    _allowed: dict[tuple[object, ...], I64] = field(default_factory=dict)
+
+    def allowed_order(self, key: _FilterKey, base: npt.NDArray[np.bool_]) -> I64:
+        """:meth:`order` without the rows ``base`` (the filter ``key``'s mask) excludes."""
+        got = self._allowed_cache().get(key)
+        if got is None:
+            order = self.order()
+            got = self._allowed[key] = order[base[order]]
+        return got
+
+    def allowed_in_category(
+        self, codes: npt.NDArray[np.int32], code: int, key: _FilterKey, base: npt.NDArray[np.bool_]
+    ) -> I64:
+        """:meth:`in_category` without the rows ``base`` (the filter ``key``'s mask) excludes."""
+        got = self._allowed_cache().get((key, code))
+        if got is None:
+            rows = self.in_category(codes, code)
+            got = self._allowed[(key, code)] = rows[base[rows]]
+        return got
+
+    def _allowed_cache(self) -> dict[tuple[object, ...], I64]:
+        try:
+            return self._allowed
+        except AttributeError:  # unpickled from a version without it
+            self._allowed = {}
+            return self._allowed
 
     def order(self) -> I64:
         """Rows with a positive share, largest share first (ties: lower row first)."""
@@ -304,7 +337,7 @@ class _Constants:
 
     def base_mask(self, filters: Filters) -> npt.NDArray[np.bool_]:
         """Stock and category filters over the rows (read-only; cached per filter)."""
-        key = (filters.in_stock_only, filters.allow_categories, filters.deny_categories)
+        key: _FilterKey = (filters.in_stock_only, filters.allow_categories, filters.deny_categories)
         got = self.base_masks.get(key)
         if got is None:
             only = Filters(
@@ -385,6 +418,13 @@ class Models:
         default_factory=dict, compare=False, repr=False
     )
     _covisit_norm_key: tuple[int, int, int] = field(default=(-1, -1, -1), compare=False, repr=False)
+    # item -> its covisit_pairs entry (None: no list), for the catalogue state _covisit_pairs_key
+    _covisit_pairs: dict[str, tuple[I64, F64, I64, I64, F64] | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    _covisit_pairs_key: tuple[int, int, int] = field(
+        default=(-1, -1, -1), compare=False, repr=False
+    )
 
     @property
     def version(self) -> str:
@@ -487,6 +527,31 @@ class Models:
             got = cache[(item, kind)] = _normalised(self.covisit_rows(item, kind, now_ms))
         return got
 
+    def covisit_pairs(
+        self, items: Sequence[str], now_ms: int
+    ) -> list[tuple[I64, F64, I64, I64, F64] | None]:
+        """Per item, both kinds of :meth:`covisit_norm` in one entry: the viewed-together
+        rows and ratios, the bought-together rows, the same plus the catalogue size (the
+        bins of a sum over both kinds at once) and ratios; empty arrays for a kind without
+        a list, ``None`` with neither. Cached per snapshot and item like covisit_norm."""
+        cat = self.catalogue
+        key = (id(cat), cat.version, len(cat))
+        if key != getattr(self, "_covisit_pairs_key", None):  # (None: unpickled from older)
+            self._covisit_pairs, self._covisit_pairs_key = {}, key
+        cache, states, n = self._covisit_pairs, self.covisit.states, len(cat)
+        out = []
+        for item in items:
+            if item in states:  # live learner states (the evaluator): not cached
+                got = _pair(self.covisit_norm(item, VIEWED, now_ms),
+                            self.covisit_norm(item, BOUGHT, now_ms), n)  # fmt: skip
+            elif item in cache:
+                got = cache[item]
+            else:
+                got = cache[item] = _pair(self.covisit_norm(item, VIEWED, now_ms),
+                                          self.covisit_norm(item, BOUGHT, now_ms), n)  # fmt: skip
+            out.append(got)
+        return out
+
     def embedding_neighbours(self, rows: Sequence[int]) -> list[I64]:
         """For each row, the :data:`N_EMB_NEIGHBOURS` rows nearest to it by embedding
         cosine (positive cosines only, the row itself excluded), best first. Computed once
@@ -505,15 +570,23 @@ class Models:
             sims[np.arange(len(missing)), missing] = 0.0
             n = sims.shape[1]
             kth = max(0, n - N_EMB_NEIGHBOURS)
-            for i, r in enumerate(missing):
-                row = sims[i]
-                # the N-th best value by a partition (faster than argpartition), then the
-                # rows at or above it and positive, best first (lower row first on ties)
-                cand = np.flatnonzero(row >= max(float(np.partition(row, kth)[kth]), 1e-12))
-                got = cand[np.argsort(-row[cand], kind="stable")][:N_EMB_NEIGHBOURS]
-                got = got.astype(np.int64)
+            # per row the N-th best value by a partition (all rows in one call), then the
+            # rows at or above it and positive, best first (lower row first on ties): one
+            # sort of all of them by (row, -value, column), each row's first N kept
+            floor = np.float32(1e-12)  # what a row >= 1e-12 comparison compares with
+            kth_best = np.partition(sims, kth, axis=1)[:, kth]
+            # (flat indices, then divmod: np.nonzero of a 2-d mask cost ~10x more)
+            flat = np.flatnonzero(sims >= np.maximum(kth_best, floor)[:, None])
+            at, col = np.divmod(flat, n)
+            order = np.lexsort((col, -sims.ravel()[flat], at))
+            counts = np.bincount(at, minlength=len(missing)).tolist()
+            col = col[order]
+            start = 0
+            for r, c in zip(missing, counts, strict=True):
+                got = col[start : start + min(c, N_EMB_NEIGHBOURS)].astype(np.int64)
                 got.flags.writeable = False
                 cache[r] = got
+                start += c
         return [cache[r] for r in rows]
 
     def aligned_embeddings(self) -> F32 | None:
@@ -549,6 +622,21 @@ def _normalised(got: tuple[I64, F64, float, float] | None) -> tuple[I64, F64] | 
         return None
     rows, values, best, _ = got
     return rows, _read_only(values / best)
+
+
+def _pair(
+    viewed: tuple[I64, F64] | None, bought: tuple[I64, F64] | None, n: int
+) -> tuple[I64, F64, I64, I64, F64] | None:
+    """:meth:`Models.covisit_pairs` entry from the two :meth:`Models.covisit_norm` answers."""
+    if viewed is None and bought is None:
+        return None
+    v_rows, v_norm = viewed if viewed is not None else (_EMPTY_ROWS, _EMPTY_F64)
+    b_rows, b_norm = bought if bought is not None else (_EMPTY_ROWS, _EMPTY_F64)
+    return v_rows, v_norm, b_rows, b_rows + n, b_norm
+
+
+_EMPTY_ROWS: Final = np.zeros(0, np.int64)
+_EMPTY_F64: Final = np.zeros(0)
 
 
 def _known_rows(cat: Catalogue, lst: Sequence[tuple[str, float]]) -> tuple[I64, F64]:
@@ -595,9 +683,13 @@ def allowed_rows(signals: UserSignals, cat: Catalogue, filters: Filters) -> npt.
     return mask
 
 
-def _top(values: F64, mask: npt.NDArray[np.bool_], n: int) -> npt.NDArray[np.int64]:
-    """Rows of the ``n`` largest finite positive ``values`` where ``mask``."""
-    v = np.where(mask & (values > 0), values, -np.inf)
+def _top(values: F64, mask: npt.NDArray[np.bool_] | None, n: int) -> npt.NDArray[np.int64]:
+    """Rows of the ``n`` largest finite positive ``values`` where ``mask`` (everywhere
+    without one)."""
+    ok = values > 0
+    if mask is not None:
+        ok &= mask
+    v = np.where(ok, values, -np.inf)
     m = int(np.count_nonzero(np.isfinite(v)))
     if m == 0:
         return np.zeros(0, np.int64)
@@ -628,19 +720,29 @@ class _Recent:
     any_known: bool
     wt_short: F64
     wt_long: F64
+    # rows, wt_short and wt_long of the known interactions only
+    known_rows: I64
+    known_short: F64
+    known_long: F64
 
 
 def _recent(signals: UserSignals, cat: Catalogue) -> _Recent:
     latest = signals.recent[-MAX_RECENT:]
-    recent = [(cat.index.get(i.item, -1), i.time_ms, _KIND_WEIGHT.get(i.kind, 1.0)) for i in latest]
-    rows = np.asarray([r for r, _, _ in recent], np.int64)
-    times = np.asarray([t for _, t, _ in recent], np.int64)
-    kind_w = np.asarray([x for _, _, x in recent], np.float64)
+    get = cat.index.get
+    rows = np.asarray([get(i.item, -1) for i in latest], np.int64)
+    times = np.asarray([i.time_ms for i in latest], np.int64)
+    kind_w = np.asarray([_KIND_WEIGHT.get(i.kind, 1.0) for i in latest], np.float64)
     known = rows >= 0
-    now = signals.now_ms
-    wt_s = decay_weights(times, now, SHORT_HALF_LIFE_MS) * kind_w
-    wt_l = decay_weights(times, now, LONG_HALF_LIFE_MS) * kind_w
-    return _Recent(latest, rows, times, kind_w, known, bool(known.any()), wt_s, wt_l)
+    # embeddings.decay_weights for both half-lives from one age: the same floats
+    neg_age = -np.maximum(signals.now_ms - times, 0).astype(np.float64)
+    wt_s = np.exp2(neg_age / SHORT_HALF_LIFE_MS) * kind_w
+    wt_l = np.exp2(neg_age / LONG_HALF_LIFE_MS) * kind_w
+    n_known = int(np.count_nonzero(known))
+    if n_known == len(rows):
+        k_rows, k_s, k_l = rows, wt_s, wt_l
+    else:
+        k_rows, k_s, k_l = rows[known], wt_s[known], wt_l[known]
+    return _Recent(latest, rows, times, kind_w, known, n_known > 0, wt_s, wt_l, k_rows, k_s, k_l)
 
 
 def _category_affinity(signals: UserSignals, cat: Catalogue, rec: _Recent) -> F64:
@@ -649,12 +751,12 @@ def _category_affinity(signals: UserSignals, cat: Catalogue, rec: _Recent) -> F6
     n_codes = len(cat.category_names)
     aff = np.zeros(n_codes)
     if rec.any_known:
-        codes = cat.codes[rec.rows[rec.known]]
-        for wt_all in (rec.wt_short, rec.wt_long):
-            wt = wt_all[rec.known]  # the same floats as decaying the known ones alone
+        codes = cat.codes[rec.known_rows]
+        for wt in (rec.known_short, rec.known_long):
             a = np.bincount(codes, weights=wt, minlength=n_codes)
-            if a.sum() > 0:
-                aff += 0.5 * a / a.sum()
+            total = a.sum()
+            if total > 0:
+                aff += 0.5 * a / total
     else:
         for c in signals.top_categories:
             code = cat.category_code.get(c)
@@ -751,17 +853,22 @@ def _recommendations(
     scaled = np.divide(comps, top, out=np.zeros_like(comps), where=top > 0)
     weighted = np.asarray([wts[name] for name in _COMPONENTS])[:, None] * scaled
     score = weighted.sum(axis=0)
-    pool = _mmr_pool(score, k)
-    pool_vectors = cat.vectors[rows_c[pool]] if vectors is None else vectors[pool]
-    picked = [int(pool[j]) for j in _mmr(score[pool], pool_vectors, k, mmr_lambda)]
-    reason_idx = dict(zip(picked, weighted[:, picked].argmax(axis=0).tolist(), strict=True))
+    if vectors is None:
+        vectors = cat.vectors[rows_c]
+    if len(score) <= MMR_POOL_PER_PICK * k:  # the pool is every candidate
+        picked = _mmr(score, vectors, k, mmr_lambda)
+    else:
+        pool = _mmr_pool(score, k)
+        in_pool = _mmr(score[pool], vectors[pool], k, mmr_lambda)
+        picked = pool[in_pool].tolist()
+    reasons = weighted[:, picked].argmax(axis=0).tolist()
+    ids, categories = cat.ids, cat.categories
     out = []
-    for j in picked:
-        reason = REASONS[_COMPONENTS[int(reason_idx[j])]]
+    for r, value, c in zip(rows_c[picked].tolist(), score[picked].tolist(), reasons, strict=True):
+        reason = REASONS[_COMPONENTS[c]]
         if reason == "trending":
             reason = trend_reason
-        r = int(rows_c[j])
-        out.append(Recommendation(cat.ids[r], round(float(score[j]), 6), reason, cat.categories[r]))
+        out.append(Recommendation(ids[r], round(value, 6), reason, categories[r]))
     return out
 
 
@@ -846,111 +953,177 @@ def _mmr_pool(score: F64, k: int) -> I64:
     return np.sort(np.argpartition(-score, cap - 1)[:cap]).astype(np.int64)
 
 
-def _first_allowed(order: I64, mask: npt.NDArray[np.bool_], m: int) -> I64:
-    """The first ``m`` rows of ``order`` that ``mask`` allows."""
-    return order[mask[order]][:m]
+def _head(order: I64, mask: npt.NDArray[np.bool_], m: int, dropped: int) -> I64:
+    """The first ``m`` rows of ``order`` that ``mask`` allows, when ``order`` already
+    excludes all the rows ``mask`` excludes but at most ``dropped``: they lie in the first
+    ``m + dropped`` rows of ``order``, and only those are masked."""
+    head = order[: m + dropped]
+    return head[mask[head]][:m] if dropped else head[:m]
 
 
-def _drop_rows(
-    mask: npt.NDArray[np.bool_], signals: UserSignals, cat: Catalogue, filters: Filters
-) -> None:
-    """Clear the rows of purchased, in-cart, excluded (and seen) items in ``mask``."""
-    index = cat.index
-    groups: list[Sequence[str] | frozenset[str]] = [
-        signals.purchased,
-        signals.in_cart,
-        filters.exclude,
-    ]
+def _dropped_rows(signals: UserSignals, cat: Catalogue, filters: Filters) -> list[int]:
+    """Rows of the purchased, in-cart, excluded (and seen) items (with repeats)."""
+    get = cat.index.get
+    items: list[str] = [*signals.purchased, *signals.in_cart, *filters.exclude]
     if filters.exclude_seen:
-        groups.append(signals.seen)
-        groups.append([i.item for i in signals.recent])
-    for items in groups:
-        for item in items:
-            r = index.get(item)
-            if r is not None:
-                mask[r] = False
+        items += signals.seen
+        items += [i.item for i in signals.recent]
+    return [r for r in map(get, items) if r is not None]
 
 
 def _category_candidates(
-    trend: _TrendShares, cat: Catalogue, aff: F64, mask: npt.NDArray[np.bool_]
-) -> I64:
+    trend: _TrendShares,
+    cat: Catalogue,
+    aff: F64,
+    codes: list[int],
+    heads: tuple[_FilterKey, npt.NDArray[np.bool_], npt.NDArray[np.bool_], int],
+) -> I64 | None:
     """The top :data:`N_CAT` allowed rows by ``affinity(category) x share in category``,
-    from the categories the user has an affinity for (each one's best rows, cached)."""
-    codes = np.flatnonzero(aff > 0)
-    if len(codes) == 0:
-        return np.zeros(0, np.int64)
-    rows = np.concatenate(
-        [_first_allowed(trend.in_category(cat.codes, int(c)), mask, N_CAT) for c in codes]
-    )
+    from the categories ``codes`` the user has an affinity for (each one's best rows,
+    cached per filter). ``heads``: the filter key, its mask, the call's mask and how many
+    rows the call's mask drops at most beyond it."""
+    if not codes:
+        return None
+    key, base, mask, dropped = heads
+    parts = [
+        _head(trend.allowed_in_category(cat.codes, c, key, base), mask, N_CAT, dropped)
+        for c in codes
+    ]
+    rows = np.concatenate(parts) if len(parts) > 1 else parts[0]
     if len(rows) <= N_CAT:
         return rows
     values = aff[cat.codes[rows]] * trend.in_cat[rows]
-    return rows[_top(values, np.ones(len(rows), np.bool_), N_CAT)]
+    return rows[_top(values, None, N_CAT)]
 
 
 def _seed_rows(rec: _Recent) -> list[int]:
     """Rows of the latest :data:`COVISIT_SOURCES` distinct recent items the catalogue
     knows, latest first: the items whose neighbours are candidates."""
     out: dict[int, None] = {}
-    rows = rec.rows.tolist()
-    for i in range(len(rows) - 1, -1, -1):
-        r = rows[i]
-        if r >= 0 and r not in out:
+    for r in reversed(rec.known_rows.tolist()):
+        if r not in out:
             out[r] = None
             if len(out) >= COVISIT_SOURCES:
                 break
     return list(out)
 
 
-def _content_profile(cat: Catalogue, rec: _Recent) -> F64 | None:
-    """The user's decayed mean content vector, unit length (``None`` without one)."""
+def _content_profile(cat: Catalogue, rec: _Recent) -> F32 | None:
+    """The user's decayed mean content vector, unit length, rounded to float32 once (the
+    vectors are float32; ``None`` without one)."""
     if not rec.any_known:
         return None
-    wt = rec.wt_long[rec.known]
-    profile = (wt[:, None] * cat.vectors[rec.rows[rec.known]]).sum(axis=0)
-    norm = float(np.linalg.norm(profile))
+    profile = (rec.known_long[:, None] * cat.vectors[rec.known_rows]).sum(axis=0)
+    norm = math.sqrt(float(profile @ profile))  # np.linalg.norm of a vector, in one call
     if norm <= 0:
         return None
-    unit: F64 = profile / norm
+    unit: F32 = (profile / norm).astype(np.float32)
     return unit
 
 
-def _embedding_candidates(
-    models: Models, emb: F32 | None, rec: _Recent, *, cand: list[I64]
-) -> list[tuple[F32, float]]:
-    """The user vectors with their shares (0.6 short-term, 0.4 long-term); appends to
-    ``cand`` the embedding neighbours of the latest recent items (kept per item and
-    snapshot). The candidates are scored against the user vectors with all the others,
-    so they are not ranked by them here (that took two products and two selections)."""
+def _user_vectors(emb: F32 | None, rec: _Recent) -> list[tuple[F32, float]]:
+    """The user vectors with their shares (0.6 short-term, 0.4 long-term):
+    embeddings.user_vectors with the call's decay weights, both vectors in one product."""
     if emb is None or not rec.any_known:
         return []
-    # embeddings.user_vectors with the call's decay weights, both vectors in one product
-    wt = np.stack([rec.wt_short[rec.known], rec.wt_long[rec.known]])
-    vecs = (wt @ emb[rec.rows[rec.known]]).astype(np.float32)
+    wt = np.stack([rec.known_short, rec.known_long])
+    vecs = (wt @ emb[rec.known_rows]).astype(np.float32)
     user_vecs: list[tuple[F32, float]] = []
     for u, share_w in zip(vecs, (0.6, 0.4), strict=True):
-        norm = float(np.linalg.norm(u))
+        norm = float(np.sqrt(u @ u))  # np.linalg.norm of a vector (float32), in two calls
         if norm > 1e-6:
             user_vecs.append((u / norm, share_w))
-    if user_vecs:
-        cand.extend(models.embedding_neighbours(_seed_rows(rec)))
     return user_vecs
 
 
 def _cold_candidates(
-    consts: _Constants, profile: F32, aff: F64, mask: npt.NDArray[np.bool_]
-) -> list[I64]:
+    consts: _Constants, profile: F32, codes: list[int], mask: npt.NDArray[np.bool_]
+) -> I64 | None:
     """The top :data:`N_CONTENT` allowed cold rows by content similarity to ``profile``,
-    among the cold items of the user's categories (``aff > 0``): the content vector is
+    among the cold items of the user's categories ``codes``: the content vector is
     mostly category (top level, path, brand and price band are all category-scoped), so
     cold items elsewhere share little more than tags with the profile."""
-    parts = [consts.cold_in(int(c)) for c in np.flatnonzero(aff > 0)]
+    parts = [consts.cold_in(c) for c in codes]
     parts = [p for p in parts if len(p[0])]
     if not parts:
-        return []
-    cold_rows = np.concatenate([p[0] for p in parts])
-    sims = np.maximum(np.concatenate([p[1] @ profile for p in parts]), 0.0).astype(np.float64)
-    return [cold_rows[_top(sims, mask[cold_rows], N_CONTENT)]]
+        return None
+    if len(parts) == 1:
+        cold_rows, sims32 = parts[0][0], parts[0][1] @ profile
+    else:
+        cold_rows = np.concatenate([p[0] for p in parts])
+        sims32 = np.concatenate([p[1] @ profile for p in parts])
+    sims = np.maximum(sims32, 0.0).astype(np.float64)
+    return cold_rows[_top(sims, mask[cold_rows], N_CONTENT)]
+
+
+def _covisit_sums(models: Models, rec: _Recent, now: int, n: int) -> tuple[F64 | None, list[I64]]:
+    """Viewed-together sums (bins ``0..n-1``) and bought-together sums (bins ``n..2n-1``)
+    per row, over the co-visitation lists of the latest :data:`COVISIT_SOURCES` distinct
+    recent items: per row, the sum over the sources (in order) of ``recency weight x
+    score / best`` (the weight ``wt_short + 0.1 wt_long`` viewed, ``wt_long`` bought).
+    ``np.bincount`` adds in input order from 0: the same floats as a loop over the
+    sources, each kind in its own bins. Also every row listed; ``None`` without a list."""
+    if not rec.any_known:
+        return None, []
+    wt_s, wt_l = rec.wt_short.tolist(), rec.wt_long.tolist()
+    latest = rec.interactions
+    sources: dict[str, int] = {}  # item -> its latest interaction's index
+    for i in range(len(latest) - 1, -1, -1):
+        item = latest[i].item
+        if item not in sources:
+            sources[item] = i
+            if len(sources) >= COVISIT_SOURCES:
+                break
+    rows: list[I64] = []
+    bins: list[I64] = []
+    norms: list[F64] = []
+    weights: list[float] = []
+    sizes: list[int] = []
+    for i, got in zip(sources.values(), models.covisit_pairs(list(sources), now), strict=True):
+        if got is not None:
+            v_rows, v_norm, b_rows, b_bins, b_norm = got
+            rows += (v_rows, b_rows)
+            bins += (v_rows, b_bins)
+            norms += (v_norm, b_norm)
+            weights += (wt_s[i] + 0.1 * wt_l[i], wt_l[i])
+            sizes += (len(v_rows), len(b_rows))
+    if not rows:
+        return None, []
+    weight = np.repeat(np.asarray(weights), sizes)
+    sums = np.bincount(np.concatenate(bins), weights=weight * np.concatenate(norms),
+                       minlength=2 * n)  # fmt: skip
+    return sums.astype(np.float64, copy=False), rows
+
+
+def _components(
+    rows_c: I64,
+    cat: Catalogue,
+    embedding: tuple[F32 | None, list[tuple[F32, float]]],
+    covisit: tuple[F64 | None, int],
+    trending: tuple[F64, _TrendShares],
+    *,
+    profile: F32 | None,
+) -> tuple[F64, F32]:
+    """The components of the candidates ``rows_c`` (one row each, :data:`_COMPONENTS`
+    order) and their content vectors (for content and MMR)."""
+    emb, user_vecs = embedding
+    sums, n = covisit
+    aff, trend = trending
+    m = len(rows_c)
+    comps = np.zeros((len(_COMPONENTS), m))
+    if user_vecs and emb is not None:
+        e = emb[rows_c]
+        for u, share_w in user_vecs:
+            comps[0] += share_w * np.maximum(e @ u, 0.0).astype(np.float64)
+    if sums is not None:
+        comps[1:3] = sums.reshape(2, n)[:, rows_c]
+    codes_c = cat.codes[rows_c]
+    comps[3] = aff[codes_c] * trend.in_cat[rows_c]
+    comps[4] = trend.share[rows_c]
+    vectors_c = cat.vectors[rows_c]  # the candidates' content vectors, for content and MMR
+    if profile is not None:
+        comps[5] = np.maximum(vectors_c @ profile, 0.0)
+    return comps, vectors_c
 
 
 def rank(
@@ -963,11 +1136,12 @@ def rank(
     """The top ``k`` items for the user, with a reason each (see the module docstring).
 
     Scores a bounded candidate set, never the whole catalogue: trending and
-    trending-in-category from orders kept per snapshot, the embedding neighbours of
-    the latest recent items (kept per item and snapshot), the co-visitation lists (as
-    rows and ratios to their best score, kept per list and snapshot), and the cold items
-    of the user's categories by content similarity (grouped per snapshot). Per call the
-    cost grows with the candidates (a few hundred), not with the catalogue.
+    trending-in-category from orders kept per snapshot (and filter), the embedding
+    neighbours of the latest recent items (kept per item and snapshot), the co-visitation
+    lists (as rows and ratios to their best score, kept per item and snapshot), and the
+    cold items of the user's categories by content similarity (grouped per snapshot).
+    Per call the cost grows with the candidates (a few hundred), not with the catalogue
+    (but for a few catalogue-sized boolean and float arrays, cheap next to the rest).
     """
     filters = filters or Filters()
     w = weights or Weights()
@@ -978,57 +1152,42 @@ def rank(
         return []
     now = signals.now_ms
     consts = models.constants()
-    mask = consts.base_mask(filters).copy()
-    _drop_rows(mask, signals, cat, filters)
+    base = consts.base_mask(filters)
+    key: _FilterKey = (filters.in_stock_only, filters.allow_categories, filters.deny_categories)
+    drop = _dropped_rows(signals, cat, filters)
+    mask = base.copy()
+    if drop:
+        mask[drop] = False
     rec = _recent(signals, cat)
 
     seg = tuple(s for s in signals.segments if s in models.trending.segments)
     trend = models.trend_shares(seg)
     aff = _category_affinity(signals, cat, rec)
-    cand: list[I64] = [
-        _first_allowed(trend.order(), mask, N_TREND),
-        _category_candidates(trend, cat, aff, mask),
-    ]
+    codes = np.flatnonzero(aff > 0).tolist()
+    cand: list[I64] = [_head(trend.allowed_order(key, base), mask, N_TREND, len(drop))]
+    got = _category_candidates(trend, cat, aff, codes, (key, base, mask, len(drop)))
+    if got is not None:
+        cand.append(got)
     emb = models.aligned_embeddings()
-    user_vecs = _embedding_candidates(models, emb, rec, cand=cand)
-    # Content: float32 products (the vectors are float32; the profile is rounded once).
-    profile64 = _content_profile(cat, rec)
-    profile = profile64.astype(np.float32) if profile64 is not None else None
+    user_vecs = _user_vectors(emb, rec)
+    if user_vecs:
+        cand += models.embedding_neighbours(_seed_rows(rec))
+    profile = _content_profile(cat, rec)
     if profile is not None:
-        cand.extend(_cold_candidates(consts, profile, aff, mask))
-
-    parts = _covisit_parts(models, rec, now)
-    vt, vt_rows = _covisit_scores(parts[VIEWED], n)
-    bt, bt_rows = _covisit_scores(parts[BOUGHT], n)
+        got = _cold_candidates(consts, profile, codes, mask)
+        if got is not None:
+            cand.append(got)
+    sums, cov_rows = _covisit_sums(models, rec, now, n)
     flags = np.zeros(n, np.bool_)
-    flags[vt_rows] = True
-    flags[bt_rows] = True
-    for c_idx in cand:
-        flags[c_idx] = True
-    rows_c = np.flatnonzero(flags & mask)
-    if len(rows_c) == 0:
+    flags[np.concatenate(cand + cov_rows)] = True
+    flags &= mask
+    rows_c = np.flatnonzero(flags)
+    m = len(rows_c)
+    if m == 0:
         return []
 
-    emb_c = np.zeros(len(rows_c))
-    if user_vecs and emb is not None:
-        e = emb[rows_c]
-        for u, share_w in user_vecs:
-            emb_c += share_w * np.maximum(e @ u, 0.0).astype(np.float64)
-    vectors_c = cat.vectors[rows_c]  # the candidates' content vectors, for content and MMR
-    content_c = (
-        np.maximum(vectors_c @ profile, 0.0).astype(np.float64)
-        if profile is not None
-        else np.zeros(len(rows_c))
-    )
-    comps = np.stack(
-        [
-            emb_c,
-            vt[rows_c],
-            bt[rows_c],
-            aff[cat.codes[rows_c]] * trend.in_cat[rows_c],
-            trend.share[rows_c],
-            content_c,
-        ]
+    comps, vectors_c = _components(
+        rows_c, cat, (emb, user_vecs), (sums, n), (aff, trend), profile=profile
     )
     if rec.any_known:
         wts = {name: float(getattr(w, name)) for name in _COMPONENTS}
@@ -1086,22 +1245,23 @@ def _mmr(score: F64, vectors: F32, k: int, lam: float) -> list[int]:
     """
     m = len(score)
     k = min(k, m)
-    rel = lam * _scaled(score.astype(np.float64))
+    rel = lam * _scaled(score if score.dtype == np.float64 else score.astype(np.float64))
     if lam >= 1.0:
-        return [int(i) for i in np.argsort(-rel, kind="stable")[:k]]
+        top: list[int] = np.argsort(-rel, kind="stable")[:k].tolist()
+        return top
     if k <= 1:
-        return [int(np.argmax(rel))][:k]
-    value = rel.copy()
+        return [int(rel.argmax())][:k]
     sims = np.maximum(vectors @ vectors.T, 0.0).astype(np.float64)
     after = rel[None, :] - (1.0 - lam) * sims  # row j: the values if j were the closest pick
+    value = rel
     picked: list[int] = []
-    for _ in range(k):
-        j = int(np.argmax(value))
+    minimum, neg_inf = np.minimum, -np.inf
+    for _ in range(k - 1):
+        j = int(value.argmax())
         picked.append(j)
-        if len(picked) == k:
-            break  # the similarities to the last pick would decide nothing
-        np.minimum(value, after[j], out=value)
-        value[j] = -np.inf
+        minimum(value, after[j], out=value)
+        value[j] = neg_inf
+    picked.append(int(value.argmax()))  # the similarities to the last pick decide nothing
     return picked
 
 

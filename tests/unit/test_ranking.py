@@ -299,6 +299,32 @@ def test_cached_ranking_equals_a_fresh_models_every_time() -> None:
     assert warm.constants().trend_version == trending.version
 
 
+def test_rank_answers_as_the_previous_ranking() -> None:
+    """The candidate-sized rank returns exactly what the ranking before it returned
+    (bench/rank_reference.py, verbatim): items, order, scores, reasons and categories, with
+    filters, segments, published lists and live learner states (the evaluator's)."""
+    from attune.bench import rank_reference
+
+    cat, covisit, trending, emb = _world(7)
+    rng = np.random.default_rng(8)
+    filters = (
+        None,
+        Filters(exclude_seen=False),
+        Filters(allow_categories=("a",)),
+        Filters(deny_categories=("b/x",), in_stock_only=False, exclude=frozenset({"i3"})),
+    )
+    for step in range(200):
+        if step == 100:  # live learner states too, as in the evaluator
+            covisit.learn([(f"i{int(rng.integers(120))}", f"i{int(rng.integers(120))}")
+                           for _ in range(400)], VIEWED, NOW)  # fmt: skip
+        models = Models(cat, covisit, trending, emb if step % 5 else None)
+        signals = _signals(rng)
+        f = filters[step % len(filters)]
+        got = [(r.item, r.score, r.reason, r.category) for r in rank(signals, models, 8, f)]
+        want = rank_reference.rank(signals, models, 8, f)  # type: ignore[arg-type]
+        assert got == [(r.item, r.score, r.reason, r.category) for r in want], step
+
+
 def test_covisit_rows_match_the_neighbour_lists() -> None:
     cat, covisit, trending, emb = _world(7)
     m = Models(cat, covisit, trending, emb)
