@@ -124,7 +124,7 @@ def capture(config: GeneratorConfig) -> list[Call]:
     source = EventListSource(make, allowed_lateness_ms=settings.allowed_lateness_s * 1000)
     flow = build_flow(settings, source=source, sinks=store.sinks("bench-rank"), items=g.items)
     with mock.patch.object(models_module, "rank", record):
-        run_main(flow)  # type: ignore[no-untyped-call]
+        run_main(flow)
     return calls
 
 
