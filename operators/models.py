@@ -394,6 +394,10 @@ class ModelSnapshot:
     segment_trending: dict[str, dict[str, float]]
     propensity: dict[str, Any] | None  # PropensityModel.publish() parameters
     metrics: dict[str, Any]
+    #: The decoded co-visitation arrays (item table, ``cv_item``, ``cv_at``, ``cv_end``,
+    #: ``cv_nb``, ``cv_score`` as int64 bits) when made by :meth:`from_bytes`: what the
+    #: next snapshot's decoding compares its lists with, to reuse the unchanged ones.
+    cv_arrays: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
 
     def to_bytes(self) -> bytes:
         encoder = SnapshotEncoder()
@@ -410,18 +414,22 @@ class ModelSnapshot:
         return version
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> ModelSnapshot:
-        """Raises ``ValueError`` for bytes that are not a snapshot."""
+    def from_bytes(cls, data: bytes, previous: ModelSnapshot | None = None) -> ModelSnapshot:
+        """Raises ``ValueError`` for bytes that are not a snapshot.
+
+        ``previous``: the snapshot decoded before (a board's); its neighbour lists that
+        are equal to this one's (the same item, ``at_ms``, neighbours and score bits:
+        the learner re-encodes only the changed ones) are reused, not built again."""
         version = cls.peek_version(data)
         if version is None:
             raise ValueError("not an Attune model snapshot (bad magic or too short)")
         try:
-            return cls._decode(version, data)
+            return cls._decode(version, data, previous)
         except (struct.error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"model snapshot {version} is corrupt: {exc!r}") from exc
 
     @classmethod
-    def _decode(cls, version: int, data: bytes) -> ModelSnapshot:
+    def _decode(cls, version: int, data: bytes, previous: ModelSnapshot | None) -> ModelSnapshot:
         pos = _HEAD.size
         sections: list[bytes] = []
         for _ in range(3):
@@ -453,21 +461,36 @@ class ModelSnapshot:
         names[:] = table
         if len(cv_end) != 2 * len(cv_item) or len(st_end) != len(meta["segments"]):
             raise ValueError("co-visitation or segment offsets do not match their items")
-        # Names and (name, score) pairs built in bulk; each list is then a slice of them.
-        pairs = list(zip(names[cv_nb].tolist(), cv_score.tolist(), strict=True))
+        cv_bits = cv_score.view(_I8)
+        cv_arrays = (table, cv_item, cv_at, cv_end, cv_nb, cv_bits)
+        same = _unchanged_lists(previous, cv_arrays)
+        reused = previous.covisit if previous is not None else {}
         ends = cv_end.tolist()
         starts = [0, *ends][:-1]
-        covisit = {
-            item: NeighbourList(
-                item,
-                at_ms,
-                tuple(pairs[starts[2 * k] : ends[2 * k]]),
-                tuple(pairs[starts[2 * k + 1] : ends[2 * k + 1]]),
+        item_names = names[cv_item].tolist()
+        at_list = cv_at.tolist()
+        covisit: dict[str, NeighbourList] = {}
+        todo: list[int] = (
+            np.flatnonzero(~same).tolist() if same is not None else list(range(len(item_names)))
+        )
+        # The changed lists' (name, score) pairs built in bulk; each list is a slice.
+        spans = [(starts[2 * k], ends[2 * k + 1]) for k in todo]
+        take = np.concatenate([np.arange(a, b) for a, b in spans]) if spans else np.zeros(0, _I8)
+        pairs = list(zip(names[cv_nb[take]].tolist(), cv_score[take].tolist(), strict=True))
+        built: dict[int, NeighbourList] = {}
+        at = 0
+        for k, (a, _) in zip(todo, spans, strict=True):
+            v, b = ends[2 * k] - a, ends[2 * k + 1] - a
+            built[k] = NeighbourList(
+                item_names[k],
+                at_list[k],
+                tuple(pairs[at : at + v]),
+                tuple(pairs[at + v : at + b]),
             )
-            for k, (item, at_ms) in enumerate(
-                zip(names[cv_item].tolist(), cv_at.tolist(), strict=True)
-            )
-        }
+            at += b
+        for k, item in enumerate(item_names):
+            lst = built.get(k)
+            covisit[item] = lst if lst is not None else reused[item]
         seg_names = names[st_item].tolist()
         seg_values = st_score.tolist()
         seg_ends = st_end.tolist()
@@ -485,7 +508,51 @@ class ModelSnapshot:
             },
             meta["propensity"],
             dict(meta["metrics"]),
+            cv_arrays,
         )
+
+
+def _unchanged_lists(previous: ModelSnapshot | None, arrays: tuple[Any, ...]) -> Any:
+    """For each listed item, whether ``previous`` holds the same lists (the same item
+    code and ``at_ms``, as many neighbours of each kind, the same neighbour codes and
+    score bits; codes compare only if the previous item table is a prefix of this
+    one's); ``None`` if nothing can be reused."""
+    if previous is None or previous.cv_arrays is None:
+        return None
+    p_table, p_item, p_at, p_end, p_nb, p_bits = previous.cv_arrays
+    table, cv_item, cv_at, cv_end, cv_nb, cv_bits = arrays
+    if len(p_table) > len(table) or table[: len(p_table)] != p_table:
+        return None
+    n = len(cv_item)
+    if n == 0 or len(p_item) == 0:
+        return None
+    where = np.full(len(table), -1, np.int64)
+    where[p_item] = np.arange(len(p_item))
+    old = where[cv_item]
+    known = old >= 0
+    o = np.where(known, old, 0)
+    starts = np.concatenate(([0], cv_end[1::2][:-1])).astype(np.int64)
+    mids, stops = cv_end[0::2].astype(np.int64), cv_end[1::2].astype(np.int64)
+    p_starts = np.concatenate(([0], p_end[1::2][:-1])).astype(np.int64)[o]
+    p_mids, p_stops = p_end[0::2].astype(np.int64)[o], p_end[1::2].astype(np.int64)[o]
+    same = (
+        known
+        & (p_at[o] == cv_at)
+        & (p_mids - p_starts == mids - starts)
+        & (p_stops - p_mids == stops - mids)
+    )
+    cand = np.flatnonzero(same)
+    lengths = (stops - starts)[cand]
+    total = int(lengths.sum())
+    if total:
+        owner = np.repeat(np.arange(len(cand)), lengths)
+        offset = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        new_at = starts[cand][owner] + offset
+        old_at = p_starts[cand][owner] + offset
+        differs = (cv_nb[new_at] != p_nb[old_at]) | (cv_bits[new_at] != p_bits[old_at])
+        bad = np.bincount(owner, weights=differs, minlength=len(cand)) > 0
+        same[cand[bad]] = False
+    return same
 
 
 @dataclass(slots=True)
@@ -889,7 +956,7 @@ class LocalModelBoard:
         return self.snapshot
 
     def put(self, data: bytes) -> None:
-        self.snapshot = ModelSnapshot.from_bytes(data)
+        self.snapshot = ModelSnapshot.from_bytes(data, self.snapshot)
 
 
 class RedisModelBoard:
@@ -917,7 +984,7 @@ class RedisModelBoard:
             if version is not None and version != current:
                 raw = self._client.get(self.key)
                 try:
-                    self._snapshot = ModelSnapshot.from_bytes(raw or b"")
+                    self._snapshot = ModelSnapshot.from_bytes(raw or b"", self._snapshot)
                 except ValueError as exc:  # keep ranking with the previous models
                     log.warning("ignoring model snapshot at %s: %s", self.key, exc)
         return self._snapshot
