@@ -71,7 +71,6 @@ from attune.operators.covisit import (
     CovisitIndex,
     NeighbourList,
     purchase_pairs,
-    session_pairs,
 )
 from attune.operators.embeddings import EmbeddingSnapshot, Item2Vec
 from attune.operators.events import (
@@ -735,12 +734,15 @@ class ModelLearner:
         (trained at the next publish), one propensity example."""
         seen: list[str] = []
         segments = s.segments
+        covisit = self.covisit
+        states = covisit.states
         for touch in s.touches:
             if touch.kind != PURCHASE:
-                if len(self.covisit.states) < MAX_ITEMS or touch.item in self.covisit.states:
-                    self.covisit.learn(session_pairs(seen, touch.item), VIEWED, touch.time_ms)
-                if not seen or seen[-1] != touch.item:
-                    seen.append(touch.item)
+                item = touch.item
+                if len(states) < MAX_ITEMS or item in states:
+                    covisit.learn_after(seen, item, VIEWED, touch.time_ms)
+                if not seen or seen[-1] != item:
+                    seen.append(item)
             self._trend(touch, segments)
         for t, items in s.orders:
             self.covisit.learn(purchase_pairs(items), BOUGHT, t)
