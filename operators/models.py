@@ -474,7 +474,7 @@ class ModelSnapshot:
         )
         # The changed lists' (name, score) pairs built in bulk; each list is a slice.
         spans = [(starts[2 * k], ends[2 * k + 1]) for k in todo]
-        take = np.concatenate([np.arange(a, b) for a, b in spans]) if spans else np.zeros(0, _I8)
+        take = _ranges(spans)
         pairs = list(zip(names[cv_nb[take]].tolist(), cv_score[take].tolist(), strict=True))
         built: dict[int, NeighbourList] = {}
         at = 0
@@ -509,6 +509,21 @@ class ModelSnapshot:
             dict(meta["metrics"]),
             cv_arrays,
         )
+
+
+def _ranges(spans: list[tuple[int, int]]) -> Any:
+    """The positions ``a, a + 1, ..., b - 1`` of each span, concatenated.
+
+    >>> _ranges([(2, 4), (7, 7), (0, 1)]).tolist()
+    [2, 3, 0]
+    """
+    if not spans:
+        return np.zeros(0, np.int64)
+    bounds = np.array(spans, np.int64).reshape(-1, 2)
+    lengths = bounds[:, 1] - bounds[:, 0]
+    total = int(lengths.sum())
+    firsts = np.repeat(bounds[:, 0] - (np.cumsum(lengths) - lengths), lengths)
+    return firsts + np.arange(total)
 
 
 def _unchanged_lists(previous: ModelSnapshot | None, arrays: tuple[Any, ...]) -> Any:
