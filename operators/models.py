@@ -605,8 +605,9 @@ class SnapshotEncoder:
         """Encode ``item``'s lists (replacing the previous ones; the order of items stays)."""
         pairs = lst.viewed + lst.bought
         names, scores = zip(*pairs, strict=True) if pairs else ((), ())
+        code = self.codes.get(item)
         self.lists[item] = (
-            self.code((item,))[0],
+            self.code((item,))[0] if code is None else code,
             lst.at_ms,
             len(lst.viewed),
             len(lst.bought),
