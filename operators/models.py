@@ -1052,12 +1052,11 @@ class ModelReader:
             ("global", snap.trending),
             *((f"segment:{s}", v) for s, v in snap.segment_trending.items()),
         ):
-            rows, values = [], []
-            for item, score in scores.items():
-                r = cat.index.get(item)
-                if r is not None:
-                    rows.append(r)
-                    values.append(score)
+            rows: list[int | None] = list(map(cat.index.get, scores))
+            values = list(scores.values())
+            if None in rows:  # items the catalogue lacks
+                kept = [(r, v) for r, v in zip(rows, values, strict=True) if r is not None]
+                rows, values = [r for r, _ in kept], [v for _, v in kept]
             trending.set_scores(scope, np.asarray(rows, np.int64), np.asarray(values), n)
         models = Models(
             cat,
