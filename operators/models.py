@@ -463,33 +463,25 @@ class ModelSnapshot:
         cv_bits = cv_score.view(_I8)
         cv_arrays = (table, cv_item, cv_at, cv_end, cv_nb, cv_bits)
         same = _unchanged_lists(previous, cv_arrays)
-        reused = previous.covisit if previous is not None else {}
         ends = cv_end.tolist()
         starts = [0, *ends][:-1]
         item_names = names[cv_item].tolist()
         at_list = cv_at.tolist()
-        covisit: dict[str, NeighbourList] = {}
-        todo: list[int] = (
-            np.flatnonzero(~same).tolist() if same is not None else list(range(len(item_names)))
-        )
-        # The changed lists' (name, score) pairs built in bulk; each list is a slice.
-        spans = [(starts[2 * k], ends[2 * k + 1]) for k in todo]
-        take = _ranges(spans)
-        pairs = list(zip(names[cv_nb[take]].tolist(), cv_score[take].tolist(), strict=True))
-        built: dict[int, NeighbourList] = {}
-        at = 0
-        for k, (a, _) in zip(todo, spans, strict=True):
-            v, b = ends[2 * k] - a, ends[2 * k + 1] - a
-            built[k] = NeighbourList(
-                item_names[k],
-                at_list[k],
-                tuple(pairs[at : at + v]),
-                tuple(pairs[at + v : at + b]),
+        if same is None or previous is None:  # nothing to reuse: every list built in bulk
+            pairs = list(zip(names[cv_nb].tolist(), cv_score.tolist(), strict=True))
+            covisit = {
+                item: NeighbourList(
+                    item,
+                    at_ms,
+                    tuple(pairs[starts[2 * k] : ends[2 * k]]),
+                    tuple(pairs[starts[2 * k + 1] : ends[2 * k + 1]]),
+                )
+                for k, (item, at_ms) in enumerate(zip(item_names, at_list, strict=True))
+            }
+        else:
+            covisit = _reuse_lists(
+                previous.covisit, same, names, item_names, at_list, starts, ends, cv_nb, cv_score
             )
-            at += b
-        for k, item in enumerate(item_names):
-            lst = built.get(k)
-            covisit[item] = lst if lst is not None else reused[item]
         seg_names = names[st_item].tolist()
         seg_values = st_score.tolist()
         seg_ends = st_end.tolist()
@@ -509,6 +501,38 @@ class ModelSnapshot:
             dict(meta["metrics"]),
             cv_arrays,
         )
+
+
+def _reuse_lists(  # noqa: PLR0917 - the decoder's locals, handed over
+    reused: dict[str, NeighbourList],
+    same: Any,
+    names: Any,
+    item_names: list[str],
+    at_list: list[int],
+    starts: list[int],
+    ends: list[int],
+    cv_nb: Any,
+    cv_score: Any,
+) -> dict[str, NeighbourList]:
+    """The lists of a snapshot in its order: the previous snapshot's where ``same``, the
+    others built (their (name, score) pairs in bulk; each list is a slice of them)."""
+    todo: list[int] = np.flatnonzero(~same).tolist()
+    spans = [(starts[2 * k], ends[2 * k + 1]) for k in todo]
+    take = _ranges(spans)
+    pairs = list(zip(names[cv_nb[take]].tolist(), cv_score[take].tolist(), strict=True))
+    built: dict[int, NeighbourList] = {}
+    at = 0
+    for k, (a, _) in zip(todo, spans, strict=True):
+        v, b = ends[2 * k] - a, ends[2 * k + 1] - a
+        built[k] = NeighbourList(
+            item_names[k], at_list[k], tuple(pairs[at : at + v]), tuple(pairs[at + v : at + b])
+        )
+        at += b
+    covisit: dict[str, NeighbourList] = {}
+    for k, item in enumerate(item_names):
+        lst = built.get(k)
+        covisit[item] = lst if lst is not None else reused[item]
+    return covisit
 
 
 def _ranges(spans: list[tuple[int, int]]) -> Any:
