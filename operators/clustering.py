@@ -113,13 +113,18 @@ def vector(features: Features) -> tuple[float, ...]:
     (2.302585092994046, 0.0, 0.0, 0.0, 0.0, 0.25, 0.0, 0.0)
     """
     out: list[float] = []
-    for name, log in zip(CLUSTER_FEATURES, _LOG, strict=True):
-        raw = features.get(name)
-        x = float(raw) if isinstance(raw, int | float) else 0.0
-        if not 0.0 <= x < math.inf:
+    get, log1p, inf = features.get, math.log1p, math.inf
+    for name, log in _NAMES_LOG:
+        raw = get(name)
+        x = float(raw) if isinstance(raw, _NUMBER) else 0.0
+        if not 0.0 <= x < inf:
             x = 0.0
-        out.append(math.log1p(x) if log else x)
+        out.append(log1p(x) if log else x)
     return tuple(out)
+
+
+_NAMES_LOG: Final = tuple(zip(CLUSTER_FEATURES, _LOG, strict=True))
+_NUMBER: Final = (int, float)  # isinstance(raw, int | float), without a union per call
 
 
 def original_units(vec: Sequence[float]) -> dict[str, float]:

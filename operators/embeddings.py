@@ -194,15 +194,18 @@ class Item2Vec:
     def _pairs(self, sessions: Iterable[Sequence[str]]) -> tuple[npt.NDArray[np.int64], ...]:
         centres: list[int] = []
         contexts: list[int] = []
+        seen: list[int] = []  # every session's rows: counted at the end, in one bincount
         for session in sessions:
             rows = self._rows(session[-MAX_SESSION_ITEMS:])
-            for r in rows:
-                self.counts[r] += 1
+            seen.extend(rows)
             for i, c in enumerate(rows):
                 for j in range(max(0, i - self.window), min(len(rows), i + self.window + 1)):
                     if j != i and rows[j] != c:
                         centres.append(c)
                         contexts.append(rows[j])
+        if seen:  # whole numbers: the same float64 counts as adding 1 per occurrence
+            counted = np.bincount(np.asarray(seen, np.int64))
+            self.counts[: len(counted)] += counted
         return np.asarray(centres, np.int64), np.asarray(contexts, np.int64)
 
     def learn_sessions(self, sessions: Iterable[Sequence[str]]) -> int:

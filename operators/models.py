@@ -47,11 +47,14 @@ import logging
 import math
 import pickle
 import struct
+import sys
 import time
+from array import array
 from bisect import insort
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from itertools import chain
 from operator import itemgetter
 from typing import Any, Final, Protocol
@@ -68,7 +71,6 @@ from attune.operators.covisit import (
     CovisitIndex,
     NeighbourList,
     purchase_pairs,
-    session_pairs,
 )
 from attune.operators.embeddings import EmbeddingSnapshot, Item2Vec
 from attune.operators.events import (
@@ -104,6 +106,7 @@ from attune.operators.trending import (
     VIEW_W,
     ItemTrend,
     TrendingBoard,
+    scopes_of,
 )
 
 __all__ = [
@@ -390,6 +393,10 @@ class ModelSnapshot:
     segment_trending: dict[str, dict[str, float]]
     propensity: dict[str, Any] | None  # PropensityModel.publish() parameters
     metrics: dict[str, Any]
+    #: The decoded co-visitation arrays (item table, ``cv_item``, ``cv_at``, ``cv_end``,
+    #: ``cv_nb``, ``cv_score`` as int64 bits) when made by :meth:`from_bytes`: what the
+    #: next snapshot's decoding compares its lists with, to reuse the unchanged ones.
+    cv_arrays: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
 
     def to_bytes(self) -> bytes:
         encoder = SnapshotEncoder()
@@ -406,18 +413,22 @@ class ModelSnapshot:
         return version
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> ModelSnapshot:
-        """Raises ``ValueError`` for bytes that are not a snapshot."""
+    def from_bytes(cls, data: bytes, previous: ModelSnapshot | None = None) -> ModelSnapshot:
+        """Raises ``ValueError`` for bytes that are not a snapshot.
+
+        ``previous``: the snapshot decoded before (a board's); its neighbour lists that
+        are equal to this one's (the same item, ``at_ms``, neighbours and score bits:
+        the learner re-encodes only the changed ones) are reused, not built again."""
         version = cls.peek_version(data)
         if version is None:
             raise ValueError("not an Attune model snapshot (bad magic or too short)")
         try:
-            return cls._decode(version, data)
+            return cls._decode(version, data, previous)
         except (struct.error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"model snapshot {version} is corrupt: {exc!r}") from exc
 
     @classmethod
-    def _decode(cls, version: int, data: bytes) -> ModelSnapshot:
+    def _decode(cls, version: int, data: bytes, previous: ModelSnapshot | None) -> ModelSnapshot:
         pos = _HEAD.size
         sections: list[bytes] = []
         for _ in range(3):
@@ -449,21 +460,28 @@ class ModelSnapshot:
         names[:] = table
         if len(cv_end) != 2 * len(cv_item) or len(st_end) != len(meta["segments"]):
             raise ValueError("co-visitation or segment offsets do not match their items")
-        # Names and (name, score) pairs built in bulk; each list is then a slice of them.
-        pairs = list(zip(names[cv_nb].tolist(), cv_score.tolist(), strict=True))
+        cv_bits = cv_score.view(_I8)
+        cv_arrays = (table, cv_item, cv_at, cv_end, cv_nb, cv_bits)
+        same = _unchanged_lists(previous, cv_arrays)
         ends = cv_end.tolist()
         starts = [0, *ends][:-1]
-        covisit = {
-            item: NeighbourList(
-                item,
-                at_ms,
-                tuple(pairs[starts[2 * k] : ends[2 * k]]),
-                tuple(pairs[starts[2 * k + 1] : ends[2 * k + 1]]),
+        item_names = names[cv_item].tolist()
+        at_list = cv_at.tolist()
+        if same is None or previous is None:  # nothing to reuse: every list built in bulk
+            pairs = list(zip(names[cv_nb].tolist(), cv_score.tolist(), strict=True))
+            covisit = {
+                item: NeighbourList(
+                    item,
+                    at_ms,
+                    tuple(pairs[starts[2 * k] : ends[2 * k]]),
+                    tuple(pairs[starts[2 * k + 1] : ends[2 * k + 1]]),
+                )
+                for k, (item, at_ms) in enumerate(zip(item_names, at_list, strict=True))
+            }
+        else:
+            covisit = _reuse_lists(
+                previous.covisit, same, names, item_names, at_list, starts, ends, cv_nb, cv_score
             )
-            for k, (item, at_ms) in enumerate(
-                zip(names[cv_item].tolist(), cv_at.tolist(), strict=True)
-            )
-        }
         seg_names = names[st_item].tolist()
         seg_values = st_score.tolist()
         seg_ends = st_end.tolist()
@@ -481,7 +499,98 @@ class ModelSnapshot:
             },
             meta["propensity"],
             dict(meta["metrics"]),
+            cv_arrays,
         )
+
+
+def _reuse_lists(  # noqa: PLR0917 - the decoder's locals, handed over
+    reused: dict[str, NeighbourList],
+    same: Any,
+    names: Any,
+    item_names: list[str],
+    at_list: list[int],
+    starts: list[int],
+    ends: list[int],
+    cv_nb: Any,
+    cv_score: Any,
+) -> dict[str, NeighbourList]:
+    """The lists of a snapshot in its order: the previous snapshot's where ``same``, the
+    others built (their (name, score) pairs in bulk; each list is a slice of them)."""
+    todo: list[int] = np.flatnonzero(~same).tolist()
+    spans = [(starts[2 * k], ends[2 * k + 1]) for k in todo]
+    take = _ranges(spans)
+    pairs = list(zip(names[cv_nb[take]].tolist(), cv_score[take].tolist(), strict=True))
+    built: dict[int, NeighbourList] = {}
+    at = 0
+    for k, (a, _) in zip(todo, spans, strict=True):
+        v, b = ends[2 * k] - a, ends[2 * k + 1] - a
+        built[k] = NeighbourList(
+            item_names[k], at_list[k], tuple(pairs[at : at + v]), tuple(pairs[at + v : at + b])
+        )
+        at += b
+    covisit: dict[str, NeighbourList] = {}
+    for k, item in enumerate(item_names):
+        lst = built.get(k)
+        covisit[item] = lst if lst is not None else reused[item]
+    return covisit
+
+
+def _ranges(spans: list[tuple[int, int]]) -> Any:
+    """The positions ``a, a + 1, ..., b - 1`` of each span, concatenated.
+
+    >>> _ranges([(2, 4), (7, 7), (0, 1)]).tolist()
+    [2, 3, 0]
+    """
+    if not spans:
+        return np.zeros(0, np.int64)
+    bounds = np.array(spans, np.int64).reshape(-1, 2)
+    lengths = bounds[:, 1] - bounds[:, 0]
+    total = int(lengths.sum())
+    firsts = np.repeat(bounds[:, 0] - (np.cumsum(lengths) - lengths), lengths)
+    return firsts + np.arange(total)
+
+
+def _unchanged_lists(previous: ModelSnapshot | None, arrays: tuple[Any, ...]) -> Any:
+    """For each listed item, whether ``previous`` holds the same lists (the same item
+    code and ``at_ms``, as many neighbours of each kind, the same neighbour codes and
+    score bits; codes compare only if the previous item table is a prefix of this
+    one's); ``None`` if nothing can be reused."""
+    if previous is None or previous.cv_arrays is None:
+        return None
+    p_table, p_item, p_at, p_end, p_nb, p_bits = previous.cv_arrays
+    table, cv_item, cv_at, cv_end, cv_nb, cv_bits = arrays
+    if len(p_table) > len(table) or table[: len(p_table)] != p_table:
+        return None
+    n = len(cv_item)
+    if n == 0 or len(p_item) == 0:
+        return None
+    where = np.full(len(table), -1, np.int64)
+    where[p_item] = np.arange(len(p_item))
+    old = where[cv_item]
+    known = old >= 0
+    o = np.where(known, old, 0)
+    starts = np.concatenate(([0], cv_end[1::2][:-1])).astype(np.int64)
+    mids, stops = cv_end[0::2].astype(np.int64), cv_end[1::2].astype(np.int64)
+    p_starts = np.concatenate(([0], p_end[1::2][:-1])).astype(np.int64)[o]
+    p_mids, p_stops = p_end[0::2].astype(np.int64)[o], p_end[1::2].astype(np.int64)[o]
+    same = (
+        known
+        & (p_at[o] == cv_at)
+        & (p_mids - p_starts == mids - starts)
+        & (p_stops - p_mids == stops - mids)
+    )
+    cand = np.flatnonzero(same)
+    lengths = (stops - starts)[cand]
+    total = int(lengths.sum())
+    if total:
+        owner = np.repeat(np.arange(len(cand)), lengths)
+        offset = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        new_at = starts[cand][owner] + offset
+        old_at = p_starts[cand][owner] + offset
+        differs = (cv_nb[new_at] != p_nb[old_at]) | (cv_bits[new_at] != p_bits[old_at])
+        bad = np.bincount(owner, weights=differs, minlength=len(cand)) > 0
+        same[cand[bad]] = False
+    return same
 
 
 @dataclass(slots=True)
@@ -519,13 +628,15 @@ class SnapshotEncoder:
     def put(self, item: str, lst: NeighbourList) -> None:
         """Encode ``item``'s lists (replacing the previous ones; the order of items stays)."""
         pairs = lst.viewed + lst.bought
+        names, scores = zip(*pairs, strict=True) if pairs else ((), ())
+        code = self.codes.get(item)
         self.lists[item] = (
-            self.code((item,))[0],
+            self.code((item,))[0] if code is None else code,
             lst.at_ms,
             len(lst.viewed),
             len(lst.bought),
-            np.array(self.code([name for name, _ in pairs]), _I4).tobytes(),
-            np.array([score for _, score in pairs], _F8).tobytes(),
+            _i4_bytes(self.code(names)),
+            _f8_bytes(scores),
         )
 
     def encode(self, snap: ModelSnapshot) -> bytes:
@@ -575,6 +686,29 @@ class SnapshotEncoder:
                 body,
             )
         )
+
+
+def _np_i4_bytes(values: Iterable[int]) -> bytes:
+    return np.array(values, _I4).tobytes()
+
+
+def _np_f8_bytes(values: Iterable[float]) -> bytes:
+    return np.array(values, _F8).tobytes()
+
+
+def _array_i4_bytes(values: Iterable[int]) -> bytes:
+    return array("i", values).tobytes()
+
+
+def _array_f8_bytes(values: Iterable[float]) -> bytes:
+    return array("d", values).tobytes()
+
+
+# Little-endian i4 and f8 bytes of a short list: the array module's where its C int and
+# double are those (a few times cheaper than numpy for the ~60 numbers of a list).
+_NATIVE = sys.byteorder == "little" and array("i").itemsize == 4 and array("d").itemsize == 8
+_i4_bytes: Final = _array_i4_bytes if _NATIVE else _np_i4_bytes
+_f8_bytes: Final = _array_f8_bytes if _NATIVE else _np_f8_bytes
 
 
 def _lens(entry: tuple[int, int, int, int, bytes, bytes]) -> tuple[int, int]:
@@ -640,12 +774,15 @@ class ModelLearner:
         (trained at the next publish), one propensity example."""
         seen: list[str] = []
         segments = s.segments
+        covisit = self.covisit
+        states = covisit.states
         for touch in s.touches:
             if touch.kind != PURCHASE:
-                if len(self.covisit.states) < MAX_ITEMS or touch.item in self.covisit.states:
-                    self.covisit.learn(session_pairs(seen, touch.item), VIEWED, touch.time_ms)
-                if not seen or seen[-1] != touch.item:
-                    seen.append(touch.item)
+                item = touch.item
+                if len(states) < MAX_ITEMS or item in states:
+                    covisit.learn_after(seen, item, VIEWED, touch.time_ms)
+                if not seen or seen[-1] != item:
+                    seen.append(item)
             self._trend(touch, segments)
         for t, items in s.orders:
             self.covisit.learn(purchase_pairs(items), BOUGHT, t)
@@ -679,13 +816,31 @@ class ModelLearner:
         metrics = self.metrics = self.propensity.metrics()  # computed once per publication
         scopes: dict[str, list[tuple[str, float]]] = {}
         scores, segment_scores = self.scores, self.segment_scores
+        trends = self.trends
+        # What ItemTrend.publish lists, in its order, without its tuples: an item's
+        # category scopes, then a scope per segment (scope names made once).
         for item in self.changed:
-            trend = self.trends[item]
-            for scope, member, score in trend.publish():
-                scopes.setdefault(scope, []).append((member, score))
-            scores[item] = trend.score  # new items arrive in the order of self.trends
+            trend = trends[item]
+            member, score = trend.item, trend.score
+            pair = (member, score)
+            for scope in _category_scopes(trend.category):
+                got = scopes.get(scope)
+                if got is None:
+                    scopes[scope] = [pair]
+                else:
+                    got.append(pair)
+            scores[item] = score  # new items arrive in the order of self.trends
             for seg, score in trend.segments.items():
-                segment_scores.setdefault(seg, {})[item] = score
+                scope = _segment_scope(seg)
+                got = scopes.get(scope)
+                if got is None:
+                    scopes[scope] = [(member, score)]
+                else:
+                    got.append((member, score))
+                seg_scores = segment_scores.get(seg)
+                if seg_scores is None:
+                    seg_scores = segment_scores[seg] = {}
+                seg_scores[item] = score
         self.changed = {}
         self._neighbour_lists(at)
         snapshot = ModelSnapshot(
@@ -717,6 +872,17 @@ class ModelLearner:
             if state is not None:
                 self.encoder.put(item, state.publish(at, SNAPSHOT_NEIGHBOURS))
         self.covisit_changed = {}
+
+
+@lru_cache(maxsize=4096)
+def _category_scopes(category: str | None) -> tuple[str, ...]:
+    """:func:`~attune.operators.trending.scopes_of`, made once per category."""
+    return tuple(scopes_of(category))
+
+
+@lru_cache(maxsize=4096)
+def _segment_scope(segment: str) -> str:
+    return f"segment:{segment}"
 
 
 def _best(scores: dict[str, float], n: int) -> dict[str, float]:
@@ -832,7 +998,7 @@ class LocalModelBoard:
         return self.snapshot
 
     def put(self, data: bytes) -> None:
-        self.snapshot = ModelSnapshot.from_bytes(data)
+        self.snapshot = ModelSnapshot.from_bytes(data, self.snapshot)
 
 
 class RedisModelBoard:
@@ -860,7 +1026,7 @@ class RedisModelBoard:
             if version is not None and version != current:
                 raw = self._client.get(self.key)
                 try:
-                    self._snapshot = ModelSnapshot.from_bytes(raw or b"")
+                    self._snapshot = ModelSnapshot.from_bytes(raw or b"", self._snapshot)
                 except ValueError as exc:  # keep ranking with the previous models
                     log.warning("ignoring model snapshot at %s: %s", self.key, exc)
         return self._snapshot
@@ -910,12 +1076,11 @@ class ModelReader:
             ("global", snap.trending),
             *((f"segment:{s}", v) for s, v in snap.segment_trending.items()),
         ):
-            rows, values = [], []
-            for item, score in scores.items():
-                r = cat.index.get(item)
-                if r is not None:
-                    rows.append(r)
-                    values.append(score)
+            rows: list[int | None] = list(map(cat.index.get, scores))
+            values = list(scores.values())
+            if None in rows:  # items the catalogue lacks
+                kept = [(r, v) for r, v in zip(rows, values, strict=True) if r is not None]
+                rows, values = [r for r, _ in kept], [v for _, v in kept]
             trending.set_scores(scope, np.asarray(rows, np.int64), np.asarray(values), n)
         models = Models(
             cat,

@@ -61,10 +61,12 @@ from attune.operators.metrics import log_loss, roc_auc
 __all__ = [
     "FEATURES",
     "HIGH",
+    "INPUTS",
     "MEDIUM",
     "PropensityModel",
     "PropensityScorer",
     "feature_vector",
+    "inputs",
     "is_outcome_boundary",
     "tier",
 ]
@@ -127,44 +129,66 @@ def _num(value: FeatureValue) -> float:
     return float(value)
 
 
-#: Input names built once (feature_vector runs once per batch of every user).
-_OPTIONAL_NAMES = tuple((name, f"{name}_known") for name in OPTIONAL_FEATURES)
-_CATEGORICAL_NAMES = tuple(
-    (name, tuple((level, f"{name}={level}") for level in levels))
-    for name, levels in CATEGORICAL.items()
+#: The model's input names (:func:`feature_vector`), in order.
+INPUTS: tuple[str, ...] = (
+    *COUNT_FEATURES,
+    *MONEY_FEATURES,
+    "session_minutes",
+    *RATIO_FEATURES,
+    *(n for name in OPTIONAL_FEATURES for n in (f"{name}_known", name)),
+    *(f"{name}={level}" for name, levels in CATEGORICAL.items() for level in levels),
+    "has_cart",
+    "fresh_cart",
 )
+_CART_LINES = INPUTS.index("cart_lines")
+_SESSION_CARTS = INPUTS.index("session_add_to_carts")
 
 
 def feature_vector(features: Mapping[str, FeatureValue]) -> dict[str, float]:
     """The model's input from profile features: log1p counts, minutes, one-hots, indicators.
 
-    Missing names count as 0 (a fresh user).
+    Missing names count as 0 (a fresh user). The names are :data:`INPUTS`, in order
+    (:func:`inputs` gives the values alone).
 
     >>> v = feature_vector({"cart_lines": 1, "session_duration_ms": 120_000,
     ...                     "device_top": "MOBILE"})
     >>> round(v["cart_lines"], 3), v["session_minutes"], v["device_top=MOBILE"], v["has_cart"]
     (0.693, 2.0, 1.0, 1.0)
     """
-    x: dict[str, float] = {}
-    for name in COUNT_FEATURES:
-        x[name] = math.log1p(max(0.0, _num(features.get(name))))
+    return dict(zip(INPUTS, inputs(features), strict=True))
+
+
+def inputs(features: Mapping[str, FeatureValue]) -> list[float]:
+    """:func:`feature_vector`'s values in the order of :data:`INPUTS`, each feature read
+    once (a :class:`~attune.operators.profiles.FeatureView` computes it on every read;
+    this runs once per batch of every user).
+
+    >>> dict(zip(INPUTS, inputs({"cart_lines": 2}), strict=True)) == feature_vector(
+    ...     {"cart_lines": 2})
+    True
+    """
+    get = features.get
+    log1p = math.log1p
+    x: list[float] = [log1p(max(0.0, _num(get(name)))) for name in COUNT_FEATURES]
     for name in MONEY_FEATURES:
-        x[name] = math.log1p(max(0.0, _num(features.get(name))) / 100.0)
-    x["session_minutes"] = max(0.0, _num(features.get("session_duration_ms"))) / 60_000.0
+        x.append(log1p(max(0.0, _num(get(name))) / 100.0))
+    x.append(max(0.0, _num(get("session_duration_ms"))) / 60_000.0)
     for name in RATIO_FEATURES:
-        x[name] = _num(features.get(name))
-    for name, known in _OPTIONAL_NAMES:
-        value = features.get(name)
-        x[known] = 0.0 if value is None else 1.0
-        x[name] = math.log1p(max(0.0, _num(value)))
-    for name, levels in _CATEGORICAL_NAMES:
-        value = features.get(name)
-        for level, one_hot in levels:
-            x[one_hot] = 1.0 if value == level else 0.0
-    has_cart = _num(features.get("cart_lines")) > 0
-    x["has_cart"] = 1.0 if has_cart else 0.0
+        x.append(_num(get(name)))
+    for name in OPTIONAL_FEATURES:
+        value = get(name)
+        x.append(0.0 if value is None else 1.0)
+        x.append(log1p(max(0.0, _num(value))))
+    for name, levels in CATEGORICAL.items():
+        value = get(name)
+        for level in levels:
+            x.append(1.0 if value == level else 0.0)
+    # cart_lines and session_add_to_carts are among the counts: their log1p is > 0 iff
+    # the number is, so the flags need no second read.
+    has_cart = x[_CART_LINES] > 0
+    x.append(1.0 if has_cart else 0.0)
     # Intent shown in this session on top of a cart (a linear model cannot make this product).
-    x["fresh_cart"] = 1.0 if has_cart and _num(features.get("session_add_to_carts")) > 0 else 0.0
+    x.append(1.0 if has_cart and x[_SESSION_CARTS] > 0 else 0.0)
     return x
 
 
@@ -304,16 +328,19 @@ class PropensityScorer:
     std: dict[str, float]
     weights: dict[str, float]
     intercept: float
-    #: ``name -> (weight, mean, std)`` for the inputs with a spread (the others add
-    #: nothing): one lookup per input instead of three per score.
-    terms: dict[str, tuple[float, float, float]] = field(init=False, repr=False, compare=False)
+    #: ``(position in INPUTS, weight, mean, std)`` for the inputs with a spread (the
+    #: others add nothing), in the order of :data:`INPUTS`: one tuple per input instead
+    #: of three lookups per score, no dict of inputs.
+    terms: tuple[tuple[int, float, float, float], ...] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
-        terms = {
-            name: (self.weights.get(name, 0.0), self.mean.get(name, 0.0), s)
-            for name, s in self.std.items()
-            if s
-        }
+        terms = tuple(
+            (i, self.weights.get(name, 0.0), self.mean.get(name, 0.0), self.std[name])
+            for i, name in enumerate(INPUTS)
+            if self.std.get(name)
+        )
         object.__setattr__(self, "terms", terms)
 
     @classmethod
@@ -330,13 +357,12 @@ class PropensityScorer:
             raise ValueError(f"not propensity parameters: {exc!r}") from None
 
     def score(self, features: Mapping[str, FeatureValue]) -> float:
+        """P(purchase): the scaled inputs' weighted sum, added in the order of
+        :data:`INPUTS` (the model's own order), through the logistic function."""
         z = self.intercept
-        terms = self.terms
-        for name, value in feature_vector(features).items():
-            term = terms.get(name)
-            if term is not None:
-                w, m, s = term
-                z += w * (value - m) / s
+        x = inputs(features)
+        for i, w, m, s in self.terms:
+            z += w * (x[i] - m) / s
         if z >= 0:
             return 1.0 / (1.0 + math.exp(-z))
         e = math.exp(z)

@@ -565,3 +565,35 @@ def test_bad_publish_settings_are_refused_with_the_setting_named() -> None:
 def test_trend_logaddexp2_is_numpys(x: float, y: float) -> None:
     assert logaddexp2(x, y) == float(np.logaddexp2(x, y))
     assert logaddexp2(x, x + 1e-12) == float(np.logaddexp2(x, x + 1e-12))
+
+
+def test_decoding_after_a_previous_snapshot_reuses_its_unchanged_lists_only() -> None:
+    learner = ModelLearner(seed=3)
+
+    def session(user: str, t: int, names: list[str]) -> SessionSummary:
+        touches = tuple(SessionTouch(n, t + i, "view") for i, n in enumerate(names))
+        return SessionSummary(user, t, t + 10, touches, (), {}, False)
+
+    learner.learn(session("u1", 0, ["a", "b", "c"]))
+    learner.learn(session("u2", 5, ["x", "y"]))
+    first = learner.publish(now_ms=100).snapshot
+    learner.learn(session("u3", 200, ["a", "d"]))
+    second = learner.publish(now_ms=300).snapshot
+    prev = ModelSnapshot.from_bytes(first)
+    fresh = ModelSnapshot.from_bytes(second)
+    again = ModelSnapshot.from_bytes(second, prev)
+
+    def same(a: ModelSnapshot, b: ModelSnapshot) -> bool:
+        return list(a.covisit.items()) == list(b.covisit.items()) and replace(
+            a, embeddings=None
+        ) == replace(b, embeddings=None)
+
+    assert same(again, fresh)
+    assert again.covisit["x"] is prev.covisit["x"]  # unchanged: the same object
+    assert again.covisit["a"] is not prev.covisit["a"] and again.covisit["a"].at_ms == 300
+    # a snapshot of another learner (another item table) shares nothing, decodes the same
+    other = ModelLearner(seed=3)
+    other.learn(session("u9", 0, ["q", "x", "y"]))
+    alien = ModelSnapshot.from_bytes(other.publish(now_ms=50).snapshot)
+    assert same(ModelSnapshot.from_bytes(second, alien), fresh)
+    assert same(ModelSnapshot.from_bytes(first, fresh), prev)  # an older one decodes too
