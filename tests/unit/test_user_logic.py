@@ -103,7 +103,9 @@ def _event(t: int, payload: Any, etype: EventType) -> Keyed:
 
 
 def test_a_pending_cart_polls_every_second_and_deferred_triggers_every_50_ms() -> None:
-    logic = UserLogic(None, ProfileConfig())
+    # its own stream clock: the process's one (ProfileConfig's default) may have been left
+    # live by another test, and a live clock wakes a cart when it is due instead
+    logic = UserLogic(None, ProfileConfig(stream_clock=StreamClock()))
     logic.on_batch([_event(0, ConsentUpdate(True, True, True), EventType.CONSENT)])
     logic.on_batch([_event(60_000, AddToCart("i1", 1, 1500, "EUR"), EventType.ADD_TO_CART)])
     grid = timedelta(milliseconds=POLL_GRID_MS)  # wake times are rounded up to it
