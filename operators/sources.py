@@ -74,7 +74,7 @@ from attune.operators.codec import Codec
 from attune.operators.container import read_events_file
 from attune.operators.events import MAX_EVENT_TIME_MS, DeadLetter, ErrorClass, Event, Source
 from attune.operators.privacy import Pseudonymiser
-from attune.operators.stream_clock import STREAM_CLOCK
+from attune.operators.stream_clock import STREAM_CLOCK, StreamClock
 
 Item = Event | DeadLetter
 
@@ -209,6 +209,11 @@ def check_lateness(
 
 #: Batches a partition's contribution to the stream clock trails by.
 CLOCK_LAG_BATCHES = 3
+#: While the stream is live, a caught-up Kafka partition's mark is the wall clock less
+#: this (ms): about what a steady stream's trailing marks lag the wall clock by (the
+#: events' producer linger, the broker, three batches), so a quiet partition holds time
+#: back no more than a busy one (:meth:`ClockFeed.after_batch`).
+CAUGHT_UP_MARGIN_MS = 200
 
 
 class ClockFeed:
@@ -221,19 +226,32 @@ class ClockFeed:
     must (an event that much older may still come).
     """
 
-    def __init__(self, name: str, wm: Watermark) -> None:
+    def __init__(self, name: str, wm: Watermark, clock: StreamClock = STREAM_CLOCK) -> None:
         self.name = name
         self.wm = wm
+        self.stream_clock = clock
         self.marks: deque[int] = deque([wm.max_time], maxlen=CLOCK_LAG_BATCHES)
 
-    def after_batch(self) -> None:
-        STREAM_CLOCK.advance(self.name, self.marks[0])
-        self.marks.append(self.wm.max_time)
+    def after_batch(self, caught_up: bool = False) -> None:
+        """After a batch; ``caught_up``: it was empty, the partition has nothing unread.
+
+        A live stream's quiet partition would hold the clock at its last event until it
+        is declared idle (seconds), and every cart due meanwhile would wait for that. So
+        while the stream is live, a caught-up partition's mark is the wall clock less
+        :data:`CAUGHT_UP_MARGIN_MS` (an event made earlier than that is taken to have
+        arrived), :data:`CLOCK_LAG_BATCHES` batches late like any mark. A replay that
+        reached its end is not live: its time never jumps to the wall clock."""
+        clock = self.stream_clock
+        clock.advance(self.name, self.marks[0])
+        mark = self.wm.max_time
+        if caught_up and clock.live():
+            mark = max(mark, clock.wall_ms() - CAUGHT_UP_MARGIN_MS)
+        self.marks.append(mark)
 
     def at_end(self) -> bool:
         """The partition is over (a bounded input): tell the clock it holds nothing back,
         :data:`CLOCK_LAG_BATCHES` batches late like any mark; ``True`` once it is told."""
-        STREAM_CLOCK.advance(self.name, self.marks[0])
+        self.stream_clock.advance(self.name, self.marks[0])
         if self.marks[0] >= MAX_EVENT_TIME_MS:
             return True
         self.marks.append(MAX_EVENT_TIME_MS)
@@ -338,7 +356,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, PartitionState]):
         if offset is not None:
             self.offset = offset
         _count(out)
-        self.clock.after_batch()
+        self.clock.after_batch(caught_up=self.tail and not msgs)
         return out
 
     def snapshot(self) -> PartitionState:

@@ -228,6 +228,10 @@ class StreamClock:
             return reached
         return max(reached - self._lateness_ms, self._settled_floor)
 
+    def wall_ms(self) -> int:
+        """The wall clock this stream clock reads (epoch ms)."""
+        return self._wall_ms()
+
     def live(self) -> bool:
         """Whether every partition has been read to within the live window of the wall clock
         (:meth:`reset`): timers then judge at the reached time (:meth:`now_ms`)."""

@@ -301,3 +301,43 @@ def test_without_a_live_window_the_stream_clock_is_event_time_only() -> None:
     clock.expect(["events:0"])
     clock.advance("events:0", t.wall)
     assert not clock.live() and clock.now_ms() == t.wall - 600_000
+
+
+def test_a_caught_up_partition_of_a_live_stream_moves_with_the_wall_clock() -> None:
+    """A quiet live partition would hold the clock at its last event until declared idle;
+    caught up (an empty batch) its mark is the wall clock less CAUGHT_UP_MARGIN_MS, as
+    late as any mark (CLOCK_LAG_BATCHES batches). A replay at its end never jumps."""
+    from attune.operators.sources import (
+        CAUGHT_UP_MARGIN_MS,
+        CLOCK_LAG_BATCHES,
+        ClockFeed,
+        Watermark,
+    )
+
+    wall0 = 1_767_571_200_000
+    t = Time(wall=wall0)
+    live = StreamClock(wall_ms=t.wall_ms, monotonic=t.monotonic)
+    live.reset(live_within_ms=30_000)
+    live.expect(["p0"])
+    wm = Watermark(allowed_lateness_ms=0, max_time=wall0 - 50)  # read to 50 ms ago
+    feed = ClockFeed("p0", wm, live)
+    for _ in range(CLOCK_LAG_BATCHES):
+        feed.after_batch()
+    assert live.now_ms() == wall0 - 50 and live.live()
+    t.advance(5.0)  # five quiet seconds: every batch empty
+    for _ in range(CLOCK_LAG_BATCHES):
+        feed.after_batch(caught_up=True)
+    assert live.now_ms() == wall0 - 50  # not yet: the caught-up marks trail like any
+    feed.after_batch(caught_up=True)
+    assert live.now_ms() == wall0 + 5_000 - CAUGHT_UP_MARGIN_MS
+
+    # a replay of old events that reached the end of its partition: not live, no jump
+    t2 = Time(wall=wall0)
+    replay = StreamClock(wall_ms=t2.wall_ms, monotonic=t2.monotonic)
+    replay.reset(live_within_ms=30_000)
+    replay.expect(["p0"])
+    old = Watermark(allowed_lateness_ms=0, max_time=wall0 - 86_400_000)
+    feed = ClockFeed("p0", old, replay)
+    for _ in range(2 * CLOCK_LAG_BATCHES):
+        feed.after_batch(caught_up=True)
+    assert not replay.live() and replay.now_ms() == wall0 - 86_400_000
