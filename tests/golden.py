@@ -56,8 +56,9 @@ class RecordingStore(LocalStore):
         super().apply(items)
 
 
-def outputs(users: int, days: int, seed: int) -> dict[str, list[str]]:
-    """Every item the flow writes for the generated workload, by type, sorted."""
+def outputs(users: int, days: int, seed: int, batch_size: int = 1000) -> dict[str, list[str]]:
+    """Every item the flow writes for the generated workload, by type, sorted; the source
+    hands the flow ``batch_size`` events at a time."""
     settings = Settings.from_env().replace(
         kafka_bootstrap="",
         redis_url="",
@@ -73,7 +74,9 @@ def outputs(users: int, days: int, seed: int) -> dict[str, list[str]]:
         return iter(events)
 
     store = RecordingStore()
-    source = EventListSource(make, allowed_lateness_ms=settings.allowed_lateness_s * 1000)
+    source = EventListSource(
+        make, allowed_lateness_ms=settings.allowed_lateness_s * 1000, batch_size=batch_size
+    )
     run_main(build_flow(settings, source=source, sinks=store.sinks("m"), items=g.items))
     return {kind: sorted(reprs) for kind, reprs in sorted(store.seen.items())}
 
@@ -91,10 +94,13 @@ def digest(groups: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.golden")
     parser.add_argument("--dump", type=Path, help="write every group's items here")
+    parser.add_argument(
+        "--batch-size", type=int, default=1000, help="events per source batch (1000)"
+    )
     args = parser.parse_args(argv)
     result: dict[str, Any] = {}
     for name, (users, days, seed) in WORKLOADS.items():
-        groups = outputs(users, days, seed)
+        groups = outputs(users, days, seed, args.batch_size)
         result[name] = digest(groups)
         if args.dump:
             args.dump.mkdir(parents=True, exist_ok=True)
