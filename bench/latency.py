@@ -911,6 +911,16 @@ def _figures(
             Latency.of([r.received_ms - r.emit_time for r in live]),
         ),
         LatencyRow(
+            "    emit -> produced (flow to sink)",
+            Latency.of([float(r.kafka_timestamp_ms - r.emit_time) for r in live]),
+            note="the record's CreateTime (set at produce) - emit_time",
+        ),
+        LatencyRow(
+            "    produced -> subscriber",
+            Latency.of([r.received_ms - r.kafka_timestamp_ms for r in live]),
+            note="linger, broker, the subscriber's fetch",
+        ),
+        LatencyRow(
             "cart_abandoned: due -> subscriber",
             Latency.of([r.received_ms - r.cause_event_time - abandon_after_ms for r in due]),
             note=f"subscriber receive - (last cart change + {abandon_after_ms / 1000:g} s)",
