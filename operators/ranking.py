@@ -772,13 +772,17 @@ def _category_affinity(signals: UserSignals, cat: Catalogue, rec: _Recent) -> F6
     share of the recent items in it (the profile's top categories when none is known)."""
     n_codes = len(cat.category_names)
     aff = np.zeros(n_codes)
-    if rec.any_known:
+    if rec.any_known:  # both half-lives in one bincount (long-term bins offset by n_codes)
         codes = cat.codes[rec.known_rows]
-        for wt in (rec.known_short, rec.known_long):
-            a = np.bincount(codes, weights=wt, minlength=n_codes)
-            total = a.sum()
-            if total > 0:
-                aff += 0.5 * a / total
+        short, long = rec.known_short, rec.known_long
+        totals = [float(short.sum()), float(long.sum())]
+        scale = np.asarray([0.5 / t if t > 0 else 0.0 for t in totals])
+        both = np.bincount(
+            np.concatenate((codes, codes + n_codes)),
+            weights=np.concatenate((short * scale[0], long * scale[1])),
+            minlength=2 * n_codes,
+        ).astype(np.float64, copy=False)
+        aff = both[:n_codes] + both[n_codes:]
     else:
         for c in signals.top_categories:
             code = cat.category_code.get(c)
@@ -1057,7 +1061,7 @@ def _user_vectors(emb: F32 | None, rec: _Recent) -> tuple[F32, F64] | None:
         return None
     wt = np.stack([rec.known_short, rec.known_long])
     vecs = (wt @ emb[rec.known_rows]).astype(np.float32)
-    norms = np.sqrt(np.einsum("ij,ij->i", vecs, vecs)).tolist()
+    norms = np.sqrt((vecs * vecs).sum(axis=1)).tolist()
     keep = [i for i in (0, 1) if norms[i] > 1e-6]
     if not keep:
         return None
@@ -1289,14 +1293,15 @@ def _mmr(score: F64, vectors: F32, k: int, lam: float) -> list[int]:
     """
     m = len(score)
     k = min(k, m)
-    rel = lam * _scaled(score if score.dtype == np.float64 else score.astype(np.float64))
+    best = float(score.max()) if m else 0.0
+    rel = lam * (score / best) if best > 0 else np.zeros(m)
     if lam >= 1.0:
         top: list[int] = np.argsort(-rel, kind="stable")[:k].tolist()
         return top
     if k <= 1:
         return [int(rel.argmax())][:k]
-    sims = np.maximum(vectors @ vectors.T, 0.0).astype(np.float64)
-    after = rel[None, :] - (1.0 - lam) * sims  # row j: the values if j were the closest pick
+    sims = np.maximum(vectors @ vectors.T, 0.0)
+    after = rel[None, :] - (1.0 - lam) * sims  # float64; row j: the values if j were the closest
     value = rel
     picked: list[int] = []
     minimum, neg_inf = np.minimum, -np.inf
