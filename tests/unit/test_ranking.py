@@ -332,9 +332,9 @@ def test_rank_stays_close_to_the_previous_ranking() -> None:
             shares.append(len(items & {r.item for r in want}) / len(want))
             top_kept.append(want[0].item in items)
         same += [r.item for r in got] == [r.item for r in want]
-    assert float(np.mean(shares)) >= 0.9, float(np.mean(shares))
-    assert float(np.mean(top_kept)) >= 0.95, float(np.mean(top_kept))
-    assert same >= 100, same  # most lists are even the same, in the same order
+    assert float(np.mean(shares)) >= 0.95, float(np.mean(shares))
+    assert float(np.mean(top_kept)) >= 0.97, float(np.mean(top_kept))
+    assert same >= 150, same  # most lists are even the same, in the same order (198 of 200)
 
 
 def test_covisit_rows_match_the_neighbour_lists() -> None:
