@@ -421,7 +421,7 @@ class Models:
     ``embeddings`` may be ``None`` (not published yet): the embedding component
     is then 0. ``version`` goes into the Redis value (``model_version``).
     Values that depend only on the catalogue and the trending board (shares per
-    category, float64 content vectors, co-visitation rows) are cached until
+    category, float64 and sparse content vectors, co-visitation rows) are cached until
     either changes (``Catalogue.version``, ``TrendingBoard.version``).
     """
 
@@ -1273,8 +1273,9 @@ def _covisit_scores(parts: Sequence[tuple[I64, F64, float]], n: int) -> tuple[F6
 #: MMR picks among at most this many candidates per pick, the best-scored
 #: (:func:`_mmr_pool`): with ``mmr_lambda`` 0.9 the pool that gives exactly the picks
 #: over all candidates held 100+ of them for most users, and MMR over them was the
-#: largest single cost of :func:`rank`; a candidate past the 4k-th best score seldom
-#: beats them all on diversity (docs/models.md).
+#: largest single cost of :func:`rank`; a candidate past the 3k-th best score seldom
+#: beats them all on diversity (4k until branch rank-fast: 3k left HR@10 within 0.1
+#: point on seeds 4 and 9, docs/models.md).
 MMR_POOL_PER_PICK = 3
 
 
