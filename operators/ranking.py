@@ -310,6 +310,27 @@ class _Constants:
         default_factory=dict
     )
     _vectors64: F64 | None = None
+    # the content vectors' non-zeros per row, padded (column 0, value 0), lazily
+    _sparse: tuple[npt.NDArray[np.int32], F32] | None = None
+
+    def sparse(self) -> tuple[npt.NDArray[np.int32], F32]:
+        """The content vectors as at most a few non-zeros per row (hashed features: ~7 of
+        :data:`~attune.operators.content.CONTENT_DIM`): columns and values, each row padded
+        with column 0 and value 0 to the widest row. A candidate's dot product with a
+        profile is then a gather of a few floats, not of a 1 KiB row (once per snapshot)."""
+        if self._sparse is None:
+            vectors = self.catalogue.vectors[: self.n]
+            at, col = np.nonzero(vectors)
+            counts = np.bincount(at, minlength=len(vectors))
+            width = max(1, int(counts.max()) if len(counts) else 1)
+            starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+            pos = np.arange(len(at)) - starts[at]
+            idx = np.zeros((len(vectors), width), np.int32)
+            val = np.zeros((len(vectors), width), np.float32)
+            idx[at, pos] = col
+            val[at, pos] = vectors[at, col]
+            self._sparse = (idx, val)
+        return self._sparse
 
     def vectors64(self) -> F64:
         """The content vectors as float64, what :func:`rank_full`'s ``vectors @ float64``
@@ -400,7 +421,7 @@ class Models:
     ``embeddings`` may be ``None`` (not published yet): the embedding component
     is then 0. ``version`` goes into the Redis value (``model_version``).
     Values that depend only on the catalogue and the trending board (shares per
-    category, float64 content vectors, co-visitation rows) are cached until
+    category, float64 and sparse content vectors, co-visitation rows) are cached until
     either changes (``Catalogue.version``, ``TrendingBoard.version``).
     """
 
@@ -452,6 +473,7 @@ class Models:
             trending.version,
             cold,
             _vectors64=c._vectors64 if c is not None and same_cat else None,
+            _sparse=c._sparse if c is not None and same_cat else None,
         )
         self._constants = c
         return c
@@ -750,13 +772,17 @@ def _category_affinity(signals: UserSignals, cat: Catalogue, rec: _Recent) -> F6
     share of the recent items in it (the profile's top categories when none is known)."""
     n_codes = len(cat.category_names)
     aff = np.zeros(n_codes)
-    if rec.any_known:
+    if rec.any_known:  # both half-lives in one bincount (long-term bins offset by n_codes)
         codes = cat.codes[rec.known_rows]
-        for wt in (rec.known_short, rec.known_long):
-            a = np.bincount(codes, weights=wt, minlength=n_codes)
-            total = a.sum()
-            if total > 0:
-                aff += 0.5 * a / total
+        short, long = rec.known_short, rec.known_long
+        totals = [float(short.sum()), float(long.sum())]
+        scale = np.asarray([0.5 / t if t > 0 else 0.0 for t in totals])
+        both = np.bincount(
+            np.concatenate((codes, codes + n_codes)),
+            weights=np.concatenate((short * scale[0], long * scale[1])),
+            minlength=2 * n_codes,
+        ).astype(np.float64, copy=False)
+        aff = both[:n_codes] + both[n_codes:]
     else:
         for c in signals.top_categories:
             code = cat.category_code.get(c)
@@ -849,19 +875,22 @@ def _recommendations(
     (in :data:`_COMPONENTS` order) over the candidates, each scaled here to [0, 1] by its
     maximum (all rows in a few calls: the same floats as one row at a time).
     ``vectors``: the candidates' content vectors if already gathered."""
-    top = comps.max(axis=1, keepdims=True)
-    scaled = np.divide(comps, top, out=np.zeros_like(comps), where=top > 0)
-    weighted = np.asarray([wts[name] for name in _COMPONENTS])[:, None] * scaled
-    score = weighted.sum(axis=0)
-    if vectors is None:
-        vectors = cat.vectors[rows_c]
+    # weight / maximum per component (0 for a component without a positive value): the
+    # score is one product, and the weighted components are only taken for the picks
+    top = comps.max(axis=1)
+    w = np.asarray([wts[name] for name in _COMPONENTS])
+    factor = np.divide(w, top, out=np.zeros_like(w), where=top > 0)
+    score = factor @ comps
     if len(score) <= MMR_POOL_PER_PICK * k:  # the pool is every candidate
+        if vectors is None:
+            vectors = cat.vectors[rows_c]
         picked = _mmr(score, vectors, k, mmr_lambda)
     else:
         pool = _mmr_pool(score, k)
-        in_pool = _mmr(score[pool], vectors[pool], k, mmr_lambda)
+        pool_vectors = vectors[pool] if vectors is not None else cat.vectors[rows_c[pool]]
+        in_pool = _mmr(score[pool], pool_vectors, k, mmr_lambda)
         picked = pool[in_pool].tolist()
-    reasons = weighted[:, picked].argmax(axis=0).tolist()
+    reasons = (factor[:, None] * comps[:, picked]).argmax(axis=0).tolist()
     ids, categories = cat.ids, cat.categories
     out = []
     for r, value, c in zip(rows_c[picked].tolist(), score[picked].tolist(), reasons, strict=True):
@@ -1008,12 +1037,15 @@ def _seed_rows(rec: _Recent) -> list[int]:
     return list(out)
 
 
-def _content_profile(cat: Catalogue, rec: _Recent) -> F32 | None:
+def _content_profile(cat: Catalogue, consts: _Constants, rec: _Recent) -> F32 | None:
     """The user's decayed mean content vector, unit length, rounded to float32 once (the
-    vectors are float32; ``None`` without one)."""
+    vectors are float32; ``None`` without one), summed from the sparse rows."""
     if not rec.any_known:
         return None
-    profile = (rec.known_long[:, None] * cat.vectors[rec.known_rows]).sum(axis=0)
+    idx, val = consts.sparse()
+    rows = rec.known_rows
+    weights = (rec.known_long[:, None] * val[rows]).ravel()
+    profile = np.bincount(idx[rows].ravel(), weights=weights, minlength=cat.vectors.shape[1])
     norm = math.sqrt(float(profile @ profile))  # np.linalg.norm of a vector, in one call
     if norm <= 0:
         return None
@@ -1021,39 +1053,50 @@ def _content_profile(cat: Catalogue, rec: _Recent) -> F32 | None:
     return unit
 
 
-def _user_vectors(emb: F32 | None, rec: _Recent) -> list[tuple[F32, float]]:
-    """The user vectors with their shares (0.6 short-term, 0.4 long-term):
-    embeddings.user_vectors with the call's decay weights, both vectors in one product."""
+def _user_vectors(emb: F32 | None, rec: _Recent) -> tuple[F32, F64] | None:
+    """The user vectors (unit length, one column each) and their shares (0.6
+    short-term, 0.4 long-term): embeddings.user_vectors with the call's decay weights,
+    both vectors in one product; a vector of norm <= 1e-6 is left out (``None``: none)."""
     if emb is None or not rec.any_known:
-        return []
+        return None
     wt = np.stack([rec.known_short, rec.known_long])
     vecs = (wt @ emb[rec.known_rows]).astype(np.float32)
-    user_vecs: list[tuple[F32, float]] = []
-    for u, share_w in zip(vecs, (0.6, 0.4), strict=True):
-        norm = float(np.sqrt(u @ u))  # np.linalg.norm of a vector (float32), in two calls
-        if norm > 1e-6:
-            user_vecs.append((u / norm, share_w))
-    return user_vecs
+    norms = np.sqrt((vecs * vecs).sum(axis=1)).tolist()
+    keep = [i for i in (0, 1) if norms[i] > 1e-6]
+    if not keep:
+        return None
+    if len(keep) == 2:
+        unit = vecs / np.asarray(norms, np.float32)[:, None]
+        return unit.T, _SHARES
+    i = keep[0]
+    return (vecs[i] / np.float32(norms[i]))[:, None], _SHARES[i : i + 1]
+
+
+_SHARES: Final = np.asarray([0.6, 0.4])
 
 
 def _cold_candidates(
     consts: _Constants, profile: F32, codes: list[int], mask: npt.NDArray[np.bool_]
 ) -> I64 | None:
-    """The top :data:`N_CONTENT` allowed cold rows by content similarity to ``profile``,
-    among the cold items of the user's categories ``codes``: the content vector is
-    mostly category (top level, path, brand and price band are all category-scoped), so
-    cold items elsewhere share little more than tags with the profile."""
+    """The top :data:`N_CONTENT` allowed cold rows by (positive) content similarity to
+    ``profile``, among the cold items of the user's categories ``codes``: the content
+    vector is mostly category (top level, path, brand and price band are all
+    category-scoped), so cold items elsewhere share little more than tags with the
+    profile."""
     parts = [consts.cold_in(c) for c in codes]
     parts = [p for p in parts if len(p[0])]
     if not parts:
         return None
     if len(parts) == 1:
-        cold_rows, sims32 = parts[0][0], parts[0][1] @ profile
+        cold_rows, sims = parts[0][0], parts[0][1] @ profile
     else:
         cold_rows = np.concatenate([p[0] for p in parts])
-        sims32 = np.concatenate([p[1] @ profile for p in parts])
-    sims = np.maximum(sims32, 0.0).astype(np.float64)
-    return cold_rows[_top(sims, mask[cold_rows], N_CONTENT)]
+        sims = np.concatenate([p[1] @ profile for p in parts])
+    ok = mask[cold_rows] & (sims > 0)
+    cold_rows, sims = cold_rows[ok], sims[ok]
+    if len(cold_rows) <= N_CONTENT:
+        return cold_rows
+    return cold_rows[np.argpartition(-sims, N_CONTENT - 1)[:N_CONTENT]]
 
 
 def _covisit_sums(models: Models, rec: _Recent, now: int, n: int) -> tuple[F64 | None, list[I64]]:
@@ -1098,32 +1141,32 @@ def _covisit_sums(models: Models, rec: _Recent, now: int, n: int) -> tuple[F64 |
 def _components(
     rows_c: I64,
     cat: Catalogue,
-    embedding: tuple[F32 | None, list[tuple[F32, float]]],
+    embedding: tuple[F32 | None, tuple[F32, F64] | None],
     covisit: tuple[F64 | None, int],
     trending: tuple[F64, _TrendShares],
     *,
     profile: F32 | None,
-) -> tuple[F64, F32]:
+    sparse: tuple[npt.NDArray[np.int32], F32],
+) -> F64:
     """The components of the candidates ``rows_c`` (one row each, :data:`_COMPONENTS`
-    order) and their content vectors (for content and MMR)."""
+    order); content from the sparse content vectors ``sparse``."""
     emb, user_vecs = embedding
     sums, n = covisit
     aff, trend = trending
     m = len(rows_c)
     comps = np.zeros((len(_COMPONENTS), m))
-    if user_vecs and emb is not None:
-        e = emb[rows_c]
-        for u, share_w in user_vecs:
-            comps[0] += share_w * np.maximum(e @ u, 0.0).astype(np.float64)
+    if user_vecs is not None and emb is not None:  # both user vectors in one product
+        unit, shares = user_vecs
+        comps[0] = np.maximum(emb[rows_c] @ unit, 0.0) @ shares
     if sums is not None:
         comps[1:3] = sums.reshape(2, n)[:, rows_c]
     codes_c = cat.codes[rows_c]
     comps[3] = aff[codes_c] * trend.in_cat[rows_c]
     comps[4] = trend.share[rows_c]
-    vectors_c = cat.vectors[rows_c]  # the candidates' content vectors, for content and MMR
     if profile is not None:
-        comps[5] = np.maximum(vectors_c @ profile, 0.0)
-    return comps, vectors_c
+        idx, val = sparse
+        comps[5] = np.maximum((profile[idx[rows_c]] * val[rows_c]).sum(axis=1), 0.0)
+    return comps
 
 
 def rank(
@@ -1170,9 +1213,9 @@ def rank(
         cand.append(got)
     emb = models.aligned_embeddings()
     user_vecs = _user_vectors(emb, rec)
-    if user_vecs:
+    if user_vecs is not None:
         cand += models.embedding_neighbours(_seed_rows(rec))
-    profile = _content_profile(cat, rec)
+    profile = _content_profile(cat, consts, rec)
     if profile is not None:
         got = _cold_candidates(consts, profile, codes, mask)
         if got is not None:
@@ -1186,8 +1229,14 @@ def rank(
     if m == 0:
         return []
 
-    comps, vectors_c = _components(
-        rows_c, cat, (emb, user_vecs), (sums, n), (aff, trend), profile=profile
+    comps = _components(
+        rows_c,
+        cat,
+        (emb, user_vecs),
+        (sums, n),
+        (aff, trend),
+        profile=profile,
+        sparse=consts.sparse(),
     )
     if rec.any_known:
         wts = {name: float(getattr(w, name)) for name in _COMPONENTS}
@@ -1201,7 +1250,6 @@ def rank(
         trend_reason=trend.reason,
         k=k,
         mmr_lambda=w.mmr_lambda,
-        vectors=vectors_c,
     )
 
 
@@ -1225,9 +1273,10 @@ def _covisit_scores(parts: Sequence[tuple[I64, F64, float]], n: int) -> tuple[F6
 #: MMR picks among at most this many candidates per pick, the best-scored
 #: (:func:`_mmr_pool`): with ``mmr_lambda`` 0.9 the pool that gives exactly the picks
 #: over all candidates held 100+ of them for most users, and MMR over them was the
-#: largest single cost of :func:`rank`; a candidate past the 4k-th best score seldom
-#: beats them all on diversity (docs/models.md).
-MMR_POOL_PER_PICK = 4
+#: largest single cost of :func:`rank`; a candidate past the 3k-th best score seldom
+#: beats them all on diversity (4k until branch rank-fast: 3k left HR@10 within 0.1
+#: point on seeds 4 and 9, docs/models.md).
+MMR_POOL_PER_PICK = 3
 
 
 def _mmr(score: F64, vectors: F32, k: int, lam: float) -> list[int]:
@@ -1245,14 +1294,15 @@ def _mmr(score: F64, vectors: F32, k: int, lam: float) -> list[int]:
     """
     m = len(score)
     k = min(k, m)
-    rel = lam * _scaled(score if score.dtype == np.float64 else score.astype(np.float64))
+    best = float(score.max()) if m else 0.0
+    rel = lam * (score / best) if best > 0 else np.zeros(m)
     if lam >= 1.0:
         top: list[int] = np.argsort(-rel, kind="stable")[:k].tolist()
         return top
     if k <= 1:
         return [int(rel.argmax())][:k]
-    sims = np.maximum(vectors @ vectors.T, 0.0).astype(np.float64)
-    after = rel[None, :] - (1.0 - lam) * sims  # row j: the values if j were the closest pick
+    sims = np.maximum(vectors @ vectors.T, 0.0)
+    after = rel[None, :] - (1.0 - lam) * sims  # float64; row j: the values if j were the closest
     value = rel
     picked: list[int] = []
     minimum, neg_inf = np.minimum, -np.inf
