@@ -5,10 +5,8 @@ from __future__ import annotations
 from attune.bench.rank import (
     HEADER,
     capture,
-    differing,
     every_nth,
     overlap,
-    reference_rank,
     replay,
     report,
 )
@@ -23,10 +21,6 @@ def test_capture_and_report_on_a_tiny_workload() -> None:
     assert len(timing.ns) == len(calls) == len(timing.lists)
     assert all(len(items) <= c.k for items, c in zip(timing.lists, calls, strict=True))
     row = report("64 items", calls, full_limit=5)
-    # the lists may now differ from the ranking before the rewrite, but mostly do not
-    reference = replay(calls, "reference", reference_rank)
-    assert differing(calls) <= len(calls) // 4
-    assert overlap(timing.lists, reference.lists) >= 0.9
     assert row.startswith("| 64 items |") and row.count("|") == HEADER.splitlines()[0].count("|")
 
 
