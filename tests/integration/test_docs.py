@@ -9,6 +9,7 @@ and a flushed Redis; workloads shrink to a few dozen users.
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import uuid
@@ -265,7 +266,41 @@ def run_subscriber_poll(servers: DocsServers) -> None:
     assert [t.trigger_id for t in pushed] == [sent.trigger_id]
 
 
+def run_quickstart(servers: DocsServers) -> None:
+    """docs/quickstart.md, both blocks in order: the session (setup and install already
+    done by the test command), then the recommendations of the first user messaged."""
+    b = block("docs/quickstart.md: bash deploy/local/setup.sh && python -m pip install -e .")
+    text = server_session(b.text, servers, {"--users 200 --days 1": "--users 40 --days 1"})
+    text = substitute(
+        text, {"bash deploy/local/setup.sh && python -m pip install -e .\n": "true\n"}
+    )
+    (servers.tmp / "examples").symlink_to(ROOT / "examples")  # run from a checkout's root
+    out = run_bash(text, servers.tmp, servers.env)
+    lines = [json.loads(x) for x in (servers.tmp / "messages.jsonl").read_text().splitlines()]
+    assert lines, "the app received no cart_abandoned trigger"
+    assert {line["kind"] for line in lines} == {"cart_abandoned"}
+    assert '"kind": "cart_abandoned"' in out.stdout or '"kind":"cart_abandoned"' in out.stdout
+    printed: list[tuple[Any, ...]] = []
+    py = block("docs/quickstart.md: import json")
+    cwd = Path.cwd()
+    try:
+        os.chdir(servers.tmp)  # the block opens messages.jsonl where the session wrote it
+        exec_python(
+            substitute_any(py.text, servers.addresses), {"print": lambda *a: printed.append(a)}
+        )
+    finally:
+        os.chdir(cwd)
+    ((kind, user, source, item_ids),) = printed
+    assert kind == "cart_abandoned" and user == lines[0]["user"]
+    assert source in {"personalized", "trending"} and isinstance(item_ids, list | tuple)
+
+
 RUNNERS: dict[str, Callable[[DocsServers], None]] = {
+    "docs/quickstart.md: bash deploy/local/setup.sh && python -m pip install -e .": (
+        run_quickstart
+    ),
+    # the python block reads what the bash block's app wrote: one runner runs both
+    "docs/quickstart.md: import json": run_quickstart,
     "README.md: attune local up                      # Kafka on 127.0.0.1:19092, "
     "Redis on 127.0.0.1:16379": run_readme_session,
     "README.md: from attune.clients import RecommendationClient": run_readme_recommendations,
