@@ -197,35 +197,6 @@ class CovisitIndex:
                 st = self.states[a] = ItemNeighbours(a)
             st.update(b, kind, t_ms)
 
-    def learn_after(
-        self, session_items: Sequence[str], new_item: str, kind: str, t_ms: int
-    ) -> None:
-        """``learn(session_pairs(session_items, new_item), kind, t_ms)``, pair by pair in
-        the same order, without the list (the learner runs this per session touch).
-
-        >>> a, b = CovisitIndex(), CovisitIndex()
-        >>> a.learn(session_pairs(["x", "y", "x"], "z"), VIEWED, 5)
-        >>> b.learn_after(["x", "y", "x"], "z", VIEWED, 5)
-        >>> a == b
-        True
-        """
-        states = self.states
-        seen = {new_item}
-        for item in reversed(session_items):
-            if item in seen:
-                continue
-            seen.add(item)
-            st = states.get(new_item)
-            if st is None:
-                st = states[new_item] = ItemNeighbours(new_item)
-            st.update(item, kind, t_ms)
-            st = states.get(item)
-            if st is None:
-                st = states[item] = ItemNeighbours(item)
-            st.update(new_item, kind, t_ms)
-            if len(seen) > PAIR_WINDOW:
-                break
-
     def put(self, lst: NeighbourList) -> None:
         self.published[lst.item] = lst
 

@@ -47,14 +47,11 @@ import logging
 import math
 import pickle
 import struct
-import sys
 import time
-from array import array
 from bisect import insort
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from itertools import chain
 from operator import itemgetter
 from typing import Any, Final, Protocol
@@ -71,6 +68,7 @@ from attune.operators.covisit import (
     CovisitIndex,
     NeighbourList,
     purchase_pairs,
+    session_pairs,
 )
 from attune.operators.embeddings import EmbeddingSnapshot, Item2Vec
 from attune.operators.events import (
@@ -106,7 +104,6 @@ from attune.operators.trending import (
     VIEW_W,
     ItemTrend,
     TrendingBoard,
-    scopes_of,
 )
 
 __all__ = [
@@ -628,15 +625,13 @@ class SnapshotEncoder:
     def put(self, item: str, lst: NeighbourList) -> None:
         """Encode ``item``'s lists (replacing the previous ones; the order of items stays)."""
         pairs = lst.viewed + lst.bought
-        names, scores = zip(*pairs, strict=True) if pairs else ((), ())
-        code = self.codes.get(item)
         self.lists[item] = (
-            self.code((item,))[0] if code is None else code,
+            self.code((item,))[0],
             lst.at_ms,
             len(lst.viewed),
             len(lst.bought),
-            _i4_bytes(self.code(names)),
-            _f8_bytes(scores),
+            np.array(self.code([name for name, _ in pairs]), _I4).tobytes(),
+            np.array([score for _, score in pairs], _F8).tobytes(),
         )
 
     def encode(self, snap: ModelSnapshot) -> bytes:
@@ -686,29 +681,6 @@ class SnapshotEncoder:
                 body,
             )
         )
-
-
-def _np_i4_bytes(values: Iterable[int]) -> bytes:
-    return np.array(values, _I4).tobytes()
-
-
-def _np_f8_bytes(values: Iterable[float]) -> bytes:
-    return np.array(values, _F8).tobytes()
-
-
-def _array_i4_bytes(values: Iterable[int]) -> bytes:
-    return array("i", values).tobytes()
-
-
-def _array_f8_bytes(values: Iterable[float]) -> bytes:
-    return array("d", values).tobytes()
-
-
-# Little-endian i4 and f8 bytes of a short list: the array module's where its C int and
-# double are those (a few times cheaper than numpy for the ~60 numbers of a list).
-_NATIVE = sys.byteorder == "little" and array("i").itemsize == 4 and array("d").itemsize == 8
-_i4_bytes: Final = _array_i4_bytes if _NATIVE else _np_i4_bytes
-_f8_bytes: Final = _array_f8_bytes if _NATIVE else _np_f8_bytes
 
 
 def _lens(entry: tuple[int, int, int, int, bytes, bytes]) -> tuple[int, int]:
@@ -774,15 +746,12 @@ class ModelLearner:
         (trained at the next publish), one propensity example."""
         seen: list[str] = []
         segments = s.segments
-        covisit = self.covisit
-        states = covisit.states
         for touch in s.touches:
             if touch.kind != PURCHASE:
-                item = touch.item
-                if len(states) < MAX_ITEMS or item in states:
-                    covisit.learn_after(seen, item, VIEWED, touch.time_ms)
-                if not seen or seen[-1] != item:
-                    seen.append(item)
+                if len(self.covisit.states) < MAX_ITEMS or touch.item in self.covisit.states:
+                    self.covisit.learn(session_pairs(seen, touch.item), VIEWED, touch.time_ms)
+                if not seen or seen[-1] != touch.item:
+                    seen.append(touch.item)
             self._trend(touch, segments)
         for t, items in s.orders:
             self.covisit.learn(purchase_pairs(items), BOUGHT, t)
@@ -816,31 +785,13 @@ class ModelLearner:
         metrics = self.metrics = self.propensity.metrics()  # computed once per publication
         scopes: dict[str, list[tuple[str, float]]] = {}
         scores, segment_scores = self.scores, self.segment_scores
-        trends = self.trends
-        # What ItemTrend.publish lists, in its order, without its tuples: an item's
-        # category scopes, then a scope per segment (scope names made once).
         for item in self.changed:
-            trend = trends[item]
-            member, score = trend.item, trend.score
-            pair = (member, score)
-            for scope in _category_scopes(trend.category):
-                got = scopes.get(scope)
-                if got is None:
-                    scopes[scope] = [pair]
-                else:
-                    got.append(pair)
-            scores[item] = score  # new items arrive in the order of self.trends
+            trend = self.trends[item]
+            for scope, member, score in trend.publish():
+                scopes.setdefault(scope, []).append((member, score))
+            scores[item] = trend.score  # new items arrive in the order of self.trends
             for seg, score in trend.segments.items():
-                scope = _segment_scope(seg)
-                got = scopes.get(scope)
-                if got is None:
-                    scopes[scope] = [(member, score)]
-                else:
-                    got.append((member, score))
-                seg_scores = segment_scores.get(seg)
-                if seg_scores is None:
-                    seg_scores = segment_scores[seg] = {}
-                seg_scores[item] = score
+                segment_scores.setdefault(seg, {})[item] = score
         self.changed = {}
         self._neighbour_lists(at)
         snapshot = ModelSnapshot(
@@ -872,17 +823,6 @@ class ModelLearner:
             if state is not None:
                 self.encoder.put(item, state.publish(at, SNAPSHOT_NEIGHBOURS))
         self.covisit_changed = {}
-
-
-@lru_cache(maxsize=4096)
-def _category_scopes(category: str | None) -> tuple[str, ...]:
-    """:func:`~attune.operators.trending.scopes_of`, made once per category."""
-    return tuple(scopes_of(category))
-
-
-@lru_cache(maxsize=4096)
-def _segment_scope(segment: str) -> str:
-    return f"segment:{segment}"
 
 
 def _best(scores: dict[str, float], n: int) -> dict[str, float]:

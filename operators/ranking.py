@@ -563,14 +563,15 @@ class Models:
         cache, states, n = self._covisit_pairs, self.covisit.states, len(cat)
         out = []
         for item in items:
-            if item in states:  # live learner states (the evaluator): not cached
-                got = _pair(self.covisit_norm(item, VIEWED, now_ms),
-                            self.covisit_norm(item, BOUGHT, now_ms), n)  # fmt: skip
-            elif item in cache:
-                got = cache[item]
-            else:
-                got = cache[item] = _pair(self.covisit_norm(item, VIEWED, now_ms),
-                                          self.covisit_norm(item, BOUGHT, now_ms), n)  # fmt: skip
+            live = item in states  # live learner states (the evaluator): not cached
+            if not live and item in cache:
+                out.append(cache[item])
+                continue
+            got = _pair(
+                self.covisit_norm(item, VIEWED, now_ms), self.covisit_norm(item, BOUGHT, now_ms), n
+            )
+            if not live:
+                cache[item] = got
             out.append(got)
         return out
 

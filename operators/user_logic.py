@@ -50,6 +50,7 @@ IDLE_FREEZE = timedelta(seconds=60)
 #: after twice the wait (2, 4, 8, ... s: the replay's speed is not known), until the idle
 #: freeze comes first.
 REPLAY_IDLE_CHECK = timedelta(seconds=2)
+_REPLAY_CHECK_MS = int(REPLAY_IDLE_CHECK.total_seconds() * 1000)
 #: Wake times of cart polls are rounded up to this grid (ms), those of deferred triggers
 #: (a few users just logged in) to the finer one ...
 POLL_GRID_MS = 100
@@ -81,7 +82,6 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
     __slots__ = (
         "_active_ms",
         "_check_ms",
-        "_first_check_ms",
         "_freeze_ms",
         "_frozen",
         "_state",
@@ -101,8 +101,7 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         self.cfg = cfg
         self._ttl_ms = int(cfg.state_ttl.total_seconds() * 1000)
         self._freeze_ms = int(idle_freeze.total_seconds() * 1000)
-        self._first_check_ms = int(REPLAY_IDLE_CHECK.total_seconds() * 1000)
-        self._check_ms = self._first_check_ms  # doubles at each look that finds it busy
+        self._check_ms = _REPLAY_CHECK_MS  # doubles at each look that finds it busy
 
     @property
     def state(self) -> UserState | None:
@@ -127,7 +126,7 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
             kept.withheld = 0
         out.extend(due(kept, self.cfg))
         kept.active_ms = self.cfg.clock.now_ms()
-        self._check_ms = self._first_check_ms
+        self._check_ms = _REPLAY_CHECK_MS
         return out, StatefulBatchLogic.RETAIN
 
     def _latest_active_ms(self) -> int | None:
@@ -208,9 +207,8 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
             return _on_grid(self._active_ms + self._ttl_ms, IDLE_GRID_MS)
         st = self.state
         if st is not None and pending(st, self.cfg):  # poll the stream clock while these wait
-            poll = self._poll(st) / timedelta(milliseconds=1)
-            grid = DEFERRED_GRID_MS if st.trig.deferred else POLL_GRID_MS
-            return _on_grid(time.time() * 1000 + poll, grid)
+            poll, grid = self._poll(st)
+            return _on_grid(time.time() * 1000 + poll / timedelta(milliseconds=1), grid)
         if st is None:
             return _on_grid(self.cfg.clock.now_ms() + self._ttl_ms, IDLE_GRID_MS)
         # idle: freeze after IDLE_FREEZE, then wait for the TTL; in a replay, look at the
@@ -221,10 +219,11 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
             wake = check
         return _on_grid(wake, IDLE_GRID_MS)
 
-    def _poll(self, st: UserState) -> timedelta:
-        """How long a pending user waits before it looks at the stream clock again."""
+    def _poll(self, st: UserState) -> tuple[timedelta, int]:
+        """How long a pending user waits before it looks at the stream clock again, and
+        the grid (ms) its wake time is rounded up to."""
         if st.trig.deferred:
-            return DEFERRED_POLL
+            return DEFERRED_POLL, DEFERRED_GRID_MS
         clock = self.cfg.stream_clock
         if clock.live():  # event time keeps pace with the wall: sleep until it is due
             due_ms = st.cart.next_due_ms(self.cfg.triggers.abandon_after_ms)
@@ -232,8 +231,8 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
             if due_ms is not None and now_ms is not None and due_ms >= now_ms:
                 # judged once the settled time is strictly past the due time
                 wait = min(max(due_ms + 1 - now_ms, LIVE_WAKE_MIN_MS), LIVE_WAKE_MAX_MS)
-                return timedelta(milliseconds=wait)
-        return TIMER_POLL
+                return timedelta(milliseconds=wait), POLL_GRID_MS
+        return TIMER_POLL, POLL_GRID_MS
 
     def snapshot(self) -> bytes:
         # A pickle is the immutable copy Bytewax asks for, ~10x cheaper than deepcopy;

@@ -36,6 +36,7 @@ from tests.unit.test_docs import (
     short_id,
     substitute,
     substitute_any,
+    topic_env,
 )
 
 pytestmark = pytest.mark.integration
@@ -62,18 +63,10 @@ def docs_servers(
     redis_client: redis.Redis,
 ) -> Iterator[DocsServers]:
     prefix = f"test.docs.{uuid.uuid4().hex[:10]}."
-    topic_env = {
-        "ATTUNE_TOPIC_EVENTS": f"{prefix}events",
-        "ATTUNE_TOPIC_ITEMS": f"{prefix}items",
-        "ATTUNE_TOPIC_TRIGGERS_PREFIX": f"{prefix}triggers.",
-        "ATTUNE_TOPIC_SEGMENTS": f"{prefix}segments",
-        "ATTUNE_TOPIC_DLQ": f"{prefix}dlq",
-        "ATTUNE_TOPIC_ERASURES": f"{prefix}erasures",
-    }
     env = docs_env(
         tmp_path,
         {
-            **topic_env,
+            **topic_env(prefix),
             "ATTUNE_KAFKA_BOOTSTRAP": local_servers.kafka_bootstrap,
             "ATTUNE_REDIS_URL": local_servers.redis_url,
             "ATTUNE_KAFKA_PORT": str(local_test_settings.kafka_port),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from attune.flows import topics
-from tests.unit.test_docs import ROOT, docs_env
+from tests.unit.test_docs import ROOT, docs_env, topic_env
 
 pytestmark = pytest.mark.integration
 
@@ -22,15 +22,7 @@ def test_topics_create_and_list_print_only_their_lines(
     prefix = f"test.docs-cli.{uuid.uuid4().hex[:10]}."
     env = docs_env(
         tmp_path,
-        {
-            "ATTUNE_KAFKA_BOOTSTRAP": kafka_bootstrap,
-            "ATTUNE_TOPIC_EVENTS": f"{prefix}events",
-            "ATTUNE_TOPIC_ITEMS": f"{prefix}items",
-            "ATTUNE_TOPIC_TRIGGERS_PREFIX": f"{prefix}triggers.",
-            "ATTUNE_TOPIC_SEGMENTS": f"{prefix}segments",
-            "ATTUNE_TOPIC_DLQ": f"{prefix}dlq",
-            "ATTUNE_TOPIC_ERASURES": f"{prefix}erasures",
-        },
+        {"ATTUNE_KAFKA_BOOTSTRAP": kafka_bootstrap, **topic_env(prefix)},
     )
     try:
         for action in ("create", "list"):

@@ -158,6 +158,18 @@ def docs_env(tmp: Path, extra: Mapping[str, str] = {}) -> dict[str, str]:
     return env
 
 
+def topic_env(prefix: str) -> dict[str, str]:
+    """``ATTUNE_TOPIC_*`` naming every topic of the flow ``<prefix><topic>``: a test's own."""
+    return {
+        "ATTUNE_TOPIC_EVENTS": f"{prefix}events",
+        "ATTUNE_TOPIC_ITEMS": f"{prefix}items",
+        "ATTUNE_TOPIC_TRIGGERS_PREFIX": f"{prefix}triggers.",
+        "ATTUNE_TOPIC_SEGMENTS": f"{prefix}segments",
+        "ATTUNE_TOPIC_DLQ": f"{prefix}dlq",
+        "ATTUNE_TOPIC_ERASURES": f"{prefix}erasures",
+    }
+
+
 def run_bash(
     text: str, cwd: Path, env: Mapping[str, str], timeout_s: float = 300
 ) -> subprocess.CompletedProcess[str]:
