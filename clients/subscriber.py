@@ -410,6 +410,7 @@ class TriggerSubscriber:
                 raise ValueError(
                     "no Kafka bootstrap servers: pass bootstrap or set ATTUNE_KAFKA_BOOTSTRAP"
                 )
+            _check_broker(bootstrap, self.settings)
             options: dict[str, Any] = {
                 "client_id": f"attune-subscriber-{group_id}",
                 # kafka-python's 500 ms default lets the broker hold a fetch that long
@@ -594,6 +595,19 @@ class TriggerSubscriber:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _check_broker(bootstrap: str, settings: Settings) -> None:
+    """Raise :class:`~attune.operators.connect_check.ConnectionCheckError` with one line
+    when the broker refuses the credentials or the TLS handshake, or does not answer
+    (kafka-python would retry for 30 s and say only "Unable to bootstrap"). The check uses
+    librdkafka (confluent-kafka, installed with Attune); where it cannot be imported, the
+    subscriber goes on without it, with kafka-python alone."""
+    try:
+        from attune.operators.connect_check import check_kafka
+    except ImportError:  # pragma: no cover - confluent-kafka is a dependency of attune
+        return
+    check_kafka(bootstrap, settings)
 
 
 def _codec_for(settings: Settings) -> Codec:

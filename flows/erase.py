@@ -33,6 +33,7 @@ import orjson
 import redis
 
 from attune.flows.settings import Settings
+from attune.operators.connect_check import check_redis
 from attune.operators.privacy import Pseudonymiser, UserIdPolicy, load_key, looks_like_pii
 from attune.operators.privacy import parse_previous_keys as _previous
 from attune.operators.redis_keys import RedisKeys, escape_tag
@@ -173,6 +174,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env().replace(redis_url=args.redis)
     ids = stored_ids(args.user, settings)
+    check_redis(settings)  # one line for refused credentials, TLS or an ACL without the prefix
     config = RedisConfig.from_settings(settings)
     client = config.client()
     try:

@@ -33,6 +33,7 @@ from typing import IO, Any, BinaryIO, TypeVar
 from attune.flows.settings import Settings
 from attune.flows.topics import client_options
 from attune.operators.codec import Codec
+from attune.operators.connect_check import check_kafka
 from attune.operators.container import write_container
 from attune.operators.events import Event, ItemUpdate, event_to_record, to_record
 from attune.operators.kafka_sink import librdkafka_security
@@ -442,6 +443,8 @@ def run(args: argparse.Namespace) -> int:
             if settings.schema_registry_url
             else None
         )
+        # One line for a broker that refuses the credentials or the TLS handshake, at once.
+        check_kafka(bootstrap, settings)
         generated = generate(config)
         report = produce(
             generated,

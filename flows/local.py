@@ -18,6 +18,12 @@ to connect to; nothing in the dataflow depends on this module.
 ('127.0.0.1:29092', 'redis://127.0.0.1:26379/0')
 >>> servers.apply(Settings()).kafka_bootstrap
 '127.0.0.1:29092'
+
+:func:`secure_up` starts the same two servers in their secure mode
+(``deploy/local/secure.sh``): Kafka with only a SASL_SSL listener (SCRAM-SHA-512) and
+Redis with only TLS and one ACL user limited to the key prefix, with throwaway
+certificates and random passwords; :class:`SecureServers` holds the client settings the
+script wrote (docs/security.md).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ log = logging.getLogger(__name__)
 DEPLOY_DIR = Path(__file__).resolve().parents[1] / "deploy" / "local"
 KAFKA_SCRIPT = DEPLOY_DIR / "kafka.sh"
 REDIS_SCRIPT = DEPLOY_DIR / "redis.sh"
+SECURE_SCRIPT = DEPLOY_DIR / "secure.sh"
 
 #: Outer bounds on one script run; the scripts bound their own waits (Kafka
 #: 60 s to be ready, 30 s to stop) and these only catch a hung script. ``up``
@@ -69,6 +76,68 @@ def addresses(settings: Settings) -> LocalServers:
         kafka_bootstrap=f"127.0.0.1:{settings.kafka_port}",
         redis_url=f"redis://127.0.0.1:{settings.redis_port}/0",
     )
+
+
+@dataclass(frozen=True, slots=True)
+class SecureServers:
+    """The secure servers' client settings: the ``ATTUNE_*`` variables of the env file
+    ``deploy/local/secure.sh`` wrote (bootstrap, SASL user and password, CA file, the
+    rediss:// URL, Redis user and password...)."""
+
+    env_file: Path
+    env: dict[str, str]
+
+    def apply(self, settings: Settings) -> Settings:
+        """``settings`` pointed at these servers, with their credentials and CA."""
+        client = Settings.from_env(self.env)
+        names = [name.removeprefix("ATTUNE_").lower() for name in self.env]
+        return settings.replace(**{name: getattr(client, name) for name in names})
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    r"""The ``[export ]NAME=VALUE`` lines of a shell env file (comments and blanks skipped;
+    values unquoted, as secure.sh writes them).
+
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".env", delete=False) as f:
+    ...     _ = f.write("# made by secure.sh\nexport ATTUNE_REDIS_USERNAME=attune\nA=b=c\n")
+    >>> read_env_file(Path(f.name))
+    {'ATTUNE_REDIS_USERNAME': 'attune', 'A': 'b=c'}
+    """
+    out = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.removeprefix("export ").partition("=")
+        if not sep:
+            raise LocalServerError(f"{path}: not a NAME=VALUE line: {line!r}")
+        out[name.strip()] = value
+    return out
+
+
+def secure_up(settings: Settings, *, cache_dir: Path | None = None) -> SecureServers:
+    """Start Kafka (SASL_SSL, SCRAM-SHA-512) and Redis (TLS, ACL user) on the ports of
+    ``settings``, making certificates and passwords the first time; the client settings.
+
+    The Redis user may use the keys under ``settings.redis_prefix`` only. Raises
+    :class:`LocalServerError` with the reason and the servers' log tails.
+    """
+    check(settings, cache_dir=cache_dir)
+    _checked(SECURE_SCRIPT, ["up", *_cache_args(cache_dir)], settings, timeout_s=UP_TIMEOUT_S)
+    env_file = secure_env_file(settings)
+    return SecureServers(env_file, read_env_file(env_file))
+
+
+def secure_down(settings: Settings) -> None:
+    """Stop the secure servers; delete Kafka's data, the certificates and the passwords."""
+    _checked(SECURE_SCRIPT, ["down"], settings, timeout_s=DOWN_TIMEOUT_S)
+
+
+def secure_env_file(settings: Settings) -> Path:
+    """Where ``secure.sh`` writes the client settings of the servers of ``settings``."""
+    state = settings.resolved_state_dir().absolute()
+    return state / f"secure-{settings.kafka_port}" / "client.env"
 
 
 def check(settings: Settings, *, cache_dir: Path | None = None) -> None:
@@ -151,6 +220,7 @@ def _script_env(settings: Settings) -> dict[str, str]:
         ATTUNE_KAFKA_CONTROLLER_PORT=str(settings.kafka_controller_port),
         ATTUNE_REDIS_PORT=str(settings.redis_port),
         ATTUNE_PARTITIONS=str(settings.partitions),
+        ATTUNE_REDIS_PREFIX=settings.redis_prefix,
     )
     return env
 

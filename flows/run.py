@@ -11,12 +11,10 @@ docs/architecture.md.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from bytewax.recovery import RecoveryConfig
 from bytewax.run import cli_main
@@ -24,8 +22,9 @@ from prometheus_client import start_http_server
 
 from attune.flows import tune_gc
 from attune.flows.embedded import LocalStore, render, write_report
-from attune.flows.personalize import build_flow, default_sinks, kafka_security
+from attune.flows.personalize import build_flow, default_sinks
 from attune.flows.settings import Settings
+from attune.operators import connect_check
 from attune.operators.consent import withheld_total
 from attune.operators.sources import progress
 
@@ -92,36 +91,16 @@ KAFKA_CHECK_S = 10.0
 
 
 def check_kafka(settings: Settings, timeout_s: float | None = None) -> None:
-    """Fail fast with one line when the broker does not answer.
+    """Fail fast with one line when the broker does not answer or refuses the credentials
+    or the TLS handshake (:func:`attune.operators.connect_check.check_kafka`).
 
     Without it, the first to notice is the source's metadata request deep inside
     Bytewax's start-up: ~30 s of librdkafka connection errors on stderr, then a Python
-    traceback ending in ``KafkaException ... Failed to get metadata``. librdkafka's own
-    log lines are silenced here (a logger that drops them): the raised line says it all.
+    traceback ending in ``KafkaException ... Failed to get metadata``.
     """
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
-
-    quiet = logging.getLogger("attune.preflight.librdkafka")
-    quiet.addHandler(logging.NullHandler())
-    quiet.propagate = False
-    config: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka_bootstrap,
-        **kafka_security(settings),
-        "logger": quiet,
-        "log.connection.close": False,
-    }
-    admin = AdminClient(config)
-    try:
-        admin.list_topics(timeout=KAFKA_CHECK_S if timeout_s is None else timeout_s)
-    except KafkaException as exc:
-        err = exc.args[0] if exc.args else exc
-        reason = err.str() if hasattr(err, "str") else str(err)
-        raise RuntimeError(
-            f"Kafka at {settings.kafka_bootstrap} is not reachable ({reason}): start local "
-            "servers with `attune local up`, or point --kafka / ATTUNE_KAFKA_BOOTSTRAP at "
-            "a broker"
-        ) from None
+    connect_check.check_kafka(
+        settings.kafka_bootstrap, settings, KAFKA_CHECK_S if timeout_s is None else timeout_s
+    )
 
 
 def check_servers(settings: Settings) -> None:
@@ -147,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     embedded = not settings.kafka_bootstrap and not settings.redis_url
     if settings.kafka_bootstrap and settings.redis_url and not settings.input_file:
         check_kafka(settings)  # half a configuration is refused by build_flow, first
+        connect_check.check_redis(settings)
     store = LocalStore() if embedded else None
     flow = build_flow(settings, sinks=default_sinks(settings, store))
     tune_gc()

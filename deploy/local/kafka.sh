@@ -6,10 +6,20 @@
 # deploy/local/pom.xml. Used by hand, by flows/local.py (`attune local ...`)
 # and by the pytest session fixtures in tests/conftest.py.
 #
-#   kafka.sh up [--cache-dir DIR]   start (or find already running) and wait until ready
+#   kafka.sh up [--cache-dir DIR] [--tls DIR --scram FILE]
+#                                   start (or find already running) and wait until ready
 #   kafka.sh down [--keep]          stop; delete the broker's data unless --keep
 #   kafka.sh status                 one line: "<up|starting|down> bootstrap=... log=..."
 #   kafka.sh check [--cache-dir DIR]  say what is missing (java, mvn) and how to install it
+#
+# Secure mode (deploy/local/secure.sh uses it): `up --tls DIR --scram FILE` makes the
+# listener on ATTUNE_KAFKA_PORT SASL_SSL instead of PLAINTEXT: TLS with the keystore
+# DIR/server.p12 made by deploy/local/tls.sh, and SASL/SCRAM-SHA-512 with the users of
+# FILE (one "name password" a line; the first is the broker's own, inter-broker) created
+# when the storage is formatted (kafka-storage format --add-scram). Nothing listens
+# unauthenticated then but the controller port. `status` and a later `up` read the mode
+# from server.properties; readiness is then a verified TLS handshake and the log's
+# "Kafka Server started", as a raw metadata request needs SASL.
 #
 # Environment (the same variables flows/settings.py reads; defaults equal):
 #   ATTUNE_STATE_DIR              data, logs, pid file, jar cache (default ~/.cache/attune)
@@ -71,16 +81,26 @@ done
 CMD=${1:-}
 [[ $# -gt 0 ]] && shift
 KEEP=0
+TLS_DIR=""
+SCRAM_FILE=""
+SCRAM_NAMES=() SCRAM_PASSWORDS=()
 while [[ $# -gt 0 ]]; do
     case $1 in
         --keep) KEEP=1 ;;
         --cache-dir) [[ $# -ge 2 ]] || die "--cache-dir needs a directory"; CACHE_DIR=$2; shift ;;
         --cache-dir=*) CACHE_DIR=${1#--cache-dir=} ;;
-        *) die "unknown option $1 (usage: kafka.sh up [--cache-dir DIR] | down [--keep] | status | check)" ;;
+        --tls) [[ $# -ge 2 ]] || die "--tls needs a directory (made by deploy/local/tls.sh)"; TLS_DIR=$2; shift ;;
+        --scram) [[ $# -ge 2 ]] || die "--scram needs a file of \"name password\" lines"; SCRAM_FILE=$2; shift ;;
+        *) die "unknown option $1 (usage: kafka.sh up [--cache-dir DIR] [--tls DIR --scram FILE] | down [--keep] | status | check)" ;;
     esac
     shift
 done
 [[ $CACHE_DIR == /* ]] || CACHE_DIR=$PWD/$CACHE_DIR
+if [[ -n $TLS_DIR || -n $SCRAM_FILE ]]; then
+    [[ -n $TLS_DIR && -n $SCRAM_FILE ]] || die "--tls and --scram go together (secure mode needs both)"
+    [[ $TLS_DIR == /* ]] || TLS_DIR=$PWD/$TLS_DIR
+    [[ $SCRAM_FILE == /* ]] || SCRAM_FILE=$PWD/$SCRAM_FILE
+fi
 
 JARS_DIR=$CACHE_DIR/kafka-$KAFKA_VERSION/libs
 INSTANCE_DIR=$STATE_DIR/kafka-$PORT
@@ -111,6 +131,13 @@ check_tools() {
     if [[ $version =~ version\ \"([0-9]+) ]] && ((BASH_REMATCH[1] < 17)); then
         die "Kafka $KAFKA_VERSION needs Java 17 or newer, $(command -v java) is Java ${BASH_REMATCH[1]}; install openjdk-17-jre-headless and put it first on PATH"
     fi
+    if [[ -n $TLS_DIR ]]; then
+        command -v openssl >/dev/null 2>&1 || die "openssl not found on PATH (secure mode checks the TLS listener with it); install it with apt-get install openssl"
+        local f
+        for f in ca.pem server.p12 server.p12.password; do
+            [[ -r $TLS_DIR/$f ]] || die "$TLS_DIR/$f missing: make the certificates with deploy/local/tls.sh $TLS_DIR"
+        done
+    fi
 }
 
 fetch_jars() {
@@ -131,8 +158,6 @@ fetch_jars() {
     jars_cached || die "mvn finished but $JARS_DIR lacks the expected $EXPECTED_JARS jars; delete it and retry"
 }
 
-# True when something accepts TCP connections on 127.0.0.1:$1.
-
 # True when the broker answers a Metadata request (v4: the oldest Kafka 4 still
 # serves) listing at least one broker. Raw bytes so that no client is needed.
 metadata_ok() {
@@ -148,18 +173,86 @@ metadata_ok() {
     (((bytes[12] << 24 | bytes[13] << 16 | bytes[14] << 8 | bytes[15]) >= 1))
 }
 
-# True while process $1 runs (a zombie waiting for its parent to reap it has exited).
+# True when the SASL_SSL listener completes a TLS handshake verified with the CA.
+tls_ok() {
+    timeout 5 openssl s_client -connect "127.0.0.1:$PORT" -CAfile "$TLS_DIR/ca.pem" \
+        -verify_return_error -brief </dev/null >/dev/null 2>&1
+}
 
+# True when the broker serves clients: it answers a metadata request (PLAINTEXT) or, in
+# secure mode, logged its start and completes a verified TLS handshake.
+broker_ready() {
+    if [[ -z $TLS_DIR ]]; then
+        port_open "$PORT" && metadata_ok
+    else
+        grep -q 'Kafka Server started' "$LOG" 2>/dev/null && tls_ok
+    fi
+}
 
-write_properties() {
-    cat >"$PROPS" <<EOF
-# Written by deploy/local/kafka.sh on every start; edits are overwritten.
-process.roles=broker,controller
-node.id=1
+# Secure mode of a broker started before (status, or up while it runs): from its
+# server.properties, when no --tls was given.
+detect_mode() {
+    [[ -z $TLS_DIR && -f $PROPS ]] || return 0
+    grep -q '^listeners=SASL_SSL' "$PROPS" || return 0
+    TLS_DIR=$(sed -n 's|^ssl.keystore.location=\(.*\)/server.p12$|\1|p' "$PROPS")
+}
+
+# The SCRAM users of secure mode: "name password" lines, names and passwords of
+# [A-Za-z0-9._-] (they go into a JAAS line and --add-scram unquoted); sets SCRAM_NAMES
+# and SCRAM_PASSWORDS.
+read_scram_users() {
+    SCRAM_NAMES=() SCRAM_PASSWORDS=()
+    [[ -r $SCRAM_FILE ]] || die "cannot read the SCRAM users file $SCRAM_FILE"
+    local name password rest
+    while read -r name password rest || [[ -n $name ]]; do
+        [[ -z $name || $name == \#* ]] && continue
+        [[ $name =~ ^[A-Za-z0-9._-]+$ && $password =~ ^[A-Za-z0-9._-]+$ && -z $rest ]] ||
+            die "$SCRAM_FILE: each line must be \"name password\" of letters, digits, . _ -"
+        SCRAM_NAMES+=("$name") SCRAM_PASSWORDS+=("$password")
+    done <"$SCRAM_FILE"
+    ((${#SCRAM_NAMES[@]})) || die "$SCRAM_FILE names no SCRAM user"
+}
+
+# The listener lines: PLAINTEXT, or SASL_SSL with SCRAM-SHA-512 in secure mode.
+listener_properties() {
+    if [[ -z $TLS_DIR ]]; then
+        cat <<EOF
 listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
 advertised.listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
+EOF
+        return
+    fi
+    local keystore_password
+    read -r keystore_password <"$TLS_DIR/server.p12.password"
+    cat <<EOF
+listeners=SASL_SSL://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=SASL_SSL://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=SASL_SSL
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="${SCRAM_NAMES[0]}" password="${SCRAM_PASSWORDS[0]}";
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$TLS_DIR/server.p12
+ssl.keystore.password=$keystore_password
+# The broker checks its own certificate (and, inter-broker, its peers') against the CA.
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS_DIR/ca.pem
+ssl.client.auth=none
+EOF
+}
+
+write_properties() {
+    {
+        cat <<EOF
+# Written by deploy/local/kafka.sh on every start; edits are overwritten.
+process.roles=broker,controller
+node.id=1
+EOF
+        listener_properties
+        cat <<EOF
 controller.listener.names=CONTROLLER
 controller.quorum.bootstrap.servers=127.0.0.1:$CONTROLLER_PORT
 log.dirs=$DATA_DIR
@@ -178,6 +271,8 @@ transaction.state.log.num.partitions=5
 # No 3 s wait before the first rebalance of a new consumer group.
 group.initial.rebalance.delay.ms=0
 EOF
+    } >"$PROPS"
+    chmod 600 "$PROPS"
 }
 
 format_storage() {
@@ -188,13 +283,16 @@ format_storage() {
             die "$DATA_DIR was formatted for controller port $formatted_for, not $CONTROLLER_PORT; run 'kafka.sh down' (without --keep) to start clean"
         return 0
     }
-    local cluster_id
+    local cluster_id scram=() i
+    for ((i = 0; i < ${#SCRAM_NAMES[@]}; i++)); do
+        scram+=(--add-scram "SCRAM-SHA-512=[name=${SCRAM_NAMES[i]},password=${SCRAM_PASSWORDS[i]}]")
+    done
     # Any 16 random bytes in URL-safe base64 without padding is a valid cluster id.
     cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
     mkdir -p "$DATA_DIR"
     say "formatting $DATA_DIR (cluster id $cluster_id)"
     if ! java -Xmx256m -cp "$JARS_DIR/*" kafka.tools.StorageTool format --standalone \
-        -t "$cluster_id" -c "$PROPS" >>"$LOG" 2>&1; then
+        -t "$cluster_id" -c "$PROPS" "${scram[@]}" >>"$LOG" 2>&1; then
         tail -n 30 "$LOG" >&2 || true
         rm -rf "$DATA_DIR"
         die "formatting the storage failed (log above, full log $LOG)"
@@ -223,7 +321,7 @@ wait_ready() {
     local pid=$1 started=$SECONDS deadline=$((SECONDS + START_TIMEOUT_S))
     while :; do
         alive "$pid" || fail_start "the broker (pid $pid) exited during start-up"
-        if port_open "$PORT" && metadata_ok; then
+        if broker_ready; then
             say "up at 127.0.0.1:$PORT (pid $pid, ready after $((SECONDS - started))s)"
             return 0
         fi
@@ -236,7 +334,8 @@ cmd_up() {
     check_tools
     local pid
     if pid=$(our_pid); then
-        if metadata_ok; then
+        detect_mode
+        if broker_ready; then
             say "already up at 127.0.0.1:$PORT (pid $pid)"
             return 0
         fi
@@ -250,6 +349,7 @@ cmd_up() {
         port_open "$p" && die "port $p on 127.0.0.1 is already in use by another process; stop it, or choose other ports with ATTUNE_KAFKA_PORT / ATTUNE_KAFKA_CONTROLLER_PORT"
     done
     fetch_jars
+    [[ -z $TLS_DIR ]] || read_scram_users
     mkdir -p "$INSTANCE_DIR"
     [[ -f $LOG ]] && mv -f "$LOG" "$LOG.1"
     write_properties
@@ -272,12 +372,14 @@ cmd_down() {
 
 cmd_status() {
     local pid state=down rc=3 extra=""
+    detect_mode
     if pid=$(our_pid); then
-        if metadata_ok; then state=up rc=0; else state=starting; fi
+        if broker_ready; then state=up rc=0; else state=starting; fi
         extra=" pid=$pid"
     elif [[ -f $PIDFILE ]]; then
         extra=" (stale pid file)"
     fi
+    [[ -z $TLS_DIR ]] || extra+=" security=SASL_SSL"
     printf '%s bootstrap=127.0.0.1:%s%s log=%s\n' "$state" "$PORT" "$extra" "$LOG"
     return "$rc"
 }
