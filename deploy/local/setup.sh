@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian/Ubuntu machine for Attune: the system packages the real
-# local servers need (Java 17 and Maven for Kafka, Debian's redis-server), then
+# local servers need (Java 17 and Maven for Kafka, Debian's redis-server, openssl and
+# redis-cli for their secure mode), then
 # the attune package with its test extras, editable. Installs only what is
 # missing; safe to run again. The Kafka jars are fetched by deploy/local/kafka.sh
 # the first time a broker starts (once, cached in ~/.cache/attune).
@@ -11,6 +12,10 @@ need=()
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# The secure servers (deploy/local/secure.sh, tests/integration/test_security.py): openssl
+# makes the throwaway certificates, redis-cli checks the TLS port.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 if ((${#need[@]})); then
     sudo=""
     if [ "$(id -u)" -ne 0 ]; then
