@@ -31,6 +31,7 @@ from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError, for_code
 
 from attune.flows.settings import Settings
+from attune.operators.connect_check import check_kafka
 from attune.operators.settings import client_options
 from attune.operators.triggers import KINDS
 
@@ -260,6 +261,10 @@ def _admin(bootstrap: str, settings: Settings | None) -> closing[KafkaAdminClien
             "no Kafka bootstrap servers: set ATTUNE_KAFKA_BOOTSTRAP "
             "(or start local servers with `attune local up`)"
         )
+    if settings is not None and settings.kafka_security_protocol != "PLAINTEXT":
+        # kafka-python would retry a refused password or certificate for 30 s and then
+        # say only "Unable to bootstrap": name the cause in one line, at once.
+        check_kafka(bootstrap, settings)
     try:
         admin = KafkaAdminClient(
             bootstrap_servers=bootstrap, client_id="attune-topics", **client_options(settings)

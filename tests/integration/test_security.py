@@ -33,7 +33,9 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, NoPermissionError
+from redis.retry import Retry
 
 from attune.clients.recommendations import RecommendationClient
 from attune.clients.subscriber import TriggerSubscriber
@@ -236,6 +238,7 @@ RUN = ["run", "--until-end"]
 GENERATE = ["generate", "--kafka", "--users", "3", "--days", "1"]
 ERASE = ["erase", "u1"]
 CASES = [
+    ("kafka password", KAFKA_PASSWORD, ["topics", "create"], KAFKA_AUTH),
     ("kafka password", KAFKA_PASSWORD, RUN, KAFKA_AUTH),
     ("kafka password", KAFKA_PASSWORD, GENERATE, KAFKA_AUTH),
     ("untrusted kafka", OTHER_KAFKA_CA, RUN, KAFKA_CA),
@@ -323,7 +326,9 @@ def test_the_servers_refuse_what_the_acl_and_tls_do_not_allow(secure: Secure) ->
         client.flushall()
     client.delete(key)
     client.close()
-    plain = redis.Redis(host="127.0.0.1", port=int(port), socket_timeout=1)
+    plain = redis.Redis(
+        host="127.0.0.1", port=int(port), socket_timeout=1, retry=Retry(NoBackoff(), 0)
+    )
     with pytest.raises(redis.ConnectionError):
         plain.ping()  # no plaintext port: TLS only
     plain.close()
