@@ -131,7 +131,11 @@ STAGES: dict[str, tuple[str, ...]] = {
     "Kafka sinks": ("attune.operators.kafka_sink",),
     # The flow's small functions between steps (key_on, map, branch callbacks), its sink
     # wrappers and its set-up.
-    "flow glue (attune.flows)": ("attune.flows.*", "attune.operators.settings"),
+    "flow glue (attune.flows)": (
+        "attune.flows.*",
+        "attune.operators.settings",
+        "attune.operators.connect_check",  # start-up checks
+    ),
     "Bytewax overhead": ("bytewax.*", "~:<built-in method bytewax.*"),
 }
 #: Own time of functions with no stage and no caller with one.

@@ -436,6 +436,7 @@ def test_fetches_wait_50_ms_not_kafka_pythons_500_and_the_caller_can_override(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(subscriber_module, "KafkaConsumer", _Recorder)
+    monkeypatch.setattr(subscriber_module, "_check_broker", lambda *args: None)  # no broker
     sub = TriggerSubscriber("k:1", ["cart_abandoned"], "app", settings=Settings())
     assert sub._consumer.options["fetch_max_wait_ms"] == 50
     sub = TriggerSubscriber(
