@@ -102,6 +102,9 @@ RedisOp = (
 )
 REDIS_OPS = (ProfileWrite, _SegmentsWrite, ForgetUser, AliasWrite, RecsWrite)
 
+#: The dataflow's id: the prefix of every step id, in recovery snapshots and metrics.
+FLOW_ID = "attune_personalize"
+
 #: Price band quantile: an item priced at or above this quantile of its
 #: category's catalogue prices is in the top ("premium") band.
 PREMIUM_QUANTILE = 2 / 3
@@ -264,7 +267,7 @@ def build_flow(
         live_within_ms=settings.live_within_s * 1000,
     )
 
-    flow = Dataflow("attune_personalize")
+    flow = Dataflow(FLOW_ID)
     decoded = op.input("events", flow, source)
     valid = op.branch("valid", decoded, _is_event)
     events: Stream[Event] = valid.trues

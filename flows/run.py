@@ -29,7 +29,7 @@ from prometheus_client import start_http_server
 
 from attune.flows import tune_gc
 from attune.flows.embedded import LocalStore, render, write_report
-from attune.flows.personalize import build_flow, default_sinks, kafka_security
+from attune.flows.personalize import FLOW_ID, build_flow, default_sinks, kafka_security
 from attune.flows.settings import Settings
 from attune.operators.consent import withheld_total
 from attune.operators.sources import progress
@@ -57,7 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--snapshot-interval", type=float, default=10.0, help="seconds between snapshots"
     )
-    run.add_argument("--segments", help="YAML rule segments file (default: shipped rules)")
+    run.add_argument(
+        "--segments", help="YAML rule segments file (ATTUNE_SEGMENTS_FILE; default: shipped rules)"
+    )
     run.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     run.add_argument(
         "--report", default="out/report.json", help="embedded default: JSON report path"
@@ -325,16 +327,17 @@ def recovery_store(directory: Path, identity: dict[str, str]) -> RecoveryConfig:
             )
     elif parts:
         steps = _snapshot_steps(parts)
-        foreign = sorted(s for s in steps if not s.startswith(identity["flow"] + "."))
-        if foreign:
+        flows = sorted({step.split(".", 1)[0] for step in steps} - {identity["flow"]})
+        if flows:
             raise ValueError(
                 f"recovery directory {directory} belongs to another flow (it holds snapshots "
-                f"of steps {', '.join(foreign[:3])}, not of {identity['flow']}): {advice}"
+                f"of the dataflow {', '.join(map(repr, flows))}, not of "
+                f"{identity['flow']!r}): {advice}"
             )
     elif directory.exists() and any(directory.iterdir()):
         raise ValueError(
             f"recovery directory {directory} holds other files and no Bytewax recovery "
-            f"partitions (part-*.sqlite3): {advice}"
+            "partitions (part-*.sqlite3): give this flow an empty or new directory"
         )
     if not parts:
         directory.mkdir(parents=True, exist_ok=True)
@@ -385,14 +388,12 @@ def run(args: argparse.Namespace) -> int:
         check_registry(settings)
         check_kafka(settings)
         check_redis(settings)
+    recovery = None
+    if args.recovery_dir:
+        recovery = recovery_store(Path(args.recovery_dir), recovery_identity(settings, FLOW_ID))
     store = LocalStore() if embedded else None
     flow = build_flow(settings, sinks=default_sinks(settings, store))
     tune_gc()
-    recovery = None
-    if args.recovery_dir:
-        recovery = recovery_store(
-            Path(args.recovery_dir), recovery_identity(settings, flow.flow_id)
-        )
     if args.metrics_port:
         start_http_server(args.metrics_port)
     what = "embedded default" if embedded else f"Kafka {settings.kafka_bootstrap} -> Redis"

@@ -184,13 +184,16 @@ class OutageRetry(Retry):
     """:class:`OutagePolicy` as redis-py's ``retry=``: every command, pipeline and
     (re)connection of the client follows the policy.
 
-    redis-py copies the object into each connection (``copy.deepcopy``); the policy is
-    immutable, so the copies agree.
+    redis-py copies the object into each connection (``copy.deepcopy``); the copies share
+    the policy, which is immutable (and its clock, which a test may have injected).
     """
 
     def __init__(self, policy: OutagePolicy) -> None:
         super().__init__(NoBackoff(), -1, RETRIED)
         self.policy = policy
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> OutageRetry:
+        return OutageRetry(self.policy)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, OutageRetry):
