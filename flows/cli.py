@@ -150,7 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="attune",
         description="Attune: real-time personalization from Avro events on Kafka to Redis.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show debug logs, the libraries' own output and the whole error chain",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from attune.flows import generate
@@ -265,6 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="print the settings (secrets masked)")
     cfg.add_argument("--markdown", action="store_true", help="print the reference table")
     cfg.set_defaults(func=_cmd_config)
+    for command in sub.choices.values():  # `attune run ... --verbose` works as well
+        command.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="show debug logs, the libraries' own output and the whole error chain",
+        )
     return parser
 
 

@@ -489,8 +489,10 @@ class RedisConfig:
         RedisKeys(self.prefix)  # validates the prefix
 
     @classmethod
-    def from_settings(cls, settings: _RedisSettings) -> RedisConfig:
-        """The config from Attune's settings (``ATTUNE_REDIS_*``)."""
+    def from_settings(cls, settings: _RedisSettings, *, hold_back: bool = False) -> RedisConfig:
+        """The config from Attune's settings (``ATTUNE_REDIS_*``); ``hold_back``: the
+        flow's, which waits out a silent Redis up to ``ATTUNE_REDIS_OUTAGE_LIMIT_S``
+        (tools such as ``attune erase`` fail at once instead)."""
         return cls(
             url=settings.redis_url,
             username=settings.redis_username,
@@ -501,7 +503,7 @@ class RedisConfig:
             ssl_certfile=settings.redis_ssl_certfile,
             ssl_keyfile=settings.redis_ssl_keyfile,
             socket_timeout_s=float(settings.redis_timeout_s),
-            outage_limit_s=float(settings.redis_outage_limit_s),
+            outage_limit_s=float(settings.redis_outage_limit_s) if hold_back else None,
         )
 
     def __repr__(self) -> str:

@@ -25,13 +25,15 @@ from bytewax.testing import TestingSource, run_main
 from attune.flows import run
 from attune.flows.cli import error_line, main, native_stderr_muted, root_cause
 from attune.flows.settings import Settings
+from attune.flows.sinks import server_sinks
+from attune.operators.codec import Codec
 from attune.operators.redis_retry import (
     OutagePolicy,
     OutageRetry,
     RedisUnavailableError,
     retried,
 )
-from attune.operators.redis_sink import RedisConfig
+from attune.operators.redis_sink import RedisConfig, RedisSink
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -550,8 +552,23 @@ def test_the_flow_s_redis_config_holds_back_and_tools_do_not() -> None:
     settings = Settings(
         redis_url="redis://127.0.0.1:1/0", redis_outage_limit_s=7, redis_timeout_s=2
     )
-    config = RedisConfig.from_settings(settings)
+    config = RedisConfig.from_settings(settings, hold_back=True)
     held = config.outage_policy()
     assert held is not None and held.limit_s == 7 and config.socket_timeout_s == 2
     assert isinstance(config.client().get_connection_kwargs()["retry"], OutageRetry)
-    assert RedisConfig("redis://127.0.0.1:1/0").outage_policy() is None  # erase, benches
+    assert RedisConfig.from_settings(settings).outage_policy() is None  # attune erase
+    sinks = server_sinks(settings.replace(kafka_bootstrap="127.0.0.1:1"), Codec())
+    assert isinstance(sinks.redis, RedisSink) and sinks.redis.config.outage_policy() == held
+
+
+def test_verbose_shows_the_chain_before_the_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(tmp_path / "missing.avro")
+    assert main(["run", "--input", missing]) == 1
+    quiet = capsys.readouterr().err
+    assert main(["run", "--input", missing, "--verbose"]) == 1
+    loud = capsys.readouterr().err
+    assert "Traceback" not in quiet and "Traceback" in loud
+    assert loud.strip().splitlines()[-1] == quiet.strip().splitlines()[-1]
+    assert quiet.strip().splitlines()[-1].startswith(f"attune run: input file {missing} does")
