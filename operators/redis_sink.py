@@ -640,8 +640,9 @@ class _RedisPartition(StatelessSinkPartition[RedisOp]):
             return
         request = self._packer.pack(commands)
         try:
-            # redis-py's pool replaces a connection the server closed while idle;
-            # any other failure stops the flow, and recovery replays the batch.
+            # redis-py's pool replaces a connection the server closed while idle; a
+            # silent Redis is waited out (redis_retry.py, the flow's config); any other
+            # failure stops the flow, and recovery replays the batch.
             refused = self._send_held(request, commands)
             if any(_old_segments(commands[i], error) for i, error in refused):
                 refused = self._upgrade_segments(commands, refused)
