@@ -228,6 +228,13 @@ def check_registry(settings: Settings, timeout_s: float | None = None) -> None:
         with urllib.request.urlopen(url + "/subjects", timeout=wait) as resp:
             answer = json.loads(resp.read())
     except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise RuntimeError(
+                f"schema registry at {url} refused GET /subjects (HTTP {exc.code}): it wants "
+                "credentials, which Attune's registry client does not send; allow anonymous "
+                "reads and registration for Attune's subjects, or unset "
+                "ATTUNE_SCHEMA_REGISTRY_URL to use Avro single-object encoding"
+            ) from None
         raise RuntimeError(
             f"schema registry at {url} answered HTTP {exc.code} to GET /subjects: it is not a "
             f"Confluent schema registry; {advice}"

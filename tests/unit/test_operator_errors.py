@@ -12,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import bytewax.operators as op
@@ -170,30 +170,46 @@ def test_a_schema_registry_url_where_nothing_listens(
 
 
 @pytest.fixture
-def not_a_registry() -> Iterator[str]:
-    """An HTTP server that answers 404 to everything (a wrong port of another service)."""
+def http_server() -> Iterator[Callable[[int], str]]:
+    """A factory of HTTP servers that answer every GET with one status (a wrong port of
+    another service: 404; a registry that wants credentials: 401)."""
+    servers: list[http.server.HTTPServer] = []
 
-    class NotFound(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_error(404)
+    def start(status: int) -> str:
+        class Answer(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_error(status)
 
-        def log_message(self, *_args: object) -> None:
-            pass
+            def log_message(self, *_args: object) -> None:
+                pass
 
-    server = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+        server = http.server.HTTPServer(("127.0.0.1", 0), Answer)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
 
 
-def test_a_schema_registry_url_of_another_service(not_a_registry: str) -> None:
+def test_a_schema_registry_url_of_another_service(http_server: Callable[[int], str]) -> None:
+    url = http_server(404)
     with pytest.raises(RuntimeError) as info:
-        run.check_registry(Settings(schema_registry_url=not_a_registry))
+        run.check_registry(Settings(schema_registry_url=url))
     assert str(info.value).startswith(
-        f"schema registry at {not_a_registry} answered HTTP 404 to GET /subjects: it is not a "
+        f"schema registry at {url} answered HTTP 404 to GET /subjects: it is not a "
         "Confluent schema registry; point ATTUNE_SCHEMA_REGISTRY_URL"
+    )
+
+
+def test_a_schema_registry_that_wants_credentials(http_server: Callable[[int], str]) -> None:
+    url = http_server(401)
+    with pytest.raises(RuntimeError) as info:
+        run.check_registry(Settings(schema_registry_url=url))
+    assert str(info.value).startswith(
+        f"schema registry at {url} refused GET /subjects (HTTP 401): it wants credentials"
     )
 
 
