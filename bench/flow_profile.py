@@ -127,7 +127,11 @@ STAGES: dict[str, tuple[str, ...]] = {
         "attune.operators.trigger_*",
         "attune.operators.rules",
     ),
-    "Redis sink": ("attune.operators.redis_sink", "attune.operators.redis_keys"),
+    "Redis sink": (
+        "attune.operators.redis_sink",
+        "attune.operators.redis_keys",
+        "attune.operators.redis_retry",
+    ),
     "Kafka sinks": ("attune.operators.kafka_sink",),
     # The flow's small functions between steps (key_on, map, branch callbacks), its sink
     # wrappers and its set-up.

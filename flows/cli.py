@@ -15,12 +15,19 @@ override them.
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
+import io
 import logging
+import os
 import re
 import sys
-from collections.abc import Sequence
+import threading
+import traceback
+from collections.abc import Iterator, Sequence
 
 import orjson
+import redis
 from confluent_kafka import KafkaException
 from kafka.errors import KafkaError
 
@@ -143,7 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="attune",
         description="Attune: real-time personalization from Avro events on Kafka to Redis.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show debug logs, the libraries' own output and the whole error chain",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from attune.flows import generate
@@ -258,6 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="print the settings (secrets masked)")
     cfg.add_argument("--markdown", action="store_true", help="print the reference table")
     cfg.set_defaults(func=_cmd_config)
+    for command in sub.choices.values():  # `attune run ... --verbose` works as well
+        command.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="show debug logs, the libraries' own output and the whole error chain",
+        )
     return parser
 
 
@@ -266,28 +286,102 @@ def build_parser() -> argparse.ArgumentParser:
 #: broker, whose failure the command's own error line then reports. Shown with --verbose.
 QUIET_LOGGERS = ("kafka",)
 
+#: Commands whose native libraries write to the process's stderr (file descriptor 2)
+#: behind Python's back: librdkafka's connection errors (a line per retry) and Rust's
+#: panic message and backtrace when a Bytewax step raises. Without --verbose, those
+#: lines are kept out of the terminal (:func:`native_stderr_muted`); Python's own lines
+#: (progress, logs, the error line) still show. `local` is not one: its server scripts'
+#: errors are the message.
+NATIVE_NOISY = frozenset({"run", "generate", "topics", "erase"})
+
+#: The errors an operator can act on (configuration, servers, files): printed as one
+#: line. Anything else is a bug and keeps its traceback.
+OPERATOR_ERRORS: tuple[type[BaseException], ...] = (
+    RuntimeError,
+    ValueError,
+    OSError,
+    KafkaException,
+    KafkaError,
+    redis.RedisError,
+)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # the usage of the (sub)command the flag was given to, not the top level's
         command_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
-    try:
-        code: int = args.func(args)
-    except (RuntimeError, ValueError, OSError, KafkaException, KafkaError) as exc:
-        message = with_flags(str(root_cause(exc)), command_parser(parser, args))
-        print(f"attune {args.command}: {message}", file=sys.stderr)
-        if args.verbose:
-            for link in reversed(_chain(exc)[:-1]):
-                print(f"  (raised as: {type(link).__name__}: {link})", file=sys.stderr)
-        return 1
+    muted = not args.verbose and args.command in NATIVE_NOISY
+    with native_stderr_muted(muted):
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        )
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
+        try:
+            code: int = args.func(args)
+        except Exception as exc:
+            line = error_line(exc)
+            if line is None:
+                raise  # not an operator's error: a bug, with its traceback
+            if args.verbose:
+                traceback.print_exception(exc, file=sys.stderr)
+            message = with_flags(line, command_parser(parser, args))
+            print(f"attune {args.command}: {message}", file=sys.stderr)
+            return 1
     return code
+
+
+@contextlib.contextmanager
+def native_stderr_muted(enabled: bool = True) -> Iterator[collections.deque[bytes]]:
+    """Within the block, what native code writes to file descriptor 2 (librdkafka's log
+    lines, Rust's panic messages and backtraces) is read by a thread and only its last
+    lines kept (the yielded deque), while ``sys.stderr`` (Python's lines) still reaches
+    the terminal. Disabled, or when ``sys.stderr`` is not file descriptor 2 (a test's
+    capture), the block runs as is.
+    """
+    kept: collections.deque[bytes] = collections.deque(maxlen=200)
+    try:
+        fd = sys.stderr.fileno() if enabled else -1
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        fd = -1
+    if fd != 2:
+        yield kept
+        return
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    old = sys.stderr
+    new = open(terminal, "w", buffering=1, encoding=old.encoding, errors="backslashreplace")  # noqa: SIM115
+    _restream(old, new)
+    sys.stderr = new
+
+    def drain() -> None:
+        with open(read_end, "rb", buffering=0) as pipe:
+            for line in pipe:
+                kept.append(line)
+
+    reader = threading.Thread(target=drain, name="native-stderr", daemon=True)
+    reader.start()
+    try:
+        yield kept
+    finally:
+        new.flush()
+        os.dup2(terminal, 2)  # the pipe's last writer closed: the reader sees its end
+        reader.join(timeout=2.0)
+        _restream(new, old)  # also the handler logging.basicConfig made in the block
+        sys.stderr = old
+        new.close()
+
+
+def _restream(old: object, new: object) -> None:
+    """Point the root logger's handlers that write to ``old`` at ``new``."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is old:
+            handler.setStream(new)
 
 
 def command_parser(
@@ -343,23 +437,73 @@ def _raised_from(exc: BaseException) -> BaseException | None:
     return None if exc.__suppress_context__ else exc.__context__
 
 
-def root_cause(exc: BaseException) -> BaseException:
-    """The innermost exception of the chain: the one that says what was wrong.
+#: The start of the messages Bytewax wraps a step's exception in: "(src/inputs.rs:446:37):
+#: error calling `StatefulSourcePartition.next_batch` in step ...", "error building
+#: production dataflow".
+_WRAPPER = re.compile(r"^\s*(\(src/[\w/]+\.rs:\d+:\d+\):\s*)?error (calling|building|writing) ")
+#: A Python exception quoted inside a wrapper's message: "SomeError: what was wrong".
+_QUOTED = re.compile(r"^\s*(?:[\w.]+\.)?([A-Z]\w*(?:Error|Exception|Unavailable)): (.+)$")
 
-    Bytewax wraps an error raised in a source or sink ("error calling
-    `StatefulSourcePartition.next_batch` ...") around the project's own message
-    (no such file, a server that is not reachable, a missing topic).
+
+def is_wrapper(exc: BaseException) -> bool:
+    """Whether ``exc`` only says where Bytewax caught an error, not what it was.
+
+    >>> is_wrapper(RuntimeError("(src/outputs.rs:554:34): error writing output batch"))
+    True
+    >>> is_wrapper(RuntimeError("error calling `StatefulSourcePartition.next_batch` in step"))
+    True
+    >>> is_wrapper(RuntimeError("Redis at redis://h:1/0 is not reachable"))
+    False
+    """
+    return type(exc).__module__.startswith("bytewax") or bool(_WRAPPER.match(str(exc)))
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The exception of the chain that says what was wrong: the outermost one that is not
+    a Bytewax wrapper (:func:`is_wrapper`). Bytewax wraps an error raised in a source or
+    sink ("error calling `StatefulSourcePartition.next_batch` ...") around the project's
+    own message (no such file, a server that is not reachable, a missing topic), and the
+    project's message in turn names the library error it was raised from.
 
     >>> try:
     ...     try:
-    ...         raise FileNotFoundError("no such file: e.avro")
-    ...     except OSError as inner:
-    ...         raise RuntimeError("error calling next_batch") from inner
+    ...         raise ConnectionRefusedError("[Errno 111] Connection refused")
+    ...     except OSError as low:
+    ...         try:
+    ...             raise RuntimeError("Redis at redis://h:1/0 is not reachable") from low
+    ...         except RuntimeError as project:
+    ...             raise RuntimeError("error calling `next_batch` in step x") from project
     ... except RuntimeError as outer:
     ...     print(root_cause(outer))
-    no such file: e.avro
+    Redis at redis://h:1/0 is not reachable
     """
-    return _chain(exc)[-1]
+    chain = _chain(exc)
+    return next((link for link in chain if not is_wrapper(link)), chain[-1])
+
+
+def error_line(exc: BaseException) -> str | None:
+    """The one line an operator reads for ``exc``: the message of :func:`root_cause`,
+    whitespace folded; ``None`` when that is not an operator's error (a bug).
+
+    When every link of the chain is a wrapper (the original crossed a process or thread
+    boundary as text), the last ``SomeError: message`` line quoted in the wrapper's
+    message is used.
+
+    >>> error_line(RuntimeError("(src/inputs.rs:1:2): error calling `next_batch`\\n"
+    ...     "Traceback (most recent call last):\\n  File x\\n"
+    ...     "attune.operators.redis_retry.RedisUnavailableError: Redis at r did not answer"))
+    'Redis at r did not answer'
+    >>> error_line(TypeError("unsupported operand")) is None
+    True
+    """
+    cause = root_cause(exc)
+    if is_wrapper(cause):
+        quoted = [m for line in str(cause).splitlines() if (m := _QUOTED.match(line))]
+        if quoted:
+            return " ".join(quoted[-1].group(2).split())
+    if not isinstance(cause, OPERATOR_ERRORS):
+        return None
+    return " ".join(str(cause).split()) or type(cause).__name__
 
 
 if __name__ == "__main__":

@@ -102,6 +102,9 @@ RedisOp = (
 )
 REDIS_OPS = (ProfileWrite, _SegmentsWrite, ForgetUser, AliasWrite, RecsWrite)
 
+#: The dataflow's id: the prefix of every step id, in recovery snapshots and metrics.
+FLOW_ID = "attune_personalize"
+
 #: Price band quantile: an item priced at or above this quantile of its
 #: category's catalogue prices is in the top ("premium") band.
 PREMIUM_QUANTILE = 2 / 3
@@ -139,7 +142,7 @@ def profile_config(
     """The per-user step's configuration: rules, price bands, gaps, TTLs, cluster board,
     model board, consent policy. Raises ``ValueError`` naming the setting for an invalid
     one."""
-    rules = load_rules(Path(settings.segments_file) if settings.segments_file else None)
+    rules = load_rules(_rule_file(settings.segments_file, "segments", "docs/segments.md"))
     return ProfileConfig(
         models=ModelReader(models, catalogue_of(items or [])) if models is not None else None,
         recs=recs_config(settings),
@@ -156,11 +159,39 @@ def profile_config(
             settle_ms=settings.allowed_lateness_s * 1000,
         ),
         trigger_rules=load_trigger_rules(
-            extra=Path(settings.trigger_rules_file) if settings.trigger_rules_file else None,
+            extra=_rule_file(settings.trigger_rules_file, "trigger_rules", "docs/triggers.md"),
             segments=rules.names,
             kinds=KINDS,
         ),
     )
+
+
+def _rule_file(name: str, setting: str, doc: str) -> Path | None:
+    """The rule file ``name`` (``None``: the shipped rules only), refused in one line if
+    it is not a readable file; what is inside it, :mod:`attune.operators.rule_files`
+    checks (a syntax error or an unknown key is named with its file and line).
+
+    >>> _rule_file("", "segments", "docs/segments.md") is None
+    True
+    >>> _rule_file("/no/such.yaml", "segments", "docs/segments.md")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: segments file /no/such.yaml does not exist: give a YAML file \
+(docs/segments.md) with ATTUNE_SEGMENTS_FILE, or unset it for the shipped rules
+    """
+    if not name:
+        return None
+    path = Path(name)
+    what = setting.replace("_", " ")
+    advice = (
+        f"give a YAML file ({doc}) with ATTUNE_{setting.upper()}_FILE, or unset it for the "
+        "shipped rules"
+    )
+    if not path.exists():
+        raise FileNotFoundError(f"{what} file {path} does not exist: {advice}")
+    if not path.is_file():
+        raise IsADirectoryError(f"{what} file {path} is not a file: {advice}")
+    return path
 
 
 def _identity_logic(cfg: ProfileConfig, resume: bytes | None) -> IdentityLogic:
@@ -236,7 +267,7 @@ def build_flow(
         live_within_ms=settings.live_within_s * 1000,
     )
 
-    flow = Dataflow("attune_personalize")
+    flow = Dataflow(FLOW_ID)
     decoded = op.input("events", flow, source)
     valid = op.branch("valid", decoded, _is_event)
     events: Stream[Event] = valid.trues

@@ -65,7 +65,7 @@ def clusters_key(settings: Settings) -> str:
 
 def server_sinks(settings: Settings, codec: Codec) -> Sinks:
     """Redis at ``ATTUNE_REDIS_URL`` and the Kafka topics, messages encoded by ``codec``."""
-    redis_config = RedisConfig.from_settings(settings)
+    redis_config = RedisConfig.from_settings(settings, hold_back=True)  # operations.md
     return Sinks(
         redis=RedisSink(redis_config),
         segments=EncodingKafkaSink(settings, _Topic(settings.topic_segments), codec),

@@ -109,10 +109,10 @@ certificate could not be verified); point ATTUNE_KAFKA_SSL_CAFILE at the CA that
 
 def check_kafka(
     bootstrap: str, settings: Settings | None = None, timeout_s: float = KAFKA_CHECK_S
-) -> None:
+) -> set[str]:
     """Raise :class:`ConnectionCheckError` unless the broker at ``bootstrap`` answers a
     metadata request with the security of ``settings``; an authentication or TLS
-    failure ends the wait at once."""
+    failure ends the wait at once. Returns the names of the topics the broker has."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
@@ -138,8 +138,10 @@ def check_kafka(
     reason = "no answer"
     while True:
         try:
-            admin.list_topics(timeout=min(_KAFKA_ATTEMPT_S, max(deadline - time.monotonic(), 0.01)))
-            return
+            meta = admin.list_topics(
+                timeout=min(_KAFKA_ATTEMPT_S, max(deadline - time.monotonic(), 0.01))
+            )
+            return set(meta.topics)
         except KafkaException as exc:
             err = exc.args[0] if exc.args else exc
             reason = err.str() if hasattr(err, "str") else str(err)
@@ -192,8 +194,8 @@ set ATTUNE_REDIS_PREFIX to a prefix its ACL allows, or allow ~attune:* to the us
             f"({text}); point ATTUNE_REDIS_SSL_CAFILE at the CA that signed it"
         )
     return (
-        f"Redis at {where} is not reachable ({text}): check ATTUNE_REDIS_URL (rediss:// for "
-        "TLS), or start local servers with `attune local up`"
+        f"Redis at {where} is not reachable ({text}): start local servers with `attune local "
+        "up`, or point --redis / ATTUNE_REDIS_URL at a Redis server (rediss:// for TLS)"
     )
 
 

@@ -64,6 +64,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from attune.operators import recs_encoding
 from attune.operators.features import PROFILE_FIELDS, Features, FeatureValue
 from attune.operators.redis_keys import DEFAULT_PREFIX, PROFILE_ORDER, RedisKeys, encode_profile
+from attune.operators.redis_retry import OutagePolicy, OutageRetry
 
 log = logging.getLogger(__name__)
 
@@ -430,6 +431,10 @@ class _RedisSettings(Protocol):
     def redis_ssl_certfile(self) -> str: ...
     @property
     def redis_ssl_keyfile(self) -> str: ...
+    @property
+    def redis_timeout_s(self) -> int: ...
+    @property
+    def redis_outage_limit_s(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -459,6 +464,9 @@ class RedisConfig:
     ssl_cafile: str = ""
     ssl_certfile: str = ""
     ssl_keyfile: str = ""
+    #: Seconds Redis may stay silent before the flow stops (redis_retry.py); ``None``: no
+    #: holding back (redis-py's few quick retries), as tools and tests want.
+    outage_limit_s: float | None = None
 
     def __post_init__(self) -> None:
         if not self.url:
@@ -481,8 +489,10 @@ class RedisConfig:
         RedisKeys(self.prefix)  # validates the prefix
 
     @classmethod
-    def from_settings(cls, settings: _RedisSettings) -> RedisConfig:
-        """The config from Attune's settings (``ATTUNE_REDIS_*``)."""
+    def from_settings(cls, settings: _RedisSettings, *, hold_back: bool = False) -> RedisConfig:
+        """The config from Attune's settings (``ATTUNE_REDIS_*``); ``hold_back``: the
+        flow's, which waits out a silent Redis up to ``ATTUNE_REDIS_OUTAGE_LIMIT_S``
+        (tools such as ``attune erase`` fail at once instead)."""
         return cls(
             url=settings.redis_url,
             username=settings.redis_username,
@@ -492,6 +502,8 @@ class RedisConfig:
             ssl_cafile=settings.redis_ssl_cafile,
             ssl_certfile=settings.redis_ssl_certfile,
             ssl_keyfile=settings.redis_ssl_keyfile,
+            socket_timeout_s=float(settings.redis_timeout_s),
+            outage_limit_s=float(settings.redis_outage_limit_s) if hold_back else None,
         )
 
     def __repr__(self) -> str:
@@ -530,9 +542,19 @@ class RedisConfig:
             options["ssl_keyfile"] = self.ssl_keyfile
         return options
 
+    def outage_policy(self) -> OutagePolicy | None:
+        """How the flow's clients wait out a Redis that does not answer, if they do."""
+        if self.outage_limit_s is None:
+            return None
+        return OutagePolicy(self.safe_url, self.outage_limit_s)
+
     def client(self) -> redis.Redis:
-        """A new client (one per sink partition); not connected until first used."""
-        return redis.Redis.from_url(self.url, **self.client_options())
+        """A new client (one per sink partition); not connected until first used. With an
+        outage limit, its every request waits out a silent Redis (:class:`OutageRetry`)."""
+        policy = self.outage_policy()
+        if policy is None:
+            return redis.Redis.from_url(self.url, **self.client_options())
+        return redis.Redis.from_url(self.url, retry=OutageRetry(policy), **self.client_options())
 
 
 class RespPacker:
@@ -605,6 +627,7 @@ class _RedisPartition(StatelessSinkPartition[RedisOp]):
         self._keys = RedisKeys(config.prefix)
         ttls = {config.ttl_s, config.audience_ttl_s or config.ttl_s}
         self._packer = RespPacker([*COMMANDS, "1", *ttls])
+        self._policy = config.outage_policy()
 
     def write_batch(self, items: list[RedisOp]) -> None:
         commands = plan(
@@ -617,9 +640,10 @@ class _RedisPartition(StatelessSinkPartition[RedisOp]):
             return
         request = self._packer.pack(commands)
         try:
-            # redis-py's pool replaces a connection the server closed while idle;
-            # any other failure stops the flow, and recovery replays the batch.
-            refused = self._send(request, commands)
+            # redis-py's pool replaces a connection the server closed while idle; a
+            # silent Redis is waited out (redis_retry.py, the flow's config); any other
+            # failure stops the flow, and recovery replays the batch.
+            refused = self._send_held(request, commands)
             if any(_old_segments(commands[i], error) for i, error in refused):
                 refused = self._upgrade_segments(commands, refused)
         except redis.RedisError as exc:
@@ -648,10 +672,17 @@ class _RedisPartition(StatelessSinkPartition[RedisOp]):
         for key in dict.fromkeys(commands[i][1] for i in old):
             self._client.eval(CONVERT_SEGMENTS, 1, key)
         again = [commands[i] for i in old]
-        still = self._send(self._packer.pack(again), again)
+        still = self._send_held(self._packer.pack(again), again)
         retried = set(old)
         kept = [(i, error) for i, error in refused if i not in retried]
         return sorted(kept + [(old[j], error) for j, error in still])
+
+    def _send_held(self, request: bytes, commands: list[Command]) -> list[tuple[int, Exception]]:
+        """:meth:`_send`, retried while Redis does not answer, up to the outage limit
+        (redis_retry.py): the batch is held back, not dropped, and the flow waits."""
+        if self._policy is None:
+            return self._send(request, commands)
+        return self._policy.call(lambda: self._send(request, commands))
 
     def _send(self, request: bytes, commands: list[Command]) -> list[tuple[int, Exception]]:
         """Send the batch on one connection and read every reply; the refused commands."""

@@ -87,6 +87,15 @@ class Settings:
     redis_ssl_keyfile: str = _setting("", "Private key (PEM) of the Redis client certificate.")
     redis_prefix: str = _setting("attune:", "Prefix of every Redis key Attune writes.")
     redis_ttl_s: int = _setting(30 * 24 * 3600, "TTL in seconds of every per-user Redis key.")
+    redis_timeout_s: int = _setting(
+        30, "Seconds one Redis request of the flow may wait for its answer before it is retried."
+    )
+    redis_outage_limit_s: int = _setting(
+        120,
+        "Seconds the flow waits out a Redis that does not answer (retrying with backoff, "
+        "holding its writes back) before it stops with one line; restarted from its recovery "
+        "store it rewrites what was not written (docs/operations.md).",
+    )
     topic_events: str = _setting("attune.events", "Topic of user events (Avro).")
     topic_items: str = _setting("attune.items", "Topic of item catalogue updates (Avro).")
     topic_triggers_prefix: str = _setting(

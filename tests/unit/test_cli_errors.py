@@ -23,7 +23,7 @@ def test_a_missing_input_file_is_named_in_the_error_line(
     assert code == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("attune run: ")
-    assert "No such file or directory" in last and str(missing) in last
+    assert "does not exist" in last and str(missing) in last
     assert "next_batch" not in last
 
 
