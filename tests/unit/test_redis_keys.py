@@ -12,12 +12,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attune.operators.redis_keys import (
+    CHUNK,
+    MAX_CHUNKS,
     PROFILE_ORDER,
     USER_KEY_KINDS,
     RedisKeys,
+    chunk_field,
+    chunks,
     decode_profile,
     encode_profile,
     escape_tag,
+    joined,
+    segment_names,
+    stale_chunks,
 )
 
 SLOTS = 16384
@@ -80,6 +87,7 @@ def test_slot_function_agrees_with_redis_py() -> None:
 
 def test_key_shapes_with_default_prefix() -> None:
     keys = RedisKeys()
+    assert keys.user("u1") == "attune:{u:u1}"
     assert keys.profile("u1") == "attune:{u:u1}:profile"
     assert keys.segments("u1") == "attune:{u:u1}:segments"
     assert keys.recs("u1") == "attune:{u:u1}:recs"
@@ -88,10 +96,11 @@ def test_key_shapes_with_default_prefix() -> None:
     assert keys.trending("category:shoes") == "attune:trending:category:shoes"
     assert keys.model("kmeans") == "attune:model:kmeans"
     assert keys.user_keys("u1") == [
+        "attune:{u:u1}",
+        "attune:{u:u1}:alias",
         "attune:{u:u1}:profile",
         "attune:{u:u1}:segments",
         "attune:{u:u1}:recs",
-        "attune:{u:u1}:alias",
     ]
 
 
@@ -116,12 +125,49 @@ def test_prefix_with_braces_is_refused(prefix: str) -> None:
 def test_user_keys_lists_every_per_user_key() -> None:
     keys = RedisKeys()
     assert keys.user_keys("u1") == [
+        keys.user("u1"),
+        keys.alias("u1"),
+        # the layout before the user's hash: read while left, deleted by erasure
         keys.profile("u1"),
         keys.segments("u1"),
         keys.recs("u1"),
-        keys.alias("u1"),
     ]
     assert len(USER_KEY_KINDS) == len(keys.user_keys("u1"))
+
+
+@given(st.text(max_size=CHUNK * MAX_CHUNKS + 40), st.sampled_from([str, bytes]))
+def test_pieces_round_trip_and_fit_a_listpack(text: str, kind: type) -> None:
+    value = text if kind is str else text.encode()
+    pieces = chunks("R", value)
+    assert [f for f, _ in pieces] == [chunk_field("R", i) for i in range(len(pieces))]
+    assert len(pieces) == 1 or all(len(p) <= CHUNK for _, p in pieces)
+    assert len(pieces) <= MAX_CHUNKS
+    fields = dict(pieces)
+    assert joined(fields, "R") == text
+    assert joined({f.encode(): p for f, p in pieces}, "R") == text  # HGETALL of a bytes client
+    # pieces a longer value left behind are not read
+    assert joined({**fields, **{f: b"stale" for f in stale_chunks("R", len(pieces))}}, "R") == text
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"R": b"3|x", "R1": b"y"}, "field R2 is missing"),
+        ({"R": b"x"}, "count of pieces"),
+        ({"R": b"9x"}, "count of pieces"),
+        ({"R": b"1\xff"}, "utf-8"),
+    ],
+)
+def test_joined_says_what_is_wrong(fields: dict[str, bytes], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        joined(fields, "R")
+
+
+def test_fields_of_a_user_hash() -> None:
+    fields = {b"P": b"12|1", b"R": b"13|m|1|p|", b"vip": b"1", b"new_visitor": b"1"}
+    assert segment_names(fields) == ["new_visitor", "vip"]
+    assert joined(fields, "P") == "2|1" and joined({}, "P") is None
+    assert joined({b"vip": b"1"}, "R") is None
 
 
 @pytest.mark.parametrize("user", AWKWARD_IDS)
