@@ -227,7 +227,7 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def joined(fields: Mapping[str, Any] | Mapping[bytes, Any], first: str) -> str | None:
+def joined(fields: Mapping[Any, Any], first: str) -> str | None:
     """The value stored in pieces from ``first`` in ``fields`` (a user's hash as ``HGETALL``
     returns it, bytes or decoded), ``None`` when it has none.
 
@@ -238,7 +238,7 @@ def joined(fields: Mapping[str, Any] | Mapping[bytes, Any], first: str) -> str |
         return None
     as_bytes = isinstance(next(iter(fields)), bytes)
     get = fields.get
-    head = get(first.encode() if as_bytes else first)  # type: ignore[arg-type]
+    head = get(first.encode() if as_bytes else first)
     if head is None:
         return None
     data = head.encode() if isinstance(head, str) else head
@@ -248,14 +248,14 @@ def joined(fields: Mapping[str, Any] | Mapping[bytes, Any], first: str) -> str |
     parts = [data[1:]]
     for i in range(1, int(count)):
         name = chunk_field(first, i)
-        piece = get(name.encode() if as_bytes else name)  # type: ignore[arg-type]
+        piece = get(name.encode() if as_bytes else name)
         if piece is None:
             raise ValueError(f"field {name} is missing: {first} says {int(count)} pieces")
         parts.append(piece.encode() if isinstance(piece, str) else piece)
     return b"".join(parts).decode()
 
 
-def segment_names(fields: Mapping[str, Any] | Mapping[bytes, Any]) -> list[str]:
+def segment_names(fields: Mapping[Any, Any]) -> list[str]:
     """The segments a user's hash says the user is in (its fields that are not reserved)."""
     return sorted(_text(name) for name in fields if not is_reserved(name))
 

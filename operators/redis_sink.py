@@ -445,6 +445,109 @@ def _shared_commands(commands: list[Command], shared: dict[str, JsonWrite]) -> N
             commands.append(("SET", write.key, write.value, "EX", write.ttl_s))
 
 
+# --- upgrading the layout before the user's hash -------------------------------------------
+
+
+#: Lua: store a user's values of the layout before the hash in the user's hash, unless the
+#: flow already wrote one, and delete the old keys. ``KEYS``: the hash, then the old keys;
+#: ``ARGV``: the TTL in ms, then field, value pairs. Returns 1 when moved, 0 when
+#: the hash was there (the flow's newer values win; the old keys go either way).
+UPGRADE_USER = """
+local moved = 0
+if redis.call('EXISTS', KEYS[1]) == 0 and #ARGV > 1 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  moved = 1
+end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+return moved
+"""
+
+#: The kinds of key of the layout before the user's hash (suffixes after the user's tag).
+_OLD_KINDS = (":profile", ":segments", ":recs")
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeReport:
+    """What :func:`upgrade_layout` did: users whose old keys went into a new hash, users
+    whose hash the flow had written already (their old keys only deleted)."""
+
+    moved: int
+    kept: int
+
+
+def _glob(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _old_fields(client: redis.Redis, old: Sequence[str], user: str) -> tuple[list[Any], int]:
+    """The hash fields of a user's old keys (profile, segments, recs) and the longest TTL
+    left of them in ms (0: none)."""
+    fields: list[Any] = []
+    pttl = 0
+    for key in old:
+        kind = client.type(key)
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        if kind == "none":
+            continue
+        pttl = max(pttl, int(client.pttl(key)))
+        if key.endswith(":profile"):
+            raw = client.get(key) if kind == "string" else client.hgetall(key)
+            text = _as_text(raw) if kind == "string" else _profile_of_hash(raw)
+            fields += [f for pair in chunks(PROFILE_FIELD, text) for f in pair]
+        elif key.endswith(":segments"):
+            members = client.hkeys(key) if kind == "hash" else client.smembers(key)
+            names = sorted(_as_text(m) for m in members)
+            fields += [f for name in names if not is_reserved(name) for f in (name, "1")]
+        elif kind == "string":  # recs: format 3 (format 2 converted; format 1 kept)
+            raw = client.get(key) or b""
+            value = recs_encoding.compact(raw if isinstance(raw, bytes) else raw.encode())
+            fields += [f for pair in chunks(RECS_FIELD, value) for f in pair]
+        else:
+            log.warning("user %r: %s is a %s, not a string; not moved", user, key, kind)
+    return fields, pttl
+
+
+def _as_text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _profile_of_hash(raw: Any) -> str:
+    """The format-2 value of a format-1 profile (a hash of field -> value)."""
+    stored = {_as_text(k): _as_text(v) for k, v in raw.items()}
+    return encode_profile({k: v for k, v in stored.items() if k in PROFILE_ORDER})
+
+
+def upgrade_layout(
+    client: redis.Redis, keys: RedisKeys, ttl_s: int = DEFAULT_TTL_S
+) -> UpgradeReport:
+    """Move every user's keys of the layout before the hash (``:profile``, ``:segments``,
+    ``:recs``) into the user's hash (:data:`UPGRADE_USER`), with the longest TTL left of
+    them (``ttl_s`` when none had one).
+
+    Run it once after the upgrade, before the upgraded flow starts (``attune redis
+    upgrade``): a user the flow has written already keeps only what the flow wrote, and
+    an old segment membership of such a user is not carried over. Idempotent: a second
+    run finds no old keys. Readers read the old keys of a user without a hash meanwhile.
+    """
+    prefix = _glob(keys.prefix) + "{u:*}"
+    tags: set[str] = set()
+    for kind in _OLD_KINDS:
+        for raw in client.scan_iter(match=prefix + kind, count=1000):
+            key = _as_text(raw)
+            tags.add(key[len(keys.prefix) + 3 : key.rindex("}")])
+    moved = kept = 0
+    for tag in sorted(tags):
+        base = f"{keys.prefix}{{u:{tag}}}"
+        old = [base + kind for kind in _OLD_KINDS]
+        fields, pttl = _old_fields(client, old, tag)
+        if client.eval(UPGRADE_USER, 4, base, *old, pttl or ttl_s * 1000, *fields):
+            moved += 1
+        else:
+            kept += 1
+    return UpgradeReport(moved, kept)
+
+
 # --- the sink --------------------------------------------------------------------------------
 
 
