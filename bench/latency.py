@@ -397,7 +397,7 @@ class TriggerWatch(threading.Thread):
                 self.sub.close()
 
 
-#: For every key, a user's hash (docs/redis.md): its profile (format 2, ``2|<value>|...``,
+#: For every key, a user's hash (docs/redis.md): its profile (format 3, ``3|<value>|...``,
 #: in the pieces ``ARGV[2..]``, the first led by their count), the value after its
 #: ``ARGV[1]``-th ``|``; joined by commas (``""`` for a missing key or value).
 POLL_SCRIPT = (
@@ -462,8 +462,8 @@ class RedisWatch(threading.Thread):
                     q = self.pending[u]
                     if not raw or not q:
                         continue
-                    try:
-                        seen = int(raw)
+                    try:  # format 3: base 36, or written whole after "="
+                        seen = int(raw[1:]) if raw[:1] == b"=" else int(raw, 36)
                     except ValueError:
                         continue
                     while q and q[0] <= seen:

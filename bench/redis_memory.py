@@ -50,7 +50,7 @@ from attune.flows.settings import Settings
 from attune.operators import recs_encoding
 from attune.operators.events import Event
 from attune.operators.features import PROFILE_FIELDS
-from attune.operators.redis_keys import RedisKeys, encode_profile
+from attune.operators.redis_keys import RedisKeys, encode_profile_2
 from attune.operators.redis_sink import (
     AliasWrite,
     Command,
@@ -160,7 +160,7 @@ def three_key_commands(batch: Sequence[RedisOp], keys: RedisKeys = KEYS) -> list
     out: list[Command] = []
     for op in batch:
         if isinstance(op, ProfileWrite):
-            value = encode_profile(op.fields)
+            value = encode_profile_2(op.fields)
             out += [("SET", keys.profile(op.user), value, "EX", TTL_S)]
             out += [("EXPIRE", keys.segments(op.user), TTL_S)]
         elif isinstance(op, SegmentsWrite):

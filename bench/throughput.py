@@ -1669,8 +1669,8 @@ def _footnote() -> str:
         "(typed events, dead letters). 'wall - startup': the flow's "
         "wall time minus that of the same command on an empty topic (same items), both in this "
         "run. Per process = end-to-end / --processes. RSS per user = (peak RSS - peak RSS on the "
-        "empty topic) / users with a profile key; Redis per user = used_memory growth during the "
-        "run / users with a profile key."
+        "empty topic) / users with a hash; Redis per user = used_memory growth during the "
+        "run / users with a hash."
     )
 
 

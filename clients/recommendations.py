@@ -8,7 +8,7 @@ trending items per scope; apps read them here with redis-py (docs/redis.md,
   ``R``, ``R1``, ... the recommendations, format 3 (text:
   ``3|<model_version>|<generated_at>|<source>|<categories>|<item>|...``, items in rank
   order, :mod:`attune.operators.recs_encoding`; formats 2 and 1, orjson, read too);
-  ``P``, ``P1``, ... the profile, format 2 (``2|<value>|...``,
+  ``P``, ``P1``, ... the profile, format 3 (``3|<value>|...``,
   :func:`attune.operators.redis_keys.encode_profile`), read by
   :meth:`RecommendationClient.get_profile`; one field per segment the user is in;
 - the layout before the hash, read while a user has none:
@@ -250,12 +250,16 @@ def parse_profile(
     """A ``profile`` value as field -> value (``None``: not known), every field of
     ``PROFILE_ORDER``; :class:`CorruptRecommendationsError` names what is wrong.
 
-    Reads format 2 (the string ``2|<value>|...`` Attune writes,
-    :func:`attune.operators.redis_keys.decode_profile`) and format 1, the hash of field
-    -> value written before (pass what ``HGETALL`` returned), so profiles written before
-    an upgrade stay readable until they are rewritten or expire. Values stay strings as
-    stored (ints in decimal, floats as ``repr``): the caller converts what it uses.
+    Reads format 3 (the string ``3|<value>|...`` Attune writes,
+    :func:`attune.operators.redis_keys.decode_profile`), format 2 (the same values written
+    plainly) and format 1, the hash of field -> value written before (pass what ``HGETALL``
+    returned), so profiles written before an upgrade stay readable until they are
+    rewritten or expire. Values come back as the flow encoded them, whatever the format
+    (ints in decimal, times in epoch ms, floats as ``repr``, ``device_top`` and
+    ``propensity_tier`` spelled out): the caller converts what it uses.
 
+    >>> parse_profile(b"3|3|1||||||||mk7e18v0||||m")["last_seen_ms"]
+    '1767994092828'
     >>> parse_profile(b"2|3|1")["page_views"], parse_profile({b"events": b"3"})["events"]
     ('1', '3')
     """

@@ -1,7 +1,9 @@
-"""The encoding of a user's recommendations in Redis (``attune:{u:<user>}:recs``).
+"""The encoding of a user's recommendations in Redis (the ``R`` fields of the user's hash
+``attune:{u:<user>}``, :mod:`attune.operators.redis_keys`; ``attune:{u:<user>}:recs``
+before it).
 
 Made by the ranking step in format 3 (:func:`attune.operators.ranking.recs_value`,
-:func:`encode_compact`), stored as it is by the Redis sink (which turns a format-2
+:func:`encode_compact`), stored as it is by the Redis sink, in pieces (which turns a format-2
 value into format 3, :func:`compact`), read by the client library
 (:func:`attune.clients.recommendations.parse_recs`, formats 1, 2 and 3); docs/redis.md
 ("Recommendations") is the contract. It imports nothing heavier than orjson, so the

@@ -46,20 +46,25 @@ an upper-case letter are Attune's (:func:`is_reserved`); segment names are lower
 >>> joined({b"P": b"12|1", b"vip": b"1"}, "P"), segment_names({b"P": b"12|1", b"vip": b"1"})
 ('2|1', ['vip'])
 
-The profile value is one string, format 2,
-``2|<value>|<value>|...``: the format, then the values of :data:`PROFILE_ORDER` in that
+The profile value is one string, format 3,
+``3|<value>|<value>|...``: the format, then the values of :data:`PROFILE_ORDER` in that
 fixed order, separated by ``|`` (format 1 was a hash of field name -> value; the names,
 stored in every user's hash, cost more than the values, and Redis keeps one per user).
-Values are as format 1 stored them: ints in decimal, floats ``repr(round(x, 6))``,
-``""`` when not known; a ``%`` or ``|`` inside a value is written ``%25`` / ``%7C``.
-Trailing values that are not known are left out, and a reader takes a value it does not
-find as not known. New fields are only ever appended to :data:`PROFILE_ORDER`, so a
-reader of an older list reads the values it knows and ignores the rest.
+Values are as the flow encodes them (ints in decimal, floats ``repr(round(x, 6))``,
+``""`` when not known), but for a few written shorter: ``last_seen_ms`` in base 36,
+``first_seen_ms`` and ``last_purchase_ms`` as base-36 milliseconds before it, and
+``device_top`` and ``propensity_tier`` as one-letter codes (:data:`PROFILE_CODES`); a
+value of those that cannot be written so is written whole, led by ``=``. A ``%`` or
+``|`` inside a value is written ``%25`` / ``%7C``. Trailing values that are not known
+are left out, and a reader takes a value it does not find as not known. New fields are
+only ever appended to :data:`PROFILE_ORDER`, so a reader of an older list reads the
+values it knows and ignores the rest. Format 2 (the values written plainly,
+:func:`encode_profile_2`) is still read.
 
 >>> value = encode_profile({"events": "3", "device_top": "a|b"},
 ...                        ("events", "revenue_minor", "device_top"))
 >>> value
-'2|3||a%7Cb'
+'3|3||a%7Cb'
 >>> decode_profile(value, ("events", "revenue_minor", "device_top", "propensity_tier"))
 {'events': '3', 'revenue_minor': None, 'device_top': 'a|b', 'propensity_tier': None}
 """
@@ -199,7 +204,23 @@ def chunks(first: str, value: str | bytes) -> list[tuple[str, bytes]]:
     data = b"%d" % count + data
     if count == 1:
         return [(first, data)]
-    return [(chunk_field(first, i), data[i * CHUNK : (i + 1) * CHUNK]) for i in range(count)]
+    names = chunk_fields(first)
+    return [(names[i], data[i * CHUNK : (i + 1) * CHUNK]) for i in range(count)]
+
+
+def chunk_fields(first: str) -> tuple[str, ...]:
+    """The names of every piece of a value whose first field is ``first``, in order.
+
+    >>> chunk_fields("P")[:3]
+    ('P', 'P1', 'P2')
+    """
+    names = _CHUNK_FIELDS.get(first)
+    if names is None:
+        names = _CHUNK_FIELDS[first] = tuple(chunk_field(first, i) for i in range(MAX_CHUNKS))
+    return names
+
+
+_CHUNK_FIELDS: dict[str, tuple[str, ...]] = {}
 
 
 def stale_chunks(first: str, written: int) -> list[str]:
@@ -209,7 +230,7 @@ def stale_chunks(first: str, written: int) -> list[str]:
     >>> stale_chunks("P", 6)
     ['P6', 'P7']
     """
-    return [chunk_field(first, i) for i in range(written, MAX_CHUNKS)]
+    return list(chunk_fields(first)[written:])
 
 
 def is_reserved(field: str | bytes) -> bool:
@@ -262,12 +283,28 @@ def segment_names(fields: Mapping[Any, Any]) -> list[str]:
 
 # --- the profile value ---------------------------------------------------------------------
 
-#: The profile format :func:`encode_profile` writes (the first value).
-PROFILE_FORMAT = "2"
-#: The profile's fields in their format-2 order: the features the profile holds, in
+#: The profile format :func:`encode_profile` writes (the first value); format 2, the same
+#: values written plainly, is still read (:func:`decode_profile`).
+PROFILE_FORMAT = "3"
+#: The profile's fields in their order: the features the profile holds, in
 #: :data:`attune.operators.features.PROFILE_FIELDS` order, which is only ever appended to
 #: (a reader matches values to names by position).
 PROFILE_ORDER: tuple[str, ...] = PROFILE_FIELDS
+#: Format 3: the time written in base 36, and the times written as base-36 milliseconds
+#: before it (13 decimal digits become 8, and a gap of days 5 or 6).
+TIME_FIELD = "last_seen_ms"
+TIMES_BEFORE: tuple[str, ...] = ("first_seen_ms", "last_purchase_ms")
+#: Format 3: one-letter codes of the values of a few fields (another value is written
+#: whole, led by ``=`` when it is a code or starts with ``=``).
+PROFILE_CODES: dict[str, dict[str, str]] = {
+    "device_top": {"DESKTOP": "d", "MOBILE": "m", "TABLET": "t", "OTHER": "o"},
+    "propensity_tier": {"high": "h", "medium": "m", "low": "l"},
+}
+_DECODES = {name: {c: v for v, c in codes.items()} for name, codes in PROFILE_CODES.items()}
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+_PAIRS = [a + b for a in _DIGITS for b in _DIGITS]  # two base-36 digits per divmod
+#: The fields :func:`_pack` writes otherwise than as they are.
+_PACKED = frozenset((TIME_FIELD, *TIMES_BEFORE, *PROFILE_CODES))
 
 
 def escape_value(value: str) -> str:
@@ -288,26 +325,122 @@ def unescape_value(value: str) -> str:
     return value
 
 
+def base36(number: int) -> str:
+    """``number`` in base 36, lower case (``int(text, 36)`` reads it back).
+
+    >>> base36(1767994092828), base36(-35), base36(0)
+    ('mk7e18v0', '-z', '0')
+    """
+    if number < 0:
+        return "-" + base36(-number)
+    if number < 36:
+        return _DIGITS[number]
+    pairs = []
+    while number:
+        number, pair = divmod(number, 1296)
+        pairs.append(_PAIRS[pair])
+    return "".join(reversed(pairs)).lstrip("0")
+
+
+def _canonical_int(value: str) -> int | None:
+    """``value`` as an int when it is one written as :func:`str` writes it, else ``None``."""
+    digits = value[1:] if value[:1] == "-" else value
+    if digits.isascii() and digits.isdigit() and (digits[0] != "0" or digits == value == "0"):
+        return int(value)
+    return None
+
+
+def _pack(name: str, value: str, last: int | None) -> str:
+    """One value as format 3 writes it (before the ``|`` escaping)."""
+    if not value:
+        return value
+    if name == TIME_FIELD or name in TIMES_BEFORE:
+        number = _canonical_int(value)
+        if number is not None and name == TIME_FIELD:
+            return base36(number)
+        if number is not None and last is not None:
+            return base36(last - number)
+        return "=" + value
+    codes = PROFILE_CODES.get(name)
+    if codes is not None:
+        code = codes.get(value)
+        if code is not None:
+            return code
+        if value[:1] == "=" or value in _DECODES[name]:
+            return "=" + value
+    return value
+
+
+def _unpack(name: str, value: str, last: int | None) -> str:
+    """The inverse of :func:`_pack`; ``ValueError`` for a time that is not base 36."""
+    if not value:
+        return value
+    if name == TIME_FIELD or name in TIMES_BEFORE:
+        if value[:1] == "=":
+            return value[1:]
+        if name == TIME_FIELD:
+            return str(int(value, 36))
+        if last is None:
+            raise ValueError(f"{name} is relative to {TIME_FIELD}, which is not known")
+        return str(last - int(value, 36))
+    decodes = _DECODES.get(name)
+    if decodes is not None:
+        if value[:1] == "=":
+            return value[1:]
+        return decodes.get(value, value)
+    return value
+
+
 def encode_profile(fields: Mapping[str, str], names: Sequence[str] = PROFILE_ORDER) -> str:
-    """The format-2 value of a profile: ``fields`` (encoded values, missing -> not known)
-    in the order of ``names``, trailing unknown values left out."""
+    """The format-3 value of a profile: ``fields`` (encoded values, missing -> not known)
+    in the order of ``names``, trailing unknown values left out.
+
+    >>> encode_profile({"events": "3", "first_seen_ms": "1767994000000",
+    ...                 "last_seen_ms": "1767994092828", "device_top": "MOBILE"})
+    '3|3||||||||1zmk|mk7e18v0||||m'
+    """
+    get = fields.get
+    last = _canonical_int(get(TIME_FIELD, "")) if TIME_FIELD in names else None
     values = [PROFILE_FORMAT]
-    values += [escape_value(fields.get(name, "")) for name in names]
+    append = values.append
+    for name in names:  # the per-batch cost of every profile: kept to dict lookups
+        value = get(name, "")
+        if value:
+            if name in _PACKED:
+                value = _pack(name, value, last)
+            if "%" in value or "|" in value:
+                value = escape_value(value)
+        append(value)
+    while values[-1] == "":
+        values.pop()
+    return "|".join(values)
+
+
+def encode_profile_2(fields: Mapping[str, str], names: Sequence[str] = PROFILE_ORDER) -> str:
+    """The format-2 value of a profile (what the sink wrote before format 3: the values as
+    they are), for readers' tests and the memory bench's baselines."""
+    values = ["2"] + [escape_value(fields.get(name, "")) for name in names]
     while values[-1] == "":
         values.pop()
     return "|".join(values)
 
 
 def decode_profile(value: str, names: Sequence[str] = PROFILE_ORDER) -> dict[str, str | None]:
-    """Every field of ``names`` from a format-2 value, ``None`` when not known.
+    """Every field of ``names`` from a format-3 or format-2 value, ``None`` when not known.
 
-    Raises ``ValueError`` when ``value`` is not format 2.
+    Raises ``ValueError`` when ``value`` is neither, or a format-3 time is not base 36.
+
+    >>> decode_profile('3|3||||||||1zmk|mk7e18v0||||m')["first_seen_ms"]
+    '1767994000000'
     """
     parts = value.split("|")
-    if parts[0] != PROFILE_FORMAT:
-        raise ValueError(f"profile format {parts[0][:16]!r}, not {PROFILE_FORMAT!r}")
-    values = parts[1:]
-    return {
-        name: unescape_value(values[i]) if i < len(values) and values[i] else None
-        for i, name in enumerate(names)
-    }
+    if parts[0] not in ("2", PROFILE_FORMAT):
+        raise ValueError(f"profile format {parts[0][:16]!r}, not '2' or {PROFILE_FORMAT!r}")
+    values = [unescape_value(v) for v in parts[1:]]
+    values += [""] * (len(names) - len(values))
+    raw = dict(zip(names, values, strict=False))
+    if parts[0] == PROFILE_FORMAT:
+        last_raw = raw.get(TIME_FIELD, "")
+        last = int(last_raw, 36) if last_raw and last_raw[:1] != "=" else None
+        raw = {name: _unpack(name, v, last) for name, v in raw.items()}
+    return {name: raw[name] or None for name in names}

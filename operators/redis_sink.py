@@ -16,7 +16,7 @@ What the rest of Attune relies on:
   member, SET, DEL); nothing increments. Replaying a batch after recovery, or a batch
   that failed half-way being sent again, leaves the same bytes in Redis.
 - Whole values, never half: a profile (:func:`~attune.operators.redis_keys.encode_profile`,
-  format 2) or a list of recommendations (format 3,
+  format 3) or a list of recommendations (format 3,
   :func:`~attune.operators.recs_encoding.compact` of another writer's format 2) is written
   whole, all its pieces in one ``HSET`` and its first piece leading with their count
   (:func:`~attune.operators.redis_keys.chunks`), so no reader joins two values.
@@ -48,7 +48,7 @@ What the rest of Attune relies on:
 ...        SegmentsWrite("u1", entered=("vip",), exited=())]
 >>> for command in plan(ops, keys=keys, ttl_s=60, profile_fields=("events", "device_top")):
 ...     print(command)
-('HSET', 'attune:{u:u1}', 'P', b'12|2', 'vip', '1')
+('HSET', 'attune:{u:u1}', 'P', b'13|2', 'vip', '1')
 ('HDEL', 'attune:{u:u1}', 'P1', 'P2', 'P3', 'P4', 'P5', 'P6', 'P7')
 ('EXPIRE', 'attune:{u:u1}', 60)
 ('SADD', 'attune:segment:vip', 'u1')
@@ -75,6 +75,7 @@ from attune.operators.redis_keys import (
     RECS_FIELD,
     RedisKeys,
     chunks,
+    decode_profile,
     encode_profile,
     is_reserved,
     stale_chunks,
@@ -493,7 +494,7 @@ def _old_fields(client: redis.Redis, old: Sequence[str], user: str) -> tuple[lis
         pttl = max(pttl, int(client.pttl(key)))
         if key.endswith(":profile"):
             raw = client.get(key) if kind == "string" else client.hgetall(key)
-            text = _as_text(raw) if kind == "string" else _profile_of_hash(raw)
+            text = _profile_of_text(_as_text(raw)) if kind == "string" else _profile_of_hash(raw)
             fields += [f for pair in chunks(PROFILE_FIELD, text) for f in pair]
         elif key.endswith(":segments"):
             members = client.hkeys(key) if kind == "hash" else client.smembers(key)
@@ -510,6 +511,15 @@ def _old_fields(client: redis.Redis, old: Sequence[str], user: str) -> tuple[lis
 
 def _as_text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _profile_of_text(text: str) -> str:
+    """The format-3 value of a format-2 profile; another value as it is (readers say what
+    is wrong with it)."""
+    try:
+        return encode_profile({k: v for k, v in decode_profile(text).items() if v is not None})
+    except ValueError:
+        return text
 
 
 def _profile_of_hash(raw: Any) -> str:

@@ -134,7 +134,7 @@ def check_redis_as_documented(servers: DocsServers) -> None:
     profile, recs = joined(fields, PROFILE_FIELD), joined(fields, RECS_FIELD)
     assert profile is not None and recs is not None
     values = profile.split("|")  # trailing values not known are left out
-    assert values[0] == "2" and 2 <= len(values) <= 1 + len(PROFILE_FIELDS) == 17, profile
+    assert values[0] == "3" and 2 <= len(values) <= 1 + len(PROFILE_FIELDS) == 17, profile
     version = parse_recs(recs).model_version
     assert re.fullmatch(r"m[1-9]\d*-c\d+-e\d+|m0-c\d+", version), version
 

@@ -435,7 +435,7 @@ def test_redis_acl_user_authenticates_and_a_wrong_password_is_refused(run: Run) 
 
         part.write_batch([ProfileWrite("acl-user", {"events": "1"})])
         part.close()
-        assert admin.hgetall("attune:{u:acl-user}") == {b"P": b"12|1"}
+        assert admin.hgetall("attune:{u:acl-user}") == {b"P": b"13|1"}
         whoami = RedisConfig.from_settings(settings).client()
         assert whoami.execute_command("ACL", "WHOAMI") == user.encode()
         whoami.close()

@@ -13,7 +13,7 @@ import redis
 
 from attune.clients import CorruptRecommendationsError, Recommendation, RecommendationClient
 from attune.operators import recs_encoding
-from attune.operators.redis_keys import RedisKeys, encode_profile
+from attune.operators.redis_keys import RedisKeys, encode_profile_2
 from attune.operators.redis_sink import (
     AliasWrite,
     ProfileWrite,
@@ -140,7 +140,7 @@ def test_profiles_of_both_formats_and_of_an_alias(
     for command in plan([ProfileWrite("u1", {"events": "3", "device_top": "MOBILE"})], keys=keys):
         redis_client.execute_command(*command)
     # the three-key layout: a profile string (format 2), a hash before it (format 1)
-    redis_client.set(keys.profile("u6"), encode_profile({"events": "4", "device_top": "TABLET"}))
+    redis_client.set(keys.profile("u6"), encode_profile_2({"events": "4", "device_top": "TABLET"}))
     redis_client.hset(keys.profile("u2"), mapping={"events": "5", "device_top": ""})  # format 1
     redis_client.hset(keys.user("u3"), "P", b"19|future format")
     client = RecommendationClient(redis_client)

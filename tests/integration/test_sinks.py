@@ -125,8 +125,9 @@ def test_dataflow_writes_profiles_segments_aliases_each_with_a_ttl(
 
     fields = redis_client.hgetall(KEYS.user("user-7"))
     stored = joined(fields, "P")
-    assert stored == "2|9|4|||||||1700000000000|1700000000009|||shoes/running|mobile"
-    assert set(fields) == {b"P", b"browsers"}  # 62 bytes and the count: one piece
+    # format 3: last_seen_ms in base 36, first_seen_ms as base-36 ms before it
+    assert stored == "3|9|4|||||||9|loyw3v2h|||shoes/running|mobile"
+    assert set(fields) == {b"P", b"browsers"}  # 47 bytes and the count: one piece
     assert parse_profile(stored) == {
         **dict.fromkeys(PROFILE_FIELDS),
         "events": "9",

@@ -21,6 +21,7 @@ from attune.operators.redis_keys import (
     chunks,
     decode_profile,
     encode_profile,
+    encode_profile_2,
     escape_tag,
     joined,
     segment_names,
@@ -230,3 +231,40 @@ def test_profile_value_round_trips_any_text(values: list[str]) -> None:
     fields = dict(zip(PROFILE_ORDER, values, strict=True))
     decoded = decode_profile(encode_profile(fields))
     assert decoded == {name: value or None for name, value in fields.items()}
+
+
+@pytest.mark.parametrize(
+    ("fields", "stored"),
+    [
+        # times: last_seen_ms in base 36, the others as base-36 ms before it
+        (
+            {"first_seen_ms": "1767994000000", "last_seen_ms": "1767994092828"},
+            "3|||||||||1zmk|mk7e18v0",
+        ),
+        (
+            {"last_purchase_ms": "1767994092830", "last_seen_ms": "1767994092828"},
+            "3" + "|" * 10 + "mk7e18v0|-2",
+        ),  # a purchase after the latest event (late): a negative gap
+        ({"first_seen_ms": "5"}, "3|||||||||=5"),  # last_seen_ms not known: written whole
+        ({"last_seen_ms": "007"}, "3||||||||||=007"),  # not an int as str() writes one
+        # codes, and values written whole: unknown, a code itself, or led by "="
+        ({"device_top": "TABLET", "propensity_tier": "low"}, "3" + "|" * 14 + "t||l"),
+        ({"device_top": "WATCH"}, "3" + "|" * 14 + "WATCH"),
+        ({"device_top": "m"}, "3" + "|" * 14 + "=m"),
+        ({"propensity_tier": "=x"}, "3" + "|" * 16 + "==x"),
+    ],
+)
+def test_profile_format_3_writes_times_and_codes_short(fields: dict[str, str], stored: str) -> None:
+    assert encode_profile(fields) == stored
+    assert decode_profile(stored) == {name: fields.get(name) for name in PROFILE_ORDER}
+
+
+def test_profile_format_2_is_still_read_and_a_bad_time_is_refused() -> None:
+    fields = {"events": "3", "last_seen_ms": "1767994092828", "device_top": "MOBILE"}
+    assert decode_profile(encode_profile_2(fields)) == decode_profile(encode_profile(fields))
+    with pytest.raises(ValueError, match="profile format '9'"):
+        decode_profile("9|1")
+    with pytest.raises(ValueError, match="invalid literal"):
+        decode_profile("3" + "|" * 10 + "x!")  # last_seen_ms not base 36
+    with pytest.raises(ValueError, match="relative to last_seen_ms"):
+        decode_profile("3|||||||||1zmk")  # first_seen_ms before an unknown last_seen_ms

@@ -64,10 +64,10 @@ def test_last_profile_of_a_user_wins_and_every_field_is_written() -> None:
     assert (
         commands
         == [
-            ("HSET", "attune:{u:u1}", "P", b"12|2"),
+            ("HSET", "attune:{u:u1}", "P", b"13|2"),
             ("HDEL", "attune:{u:u1}", *STALE_P[1:]),  # pieces of a longer earlier profile
             ("EXPIRE", "attune:{u:u1}", TTL),  # one TTL: segments live as long as the profile
-            ("HSET", "attune:{u:u2}", "P", b"12|7"),
+            ("HSET", "attune:{u:u2}", "P", b"13|7"),
             ("HDEL", "attune:{u:u2}", *STALE_P[1:]),
             ("EXPIRE", "attune:{u:u2}", TTL),
         ]
@@ -77,7 +77,7 @@ def test_last_profile_of_a_user_wins_and_every_field_is_written() -> None:
 def test_profile_writes_every_profile_field_in_the_documented_order() -> None:
     (hset, _, _) = plan([ProfileWrite("u1", {"events": "3", "device_top": "MOBILE"})])
     assert PROFILE_ORDER == PROFILE_FIELDS  # a new profile field is appended to the format
-    assert hset[2:] == ("P", b"12|3|||||||||||||MOBILE")
+    assert hset[2:] == ("P", b"13|3|||||||||||||m")
     assert decode_profile(joined({"P": hset[3]}, "P") or "") == {
         name: {"events": "3", "device_top": "MOBILE"}.get(name) for name in PROFILE_FIELDS
     }
@@ -92,7 +92,7 @@ def test_profile_values_with_separators_round_trip() -> None:
     # a reader of a longer field list reads the values it knows, the rest as not known
     assert decode_profile(value, (*PROFILE_FIELDS, "later"))["later"] is None
     with pytest.raises(ValueError, match="profile format"):
-        decode_profile("3|1")
+        decode_profile("4|1")
 
 
 def test_recommendations_are_stored_in_format_3() -> None:
@@ -210,7 +210,7 @@ def test_forget_drops_the_users_earlier_operations() -> None:
     )
     assert commands == [
         ("DEL", *KEYS.user_keys("anon")),
-        ("HSET", "attune:{u:u2}", "P", b"12|4"),
+        ("HSET", "attune:{u:u2}", "P", b"13|4"),
         ("HDEL", "attune:{u:u2}", *STALE_P[1:]),
         ("EXPIRE", "attune:{u:u2}", TTL),
         # The entry made earlier in the batch is undone, with the given audiences.
@@ -233,7 +233,7 @@ def test_operations_after_forget_apply_after_the_delete() -> None:
     )
     assert commands == [
         ("DEL", *KEYS.user_keys("u1")),
-        ("HSET", "attune:{u:u1}", "P", b"12|1", "vip", "1"),
+        ("HSET", "attune:{u:u1}", "P", b"13|1", "vip", "1"),
         ("HDEL", "attune:{u:u1}", *STALE_P[1:]),
         ("EXPIRE", "attune:{u:u1}", TTL),
         ("SADD", "attune:segment:vip", "u1"),
@@ -387,8 +387,8 @@ def reference(ops: list[RedisOp]) -> dict[str, Any]:
 
     for op in ops:
         if isinstance(op, ProfileWrite):
-            values = [op.fields.get(f, "") for f in FIELDS]
-            state.setdefault(KEYS.user(op.user), {})["P"] = "|".join(["2", *values]).rstrip("|")
+            profile = {f: op.fields.get(f) or None for f in FIELDS}  # the whole profile
+            state.setdefault(KEYS.user(op.user), {})["P"] = profile
         elif isinstance(op, RecsWrite):
             state.setdefault(KEYS.user(op.user), {})["R"] = op.value.decode()
         elif isinstance(op, SegmentsWrite):
@@ -475,7 +475,7 @@ def as_values(data: dict[str, Any]) -> dict[str, Any]:
                 value = joined(fields, first)
                 pieces = [f for f in fields if f[:1] == first]
                 if value is not None:
-                    values[first] = value
+                    values[first] = decode_profile(value, FIELDS) if first == "P" else value
                     assert len(pieces) == int(fields[first][:1]), (key, sorted(pieces))
                     if len(pieces) > 1:
                         assert all(len(fields[f]) <= CHUNK for f in pieces)
