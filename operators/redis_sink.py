@@ -37,8 +37,9 @@ What the rest of Attune relies on:
   one request on one connection, the replies read after (not a MULTI
   transaction). Errors raise: Bytewax stops and recovery replays.
 - Earlier layouts: the three keys per user written before the hash (``:profile``,
-  ``:segments``, ``:recs``) are no longer written; readers read them while a user has no
-  hash, erasure deletes them, and their TTL removes them (docs/redis.md, "Earlier
+  ``:segments``, ``:recs``) are no longer written; :func:`upgrade_layout` (``attune
+  redis-upgrade``) moves them into the users' hashes, readers read them while a user has
+  no hash, erasure deletes them, and their TTL removes them (docs/redis.md, "Earlier
   layouts").
 
 :func:`plan` is pure, so coalescing is tested without Redis:
@@ -178,8 +179,8 @@ class JsonWrite:
 class RecsWrite:
     """Replace the user's recommendations (the ``R`` fields of the user's hash) with
     ``value``, the format-3 bytes of :func:`attune.operators.ranking.recs_value` (a
-    format-2 value of another writer is stored as format 3
-    (:func:`attune.operators.recs_encoding.compact`; docs/redis.md)."""
+    format-2 value of another writer is stored as format 3,
+    :func:`attune.operators.recs_encoding.compact`; docs/redis.md)."""
 
     user: str
     value: bytes
