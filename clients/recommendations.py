@@ -170,7 +170,8 @@ def _number(value: Any) -> TypeGuard[int | float]:
 def parse_recs(raw: bytes | str, key: str = "recs") -> StoredRecs:
     """Parse a ``recs`` value; :class:`CorruptRecommendationsError` names what is wrong.
 
-    Reads format 3 (text, ``3|...``, what Attune stores) and the JSON formats 2
+    Reads formats 4 (text, ``4|...``, what Attune stores) and 3 (text, ``3|...``, what the
+    ranking step makes and Redis held before) and the JSON formats 2
     (``"v": 2``: items ``[item, score, reason code, category index]``) and 1 (no ``v``:
     items as objects), so values written before an upgrade stay readable
     (:mod:`attune.operators.recs_encoding`). Reason codes come back as their reasons.
@@ -178,6 +179,8 @@ def parse_recs(raw: bytes | str, key: str = "recs") -> StoredRecs:
     must be there with their types.
 
     >>> parse_recs(b"3|m4|7|p|shoes|i1,831,sv,0|i2,500").items[1]
+    Recommendation(item='i2', score=0.5, reason='similar-to-viewed', category='shoes')
+    >>> parse_recs(b"4|m4|7|p|shoes|i|1,n3,sv,0|2,dw").items[1]
     Recommendation(item='i2', score=0.5, reason='similar-to-viewed', category='shoes')
 
     >>> parse_recs(b'{"v":2,"items":[["i1",0.8,"sv",0]],"categories":["shoes"],'
@@ -189,7 +192,7 @@ def parse_recs(raw: bytes | str, key: str = "recs") -> StoredRecs:
     ...     print(exc)
     k: items[0].score is 'high', not a finite number
     """
-    if raw[:2] in (b"3|", "3|"):
+    if raw[:2] in (b"3|", "3|", b"4|", "4|"):
         return _parse_v3(raw, key)
     try:
         value = orjson.loads(raw)
@@ -222,12 +225,14 @@ def parse_recs(raw: bytes | str, key: str = "recs") -> StoredRecs:
 
 
 def _parse_v3(raw: bytes | str, key: str) -> StoredRecs:
-    """Format 3, the text :func:`attune.operators.recs_encoding.compact` writes."""
+    """Formats 4 and 3, the text :func:`attune.operators.recs_encoding.stored` and
+    :func:`attune.operators.recs_encoding.encode_compact` write."""
+    number = "4" if raw[:1] in (b"4", "4") else "3"
     try:
         text = raw.decode() if isinstance(raw, bytes) else raw
         items, model_version, generated_at, source = recs_encoding.decode_compact(text)
     except ValueError as exc:  # UnicodeDecodeError included
-        raise CorruptRecommendationsError(key, f"format 3: {exc}") from None
+        raise CorruptRecommendationsError(key, f"format {number}: {exc}") from None
     if not source:
         raise CorruptRecommendationsError(key, "source is empty")
     out = [

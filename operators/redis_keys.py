@@ -303,6 +303,7 @@ PROFILE_CODES: dict[str, dict[str, str]] = {
 _DECODES = {name: {c: v for v, c in codes.items()} for name, codes in PROFILE_CODES.items()}
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 _PAIRS = [a + b for a in _DIGITS for b in _DIGITS]  # two base-36 digits per divmod
+_SMALL = [pair.lstrip("0") or "0" for pair in _PAIRS]
 #: The fields :func:`_pack` writes otherwise than as they are.
 _PACKED = frozenset((TIME_FIELD, *TIMES_BEFORE, *PROFILE_CODES))
 
@@ -331,10 +332,10 @@ def base36(number: int) -> str:
     >>> base36(1767994092828), base36(-35), base36(0)
     ('mk7e18v0', '-z', '0')
     """
+    if 0 <= number < 1296:  # scores in thousandths: one lookup
+        return _SMALL[number]
     if number < 0:
         return "-" + base36(-number)
-    if number < 36:
-        return _DIGITS[number]
     pairs = []
     while number:
         number, pair = divmod(number, 1296)

@@ -16,8 +16,8 @@ What the rest of Attune relies on:
   member, SET, DEL); nothing increments. Replaying a batch after recovery, or a batch
   that failed half-way being sent again, leaves the same bytes in Redis.
 - Whole values, never half: a profile (:func:`~attune.operators.redis_keys.encode_profile`,
-  format 3) or a list of recommendations (format 3,
-  :func:`~attune.operators.recs_encoding.compact` of another writer's format 2) is written
+  format 3) or a list of recommendations (format 4,
+  :func:`~attune.operators.recs_encoding.stored` of the ranking step's format 3) is written
   whole, all its pieces in one ``HSET`` and its first piece leading with their count
   (:func:`~attune.operators.redis_keys.chunks`), so no reader joins two values.
 - Only what changed: a batch writes the fields its operations changed (the profile
@@ -178,9 +178,9 @@ class JsonWrite:
 @dataclass(frozen=True, slots=True)
 class RecsWrite:
     """Replace the user's recommendations (the ``R`` fields of the user's hash) with
-    ``value``, the format-3 bytes of :func:`attune.operators.ranking.recs_value` (a
-    format-2 value of another writer is stored as format 3,
-    :func:`attune.operators.recs_encoding.compact`; docs/redis.md)."""
+    ``value``, the format-3 bytes of :func:`attune.operators.ranking.recs_value`, stored
+    as format 4 (:func:`attune.operators.recs_encoding.stored`, which turns another
+    writer's format 2 into format 3 first; docs/redis.md)."""
 
     user: str
     value: bytes
@@ -379,7 +379,7 @@ def _user_commands(
             value = encode_profile(user_ops.profile, profile_fields)
             _pieces(written, deleted, PROFILE_FIELD, value)
         if user_ops.recs is not None:
-            _pieces(written, deleted, RECS_FIELD, recs_encoding.compact(user_ops.recs))
+            _pieces(written, deleted, RECS_FIELD, recs_encoding.stored(user_ops.recs))
         for segment, member in user_ops.segments.items():
             if member:
                 written += (segment, "1")
@@ -501,9 +501,9 @@ def _old_fields(client: redis.Redis, old: Sequence[str], user: str) -> tuple[lis
             members = client.hkeys(key) if kind == "hash" else client.smembers(key)
             names = sorted(_as_text(m) for m in members)
             fields += [f for name in names if not is_reserved(name) for f in (name, "1")]
-        elif kind == "string":  # recs: format 3 (format 2 converted; format 1 kept)
+        elif kind == "string":  # recs: format 4 (formats 3 and 2 converted; 1 kept)
             raw = client.get(key) or b""
-            value = recs_encoding.compact(raw if isinstance(raw, bytes) else raw.encode())
+            value = recs_encoding.stored(raw if isinstance(raw, bytes) else raw.encode())
             fields += [f for pair in chunks(RECS_FIELD, value) for f in pair]
         else:
             log.warning("user %r: %s is a %s, not a string; not moved", user, key, kind)

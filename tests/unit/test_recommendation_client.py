@@ -109,6 +109,10 @@ def test_what_the_ranking_step_writes_reads_back(stored_by_the_sink: bool) -> No
         (b"3|m|1|p|a|i1,5,sv,z", r"items\[0\]\.category is 'z'"),
         (b"3|m|1|p|a|,5,sv,0", r"items\[0\]\.item is ''"),
         (b"3|m|1|p|a|\xff,5,sv,0", "format 3"),
+        (b"4|m|1|p|", "nor a format-4 one of 6"),
+        (b"4|m|-1|p||", "generated_at is '-1'"),
+        (b"4|m|1|p||i|1,!,sv,", r"items\[0\]\.score is '!'"),
+        (b"4|m|1|p|a|i|\xff,5,sv,0", "format 4"),
     ],
 )
 def test_parse_recs_format_3_names_what_is_wrong(raw: bytes, problem: str) -> None:

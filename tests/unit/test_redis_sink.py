@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attune.operators.features import PROFILE_FIELDS
-from attune.operators.recs_encoding import encode, encode_compact
+from attune.operators.recs_encoding import decode_compact, encode, encode_compact, stored
 from attune.operators.redis_keys import (
     CHUNK,
     PROFILE_ORDER,
@@ -95,24 +95,27 @@ def test_profile_values_with_separators_round_trip() -> None:
         decode_profile("4|1")
 
 
-def test_recommendations_are_stored_in_format_3() -> None:
+def test_recommendations_are_stored_in_format_4() -> None:
     value = encode([("i1", 0.5, "trending", "a/x"), ("i2", 0.25, "trending", "a/x")], "m1", 7, "t")
     (hset, hdel, expire) = plan([RecsWrite("u1", value)], ttl_s=TTL)
-    assert hset == ("HSET", "attune:{u:u1}", "R", b"13|m1|7|t|a/x|i1,500,tr,0|i2,250")
+    # format 2 -> 3 -> 4: scores in base 36, the ids' common prefix "i" once
+    assert hset == ("HSET", "attune:{u:u1}", "R", b"14|m1|7|t|a/x|i|1,dw,tr,0|2,6y")
     assert hdel == ("HDEL", "attune:{u:u1}", "R1", "R2", "R3", "R4", "R5", "R6", "R7")
     assert expire == ("EXPIRE", "attune:{u:u1}", TTL)
 
 
 def test_long_values_are_written_in_pieces_that_keep_the_hash_a_listpack() -> None:
-    items = [(f"item-{i:04d}", 0.5, "trending", "a/x") for i in range(12)]
-    value = encode_compact(items, "m1", 7, "trending")
+    items = [(f"{i:02d}-item", 0.5, "trending", "a/x") for i in range(14)]  # no common prefix
+    value = stored(encode_compact(items, "m1", 7, "trending"))
     (hset, hdel, _) = plan([RecsWrite("u1", value)])
     pieces: dict[Any, Any] = dict(zip(hset[2::2], hset[3::2], strict=True))
     assert list(pieces) == ["R", "R1", "R2"] and hdel[2:] == ("R3", "R4", "R5", "R6", "R7")
     assert all(isinstance(p, bytes) and len(p) <= CHUNK for p in pieces.values())
     assert joined(pieces, "R") == value.decode()
     # A value too long for MAX_CHUNKS pieces is kept whole, the hash then a hashtable.
-    huge = encode_compact(items * 6, "m1", 7, "trending")
+    many = [(f"{i:02d}-item", 0.5, "trending", "a/x") for i in range(60)]
+    huge = stored(encode_compact(many, "m1", 7, "trending"))
+    assert len(huge) >= CHUNK * 8
     (hset, hdel, _) = plan([RecsWrite("u1", huge)])
     assert hset[2:] == ("R", b"1" + huge) and list(hdel[2:]) == STALE_R[1:]
 
@@ -389,8 +392,8 @@ def reference(ops: list[RedisOp]) -> dict[str, Any]:
         if isinstance(op, ProfileWrite):
             profile = {f: op.fields.get(f) or None for f in FIELDS}  # the whole profile
             state.setdefault(KEYS.user(op.user), {})["P"] = profile
-        elif isinstance(op, RecsWrite):
-            state.setdefault(KEYS.user(op.user), {})["R"] = op.value.decode()
+        elif isinstance(op, RecsWrite):  # the list's values, whatever the format
+            state.setdefault(KEYS.user(op.user), {})["R"] = decode_compact(op.value.decode())
         elif isinstance(op, SegmentsWrite):
             for segment in op.entered:
                 state.setdefault(KEYS.user(op.user), {})[segment] = "1"
@@ -475,7 +478,9 @@ def as_values(data: dict[str, Any]) -> dict[str, Any]:
                 value = joined(fields, first)
                 pieces = [f for f in fields if f[:1] == first]
                 if value is not None:
-                    values[first] = decode_profile(value, FIELDS) if first == "P" else value
+                    values[first] = (
+                        decode_profile(value, FIELDS) if first == "P" else decode_compact(value)
+                    )
                     assert len(pieces) == int(fields[first][:1]), (key, sorted(pieces))
                     if len(pieces) > 1:
                         assert all(len(fields[f]) <= CHUNK for f in pieces)
