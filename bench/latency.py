@@ -76,7 +76,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from attune.bench import throughput as tp
 from attune.bench.throughput import BenchError, say
-from attune.operators.redis_keys import PROFILE_ORDER
+from attune.operators.redis_keys import MAX_CHUNKS, PROFILE_FIELD, PROFILE_ORDER, chunk_field
 
 if TYPE_CHECKING:
     from attune.flows.generate import ProduceReport
@@ -397,18 +397,23 @@ class TriggerWatch(threading.Thread):
                 self.sub.close()
 
 
-#: For every key, a profile string (format 2, ``2|<value>|...``: docs/redis.md), the value
-#: after its ``ARGV[1]``-th ``|``; joined by commas (``""`` for a missing key or value).
+#: For every key, a user's hash (docs/redis.md): its profile (format 3, ``3|<value>|...``,
+#: in the pieces ``ARGV[2..]``, the first led by their count), the value after its
+#: ``ARGV[1]``-th ``|``; joined by commas (``""`` for a missing key or value).
 POLL_SCRIPT = (
     "local n = tonumber(ARGV[1]) local r = {} "
     "for i, k in ipairs(KEYS) do "
-    "local v = redis.call('GET', k) local f = '' "
+    "local p = redis.call('HMGET', k, unpack(ARGV, 2)) local v = nil local f = '' "
+    "if p[1] then v = string.sub(p[1], 2) "
+    "for j = 2, tonumber(string.sub(p[1], 1, 1)) or 1 do v = v .. (p[j] or '') end end "
     "if v then local s = 1 "
     "for _ = 1, n do s = string.find(v, '|', s, true) if not s then break end s = s + 1 end "
     "if s then local e = string.find(v, '|', s, true) f = string.sub(v, s, (e or 0) - 1) end "
     "end r[i] = f end "
     "return table.concat(r, ',')"
 )
+#: The fields of the profile's pieces in a user's hash, in order.
+PROFILE_PIECES = tuple(chunk_field(PROFILE_FIELD, i) for i in range(MAX_CHUNKS))
 #: ``last_seen_ms``'s place in the profile string: after this many ``|`` (the format first).
 LAST_SEEN_AT = PROFILE_ORDER.index("last_seen_ms") + 1
 
@@ -419,7 +424,7 @@ class RedisWatch(threading.Thread):
     def __init__(self, client: Any, keys: Mapping[str, str], interval_s: float) -> None:
         super().__init__(name="bench-redis", daemon=True)
         self.client = client
-        self.keys = dict(keys)  # user -> profile key
+        self.keys = dict(keys)  # user -> the user's hash
         self.pending: dict[str, deque[int]] = {u: deque() for u in keys}
         self.interval_s = interval_s
         self.stop = threading.Event()
@@ -440,7 +445,14 @@ class RedisWatch(threading.Thread):
             # One EVALSHA per poll, one string back: a pipeline of HGETs costs the bench
             # process ~4 ms of GIL per poll for 200 users and starves the producer.
             sha = self.client.script_load(POLL_SCRIPT)
-            command = ("EVALSHA", sha, len(users), *(self.keys[u] for u in users), LAST_SEEN_AT)
+            command = (
+                "EVALSHA",
+                sha,
+                len(users),
+                *(self.keys[u] for u in users),
+                LAST_SEEN_AT,
+                *PROFILE_PIECES,
+            )
             while not self.stop.is_set():
                 started = time.monotonic()
                 values = self.client.execute_command(*command).split(b",")
@@ -450,8 +462,8 @@ class RedisWatch(threading.Thread):
                     q = self.pending[u]
                     if not raw or not q:
                         continue
-                    try:
-                        seen = int(raw)
+                    try:  # format 3: base 36, or written whole after "="
+                        seen = int(raw[1:]) if raw[:1] == b"=" else int(raw, 36)
                     except ValueError:
                         continue
                     while q and q[0] <= seen:
@@ -759,9 +771,7 @@ def _start_watchers(
     keys = RedisKeys(prefix=settings.redis_prefix)
     users = sorted({e.user_id for e in live if e.user_id})
     sample = random.Random(args.seed).sample(users, min(args.sample_users, len(users)))
-    redis_watch = RedisWatch(
-        client, {u: keys.profile(u) for u in sample}, args.redis_poll_ms / 1000
-    )
+    redis_watch = RedisWatch(client, {u: keys.user(u) for u in sample}, args.redis_poll_ms / 1000)
     trig = TriggerWatch(settings, KINDS)
     if not trig.wait_assigned(30):
         raise BenchError("the trigger subscriber got no partitions within 30 s")

@@ -1,5 +1,5 @@
 """``python -m attune.bench.redis_memory``: Redis bytes per user, the current key layout
-against the previous one, measured on a Redis server of the bench's own.
+against the earlier ones, measured on a Redis server of the bench's own.
 
 The design's budget (issue "performance", target 5) is <= 400 bytes of ``used_memory``
 per user, recommendations included, and <= 300 bytes of ``MEMORY USAGE`` for one user's
@@ -11,9 +11,11 @@ own keys. One run:
    embedded on it (:func:`attune.flows.personalize.build_flow`, the in-process sinks),
    keeping every batch of Redis operations the Redis sink would have been given.
 3. For each layout, writes those batches in order to the empty server: the current
-   layout through :class:`~attune.operators.redis_sink.RedisSink` (the real sink:
-   ``plan`` and its RESP packing), the previous one (profile hash, segments set, recs
-   format 2) through :func:`legacy_commands`, kept here as that baseline.
+   layout (one hash per user) through :class:`~attune.operators.redis_sink.RedisSink`
+   (the real sink: ``plan`` and its RESP packing), the two before it through commands
+   kept here as baselines: three keys per user (profile string, segments hash, recs
+   format 3; :func:`three_key_commands`) and, before that, profile hash, segments set,
+   recs format 2 (:func:`legacy_commands`).
 4. Replicates the users the flow left with a profile to a population of ``--small``
    and ``--large`` synthetic users (ids of the same length, distinct), ``DUMP`` and
    ``RESTORE`` of each source user's keys (so Redis keeps the sink's encodings), the
@@ -48,7 +50,7 @@ from attune.flows.settings import Settings
 from attune.operators import recs_encoding
 from attune.operators.events import Event
 from attune.operators.features import PROFILE_FIELDS
-from attune.operators.redis_keys import RedisKeys
+from attune.operators.redis_keys import RedisKeys, encode_profile_2
 from attune.operators.redis_sink import (
     AliasWrite,
     Command,
@@ -106,7 +108,7 @@ def flow_writes(users: int, days: int, seed: int) -> list[list[RedisOp]]:
     return store.batches
 
 
-# --- the two layouts ----------------------------------------------------------------------------
+# --- the layouts -------------------------------------------------------------------------------
 
 
 def legacy_commands(batch: Sequence[RedisOp], keys: RedisKeys = KEYS) -> list[Command]:
@@ -151,13 +153,47 @@ def _format_2(value: bytes) -> bytes:
     return recs_encoding.encode(items, version, generated_at, source)  # codes kept as codes
 
 
-def write_legacy(client: redis.Redis, batches: Sequence[Sequence[RedisOp]]) -> None:
-    """Apply ``batches`` in the previous layout."""
-    for batch in batches:
-        pipe = client.pipeline(transaction=False)
-        for command in legacy_commands(batch):
-            pipe.execute_command(*command)
-        pipe.execute()
+def three_key_commands(batch: Sequence[RedisOp], keys: RedisKeys = KEYS) -> list[Command]:
+    """The commands of the layout before the user's hash (sessions 6-7) for ``batch``, one
+    operation at a time: ``SET`` of the profile string (format 2), ``HSET``/``HDEL`` of the
+    segments hash, ``SET`` of the recs string (format 3), each key with its own TTL."""
+    out: list[Command] = []
+    for op in batch:
+        if isinstance(op, ProfileWrite):
+            value = encode_profile_2(op.fields)
+            out += [("SET", keys.profile(op.user), value, "EX", TTL_S)]
+            out += [("EXPIRE", keys.segments(op.user), TTL_S)]
+        elif isinstance(op, SegmentsWrite):
+            key = keys.segments(op.user)
+            if op.entered:
+                out.append(("HSET", key, *(a for name in op.entered for a in (name, "1"))))
+                out += [("SADD", keys.audience(name), op.user) for name in op.entered]
+            if op.exited:
+                out.append(("HDEL", key, *op.exited))
+                out += [("SREM", keys.audience(name), op.user) for name in op.exited]
+            out.append(("EXPIRE", key, TTL_S))
+        elif isinstance(op, RecsWrite):
+            out.append(("SET", keys.recs(op.user), recs_encoding.compact(op.value), "EX", TTL_S))
+        else:
+            out += legacy_commands([op], keys)
+    return out
+
+
+def _writer(
+    commands: Callable[[Sequence[RedisOp]], list[Command]],
+) -> Callable[[redis.Redis, Sequence[Sequence[RedisOp]]], None]:
+    def write(client: redis.Redis, batches: Sequence[Sequence[RedisOp]]) -> None:
+        for batch in batches:
+            pipe = client.pipeline(transaction=False)
+            for command in commands(batch):
+                pipe.execute_command(*command)
+            pipe.execute()
+
+    return write
+
+
+write_legacy = _writer(legacy_commands)
+write_three_keys = _writer(three_key_commands)
 
 
 def write_current(client: redis.Redis, batches: Sequence[Sequence[RedisOp]]) -> None:
@@ -173,7 +209,8 @@ def write_current(client: redis.Redis, batches: Sequence[Sequence[RedisOp]]) -> 
 
 LAYOUTS: dict[str, Callable[[redis.Redis, Sequence[Sequence[RedisOp]]], None]] = {
     "previous (hash, set, recs v2)": write_legacy,
-    "current": write_current,
+    "three keys (string, hash, v3)": write_three_keys,
+    "current (one hash per user)": write_current,
 }
 
 
@@ -185,7 +222,7 @@ class UserKeys:
     """One source user's keys as ``DUMP`` bytes with their TTLs, and its audiences."""
 
     user: str
-    dumps: tuple[tuple[str, bytes, int], ...]  # (kind, dump, pttl); kind: profile, recs...
+    dumps: tuple[tuple[str, bytes, int], ...]  # (kind, dump, pttl); kind: USER_KEY_KINDS
     aliases: tuple[tuple[str, bytes, int], ...]  # (anonymous id, dump, pttl)
     audiences: tuple[str, ...]
 
@@ -198,9 +235,24 @@ def _tag_id(key: str) -> str:
     return key[key.index("{u:") + 3 : key.index("}")]
 
 
+def _kind(key: str) -> str:
+    """What follows a per-user key's tag (:data:`USER_KEY_KINDS`: ``""`` for the hash)."""
+    return key[key.index("}") + 1 :]
+
+
+def _key(user: str, kind: str) -> str:
+    """The per-user key of ``kind`` (ids here need no escaping)."""
+    return KEYS.user(user) + kind
+
+
+#: How the tables name each kind of per-user key.
+KIND_NAMES = {"": "user hash", ":profile": "profile", ":segments": "segments", ":recs": "recs"}
+
+
 def snapshot(client: redis.Redis) -> list[UserKeys]:
-    """Every user with a profile key, with its keys, its anonymous ids' alias keys and the
-    audiences it is in (ids in this workload need no tag escaping)."""
+    """Every user with a profile (a user hash or a profile key), with its keys, its anonymous
+    ids' alias keys and the audiences it is in (ids in this workload need no tag
+    escaping)."""
     by_user: dict[str, dict[str, tuple[bytes, int]]] = {}
     aliases: dict[str, list[tuple[str, bytes, int]]] = {}
     audiences: dict[str, list[str]] = {}
@@ -217,7 +269,7 @@ def snapshot(client: redis.Redis) -> list[UserKeys]:
             assert isinstance(target, bytes)
             aliases.setdefault(target.decode(), []).append((_tag_id(key), dump, pttl))
         elif "{u:" in key:
-            by_user.setdefault(_tag_id(key), {})[key.rsplit(":", 1)[1]] = (dump, pttl)
+            by_user.setdefault(_tag_id(key), {})[_kind(key)] = (dump, pttl)
     return [
         UserKeys(
             user,
@@ -226,7 +278,7 @@ def snapshot(client: redis.Redis) -> list[UserKeys]:
             tuple(audiences.get(user, ())),
         )
         for user, kinds in sorted(by_user.items())
-        if "profile" in kinds
+        if "" in kinds or ":profile" in kinds
     ]
 
 
@@ -246,7 +298,7 @@ def populate(client: redis.Redis, sources: Sequence[UserKeys], count: int) -> No
         source = sources[index % len(sources)]
         user = synthetic_id(source.user, index)
         for kind, dump, pttl in source.dumps:
-            pipe.restore(getattr(KEYS, kind)(user), pttl, dump)
+            pipe.restore(_key(user, kind), pttl, dump)
         for anonymous_id, dump, pttl in source.aliases:
             pipe.restore(KEYS.alias(synthetic_id(anonymous_id, index)), pttl, dump)
         for audience in source.audiences:
@@ -267,6 +319,7 @@ class Figures:
     keys_per_user: float
     value_b: dict[str, float]  # per kind: mean STRLEN of strings, MEMORY USAGE of others
     part_slope_b: dict[str, float]  # used_memory slope per user of each part alone
+    encodings: dict[str, int]  # OBJECT ENCODING of the sampled keys -> count
 
 
 def used_memory(client: redis.Redis) -> int:
@@ -275,16 +328,24 @@ def used_memory(client: redis.Redis) -> int:
     return int(info["used_memory"])
 
 
-#: The parts of a user's cost the breakdown measures alone: a key kind, the alias keys of
-#: its anonymous ids, its memberships of the shared audience sets.
-PARTS = ("profile", "recs", "segments", "alias keys", "audience members")
+#: The parts of a user's cost the breakdown measures alone, besides each kind of per-user
+#: key the layout has: the alias keys of its anonymous ids, its memberships of the shared
+#: audience sets.
+SHARED_PARTS = ("alias keys", "audience members")
+
+
+def parts_of(sources: Sequence[UserKeys]) -> list[str]:
+    """The parts of ``sources``' cost: the kinds of per-user key they have, by name
+    (:data:`KIND_NAMES`), then :data:`SHARED_PARTS`."""
+    kinds = {kind for s in sources for kind, _, _ in s.dumps}
+    return [KIND_NAMES[k] for k in KIND_NAMES if k in kinds] + list(SHARED_PARTS)
 
 
 def _part(source: UserKeys, part: str) -> UserKeys:
-    """``source`` with only ``part`` of its keys (:data:`PARTS`)."""
+    """``source`` with only ``part`` of its keys (:func:`parts_of`)."""
     return UserKeys(
         source.user,
-        tuple(d for d in source.dumps if d[0] == part),
+        tuple(d for d in source.dumps if KIND_NAMES.get(d[0]) == part),
         source.aliases if part == "alias keys" else (),
         source.audiences if part == "audience members" else (),
     )
@@ -316,7 +377,10 @@ def measure(
     sources = snapshot(client)
     if not sources:
         raise RuntimeError("the workload left no user with a profile; use more --users")
-    parts = {part: slope(client, [_part(s, part) for s in sources], populations) for part in PARTS}
+    parts = {
+        part: slope(client, [_part(s, part) for s in sources], populations)
+        for part in parts_of(sources)
+    }
     total = slope(client, sources, populations)  # leaves the larger population in place
     users = [synthetic_id(sources[i % len(sources)].user, i) for i in range(populations[1])]
     step = max(1, len(users) // sample)
@@ -324,6 +388,7 @@ def measure(
     usage = 0
     keys_seen = 0
     sizes: dict[str, list[int]] = {}
+    encodings: dict[str, int] = {}
     for user in sampled:
         for key in KEYS.user_keys(user):
             used = client.memory_usage(key, samples=0)
@@ -331,10 +396,12 @@ def measure(
                 continue
             usage += used
             keys_seen += 1
-            kind = key.rsplit(":", 1)[1]
+            kind = KIND_NAMES.get(_kind(key), _kind(key))
             key_type = _text(client.type(key))
             size = client.strlen(key) if key_type == "string" else client.memory_usage(key) or 0
             sizes.setdefault(f"{kind} ({key_type})", []).append(int(size))
+            encoding = f"{kind}: {_text(client.object('encoding', key))}"
+            encodings[encoding] = encodings.get(encoding, 0) + 1
     return Figures(
         layout=layout,
         users=len(sources),
@@ -343,6 +410,7 @@ def measure(
         keys_per_user=keys_seen / len(sampled),
         value_b={kind: sum(v) / len(v) for kind, v in sorted(sizes.items())},
         part_slope_b=parts,
+        encodings=encodings,
     )
 
 
@@ -417,16 +485,19 @@ def report(figures: Sequence[Figures], populations: tuple[int, int]) -> str:
             f"{verdict(f.slope_b, SLOPE_TARGET_B):>5} {f.usage_b:>15,.0f} {USAGE_TARGET_B:>7} "
             f"{verdict(f.usage_b, USAGE_TARGET_B):>5} {f.keys_per_user:>9.2f}"
         )
-    lines.append("used_memory slope per user of each part alone (B/user; the parts add up to")
-    lines.append("a little less than the whole: the keyspace tables grow with all keys together)")
-    lines.append(f"{'layout':<32} " + " ".join(f"{part:>16}" for part in PARTS))
+    lines.append("used_memory slope per user of each part alone (B/user; the parts need not add")
+    lines.append(
+        "up to the whole: the keyspace tables grow by powers of two with all keys together)"
+    )
     for f in figures:
-        row = " ".join(f"{f.part_slope_b[part]:>16,.0f}" for part in PARTS)
-        lines.append(f"{f.layout:<32} {row}")
+        row = ", ".join(f"{part} {slope_b:,.0f}" for part, slope_b in f.part_slope_b.items())
+        lines.append(f"  {f.layout}: {row}")
     for f in figures:
         sizes = ", ".join(f"{kind} {size:,.0f} B" for kind, size in f.value_b.items())
+        encodings = ", ".join(f"{e} x{n}" for e, n in sorted(f.encodings.items()))
         lines.append(
-            f"  {f.layout}: mean value sizes (strings: STRLEN; others: MEMORY USAGE): {sizes}"
+            f"  {f.layout}: mean value sizes (strings: STRLEN; others: MEMORY USAGE): {sizes}; "
+            f"encodings sampled: {encodings}"
         )
     return "\n".join(lines)
 

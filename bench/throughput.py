@@ -38,7 +38,7 @@ The first benchmark of Attune (design.md, "Targets"). One run:
 
    After each flow run: peak RSS of each flow process (``VmHWM``, read while it
    runs), CPU time (``os.wait4``), Redis
-   ``used_memory`` delta and profile keys (SCAN), ``MEMORY USAGE`` of 100
+   ``used_memory`` delta and users' hashes (SCAN), ``MEMORY USAGE`` of 100
    sampled users' keys, and the dead-letter topic's growth.
 5. With ``--profile``, one more end-to-end run under cProfile
    (:mod:`attune.bench.flow_profile`), not part of the table: the share of each
@@ -335,7 +335,7 @@ FIGURES: tuple[tuple[str, str, str, Target | None], ...] = (
         "{:,.0f}",
         REDIS_BYTES_PER_USER_TARGET,
     ),
-    ("active_users", "active users (profile keys)", "{:,.0f}", None),
+    ("active_users", "active users (user hashes)", "{:,.0f}", None),
     ("redis_keys", "Redis keys written", "{:,.0f}", None),
     ("dead_letters", "dead letters (DLQ topic growth)", "{:,.0f}", None),
     ("segment_changes", "segment changes (segments topic growth)", "{:,.0f}", None),
@@ -556,14 +556,15 @@ def bench_topics(stem: str) -> dict[str, str]:
     }
 
 
-def profile_pattern(prefix: str) -> str:
-    """The SCAN pattern of every profile key under ``prefix`` (glob characters escaped).
+def user_pattern(prefix: str) -> str:
+    """The SCAN pattern of every user's hash under ``prefix`` (glob characters escaped): the
+    keys that end with the user's tag (docs/redis.md).
 
-    >>> profile_pattern("attune:"), profile_pattern("a*b:")
-    ('attune:{u:*}:profile', 'a\\\\*b:{u:*}:profile')
+    >>> user_pattern("attune:"), user_pattern("a*b:")
+    ('attune:{u:*}', 'a\\\\*b:{u:*}')
     """
     escaped = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
-    return escaped + "{u:*}:profile"
+    return escaped + "{u:*}"
 
 
 # --- progress --------------------------------------------------------------------------------
@@ -1163,23 +1164,23 @@ class RedisMemory:
 
 
 def redis_memory(client: Any, used_before: int, prefix: str, seed: int) -> RedisMemory:
-    """``used_memory`` growth, profile keys (SCAN) and the mean ``MEMORY USAGE`` of sampled users.
+    """``used_memory`` growth, users' hashes (SCAN) and the mean ``MEMORY USAGE`` of sampled
+    users.
 
     A sampled user's bytes are the sum over every per-user key kind under its
-    hash tag (profile, segments, recs, alias) that exists.
+    hash tag (the user's hash, alias, and the earlier layout's keys) that exists.
     """
     from attune.operators.redis_keys import USER_KEY_KINDS
 
     used_after = int(client.info("memory")["used_memory"])
-    profiles = sorted(client.scan_iter(match=profile_pattern(prefix), count=1000))
+    profiles = sorted(client.scan_iter(match=user_pattern(prefix), count=1000))
     sample_mean = None
     if profiles:
         sample = random.Random(seed).sample(profiles, min(MEMORY_SAMPLE_USERS, len(profiles)))
         pipe = client.pipeline(transaction=False)
         for key in sample:
-            base = key[: -len(b"profile")]
             for kind in USER_KEY_KINDS:
-                pipe.execute_command("MEMORY", "USAGE", base + kind.encode(), "SAMPLES", "0")
+                pipe.execute_command("MEMORY", "USAGE", key + kind.encode(), "SAMPLES", "0")
         sizes = pipe.execute()
         sample_mean = sum(s or 0 for s in sizes) / len(sample)
     return RedisMemory(used_after - used_before, len(profiles), int(client.dbsize()), sample_mean)
@@ -1668,8 +1669,8 @@ def _footnote() -> str:
         "(typed events, dead letters). 'wall - startup': the flow's "
         "wall time minus that of the same command on an empty topic (same items), both in this "
         "run. Per process = end-to-end / --processes. RSS per user = (peak RSS - peak RSS on the "
-        "empty topic) / users with a profile key; Redis per user = used_memory growth during the "
-        "run / users with a profile key."
+        "empty topic) / users with a hash; Redis per user = used_memory growth during the "
+        "run / users with a hash."
     )
 
 

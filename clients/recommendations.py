@@ -4,14 +4,16 @@ The dataflow's ranking step writes each user's recommendations to Redis, and
 trending items per scope; apps read them here with redis-py (docs/redis.md,
 "Recommendations", is the contract):
 
-- ``attune:{u:<user>}:recs``: a string, format 3 (text:
+- ``attune:{u:<user>}``: the user's hash (:mod:`attune.operators.redis_keys`): fields
+  ``R``, ``R1``, ... the recommendations, format 3 (text:
   ``3|<model_version>|<generated_at>|<source>|<categories>|<item>|...``, items in rank
-  order, :mod:`attune.operators.recs_encoding`); formats 2 and 1 (orjson, written by
-  earlier versions) are read too;
-- ``attune:{u:<user>}:segments``: a hash, segment name -> ``1`` (a set before: read too);
-- ``attune:{u:<user>}:profile``: a string, format 2 (``2|<value>|...``,
-  :func:`attune.operators.redis_keys.encode_profile`; a hash of fields before: read too),
-  read by :meth:`RecommendationClient.get_profile`;
+  order, :mod:`attune.operators.recs_encoding`; formats 2 and 1, orjson, read too);
+  ``P``, ``P1``, ... the profile, format 3 (``3|<value>|...``,
+  :func:`attune.operators.redis_keys.encode_profile`), read by
+  :meth:`RecommendationClient.get_profile`; one field per segment the user is in;
+- the layout before the hash, read while a user has none:
+  ``attune:{u:<user>}:recs`` (string), ``attune:{u:<user>}:segments`` (hash, or a set
+  before), ``attune:{u:<user>}:profile`` (string, or a hash of fields before);
 - ``attune:trending:global``, ``attune:trending:category:<name>``,
   ``attune:trending:segment:<name>``: sorted sets, member an item id, higher
   score more trending.
@@ -20,8 +22,8 @@ trending items per scope; apps read them here with redis-py (docs/redis.md,
 when there is one, else trending, and says which (:class:`Recommendations`:
 ``source``, ``fallback``, ``fallback_reason``, ``scope``). The rules:
 
-1. The user's ``recs`` key is read; an anonymous id merged into a user
-   (``alias`` key) reads that user's keys.
+1. The user's hash is read (the recommendations and the segments); an anonymous id
+   merged into a user (``alias`` key) reads that user's.
 2. Context ``exclude`` (and ``item``, the item on the page) removes items;
    context ``category`` keeps only items in that category (``shoes`` keeps
    ``shoes`` and ``shoes/running``; items without a category are dropped).
@@ -59,7 +61,18 @@ import orjson
 import redis
 
 from attune.operators import recs_encoding
-from attune.operators.redis_keys import DEFAULT_PREFIX, PROFILE_ORDER, RedisKeys, decode_profile
+from attune.operators.redis_keys import (
+    DEFAULT_PREFIX,
+    MAX_CHUNKS,
+    PROFILE_FIELD,
+    PROFILE_ORDER,
+    RECS_FIELD,
+    RedisKeys,
+    chunk_field,
+    decode_profile,
+    joined,
+    segment_names,
+)
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +170,8 @@ def _number(value: Any) -> TypeGuard[int | float]:
 def parse_recs(raw: bytes | str, key: str = "recs") -> StoredRecs:
     """Parse a ``recs`` value; :class:`CorruptRecommendationsError` names what is wrong.
 
-    Reads format 3 (text, ``3|...``, what Attune stores) and the JSON formats 2
+    Reads formats 4 (text, ``4|...``, what Attune stores) and 3 (text, ``3|...``, what the
+    ranking step makes and Redis held before) and the JSON formats 2
     (``"v": 2``: items ``[item, score, reason code, category index]``) and 1 (no ``v``:
     items as objects), so values written before an upgrade stay readable
     (:mod:`attune.operators.recs_encoding`). Reason codes come back as their reasons.
@@ -165,6 +179,8 @@ def parse_recs(raw: bytes | str, key: str = "recs") -> StoredRecs:
     must be there with their types.
 
     >>> parse_recs(b"3|m4|7|p|shoes|i1,831,sv,0|i2,500").items[1]
+    Recommendation(item='i2', score=0.5, reason='similar-to-viewed', category='shoes')
+    >>> parse_recs(b"4|m4|7|p|shoes|i|1,n3,sv,0|2,dw").items[1]
     Recommendation(item='i2', score=0.5, reason='similar-to-viewed', category='shoes')
 
     >>> parse_recs(b'{"v":2,"items":[["i1",0.8,"sv",0]],"categories":["shoes"],'
@@ -176,7 +192,7 @@ def parse_recs(raw: bytes | str, key: str = "recs") -> StoredRecs:
     ...     print(exc)
     k: items[0].score is 'high', not a finite number
     """
-    if raw[:2] in (b"3|", "3|"):
+    if raw[:2] in (b"3|", "3|", b"4|", "4|"):
         return _parse_v3(raw, key)
     try:
         value = orjson.loads(raw)
@@ -209,12 +225,14 @@ def parse_recs(raw: bytes | str, key: str = "recs") -> StoredRecs:
 
 
 def _parse_v3(raw: bytes | str, key: str) -> StoredRecs:
-    """Format 3, the text :func:`attune.operators.recs_encoding.compact` writes."""
+    """Formats 4 and 3, the text :func:`attune.operators.recs_encoding.stored` and
+    :func:`attune.operators.recs_encoding.encode_compact` write."""
+    number = "4" if raw[:1] in (b"4", "4") else "3"
     try:
         text = raw.decode() if isinstance(raw, bytes) else raw
         items, model_version, generated_at, source = recs_encoding.decode_compact(text)
     except ValueError as exc:  # UnicodeDecodeError included
-        raise CorruptRecommendationsError(key, f"format 3: {exc}") from None
+        raise CorruptRecommendationsError(key, f"format {number}: {exc}") from None
     if not source:
         raise CorruptRecommendationsError(key, "source is empty")
     out = [
@@ -237,12 +255,16 @@ def parse_profile(
     """A ``profile`` value as field -> value (``None``: not known), every field of
     ``PROFILE_ORDER``; :class:`CorruptRecommendationsError` names what is wrong.
 
-    Reads format 2 (the string ``2|<value>|...`` Attune writes,
-    :func:`attune.operators.redis_keys.decode_profile`) and format 1, the hash of field
-    -> value written before (pass what ``HGETALL`` returned), so profiles written before
-    an upgrade stay readable until they are rewritten or expire. Values stay strings as
-    stored (ints in decimal, floats as ``repr``): the caller converts what it uses.
+    Reads format 3 (the string ``3|<value>|...`` Attune writes,
+    :func:`attune.operators.redis_keys.decode_profile`), format 2 (the same values written
+    plainly) and format 1, the hash of field -> value written before (pass what ``HGETALL``
+    returned), so profiles written before an upgrade stay readable until they are
+    rewritten or expire. Values come back as the flow encoded them, whatever the format
+    (ints in decimal, times in epoch ms, floats as ``repr``, ``device_top`` and
+    ``propensity_tier`` spelled out): the caller converts what it uses.
 
+    >>> parse_profile(b"3|3|1||||||||mk7e18v0||||m")["last_seen_ms"]
+    '1767994092828'
     >>> parse_profile(b"2|3|1")["page_views"], parse_profile({b"events": b"3"})["events"]
     ('1', '3')
     """
@@ -437,9 +459,10 @@ class RecommendationClient:
             preferred (a Redis set has no order); other segments follow by name.
 
     Two round trips at most for a known user with a full list (one pipelined
-    ``GET``/``GET``/``HKEYS``, one pipelined ``ZREVRANGE`` per scope if a top-up
-    is needed), three when an anonymous id is resolved to its user, one more when
-    the user's segments are still a set (written before the hash: ``SMEMBERS``).
+    ``HGETALL`` of the user's hash with ``GET`` of the alias and of the earlier layout's
+    keys, one pipelined ``ZREVRANGE`` per scope if a top-up is needed), three when an
+    anonymous id is resolved to its user, one more when the user's segments are still a
+    set (the layout before the hash, written before: ``SMEMBERS``).
     """
 
     def __init__(
@@ -478,15 +501,31 @@ class RecommendationClient:
             raise error
         log.warning("ignoring corrupt Redis value, %s: %s", instead, error)
 
-    def _read_user(self, user: str) -> tuple[Any, Any, Any]:
+    def _read_user(self, user: str) -> tuple[Any, str, Any, Any]:
+        """The user's recommendations value (or ``None``, or the error reading it), the key
+        it came from, the alias and the segments (a set of names, or the raw reply of the
+        earlier layout's key)."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.get(self.keys.recs(user))
+        pipe.hgetall(self.keys.user(user))
         pipe.get(self.keys.alias(user))
+        # The layout before the user's hash, read in the same round trip while one may be left.
+        pipe.get(self.keys.recs(user))
         pipe.hkeys(self.keys.segments(user))
-        recs, alias, segments = pipe.execute(raise_on_error=False)
-        return recs, alias, segments
+        fields, alias, recs, segments = pipe.execute(raise_on_error=False)
+        key = self.keys.user(user)
+        if isinstance(fields, redis.ResponseError):  # the user's key is not a hash
+            return CorruptRecommendationsError(key, str(fields)), key, alias, set()
+        if fields:
+            try:
+                value: Any = joined(fields, RECS_FIELD)
+            except ValueError as exc:
+                value = CorruptRecommendationsError(key, f"recs: {exc}")
+            return value, key, alias, set(segment_names(fields))
+        return recs, self.keys.recs(user), alias, segments
 
     def _segments(self, user: str, value: Any) -> set[str]:
+        if isinstance(value, set):  # from the user's hash
+            return value
         key = self.keys.segments(user)
         if isinstance(value, redis.ResponseError) and str(value).startswith("WRONGTYPE"):
             try:  # a set, as written before the hash (the sink converts it at its next write)
@@ -498,11 +537,12 @@ class RecommendationClient:
             return set()
         return {_text(s) for s in value or ()}
 
-    def _stored(self, user: str, value: Any) -> tuple[StoredRecs | None, str | None]:
-        key = self.keys.recs(user)
+    def _stored(self, key: str, value: Any) -> tuple[StoredRecs | None, str | None]:
         if value is None:
             return None, FALLBACK_UNKNOWN_USER
         try:
+            if isinstance(value, CorruptRecommendationsError):
+                raise value
             if isinstance(value, redis.ResponseError):
                 raise CorruptRecommendationsError(key, f"not a string ({value})")
             return parse_recs(value, key), None
@@ -529,22 +569,21 @@ class RecommendationClient:
         :func:`parse_profile` reads it; ``None`` when there is none, or when it is corrupt
         (logged; ``strict=True`` raises :class:`CorruptRecommendationsError`).
 
-        One pipelined round trip (``GET`` of the profile and the alias), one more to
-        follow an alias, one more for a profile still a hash (``HGETALL``).
+        One pipelined round trip (``HMGET`` of the profile's fields of the user's hash,
+        ``GET`` of the alias and of the earlier layout's profile key), one more to follow an
+        alias, one more for a profile of the earlier layout still a hash (``HGETALL``).
         """
         if not user:
             raise ValueError("user is empty")
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.get(self.keys.profile(user))
-        pipe.get(self.keys.alias(user))
-        raw, alias = pipe.execute(raise_on_error=False)
+        raw, key, alias = self._profile(user)
         if raw is None and isinstance(alias, bytes | str) and _text(alias) not in ("", user):
             user = _text(alias)
-            raw = self._get(self.keys.profile(user))
+            raw, key, _ = self._profile(user)
         if raw is None:
             return None
-        key = self.keys.profile(user)
         try:
+            if isinstance(raw, CorruptRecommendationsError):
+                raise raw
             if isinstance(raw, redis.ResponseError) and str(raw).startswith("WRONGTYPE"):
                 raw = self.redis.hgetall(key)  # format 1: a hash
             if isinstance(raw, redis.ResponseError):
@@ -553,6 +592,27 @@ class RecommendationClient:
         except CorruptRecommendationsError as exc:
             self._corrupt(exc, "no profile")
             return None
+
+    def _profile(self, user: str) -> tuple[Any, str, Any]:
+        """The user's profile value (from the hash, else the earlier layout's key; ``None``,
+        or the error reading it), the key it came from and the alias, in one pipelined
+        round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        fields = [chunk_field(PROFILE_FIELD, i) for i in range(MAX_CHUNKS)]
+        pipe.hmget(self.keys.user(user), fields)
+        pipe.get(self.keys.alias(user))
+        pipe.get(self.keys.profile(user))
+        pieces, alias, old = pipe.execute(raise_on_error=False)
+        key = self.keys.user(user)
+        if isinstance(pieces, redis.ResponseError):
+            return CorruptRecommendationsError(key, str(pieces)), key, alias
+        found = {name: piece for name, piece in zip(fields, pieces, strict=True) if piece}
+        if not found:
+            return old, self.keys.profile(user), alias
+        try:
+            return joined(found, PROFILE_FIELD), key, alias
+        except ValueError as exc:
+            return CorruptRecommendationsError(key, f"profile: {exc}"), key, alias
 
     def _get(self, key: str) -> Any:
         """``GET key``, a refusal (WRONGTYPE) returned rather than raised."""
@@ -573,13 +633,13 @@ class RecommendationClient:
         if not user:
             raise ValueError("user is empty")
         request = Request.of(k, context)
-        recs, alias, segments_raw = self._read_user(user)
+        recs, recs_key, alias, segments_raw = self._read_user(user)
         resolved = user
         if recs is None and isinstance(alias, bytes | str) and _text(alias) not in ("", user):
             resolved = _text(alias)
-            recs, _, segments_raw = self._read_user(resolved)
+            recs, recs_key, _, segments_raw = self._read_user(resolved)
         segments = self._segments(resolved, segments_raw)
-        stored, reason = self._stored(resolved, recs)
+        stored, reason = self._stored(recs_key, recs)
         own = stored.items if stored is not None else ()
         personal, _ = select(request, own)
         items = personal

@@ -7,7 +7,8 @@ creates the design topics; ``attune inspect`` summarises an event file;
 ``attune evaluate`` replays an event file to measure the recommendation and
 propensity models; ``attune config`` prints the settings (secrets masked) or
 their reference; ``attune erase USER`` removes a user's data from Redis
-(docs/privacy.md).
+(docs/privacy.md); ``attune redis-upgrade`` moves users' keys of the three-key Redis
+layout into their hashes (docs/redis.md).
 Settings come from ``ATTUNE_*`` variables (:mod:`attune.flows.settings`); flags
 override them.
 """
@@ -133,6 +134,40 @@ def _cmd_erase(args: argparse.Namespace) -> int:
     from attune.flows import erase
 
     return erase.run(args)
+
+
+def _cmd_redis_upgrade(args: argparse.Namespace) -> int:
+    import redis
+
+    from attune.operators.redis_keys import RedisKeys
+    from attune.operators.redis_sink import RedisConfig, upgrade_layout
+
+    settings = Settings.from_env().replace(redis_url=args.redis)
+    config = RedisConfig.from_settings(settings)
+    client = config.client()
+    try:
+        report = upgrade_layout(client, RedisKeys(settings.redis_prefix), settings.redis_ttl_s)
+    except redis.RedisError as exc:
+        raise RuntimeError(f"Redis at {config.safe_url}: {exc}") from exc
+    finally:
+        client.close()
+    print(
+        f"redis-upgrade: {report.moved} users moved into their hash, {report.kept} already "
+        "had one (old keys deleted)"
+    )
+    return 0
+
+
+def _add_redis_upgrade(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    upg = sub.add_parser(
+        "redis-upgrade",
+        help="move users' keys of the three-key Redis layout into their hashes",
+        description="Move every user's :profile, :segments and :recs keys (the layout before "
+        "one hash per user) into the user's hash attune:{u:<user>}, TTL kept, and delete "
+        "them. Run once after upgrading, before the upgraded flow starts (docs/redis.md).",
+    )
+    upg.add_argument("--redis", help="Redis URL (default: ATTUNE_REDIS_URL)")
+    upg.set_defaults(func=_cmd_redis_upgrade)
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -267,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     erase.add_arguments(era)
     era.set_defaults(func=_cmd_erase)
 
+    _add_redis_upgrade(sub)
     cfg = sub.add_parser("config", help="print the settings (secrets masked)")
     cfg.add_argument("--markdown", action="store_true", help="print the reference table")
     cfg.set_defaults(func=_cmd_config)

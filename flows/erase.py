@@ -1,8 +1,9 @@
 """``attune erase USER``: remove everything Redis holds about one user, for operators.
 
 The Redis part of erasure (right to be forgotten), done directly, without the
-flow: every key under the user's hash tag ``<prefix>{u:<user>}`` (profile,
-segments, recommendations, alias and any per-user key added later: found by
+flow: every key under the user's hash tag ``<prefix>{u:<user>}`` (the user's hash of
+profile, segments and recommendations, the alias, the keys of the layout before the
+hash, and any per-user key added later: found by
 ``SCAN MATCH``, not from a list that could miss one), the user's membership in
 every audience set ``<prefix>segment:*``, and the aliases of anonymous ids that
 were merged into the user (with everything under their tags). The flow's own

@@ -1,13 +1,27 @@
-"""The encoding of a user's recommendations in Redis (``attune:{u:<user>}:recs``).
+"""The encoding of a user's recommendations in Redis (the ``R`` fields of the user's hash
+``attune:{u:<user>}``, :mod:`attune.operators.redis_keys`; ``attune:{u:<user>}:recs``
+before it).
 
 Made by the ranking step in format 3 (:func:`attune.operators.ranking.recs_value`,
-:func:`encode_compact`), stored as it is by the Redis sink (which turns a format-2
-value into format 3, :func:`compact`), read by the client library
-(:func:`attune.clients.recommendations.parse_recs`, formats 1, 2 and 3); docs/redis.md
+:func:`encode_compact`), stored by the Redis sink as format 4 (:func:`stored`, in pieces;
+a format-2 value is made format 3 first, :func:`compact`; :func:`encode_stored` makes
+format 4 directly), read by the client library
+(:func:`attune.clients.recommendations.parse_recs`, formats 1 to 4); docs/redis.md
 ("Recommendations") is the contract. It imports nothing heavier than orjson, so the
 client library can share it.
 
-Format 3 (what Redis holds) is text, not JSON: Redis keeps one value per user, and
+Format 4 (what Redis keeps) is format 3 below with ``generated_at`` and every score in
+base 36 (:func:`attune.operators.redis_keys.base36`: the same thousandths in 2
+characters instead of 3) and the item ids' common prefix written once, as a 6th field,
+each item then giving its id without it::
+
+    4|<model_version>|<generated_at, base 36>|<source>|<categories>|<id prefix>|<item>...
+
+>>> stored(b"3|m3-5|1767571200000|p|shoes/running|i1,831,sv,0|i3,610|i7,500,bt,")
+b'4|m3-5|mk0e96o0|p|shoes/running|i|1,n3,sv,0|3,gy|7,dw,bt,'
+
+Format 3 (what Redis held before format 4) is text, not JSON: Redis keeps one value per
+user, and
 format 2's brackets, quotes and ``0.`` of every score were a third of it. Fields are
 separated by ``|``::
 
@@ -52,6 +66,8 @@ from collections.abc import Iterable
 
 import orjson
 
+from attune.operators.redis_keys import base36
+
 #: The format :func:`encode` writes (``v``).
 FORMAT = 2
 #: Decimals a score keeps: scores only order one list, which the list order does already.
@@ -74,6 +90,8 @@ COMPACT_FORMAT = "3"
 SOURCE_CODES: dict[str, str] = {"personalized": "p", "trending": "t"}
 #: Code -> source.
 SOURCES_BY_CODE: dict[str, str] = {code: source for source, code in SOURCE_CODES.items()}
+#: The format :func:`stored` writes: what Redis keeps.
+STORED_FORMAT = "4"
 #: How a format-2 value starts (what :func:`compact` converts).
 _FORMAT_2_START = b'{"v":2,'
 
@@ -141,6 +159,43 @@ def encode_compact(
     return "|".join(head + entries).encode()
 
 
+def encode_stored(
+    items: Iterable[Entry], model_version: str, generated_at_ms: int, source: str
+) -> bytes:
+    """The format-4 value of a user's recommendations (what Redis keeps), ``items`` in rank
+    order: the same bytes as ``stored(encode_compact(...))`` without format 3 in between,
+    for a ranking step that makes what Redis keeps (the sink then stores it as it is).
+
+    >>> rows = [("i1", 0.8312345, "similar-to-viewed", "shoes/running"),
+    ...         ("i3", 0.61, "similar-to-viewed", "shoes/running")]
+    >>> encode_stored(rows, "m3-5", 7, "personalized")
+    b'4|m3-5|7|p|shoes/running|i|1,n3,sv,0|3,gy'
+    """
+    categories: dict[str, int] = {}
+    rows: list[tuple[str, str, str]] = []  # escaped id, score, reason and category or ""
+    codes = REASON_CODES
+    last: tuple[str, int | None] | None = None
+    for item, score, reason, category in items:
+        index = _index(categories, category)
+        code = codes.get(reason, reason)
+        tail = ""
+        if (code, index) != last:
+            tail = f",{_escape(code)},{'' if index is None else index}"
+            last = (code, index)
+        rows.append((_escape(item), base36(round(round(score, SCORE_DECIMALS) * 1000)), tail))
+    prefix = _common_prefix([r[0] for r in rows]) if len(rows) > 1 else ""
+    cut = len(prefix)
+    head = [
+        STORED_FORMAT,
+        _escape(model_version),
+        base36(generated_at_ms),
+        SOURCE_CODES.get(source) or _escape(source),
+        ",".join(_escape(c) for c in categories),
+        prefix,
+    ]
+    return "|".join(head + [f"{i[cut:]},{score}{tail}" for i, score, tail in rows]).encode()
+
+
 def reason_of(code: str) -> str:
     """The reason a stored code stands for (an unknown code is a reason written whole).
 
@@ -198,19 +253,27 @@ def compact(value: bytes) -> bytes:
 
 
 def decode_compact(text: str) -> tuple[list[tuple[str, float, str, str | None]], str, int, str]:
-    """A format-3 value's items ``(id, score, reason code, category path)``, model version,
-    generation time and source; ``ValueError`` says what is wrong (the client turns it into
-    its corrupt-value error)."""
+    """A format-3 or format-4 value's items ``(id, score, reason code, category path)``,
+    model version, generation time and source; ``ValueError`` says what is wrong (the
+    client turns it into its corrupt-value error).
+
+    >>> decode_compact("4|m3-5|7|p|shoes/running|i|1,n3,sv,0|3,gy|7,dw,bt,")[0][1]
+    ('i3', 0.61, 'sv', 'shoes/running')
+    """
     parts = text.split("|")
-    if parts[0] != COMPACT_FORMAT or len(parts) < 5:
-        raise ValueError("not a format-3 value of at least 5 fields")
+    stored = parts[0] == STORED_FORMAT
+    if not (parts[0] == COMPACT_FORMAT or stored) or len(parts) < 5 + stored:
+        raise ValueError("not a format-3 value of at least 5 fields, nor a format-4 one of 6")
     _, model_version, generated_at, source, joined = parts[:5]
-    if not (generated_at.isascii() and generated_at.isdigit()):
+    base = 36 if stored else 10
+    digits = generated_at.lower() if stored else generated_at
+    if not (digits.isascii() and digits.isalnum() and (stored or digits.isdigit())):
         raise ValueError(f"generated_at is {generated_at!r}, not epoch ms")
+    prefix = parts[5] if stored else ""
     categories = [_unescape(c) for c in joined.split(",")] if joined else []
     items: list[tuple[str, float, str, str | None]] = []
     code, path = "", None
-    for i, entry in enumerate(parts[5:]):
+    for i, entry in enumerate(parts[5 + stored :]):
         fields = entry.split(",")
         if len(fields) == 4:
             code, index = _unescape(fields[2]), fields[3]
@@ -224,9 +287,64 @@ def decode_compact(text: str) -> tuple[list[tuple[str, float, str, str | None]],
         elif len(fields) != 2 or i == 0:
             raise ValueError(f"items[{i}] is not <id>,<score>[,<reason>,<category>]")
         try:
-            thousandths = int(fields[1])
+            thousandths = int(fields[1], base)
         except ValueError:
             raise ValueError(f"items[{i}].score is {fields[1]!r}, not an integer") from None
-        items.append((_unescape(fields[0]), thousandths / 1000, code, path))
+        items.append((_unescape(prefix + fields[0]), thousandths / 1000, code, path))
     source = SOURCES_BY_CODE.get(source) or _unescape(source)
-    return items, _unescape(model_version), int(generated_at), source
+    return items, _unescape(model_version), int(generated_at, base), source
+
+
+def stored(value: bytes) -> bytes:
+    """What Redis keeps of a list: format 4 of a format-3 value (:func:`compact` of a
+    format-2 one first); another value as it is (a foreign or test writer's, which readers
+    judge).
+
+    Format 4 is format 3 with ``generated_at`` and every score written in base 36 and the
+    item ids' common prefix written once, as a 6th field, before the items (each item
+    then its id without the prefix): the same values in ~25% fewer bytes for ids that
+    share a prefix. A text transform, cheaper than decoding.
+
+    >>> stored(b"3|m3-5|7|p|shoes/running|i1,831,sv,0|i3,610|i7,500,bt,")
+    b'4|m3-5|7|p|shoes/running|i|1,n3,sv,0|3,gy|7,dw,bt,'
+    >>> stored(b"not a list")
+    b'not a list'
+    """
+    value = compact(value)
+    if not value.startswith(b"3|"):
+        return value
+    try:
+        return _format_4(value.decode()).encode()
+    except (ValueError, IndexError):  # not what encode_compact writes: kept for readers
+        return value
+
+
+def _format_4(text: str) -> str:
+    parts = text.split("|")
+    if len(parts) < 5:
+        raise ValueError("not format 3")
+    items = parts[5:]
+    ids = [item.split(",", 1)[0] for item in items]
+    prefix = _common_prefix(ids) if len(ids) > 1 else ""
+    cut = len(prefix)
+    out = ["4", parts[1], base36(int(parts[2])), parts[3], parts[4], prefix]
+    for item in items:
+        fields = item.split(",")
+        fields[0] = fields[0][cut:]
+        fields[1] = base36(int(fields[1]))
+        out.append(",".join(fields))
+    return "|".join(out)
+
+
+def _common_prefix(texts: list[str]) -> str:
+    """The longest text every one of ``texts`` starts with (that of the least and the
+    greatest of them).
+
+    >>> _common_prefix(["i00973", "i00871", "i01412"]), _common_prefix(["a", "b"])
+    ('i0', '')
+    """
+    low, high = min(texts), max(texts)
+    for i, (a, b) in enumerate(zip(low, high, strict=False)):
+        if a != b:
+            return low[:i]
+    return low

@@ -7,34 +7,40 @@ from :class:`~attune.operators.redis_keys.RedisKeys`; docs/redis.md documents ev
 
 What the rest of Attune relies on:
 
-- Idempotent: every command sets an absolute value (SET of the whole profile,
-  HSET/HDEL of a segment membership, SADD/SREM of an audience member, SET, DEL);
-  nothing increments. Replaying a batch after recovery, or a batch that failed
-  half-way being sent again, leaves the same bytes in Redis.
-- Whole profiles, never half: the profile is one string of every profile field
-  (:func:`~attune.operators.redis_keys.encode_profile`, format 2), set with its TTL in one
-  ``SET ... EX``, so no field of an older profile lingers and a reader never
-  catches a user without a profile.
-- Compact: Redis keeps these values for every user, so the sink stores the small
-  formats (profile format 2, recommendations format 3 converted from the ranking
-  step's format 2 by :func:`~attune.operators.recs_encoding.compact`, segments as a
-  small hash); docs/redis.md has the formats and the bytes per user they cost
-  (``python -m attune.bench.redis_memory``).
+- One key per user: the profile, the recommendations and the segments of a user are
+  fields of one small hash, ``attune:{u:<user>}``
+  (:meth:`~attune.operators.redis_keys.RedisKeys.user`; the fields are described in
+  :mod:`attune.operators.redis_keys`), so a user costs one keyspace entry and one TTL.
+- Idempotent: every command sets an absolute value (HSET of the changed fields, HDEL of
+  a segment left and of the pieces a longer earlier value left, SADD/SREM of an audience
+  member, SET, DEL); nothing increments. Replaying a batch after recovery, or a batch
+  that failed half-way being sent again, leaves the same bytes in Redis.
+- Whole values, never half: a profile (:func:`~attune.operators.redis_keys.encode_profile`,
+  format 3) or a list of recommendations (format 4,
+  :func:`~attune.operators.recs_encoding.stored` of the ranking step's format 3) is written
+  whole, all its pieces in one ``HSET`` and its first piece leading with their count
+  (:func:`~attune.operators.redis_keys.chunks`), so no reader joins two values.
+- Only what changed: a batch writes the fields its operations changed (the profile
+  when the user's profile was written, the segments entered and left), never the whole
+  hash.
+- Compact: Redis keeps these values for every user, and a hash stays one listpack
+  while every value is at most 64 bytes, hence the pieces; docs/redis.md has the bytes
+  per user they cost (``python -m attune.bench.redis_memory``).
 - TTL'd: every per-user key written is given the configured TTL in the same
-  request, and a profile write refreshes the segments key's TTL too (a member who
-  stays in a segment for longer than the TTL keeps it); audience sets get their own
-  TTL, refreshed whenever one is written.
+  request (the user's hash one TTL for all its fields: a member who stays in a segment
+  keeps it while the profile is written); audience sets get their own TTL, refreshed
+  whenever one is written.
 - Batched: :func:`plan` folds a batch into the fewest commands (the last
   profile of a user wins, segment entries and exits fold in order, a
   :class:`ForgetUser` drops the user's earlier operations, each audience gets
   one SADD and one SREM for all its users), and the partition pipelines them:
   one request on one connection, the replies read after (not a MULTI
   transaction). Errors raise: Bytewax stops and recovery replays.
-- Upgrades in place: a segments key still a set (written before the hash) refuses
-  HSET/HDEL with WRONGTYPE; the partition converts it with a Lua script
-  (:data:`CONVERT_SEGMENTS`, sent with EVAL, which a Redis ACL user must be allowed) and
-  sends the refused commands again. Older profiles (hashes) and recommendations
-  (format 2) are replaced whole by the next SET.
+- Earlier layouts: the three keys per user written before the hash (``:profile``,
+  ``:segments``, ``:recs``) are no longer written; :func:`upgrade_layout` (``attune
+  redis-upgrade``) moves them into the users' hashes, readers read them while a user has
+  no hash, erasure deletes them, and their TTL removes them (docs/redis.md, "Earlier
+  layouts").
 
 :func:`plan` is pure, so coalescing is tested without Redis:
 
@@ -43,9 +49,9 @@ What the rest of Attune relies on:
 ...        SegmentsWrite("u1", entered=("vip",), exited=())]
 >>> for command in plan(ops, keys=keys, ttl_s=60, profile_fields=("events", "device_top")):
 ...     print(command)
-('SET', 'attune:{u:u1}:profile', '2|2', 'EX', 60)
-('HSET', 'attune:{u:u1}:segments', 'vip', '1')
-('EXPIRE', 'attune:{u:u1}:segments', 60)
+('HSET', 'attune:{u:u1}', 'P', b'13|2', 'vip', '1')
+('HDEL', 'attune:{u:u1}', 'P1', 'P2', 'P3', 'P4', 'P5', 'P6', 'P7')
+('EXPIRE', 'attune:{u:u1}', 60)
 ('SADD', 'attune:segment:vip', 'u1')
 ('EXPIRE', 'attune:segment:vip', 60)
 """
@@ -63,7 +69,18 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from attune.operators import recs_encoding
 from attune.operators.features import PROFILE_FIELDS, Features, FeatureValue
-from attune.operators.redis_keys import DEFAULT_PREFIX, PROFILE_ORDER, RedisKeys, encode_profile
+from attune.operators.redis_keys import (
+    DEFAULT_PREFIX,
+    PROFILE_FIELD,
+    PROFILE_ORDER,
+    RECS_FIELD,
+    RedisKeys,
+    chunks,
+    decode_profile,
+    encode_profile,
+    is_reserved,
+    stale_chunks,
+)
 from attune.operators.redis_retry import OutagePolicy, OutageRetry
 
 log = logging.getLogger(__name__)
@@ -161,9 +178,10 @@ class JsonWrite:
 
 @dataclass(frozen=True, slots=True)
 class RecsWrite:
-    """Replace the user's recommendations (``SET ... EX`` the per-user TTL) with ``value``,
-    the format-2 bytes of :func:`attune.operators.ranking.recs_value`, stored as format 3
-    (:func:`attune.operators.recs_encoding.compact`; docs/redis.md)."""
+    """Replace the user's recommendations (the ``R`` fields of the user's hash) with
+    ``value``, the format-3 bytes of :func:`attune.operators.ranking.recs_value`, stored
+    as format 4 (:func:`attune.operators.recs_encoding.stored`, which turns another
+    writer's format 2 into format 3 first; docs/redis.md)."""
 
     user: str
     value: bytes
@@ -234,8 +252,9 @@ def plan(
 ) -> list[Command]:
     """The Redis commands that apply ``items`` in order, coalesced.
 
-    Per user: the last :class:`ProfileWrite` wins (one ``SET ... EX``, and an
-    ``EXPIRE`` of the segments key unless the batch writes it); segment entries and
+    Per user, in the user's hash (one ``HSET`` of the fields written, one ``HDEL`` of
+    the segments left and of stale pieces, one ``EXPIRE``): the last :class:`ProfileWrite`
+    wins (the ``P`` fields); segment entries and
     exits fold in order into one final membership per segment (entered then exited
     -> HDEL); a :class:`ForgetUser` drops what came before it for that user,
     becomes DEL of every per-user key plus SREM from its audiences and the
@@ -244,10 +263,12 @@ def plan(
     Every per-user key written gets EXPIRE ``ttl_s``; each audience written
     gets EXPIRE ``audience_ttl_s`` (default ``ttl_s``). For
     :class:`JsonWrite`, the last value per key wins; for :class:`RecsWrite`, the last
-    per user (one ``SET ... EX``, format 3); :class:`TrendingWrite` s of one scope fold into one
+    per user (the ``R`` fields, format 3); :class:`TrendingWrite` s of one scope fold into one
     ``ZADD`` (the last score per member), one trim and one ``EXPIRE``.
 
-    Raises ``ValueError`` for a profile field not in ``profile_fields``.
+    Raises ``ValueError`` for a profile field not in ``profile_fields``, and for a segment
+    name that is empty or starts with an upper-case letter (those fields are Attune's:
+    :func:`~attune.operators.redis_keys.is_reserved`).
     """
     keys = keys or RedisKeys()
     audience_ttl = ttl_s if audience_ttl_s is None else audience_ttl_s
@@ -281,6 +302,7 @@ def _coalesce(items: Iterable[RedisOp], profile_fields: Sequence[str]) -> _Batch
             user_ops = users.get(op.user) or _new(users, op.user)
             user_ops.profile = op.fields
         elif isinstance(op, SegmentsWrite):
+            _check_segments(op)
             user_ops = users.get(op.user) or _new(users, op.user)
             for segment in op.entered:
                 user_ops.segments[segment] = True
@@ -308,6 +330,17 @@ def _coalesce(items: Iterable[RedisOp], profile_fields: Sequence[str]) -> _Batch
     return batch
 
 
+def _check_segments(op: SegmentsWrite) -> None:
+    """Raise ``ValueError`` for a segment name that is not a field a user's hash can keep."""
+    reserved = [s for s in (*op.entered, *op.exited) if not s or is_reserved(s)]
+    if reserved:
+        raise ValueError(
+            f"segment names {reserved} of user {op.user!r} are empty or start with an "
+            "upper-case letter, which the fields of a user's Redis hash keep for "
+            "Attune's own values; segment names are lower case"
+        )
+
+
 def _forget(batch: _Batch, op: ForgetUser) -> None:
     """Drop what the batch did to ``op.user`` so far (but its alias when ``keep_alias``),
     mark it for deletion and take it out of its audiences and those the batch entered."""
@@ -333,34 +366,45 @@ def _user_commands(
     ttl_s: int,
     profile_fields: Sequence[str],
 ) -> None:
-    """Append each user's DEL, profile SET, segment HSET/HDEL, alias and recs SET, with
-    their TTLs."""
+    """Append each user's DEL, the HSET/HDEL of its hash's changed fields with the hash's
+    EXPIRE, and its alias SET."""
     for user, user_ops in users.items():
         if user_ops.forget:
             doomed = keys.user_keys(user)
             if user_ops.keep_alias:
                 doomed.remove(keys.alias(user))
             commands.append(("DEL", *doomed))
+        written: list[str | bytes] = []
+        deleted: list[str] = []
         if user_ops.profile is not None:
             value = encode_profile(user_ops.profile, profile_fields)
-            commands.append(("SET", keys.profile(user), value, "EX", ttl_s))
-        segments_key = keys.segments(user)
-        if user_ops.segments:
-            added = [f for s, member in user_ops.segments.items() if member for f in (s, "1")]
-            removed = [s for s, member in user_ops.segments.items() if not member]
-            if added:
-                commands.append(("HSET", segments_key, *added))
-            if removed:
-                commands.append(("HDEL", segments_key, *removed))
-            commands.append(("EXPIRE", segments_key, ttl_s))
-        elif user_ops.profile is not None:
-            # The segments live as long as the profile, even when none changed.
-            commands.append(("EXPIRE", segments_key, ttl_s))
+            _pieces(written, deleted, PROFILE_FIELD, value)
+        if user_ops.recs is not None:
+            _pieces(written, deleted, RECS_FIELD, recs_encoding.stored(user_ops.recs))
+        for segment, member in user_ops.segments.items():
+            if member:
+                written += (segment, "1")
+            else:
+                deleted.append(segment)
+        if written or deleted:
+            key = keys.user(user)
+            if written:
+                commands.append(("HSET", key, *written))
+            if deleted:
+                commands.append(("HDEL", key, *deleted))
+            # One TTL for everything of the user: a segment lives as long as the profile.
+            commands.append(("EXPIRE", key, ttl_s))
         if user_ops.alias is not None:
             commands.append(("SET", keys.alias(user), user_ops.alias, "EX", ttl_s))
-        if user_ops.recs is not None:
-            value_3 = recs_encoding.compact(user_ops.recs)
-            commands.append(("SET", keys.recs(user), value_3, "EX", ttl_s))
+
+
+def _pieces(written: list[str | bytes], deleted: list[str], first: str, value: str | bytes) -> None:
+    """Add the fields of ``value``'s pieces to ``written`` and the pieces a longer earlier
+    value may have left to ``deleted`` (:func:`~attune.operators.redis_keys.chunks`)."""
+    pieces = chunks(first, value)
+    for field, piece in pieces:
+        written += (field, piece)
+    deleted += stale_chunks(first, len(pieces))
 
 
 def _audience_commands(
@@ -402,6 +446,118 @@ def _shared_commands(commands: list[Command], shared: dict[str, JsonWrite]) -> N
             commands.append(("SET", write.key, write.value))
         else:
             commands.append(("SET", write.key, write.value, "EX", write.ttl_s))
+
+
+# --- upgrading the layout before the user's hash -------------------------------------------
+
+
+#: Lua: store a user's values of the layout before the hash in the user's hash, unless the
+#: flow already wrote one, and delete the old keys. ``KEYS``: the hash, then the old keys;
+#: ``ARGV``: the TTL in ms, then field, value pairs. Returns 1 when moved, 0 when
+#: the hash was there (the flow's newer values win; the old keys go either way).
+UPGRADE_USER = """
+local moved = 0
+if redis.call('EXISTS', KEYS[1]) == 0 and #ARGV > 1 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  moved = 1
+end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+return moved
+"""
+
+#: The kinds of key of the layout before the user's hash (suffixes after the user's tag).
+_OLD_KINDS = (":profile", ":segments", ":recs")
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeReport:
+    """What :func:`upgrade_layout` did: users whose old keys went into a new hash, users
+    whose hash the flow had written already (their old keys only deleted)."""
+
+    moved: int
+    kept: int
+
+
+def _glob(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _old_fields(client: redis.Redis, old: Sequence[str], user: str) -> tuple[list[Any], int]:
+    """The hash fields of a user's old keys (profile, segments, recs) and the longest TTL
+    left of them in ms (0: none)."""
+    fields: list[Any] = []
+    pttl = 0
+    for key in old:
+        kind = client.type(key)
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        if kind == "none":
+            continue
+        pttl = max(pttl, int(client.pttl(key)))
+        if key.endswith(":profile"):
+            raw = client.get(key) if kind == "string" else client.hgetall(key)
+            text = _profile_of_text(_as_text(raw)) if kind == "string" else _profile_of_hash(raw)
+            fields += [f for pair in chunks(PROFILE_FIELD, text) for f in pair]
+        elif key.endswith(":segments"):
+            members = client.hkeys(key) if kind == "hash" else client.smembers(key)
+            names = sorted(_as_text(m) for m in members)
+            fields += [f for name in names if not is_reserved(name) for f in (name, "1")]
+        elif kind == "string":  # recs: format 4 (formats 3 and 2 converted; 1 kept)
+            raw = client.get(key) or b""
+            value = recs_encoding.stored(raw if isinstance(raw, bytes) else raw.encode())
+            fields += [f for pair in chunks(RECS_FIELD, value) for f in pair]
+        else:
+            log.warning("user %r: %s is a %s, not a string; not moved", user, key, kind)
+    return fields, pttl
+
+
+def _as_text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _profile_of_text(text: str) -> str:
+    """The format-3 value of a format-2 profile; another value as it is (readers say what
+    is wrong with it)."""
+    try:
+        return encode_profile({k: v for k, v in decode_profile(text).items() if v is not None})
+    except ValueError:
+        return text
+
+
+def _profile_of_hash(raw: Any) -> str:
+    """The format-2 value of a format-1 profile (a hash of field -> value)."""
+    stored = {_as_text(k): _as_text(v) for k, v in raw.items()}
+    return encode_profile({k: v for k, v in stored.items() if k in PROFILE_ORDER})
+
+
+def upgrade_layout(
+    client: redis.Redis, keys: RedisKeys, ttl_s: int = DEFAULT_TTL_S
+) -> UpgradeReport:
+    """Move every user's keys of the layout before the hash (``:profile``, ``:segments``,
+    ``:recs``) into the user's hash (:data:`UPGRADE_USER`), with the longest TTL left of
+    them (``ttl_s`` when none had one).
+
+    Run it once after the upgrade, before the upgraded flow starts (``attune redis
+    upgrade``): a user the flow has written already keeps only what the flow wrote, and
+    an old segment membership of such a user is not carried over. Idempotent: a second
+    run finds no old keys. Readers read the old keys of a user without a hash meanwhile.
+    """
+    prefix = _glob(keys.prefix) + "{u:*}"
+    tags: set[str] = set()
+    for kind in _OLD_KINDS:
+        for raw in client.scan_iter(match=prefix + kind, count=1000):
+            key = _as_text(raw)
+            tags.add(key[len(keys.prefix) + 3 : key.rindex("}")])
+    moved = kept = 0
+    for tag in sorted(tags):
+        base = f"{keys.prefix}{{u:{tag}}}"
+        old = [base + kind for kind in _OLD_KINDS]
+        fields, pttl = _old_fields(client, old, tag)
+        if client.eval(UPGRADE_USER, 4, base, *old, pttl or ttl_s * 1000, *fields):
+            moved += 1
+        else:
+            kept += 1
+    return UpgradeReport(moved, kept)
 
 
 # --- the sink --------------------------------------------------------------------------------
@@ -595,30 +751,6 @@ COMMANDS = (
     "SET", "EX", "EXPIRE", "HSET", "HDEL", "SADD", "SREM", "DEL", "ZADD", "ZREMRANGEBYRANK"
 )  # fmt: skip
 
-#: Lua: turn a user's segments key written as a set (before the hash) into the hash of
-#: the same members, its TTL kept. ``KEYS[1]``: the key; returns the members moved.
-#: One script, so no reader sees the key missing; run only on a WRONGTYPE, i.e. once
-#: per such key, with plain EVAL (one ACL permission, ``+eval``: redis-py's EVALSHA
-#: wrapper would need ``SCRIPT LOAD`` too).
-CONVERT_SEGMENTS = """
-if redis.call('TYPE', KEYS[1]).ok ~= 'set' then return 0 end
-local members = redis.call('SMEMBERS', KEYS[1])
-local ttl = redis.call('PTTL', KEYS[1])
-redis.call('DEL', KEYS[1])
-for _, member in ipairs(members) do redis.call('HSET', KEYS[1], member, '1') end
-if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
-return #members
-"""
-
-
-def _old_segments(command: Command, error: Exception) -> bool:
-    """Whether ``error`` is a segments HSET/HDEL refused because the key is still a set."""
-    return (
-        command[0] in ("HSET", "HDEL")
-        and str(command[1]).endswith(":segments")
-        and str(error).startswith("WRONGTYPE")
-    )
-
 
 class _RedisPartition(StatelessSinkPartition[RedisOp]):
     def __init__(self, config: RedisConfig, client: redis.Redis) -> None:
@@ -644,8 +776,6 @@ class _RedisPartition(StatelessSinkPartition[RedisOp]):
             # silent Redis is waited out (redis_retry.py, the flow's config); any other
             # failure stops the flow, and recovery replays the batch.
             refused = self._send_held(request, commands)
-            if any(_old_segments(commands[i], error) for i, error in refused):
-                refused = self._upgrade_segments(commands, refused)
         except redis.RedisError as exc:
             raise RedisSinkError(
                 f"Redis at {self._config.safe_url} failed a batch of {len(items)} writes "
@@ -658,24 +788,6 @@ class _RedisPartition(StatelessSinkPartition[RedisOp]):
                 f"Redis at {self._config.safe_url} refused {len(refused)} of {len(commands)} "
                 f"commands of a batch of {len(items)} writes; the first, {name!s} {key!r}: {error}"
             )
-
-    def _upgrade_segments(
-        self, commands: list[Command], refused: list[tuple[int, Exception]]
-    ) -> list[tuple[int, Exception]]:
-        """Convert the segments keys still sets (:data:`CONVERT_SEGMENTS`) and send their
-        refused commands again; what stays refused, as :meth:`_send` says it.
-
-        Only the batch's own HSET/HDEL of those keys are re-sent: their EXPIRE was
-        applied to the set, and the conversion keeps the TTL.
-        """
-        old = [i for i, error in refused if _old_segments(commands[i], error)]
-        for key in dict.fromkeys(commands[i][1] for i in old):
-            self._client.eval(CONVERT_SEGMENTS, 1, key)
-        again = [commands[i] for i in old]
-        still = self._send_held(self._packer.pack(again), again)
-        retried = set(old)
-        kept = [(i, error) for i, error in refused if i not in retried]
-        return sorted(kept + [(old[j], error) for j, error in still])
 
     def _send_held(self, request: bytes, commands: list[Command]) -> list[tuple[int, Exception]]:
         """:meth:`_send`, retried while Redis does not answer, up to the outage limit

@@ -176,7 +176,9 @@ class Settings:
     )
     cluster_k: int = _setting(6, "Number of behavioural personas (k-means clusters).")
     cluster_seed: int = _setting(42, "Seed of the persona clustering.")
-    recs_k: int = _setting(10, "Recommendations written per user (attune:{u:<user>}:recs).")
+    recs_k: int = _setting(
+        10, "Recommendations written per user (the R fields of the hash attune:{u:<user>})."
+    )
     recs_min_gap_s: int = _setting(
         0,
         "A user's list is ranked again at most every this many seconds of their event "

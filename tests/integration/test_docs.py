@@ -114,22 +114,27 @@ def run_readme_session(servers: DocsServers) -> None:
 
 
 def check_redis_as_documented(servers: DocsServers) -> None:
-    """docs/redis.md's forms of what the flow wrote (issue 16, finding 9): a profile of
-    ``2`` and the 16 fields of its table, and ``model_version`` as documented."""
+    """docs/redis.md's forms of what the flow wrote (issue 16, finding 9): one hash per
+    user, a profile of ``2`` and the 16 fields of its table, and ``model_version`` as
+    documented."""
     from attune.clients.recommendations import parse_recs
     from attune.operators.features import PROFILE_FIELDS
+    from attune.operators.redis_keys import PROFILE_FIELD, RECS_FIELD, joined
 
     doc = (ROOT / "docs" / "redis.md").read_text()
     assert "`m<snapshot>-c<catalogue>-e<embeddings>`" in doc and "`m0-c<catalogue>`" in doc
     client = redis.Redis.from_url(servers.env["ATTUNE_REDIS_URL"])
     try:
-        profile = client.get(next(client.scan_iter(match="attune:{u:*}:profile")))
-        recs = client.get(next(client.scan_iter(match="attune:{u:*}:recs")))
+        # the users' hashes: keys that end with the user's tag
+        hashes = [client.hgetall(k) for k in client.scan_iter(match="attune:{u:*}")]
+        assert not list(client.scan_iter(match="attune:{u:*}:profile"))  # no three-key layout
     finally:
         client.close()
-    assert isinstance(profile, bytes) and isinstance(recs, bytes)
-    values = profile.split(b"|")  # trailing values not known are left out
-    assert values[0] == b"2" and 2 <= len(values) <= 1 + len(PROFILE_FIELDS) == 17, profile
+    fields = next(f for f in hashes if RECS_FIELD.encode() in f)
+    profile, recs = joined(fields, PROFILE_FIELD), joined(fields, RECS_FIELD)
+    assert profile is not None and recs is not None
+    values = profile.split("|")  # trailing values not known are left out
+    assert values[0] == "3" and 2 <= len(values) <= 1 + len(PROFILE_FIELDS) == 17, profile
     version = parse_recs(recs).model_version
     assert re.fullmatch(r"m[1-9]\d*-c\d+-e\d+|m0-c\d+", version), version
 

@@ -33,7 +33,7 @@ from attune.flows.settings import Settings, env_name
 from attune.operators.clustering import ClusterParams
 from attune.operators.codec import Codec
 from attune.operators.events import ErrorClass, SegmentChange, Trigger
-from attune.operators.redis_keys import RedisKeys
+from attune.operators.redis_keys import PROFILE_FIELD, RedisKeys, joined, segment_names
 from attune.workload.generator import GeneratorConfig, generate
 from attune.workload.truth import GroundTruth
 from tests.integration.reading import consume_all, fresh_topics
@@ -117,16 +117,13 @@ def deterministic(dump: dict[str, Any]) -> dict[str, Any]:
             continue
         if ":clock:" in key:  # the stream clock's marks carry wall times
             continue
-        if key.endswith(":recs"):
-            continue
-        if key.endswith(":profile"):
-            fields = parse_profile(value).items()
-            out[key] = (kind, {k: v for k, v in fields if k not in MODEL_FIELDS}, ttl)
-            continue
-        if kind == "hash":  # a user's segments: name -> 1
-            names = sorted(k for k in value if not k.startswith(b"persona_"))
-            if names:
-                out[key] = (kind, names, ttl)
+        if kind == "hash" and key.endswith("}"):  # a user's hash: profile, recs, segments
+            profile = joined(value, PROFILE_FIELD)
+            fields = parse_profile(profile).items() if profile else ()
+            names = [n for n in segment_names(value) if not n.startswith("persona_")]
+            kept = {k: v for k, v in fields if k not in MODEL_FIELDS}
+            if kept or names:
+                out[key] = (kind, kept, names, ttl)
             continue
         if kind == "set":
             members = [m for m in value if not m.startswith(b"persona_")]
@@ -141,7 +138,7 @@ def assert_profiles_match(client: redis.Redis, settings: Settings, truth: Ground
     keys = RedisKeys(settings.redis_prefix)
 
     def profile_of(user: str) -> dict[str, str]:
-        raw: bytes | None = client.get(keys.profile(user))  # type: ignore[assignment]
+        raw = joined(client.hgetall(keys.user(user)), PROFILE_FIELD)
         if raw is None:
             return {}
         return {name: value or "" for name, value in parse_profile(raw).items()}
@@ -173,7 +170,7 @@ def test_kafka_to_redis_equals_the_ground_truth(stream: Input, redis_client: red
     anon = {a: u for a, u in stream.truth.anonymous_to_user.items() if a != u}
     assert anon
     for a, u in list(anon.items())[:80]:
-        assert keys.profile(a) not in dump
+        assert keys.user(a) not in dump
         t = stream.truth.users[u]
         if t.final_consent["personalization"] and t.erasure_ms is None:
             assert dump[keys.alias(a)][1] == u.encode()
@@ -204,8 +201,8 @@ def test_kafka_to_redis_equals_the_ground_truth(stream: Input, redis_client: red
     ):
         final[(c.user_id, c.segment)] = c.change
     for (user, segment), change in list(final.items())[:200]:
-        members = redis_client.hkeys(keys.segments(user))
-        assert (segment.encode() in members) == (change == "ENTERED"), (user, segment)
+        members = segment_names(redis_client.hgetall(keys.user(user)))
+        assert (segment in members) == (change == "ENTERED"), (user, segment)
 
 
 # --- processes: recovery and scale ----------------------------------------------------------
@@ -326,11 +323,13 @@ def test_one_worker_two_workers_and_two_processes_agree(
 
 def events_counted(client: redis.Redis, settings: Settings) -> int:
     """The events the profiles in Redis have counted so far (the flow's progress)."""
-    keys = list(client.scan_iter(match=RedisKeys(settings.redis_prefix).profile("*"), count=1000))
+    # the users' hashes (the pattern ends with the tag: no alias key matches)
+    keys = list(client.scan_iter(match=RedisKeys(settings.redis_prefix).user("*"), count=1000))
     pipe = client.pipeline(transaction=False)
     for key in keys:
-        pipe.get(key)
-    return sum(int(parse_profile(raw)["events"] or 0) for raw in pipe.execute() if raw)
+        pipe.hgetall(key)
+    profiles = (joined(fields, PROFILE_FIELD) for fields in pipe.execute())
+    return sum(int(parse_profile(raw)["events"] or 0) for raw in profiles if raw)
 
 
 #: Where the killed runs stop: these shares of the events an uninterrupted run counts.

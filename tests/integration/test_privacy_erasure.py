@@ -56,7 +56,7 @@ from attune.operators.events import (
     Trigger,
 )
 from attune.operators.identity import IdentityState
-from attune.operators.redis_keys import RedisKeys, escape_tag
+from attune.operators.redis_keys import PROFILE_FIELD, RedisKeys, escape_tag, joined
 from attune.operators.triggers import KINDS
 from attune.operators.user_state import UserState
 from attune.workload.generator import GeneratorConfig, generate
@@ -226,7 +226,7 @@ def ran(
 
 def user_keys_in_redis(client: redis.Redis, settings: Settings, user: str) -> list[str]:
     """Every key under the user's hash tag (SCAN, not the key builder's list)."""
-    pattern = f"{settings.redis_prefix}{{u:{escape_tag(user)}}}:*"
+    pattern = f"{settings.redis_prefix}{{u:{escape_tag(user)}}}*"
     return sorted(k.decode() for k in client.scan_iter(match=pattern, count=1000))
 
 
@@ -303,7 +303,7 @@ def test_erasure_mid_stream_removes_the_user_everywhere_and_confirms_it(  # noqa
     # zed: the two views after the request made a new user; nothing of before is left
     assert user_keys_in_redis(client, settings, p.anon_zed) == []
     assert audiences_of(client, settings, p.anon_zed) == []
-    profile = parse_profile(client.get(keys.profile(p.zed)) or b"")
+    profile = parse_profile(joined(client.hgetall(keys.user(p.zed)), PROFILE_FIELD) or "")
     assert profile["events"] == "2" and profile["product_views"] == "2"
     assert profile["first_seen_ms"] == str(p.zed_after[0].event_time)
     assert profile["cart_value_minor"] == "0" and profile["add_to_carts"] == "0"  # gone
@@ -443,5 +443,6 @@ def test_no_profile_segments_or_recs_without_personalization_consent(
     # the users who allowed it do have profiles (the check can fail)
     allowed = [u for u in truth.exact_users()][:20]
     for user in allowed:
-        assert client.exists(RedisKeys(settings.redis_prefix).profile(user))
+        fields = client.hgetall(RedisKeys(settings.redis_prefix).user(user))
+        assert joined(fields, PROFILE_FIELD), user
     assert all_flow_state_keys(ran.recovery, "user_state") >= set(allowed)

@@ -55,7 +55,7 @@ from attune.operators.events import (
     Identify,
 )
 from attune.operators.privacy import Pseudonymiser, normalise
-from attune.operators.redis_keys import RedisKeys
+from attune.operators.redis_keys import PROFILE_FIELD, RedisKeys, joined
 from attune.operators.redis_sink import RedisConfig, RedisSink, RedisSinkError
 from attune.workload.generator import GeneratorConfig, generate
 from attune.workload.truth import GroundTruth
@@ -346,7 +346,7 @@ def test_pseudonymised_users_still_join_and_match_the_truth(run: Run) -> None:
 
     def profile_of(user: str) -> dict[str, str]:
         stored = p.user_id(run.user_of.get(user, user))
-        raw: bytes | None = client.get(keys.profile(stored))  # type: ignore[assignment]
+        raw = joined(client.hgetall(keys.user(stored)), PROFILE_FIELD)
         if raw is None:
             return {}
         return {name: value or "" for name, value in parse_profile(raw).items()}
@@ -355,10 +355,10 @@ def test_pseudonymised_users_still_join_and_match_the_truth(run: Run) -> None:
     for original, carried in run.user_of.items():
         stored = p.user_id(carried)
         assert stored.startswith("p1.test.") and stored == p.pseudonym(carried)
-        assert client.exists(keys.profile(stored)), original
+        assert client.hexists(keys.user(stored), PROFILE_FIELD), original
     # opaque ids are kept as they are (policy auto)
     plain = [u for u in run.truth.exact_users() if u not in run.user_of][:20]
-    assert all(client.exists(keys.profile(u)) for u in plain)
+    assert all(client.hexists(keys.user(u), PROFILE_FIELD) for u in plain)
 
 
 def test_attune_erase_by_raw_email_removes_keys_audiences_and_aliases(
@@ -382,7 +382,7 @@ def test_attune_erase_by_raw_email_removes_keys_audiences_and_aliases(
     email = run.user_of[target]
     stored = p.user_id(email)
     anons = [a for a, u in run.truth.anonymous_to_user.items() if u == target and a != target]
-    assert client.exists(keys.profile(stored)) and anons
+    assert client.hexists(keys.user(stored), PROFILE_FIELD) and anons
     audiences = audiences_of(stored)
     before = {k.decode() for k in client.scan_iter(count=1000)}
     for name in ("pseudonym_key", "pseudonym_key_id", "redis_url", "redis_prefix"):
@@ -400,7 +400,7 @@ def test_attune_erase_by_raw_email_removes_keys_audiences_and_aliases(
     assert report["ids"] == [stored]
     assert set(report["audiences"]) == {a[len(f"{keys.prefix}segment:") :] for a in audiences}
     assert set(report["aliases"]) == set(anons)
-    assert {k for k in report["deleted_keys"]} >= {keys.profile(stored), keys.segments(stored)}
+    assert keys.user(stored) in report["deleted_keys"]
     assert {keys.alias(a) for a in anons} <= set(report["deleted_keys"])
     assert report == {**dry, "dry_run": False}
     # nothing of the user is left; everything else is
@@ -435,7 +435,7 @@ def test_redis_acl_user_authenticates_and_a_wrong_password_is_refused(run: Run) 
 
         part.write_batch([ProfileWrite("acl-user", {"events": "1"})])
         part.close()
-        assert admin.get("attune:{u:acl-user}:profile") == b"2|1"
+        assert admin.hgetall("attune:{u:acl-user}") == {b"P": b"13|1"}
         whoami = RedisConfig.from_settings(settings).client()
         assert whoami.execute_command("ACL", "WHOAMI") == user.encode()
         whoami.close()
@@ -448,5 +448,5 @@ def test_redis_acl_user_authenticates_and_a_wrong_password_is_refused(run: Run) 
         assert password not in str(err.value)
     finally:
         admin.execute_command("ACL", "DELUSER", user)
-        admin.delete("attune:{u:acl-user}:profile")
+        admin.delete("attune:{u:acl-user}")
         admin.close()

@@ -1,6 +1,6 @@
 """The recommendation client against the real Redis: the contract values written as the
-Redis sink stores them (docs/redis.md, "Recommendations"), and as the previous layout
-did, read back through the client."""
+Redis sink stores them (the user's hash, docs/redis.md), and as the three-key layout
+before it did, read back through the client."""
 
 from __future__ import annotations
 
@@ -13,7 +13,15 @@ import redis
 
 from attune.clients import CorruptRecommendationsError, Recommendation, RecommendationClient
 from attune.operators import recs_encoding
-from attune.operators.redis_keys import RedisKeys, encode_profile
+from attune.operators.redis_keys import RedisKeys, encode_profile_2
+from attune.operators.redis_sink import (
+    AliasWrite,
+    ProfileWrite,
+    RecsWrite,
+    RedisOp,
+    SegmentsWrite,
+    plan,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -41,20 +49,24 @@ def recs_value_v1(*items: tuple[str, float, str, str | None]) -> bytes:
 
 
 def write_contract(client: redis.Redis, keys: RedisKeys) -> None:
-    """What the flow writes: one user's list, an alias, segments, trending per scope; and
-    u5's list and segments as the previous layout wrote them (format 1, a set)."""
+    """What the flow writes (through the sink's ``plan``): one user's list, an alias,
+    segments, trending per scope; and u5's list and segments as the layouts before the
+    user's hash wrote them (format 1, a set)."""
     pipe = client.pipeline()
-    pipe.set(
-        keys.recs("u1"),
-        recs_value(
-            ("i1", 0.83, "similar-to-viewed", "shoes/running"),
-            ("i2", 0.71, "bought-together", "bags"),
-            ("i3", 0.55, "trending-in-category", "shoes"),
+    written: list[RedisOp] = [
+        RecsWrite(
+            "u1",
+            recs_value(
+                ("i1", 0.83, "similar-to-viewed", "shoes/running"),
+                ("i2", 0.71, "bought-together", "bags"),
+                ("i3", 0.55, "trending-in-category", "shoes"),
+            ),
         ),
-        ex=3600,
-    )
-    pipe.set(keys.alias("anon-7"), "u1", ex=3600)
-    pipe.hset(keys.segments("u2"), mapping={"vip": "1", "new_visitor": "1"})
+        AliasWrite("anon-7", "u1"),
+        SegmentsWrite("u2", entered=("vip", "new_visitor")),
+    ]
+    for command in plan(written, keys=keys, ttl_s=3600):
+        pipe.execute_command(*command)
     pipe.set(keys.recs("u5"), recs_value_v1(("i1", 0.83, "similar-to-viewed", "shoes")))
     pipe.sadd(keys.segments("u5"), "vip")
     pipe.zadd(keys.trending("global"), {"g1": 90.0, "g2": 80.0, "i1": 70.0, "g3": 60.0})
@@ -125,11 +137,15 @@ def test_profiles_of_both_formats_and_of_an_alias(
 ) -> None:
     keys = RedisKeys()
     write_contract(redis_client, keys)
-    redis_client.set(keys.profile("u1"), encode_profile({"events": "3", "device_top": "MOBILE"}))
+    for command in plan([ProfileWrite("u1", {"events": "3", "device_top": "MOBILE"})], keys=keys):
+        redis_client.execute_command(*command)
+    # the three-key layout: a profile string (format 2), a hash before it (format 1)
+    redis_client.set(keys.profile("u6"), encode_profile_2({"events": "4", "device_top": "TABLET"}))
     redis_client.hset(keys.profile("u2"), mapping={"events": "5", "device_top": ""})  # format 1
-    redis_client.set(keys.profile("u3"), b"9|future format")
+    redis_client.hset(keys.user("u3"), "P", b"19|future format")
     client = RecommendationClient(redis_client)
-    u1, u2 = client.get_profile("u1"), client.get_profile("u2")
+    u1, u2, u6 = client.get_profile("u1"), client.get_profile("u2"), client.get_profile("u6")
+    assert u6 is not None and (u6["events"], u6["device_top"]) == ("4", "TABLET")
     assert u1 is not None and (u1["events"], u1["device_top"], u1["sessions"]) == (
         "3",
         "MOBILE",
@@ -140,7 +156,7 @@ def test_profiles_of_both_formats_and_of_an_alias(
     assert client.get_profile("never-seen") is None
     with caplog.at_level(logging.WARNING, logger="attune.clients.recommendations"):
         assert client.get_profile("u3") is None
-    assert any("no profile: attune:{u:u3}:profile" in rec.getMessage() for rec in caplog.records)
+    assert any("no profile: attune:{u:u3}: " in rec.getMessage() for rec in caplog.records)
     with pytest.raises(CorruptRecommendationsError, match="profile format '9'"):
         RecommendationClient(redis_client, strict=True).get_profile("u3")
 
@@ -159,15 +175,18 @@ def test_corrupt_values_fall_back_logged_or_raise_when_strict(
     write_contract(redis_client, keys)
     redis_client.set(keys.recs("u3"), b'{"items": "oops"}')
     redis_client.hset(keys.recs("u4"), "items", "[]")  # wrong Redis type
+    redis_client.hset(keys.user("u6"), mapping={"R": b"3|m|1|p|", "R1": b"x"})  # R2 missing
+    redis_client.set(keys.user("u7"), b"a string, not the user's hash")
     client = RecommendationClient(redis_client)
     with caplog.at_level(logging.WARNING, logger="attune.clients.recommendations"):
-        r3 = client.get_recommendations("u3", k=2)
-        r4 = client.get_recommendations("u4", k=2)
-    assert summary(r3) == ("trending", True, "corrupt", "global", ["g1", "g2"])
-    assert summary(r4) == ("trending", True, "corrupt", "global", ["g1", "g2"])
+        r3, r4, r6, r7 = (client.get_recommendations(u, k=2) for u in ("u3", "u4", "u6", "u7"))
+    for r in (r3, r4, r6, r7):
+        assert summary(r) == ("trending", True, "corrupt", "global", ["g1", "g2"])
     logged = [rec.getMessage() for rec in caplog.records]
     assert any("attune:{u:u3}:recs: items is missing or not a list" in m for m in logged)
     assert any("attune:{u:u4}:recs: not a string (WRONGTYPE" in m for m in logged)
+    assert any("attune:{u:u6}: recs: field R2 is missing: R says 3 pieces" in m for m in logged)
+    assert any("attune:{u:u7}: WRONGTYPE" in m for m in logged)
 
     strict = RecommendationClient(redis_client, strict=True)
     with pytest.raises(CorruptRecommendationsError, match="items is missing or not a list"):
@@ -185,7 +204,8 @@ def test_prefix_and_decoded_responses(redis_url: str) -> None:
     decoded = redis.Redis.from_url(redis_url, decode_responses=True)
     decoded.flushdb()
     keys = RedisKeys("shop:")
-    decoded.set(keys.recs("u1"), recs_value(("i9", 1.0, "similar-to-viewed", None)))
+    for command in plan([RecsWrite("u1", recs_value(("i9", 1.0, "x", None)))], keys=keys):
+        decoded.execute_command(*command)
     decoded.zadd(keys.trending("global"), {"g1": 1.0})
     client = RecommendationClient(decoded, prefix="shop:")
     assert client.get_recommendations("u1", k=2).item_ids == ["i9", "g1"]

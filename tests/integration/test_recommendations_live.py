@@ -202,5 +202,5 @@ def test_recommendations_follow_what_a_user_views_in_the_same_run(
     assert recs2.item_ids != recs1.item_ids
     assert {r.reason for r in recs2.items} <= KNOWN_REASONS
     assert any(r.reason != "trending" for r in recs2.items)  # personal reasons, not only trend
-    assert redis_client.ttl(keys.recs(user)) > 0
+    assert redis_client.ttl(keys.user(user)) > 0
     assert proc.poll() is None  # one run: the flow is still going

@@ -191,7 +191,7 @@ def test_erase_removes_a_user_through_tls_and_the_acl(
     keys = RedisKeys(secure.settings.redis_prefix)
     exact = set(ran.exact_users())
     # a user the other tests do not read (not exact), with keys of their own
-    user = next(u for u in sorted(ran.users) if u not in exact and client.exists(keys.profile(u)))
+    user = next(u for u in sorted(ran.users) if u not in exact and client.exists(keys.user(u)))
     pattern = f"{secure.settings.redis_prefix}{{u:{user}}}*"
     assert list(client.scan_iter(match=pattern))
     with environment(secure.env):

@@ -24,22 +24,26 @@ from bytewax.outputs import DynamicSink
 from bytewax.testing import TestingSource, run_main
 from kafka import KafkaConsumer
 
-from attune.clients.recommendations import parse_profile
+from attune.clients.recommendations import RecommendationClient, parse_profile
 from attune.operators.codec import Codec
 from attune.operators.events import SegmentChange
 from attune.operators.features import PROFILE_FIELDS
 from attune.operators.kafka_sink import CheckedKafkaSink, DeliveryError, KafkaOut, to_kafka
-from attune.operators.redis_keys import RedisKeys
+from attune.operators.recs_encoding import encode, encode_compact
+from attune.operators.redis_keys import RedisKeys, joined, segment_names
 from attune.operators.redis_sink import (
     AliasWrite,
     ForgetUser,
     JsonWrite,
     ProfileWrite,
+    RecsWrite,
     RedisConfig,
     RedisOp,
     RedisSink,
     RedisSinkError,
     SegmentsWrite,
+    UpgradeReport,
+    upgrade_layout,
 )
 
 KEYS = RedisKeys()
@@ -66,6 +70,11 @@ def profile(user: str, events: int, device: str | None = "mobile") -> ProfileWri
             "device_top": device,
         },
     )
+
+
+def stored_profile(client: redis.Redis, user: str) -> str:
+    """The profile value in ``user``'s hash (``""`` when none)."""
+    return joined(client.hgetall(KEYS.user(user)), "P") or ""
 
 
 def all_keys(client: redis.Redis) -> list[bytes]:
@@ -114,8 +123,11 @@ def test_dataflow_writes_profiles_segments_aliases_each_with_a_ttl(
 
     run_flow(ops, RedisSink(redis_config), batch_size=64)
 
-    stored = redis_client.get(KEYS.profile("user-7"))
-    assert stored == b"2|9|4|||||||1700000000000|1700000000009|||shoes/running|mobile"
+    fields = redis_client.hgetall(KEYS.user("user-7"))
+    stored = joined(fields, "P")
+    # format 3: last_seen_ms in base 36, first_seen_ms as base-36 ms before it
+    assert stored == "3|9|4|||||||9|loyw3v2h|||shoes/running|mobile"
+    assert set(fields) == {b"P", b"browsers"}  # 47 bytes and the count: one piece
     assert parse_profile(stored) == {
         **dict.fromkeys(PROFILE_FIELDS),
         "events": "9",
@@ -125,9 +137,9 @@ def test_dataflow_writes_profiles_segments_aliases_each_with_a_ttl(
         "top_category_7d": "shoes/running",
         "device_top": "mobile",
     }
-    assert redis_client.hgetall(KEYS.segments("user-3")) == {b"vip": b"1"}
-    assert redis_client.hgetall(KEYS.segments("user-4")) == {b"browsers": b"1"}
-    assert redis_client.object("encoding", KEYS.segments("user-4")) == b"listpack"
+    assert segment_names(redis_client.hgetall(KEYS.user("user-3"))) == ["vip"]
+    assert segment_names(redis_client.hgetall(KEYS.user("user-4"))) == ["browsers"]
+    assert redis_client.object("encoding", KEYS.user("user-4")) == b"listpack"
     vip = {f"user-{i}".encode() for i in range(0, 200, 3)}
     assert redis_client.smembers(KEYS.audience("vip")) == vip
     browsers = {f"user-{i}".encode() for i in range(200) if i % 3}
@@ -136,7 +148,7 @@ def test_dataflow_writes_profiles_segments_aliases_each_with_a_ttl(
     assert redis_client.get(KEYS.model("kmeans")) == b'{"k":4}'
 
     keys = all_keys(redis_client)
-    assert len(keys) == 200 * 2 + 2 + 1 + 1  # profiles, segments, audiences, alias, model
+    assert len(keys) == 200 + 2 + 1 + 1  # users' hashes, audiences, alias, model
     for key in keys:
         ttl = redis_client.ttl(key)
         if key == KEYS.model("kmeans").encode():
@@ -173,8 +185,8 @@ def test_replaying_batches_leaves_redis_byte_identical(
         part.close()
 
     assert after == before
-    # 49 profiles and 24 segment hashes (u48 forgotten), an alias, 3 audiences, a model key.
-    assert len(before) == 49 + 24 + 1 + 3 + 1
+    # 49 users' hashes (u48 forgotten), an alias, 3 audiences, a model key.
+    assert len(before) == 49 + 1 + 3 + 1
 
 
 @pytest.mark.integration
@@ -190,10 +202,12 @@ def test_forget_user_removes_every_key_and_audience_membership(
                     profile(user, events=5),
                     SegmentsWrite(user, entered=("vip", "loyal")),
                     AliasWrite(user, "someone"),
+                    RecsWrite(user, b"3|m1|7|p||i1,500,tr,"),
                 ]
             )
-            redis_client.set(KEYS.recs(user), b"[]", ex=TTL_S)  # written by the ranking step
-        assert len(all_keys(redis_client)) == 2 * 4 + 2
+            # a key of the layout before the user's hash, left from before an upgrade
+            redis_client.set(KEYS.recs(user), b"3|m0|1|p|", ex=TTL_S)
+        assert len(all_keys(redis_client)) == 2 * 3 + 2
 
         part.write_batch([ForgetUser(awkward, audiences=("vip", "loyal"))])
     finally:
@@ -202,7 +216,7 @@ def test_forget_user_removes_every_key_and_audience_membership(
     left = all_keys(redis_client)
     assert not set(KEYS.user_keys(awkward)) & {k.decode() for k in left}
     assert sorted(left) == sorted(
-        [k.encode() for k in KEYS.user_keys("other")]
+        [k.encode() for k in (KEYS.user("other"), KEYS.alias("other"), KEYS.recs("other"))]
         + [KEYS.audience("vip").encode(), KEYS.audience("loyal").encode()]
     )
     for segment in ("vip", "loyal"):
@@ -213,48 +227,72 @@ def test_forget_user_removes_every_key_and_audience_membership(
 def test_a_refused_command_fails_the_batch_loudly(
     redis_client: redis.Redis, redis_config: RedisConfig
 ) -> None:
-    redis_client.set(KEYS.segments("u1"), b"neither a hash nor a set")
+    redis_client.set(KEYS.user("u1"), b"not a hash")
     part = RedisSink(redis_config).build("redis", 0, 1)
     batch: list[RedisOp] = [SegmentsWrite("u1", ("vip",)), SegmentsWrite("u2", ("vip",))]
     try:
         with pytest.raises(RedisSinkError, match=r"refused 1 of 6 commands.*HSET.*WRONGTYPE"):
             part.write_batch(batch)
         # Every reply of the failed batch was read: the next batch sees its own.
-        redis_client.delete(KEYS.segments("u1"))
+        redis_client.delete(KEYS.user("u1"))
         part.write_batch([*batch, profile("u1", events=2)])
     finally:
         part.close()
-    assert parse_profile(redis_client.get(KEYS.profile("u1")) or b"")["events"] == "2"
-    assert redis_client.hkeys(KEYS.segments("u1")) == [b"vip"]
+    assert parse_profile(stored_profile(redis_client, "u1"))["events"] == "2"
+    assert segment_names(redis_client.hgetall(KEYS.user("u1"))) == ["vip"]
 
 
 @pytest.mark.integration
-def test_keys_of_the_previous_layout_are_upgraded_in_place(
+def test_keys_of_the_three_key_layout_are_moved_into_the_users_hash(
     redis_client: redis.Redis, redis_config: RedisConfig
 ) -> None:
+    # u1: the oldest forms (profile hash, segments set, recs format 2)
     redis_client.hset(KEYS.profile("u1"), mapping={"events": "1", "device_top": "mobile"})
     redis_client.sadd(KEYS.segments("u1"), "old", "kept")
     redis_client.expire(KEYS.segments("u1"), 50)
-    redis_client.sadd(KEYS.segments("u2"), "old")
+    recs_v2 = encode([("i1", 0.5, "trending", "a/x")], "m1", 7, "trending")
+    redis_client.set(KEYS.recs("u1"), recs_v2, ex=40)
+    # u2: the three-key layout (profile string, segments hash, recs format 3, long)
+    long_recs = encode_compact(
+        [(f"item-{i}", 0.5, "trending", None) for i in range(20)], "m", 7, "t"
+    )
+    redis_client.set(KEYS.profile("u2"), "2|5|1", ex=TTL_S)
+    redis_client.hset(KEYS.segments("u2"), "vip", "1")
+    redis_client.set(KEYS.recs("u2"), long_recs, ex=TTL_S)
+    # u3: old keys, and a hash the upgraded flow has written already: the flow's values win
+    redis_client.set(KEYS.profile("u3"), "2|1", ex=TTL_S)
+    redis_client.sadd(KEYS.segments("u3"), "old")
     part = RedisSink(redis_config).build("redis", 0, 1)
     try:
-        part.write_batch(
-            [
-                profile("u1", events=2),
-                SegmentsWrite("u1", entered=("vip",), exited=("old",)),
-                SegmentsWrite("u2", exited=("old",)),
-            ]
-        )
+        part.write_batch([profile("u3", events=9)])
     finally:
         part.close()
-    assert redis_client.type(KEYS.profile("u1")) == b"string"  # the hash replaced by SET
-    assert redis_client.hgetall(KEYS.segments("u1")) == {b"kept": b"1", b"vip": b"1"}
-    assert 0 < redis_client.ttl(KEYS.segments("u1")) <= TTL_S
-    assert not redis_client.exists(KEYS.segments("u2"))  # its one member left
+
+    assert upgrade_layout(redis_client, KEYS, TTL_S) == UpgradeReport(moved=2, kept=1)
+
+    with RecommendationClient(redis_client) as client:
+        p1, p2, p3 = (client.get_profile(u) or {} for u in ("u1", "u2", "u3"))
+        assert (p1["events"], p1["device_top"], p2["events"], p3["events"]) == (
+            "1",
+            "mobile",
+            "5",
+            "9",
+        )
+        assert client.get_recommendations("u1", 1).items[0].category == "a/x"
+        assert client.get_recommendations("u2", 20).item_ids == [f"item-{i}" for i in range(20)]
+    assert segment_names(redis_client.hgetall(KEYS.user("u1"))) == ["kept", "old"]
+    assert segment_names(redis_client.hgetall(KEYS.user("u2"))) == ["vip"]
+    assert segment_names(redis_client.hgetall(KEYS.user("u3"))) == []
+    assert 40 < redis_client.ttl(KEYS.user("u1")) <= 50  # the longest TTL left of its keys
+    assert redis_client.object("encoding", KEYS.user("u2")) == b"listpack"
+    assert {k for k in all_keys(redis_client)} == {
+        KEYS.user(u).encode() for u in ("u1", "u2", "u3")
+    }
+    assert upgrade_layout(redis_client, KEYS) == UpgradeReport(moved=0, kept=0)  # idempotent
 
 
 @pytest.mark.integration
-def test_the_upgrade_of_an_old_set_needs_eval_under_an_acl(
+def test_the_sink_needs_no_scripting_under_an_acl(
     redis_client: redis.Redis, redis_url: str
 ) -> None:
     user, password = f"attune-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
@@ -269,18 +307,14 @@ def test_the_upgrade_of_an_old_set_needs_eval_under_an_acl(
         "+@all",
         "-@scripting",
     )
-    redis_client.sadd(KEYS.segments("u1"), "old")
     config = RedisConfig(redis_url, username=user, password=password, ttl_s=TTL_S)
     part = RedisSink(config).build("redis", 0, 1)
     try:
-        with pytest.raises(RedisSinkError, match="no permissions to run the 'eval' command"):
-            part.write_batch([SegmentsWrite("u1", ("vip",))])
-        redis_client.execute_command("ACL", "SETUSER", user, "+eval")
-        part.write_batch([SegmentsWrite("u1", ("vip",))])  # recovery replays the batch
+        part.write_batch([SegmentsWrite("u1", ("vip",)), profile("u1", events=3)])
     finally:
         part.close()
         redis_client.execute_command("ACL", "DELUSER", user)
-    assert redis_client.hgetall(KEYS.segments("u1")) == {b"old": b"1", b"vip": b"1"}
+    assert segment_names(redis_client.hgetall(KEYS.user("u1"))) == ["vip"]
 
 
 @pytest.mark.integration
@@ -294,7 +328,7 @@ def test_a_connection_closed_by_the_server_is_replaced(
         part.write_batch([profile("u1", events=2)])
     finally:
         part.close()
-    assert parse_profile(redis_client.get(KEYS.profile("u1")) or b"")["events"] == "2"
+    assert parse_profile(stored_profile(redis_client, "u1"))["events"] == "2"
 
 
 @pytest.mark.integration

@@ -362,18 +362,19 @@ def test_bench_topics_are_distinct_and_under_the_stem() -> None:
     assert all(name.startswith("bench-abc.") for name in names.values())
 
 
-def test_profile_pattern_matches_the_key_builder() -> None:
+def test_user_pattern_matches_the_users_hashes_only() -> None:
     import fnmatch
 
     from attune.operators.redis_keys import RedisKeys
 
     for prefix in ("attune:", "x*y:"):
-        pattern = tp.profile_pattern(prefix)
+        pattern = tp.user_pattern(prefix)
         keys = RedisKeys(prefix)
         # Redis glob and fnmatch agree on '*' and escaped literals when '[' is absent
         literal = pattern.replace("\\*", "\0")
-        assert fnmatch.fnmatchcase(keys.profile("u1").replace("*", "\0"), literal)
-        assert not fnmatch.fnmatchcase(keys.segments("u1").replace("*", "\0"), literal)
+        assert fnmatch.fnmatchcase(keys.user("u1").replace("*", "\0"), literal)
+        for other in keys.user_keys("u1")[1:]:  # the alias, the earlier layout's keys
+            assert not fnmatch.fnmatchcase(other.replace("*", "\0"), literal)
 
 
 def test_header_says_where_and_warns_when_the_code_changed() -> None:

@@ -267,12 +267,12 @@ def test_recs_settings_are_checked() -> None:
 
 def test_recs_writes_coalesce_per_user_and_forget_drops_them() -> None:
     commands = plan([RecsWrite("u1", b"a"), RecsWrite("u2", b"x"), RecsWrite("u1", b"b")], ttl_s=9)
-    assert commands == [
-        ("SET", "attune:{u:u1}:recs", b"b", "EX", 9),
-        ("SET", "attune:{u:u2}:recs", b"x", "EX", 9),
+    assert [c for c in commands if c[0] == "HSET"] == [
+        ("HSET", "attune:{u:u1}", "R", b"1b"),  # the R field of the user's hash (redis_keys)
+        ("HSET", "attune:{u:u2}", "R", b"1x"),
     ]
     commands = plan([RecsWrite("u1", b"a"), ForgetUser("u1")], ttl_s=9)
-    assert [c[0] for c in commands] == ["DEL"] and "attune:{u:u1}:recs" in commands[0]
+    assert [c[0] for c in commands] == ["DEL"] and "attune:{u:u1}" in commands[0]
 
 
 def test_trending_writes_fold_per_scope_and_trim() -> None:
@@ -549,7 +549,7 @@ def test_erasure_forgets_the_model_inputs_and_says_what_the_shared_models_keep()
     (conf,) = [o for o in apply(st, request, cfg) if isinstance(o, ErasureConfirmation)]
     assert "recommendation inputs: 2 recent items, 0 purchased" in conf.state_items
     assert any("models: 1 session summaries" in line for line in conf.not_removed)
-    assert "attune:{u:u1}:recs" in conf.redis_keys
+    assert "attune:{u:u1}" in conf.redis_keys  # the user's hash, recommendations and all
     assert st.models == UserModels()  # the tombstone keeps nothing of it
 
 

@@ -22,7 +22,7 @@ from attune.clients.recommendations import (
 )
 from attune.operators.features import PROFILE_FIELDS
 from attune.operators.recs_encoding import compact
-from attune.operators.redis_keys import encode_profile
+from attune.operators.redis_keys import encode_profile, encode_profile_2
 
 GOOD: dict[str, Any] = {
     "items": [
@@ -109,6 +109,10 @@ def test_what_the_ranking_step_writes_reads_back(stored_by_the_sink: bool) -> No
         (b"3|m|1|p|a|i1,5,sv,z", r"items\[0\]\.category is 'z'"),
         (b"3|m|1|p|a|,5,sv,0", r"items\[0\]\.item is ''"),
         (b"3|m|1|p|a|\xff,5,sv,0", "format 3"),
+        (b"4|m|1|p|", "nor a format-4 one of 6"),
+        (b"4|m|-1|p||", "generated_at is '-1'"),
+        (b"4|m|1|p||i|1,!,sv,", r"items\[0\]\.score is '!'"),
+        (b"4|m|1|p|a|i|\xff,5,sv,0", "format 4"),
     ],
 )
 def test_parse_recs_format_3_names_what_is_wrong(raw: bytes, problem: str) -> None:
@@ -116,19 +120,23 @@ def test_parse_recs_format_3_names_what_is_wrong(raw: bytes, problem: str) -> No
         parse_recs(raw, "attune:{u:u1}:recs")
 
 
-def test_parse_profile_reads_both_formats() -> None:
-    written = encode_profile({"events": "3", "top_category_7d": "a|b", "propensity_score": "0.5"})
-    as_hash = {name.encode(): b"" for name in PROFILE_FIELDS} | {
-        b"events": b"3",
-        b"top_category_7d": b"a|b",
-        b"propensity_score": b"0.5",
-    }
-    expected = {name: None for name in PROFILE_FIELDS} | {
+def test_parse_profile_reads_every_format() -> None:
+    fields = {
         "events": "3",
         "top_category_7d": "a|b",
         "propensity_score": "0.5",
+        "propensity_tier": "high",
+        "first_seen_ms": "1767994000000",
+        "last_seen_ms": "1767994092828",
     }
+    written, older = encode_profile(fields), encode_profile_2(fields)
+    assert written.startswith("3|") and older.startswith("2|") and len(written) < len(older)
+    as_hash = {name.encode(): b"" for name in PROFILE_FIELDS} | {
+        k.encode(): v.encode() for k, v in fields.items()
+    }
+    expected = {name: None for name in PROFILE_FIELDS} | fields
     assert parse_profile(written.encode()) == parse_profile(written) == expected
+    assert parse_profile(older) == expected  # format 2, the three-key layout's
     assert parse_profile(as_hash) == expected  # format 1, what HGETALL gives
     with pytest.raises(CorruptRecommendationsError, match="profile format '9'"):
         parse_profile(b"9|1", "attune:{u:u1}:profile")

@@ -18,8 +18,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attune.operators.features import PROFILE_FIELDS
-from attune.operators.recs_encoding import encode
-from attune.operators.redis_keys import PROFILE_ORDER, RedisKeys, decode_profile, encode_profile
+from attune.operators.recs_encoding import decode_compact, encode, encode_compact, stored
+from attune.operators.redis_keys import (
+    CHUNK,
+    PROFILE_ORDER,
+    RedisKeys,
+    decode_profile,
+    encode_profile,
+    is_reserved,
+    joined,
+    stale_chunks,
+)
 from attune.operators.redis_sink import (
     AliasWrite,
     Command,
@@ -38,6 +47,8 @@ from attune.operators.redis_sink import (
 KEYS = RedisKeys()
 TTL = 3600
 FIELDS = ("events", "device_top")
+STALE_P = stale_chunks("P", 0)
+STALE_R = stale_chunks("R", 0)
 
 
 def test_last_profile_of_a_user_wins_and_every_field_is_written() -> None:
@@ -50,19 +61,24 @@ def test_last_profile_of_a_user_wins_and_every_field_is_written() -> None:
         ttl_s=TTL,
         profile_fields=FIELDS,
     )
-    assert commands == [
-        ("SET", "attune:{u:u1}:profile", "2|2", "EX", TTL),
-        ("EXPIRE", "attune:{u:u1}:segments", TTL),  # the segments live as long as the profile
-        ("SET", "attune:{u:u2}:profile", "2|7", "EX", TTL),
-        ("EXPIRE", "attune:{u:u2}:segments", TTL),
-    ]
+    assert (
+        commands
+        == [
+            ("HSET", "attune:{u:u1}", "P", b"13|2"),
+            ("HDEL", "attune:{u:u1}", *STALE_P[1:]),  # pieces of a longer earlier profile
+            ("EXPIRE", "attune:{u:u1}", TTL),  # one TTL: segments live as long as the profile
+            ("HSET", "attune:{u:u2}", "P", b"13|7"),
+            ("HDEL", "attune:{u:u2}", *STALE_P[1:]),
+            ("EXPIRE", "attune:{u:u2}", TTL),
+        ]
+    )
 
 
 def test_profile_writes_every_profile_field_in_the_documented_order() -> None:
-    (set_, _) = plan([ProfileWrite("u1", {"events": "3", "device_top": "MOBILE"})])
+    (hset, _, _) = plan([ProfileWrite("u1", {"events": "3", "device_top": "MOBILE"})])
     assert PROFILE_ORDER == PROFILE_FIELDS  # a new profile field is appended to the format
-    assert set_[2] == "2|3|||||||||||||MOBILE"
-    assert decode_profile(str(set_[2])) == {
+    assert hset[2:] == ("P", b"13|3|||||||||||||m")
+    assert decode_profile(joined({"P": hset[3]}, "P") or "") == {
         name: {"events": "3", "device_top": "MOBILE"}.get(name) for name in PROFILE_FIELDS
     }
 
@@ -76,13 +92,38 @@ def test_profile_values_with_separators_round_trip() -> None:
     # a reader of a longer field list reads the values it knows, the rest as not known
     assert decode_profile(value, (*PROFILE_FIELDS, "later"))["later"] is None
     with pytest.raises(ValueError, match="profile format"):
-        decode_profile("3|1")
+        decode_profile("4|1")
 
 
-def test_recommendations_are_stored_in_format_3() -> None:
+def test_recommendations_are_stored_in_format_4() -> None:
     value = encode([("i1", 0.5, "trending", "a/x"), ("i2", 0.25, "trending", "a/x")], "m1", 7, "t")
-    (set_,) = plan([RecsWrite("u1", value)], ttl_s=TTL)
-    assert set_ == ("SET", "attune:{u:u1}:recs", b"3|m1|7|t|a/x|i1,500,tr,0|i2,250", "EX", TTL)
+    (hset, hdel, expire) = plan([RecsWrite("u1", value)], ttl_s=TTL)
+    # format 2 -> 3 -> 4: scores in base 36, the ids' common prefix "i" once
+    assert hset == ("HSET", "attune:{u:u1}", "R", b"14|m1|7|t|a/x|i|1,dw,tr,0|2,6y")
+    assert hdel == ("HDEL", "attune:{u:u1}", "R1", "R2", "R3", "R4", "R5", "R6", "R7")
+    assert expire == ("EXPIRE", "attune:{u:u1}", TTL)
+
+
+def test_long_values_are_written_in_pieces_that_keep_the_hash_a_listpack() -> None:
+    items = [(f"{i:02d}-item", 0.5, "trending", "a/x") for i in range(14)]  # no common prefix
+    value = stored(encode_compact(items, "m1", 7, "trending"))
+    (hset, hdel, _) = plan([RecsWrite("u1", value)])
+    pieces: dict[Any, Any] = dict(zip(hset[2::2], hset[3::2], strict=True))
+    assert list(pieces) == ["R", "R1", "R2"] and hdel[2:] == ("R3", "R4", "R5", "R6", "R7")
+    assert all(isinstance(p, bytes) and len(p) <= CHUNK for p in pieces.values())
+    assert joined(pieces, "R") == value.decode()
+    # A value too long for MAX_CHUNKS pieces is kept whole, the hash then a hashtable.
+    many = [(f"{i:02d}-item", 0.5, "trending", "a/x") for i in range(60)]
+    huge = stored(encode_compact(many, "m1", 7, "trending"))
+    assert len(huge) >= CHUNK * 8
+    (hset, hdel, _) = plan([RecsWrite("u1", huge)])
+    assert hset[2:] == ("R", b"1" + huge) and list(hdel[2:]) == STALE_R[1:]
+
+
+def test_segment_names_that_are_attunes_fields_are_refused() -> None:
+    for name in ("P", "R1", "Vip", ""):
+        with pytest.raises(ValueError, match="upper-case"):
+            plan([SegmentsWrite("u1", entered=(name,))])
 
 
 def test_unknown_profile_field_is_refused() -> None:
@@ -133,11 +174,11 @@ def test_segments_fold_in_order_per_user_and_group_per_audience() -> None:
         audience_ttl_s=99,
     )
     assert commands == [
-        ("HSET", "attune:{u:u1}:segments", "vip", "1", "loyal", "1"),
-        ("HDEL", "attune:{u:u1}:segments", "browsers"),
-        ("EXPIRE", "attune:{u:u1}:segments", TTL),
-        ("HDEL", "attune:{u:u2}:segments", "vip"),
-        ("EXPIRE", "attune:{u:u2}:segments", TTL),
+        ("HSET", "attune:{u:u1}", "vip", "1", "loyal", "1"),
+        ("HDEL", "attune:{u:u1}", "browsers"),
+        ("EXPIRE", "attune:{u:u1}", TTL),
+        ("HDEL", "attune:{u:u2}", "vip"),
+        ("EXPIRE", "attune:{u:u2}", TTL),
         ("SADD", "attune:segment:vip", "u1"),
         ("SREM", "attune:segment:vip", "u2"),
         ("EXPIRE", "attune:segment:vip", 99),
@@ -150,7 +191,7 @@ def test_segments_fold_in_order_per_user_and_group_per_audience() -> None:
 
 def test_enter_then_exit_in_one_batch_is_a_removal() -> None:
     commands = plan([SegmentsWrite("u1", entered=("vip",)), SegmentsWrite("u1", exited=("vip",))])
-    assert ("HDEL", "attune:{u:u1}:segments", "vip") in commands
+    assert ("HDEL", "attune:{u:u1}", "vip") in commands
     assert ("SREM", "attune:segment:vip", "u1") in commands
     assert not [c for c in commands if c[0] in {"SADD", "HSET"}]
     assert commands == plan(
@@ -172,8 +213,9 @@ def test_forget_drops_the_users_earlier_operations() -> None:
     )
     assert commands == [
         ("DEL", *KEYS.user_keys("anon")),
-        ("SET", "attune:{u:u2}:profile", "2|4", "EX", TTL),
-        ("EXPIRE", "attune:{u:u2}:segments", TTL),
+        ("HSET", "attune:{u:u2}", "P", b"13|4"),
+        ("HDEL", "attune:{u:u2}", *STALE_P[1:]),
+        ("EXPIRE", "attune:{u:u2}", TTL),
         # The entry made earlier in the batch is undone, with the given audiences.
         ("SREM", "attune:segment:browsers", "anon"),
         ("EXPIRE", "attune:segment:browsers", TTL),
@@ -194,9 +236,9 @@ def test_operations_after_forget_apply_after_the_delete() -> None:
     )
     assert commands == [
         ("DEL", *KEYS.user_keys("u1")),
-        ("SET", "attune:{u:u1}:profile", "2|1", "EX", TTL),
-        ("HSET", "attune:{u:u1}:segments", "vip", "1"),
-        ("EXPIRE", "attune:{u:u1}:segments", TTL),
+        ("HSET", "attune:{u:u1}", "P", b"13|1", "vip", "1"),
+        ("HDEL", "attune:{u:u1}", *STALE_P[1:]),
+        ("EXPIRE", "attune:{u:u1}", TTL),
         ("SADD", "attune:segment:vip", "u1"),
         ("EXPIRE", "attune:segment:vip", TTL),
     ]
@@ -348,14 +390,16 @@ def reference(ops: list[RedisOp]) -> dict[str, Any]:
 
     for op in ops:
         if isinstance(op, ProfileWrite):
-            values = [op.fields.get(f, "") for f in FIELDS]
-            state[KEYS.profile(op.user)] = "|".join(["2", *values]).rstrip("|")
+            profile = {f: op.fields.get(f) or None for f in FIELDS}  # the whole profile
+            state.setdefault(KEYS.user(op.user), {})["P"] = profile
+        elif isinstance(op, RecsWrite):  # the list's values, whatever the format
+            state.setdefault(KEYS.user(op.user), {})["R"] = decode_compact(op.value.decode())
         elif isinstance(op, SegmentsWrite):
             for segment in op.entered:
-                state.setdefault(KEYS.segments(op.user), {})[segment] = "1"
+                state.setdefault(KEYS.user(op.user), {})[segment] = "1"
                 state.setdefault(KEYS.audience(segment), set()).add(op.user)
             for segment in op.exited:
-                srem(KEYS.segments(op.user), segment)
+                srem(KEYS.user(op.user), segment)
                 srem(KEYS.audience(segment), op.user)
         elif isinstance(op, ForgetUser):
             for key in KEYS.user_keys(op.user):
@@ -379,11 +423,14 @@ def operation_sequences(draw: st.DrawFn) -> list[RedisOp]:
     ops: list[RedisOp] = []
     segments_of: dict[str, set[str]] = {}
     for _ in range(draw(st.integers(0, 25))):
-        kind = draw(st.sampled_from(["profile", "segments", "forget", "alias", "json"]))
+        kind = draw(st.sampled_from(["profile", "recs", "segments", "forget", "alias", "json"]))
         user = draw(USERS)
         if kind == "profile":
             names = draw(st.lists(st.sampled_from(FIELDS), unique=True))
             ops.append(ProfileWrite(user, {n: draw(VALUES) for n in names}))
+        elif kind == "recs":  # lists of 0 to 9 pieces, so that shorter lists follow longer
+            items = [(f"i{i:03d}", 0.5, "trending", None) for i in range(draw(st.integers(0, 40)))]
+            ops.append(RecsWrite(user, encode_compact(items, "m1", 7, "trending")))
         elif kind == "segments":
             entered, exited = draw(SEGMENTS), draw(SEGMENTS)
             ops.append(SegmentsWrite(user, entered, exited))
@@ -415,9 +462,32 @@ def test_plan_in_any_batches_equals_applying_each_operation(
         start += size
         i += 1
 
-    assert model.data == reference(ops)
+    assert as_values(model.data) == reference(ops)
     user_or_audience = {k for k in model.data if not k.startswith(KEYS.model(""))}
     assert user_or_audience <= model.ttl  # every per-user and audience key has a TTL
+
+
+def as_values(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with each user hash's pieces joined into values (``P``, ``R``), checking that
+    no piece is left beyond the count its first piece gives and every piece fits a listpack."""
+    out = dict(data)
+    for key, fields in data.items():
+        if key.startswith("attune:{u:") and key.endswith("}"):
+            values = {f: v for f, v in fields.items() if not is_reserved(f)}
+            for first in ("P", "R"):
+                value = joined(fields, first)
+                pieces = [f for f in fields if f[:1] == first]
+                if value is not None:
+                    values[first] = (
+                        decode_profile(value, FIELDS) if first == "P" else decode_compact(value)
+                    )
+                    assert len(pieces) == int(fields[first][:1]), (key, sorted(pieces))
+                    if len(pieces) > 1:
+                        assert all(len(fields[f]) <= CHUNK for f in pieces)
+                else:
+                    assert not pieces
+            out[key] = values
+    return out
 
 
 @settings(max_examples=100, deadline=None)
