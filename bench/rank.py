@@ -136,6 +136,7 @@ def _fresh(models: Models, rows: CovisitRows) -> Models:
         models.trending,
         models.embeddings,
         covisit_rows_cache=rows,
+        covisit_arrays=models.covisit_arrays,
     )
 
 

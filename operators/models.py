@@ -1028,6 +1028,7 @@ class ModelReader:
             trending,
             snap.embeddings,
             covisit_rows_cache=self._live.models.covisit_rows_cache,  # unchanged lists reused
+            covisit_arrays=snap.cv_arrays,  # every list's block at once, at its first use
         )
         scorer = None
         if snap.propensity is not None:

@@ -77,7 +77,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -357,7 +357,8 @@ class _Constants:
         return rows[lo:hi], vectors[lo:hi]
 
     def base_mask(self, filters: Filters) -> npt.NDArray[np.bool_]:
-        """Stock and category filters over the rows (read-only; cached per filter)."""
+        """Stock and category filters over the rows and the padding row ``n`` of the
+        :class:`SeedBlocks` (always False), read-only, cached per filter."""
         key: _FilterKey = (filters.in_stock_only, filters.allow_categories, filters.deny_categories)
         got = self.base_masks.get(key)
         if got is None:
@@ -365,7 +366,8 @@ class _Constants:
                 in_stock_only=key[0], exclude_seen=False, allow_categories=key[1],
                 deny_categories=key[2],
             )  # fmt: skip
-            got = allowed_rows(UserSignals("", 0), self.catalogue, only)
+            # one more row, always False: the padding row n of the neighbour blocks
+            got = np.append(allowed_rows(UserSignals("", 0), self.catalogue, only), False)
             got.flags.writeable = False
             self.base_masks[key] = got
         return got
@@ -409,6 +411,73 @@ class CovisitRows:
         return self.lists
 
 
+#: Columns of a row's co-visitation block: its viewed-together neighbours, then its
+#: bought-together ones (at most :data:`N_COVISIT` each), padded.
+CV_WIDTH: Final = 2 * N_COVISIT
+
+
+@dataclass(slots=True)
+class SeedBlocks:
+    """Each catalogue row's candidate neighbours, as fixed-width rows of arrays, for one
+    snapshot and catalogue state: what :func:`rank` gathers for its seeds (the user's
+    latest recent items) with one index per array instead of a few numpy calls per seed.
+
+    Row ``n`` (one past the catalogue) is the padding: a block's unused columns hold
+    row ``n`` with ratio 0, so that a gather needs no lengths; :meth:`_Constants.base_mask`
+    is False there, so it is never a candidate, and its bins add only zeros. A row is
+    filled the first time it is a seed (``cv_filled`` / ``emb_filled``), the co-visitation
+    part of all rows at once when the snapshot's arrays are at hand
+    (:meth:`Models.prime_covisit`). Arrays start empty (``np.empty``): a snapshot costs
+    no memory for rows no user touches.
+
+    - ``cv_rows``: viewed-together rows in columns ``0..N_COVISIT-1``, bought-together
+      rows after them, each in its list's order (the catalogue's items only);
+    - ``cv_bins``: the same rows, the bought ones offset by ``n + 1``: the bins of one
+      ``np.bincount`` for both kinds;
+    - ``cv_ratio``: each neighbour's ``score / best`` (:meth:`Models.covisit_norm`);
+    - ``emb_rows``: the :data:`N_EMB_NEIGHBOURS` rows nearest by embedding cosine
+      (:meth:`Models.embedding_neighbours`).
+    """
+
+    n: int
+    cv_rows: I64
+    cv_bins: I64
+    cv_ratio: F64
+    cv_filled: npt.NDArray[np.bool_]
+    emb_rows: I64
+    emb_filled: npt.NDArray[np.bool_]
+    emb_key: tuple[int, int, int] = (-1, -1, -1)
+
+    @classmethod
+    def empty(cls, n: int) -> SeedBlocks:
+        cv_rows = np.empty((n + 1, CV_WIDTH), np.int64)
+        cv_bins = np.empty((n + 1, CV_WIDTH), np.int64)
+        cv_ratio = np.empty((n + 1, CV_WIDTH))
+        cv_rows[n] = cv_bins[n] = n
+        cv_ratio[n] = 0.0
+        filled = np.zeros(n + 1, np.bool_)
+        filled[n] = True
+        emb_rows = np.empty((n + 1, N_EMB_NEIGHBOURS), np.int64)
+        emb_rows[n] = n
+        return cls(n, cv_rows, cv_bins, cv_ratio, filled, emb_rows, filled.copy())
+
+    def covisit_row(self, pair: tuple[I64, F64, I64, I64, F64] | None) -> tuple[I64, I64, F64]:
+        """A block row (rows, bins, ratios) from a :meth:`Models.covisit_pairs` entry."""
+        n = self.n
+        rows = np.full(CV_WIDTH, n, np.int64)
+        bins = np.full(CV_WIDTH, n, np.int64)
+        ratio = np.zeros(CV_WIDTH)
+        if pair is not None:
+            v_rows, v_norm, b_rows, _, b_norm = pair
+            lv, lb = len(v_rows), len(b_rows)
+            rows[:lv] = bins[:lv] = v_rows
+            ratio[:lv] = v_norm
+            rows[N_COVISIT : N_COVISIT + lb] = b_rows
+            bins[N_COVISIT : N_COVISIT + lb] = b_rows + (n + 1)
+            ratio[N_COVISIT : N_COVISIT + lb] = b_norm
+        return rows, bins, ratio
+
+
 def _read_only(a: F64) -> F64:
     a.flags.writeable = False
     return a
@@ -432,8 +501,6 @@ class Models:
     _aligned_key: tuple[int, int, int] = (-1, -1, -1)
     _aligned: F32 | None = None
     _constants: _Constants | None = field(default=None, compare=False, repr=False)
-    _neighbours: dict[int, I64] = field(default_factory=dict, compare=False, repr=False)
-    _neighbours_key: tuple[int, int, int] = field(default=(-1, -1, -1), compare=False, repr=False)
     covisit_rows_cache: CovisitRows = field(default_factory=CovisitRows, compare=False, repr=False)
     _covisit_norm: dict[tuple[str, str], tuple[I64, F64] | None] = field(
         default_factory=dict, compare=False, repr=False
@@ -446,6 +513,12 @@ class Models:
     _covisit_pairs_key: tuple[int, int, int] = field(
         default=(-1, -1, -1), compare=False, repr=False
     )
+    _blocks: SeedBlocks | None = field(default=None, compare=False, repr=False)
+    #: The snapshot's co-visitation arrays (:attr:`ModelSnapshot.cv_arrays
+    #: <attune.operators.models.ModelSnapshot>`) when ``covisit`` holds its lists: then
+    #: the co-visitation blocks of all listed items are made at once (:func:`_prime_covisit`).
+    covisit_arrays: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
+    _blocks_key: tuple[int, int, int] = field(default=(-1, -1, -1), compare=False, repr=False)
 
     @property
     def version(self) -> str:
@@ -575,42 +648,91 @@ class Models:
             out.append(got)
         return out
 
+    def blocks(self) -> SeedBlocks:
+        """The :class:`SeedBlocks` of this snapshot and catalogue (new ones when items were
+        added: rows are append-only, so a refresh that adds none changes no neighbour
+        row), the co-visitation part filled from the snapshot's arrays when given."""
+        cat = self.catalogue
+        key = (id(cat), len(cat), 0)
+        b = getattr(self, "_blocks", None)  # (unset: unpickled from an older version)
+        if b is None or key != self._blocks_key:
+            b = self._blocks = SeedBlocks.empty(len(cat))
+            self._blocks_key = key
+            if self.covisit_arrays is not None and not self.covisit.states:
+                _prime_covisit(b, cat, self.covisit_arrays)
+        return b
+
+    def covisit_block(
+        self, sources: Sequence[tuple[str, int]], now_ms: int
+    ) -> tuple[I64, I64, F64]:
+        """The co-visitation block rows of ``sources`` (``(item, catalogue row or -1)``,
+        one block row each, in order): :attr:`SeedBlocks.cv_rows`, ``cv_bins`` and
+        ``cv_ratio``, filled on first use per snapshot from :meth:`covisit_norm`; built
+        per call for items the catalogue lacks and for live learner states (the
+        evaluator), which change between calls."""
+        b = self.blocks()
+        states = self.covisit.states
+        rows = [r for _, r in sources]
+        if not states and min(rows, default=0) >= 0:
+            idx = np.asarray(rows, np.int64)
+            missing = idx[~b.cv_filled[idx]].tolist()
+            if missing:
+                self._fill_covisit(b, missing, now_ms)
+            return b.cv_rows[idx], b.cv_bins[idx], b.cv_ratio[idx]
+        parts = []
+        for item, r in sources:
+            if r >= 0 and item not in states:
+                if not b.cv_filled[r]:
+                    self._fill_covisit(b, [r], now_ms)
+                parts.append((b.cv_rows[r], b.cv_bins[r], b.cv_ratio[r]))
+            else:
+                parts.append(b.covisit_row(self._covisit_pair(item, now_ms)))
+        return (
+            np.stack([p[0] for p in parts]),
+            np.stack([p[1] for p in parts]),
+            np.stack([p[2] for p in parts]),
+        )
+
+    def _covisit_pair(self, item: str, now_ms: int) -> tuple[I64, F64, I64, I64, F64] | None:
+        n = len(self.catalogue)
+        return _pair(
+            self.covisit_norm(item, VIEWED, now_ms), self.covisit_norm(item, BOUGHT, now_ms), n
+        )
+
+    def _fill_covisit(self, b: SeedBlocks, rows: Sequence[int], now_ms: int) -> None:
+        ids = self.catalogue.ids
+        for r in rows:
+            b.cv_rows[r], b.cv_bins[r], b.cv_ratio[r] = b.covisit_row(
+                self._covisit_pair(ids[r], now_ms)
+            )
+            b.cv_filled[r] = True
+
+    def neighbour_block(self, rows: Sequence[int]) -> I64:
+        """:attr:`SeedBlocks.emb_rows` of ``rows`` (one block row each, padded with the
+        catalogue size), filled on first use per snapshot (all missing rows in one
+        product: :meth:`embedding_neighbours`); all padding without embeddings."""
+        b = self.blocks()
+        emb = self.aligned_embeddings()
+        idx = np.asarray(rows, np.int64)
+        if emb is None:
+            return np.full((len(idx), N_EMB_NEIGHBOURS), b.n, np.int64)
+        if b.emb_key != self._aligned_key:  # new embeddings over the same catalogue
+            b.emb_filled[: b.n] = False
+            b.emb_key = self._aligned_key
+        missing = list(dict.fromkeys(idx[~b.emb_filled[idx]].tolist()))
+        if missing:
+            _fill_neighbours(b, emb, missing)
+        return b.emb_rows[idx]
+
     def embedding_neighbours(self, rows: Sequence[int]) -> list[I64]:
         """For each row, the :data:`N_EMB_NEIGHBOURS` rows nearest to it by embedding
-        cosine (positive cosines only, the row itself excluded), best first. Computed once
-        per item and snapshot (the missing ones of a call in one product), then cached
-        until the snapshot or the catalogue changes."""
-        emb = self.aligned_embeddings()
-        if emb is None:
-            return [np.zeros(0, np.int64) for _ in rows]
-        if self._neighbours_key != self._aligned_key:
-            self._neighbours, self._neighbours_key = {}, self._aligned_key
-        cache = self._neighbours
-        missing = [r for r in dict.fromkeys(rows) if r not in cache]
-        if missing:
-            # float32, one row per missing item (this product order is the fast one)
-            sims = np.ascontiguousarray((emb @ emb[np.asarray(missing)].T).T)
-            sims[np.arange(len(missing)), missing] = 0.0
-            n = sims.shape[1]
-            kth = max(0, n - N_EMB_NEIGHBOURS)
-            # per row the N-th best value by a partition (all rows in one call), then the
-            # rows at or above it and positive, best first (lower row first on ties): one
-            # sort of all of them by (row, -value, column), each row's first N kept
-            floor = np.float32(1e-12)  # what a row >= 1e-12 comparison compares with
-            kth_best = np.partition(sims, kth, axis=1)[:, kth]
-            # (flat indices, then divmod: np.nonzero of a 2-d mask cost ~10x more)
-            flat = np.flatnonzero(sims >= np.maximum(kth_best, floor)[:, None])
-            at, col = np.divmod(flat, n)
-            order = np.lexsort((col, -sims.ravel()[flat], at))
-            counts = np.bincount(at, minlength=len(missing)).tolist()
-            col = col[order]
-            start = 0
-            for r, c in zip(missing, counts, strict=True):
-                got = col[start : start + min(c, N_EMB_NEIGHBOURS)].astype(np.int64)
-                got.flags.writeable = False
-                cache[r] = got
-                start += c
-        return [cache[r] for r in rows]
+        cosine (positive cosines only, the row itself excluded), best first (lower row
+        first on ties). Computed once per item and snapshot (the missing ones of a call
+        in one product), then kept in :attr:`SeedBlocks.emb_rows` until the snapshot or
+        the catalogue changes."""
+        block = self.neighbour_block(rows)
+        n = len(self.catalogue)
+        return [r[r < n] for r in block]
 
     def aligned_embeddings(self) -> F32 | None:
         """Item vectors by catalogue row (zero rows for items the snapshot lacks), cached."""
@@ -656,6 +778,76 @@ def _pair(
     v_rows, v_norm = viewed if viewed is not None else (_EMPTY_ROWS, _EMPTY_F64)
     b_rows, b_norm = bought if bought is not None else (_EMPTY_ROWS, _EMPTY_F64)
     return v_rows, v_norm, b_rows, b_rows + n, b_norm
+
+
+def _prime_covisit(b: SeedBlocks, cat: Catalogue, arrays: tuple[Any, ...]) -> None:
+    """Fill the co-visitation blocks of every listed item the catalogue knows from a
+    snapshot's arrays (``table, cv_item, cv_at, cv_end, cv_nb, cv_bits``: item codes,
+    cumulative ends of each item's viewed then bought list, neighbour codes, score bits),
+    in a few numpy calls over all the lists: the same rows and ratios as
+    :meth:`Models.covisit_norm` makes list by list (the first :data:`N_COVISIT` entries,
+    those the catalogue knows, ``score / the list's first score``; nothing for a list
+    whose first score is not positive)."""
+    table, cv_item, _, cv_end, cv_nb, cv_bits = arrays
+    n_lists = len(cv_end)
+    if n_lists == 0:
+        return
+    get = cat.index.get
+    lut = np.fromiter((get(x, -1) for x in table), np.int64, len(table))
+    scores = cv_bits.view(np.float64)
+    ends = cv_end.astype(np.int64)
+    starts = np.concatenate(([0], ends[:-1]))
+    lengths = ends - starts
+    owner = np.repeat(np.arange(n_lists), lengths)  # the list of each entry
+    first = starts[owner]
+    pos = np.arange(len(owner)) - first  # place in its list
+    item_rows = lut[cv_item.astype(np.int64)]
+    nb_rows = lut[cv_nb.astype(np.int64)]
+    best = scores[first]
+    sel = (pos < N_COVISIT) & (nb_rows >= 0) & (best > 0) & (item_rows[owner // 2] >= 0)
+    csel = np.cumsum(sel)
+    before = np.concatenate(([0], csel))[starts]  # selected entries before each list
+    at = np.flatnonzero(sel)
+    lst = owner[at]
+    kind = lst % 2  # 0 viewed, 1 bought
+    col = csel[at] - 1 - before[lst] + kind * N_COVISIT
+    target = item_rows[lst // 2]
+    listed = item_rows[item_rows >= 0]
+    n = b.n
+    b.cv_rows[listed] = n
+    b.cv_bins[listed] = n
+    b.cv_ratio[listed] = 0.0
+    nb = nb_rows[at]
+    b.cv_rows[target, col] = nb
+    b.cv_bins[target, col] = nb + kind * (n + 1)
+    b.cv_ratio[target, col] = scores[at] / best[at]
+    b.cv_filled[listed] = True
+
+
+def _fill_neighbours(b: SeedBlocks, emb: F32, missing: list[int]) -> None:
+    """Fill :attr:`SeedBlocks.emb_rows` of the ``missing`` rows (distinct): the rows'
+    cosines with every row in one float32 product (the vectors are unit or zero), the
+    row itself left out; per row the N-th best value by a partition (all rows in one
+    call), then the rows at or above it and positive, best first (lower row first on
+    ties): one sort of all of them by (row, -value, column), each row's first N kept."""
+    sims = np.ascontiguousarray((emb @ emb[np.asarray(missing)].T).T)
+    sims[np.arange(len(missing)), missing] = 0.0
+    n = sims.shape[1]
+    kth = max(0, n - N_EMB_NEIGHBOURS)
+    floor = np.float32(1e-12)  # what a row >= 1e-12 comparison compares with
+    kth_best = np.partition(sims, kth, axis=1)[:, kth]
+    # (flat indices, then divmod: np.nonzero of a 2-d mask cost ~10x more)
+    flat = np.flatnonzero(sims >= np.maximum(kth_best, floor)[:, None])
+    at, col = np.divmod(flat, n)
+    order = np.lexsort((col, -sims.ravel()[flat], at))
+    at, col = at[order], col[order]
+    starts = np.searchsorted(at, np.arange(len(missing)))
+    pos = np.arange(len(at)) - starts[at]  # each one's place in its row's list
+    keep = pos < N_EMB_NEIGHBOURS
+    target = np.asarray(missing, np.int64)
+    b.emb_rows[target] = b.n
+    b.emb_rows[target[at[keep]], pos[keep]] = col[keep]
+    b.emb_filled[target] = True
 
 
 _EMPTY_ROWS: Final = np.zeros(0, np.int64)
@@ -1026,9 +1218,13 @@ def _category_candidates(
     return rows[_top(values, None, N_CAT)]
 
 
-def _seed_rows(rec: _Recent) -> list[int]:
+def _seed_rows(rec: _Recent, sources: list[tuple[str, int, int]]) -> list[int]:
     """Rows of the latest :data:`COVISIT_SOURCES` distinct recent items the catalogue
-    knows, latest first: the items whose neighbours are candidates."""
+    knows, latest first: the items whose neighbours are candidates (the rows of the
+    co-visitation ``sources`` when the catalogue knows them all)."""
+    known = [r for _, r, _ in sources if r >= 0]
+    if len(known) == len(sources):
+        return known
     out: dict[int, None] = {}
     for r in reversed(rec.known_rows.tolist()):
         if r not in out:
@@ -1100,43 +1296,38 @@ def _cold_candidates(
     return cold_rows[np.argpartition(-sims, N_CONTENT - 1)[:N_CONTENT]]
 
 
-def _covisit_sums(models: Models, rec: _Recent, now: int, n: int) -> tuple[F64 | None, list[I64]]:
-    """Viewed-together sums (bins ``0..n-1``) and bought-together sums (bins ``n..2n-1``)
-    per row, over the co-visitation lists of the latest :data:`COVISIT_SOURCES` distinct
-    recent items: per row, the sum over the sources (in order) of ``recency weight x
-    score / best`` (the weight ``wt_short + 0.1 wt_long`` viewed, ``wt_long`` bought).
-    ``np.bincount`` adds in input order from 0: the same floats as a loop over the
-    sources, each kind in its own bins. Also every row listed; ``None`` without a list."""
-    if not rec.any_known:
-        return None, []
-    wt_s, wt_l = rec.wt_short.tolist(), rec.wt_long.tolist()
+def _sources(rec: _Recent) -> list[tuple[str, int, int]]:
+    """The latest :data:`COVISIT_SOURCES` distinct recent items, latest first, whose
+    co-visitation lists are summed: ``(item, catalogue row or -1, index of its latest
+    interaction)``. The co-visitation sum of a row is, over these sources in order,
+    ``recency weight x score / best`` (the weight ``wt_short + 0.1 wt_long`` viewed,
+    ``wt_long`` bought); ``np.bincount`` adds in input order from 0: the same floats as
+    a loop over the sources, each kind in its own bins."""
+    rows = rec.rows.tolist()
     latest = rec.interactions
-    sources: dict[str, int] = {}  # item -> its latest interaction's index
+    out: dict[str, tuple[str, int, int]] = {}
     for i in range(len(latest) - 1, -1, -1):
         item = latest[i].item
-        if item not in sources:
-            sources[item] = i
-            if len(sources) >= COVISIT_SOURCES:
+        if item not in out:
+            out[item] = (item, rows[i], i)
+            if len(out) >= COVISIT_SOURCES:
                 break
-    rows: list[I64] = []
-    bins: list[I64] = []
-    norms: list[F64] = []
-    weights: list[float] = []
-    sizes: list[int] = []
-    for i, got in zip(sources.values(), models.covisit_pairs(list(sources), now), strict=True):
-        if got is not None:
-            v_rows, v_norm, b_rows, b_bins, b_norm = got
-            rows += (v_rows, b_rows)
-            bins += (v_rows, b_bins)
-            norms += (v_norm, b_norm)
-            weights += (wt_s[i] + 0.1 * wt_l[i], wt_l[i])
-            sizes += (len(v_rows), len(b_rows))
-    if not rows:
-        return None, []
-    weight = np.repeat(np.asarray(weights), sizes)
-    sums = np.bincount(np.concatenate(bins), weights=weight * np.concatenate(norms),
-                       minlength=2 * n)  # fmt: skip
-    return sums.astype(np.float64, copy=False), rows
+    return list(out.values())
+
+
+def _covisit_sums(
+    models: Models, rec: _Recent, sources: list[tuple[str, int, int]], now: int
+) -> tuple[F64, I64]:
+    """Viewed-together sums (bins ``0..n``) and bought-together sums (bins ``n+1..2n+1``;
+    ``n``: the padding row) per row over the sources' co-visitation blocks, in one
+    ``np.bincount`` (see :func:`_sources`), and every row listed (padding included)."""
+    rows, bins, ratio = models.covisit_block([(i, r) for i, r, _ in sources], now)
+    wt_s, wt_l = rec.wt_short.tolist(), rec.wt_long.tolist()
+    wt = [(wt_s[i] + 0.1 * wt_l[i], wt_l[i]) for _, _, i in sources]
+    weight = np.repeat(np.asarray(wt), N_COVISIT, axis=1)  # one column per neighbour
+    n_bins = 2 * (models.blocks().n + 1)
+    sums = np.bincount(bins.ravel(), weights=(weight * ratio).ravel(), minlength=n_bins)
+    return sums.astype(np.float64, copy=False), rows.ravel()
 
 
 def _components(
@@ -1214,16 +1405,20 @@ def rank(
         cand.append(got)
     emb = models.aligned_embeddings()
     user_vecs = _user_vectors(emb, rec)
+    sources = _sources(rec) if rec.any_known else []
     if user_vecs is not None:
-        cand += models.embedding_neighbours(_seed_rows(rec))
+        cand.append(models.neighbour_block(_seed_rows(rec, sources)).ravel())
     profile = _content_profile(cat, consts, rec)
     if profile is not None:
         got = _cold_candidates(consts, profile, codes, mask)
         if got is not None:
             cand.append(got)
-    sums, cov_rows = _covisit_sums(models, rec, now, n)
-    flags = np.zeros(n, np.bool_)
-    flags[np.concatenate(cand + cov_rows)] = True
+    sums = None
+    if sources:
+        sums, listed = _covisit_sums(models, rec, sources, now)
+        cand.append(listed)
+    flags = np.zeros(n + 1, np.bool_)
+    flags[np.concatenate(cand)] = True
     flags &= mask
     rows_c = np.flatnonzero(flags)
     m = len(rows_c)
@@ -1234,7 +1429,7 @@ def rank(
         rows_c,
         cat,
         (emb, user_vecs),
-        (sums, n),
+        (sums, n + 1),
         (aff, trend),
         profile=profile,
         sparse=consts.sparse(),

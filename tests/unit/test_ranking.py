@@ -15,8 +15,11 @@ from attune.operators.content import Catalogue
 from attune.operators.covisit import BOUGHT, VIEWED, CovisitIndex, ItemNeighbours, NeighbourList
 from attune.operators.embeddings import EmbeddingSnapshot
 from attune.operators.events import ItemUpdate
+from attune.operators.models import ModelSnapshot
 from attune.operators.ranking import (
     CART,
+    CV_WIDTH,
+    N_EMB_NEIGHBOURS,
     VIEW,
     Filters,
     Interaction,
@@ -316,6 +319,67 @@ def test_covisit_rows_match_the_neighbour_lists() -> None:
             assert rows.tolist() == [r for r, _ in known]
             assert (values * scale).tolist() == [v for _, v in known]  # the same floats
             assert best * scale == lst[0][1]
+
+
+def _snapshot_arrays(covisit: CovisitIndex) -> tuple[object, ...]:
+    """The co-visitation arrays a worker decodes from a snapshot of these lists."""
+    snap = ModelSnapshot(1, NOW, 0, None, dict(covisit.published), {}, {}, None, {})
+    arrays = ModelSnapshot.from_bytes(snap.to_bytes()).cv_arrays
+    assert arrays is not None
+    return arrays
+
+
+def test_blocks_made_from_the_snapshot_arrays_equal_the_ones_filled_per_seed() -> None:
+    """The co-visitation blocks of a snapshot made at once from its arrays hold the same
+    rows, bins and ratio bits as the blocks filled item by item from covisit_norm (lists
+    naming unknown items, an item twice, empty kinds), and both rank alike."""
+    cat, covisit, trending, emb = _world(11)
+    primed = Models(cat, covisit, trending, emb, covisit_arrays=_snapshot_arrays(covisit))
+    lazy = Models(cat, covisit, trending, emb)
+    n = len(cat)
+    rows = list(range(n))
+    got = primed.blocks()
+    assert got.cv_filled[[cat.index[i] for i in covisit.published if i in cat.index]].all()
+    a = primed.covisit_block([(cat.ids[r], r) for r in rows], NOW)
+    b = lazy.covisit_block([(cat.ids[r], r) for r in rows], NOW)
+    for x, y in zip(a, b, strict=True):
+        assert x.tobytes() == y.tobytes()
+    assert (a[0][cat.index["i0"]][:3] == [cat.index["i1"], cat.index["i1"], cat.index["i2"]]).all()
+    assert a[0][cat.index["i110"]].tolist() == [n] * CV_WIDTH  # no list: all padding
+    rng = np.random.default_rng(12)
+    for step in range(80):
+        signals = _signals(rng)
+        assert rank(signals, primed, k=8) == rank(signals, lazy, k=8), step
+
+
+def test_embedding_neighbour_blocks_are_the_best_positive_cosines() -> None:
+    cat, covisit, trending, emb = _world(13)
+    m = Models(cat, covisit, trending, emb)
+    vectors = m.aligned_embeddings()
+    assert vectors is not None
+    n = len(cat)
+    rows = [0, 2, 7, 64, 119]  # 7 and 119: not in the snapshot (zero vectors)
+    block = m.neighbour_block(rows)
+    assert block.shape == (len(rows), N_EMB_NEIGHBOURS)
+    for r, got in zip(rows, block, strict=True):
+        sims = vectors @ vectors[r]
+        sims[r] = 0.0
+        best = sorted((c for c in range(n) if sims[c] >= 1e-12), key=lambda c: (-sims[c], c))
+        expected = best[:N_EMB_NEIGHBOURS]
+        assert got.tolist() == expected + [n] * (N_EMB_NEIGHBOURS - len(expected))
+    assert [x.tolist() for x in m.embedding_neighbours([2, 7])] == [
+        [c for c in block[1] if c < n],
+        [],
+    ]
+    # new embeddings (the vectors of other items): the kept neighbours are not reused
+    m.embeddings = EmbeddingSnapshot(2, NOW, emb.items, emb.vectors[::-1].copy())
+    vectors = m.aligned_embeddings()
+    assert vectors is not None
+    sims = vectors @ vectors[0]
+    sims[0] = 0.0
+    best = sorted((c for c in range(n) if sims[c] >= 1e-12), key=lambda c: (-sims[c], c))
+    assert m.neighbour_block([0])[0].tolist()[: len(best[:N_EMB_NEIGHBOURS])] == best[:20]
+    assert m.neighbour_block([0]).tolist() != block[:1].tolist()
 
 
 def test_covisit_scores_add_like_a_loop_over_the_sources() -> None:
