@@ -255,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     erase.add_arguments(era)
     era.set_defaults(func=_cmd_erase)
 
+    from attune.bench import chaos
+
+    chaos.add_parser(sub)
+
     cfg = sub.add_parser("config", help="print the settings (secrets masked)")
     cfg.add_argument("--markdown", action="store_true", help="print the reference table")
     cfg.set_defaults(func=_cmd_config)
