@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sqlite3
+from pathlib import Path
 
 import orjson
 import pytest
@@ -16,6 +18,7 @@ from attune.bench.chaos import (
     format_table,
     kill_points,
     profile_differences,
+    resume_epochs,
     schedule_of,
 )
 from attune.workload.generator import GeneratorConfig, ground_truth
@@ -157,3 +160,17 @@ def test_schedule_flags() -> None:
         schedule_of(ns)
     ns.faults = ",".join(FAULTS)
     assert schedule_of(ns).faults == FAULTS
+
+
+def test_resume_epochs_reads_bytewax_recovery_partitions(tmp_path: Path) -> None:
+    # the two tables of Bytewax 0.21's partitions it reads (bytewax/src/recovery.rs)
+    for part, rows in ((0, [(0, 1), (1, 1), (2, 5)]), (1, [(0, 1), (1, 2), (2, 4)])):
+        db = sqlite3.connect(tmp_path / f"part-{part}.sqlite3")
+        db.execute("CREATE TABLE exs (ex_num INTEGER, worker_count INTEGER, resume_epoch INTEGER)")
+        db.execute("CREATE TABLE snaps (step_id TEXT, state_key TEXT, snap_epoch INTEGER)")
+        db.executemany("INSERT INTO exs VALUES (?, 1, ?)", rows)
+        db.execute("INSERT INTO snaps VALUES ('s', 'k', ?)", (7 + part,))
+        db.commit()
+        db.close()
+    assert resume_epochs(tmp_path) == ([2, 5], 8)
+    assert resume_epochs(tmp_path / "missing") == ([], 0)
