@@ -110,6 +110,7 @@ FAULTS = (
     "cluster-kill",
     "redis-stop",
     "redis-freeze",
+    "redis-empty",
 )
 
 #: Bounds: one flow run from the start of the topic to its end, restarts after crashes.
@@ -809,7 +810,33 @@ class Chaos:
             return self._sigkill(flow, total)
         if fault == "cluster-kill":
             return self._cluster_kill(flow, at)
+        if fault == "redis-empty":
+            return self._redis_empty(flow, at)
         return self._pause(fault, flow, at)
+
+    def _redis_empty(self, flow: Flow, at: int) -> str:
+        """Redis restarted empty mid-stream (the cache lost); once the flow has reached the
+        end, ``attune rebuild-redis`` rewrites the users it did not touch again."""
+        from attune.flows.rebuild import rebuild
+
+        level = flow.wait_level(at)
+        if level is None:
+            raise RuntimeError("the flow finished before the fault: use a larger workload")
+        self.servers.stop_redis(keep=False)
+        self.servers.start_redis()
+        flow.mark(0)
+        flow.finish()
+        before = profile_differences(
+            read_profiles(flow.client, flow.settings.redis_prefix), self.truth
+        )
+        report = rebuild(flow.recovery, flow.settings)
+        say = (
+            f"emptied at {level} events; at the end {len(before)} users' profiles were "
+            f"missing or stale; rebuild-redis rewrote {report.users} users"
+        )
+        if flow.failures:
+            say += f"; the flow died, first: {flow.failures[0]}"
+        return say
 
     def _sigkill(self, flow: Flow, total: int) -> str:
         s = self.schedule

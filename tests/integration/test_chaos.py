@@ -31,6 +31,7 @@ def test_short_chaos_schedule_loses_and_doubles_nothing(
         kills=3,
         broker_pause_s=3.0,
         faults=("sigkill", "broker-freeze", "cluster-kill"),
+        batch_size=1000,  # the default; the full schedule's 250 is for 20 kills
     )
     rows = run_schedule(Servers(local_test_settings, local_servers), schedule, tmp_path)
     table = format_table(rows)
