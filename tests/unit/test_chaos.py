@@ -20,6 +20,7 @@ from attune.bench.chaos import (
     profile_differences,
     resume_epochs,
     schedule_of,
+    stray_anonymous,
 )
 from attune.workload.generator import GeneratorConfig, ground_truth
 from attune.workload.truth import GroundTruth
@@ -28,7 +29,8 @@ from attune.workload.truth import GroundTruth
 def row(**changes: object) -> Row:
     base: dict[str, object] = dict(
         fault="sigkill", events_in=100, expected=90, applied=90, lost=0, twice=0,
-        users_wrong=0, triggers_expected=5, triggers_published=7, triggers_missing=0,
+        users_wrong=0, stray_anonymous=0, triggers_expected=5, triggers_published=7,
+        triggers_missing=0,
         triggers_repeated=2, triggers_beyond_id=0, triggers_extra=0, restarts=0,
         recover_s=1.5, note="3 kills",
     )  # fmt: skip
@@ -111,6 +113,7 @@ def test_check_triggers_missing() -> None:
         {"lost": 1},
         {"twice": 1},
         {"users_wrong": 1},
+        {"stray_anonymous": 1},
         {"triggers_missing": 1},
         {"triggers_beyond_id": 1},
         {"triggers_extra": 1},
@@ -174,3 +177,12 @@ def test_resume_epochs_reads_bytewax_recovery_partitions(tmp_path: Path) -> None
         db.close()
     assert resume_epochs(tmp_path) == ([2, 5], 8)
     assert resume_epochs(tmp_path / "missing") == ([], 0)
+
+
+def test_stray_anonymous_profiles(truth: GroundTruth) -> None:
+    linked = sorted(a for a, u in truth.anonymous_to_user.items() if a != u)
+    assert linked
+    profiles: dict[str, object] = {u: {} for u in truth.exact_users()}
+    assert stray_anonymous(profiles, truth) == []
+    profiles[linked[0]] = {"events": "12"}
+    assert stray_anonymous(profiles, truth) == [linked[0]]
