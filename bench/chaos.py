@@ -245,6 +245,33 @@ def check_triggers(
     )
 
 
+def trigger_examples(
+    expected: Iterable[TriggerKey], published: Iterable[TriggerKey], count: int = 3
+) -> str:
+    """The first few missing and extra triggers as ``kind user cause_ms id``, for the notes.
+
+    >>> ref = [TriggerKey("t1", "long_dwell", "u", 5)]
+    >>> trigger_examples(ref, [TriggerKey("t9", "cart_abandoned", "v", 7)])
+    'missing: long_dwell u 5 t1; extra: cart_abandoned v 7 t9'
+    >>> trigger_examples(ref, ref)
+    ''
+    """
+    want = {k.trigger_id: k for k in expected}
+    got = {k.trigger_id: k for k in published}
+
+    def show(keys: list[TriggerKey]) -> str:
+        return ", ".join(f"{k.kind} {k.user} {k.cause_ms} {k.trigger_id}" for k in keys)
+
+    parts = []
+    missing = sorted(want[i] for i in want.keys() - got.keys())[:count]
+    extra = sorted(got[i] for i in got.keys() - want.keys())[:count]
+    if missing:
+        parts.append(f"missing: {show(missing)}")
+    if extra:
+        parts.append(f"extra: {show(extra)}")
+    return "; ".join(parts)
+
+
 @dataclass(frozen=True, slots=True)
 class Row:
     """One fault's outcome. ``recover_s``: seconds from the end of the fault (restart
@@ -892,7 +919,8 @@ class Chaos:
             else f"process 0 still running {SURVIVOR_WAIT_S:.0f} s after, killed"
         )
         flow.kill()
-        flow.mark(level)
+        # the survivor may have written more before it stopped
+        flow.mark(max(level, progress(flow.client, flow.settings.redis_prefix) or 0))
         flow.start()
         flow.finish()
         return how
@@ -958,6 +986,9 @@ class Chaos:
         trig = check_triggers(self.reference, published)
         if stray:
             note = f"{note}; profiles of linked anonymous ids: {stray[:3]}".lstrip("; ")
+        odd = trigger_examples(self.reference, published)
+        if odd:
+            note = f"{note}; {odd}".lstrip("; ")
         if wrong:
             first = next(iter(wrong.items()))
             note = f"{note}; {len(wrong)} users differ, e.g. {first[0]}: {first[1]}".lstrip("; ")
