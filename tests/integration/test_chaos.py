@@ -25,7 +25,7 @@ def test_short_chaos_schedule_loses_and_doubles_nothing(
     local_test_settings: Settings, local_servers: LocalServers, tmp_path: Path
 ) -> None:
     schedule = Schedule(
-        users=100,
+        users=150,
         days=3,
         seed=21,
         kills=3,
@@ -37,7 +37,7 @@ def test_short_chaos_schedule_loses_and_doubles_nothing(
     table = format_table(rows)
     assert [r.fault for r in rows] == ["none", "sigkill", "broker-freeze", "cluster-kill"], table
     reference = rows[0]
-    assert reference.expected > 3000 and reference.triggers_expected > 20, table
+    assert reference.expected > 5000 and reference.triggers_expected > 20, table
     for row in rows:
         assert row.completed, table
         assert (row.lost, row.twice, row.users_wrong) == (0, 0, 0), table
