@@ -180,7 +180,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - a few lines per subcommand
     parser = argparse.ArgumentParser(
         prog="attune",
         description="Attune: real-time personalization from Avro events on Kafka to Redis.",
@@ -303,6 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     era.set_defaults(func=_cmd_erase)
 
     _add_redis_upgrade(sub)
+    from attune.bench import chaos
+    from attune.flows import rebuild
+
+    chaos.add_parser(sub)
+    rebuild.add_parser(sub)
+
     cfg = sub.add_parser("config", help="print the settings (secrets masked)")
     cfg.add_argument("--markdown", action="store_true", help="print the reference table")
     cfg.set_defaults(func=_cmd_config)
