@@ -74,7 +74,7 @@ from attune.flows.local import LocalServers
 from attune.flows.settings import Settings, env_name
 from attune.operators.codec import Codec
 from attune.operators.events import Trigger
-from attune.operators.redis_keys import RedisKeys
+from attune.operators.redis_keys import PROFILE_FIELD, RedisKeys, joined
 from attune.workload.truth import GroundTruth
 
 log = logging.getLogger(__name__)
@@ -439,25 +439,28 @@ def published_triggers(settings: Settings) -> list[TriggerKey]:
 
 
 def read_profiles(client: redis.Redis, prefix: str) -> dict[str, dict[str, str | None]]:
-    """Every profile in Redis, by user."""
+    """Every profile in Redis, by user: the ``P`` fields of the users' hashes
+    (``attune:{u:<user>}``; docs/redis.md)."""
     from attune.clients.recommendations import parse_profile
 
     keys = RedisKeys(prefix)
-    names = [k.decode() for k in client.scan_iter(match=keys.profile("*"), count=1000)]
+    # the users' hashes: the pattern ends with the tag, so no alias key matches
+    names = [k.decode() for k in client.scan_iter(match=keys.user("*"), count=1000)]
     pipe = client.pipeline(transaction=False)
     for name in names:
-        pipe.get(name)
+        pipe.hgetall(name)
     out = {}
-    for name, raw in zip(names, pipe.execute(), strict=True):
+    for name, fields in zip(names, pipe.execute(), strict=True):
+        raw = joined(fields, PROFILE_FIELD) if fields else None
         if raw is not None:
             out[_user_of(name, prefix)] = parse_profile(raw)
     return out
 
 
 def _user_of(key: str, prefix: str) -> str:
-    """``attune:{u:alice}:profile`` -> ``alice``.
+    """``attune:{u:alice}`` -> ``alice``.
 
-    >>> _user_of("attune:{u:a:b}:profile", "attune:")
+    >>> _user_of("attune:{u:a:b}", "attune:")
     'a:b'
     """
     inner = key[len(prefix) :]
