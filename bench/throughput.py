@@ -114,6 +114,9 @@ CONSUME_STALL_S = 60.0
 MEMORY_SAMPLE_USERS = 100
 #: The flow the bench runs, as ``python -m bytewax.run`` imports it.
 FLOW_IMPORT = "attune.flows.personalize:flow"
+#: With --recovery: Bytewax's snapshot interval (``-s``, seconds; the backup interval
+#: ``-b`` is 0), as docs/architecture.md runs the flow in production.
+RECOVERY_SNAPSHOT_S = 10
 #: How often the bench looks at the flow processes and Redis while they run.
 POLL_S = 0.01
 #: ``--raw-decoder``: auto picks the fastest installed (raw_decode.DECODERS).
@@ -214,8 +217,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     runs.add_argument(
         "--recovery",
         action="store_true",
-        help="run the flow with Bytewax recovery on (-r, as production runs), in a fresh "
-        "recovery store per run; off by default",
+        help="run the flow with Bytewax recovery on (-r DIR -s 10 -b 0, as production "
+        "runs), in a fresh recovery store per run; off by default",
     )
     runs.add_argument("--json", type=Path, metavar="PATH", help="also write every figure as JSON")
     raw = parser.add_argument_group("raw baseline (consume + decode, no project code)")
@@ -505,7 +508,7 @@ def flow_commands(
     >>> flow_commands(1, 1, [], python="py", profile_dir=Path("/p"))[0]
     ['py', '-m', 'attune.bench.flow_profile', '/p/flow-0.pstats', 'attune.flows.personalize:flow']
     >>> flow_commands(1, 1, [], python="py", recovery_dir=Path("/r"))[0][4:]
-    ['-r', '/r']
+    ['-r', '/r', '-s', '10', '-b', '0']
     """
 
     def base(i: int) -> list[str]:
@@ -515,8 +518,8 @@ def flow_commands(
         return [python, "-m", "attune.bench.flow_profile", out, FLOW_IMPORT]
 
     threads = ["-w", str(workers)] if workers > 1 else []
-    if recovery_dir is not None:
-        threads += ["-r", str(recovery_dir)]
+    if recovery_dir is not None:  # as docs/architecture.md runs it in production
+        threads += ["-r", str(recovery_dir), "-s", str(RECOVERY_SNAPSHOT_S), "-b", "0"]
     if processes == 1:
         return [base(0) + threads]
     if len(ports) != processes:

@@ -330,6 +330,7 @@ def test_recovery_flow_commands_pass_the_store_to_every_process(tmp_path: Path) 
     cmds = tp.flow_commands(2, 2, [1, 2], python="py", recovery_dir=tmp_path)
     for cmd in cmds:
         assert cmd[cmd.index("-r") + 1] == str(tmp_path)
+        assert cmd[cmd.index("-s") + 1] == "10" and cmd[cmd.index("-b") + 1] == "0"
         assert cmd[cmd.index("-w") + 1] == "2"
     assert "-r" not in tp.flow_commands(1, 1, [], python="py")[0]
 
