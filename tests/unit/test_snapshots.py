@@ -157,3 +157,41 @@ def test_a_class_no_name_finds_fails_when_pickled_not_when_loaded() -> None:
 
     with pytest.raises((pickle.PicklingError, AttributeError)):
         snapshots.dumps(Local(1))
+
+
+@dataclass(frozen=True, slots=True)
+class _Frozen:
+    a: int
+    b: str = "x"
+
+
+@dataclass(slots=True)
+class _One:
+    only: tuple[int, ...]
+
+
+@dataclass(slots=True)
+class _Guarded:
+    value: int
+    derived: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.derived = self.value * 2
+
+    def __setattr__(self, name: str, value: object) -> None:  # counts sets: must not run
+        if name == "value" and isinstance(value, int) and value < 0:
+            raise ValueError("negative")
+        object.__setattr__(self, name, value)
+
+
+def test_restored_objects_equal_their_originals_without_init_or_setattr() -> None:
+    originals = [_Frozen(1), _Frozen(2, "y"), _One((1, 2)), _Guarded(3)]
+    for obj in originals:
+        back = snapshots.loads(snapshots.dumps(obj))
+        assert back == obj and type(back) is type(obj)
+    guarded = _Guarded(4)
+    object.__setattr__(guarded, "value", -1)  # a value its __setattr__ would refuse
+    back = snapshots.loads(snapshots.dumps(guarded))
+    assert (back.value, back.derived) == (-1, 8)  # set as kept: no __setattr__, no __post_init__
+    with pytest.raises(AttributeError):  # still frozen after a restore
+        snapshots.loads(snapshots.dumps(_Frozen(5))).a = 6
