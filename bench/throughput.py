@@ -114,6 +114,9 @@ CONSUME_STALL_S = 60.0
 MEMORY_SAMPLE_USERS = 100
 #: The flow the bench runs, as ``python -m bytewax.run`` imports it.
 FLOW_IMPORT = "attune.flows.personalize:flow"
+#: With --recovery: Bytewax's snapshot interval (``-s``, seconds; the backup interval
+#: ``-b`` is 0), as docs/architecture.md runs the flow in production.
+RECOVERY_SNAPSHOT_S = 10
 #: How often the bench looks at the flow processes and Redis while they run.
 POLL_S = 0.01
 #: ``--raw-decoder``: auto picks the fastest installed (raw_decode.DECODERS).
@@ -210,6 +213,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_redis_db,
         default=15,
         help="Redis database the flow writes, flushed before each run (15)",
+    )
+    runs.add_argument(
+        "--recovery",
+        action="store_true",
+        help="run the flow with Bytewax recovery on (-r DIR -s 10 -b 0, as production "
+        "runs), in a fresh recovery store per run; off by default",
     )
     runs.add_argument("--json", type=Path, metavar="PATH", help="also write every figure as JSON")
     raw = parser.add_argument_group("raw baseline (consume + decode, no project code)")
@@ -479,12 +488,16 @@ def flow_commands(
     workers: int,
     ports: Sequence[int],
     python: str = sys.executable,
+    *,
     profile_dir: Path | None = None,
+    recovery_dir: Path | None = None,
 ) -> list[list[str]]:
     """The command line of each flow process.
 
     With ``profile_dir``, each process runs under cProfile
-    (:mod:`attune.bench.flow_profile`), writing ``flow-<i>.pstats`` there.
+    (:mod:`attune.bench.flow_profile`), writing ``flow-<i>.pstats`` there. With
+    ``recovery_dir`` (initialised by :func:`init_recovery`), recovery is on: ``-r``, as
+    production runs.
 
     >>> flow_commands(1, 1, [], python="py")
     [['py', '-m', 'bytewax.run', 'attune.flows.personalize:flow']]
@@ -494,6 +507,8 @@ def flow_commands(
     -i 1 -a 127.0.0.1:2101;127.0.0.1:2102
     >>> flow_commands(1, 1, [], python="py", profile_dir=Path("/p"))[0]
     ['py', '-m', 'attune.bench.flow_profile', '/p/flow-0.pstats', 'attune.flows.personalize:flow']
+    >>> flow_commands(1, 1, [], python="py", recovery_dir=Path("/r"))[0][4:]
+    ['-r', '/r', '-s', '10', '-b', '0']
     """
 
     def base(i: int) -> list[str]:
@@ -503,6 +518,8 @@ def flow_commands(
         return [python, "-m", "attune.bench.flow_profile", out, FLOW_IMPORT]
 
     threads = ["-w", str(workers)] if workers > 1 else []
+    if recovery_dir is not None:  # as docs/architecture.md runs it in production
+        threads += ["-r", str(recovery_dir), "-s", str(RECOVERY_SNAPSHOT_S), "-b", "0"]
     if processes == 1:
         return [base(0) + threads]
     if len(ports) != processes:
@@ -1065,26 +1082,37 @@ def run_flow(
     label: str,
     redis_client: Any | None = None,
     profile_dir: Path | None = None,
+    recovery: bool = False,
 ) -> FlowRun:
     """Run the flow's processes to their exit; kill them all past ``timeout_s``.
+
+    ``recovery``: with Bytewax recovery on (``-r``), in a fresh recovery store made for
+    this run (:func:`init_recovery`) and deleted after it, so that no run resumes another.
 
     Peak RSS and CPU time of each process come from ``os.wait4`` (its own
     rusage, not the sum over children). ``redis_client``, when given, is
     polled until the first key appears: the cross-check of the processing time.
     ``profile_dir``: run every process under cProfile (:func:`flow_commands`).
     """
-    commands = flow_commands(
-        processes,
-        workers,
-        _free_ports(processes) if processes > 1 else [],
-        profile_dir=profile_dir,
-    )
     procs: list[subprocess.Popen[bytes]] = []
     rss: dict[int, int] = {}
     hwm: dict[int, int] = {}
     cpu = 0.0
     first_write: float | None = None
     with contextlib.ExitStack() as stack:
+        recovery_dir = None
+        if recovery:
+            recovery_dir = Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="attune-rec-"))
+            )
+            init_recovery(recovery_dir, processes * workers)
+        commands = flow_commands(
+            processes,
+            workers,
+            _free_ports(processes) if processes > 1 else [],
+            profile_dir=profile_dir,
+            recovery_dir=recovery_dir,
+        )
         logs = [stack.enter_context(tempfile.TemporaryFile()) for _ in commands]
         stack.callback(_kill_all, procs)
         start = time.monotonic()
@@ -1135,6 +1163,15 @@ def run_flow(
                 time.sleep(POLL_S)
         wall = time.monotonic() - start
     return FlowRun(wall, first_write, [rss[i] for i in sorted(rss)], cpu)
+
+
+def init_recovery(folder: Path, partitions: int) -> None:
+    """A fresh Bytewax recovery store of ``partitions`` partitions (one per worker) in
+    ``folder``, as ``python -m bytewax.recovery FOLDER PARTITIONS`` makes it."""
+    from bytewax.recovery import init_db_dir
+
+    folder.mkdir(parents=True, exist_ok=True)
+    init_db_dir(folder, partitions)  # type: ignore[no-untyped-call]
 
 
 def _vm_hwm_kib(pid: int) -> int:
@@ -1420,7 +1457,12 @@ def _one_repeat(
     settings, names, client = bench.settings, bench.topics, bench.redis
     flow_env = {**os.environ, **settings_env(settings)}
     empty_env = {**flow_env, env_name("topic_events"): names["empty"]}
-    scale = {"processes": args.processes, "workers": args.workers, "timeout_s": args.flow_timeout}
+    scale = {
+        "processes": args.processes,
+        "workers": args.workers,
+        "timeout_s": args.flow_timeout,
+        "recovery": args.recovery,
+    }
 
     say(f"{tag}: decode-only, {args.processes} consumer(s)")
     decode = decode_only(
@@ -1553,6 +1595,7 @@ def _profile_run(
             label="profile",
             redis_client=bench.redis,
             profile_dir=folder,
+            recovery=args.recovery,
         )
         paths = sorted(folder.glob("flow-*.pstats"))
         if len(paths) != args.processes:
@@ -1641,7 +1684,8 @@ def _header(
     lines = [
         f"attune bench throughput: {produced.events:,} events of {args.users:,} users "
         f"({args.days} days, seed {args.seed}); {args.partitions} partition(s), "
-        f"{args.processes} process(es) x {args.workers} worker(s), {args.repeat} repeat(s)",
+        f"{args.processes} process(es) x {args.workers} worker(s), {args.repeat} repeat(s)"
+        f"{', recovery on (-r)' if args.recovery else ''}",
         f"servers: {servers.note}",
         f"machine: {machine.get('nproc')} CPUs ({machine.get('cpu', '?')}), "
         f"Python {machine['python']}, bytewax {machine.get('bytewax')}",

@@ -464,6 +464,87 @@ _new_purchase = _slot_constructor(Purchase)
 _new_event = _slot_constructor(Event)
 
 
+# --- flat form: an event as a tuple of plain values (identity's hand-over buffer) ------------
+
+#: ``(event_id, event_type value, event_time, payload kind, payload values, user_id,
+#: anonymous_id, session_id, context values or None)``, every value a str, int, bool or
+#: None: the C pickler writes it without calling back into Python.
+FlatEvent = tuple[str, str, int, int, tuple[Any, ...], Any, Any, Any, Any]
+#: The payload classes :func:`flatten` knows, by position (Purchase is not among them: its
+#: lines are records; :func:`flatten` gives ``None`` for it).
+_FLAT_PAYLOADS: tuple[type[Any], ...] = tuple(
+    cls for cls in PAYLOAD_OF_TYPE.values() if cls is not Purchase
+)
+_FLAT_KIND: dict[type[Any], int] = {cls: i for i, cls in enumerate(_FLAT_PAYLOADS)}
+
+
+def _values_getter(cls: type[Any]) -> Callable[[Any], tuple[Any, ...]]:
+    """The field values of a ``cls`` instance, as a tuple (even of one field)."""
+    names = [f.name for f in fields(cls)]
+    if len(names) > 1:
+        return attrgetter(*names)
+    name = names[0]
+    return lambda obj: (getattr(obj, name),)
+
+
+_FLAT_VALUES = tuple(_values_getter(cls) for cls in _FLAT_PAYLOADS)
+_FLAT_NEW: tuple[Callable[..., Any], ...] = tuple(_slot_constructor(c) for c in _FLAT_PAYLOADS)
+_FLAT_CONTEXT = attrgetter(*[f.name for f in fields(Context)])
+_new_context = _slot_constructor(Context)
+_TYPE_OF_VALUE: dict[str, EventType] = {member.value: member for member in EventType}
+
+
+def flatten(event: Event) -> FlatEvent | None:
+    """``event`` as a tuple of plain values (:func:`unflatten` gives it back), or ``None``
+    for one that has no flat form (a purchase, or an object that is not one of ours).
+
+    An event pickled through its dataclasses costs a Python call per object (the event,
+    its payload, its context, its type's enum member); its flat form pickles in C at a
+    third of the time and two thirds of the bytes.
+
+    >>> e = Event("e1", EventType.SEARCH, 1_700_000_000_000, Search("boots"), anonymous_id="a1",
+    ...           context=Context(device="mobile"))
+    >>> unflatten(flatten(e)) == e
+    True
+    >>> flatten(Event("e2", EventType.PURCHASE, 1, Purchase("o1", (), 0, "EUR"))) is None
+    True
+    """
+    if type(event) is not Event:
+        return None
+    payload, context = event.payload, event.context
+    kind = _FLAT_KIND.get(type(payload))
+    if kind is None or type(event.event_type) is not EventType:
+        return None
+    if context is not None and type(context) is not Context:
+        return None
+    return (
+        event.event_id,
+        event.event_type.value,
+        event.event_time,
+        kind,
+        _FLAT_VALUES[kind](payload),
+        event.user_id,
+        event.anonymous_id,
+        event.session_id,
+        None if context is None else _FLAT_CONTEXT(context),
+    )
+
+
+def unflatten(flat: FlatEvent) -> Event:
+    """The event of a :func:`flatten` tuple, equal to the one flattened."""
+    event_id, event_type, event_time, kind, values, user_id, anonymous_id, session_id, ctx = flat
+    return _new_event(
+        event_id,
+        _TYPE_OF_VALUE[event_type],
+        event_time,
+        _FLAT_NEW[kind](*values),
+        user_id,
+        anonymous_id,
+        session_id,
+        None if ctx is None else _new_context(*ctx),
+    )
+
+
 def _lines(raw: list[dict[str, Any]]) -> tuple[LineItem, ...]:
     return tuple([_line_from_record(line) for line in raw])
 

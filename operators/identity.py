@@ -58,6 +58,7 @@ erasure or a withdrawal deletes their keys) and writes an ``IDENTIFY``'s alias
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -67,7 +68,14 @@ from bytewax.operators import StatefulBatchLogic
 from attune.operators import snapshots
 from attune.operators.clock import Clock, SystemClock
 from attune.operators.consent import PERSONALIZATION, ConsentPolicy, ConsentState
-from attune.operators.events import ConsentUpdate, ErasureRequest, Event, EventType
+from attune.operators.events import (
+    ConsentUpdate,
+    ErasureRequest,
+    Event,
+    EventType,
+    flatten,
+    unflatten,
+)
 from attune.operators.redis_sink import AliasWrite
 
 #: At most this many anonymous events are kept for the hand-over; beyond it the
@@ -185,8 +193,8 @@ class IdentityState:
     """What one anonymous id remembers: its user once linked, else its recent events."""
 
     user_id: str | None = None
-    # The buffered events, each pickled once as it is kept (snapshots.dumps): a snapshot
-    # of the state copies these bytes instead of pickling every event again each epoch.
+    # The buffered events, each pickled once as it is kept (_kept): a snapshot of the
+    # state copies these bytes instead of pickling every event again each epoch.
     buffer: list[bytes] = field(default_factory=list)
     dropped: int = 0  # anonymous events no longer in the buffer (cap reached)
     consent: ConsentState = field(default_factory=ConsentState)
@@ -247,13 +255,26 @@ def identity_step(
     if len(st.buffer) >= MAX_ANONYMOUS_BUFFER:
         del st.buffer[0]
         st.dropped += 1
-    st.buffer.append(snapshots.dumps(item))
+    st.buffer.append(_kept(item))
     return st, routed
 
 
+def _kept(event: Event) -> bytes:
+    """What the buffer keeps of an event: its flat form pickled
+    (:func:`~attune.operators.events.flatten`: no Python call while pickling, ~2 us
+    instead of ~6 us through the dataclasses, 400 bytes instead of 600), or the event
+    pickled if it has none (a purchase)."""
+    flat = flatten(event)
+    return snapshots.dumps(event) if flat is None else pickle.dumps(flat, pickle.HIGHEST_PROTOCOL)
+
+
 def _buffered(kept: bytes | Event) -> Event:
-    """A buffered event back (a snapshot from before buffers held bytes holds events)."""
-    return kept if isinstance(kept, Event) else snapshots.loads(kept)
+    """A buffered event back: from its flat form or the event pickled (:func:`_kept`), or
+    as it is (a snapshot from before buffers held bytes holds events)."""
+    if isinstance(kept, Event):
+        return kept
+    found = snapshots.loads(kept)
+    return unflatten(found) if type(found) is tuple else found
 
 
 def _handed_over(link: Link, events: int) -> Routed:

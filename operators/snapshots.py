@@ -117,8 +117,54 @@ def _class(name: str) -> type:
 
 
 def _set(cls: type, values: Any) -> Any:
-    obj: Any = object.__new__(cls)
+    """An instance of ``cls`` (no ``__init__``) with its field values set from ``values``."""
+    maker = _MAKERS.get(cls)
+    if maker is None:
+        maker = _MAKERS[cls] = _maker(cls)
+    return maker(values)
+
+
+#: Per class: the function :func:`_set` builds its instances with (:func:`_maker`).
+_MAKERS: dict[type, Any] = {}
+
+
+def _slot_setter(cls: type, name: str) -> Any:
+    """The ``__set__`` of the slot ``name`` of ``cls`` (``None``: not a slot)."""
+    for klass in cls.__mro__:
+        descriptor = klass.__dict__.get(name)
+        if descriptor is not None:
+            return descriptor.__set__ if type(descriptor).__name__ == "member_descriptor" else None
+    return None
+
+
+def _maker(cls: type) -> Any:
+    """A function ``values -> instance of cls``, compiled once per class: ``object.__new__``,
+    then one statement per field, a plain assignment or (a frozen class, or one with a
+    ``__setattr__`` of its own) a call of the slot's descriptor, as the generated
+    ``__init__`` of a dataclass is one statement per field. A loop of ``object.__setattr__``
+    by name cost ~2x the instructions per object."""
     names = _names(cls)
+    setters = [_slot_setter(cls, name) for name in names]
+    if not names or None in setters or not all(n.isidentifier() for n in names):
+        return lambda values: _set_by_name(cls, names, values)  # not expected; still right
+    plain = cls.__setattr__ is object.__setattr__  # type: ignore[comparison-overlap]
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    lines = ["def make(values):", "    obj = _new(_cls)"]
+    values = [f"_v{i}" for i in range(len(names))]
+    lines.append(f"    {', '.join(values)} = values" if len(names) > 1 else "    _v0 = values")
+    for i, (name, setter) in enumerate(zip(names, setters, strict=True)):
+        if plain:
+            lines.append(f"    obj.{name} = _v{i}")
+        else:
+            namespace[f"_s{i}"] = setter
+            lines.append(f"    _s{i}(obj, _v{i})")
+    lines.append("    return obj")
+    exec("\n".join(lines), namespace)  # the names are identifiers of the class's fields
+    return namespace["make"]
+
+
+def _set_by_name(cls: type, names: tuple[str, ...], values: Any) -> Any:
+    obj: Any = object.__new__(cls)
     if len(names) == 1:
         object.__setattr__(obj, names[0], values)
     else:
@@ -131,7 +177,18 @@ def restore(name: str, values: Any) -> Any:
     """A dataclass instance of the class named ``"module:QualName"`` from its field values
     (a tuple, or the value of a single field), without ``__init__``, as the default
     unpickling of a dataclass does."""
-    return _set(_class(name), values)
+    maker = _MAKERS_BY_NAME.get(name)
+    if maker is None:
+        cls = _class(name)
+        maker = _MAKERS.get(cls)
+        if maker is None:
+            maker = _MAKERS[cls] = _maker(cls)
+        _MAKERS_BY_NAME[name] = maker
+    return maker(values)
+
+
+#: ``"module:QualName"`` -> the maker of that class, for :func:`restore`.
+_MAKERS_BY_NAME: dict[str, Any] = {}
 
 
 def rebuild(cls: type, values: Any) -> Any:

@@ -326,6 +326,28 @@ def test_flow_commands_single_and_multi_process() -> None:
         tp.flow_commands(2, 1, [1], python="py")
 
 
+def test_recovery_flow_commands_pass_the_store_to_every_process(tmp_path: Path) -> None:
+    cmds = tp.flow_commands(2, 2, [1, 2], python="py", recovery_dir=tmp_path)
+    for cmd in cmds:
+        assert cmd[cmd.index("-r") + 1] == str(tmp_path)
+        assert cmd[cmd.index("-s") + 1] == "10" and cmd[cmd.index("-b") + 1] == "0"
+        assert cmd[cmd.index("-w") + 1] == "2"
+    assert "-r" not in tp.flow_commands(1, 1, [], python="py")[0]
+
+
+def test_init_recovery_makes_one_partition_per_worker(tmp_path: Path) -> None:
+    store = tmp_path / "rec"
+    tp.init_recovery(store, 3)
+    assert sorted(p.name for p in store.iterdir()) == [f"part-{i}.sqlite3" for i in range(3)]
+
+
+def test_recovery_is_off_unless_asked() -> None:
+    parser = argparse.ArgumentParser()
+    tp.add_arguments(parser)
+    assert parser.parse_args([]).recovery is False
+    assert parser.parse_args(["--recovery"]).recovery is True
+
+
 def test_profiled_flow_commands_write_one_profile_per_process(tmp_path: Path) -> None:
     cmds = tp.flow_commands(2, 1, [1, 2], python="py", profile_dir=tmp_path)
     for i, cmd in enumerate(cmds):

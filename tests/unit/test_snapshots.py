@@ -13,8 +13,15 @@ from datetime import timedelta
 import pytest
 
 from attune.operators import snapshots
-from attune.operators.events import ConsentUpdate, Event, EventType
-from attune.operators.identity import IdentityLogic, IdentityState, Link, identity_step
+from attune.operators.events import ConsentUpdate, Event, EventType, Search, flatten
+from attune.operators.identity import (
+    IdentityLogic,
+    IdentityState,
+    Link,
+    _buffered,
+    _kept,
+    identity_step,
+)
 from attune.operators.membership import Membership
 from attune.operators.user_config import ProfileConfig
 from attune.operators.user_logic import UserLogic
@@ -67,6 +74,30 @@ def test_identity_buffers_hand_over_the_same_events() -> None:
 def test_a_snapshot_from_before_bytes_buffers_still_restores() -> None:
     event = Event("e1", EventType.PAGE_VIEW, 1_767_571_200_000, None, anonymous_id="a1")  # type: ignore[arg-type]
     legacy = IdentityState(buffer=[event])  # type: ignore[list-item]
+    logic = IdentityLogic(pickle.dumps(legacy), timedelta(hours=1))
+    _, out = identity_step(logic.state, Link("a1", "u1", 1_767_571_260_000))
+    assert ("u1", event) in out
+
+
+def test_buffered_events_come_back_equal_in_every_kind() -> None:
+    events = [e for evs in _users().values() for e in evs]
+    kinds = {e.event_type for e in events}
+    assert {EventType.PURCHASE, EventType.PRODUCT_VIEW, EventType.CONSENT} <= kinds
+    for event in events:
+        kept = _kept(event)
+        back = _buffered(kept)
+        assert back == event and back.event_type is event.event_type
+        flat = flatten(event)
+        if event.event_type is EventType.PURCHASE:
+            assert flat is None and pickle.loads(kept) == event  # no flat form: pickled
+        else:
+            assert flat is not None and pickle.loads(kept) == flat
+            assert all(type(v) in (str, int, bool, type(None), tuple) for v in flat)
+
+
+def test_a_buffer_of_events_pickled_whole_still_hands_over() -> None:
+    event = Event("e1", EventType.SEARCH, 1_767_571_200_000, Search("boots"), anonymous_id="a1")
+    legacy = IdentityState(buffer=[snapshots.dumps(event)])  # the format before flat forms
     logic = IdentityLogic(pickle.dumps(legacy), timedelta(hours=1))
     _, out = identity_step(logic.state, Link("a1", "u1", 1_767_571_260_000))
     assert ("u1", event) in out
@@ -126,3 +157,41 @@ def test_a_class_no_name_finds_fails_when_pickled_not_when_loaded() -> None:
 
     with pytest.raises((pickle.PicklingError, AttributeError)):
         snapshots.dumps(Local(1))
+
+
+@dataclass(frozen=True, slots=True)
+class _Frozen:
+    a: int
+    b: str = "x"
+
+
+@dataclass(slots=True)
+class _One:
+    only: tuple[int, ...]
+
+
+@dataclass(slots=True)
+class _Guarded:
+    value: int
+    derived: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.derived = self.value * 2
+
+    def __setattr__(self, name: str, value: object) -> None:  # counts sets: must not run
+        if name == "value" and isinstance(value, int) and value < 0:
+            raise ValueError("negative")
+        object.__setattr__(self, name, value)
+
+
+def test_restored_objects_equal_their_originals_without_init_or_setattr() -> None:
+    originals = [_Frozen(1), _Frozen(2, "y"), _One((1, 2)), _Guarded(3)]
+    for obj in originals:
+        back = snapshots.loads(snapshots.dumps(obj))
+        assert back == obj and type(back) is type(obj)
+    guarded = _Guarded(4)
+    object.__setattr__(guarded, "value", -1)  # a value its __setattr__ would refuse
+    back = snapshots.loads(snapshots.dumps(guarded))
+    assert (back.value, back.derived) == (-1, 8)  # set as kept: no __setattr__, no __post_init__
+    with pytest.raises(AttributeError):  # still frozen after a restore
+        snapshots.loads(snapshots.dumps(_Frozen(5))).a = 6
