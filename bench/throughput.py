@@ -1171,7 +1171,7 @@ def init_recovery(folder: Path, partitions: int) -> None:
     from bytewax.recovery import init_db_dir
 
     folder.mkdir(parents=True, exist_ok=True)
-    init_db_dir(folder, partitions)  # type: ignore[no-untyped-call]
+    init_db_dir(folder, partitions)
 
 
 def _vm_hwm_kib(pid: int) -> int:
