@@ -258,6 +258,56 @@ class ClockFeed:
         return False
 
 
+#: An event may be dated at most this long after its Kafka message's timestamp (ms): the
+#: time the producer (a collector, in production) or the broker wrote it. Later is a client
+#: clock running ahead, dead-lettered (:func:`ahead_of_receipt`).
+MAX_AHEAD_OF_RECEIPT_MS = 3_600_000
+#: Messages longer than this (bytes) are dead-lettered unread. Events are ~350 bytes (at
+#: most ~600 in the generated workload); a purchase of the 100 lines a cart holds is ~10 KB.
+MAX_MESSAGE_BYTES = 64 * 1024
+#: A dead letter of an oversized message keeps this much of it: the whole of it would not
+#: fit on the dead-letter topic (the broker's 1 MB ``message.max.bytes``), and its sink
+#: would stop the flow.
+KEPT_OF_OVERSIZED = 1024
+
+
+def oversized(value: bytes) -> str:
+    """The reason a message over :data:`MAX_MESSAGE_BYTES` is dead-lettered.
+
+    >>> oversized(bytes(70_000))
+    'message of 70000 bytes is over the 65536 bytes an event may have (kept: its first 1024)'
+    """
+    return (
+        f"message of {len(value)} bytes is over the {MAX_MESSAGE_BYTES} bytes an event may "
+        f"have (kept: its first {KEPT_OF_OVERSIZED})"
+    )
+
+
+def ahead_of_receipt(event_time: int, timestamp: tuple[int, int]) -> str | None:
+    """Why an event dated after its Kafka message was written is refused, or ``None``.
+
+    ``timestamp`` is confluent-kafka's ``Message.timestamp()``: (type, epoch ms), type 0
+    when the message has none. The message timestamp is the receipt time, as a collector
+    (or, with ``LogAppendTime``, the broker) stamped it; an event claiming a time more than
+    :data:`MAX_AHEAD_OF_RECEIPT_MS` after it comes from a clock running ahead. The
+    decision is read from the log, so a replay makes it again, the same.
+
+    >>> ahead_of_receipt(1_767_571_200_000 + 2 * 86_400_000, (1, 1_767_571_200_000))
+    'ahead: event time 1767744000000 is 172800000 ms after its Kafka message timestamp \
+1767571200000 (at most 3600000 ms): the client clock runs ahead'
+    >>> ahead_of_receipt(1_767_571_200_000, (1, 1_767_571_200_000)) is None
+    True
+    """
+    kind, received = timestamp
+    if not kind or event_time - received <= MAX_AHEAD_OF_RECEIPT_MS:
+        return None
+    return (
+        f"ahead: event time {event_time} is {event_time - received} ms after its Kafka "
+        f"message timestamp {received} (at most {MAX_AHEAD_OF_RECEIPT_MS} ms): "
+        "the client clock runs ahead"
+    )
+
+
 def decode_messages(
     msgs: Iterable[Message],
     codec: Codec,
@@ -296,15 +346,33 @@ def decode_messages(
             )
             continue
         value: bytes = msg.value() or b""
+        if len(value) > MAX_MESSAGE_BYTES:
+            out.append(
+                codec.dead_letter(
+                    value[:KEPT_OF_OVERSIZED],
+                    ErrorClass.INVALID_VALUE,
+                    oversized(value),
+                    Source(topic, partition, at),
+                )
+            )
+            offset = (at or 0) + 1
+            continue
         # No origin is passed: a dead letter (rare) gets it below, so that no Source is
         # built for the messages that decode, nearly all of them.
         decoded = decode(value)
         if isinstance(decoded, Event):
-            reason = admit(decoded)
+            # Before the watermark sees it: an event refused as ahead neither moves the
+            # watermark nor votes for moving it.
+            ahead = ahead_of_receipt(decoded.event_time, msg.timestamp())
+            reason = admit(decoded) if ahead is None else ahead
             if reason is not None:
                 kept = value if codec.privacy is None else codec.encode_event(decoded)
                 decoded = codec.dead_letter(
-                    kept, ErrorClass.LATE, reason, Source(topic, partition, at), decoded.event_id
+                    kept,
+                    ErrorClass.LATE if ahead is None else ErrorClass.INVALID_VALUE,
+                    reason,
+                    Source(topic, partition, at),
+                    decoded.event_id,
                 )
         else:
             decoded = replace(
