@@ -26,6 +26,16 @@ watermark's time. A genuine jump (a quiet night, a replay that skips a day) is
 followed within a few users; one phone whose clock runs days ahead, however
 many events it sends, is not.
 
+A Kafka message also says when it was received: its timestamp (the producer's, a
+collector's in production, or the broker's with ``LogAppendTime``), stored in the log, so
+a replay reads the same. An event dated more than :data:`MAX_AHEAD_OF_RECEIPT_MS` (1 h)
+after it is dead-lettered (``INVALID_VALUE``, reason ``ahead: ...``) before the watermark
+sees it; one dated up to that far after it is applied with its own time, but the
+watermark counts it as of its receipt plus :data:`RECEIPT_TOLERANCE_MS`, so a clock a few
+minutes ahead, even creeping further with every event, cannot drag the watermark either.
+A message over :data:`MAX_MESSAGE_BYTES` is dead-lettered unread (docs/reliability.md,
+"Hostile input", has the whole policy).
+
 Kafka's own errors (other than end-of-partition) become ``SOURCE_ERROR`` dead
 letters; none is dropped.
 
@@ -123,9 +133,12 @@ class Watermark:
     max_time: int = 0
     recent: dict[str, int] = field(default_factory=dict)
 
-    def admit(self, event: Event) -> str | None:
-        """``None`` if the event is in time (advancing the watermark), else why it is late."""
-        t = event.event_time
+    def admit(self, event: Event, at: int | None = None) -> str | None:
+        """``None`` if the event is in time (advancing the watermark), else why it is late.
+
+        ``at``: the time to judge it by, if not its own: an event dated ahead of its
+        receipt counts as of its receipt (:func:`decode_messages`)."""
+        t = event.event_time if at is None else at
         recent = self.recent
         key = event.user_id or event.anonymous_id or ""
         latest = recent.pop(key, t)  # re-inserted last: the most recently seen key
@@ -262,6 +275,10 @@ class ClockFeed:
 #: time the producer (a collector, in production) or the broker wrote it. Later is a client
 #: clock running ahead, dead-lettered (:func:`ahead_of_receipt`).
 MAX_AHEAD_OF_RECEIPT_MS = 3_600_000
+#: An event dated more than this (ms) after its Kafka message timestamp, but not more than
+#: :data:`MAX_AHEAD_OF_RECEIPT_MS`, is applied with its own time, but the watermark counts
+#: it as of its receipt plus this: a client clock minutes ahead cannot drag it forward.
+RECEIPT_TOLERANCE_MS = 60_000
 #: Messages longer than this (bytes) are dead-lettered unread. Events are ~350 bytes (at
 #: most ~600 in the generated workload); a purchase of the 100 lines a cart holds is ~10 KB.
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -363,8 +380,13 @@ def decode_messages(
         if isinstance(decoded, Event):
             # Before the watermark sees it: an event refused as ahead neither moves the
             # watermark nor votes for moving it.
-            ahead = ahead_of_receipt(decoded.event_time, msg.timestamp())
-            reason = admit(decoded) if ahead is None else ahead
+            stamp = msg.timestamp()
+            ahead = None
+            if stamp[0] and decoded.event_time - stamp[1] > RECEIPT_TOLERANCE_MS:
+                ahead = ahead_of_receipt(decoded.event_time, stamp)
+                reason = admit(decoded, stamp[1] + RECEIPT_TOLERANCE_MS) if ahead is None else ahead
+            else:
+                reason = admit(decoded)
             if reason is not None:
                 kept = value if codec.privacy is None else codec.encode_event(decoded)
                 decoded = codec.dead_letter(

@@ -13,6 +13,7 @@ from attune.operators.sources import (
     KEPT_OF_OVERSIZED,
     MAX_AHEAD_OF_RECEIPT_MS,
     MAX_MESSAGE_BYTES,
+    RECEIPT_TOLERANCE_MS,
     RECENT_KEYS,
     Watermark,
     decode_messages,
@@ -62,9 +63,8 @@ def test_within_an_hour_of_receipt_or_without_a_timestamp_the_event_is_taken() -
     codec, wm = _codec(), Watermark(LATENESS)
     msgs = [_msg(i, codec.encode_event(_event(i, T0, f"a{i}")), T0) for i in range(4)]
     msgs += [
-        # 40 minutes ahead of its receipt (a phone's clock): applied to its user, with its
-        # own time; beyond the lateness, it does not move the watermark: three users ahead,
-        # by different amounts, do not outvote the four at its time
+        # 40 and 60 minutes ahead of their receipt (phones' clocks): applied to their
+        # users, with their own times; the watermark counts them as of their receipt
         _msg(4, codec.encode_event(_event(4, T0 + 40 * MINUTE_MS, "b")), T0),
         _msg(5, codec.encode_event(_event(5, T0 + MAX_AHEAD_OF_RECEIPT_MS, "c")), T0),
         # no timestamp (a file, or a broker message without one): nothing to compare with
@@ -72,7 +72,34 @@ def test_within_an_hour_of_receipt_or_without_a_timestamp_the_event_is_taken() -
     ]
     out = _run(codec, wm, msgs)
     assert [type(e) for e in out] == [Event] * 7
-    assert wm.max_time == T0
+    assert [e.event_time for e in out if isinstance(e, Event)][4:6] == [
+        T0 + 40 * MINUTE_MS,
+        T0 + MAX_AHEAD_OF_RECEIPT_MS,
+    ]
+    # and the one without a timestamp, alone ahead, is outvoted by the users at T0
+    assert wm.max_time == T0 + RECEIPT_TOLERANCE_MS
+
+
+def test_a_clock_creeping_ahead_within_the_lateness_does_not_drag_the_watermark() -> None:
+    """Each event 9 minutes after the previous one (within the allowed lateness of it):
+    without its receipt time, every one would move the watermark, and an hour later the
+    other users' events, two minutes late, would all be late."""
+    codec, wm = _codec(), Watermark(LATENESS)
+    msgs = [_msg(i, codec.encode_event(_event(i, T0 + i, f"u{i}")), T0 + i) for i in range(5)]
+    creep = [
+        _msg(10 + k, codec.encode_event(_event(10 + k, T0 + k * 9 * MINUTE_MS, "creep")), T0)
+        for k in range(1, 7)
+    ]
+    assert [type(e) for e in _run(codec, wm, msgs + creep)] == [Event] * 11
+    assert wm.max_time == T0 + RECEIPT_TOLERANCE_MS
+    two_minutes_late = _event(99, T0 - 2 * MINUTE_MS, "u1")
+    out = _run(codec, wm, [_msg(99, codec.encode_event(two_minutes_late), T0)])
+    assert out == [two_minutes_late]
+    # the same events without timestamps (a file) show what the receipt time prevents
+    blind = Watermark(LATENESS)
+    for k in range(1, 7):
+        blind.admit(_event(10 + k, T0 + k * 9 * MINUTE_MS, "creep"))
+    assert blind.max_time == T0 + 54 * MINUTE_MS
 
 
 def test_an_oversized_message_is_dead_lettered_unread_with_a_prefix_of_it() -> None:

@@ -17,7 +17,9 @@ must become of it:
 
 - ``dead``: one dead letter with ``error_class`` (and a reason with ``reason``), at the
   message's own topic, partition and offset;
-- ``applied``: a valid event of a user of its own, applied to that user only;
+- ``applied``: a valid event of a user of its own, applied to that user only (events
+  dated up to an hour after their receipt among them: their own user takes them, with
+  their own times, and no partition's watermark moves past the receipt for them);
 - ``deduped``: a repeat of an event id already applied, dropped by the per-user dedupe.
 
 ``python tests/data/hostile/make_corpus.py OUT_DIR`` writes ``events.b64``,
@@ -249,6 +251,14 @@ class _Writer:
         else:
             self.event(f"ahead by {label}", ev, "applied")
 
+    def creep(self, _: object) -> None:
+        """One clock creeping ahead: an event at its receipt time (it sets its partition's
+        watermark there), then six, each 9 minutes after the one before (within the allowed
+        lateness of it), the last 54 minutes ahead of its receipt."""
+        for k in range(7):
+            ev = self.page_view("clock-creep", self.received + k * 9 * MINUTE)
+            self.event("clock creeping ahead", ev, "applied")
+
     def user_flood(self, _: object) -> None:
         for j in range(FLOOD_EVENTS):
             ev = self.page_view("flood-user", self.received + j)
@@ -289,7 +299,7 @@ def build(config: GeneratorConfig = CONFIG, seed: int = 1501) -> Corpus:
     plan += [(f, None) for f in (w.item_record, w.foreign_record, w.unknown_schema_id,
                                  w.oversized, w.null_value, w.empty_value, w.negative_add,
                                  w.negative_total, w.enum_out_of_range, w.enum_unknown,
-                                 w.user_flood)]  # fmt: skip
+                                 w.user_flood, w.creep)]  # fmt: skip
     plan += [(w.no_user, None), (w.no_user, "")]
     plan += [(w.dated, ("epoch 0", 0)), (w.dated, ("after 2100", 0))]
     for label, lead in (("5 minutes", 5 * MINUTE), ("40 minutes", 40 * MINUTE),
