@@ -231,13 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="attune-abuse-") as tmp_dir:
         tmp = Path(tmp_dir)
         plan = [
-            ("users-base", many_users, args.base_users, 2 * args.base_users),
-            ("users", many_users, args.users, 2 * args.users),
-            ("flood-base", one_user, args.base_flood, args.base_flood),
-            ("flood", one_user, args.flood, args.flood),
+            ("users-base", many_users, args.base_users, 2 * args.base_users, args.users),
+            ("users", many_users, args.users, 2 * args.users, args.users),
+            ("flood-base", one_user, args.base_flood, args.base_flood, args.flood),
+            ("flood", one_user, args.flood, args.flood, args.flood),
         ]
-        for label, make, n, count in plan:
-            if n == 0:  # --users 0 or --flood 0: that part is not run
+        for label, make, n, count, part in plan:
+            if part == 0:  # --users 0 or --flood 0: that part is not run
                 continue
             print(f"running {label}: {count:,} events ...", file=sys.stderr, flush=True)
             runs.append(run_flow(label, make(n, ids), count, tmp))
