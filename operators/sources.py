@@ -26,6 +26,16 @@ watermark's time. A genuine jump (a quiet night, a replay that skips a day) is
 followed within a few users; one phone whose clock runs days ahead, however
 many events it sends, is not.
 
+A Kafka message also says when it was received: its timestamp (the producer's, a
+collector's in production, or the broker's with ``LogAppendTime``), stored in the log, so
+a replay reads the same. An event dated more than :data:`MAX_AHEAD_OF_RECEIPT_MS` (1 h)
+after it is dead-lettered (``INVALID_VALUE``, reason ``ahead: ...``) before the watermark
+sees it; one dated up to that far after it is applied with its own time, but the
+watermark counts it as of its receipt plus :data:`RECEIPT_TOLERANCE_MS`, so a clock a few
+minutes ahead, even creeping further with every event, cannot drag the watermark either.
+A message over :data:`MAX_MESSAGE_BYTES` is dead-lettered unread (docs/reliability.md,
+"Hostile input", has the whole policy).
+
 Kafka's own errors (other than end-of-partition) become ``SOURCE_ERROR`` dead
 letters; none is dropped.
 
@@ -123,9 +133,12 @@ class Watermark:
     max_time: int = 0
     recent: dict[str, int] = field(default_factory=dict)
 
-    def admit(self, event: Event) -> str | None:
-        """``None`` if the event is in time (advancing the watermark), else why it is late."""
-        t = event.event_time
+    def admit(self, event: Event, at: int | None = None) -> str | None:
+        """``None`` if the event is in time (advancing the watermark), else why it is late.
+
+        ``at``: the time to judge it by, if not its own: an event dated ahead of its
+        receipt counts as of its receipt (:func:`decode_messages`)."""
+        t = event.event_time if at is None else at
         recent = self.recent
         key = event.user_id or event.anonymous_id or ""
         latest = recent.pop(key, t)  # re-inserted last: the most recently seen key
@@ -258,6 +271,60 @@ class ClockFeed:
         return False
 
 
+#: An event may be dated at most this long after its Kafka message's timestamp (ms): the
+#: time the producer (a collector, in production) or the broker wrote it. Later is a client
+#: clock running ahead, dead-lettered (:func:`ahead_of_receipt`).
+MAX_AHEAD_OF_RECEIPT_MS = 3_600_000
+#: An event dated more than this (ms) after its Kafka message timestamp, but not more than
+#: :data:`MAX_AHEAD_OF_RECEIPT_MS`, is applied with its own time, but the watermark counts
+#: it as of its receipt plus this: a client clock minutes ahead cannot drag it forward.
+RECEIPT_TOLERANCE_MS = 60_000
+#: Messages longer than this (bytes) are dead-lettered unread. Events are ~350 bytes (at
+#: most ~600 in the generated workload); a purchase of the 100 lines a cart holds is ~10 KB.
+MAX_MESSAGE_BYTES = 64 * 1024
+#: A dead letter of an oversized message keeps this much of it: the whole of it would not
+#: fit on the dead-letter topic (the broker's 1 MB ``message.max.bytes``), and its sink
+#: would stop the flow.
+KEPT_OF_OVERSIZED = 1024
+
+
+def oversized(value: bytes) -> str:
+    """The reason a message over :data:`MAX_MESSAGE_BYTES` is dead-lettered.
+
+    >>> oversized(bytes(70_000))
+    'message of 70000 bytes is over the 65536 bytes an event may have (kept: its first 1024)'
+    """
+    return (
+        f"message of {len(value)} bytes is over the {MAX_MESSAGE_BYTES} bytes an event may "
+        f"have (kept: its first {KEPT_OF_OVERSIZED})"
+    )
+
+
+def ahead_of_receipt(event_time: int, timestamp: tuple[int, int]) -> str | None:
+    """Why an event dated after its Kafka message was written is refused, or ``None``.
+
+    ``timestamp`` is confluent-kafka's ``Message.timestamp()``: (type, epoch ms), type 0
+    when the message has none. The message timestamp is the receipt time, as a collector
+    (or, with ``LogAppendTime``, the broker) stamped it; an event claiming a time more than
+    :data:`MAX_AHEAD_OF_RECEIPT_MS` after it comes from a clock running ahead. The
+    decision is read from the log, so a replay makes it again, the same.
+
+    >>> ahead_of_receipt(1_767_571_200_000 + 2 * 86_400_000, (1, 1_767_571_200_000))
+    'ahead: event time 1767744000000 is 172800000 ms after its Kafka message timestamp \
+1767571200000 (at most 3600000 ms): the client clock runs ahead'
+    >>> ahead_of_receipt(1_767_571_200_000, (1, 1_767_571_200_000)) is None
+    True
+    """
+    kind, received = timestamp
+    if not kind or event_time - received <= MAX_AHEAD_OF_RECEIPT_MS:
+        return None
+    return (
+        f"ahead: event time {event_time} is {event_time - received} ms after its Kafka "
+        f"message timestamp {received} (at most {MAX_AHEAD_OF_RECEIPT_MS} ms): "
+        "the client clock runs ahead"
+    )
+
+
 def decode_messages(
     msgs: Iterable[Message],
     codec: Codec,
@@ -296,15 +363,38 @@ def decode_messages(
             )
             continue
         value: bytes = msg.value() or b""
+        if len(value) > MAX_MESSAGE_BYTES:
+            out.append(
+                codec.dead_letter(
+                    value[:KEPT_OF_OVERSIZED],
+                    ErrorClass.INVALID_VALUE,
+                    oversized(value),
+                    Source(topic, partition, at),
+                )
+            )
+            offset = (at or 0) + 1
+            continue
         # No origin is passed: a dead letter (rare) gets it below, so that no Source is
         # built for the messages that decode, nearly all of them.
         decoded = decode(value)
         if isinstance(decoded, Event):
-            reason = admit(decoded)
+            # Before the watermark sees it: an event refused as ahead neither moves the
+            # watermark nor votes for moving it.
+            stamp = msg.timestamp()
+            ahead = None
+            if stamp[0] and decoded.event_time - stamp[1] > RECEIPT_TOLERANCE_MS:
+                ahead = ahead_of_receipt(decoded.event_time, stamp)
+                reason = admit(decoded, stamp[1] + RECEIPT_TOLERANCE_MS) if ahead is None else ahead
+            else:
+                reason = admit(decoded)
             if reason is not None:
                 kept = value if codec.privacy is None else codec.encode_event(decoded)
                 decoded = codec.dead_letter(
-                    kept, ErrorClass.LATE, reason, Source(topic, partition, at), decoded.event_id
+                    kept,
+                    ErrorClass.LATE if ahead is None else ErrorClass.INVALID_VALUE,
+                    reason,
+                    Source(topic, partition, at),
+                    decoded.event_id,
                 )
         else:
             decoded = replace(

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian/Ubuntu machine for Attune: the system packages the real
-# local servers need (Java 17 and Maven for Kafka, Debian's redis-server, openssl and
-# redis-cli for their secure mode), then
+# local servers need (Java 17 and Maven for Kafka, a JDK's javac for the hostile-input
+# test's reader class, Debian's redis-server, openssl and redis-cli for their secure
+# mode), then
 # the attune package with its test extras, editable. Installs only what is
 # missing; safe to run again. The Kafka jars are fetched by deploy/local/kafka.sh
 # the first time a broker starts (once, cached in ~/.cache/attune).
@@ -9,7 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 need=()
-command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+# The JDK (it includes the JRE): tests/integration/test_hostile.py compiles a line reader
+# for Kafka's own console producer with javac.
+command -v javac >/dev/null 2>&1 || need+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # The secure servers (deploy/local/secure.sh, tests/integration/test_security.py): openssl
