@@ -34,13 +34,12 @@ import redis
 from bytewax.testing import run_main
 from confluent_kafka import Consumer, TopicPartition
 
-from attune.clients.recommendations import parse_profile
+from attune.bench.chaos import read_profiles
 from attune.flows import topics
 from attune.flows.personalize import build_flow
 from attune.flows.settings import Settings
 from attune.operators.codec import Codec
 from attune.operators.events import DeadLetter, ErrorClass, Event
-from attune.operators.redis_keys import RedisKeys
 from attune.operators.sources import KEPT_OF_OVERSIZED, MAX_MESSAGE_BYTES
 from attune.workload.truth import GroundTruth
 from tests.integration.reading import consume_all, fresh_topics
@@ -240,11 +239,11 @@ def test_hostile_corpus_is_dead_lettered_and_the_rest_equals_the_truth(
     assert wrong == []
 
     # applied: the generator's users exactly as the ground truth, nothing missing
-    keys = RedisKeys(settings.redis_prefix)
+    stored = read_profiles(redis_client, settings.redis_prefix)  # the users' hashes
 
     def profile_of(user: str) -> dict[str, str]:
-        raw: bytes | None = redis_client.get(keys.profile(user))  # type: ignore[assignment]
-        return {} if raw is None else {k: v or "" for k, v in parse_profile(raw).items()}
+        profile = stored.get(user)
+        return {} if profile is None else {k: v or "" for k, v in profile.items()}
 
     assert profile_mismatches(profile_of, sent.truth) == {}
     # the valid hostile events are applied to their own users, each once; the duplicate
@@ -258,9 +257,7 @@ def test_hostile_corpus_is_dead_lettered_and_the_rest_equals_the_truth(
 
     exact = sent.truth.exact_users()
     applied_truth = sum(int(profile_of(u)["events"]) for u in exact)
-    profiles = list(redis_client.scan_iter(match=keys.profile("*"), count=1000))
-    raw_profiles: list[bytes] = redis_client.mget(profiles)  # type: ignore[assignment]
-    applied_all = sum(int(parse_profile(raw)["events"] or 0) for raw in raw_profiles)
+    applied_all = sum(int(profile["events"] or 0) for profile in stored.values())
     deduped = sum(1 for h in sent.hostile if h["expect"] == "deduped")
     print(
         f"\nhostile corpus: sent {sent.lines} messages ({len(sent.hostile)} hostile: "
