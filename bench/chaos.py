@@ -75,7 +75,7 @@ from attune.flows.settings import Settings, env_name
 from attune.operators.codec import Codec
 from attune.operators.events import Trigger
 from attune.operators.redis_keys import PROFILE_FIELD, RedisKeys, joined
-from attune.workload.truth import GroundTruth
+from attune.workload.truth import COUNTERS, GroundTruth
 
 log = logging.getLogger(__name__)
 
@@ -88,19 +88,6 @@ FLOW_IMPORT = "attune.flows.personalize:flow"
 #: anonymous history may move; propensity triggers depend on the shared model).
 CHECKED_KINDS = ("cart_abandoned", "long_dwell", "repeat_visit")
 
-#: Profile fields that must equal the truth's per-user figures exactly.
-COUNTERS = (
-    "events",
-    "page_views",
-    "product_views",
-    "searches",
-    "add_to_carts",
-    "purchases",
-    "revenue_minor",
-    "sessions",
-    "first_seen_ms",
-    "last_seen_ms",
-)
 
 #: Every fault :func:`run_schedule` knows, in the order it runs them.
 FAULTS = (
@@ -156,8 +143,9 @@ def count_events(applied: Mapping[str, int | None], expected: Mapping[str, int])
 def profile_differences(
     profiles: Mapping[str, Mapping[str, str | None] | None], truth: GroundTruth
 ) -> dict[str, object]:
-    """Every exact user whose profile is missing or whose :data:`COUNTERS` differ from
-    the truth, with the differing fields as ``(profile, truth)``."""
+    """Every exact user whose profile is missing or whose counters
+    (:data:`~attune.workload.truth.COUNTERS`) differ from the truth, with the differing
+    fields as ``(profile, truth)``."""
     out: dict[str, object] = {}
     for user in truth.exact_users():
         profile = profiles.get(user)

@@ -6,21 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from attune.operators.events import Trigger
-from attune.workload.truth import CartOutcome, GroundTruth
-
-#: Profile fields that must equal the truth's per-user figures exactly.
-COUNTERS = (
-    "events",
-    "page_views",
-    "product_views",
-    "searches",
-    "add_to_carts",
-    "purchases",
-    "revenue_minor",
-    "sessions",
-    "first_seen_ms",
-    "last_seen_ms",
-)
+from attune.workload.truth import COUNTERS, CartOutcome, GroundTruth
 
 
 def profile_mismatches(

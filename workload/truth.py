@@ -63,6 +63,21 @@ SESSION_GAP_MS = 30 * MINUTE_MS
 #: The truth's cart rule: a cart with items and no cart activity or purchase for this long.
 ABANDON_AFTER_MS = 30 * MINUTE_MS
 
+#: Profile fields that must equal the truth's per-user figures exactly (the checks of
+#: tests/truth.py and ``attune chaos`` compare these).
+COUNTERS = (
+    "events",
+    "page_views",
+    "product_views",
+    "searches",
+    "add_to_carts",
+    "purchases",
+    "revenue_minor",
+    "sessions",
+    "first_seen_ms",
+    "last_seen_ms",
+)
+
 #: Payloads that only count: nothing else in the truth depends on them.
 _PASSIVE = frozenset({PageView, ProductView, Search, Dwell})
 
