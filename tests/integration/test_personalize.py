@@ -25,6 +25,7 @@ import redis
 from bytewax.testing import run_main
 from confluent_kafka import Producer
 
+from attune.bench.chaos import read_profiles
 from attune.clients.recommendations import parse_profile
 from attune.flows import topics
 from attune.flows.generate import produce
@@ -323,13 +324,8 @@ def test_one_worker_two_workers_and_two_processes_agree(
 
 def events_counted(client: redis.Redis, settings: Settings) -> int:
     """The events the profiles in Redis have counted so far (the flow's progress)."""
-    # the users' hashes (the pattern ends with the tag: no alias key matches)
-    keys = list(client.scan_iter(match=RedisKeys(settings.redis_prefix).user("*"), count=1000))
-    pipe = client.pipeline(transaction=False)
-    for key in keys:
-        pipe.hgetall(key)
-    profiles = (joined(fields, PROFILE_FIELD) for fields in pipe.execute())
-    return sum(int(parse_profile(raw)["events"] or 0) for raw in profiles if raw)
+    profiles = read_profiles(client, settings.redis_prefix)  # the users' hashes
+    return sum(int(profile["events"] or 0) for profile in profiles.values())
 
 
 #: Where the killed runs stop: these shares of the events an uninterrupted run counts.
