@@ -20,7 +20,15 @@ anonymous visitor's history waits until it has an owner:
   :class:`HandedOver` marker: the user's trigger judgements wait from the
   IDENTIFY until it arrives, so they see the whole history whichever batch it
   lands in.
-- Afterwards, anonymous-only events go straight to the user.
+- Afterwards, anonymous-only events go straight to the user. The copies stay for
+  :data:`HANDOVER_KEEP` of the process's wall time: the same link arriving again (its
+  IDENTIFY replayed after a restart from the recovery store, or repeated in the stream)
+  sends a :class:`Forget` marked ``again`` and the history as one :class:`HandOverAgain`,
+  which the user's step takes only if the history has not reached it. A restart can
+  load this step's state linked while the user's state and the anonymous key's come
+  from before the link (Bytewax writes each step's snapshots of an epoch separately and
+  keeps those of a killed execution past its resume epoch); without the copies that
+  history would stay under the anonymous key.
 
 An anonymous id later linked to a different user (a shared device) routes to
 the newest user without handing history over again.
@@ -88,6 +96,13 @@ _STATED_ONLY = ConsentPolicy.parse("opt-out")
 MAX_CONSENT_EVENTS = 8
 #: Anonymous ids remembered per user, so that erasure and withdrawal delete their aliases.
 MAX_ALIASES = 16
+#: After the hand-over (or after a restart loaded a linked state that still has them) the
+#: copies stay this long (wall clock of the running process), so that a restart that
+#: replays the IDENTIFY can send them again (:class:`HandOverAgain`). Dropping them is
+#: safe once the epoch of the link is committed, a few epochs (seconds) after it while
+#: the flow runs; this is far longer, and counts only time the process ran.
+HANDOVER_KEEP = timedelta(minutes=10)
+_KEEP_MS = int(HANDOVER_KEEP.total_seconds() * 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +116,15 @@ class Link:
 
 @dataclass(frozen=True, slots=True)
 class Forget:
-    """The anonymous id's state merged into ``user_id``: drop it and leave an alias."""
+    """The anonymous id's state merged into ``user_id``: drop it and leave an alias.
+
+    ``again``: sent for a link that arrived again (:class:`HandOverAgain`); it forgets a
+    state that is there and does nothing where there is none (the first one took it)."""
 
     anonymous_id: str
     user_id: str
     event_time: int
+    again: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +138,23 @@ class HandedOver:
     events: int
 
 
-UserInput = Event | Forget | HandedOver
+@dataclass(frozen=True, slots=True)
+class HandOverAgain:
+    """The history of ``anonymous_id`` sent again to ``user_id`` when its link arrives
+    again: the same IDENTIFY replayed after a restart from the recovery store, or repeated
+    in the stream. The user's step takes it only if that history has not reached it
+    (``anonymous_id`` not among its hand-overs), else drops it whole, so a duplicate
+    IDENTIFY counts nothing twice however old the history is (per-event dedupe forgets
+    ids after its window). ``history`` is the identity state's consent events and kept
+    copies (:func:`buffered` reads one back)."""
+
+    anonymous_id: str
+    user_id: str
+    event_time: int
+    history: tuple[Event | bytes, ...]
+
+
+UserInput = Event | Forget | HandedOver | HandOverAgain
 
 #: Enum members read once: looked up on the enum class they cost ~900 instructions each
 #: time (callgrind, Python 3.11), and link_of runs on every event of the per-user step.
@@ -226,14 +261,17 @@ def identity_step(
                 (item.anonymous_id, Forget(item.anonymous_id, item.user_id, item.event_time))
             ]
             out.extend((item.user_id, e) for e in st.consents)
-            out.extend((item.user_id, _buffered(e)) for e in st.buffer)
+            out.extend((item.user_id, buffered(e)) for e in st.buffer)
             out.append(_handed_over(item, len(st.consents) + len(st.buffer)))
-            st.buffer = []
-            st.consents = []
+            # The copies stay (IdentityLogic drops them HANDOVER_KEEP later): a restart
+            # may load this state with user states that never received them.
             st.consent = ConsentState()
             st.user_id = item.user_id
             return st, out
-        st.user_id = item.user_id
+        if st.user_id == item.user_id:  # the same link again: a replay or a repeat
+            return st, _hand_over_again(st, item)
+        st.user_id = item.user_id  # a shared device: the newest user, no history
+        st.buffer, st.consents = [], []
         return st, [_handed_over(item, 0)]
     if st.user_id is not None:
         return st, [(st.user_id, item)]
@@ -268,7 +306,26 @@ def _kept(event: Event) -> bytes:
     return snapshots.dumps(event) if flat is None else pickle.dumps(flat, pickle.HIGHEST_PROTOCOL)
 
 
-def _buffered(kept: bytes | Event) -> Event:
+def _hand_over_again(st: IdentityState, link: Link) -> list[Routed]:
+    """What a link to the user this id is linked to sends: a :class:`Forget` marked
+    ``again`` (the anonymous key's state may have come back with a restart) and the kept
+    history as a :class:`HandOverAgain`, or a :class:`HandedOver` if none is kept.
+
+    Why. Bytewax 0.21 writes each step's snapshots of an epoch separately and deletes none
+    at or after the epoch a restart resumes from (``src/recovery.rs``), so a restart can
+    load this state, linked, with the user's state and the anonymous key's from before
+    the link, and replay the IDENTIFY: without this, the history stays under the
+    anonymous key (docs/reliability.md, "Chaos")."""
+    anon, user, t = link.anonymous_id, link.user_id, link.event_time
+    out: list[Routed] = [(anon, Forget(anon, user, t, again=True))]
+    if st.buffer or st.consents:
+        out.append((user, HandOverAgain(anon, user, t, (*st.consents, *st.buffer))))
+    else:
+        out.append(_handed_over(link, 0))
+    return out
+
+
+def buffered(kept: bytes | Event) -> Event:
     """A buffered event back: from its flat form or the event pickled (:func:`_kept`), or
     as it is (a snapshot from before buffers held bytes holds events)."""
     if isinstance(kept, Event):
@@ -296,6 +353,19 @@ class IdentityLogic(StatefulBatchLogic[Event | Link, Routed, bytes]):
         self.ttl_ms = int(ttl.total_seconds() * 1000)
         self.policy = policy
         self.clock: Clock = clock or SystemClock()
+        # Wall time after which a linked state's kept copies go (HANDOVER_KEEP), counted
+        # from the hand-over or from the load: not in the state, so that a process that
+        # was down for longer does not drop them before it has replayed the IDENTIFY.
+        self.keep_until_ms: int | None = None
+        self._keep_copies()
+
+    def _keep_copies(self) -> None:
+        """Start the keep time of a linked state's copies, if it holds any."""
+        st = self.state
+        if self.keep_until_ms is not None or st is None or st.user_id is None:
+            return  # counting already, or not linked
+        if st.buffer or st.consents:
+            self.keep_until_ms = self.clock.now_ms() + _KEEP_MS
 
     def on_batch(self, values: list[Event | Link]) -> tuple[Iterable[Routed], bool]:
         out: list[Routed] = []
@@ -304,6 +374,7 @@ class IdentityLogic(StatefulBatchLogic[Event | Link, Routed, bytes]):
             out.extend(routed)
         assert self.state is not None
         self.state.active_ms = self.clock.now_ms()
+        self._keep_copies()
         return out, StatefulBatchLogic.RETAIN
 
     def expired(self) -> bool:
@@ -311,11 +382,19 @@ class IdentityLogic(StatefulBatchLogic[Event | Link, Routed, bytes]):
         return st is None or self.clock.now_ms() >= st.active_ms + self.ttl_ms
 
     def on_notify(self) -> tuple[Iterable[Routed], bool]:
+        st = self.state
+        if self.keep_until_ms is not None and self.clock.now_ms() >= self.keep_until_ms:
+            self.keep_until_ms = None
+            if st is not None and st.user_id is not None:
+                st.buffer, st.consents = [], []  # the link is long committed
         return [], self.expired()
 
     def notify_at(self) -> datetime | None:
         active = self.state.active_ms if self.state is not None else self.clock.now_ms()
-        return datetime.fromtimestamp((active + self.ttl_ms) / 1000, UTC)
+        wake = active + self.ttl_ms
+        if self.keep_until_ms is not None:
+            wake = min(wake, self.keep_until_ms)
+        return datetime.fromtimestamp(wake / 1000, UTC)
 
     def snapshot(self) -> bytes:
         return snapshots.dumps(self.state or IdentityState())

@@ -18,7 +18,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from attune.operators import snapshots
 from attune.operators.consent import EVENTS_WITHHELD
-from attune.operators.identity import UserInput
+from attune.operators.identity import Forget, UserInput
 from attune.operators.membership import evict
 from attune.operators.trigger_decisions import due, pending
 from attune.operators.user_config import ProfileConfig
@@ -116,7 +116,15 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         self._state, self._frozen = value, None
 
     def on_batch(self, values: list[Keyed]) -> tuple[Iterable[Output], bool]:
-        st = self.state or UserState(user_id=values[0][0])
+        st = self.state
+        if st is None:
+            # A Forget sent again (a link that arrived again) for a key with no state: the
+            # first one forgot it, or it never had one. Nothing to do, nothing to write.
+            while values and isinstance(values[0][1], Forget) and values[0][1].again:
+                values = values[1:]
+            if not values:
+                return [], StatefulBatchLogic.DISCARD
+            st = UserState(user_id=values[0][0])
         kept, out = fold_batch(st, [item for _, item in values], self.cfg)
         self.state = kept
         if kept is None:  # merged into its user

@@ -46,7 +46,15 @@ from attune.operators import cart, membership, scoring, sessions, trigger_decisi
 from attune.operators.dedupe import admit
 from attune.operators.erasure import erase, forget_merged, privacy_gate, tombstone
 from attune.operators.events import ErasureRequest, EventType
-from attune.operators.identity import Forget, HandedOver, UserInput, alias_writes, note_alias
+from attune.operators.identity import (
+    Forget,
+    HandedOver,
+    HandOverAgain,
+    UserInput,
+    alias_writes,
+    buffered,
+    note_alias,
+)
 from attune.operators.profiles import FeatureView, changed, marks, profile_write
 from attune.operators.triggers import handover_done
 from attune.operators.user_config import ProfileConfig
@@ -61,6 +69,8 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
         return []
     if isinstance(item, Forget):  # identity: this anonymous key merged into its user
         return forget_merged(st, item, cfg)
+    if isinstance(item, HandOverAgain):  # identity: a login's history, sent again
+        return hand_over_again(st, item, cfg)
     event, t = item, item.event_time
     if not admit(st, event, cfg.dedupe_window_ms):  # dedupe and order
         return []
@@ -101,6 +111,20 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
     if changes:
         out += changes
     out += trigger_decisions.on_event(st, event, changes, cfg)  # triggers
+    return out
+
+
+def hand_over_again(st: UserState, item: HandOverAgain, cfg: ProfileConfig) -> list[Output]:
+    """A login's history sent again (its IDENTIFY replayed after a restart, or repeated):
+    folded in, then the hand-over marked done, unless this history has reached the user
+    already (then nothing: per-event dedupe alone would count history older than its
+    window again)."""
+    if item.anonymous_id in st.trig.handed:
+        return []
+    out: list[Output] = []
+    for kept in item.history:
+        out.extend(apply(st, buffered(kept), cfg))
+    handover_done(st.trig, item.anonymous_id, item.event_time)
     return out
 
 
