@@ -482,6 +482,31 @@ def resume_epochs(recovery: Path) -> tuple[list[int], int]:
     return [resumed[ex] for ex in sorted(resumed) if ex > 0], last
 
 
+def snapshots_past_resume(recovery: Path) -> dict[str, int]:
+    """Per step, the snapshots in a Bytewax 0.21 recovery store at or after the epoch a
+    restart would resume from: written by an execution killed before it committed them
+    (each step's snapshots of an epoch are written as that step closes it, the frontier
+    after all of them). Bytewax keeps them (``src/recovery.rs`` deletes none), and the
+    restart's own epochs overwrite only the keys they touch, so a later restart can load
+    them next to other steps' states from another timeline.
+    """
+    from attune.flows.rebuild import resume_epoch
+
+    parts = sorted(recovery.glob("part-*.sqlite3"))
+    epoch = resume_epoch(recovery) if parts else None
+    found: Counter[str] = Counter()
+    if epoch is None:
+        return {}
+    for part in parts:
+        with contextlib.closing(sqlite3.connect(f"file:{part}?mode=ro", uri=True)) as db:
+            for step, count in db.execute(
+                "SELECT step_id, COUNT(*) FROM snaps WHERE snap_epoch >= ? GROUP BY step_id",
+                (epoch,),
+            ):
+                found[str(step).rpartition(".")[2]] += int(count)
+    return dict(sorted(found.items()))
+
+
 # --- servers and flow processes -----------------------------------------------------------
 
 
@@ -612,8 +637,15 @@ class Flow:
     _mark: tuple[int, float] | None = None
     _logs: list[IO[bytes]] = field(default_factory=list)
     _runs: int = 0
+    #: Per restart from the store: how many snapshots past its resume epoch it found.
+    left_behind: list[int] = field(default_factory=list)
+    left_behind_steps: Counter[str] = field(default_factory=Counter)
 
     def start(self) -> None:
+        if self._runs:
+            found = snapshots_past_resume(self.recovery)
+            self.left_behind.append(sum(found.values()))
+            self.left_behind_steps.update(found)
         env = flow_env(self.settings)
         ports = free_ports(self.processes) if self.processes > 1 else []
         addresses = ";".join(f"127.0.0.1:{p}" for p in ports)
@@ -831,6 +863,12 @@ class Chaos:
             note = f"{row.note}; restarts resumed at epochs {resumed} (last snapshot epoch {last})"
         else:
             note = row.note
+        if any(flow.left_behind):
+            steps = ", ".join(f"{k} {v}" for k, v in sorted(flow.left_behind_steps.items()))
+            note = (
+                f"{note}; {sum(1 for n in flow.left_behind if n)} of {len(flow.left_behind)}"
+                f" restarts found snapshots past their resume epoch ({steps})"
+            )
         return dataclasses.replace(row, note=note, resume_epochs=tuple(resumed), last_epoch=last)
 
     def _inject(self, fault: str, flow: Flow) -> str:

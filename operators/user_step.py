@@ -117,9 +117,10 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
 def hand_over_again(st: UserState, item: HandOverAgain, cfg: ProfileConfig) -> list[Output]:
     """A login's history sent again (its IDENTIFY replayed after a restart, or repeated):
     folded in, then the hand-over marked done, unless this history has reached the user
-    already (then nothing: per-event dedupe alone would count history older than its
-    window again)."""
-    if item.anonymous_id in st.trig.handed:
+    already: the anonymous id was handed over, by this link or a later one (then nothing:
+    per-event dedupe alone would count history older than its window again)."""
+    ts = st.trig
+    if item.anonymous_id in ts.handed and ts.linked_ms >= item.event_time:
         return []
     out: list[Output] = []
     for kept in item.history:

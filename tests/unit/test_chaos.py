@@ -20,6 +20,7 @@ from attune.bench.chaos import (
     profile_differences,
     resume_epochs,
     schedule_of,
+    snapshots_past_resume,
     stray_anonymous,
 )
 from attune.workload.generator import GeneratorConfig, ground_truth
@@ -177,6 +178,24 @@ def test_resume_epochs_reads_bytewax_recovery_partitions(tmp_path: Path) -> None
         db.close()
     assert resume_epochs(tmp_path) == ([2, 5], 8)
     assert resume_epochs(tmp_path / "missing") == ([], 0)
+
+
+def test_snapshots_past_the_resume_epoch_are_counted_per_step(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "part-0.sqlite3")
+    db.execute("CREATE TABLE exs (ex_num INTEGER, worker_count INTEGER, resume_epoch INTEGER)")
+    db.execute("CREATE TABLE fronts (ex_num INT, worker_index INT, worker_frontier INT)")
+    db.execute("CREATE TABLE snaps (step_id TEXT, state_key TEXT, snap_epoch INTEGER)")
+    db.executemany("INSERT INTO exs VALUES (?, 1, ?)", [(0, 1), (1, 3)])
+    db.execute("INSERT INTO fronts VALUES (1, 0, 5)")  # the restart resumes from epoch 5
+    db.executemany(
+        "INSERT INTO snaps VALUES (?, ?, ?)",
+        [("f.identity", "a", 4), ("f.identity", "a", 5), ("f.user_state", "u", 5),
+         ("f.user_state", "v", 6), ("f.user_state", "w", 3)],
+    )  # fmt: skip
+    db.commit()
+    db.close()
+    assert snapshots_past_resume(tmp_path) == {"identity": 1, "user_state": 2}
+    assert snapshots_past_resume(tmp_path / "missing") == {}
 
 
 def test_stray_anonymous_profiles(truth: GroundTruth) -> None:
