@@ -364,8 +364,8 @@ class IdentityLogic(StatefulBatchLogic[Event | Link, Routed, bytes]):
         st = self.state
         if self.keep_until_ms is not None or st is None or st.user_id is None:
             return  # counting already, or not linked
-        if st.buffer or st.consents:
-            self.keep_until_ms = self.clock.now_ms() + _KEEP_MS
+        if st.buffer or st.consents:  # on a 1 s grid: the drops of many states wake once
+            self.keep_until_ms = -(-(self.clock.now_ms() + _KEEP_MS) // 1000) * 1000
 
     def on_batch(self, values: list[Event | Link]) -> tuple[Iterable[Routed], bool]:
         out: list[Routed] = []

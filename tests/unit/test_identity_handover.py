@@ -130,7 +130,10 @@ def test_the_copies_stay_for_the_keep_time_of_the_running_process() -> None:
     assert loaded.on_notify() == ([], False) and loaded.state is not None
     assert len(loaded.state.buffer) == 3
     assert loaded.on_batch([LINK])[0][1][1].history  # type: ignore[index]
-    clock.advance(KEEP_MS)
+    clock.advance(KEEP_MS - 1)  # ... rounded up to the second
+    loaded.on_notify()
+    assert len(loaded.state.buffer) == 3
+    clock.advance(1000)
     loaded.on_notify()
     assert loaded.state.buffer == [] and loaded.state.user_id == "u1"
     out, _ = loaded.on_batch([LINK])
