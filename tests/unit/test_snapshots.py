@@ -18,8 +18,8 @@ from attune.operators.identity import (
     IdentityLogic,
     IdentityState,
     Link,
-    _buffered,
     _kept,
+    buffered,
     identity_step,
 )
 from attune.operators.membership import Membership
@@ -85,7 +85,7 @@ def test_buffered_events_come_back_equal_in_every_kind() -> None:
     assert {EventType.PURCHASE, EventType.PRODUCT_VIEW, EventType.CONSENT} <= kinds
     for event in events:
         kept = _kept(event)
-        back = _buffered(kept)
+        back = buffered(kept)
         assert back == event and back.event_type is event.event_type
         flat = flatten(event)
         if event.event_type is EventType.PURCHASE:
