@@ -139,21 +139,21 @@ def _cmd_erase(args: argparse.Namespace) -> int:
 def _cmd_redis_upgrade(args: argparse.Namespace) -> int:
     import redis
 
-    from attune.operators.redis_keys import RedisKeys
     from attune.operators.redis_sink import RedisConfig, upgrade_layout
 
     settings = Settings.from_env().replace(redis_url=args.redis)
     config = RedisConfig.from_settings(settings)
     client = config.client()
     try:
-        report = upgrade_layout(client, RedisKeys(settings.redis_prefix), settings.redis_ttl_s)
+        report = upgrade_layout(client, config.keys(), settings.redis_ttl_s)
     except redis.RedisError as exc:
         raise RuntimeError(f"Redis at {config.safe_url}: {exc}") from exc
     finally:
         client.close()
     print(
         f"redis-upgrade: {report.moved} users moved into their hash, {report.kept} already "
-        "had one (old keys deleted)"
+        f"had one (old keys deleted); {report.aliases_moved} alias keys moved into the alias "
+        f"buckets, {report.aliases_rebucketed} aliases moved to their current bucket"
     )
     return 0
 

@@ -59,6 +59,7 @@ What the rest of Attune relies on:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -70,6 +71,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from attune.operators import recs_encoding
 from attune.operators.features import PROFILE_FIELDS, Features, FeatureValue
 from attune.operators.redis_keys import (
+    ALIAS_BUCKETS,
     DEFAULT_PREFIX,
     PROFILE_FIELD,
     PROFILE_ORDER,
@@ -249,6 +251,7 @@ def plan(
     ttl_s: int = DEFAULT_TTL_S,
     audience_ttl_s: int | None = None,
     profile_fields: Sequence[str] = PROFILE_ORDER,
+    now_s: float | None = None,
 ) -> list[Command]:
     """The Redis commands that apply ``items`` in order, coalesced.
 
@@ -266,6 +269,13 @@ def plan(
     per user (the ``R`` fields, format 3); :class:`TrendingWrite` s of one scope fold into one
     ``ZADD`` (the last score per member), one trim and one ``EXPIRE``.
 
+    An :class:`AliasWrite` is an ``HSET`` of the anonymous id in its alias bucket of the
+    generation of ``now_s`` (unix seconds, default the wall clock; the buckets of
+    :meth:`~attune.operators.redis_keys.RedisKeys.alias_bucket`), one per bucket for all
+    its aliases, with the bucket's ``EXPIREAT``; a :class:`ForgetUser` without
+    ``keep_alias`` also ``HDEL`` s the id from the buckets of this generation and the one
+    before (where readers look), before the batch's alias writes.
+
     Raises ``ValueError`` for a profile field not in ``profile_fields``, and for a segment
     name that is empty or starts with an upper-case letter (those fields are Attune's:
     :func:`~attune.operators.redis_keys.is_reserved`).
@@ -275,6 +285,7 @@ def plan(
     batch = _coalesce(items, profile_fields)
     commands: list[Command] = []
     _user_commands(commands, batch.users, keys, ttl_s, profile_fields)
+    _alias_commands(commands, batch.users, keys, time.time() if now_s is None else now_s)
     _audience_commands(commands, batch.audiences, keys, audience_ttl)
     _trending_commands(commands, batch.trending, keys, audience_ttl)
     _shared_commands(commands, batch.shared)
@@ -366,8 +377,8 @@ def _user_commands(
     ttl_s: int,
     profile_fields: Sequence[str],
 ) -> None:
-    """Append each user's DEL, the HSET/HDEL of its hash's changed fields with the hash's
-    EXPIRE, and its alias SET."""
+    """Append each user's DEL and the HSET/HDEL of its hash's changed fields with the
+    hash's EXPIRE."""
     for user, user_ops in users.items():
         if user_ops.forget:
             doomed = keys.user_keys(user)
@@ -394,8 +405,32 @@ def _user_commands(
                 commands.append(("HDEL", key, *deleted))
             # One TTL for everything of the user: a segment lives as long as the profile.
             commands.append(("EXPIRE", key, ttl_s))
+
+
+def _alias_commands(
+    commands: list[Command], users: dict[str, _UserOps], keys: RedisKeys, now_s: float
+) -> None:
+    """Append the HDEL of the forgotten ids from the alias buckets readers look in, then
+    one HSET per bucket of the batch's aliases with the bucket's EXPIREAT (after the
+    HDELs: a forget followed by an alias write in one batch leaves the alias)."""
+    generation = keys.alias_generation(now_s)
+    deleted: dict[str, list[str]] = {}
+    written: dict[str, list[str]] = {}
+    for user, user_ops in users.items():
+        if user_ops.forget and not user_ops.keep_alias:
+            for bucket in keys.alias_lookup(user, now_s):
+                deleted.setdefault(bucket, []).append(user)
         if user_ops.alias is not None:
-            commands.append(("SET", keys.alias(user), user_ops.alias, "EX", ttl_s))
+            written.setdefault(keys.alias_bucket(user, generation), []).extend(
+                (user, user_ops.alias)
+            )
+    for bucket, ids in deleted.items():
+        commands.append(("HDEL", bucket, *ids))
+    if written:
+        expires_at = keys.alias_expires_at(generation)
+        for bucket, pairs in written.items():
+            commands.append(("HSET", bucket, *pairs))
+            commands.append(("EXPIREAT", bucket, expires_at))
 
 
 def _pieces(written: list[str | bytes], deleted: list[str], first: str, value: str | bytes) -> None:
@@ -473,10 +508,14 @@ _OLD_KINDS = (":profile", ":segments", ":recs")
 @dataclass(frozen=True, slots=True)
 class UpgradeReport:
     """What :func:`upgrade_layout` did: users whose old keys went into a new hash, users
-    whose hash the flow had written already (their old keys only deleted)."""
+    whose hash the flow had written already (their old keys only deleted); alias keys
+    moved into the alias buckets, aliases moved to the bucket the current settings give
+    them (after a change of ``ATTUNE_REDIS_ALIAS_BUCKETS`` or ``ATTUNE_REDIS_TTL_S``)."""
 
     moved: int
     kept: int
+    aliases_moved: int = 0
+    aliases_rebucketed: int = 0
 
 
 def _glob(text: str) -> str:
@@ -531,11 +570,14 @@ def _profile_of_hash(raw: Any) -> str:
 
 
 def upgrade_layout(
-    client: redis.Redis, keys: RedisKeys, ttl_s: int = DEFAULT_TTL_S
+    client: redis.Redis, keys: RedisKeys, ttl_s: int = DEFAULT_TTL_S, now_s: float | None = None
 ) -> UpgradeReport:
     """Move every user's keys of the layout before the hash (``:profile``, ``:segments``,
     ``:recs``) into the user's hash (:data:`UPGRADE_USER`), with the longest TTL left of
-    them (``ttl_s`` when none had one).
+    them (``ttl_s`` when none had one); then every alias key ``attune:{u:<anon>}:alias``
+    into the alias buckets of ``keys`` (the generation of ``now_s``, default the wall
+    clock), and every alias in a bucket readers no longer look in (the bucket count or the
+    TTL changed) into the bucket they look in.
 
     Run it once after the upgrade, before the upgraded flow starts (``attune redis
     upgrade``): a user the flow has written already keeps only what the flow wrote, and
@@ -557,7 +599,65 @@ def upgrade_layout(
             moved += 1
         else:
             kept += 1
-    return UpgradeReport(moved, kept)
+    now_s = time.time() if now_s is None else now_s
+    aliases_moved = _upgrade_alias_keys(client, keys, now_s)
+    return UpgradeReport(moved, kept, aliases_moved, _rebucket_aliases(client, keys, now_s))
+
+
+def _unescape_tag(tag: str) -> str:
+    """The id inside a ``{u:...}`` tag (:func:`~attune.operators.redis_keys.escape_tag`
+    undone)."""
+    return tag.replace("%7D", "}").replace("%25", "%") if "%" in tag else tag
+
+
+def _upgrade_alias_keys(client: redis.Redis, keys: RedisKeys, now_s: float) -> int:
+    """Move every ``attune:{u:<anon>}:alias`` string key (the layout before the alias
+    buckets) into its bucket of the current generation, unless the flow has written that
+    anonymous id's alias there already (``HSETNX``: the flow's is newer), and delete it;
+    the number of alias keys deleted."""
+    generation = keys.alias_generation(now_s)
+    expires_at = keys.alias_expires_at(generation)
+    moved = 0
+    for raw in client.scan_iter(match=_glob(keys.prefix) + "{u:*}:alias", count=1000):
+        key = _as_text(raw)
+        anonymous_id = _unescape_tag(key[len(keys.prefix) + 3 : key.rindex("}")])
+        try:
+            user = client.get(key)
+        except redis.ResponseError:  # not a string: not an alias Attune wrote
+            log.warning("%s is not a string; not moved", key)
+            continue
+        if user:
+            bucket = keys.alias_bucket(anonymous_id, generation)
+            pipe = client.pipeline(transaction=False)
+            pipe.hsetnx(bucket, anonymous_id, user)
+            pipe.expireat(bucket, expires_at)
+            pipe.delete(key)
+            pipe.execute()
+            moved += 1
+    return moved
+
+
+def _rebucket_aliases(client: redis.Redis, keys: RedisKeys, now_s: float) -> int:
+    """Move each alias that is in no bucket a reader looks in under the current settings
+    (:meth:`~attune.operators.redis_keys.RedisKeys.alias_lookup`) to its bucket of the
+    current generation (``HSETNX``: an alias the flow wrote there wins); the number moved."""
+    generation = keys.alias_generation(now_s)
+    expires_at = keys.alias_expires_at(generation)
+    moved = 0
+    for raw in client.scan_iter(match=keys.alias_pattern(), count=1000):
+        bucket = _as_text(raw)
+        for field, user in client.hgetall(bucket).items():
+            anonymous_id = _as_text(field)
+            if bucket in keys.alias_lookup(anonymous_id, now_s):
+                continue
+            target = keys.alias_bucket(anonymous_id, generation)
+            pipe = client.pipeline(transaction=False)
+            pipe.hsetnx(target, anonymous_id, user)
+            pipe.expireat(target, expires_at)
+            pipe.hdel(bucket, anonymous_id)
+            pipe.execute()
+            moved += 1
+    return moved
 
 
 # --- the sink --------------------------------------------------------------------------------
@@ -591,6 +691,8 @@ class _RedisSettings(Protocol):
     def redis_timeout_s(self) -> int: ...
     @property
     def redis_outage_limit_s(self) -> int: ...
+    @property
+    def redis_alias_buckets(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -623,6 +725,8 @@ class RedisConfig:
     #: Seconds Redis may stay silent before the flow stops (redis_retry.py); ``None``: no
     #: holding back (redis-py's few quick retries), as tools and tests want.
     outage_limit_s: float | None = None
+    #: Buckets of the aliases of anonymous ids (``ATTUNE_REDIS_ALIAS_BUCKETS``).
+    alias_buckets: int = ALIAS_BUCKETS
 
     def __post_init__(self) -> None:
         if not self.url:
@@ -642,7 +746,12 @@ class RedisConfig:
                 f"Redis TTLs must be positive seconds (ttl_s={self.ttl_s}, "
                 f"audience_ttl_s={self.audience_ttl_s}); set ATTUNE_REDIS_TTL_S"
             )
-        RedisKeys(self.prefix)  # validates the prefix
+        self.keys()  # validates the prefix and the alias buckets
+
+    def keys(self) -> RedisKeys:
+        """The key builder of this config: its prefix, alias buckets and, as the alias
+        buckets' generation, its per-user TTL."""
+        return RedisKeys(self.prefix, self.alias_buckets, self.ttl_s)
 
     @classmethod
     def from_settings(cls, settings: _RedisSettings, *, hold_back: bool = False) -> RedisConfig:
@@ -660,6 +769,7 @@ class RedisConfig:
             ssl_keyfile=settings.redis_ssl_keyfile,
             socket_timeout_s=float(settings.redis_timeout_s),
             outage_limit_s=float(settings.redis_outage_limit_s) if hold_back else None,
+            alias_buckets=settings.redis_alias_buckets,
         )
 
     def __repr__(self) -> str:
@@ -748,7 +858,8 @@ def _bulk(arg: str | bytes | int) -> bytes:
 
 #: The commands :func:`plan` emits; all reply with one integer or simple string.
 COMMANDS = (
-    "SET", "EX", "EXPIRE", "HSET", "HDEL", "SADD", "SREM", "DEL", "ZADD", "ZREMRANGEBYRANK"
+    "SET", "EX", "EXPIRE", "EXPIREAT", "HSET", "HDEL", "SADD", "SREM", "DEL", "ZADD",
+    "ZREMRANGEBYRANK",
 )  # fmt: skip
 
 
@@ -756,7 +867,7 @@ class _RedisPartition(StatelessSinkPartition[RedisOp]):
     def __init__(self, config: RedisConfig, client: redis.Redis) -> None:
         self._config = config
         self._client = client
-        self._keys = RedisKeys(config.prefix)
+        self._keys = config.keys()
         ttls = {config.ttl_s, config.audience_ttl_s or config.ttl_s}
         self._packer = RespPacker([*COMMANDS, "1", *ttls])
         self._policy = config.outage_policy()
@@ -767,6 +878,7 @@ class _RedisPartition(StatelessSinkPartition[RedisOp]):
             keys=self._keys,
             ttl_s=self._config.ttl_s,
             audience_ttl_s=self._config.audience_ttl_s,
+            now_s=time.time(),
         )
         if not commands:
             return
