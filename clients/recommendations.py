@@ -5,9 +5,10 @@ trending items per scope; apps read them here with redis-py (docs/redis.md,
 "Recommendations", is the contract):
 
 - ``attune:{u:<user>}``: the user's hash (:mod:`attune.operators.redis_keys`): fields
-  ``R``, ``R1``, ... the recommendations, format 3 (text:
-  ``3|<model_version>|<generated_at>|<source>|<categories>|<item>|...``, items in rank
-  order, :mod:`attune.operators.recs_encoding`; formats 2 and 1, orjson, read too);
+  ``R``, ``R1``, ... the recommendations, format 5 or 4 (text:
+  ``5|<model_version>|<generated_at>|<source>|<categories>|<id prefix>|<digits>|<items>``,
+  items in rank order, :mod:`attune.operators.recs_encoding`; format 3, and formats 2
+  and 1, orjson, read too);
   ``P``, ``P1``, ... the profile, format 3 (``3|<value>|...``,
   :func:`attune.operators.redis_keys.encode_profile`), read by
   :meth:`RecommendationClient.get_profile`; one field per segment the user is in;
@@ -185,8 +186,9 @@ def _number(value: Any) -> TypeGuard[int | float]:
 def parse_recs(raw: bytes | str, key: str = "recs") -> StoredRecs:
     """Parse a ``recs`` value; :class:`CorruptRecommendationsError` names what is wrong.
 
-    Reads formats 4 (text, ``4|...``, what Attune stores) and 3 (text, ``3|...``, what the
-    ranking step makes and Redis held before) and the JSON formats 2
+    Reads formats 5 and 4 (text, ``5|...`` and ``4|...``, what Attune stores: 5 when the
+    list's ids and scores allow it) and 3 (text, ``3|...``, what the ranking step makes
+    and Redis held before) and the JSON formats 2
     (``"v": 2``: items ``[item, score, reason code, category index]``) and 1 (no ``v``:
     items as objects), so values written before an upgrade stay readable
     (:mod:`attune.operators.recs_encoding`). Reason codes come back as their reasons.
@@ -196,6 +198,8 @@ def parse_recs(raw: bytes | str, key: str = "recs") -> StoredRecs:
     >>> parse_recs(b"3|m4|7|p|shoes|i1,831,sv,0|i2,500").items[1]
     Recommendation(item='i2', score=0.5, reason='similar-to-viewed', category='shoes')
     >>> parse_recs(b"4|m4|7|p|shoes|i|1,n3,sv,0|2,dw").items[1]
+    Recommendation(item='i2', score=0.5, reason='similar-to-viewed', category='shoes')
+    >>> parse_recs(b"5|m4|7|p|shoes|i|1|1n3,sv,0;2dw").items[1]
     Recommendation(item='i2', score=0.5, reason='similar-to-viewed', category='shoes')
 
     >>> parse_recs(b'{"v":2,"items":[["i1",0.8,"sv",0]],"categories":["shoes"],'
@@ -207,7 +211,7 @@ def parse_recs(raw: bytes | str, key: str = "recs") -> StoredRecs:
     ...     print(exc)
     k: items[0].score is 'high', not a finite number
     """
-    if raw[:2] in (b"3|", "3|", b"4|", "4|"):
+    if raw[:2] in (b"3|", "3|", b"4|", "4|", b"5|", "5|"):
         return _parse_v3(raw, key)
     try:
         value = orjson.loads(raw)
@@ -240,9 +244,9 @@ def parse_recs(raw: bytes | str, key: str = "recs") -> StoredRecs:
 
 
 def _parse_v3(raw: bytes | str, key: str) -> StoredRecs:
-    """Formats 4 and 3, the text :func:`attune.operators.recs_encoding.stored` and
+    """Formats 5, 4 and 3, the text :func:`attune.operators.recs_encoding.stored` and
     :func:`attune.operators.recs_encoding.encode_compact` write."""
-    number = "4" if raw[:1] in (b"4", "4") else "3"
+    number = _text(raw[:1])
     try:
         text = raw.decode() if isinstance(raw, bytes) else raw
         items, model_version, generated_at, source = recs_encoding.decode_compact(text)

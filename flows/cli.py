@@ -153,7 +153,8 @@ def _cmd_redis_upgrade(args: argparse.Namespace) -> int:
     print(
         f"redis-upgrade: {report.moved} users moved into their hash, {report.kept} already "
         f"had one (old keys deleted); {report.aliases_moved} alias keys moved into the alias "
-        f"buckets, {report.aliases_rebucketed} aliases moved to their current bucket"
+        f"buckets, {report.aliases_rebucketed} aliases moved to their current bucket; "
+        f"{report.recs_rewritten} lists rewritten in format 5"
     )
     return 0
 

@@ -16,7 +16,7 @@ What the rest of Attune relies on:
   member, SET, DEL); nothing increments. Replaying a batch after recovery, or a batch
   that failed half-way being sent again, leaves the same bytes in Redis.
 - Whole values, never half: a profile (:func:`~attune.operators.redis_keys.encode_profile`,
-  format 3) or a list of recommendations (format 4,
+  format 3) or a list of recommendations (format 5 or 4,
   :func:`~attune.operators.recs_encoding.stored` of the ranking step's format 3) is written
   whole, all its pieces in one ``HSET`` and its first piece leading with their count
   (:func:`~attune.operators.redis_keys.chunks`), so no reader joins two values.
@@ -81,6 +81,7 @@ from attune.operators.redis_keys import (
     decode_profile,
     encode_profile,
     is_reserved,
+    joined,
     stale_chunks,
 )
 from attune.operators.redis_retry import OutagePolicy, OutageRetry
@@ -182,7 +183,7 @@ class JsonWrite:
 class RecsWrite:
     """Replace the user's recommendations (the ``R`` fields of the user's hash) with
     ``value``, the format-3 bytes of :func:`attune.operators.ranking.recs_value`, stored
-    as format 4 (:func:`attune.operators.recs_encoding.stored`, which turns another
+    as format 5 or 4 (:func:`attune.operators.recs_encoding.stored`, which turns another
     writer's format 2 into format 3 first; docs/redis.md)."""
 
     user: str
@@ -501,6 +502,18 @@ redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 return moved
 """
 
+#: Lua: replace a user's list in its hash by a newer format of the same list, unless the
+#: flow wrote another list meanwhile (the first piece is no longer ``ARGV[2]``).
+#: ``KEYS[1]``: the hash; ``ARGV``: the first piece's field and old value, the number of
+#: field, value arguments that follow, then those, then the fields to delete.
+UPGRADE_RECS = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+local n = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + n))
+if #ARGV > 3 + n then redis.call('HDEL', KEYS[1], unpack(ARGV, 4 + n)) end
+return 1
+"""
+
 #: The kinds of key of the layout before the user's hash (suffixes after the user's tag).
 _OLD_KINDS = (":profile", ":segments", ":recs")
 
@@ -510,12 +523,15 @@ class UpgradeReport:
     """What :func:`upgrade_layout` did: users whose old keys went into a new hash, users
     whose hash the flow had written already (their old keys only deleted); alias keys
     moved into the alias buckets, aliases moved to the bucket the current settings give
-    them (after a change of ``ATTUNE_REDIS_ALIAS_BUCKETS`` or ``ATTUNE_REDIS_TTL_S``)."""
+    them (after a change of ``ATTUNE_REDIS_ALIAS_BUCKETS`` or ``ATTUNE_REDIS_TTL_S``);
+    lists in users' hashes rewritten in the current format."""
 
     moved: int
     kept: int
     aliases_moved: int = 0
     aliases_rebucketed: int = 0
+    #: users' lists rewritten in the format the sink writes now (format 4 -> 5)
+    recs_rewritten: int = 0
 
 
 def _glob(text: str) -> str:
@@ -541,7 +557,7 @@ def _old_fields(client: redis.Redis, old: Sequence[str], user: str) -> tuple[lis
             members = client.hkeys(key) if kind == "hash" else client.smembers(key)
             names = sorted(_as_text(m) for m in members)
             fields += [f for name in names if not is_reserved(name) for f in (name, "1")]
-        elif kind == "string":  # recs: format 4 (formats 3 and 2 converted; 1 kept)
+        elif kind == "string":  # recs: format 5 or 4 (formats 3 and 2 converted; 1 kept)
             raw = client.get(key) or b""
             value = recs_encoding.stored(raw if isinstance(raw, bytes) else raw.encode())
             fields += [f for pair in chunks(RECS_FIELD, value) for f in pair]
@@ -577,7 +593,8 @@ def upgrade_layout(
     them (``ttl_s`` when none had one); then every alias key ``attune:{u:<anon>}:alias``
     into the alias buckets of ``keys`` (the generation of ``now_s``, default the wall
     clock), and every alias in a bucket readers no longer look in (the bucket count or the
-    TTL changed) into the bucket they look in.
+    TTL changed) into the bucket they look in; last, every list in a user's hash in format
+    4 that format 5 can hold is rewritten in format 5.
 
     Run it once after the upgrade, before the upgraded flow starts (``attune redis
     upgrade``): a user the flow has written already keeps only what the flow wrote, and
@@ -601,7 +618,36 @@ def upgrade_layout(
             kept += 1
     now_s = time.time() if now_s is None else now_s
     aliases_moved = _upgrade_alias_keys(client, keys, now_s)
-    return UpgradeReport(moved, kept, aliases_moved, _rebucket_aliases(client, keys, now_s))
+    rebucketed = _rebucket_aliases(client, keys, now_s)
+    return UpgradeReport(moved, kept, aliases_moved, rebucketed, _upgrade_recs(client, keys))
+
+
+def _upgrade_recs(client: redis.Redis, keys: RedisKeys) -> int:
+    """Rewrite every user's list stored in an older format than :func:`recs_encoding.stored`
+    makes of it (format 4 -> 5) in the user's hash (:data:`UPGRADE_RECS`: a list the flow
+    wrote meanwhile is left alone); the number rewritten."""
+    rewritten = 0
+    for raw in client.scan_iter(match=_glob(keys.prefix) + "{u:*}", count=1000):
+        key = _as_text(raw)
+        if not key.endswith("}") or _as_text(client.type(key)) != "hash":
+            continue
+        fields = client.hgetall(key)
+        try:
+            value = joined(fields, RECS_FIELD)
+        except ValueError:  # readers report it; not this tool's to repair
+            continue
+        if value is None or not value.startswith(f"{recs_encoding.STORED_FORMAT}|"):
+            continue
+        new = recs_encoding.stored(value.encode())
+        if new == value.encode():
+            continue
+        written: list[str | bytes] = []
+        deleted: list[str] = []
+        _pieces(written, deleted, RECS_FIELD, new)
+        head = fields.get(RECS_FIELD.encode(), fields.get(RECS_FIELD))
+        args = [RECS_FIELD, head, len(written), *written, *deleted]
+        rewritten += int(client.eval(UPGRADE_RECS, 1, key, *args))  # type: ignore[arg-type]
+    return rewritten
 
 
 def _unescape_tag(tag: str) -> str:

@@ -24,13 +24,14 @@ from bytewax.outputs import DynamicSink
 from bytewax.testing import TestingSource, run_main
 from kafka import KafkaConsumer
 
-from attune.clients.recommendations import RecommendationClient, parse_profile
+from attune.clients.recommendations import RecommendationClient, parse_profile, parse_recs
+from attune.operators import recs_encoding
 from attune.operators.codec import Codec
 from attune.operators.events import SegmentChange
 from attune.operators.features import PROFILE_FIELDS
 from attune.operators.kafka_sink import CheckedKafkaSink, DeliveryError, KafkaOut, to_kafka
 from attune.operators.recs_encoding import encode, encode_compact
-from attune.operators.redis_keys import RedisKeys, joined, segment_names
+from attune.operators.redis_keys import RedisKeys, chunks, joined, segment_names
 from attune.operators.redis_sink import (
     AliasWrite,
     ForgetUser,
@@ -261,6 +262,15 @@ def test_a_refused_command_fails_the_batch_loudly(
     assert segment_names(redis_client.hgetall(KEYS.user("u1"))) == ["vip"]
 
 
+def write_format_4_list(client: redis.Redis, user: str) -> str:
+    """A hash of ``user`` with a list in format 4 (what the sink wrote before format 5)."""
+    items = [(f"i{i:05d}", 0.9 - i / 20, "similar-content", "a/x") for i in range(10)]
+    four = recs_encoding._format_4(encode_compact(items, "m", 7, "p").decode())
+    client.hset(KEYS.user(user), mapping=dict(chunks("R", four)))
+    client.expire(KEYS.user(user), TTL_S)
+    return four
+
+
 @pytest.mark.integration
 def test_keys_of_the_three_key_layout_are_moved_into_the_users_hash(
     redis_client: redis.Redis, redis_config: RedisConfig
@@ -287,8 +297,8 @@ def test_keys_of_the_three_key_layout_are_moved_into_the_users_hash(
     redis_client.set(KEYS.alias("a}1"), "u1", ex=50)
     redis_client.set(KEYS.alias("a2"), "old", ex=50)
     now = time.time()
-    four = RedisKeys(alias_buckets=4, alias_period_s=TTL_S)
-    misplaced = four.alias_bucket("a3", four.alias_generation(now))
+    four_buckets = RedisKeys(alias_buckets=4, alias_period_s=TTL_S)
+    misplaced = four_buckets.alias_bucket("a3", four_buckets.alias_generation(now))
     assert misplaced not in SINK_KEYS.alias_lookup("a3", now)
     redis_client.hset(misplaced, "a3", "u2")
     part = RedisSink(redis_config).build("redis", 0, 1)
@@ -297,9 +307,14 @@ def test_keys_of_the_three_key_layout_are_moved_into_the_users_hash(
     finally:
         part.close()
 
+    four = write_format_4_list(redis_client, "u4")  # which upgrade rewrites in format 5
+
     assert upgrade_layout(redis_client, SINK_KEYS, TTL_S, now_s=now) == UpgradeReport(
-        moved=2, kept=1, aliases_moved=2, aliases_rebucketed=1
+        moved=2, kept=1, aliases_moved=2, aliases_rebucketed=1, recs_rewritten=1
     )
+    u4 = joined(redis_client.hgetall(KEYS.user("u4")), "R")
+    assert u4 is not None and u4.startswith("5|") and len(u4) == len(four) - 16
+    assert parse_recs(u4) == parse_recs(four)
     assert [alias_of(redis_client, a) for a in ("a}1", "a2", "a3")] == [b"u1", b"u3", b"u2"]
     with RecommendationClient(redis_client, ttl_s=TTL_S) as client:
         assert client.get_profile("a}1") == client.get_profile("u1")
@@ -325,7 +340,7 @@ def test_keys_of_the_three_key_layout_are_moved_into_the_users_hash(
     assert 40 < redis_client.ttl(KEYS.user("u1")) <= 50  # the longest TTL left of its keys
     assert redis_client.object("encoding", KEYS.user("u2")) == b"listpack"
     assert {k for k in all_keys(redis_client)} == {
-        KEYS.user(u).encode() for u in ("u1", "u2", "u3")
+        KEYS.user(u).encode() for u in ("u1", "u2", "u3", "u4")
     }
     assert upgrade_layout(redis_client, SINK_KEYS) == UpgradeReport(0, 0, 0, 0)  # idempotent
 

@@ -99,11 +99,12 @@ def test_profile_values_with_separators_round_trip() -> None:
         decode_profile("4|1")
 
 
-def test_recommendations_are_stored_in_format_4() -> None:
+def test_recommendations_are_stored_in_format_5() -> None:
     value = encode([("i1", 0.5, "trending", "a/x"), ("i2", 0.25, "trending", "a/x")], "m1", 7, "t")
     (hset, hdel, expire) = plan([RecsWrite("u1", value)], ttl_s=TTL)
-    # format 2 -> 3 -> 4: scores in base 36, the ids' common prefix "i" once
-    assert hset == ("HSET", "attune:{u:u1}", "R", b"14|m1|7|t|a/x|i|1,dw,tr,0|2,6y")
+    # format 2 -> 3 -> 4 -> 5: scores in base 36, the ids' common prefix "i" once, the ids
+    # of 1 digit and the scores of 2 base-36 digits without separators
+    assert hset == ("HSET", "attune:{u:u1}", "R", b"15|m1|7|t|a/x|i|1|1dw,tr,0;26y")
     assert hdel == ("HDEL", "attune:{u:u1}", "R1", "R2", "R3", "R4", "R5", "R6", "R7")
     assert expire == ("EXPIRE", "attune:{u:u1}", TTL)
 
