@@ -111,6 +111,8 @@ STORED_FORMAT = "4"
 FIXED_FORMAT = "5"
 #: Format 5: the width of every score (base-36 thousandths, zero-padded).
 SCORE_WIDTH = 2
+#: Format 5: the most decimal digits an id (without the prefix) may have.
+MAX_ID_DIGITS = 19
 #: How a format-2 value starts (what :func:`compact` converts).
 _FORMAT_2_START = b'{"v":2,'
 
@@ -212,8 +214,36 @@ def encode_stored(
         ",".join(_escape(c) for c in categories),
         prefix,
     ]
-    text = "|".join(head + [f"{i[cut:]},{score}{tail}" for i, score, tail in rows])
-    return (_format_5(text) or text).encode()
+    fixed = _fixed_items(rows, cut)
+    if fixed is not None:  # format 5 in the same pass (what _format_5 makes of format 4)
+        return "|".join([FIXED_FORMAT, *head[1:], *fixed]).encode()
+    return "|".join(head + [f"{i[cut:]},{score}{tail}" for i, score, tail in rows]).encode()
+
+
+def _fixed_items(rows: list[tuple[str, str, str]], cut: int) -> tuple[str, str] | None:
+    """Format 5's last two fields (the ids' digits, the items) of :func:`encode_stored`'s
+    rows, ``None`` when format 5 cannot hold them (the rules of :func:`_format_5`)."""
+    if not rows:
+        return None
+    digits = len(rows[0][0]) - cut
+    if not 0 < digits <= MAX_ID_DIGITS:
+        return None
+    width = len(base36(10**digits - 1))
+    out: list[str] = []
+    for ident, score, tail in rows:
+        suffix = ident[cut:]
+        if len(suffix) != digits or not (suffix.isascii() and suffix.isdigit()):
+            return None
+        if len(score) > SCORE_WIDTH or score[:1] == "-" or ";" in tail:
+            return None
+        if tail and tail.count(",") != 2:  # not <reason>,<category>: format 4 keeps it
+            return None
+        out.append(
+            base36(int(suffix)).rjust(width, "0")
+            + score.rjust(SCORE_WIDTH, "0")
+            + (tail + ";" if tail else "")
+        )
+    return str(digits), "".join(out)
 
 
 def reason_of(code: str) -> str:
@@ -347,10 +377,26 @@ def stored(value: bytes) -> bytes:
     if not value.startswith(b"3|"):
         return value
     try:
-        text = _format_4(value.decode())
-        return (_format_5(text) or text).encode()
+        return _stored_of_3(value.decode()).encode()
     except (ValueError, IndexError):  # not what encode_compact writes: kept for readers
         return value
+
+
+def _stored_of_3(text: str) -> str:
+    """Format 5, else 4, of a format-3 text in one pass (what ``_format_5(_format_4(text))
+    or _format_4(text)`` gives)."""
+    parts = text.split("|")
+    if len(parts) < 5:
+        raise ValueError("not format 3")
+    fields = [item.split(",") for item in parts[5:]]
+    prefix = _common_prefix([f[0] for f in fields]) if len(fields) > 1 else ""
+    cut = len(prefix)
+    head = [parts[1], base36(int(parts[2])), parts[3], parts[4], prefix]
+    rows = [(f[0], base36(int(f[1])), "," + ",".join(f[2:]) if len(f) > 2 else "") for f in fields]
+    fixed = _fixed_items(rows, cut)
+    if fixed is not None:
+        return "|".join([FIXED_FORMAT, *head, *fixed])
+    return "|".join([STORED_FORMAT, *head, *(f"{i[cut:]},{sc}{tail}" for i, sc, tail in rows)])
 
 
 def _format_5(text: str) -> str | None:
@@ -375,7 +421,7 @@ def _format_5(text: str) -> str | None:
         return None
     fields = [item.split(",") for item in parts[6:]]
     digits = len(fields[0][0])
-    if digits == 0:
+    if not 0 < digits <= MAX_ID_DIGITS:
         return None
     width = len(base36(10**digits - 1))
     out: list[str] = []
@@ -400,8 +446,10 @@ def _format_5(text: str) -> str | None:
 def _items_5(digits_field: str, items: str) -> list[list[str]]:
     """Format 5's items as format 4 writes them (``[id, score]`` or ``[id, score, reason,
     category index]``, ids without the prefix); ``ValueError`` says what is wrong."""
-    if not (digits_field.isascii() and digits_field.isdigit() and 0 < int(digits_field) < 20):
-        raise ValueError(f"the ids' digits are {digits_field[:16]!r}, not 1 to 19")
+    if not (
+        digits_field.isascii() and digits_field.isdigit() and 0 < int(digits_field) <= MAX_ID_DIGITS
+    ):
+        raise ValueError(f"the ids' digits are {digits_field[:16]!r}, not 1 to {MAX_ID_DIGITS}")
     digits = int(digits_field)
     width = len(base36(10**digits - 1))
     out: list[list[str]] = []

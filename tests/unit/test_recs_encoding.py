@@ -4,7 +4,7 @@ ranking step's format 3, in fewer bytes, and every reader reads all three."""
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attune.clients.recommendations import parse_recs
@@ -19,6 +19,7 @@ from attune.operators.recs_encoding import (
 
 IDS = st.one_of(
     st.integers(0, 99_999).map(lambda i: f"i{i:05d}"),  # a shared prefix, as the generator's
+    st.integers(0, 10**21).map(lambda i: f"x{i:021d}"),  # too many digits for format 5
     st.text(min_size=1, max_size=12),  # anything, separators and escapes included
 )
 ENTRIES = st.lists(
@@ -33,6 +34,7 @@ ENTRIES = st.lists(
 )
 
 
+@settings(max_examples=300)
 @given(ENTRIES, st.text(max_size=10), st.sampled_from(["personalized", "trending", "x|y"]))
 def test_formats_4_and_5_hold_what_format_3_holds(
     items: list[recs_encoding.Entry], version: str, source: str
@@ -45,6 +47,8 @@ def test_formats_4_and_5_hold_what_format_3_holds(
     assert encode_stored(items, version, 1_767_571_200_000, source) == kept  # made directly
     four = recs_encoding._format_4(three.decode()).encode()
     assert stored(four) == kept  # a ranking step that makes format 4: made format 5
+    # stored's one pass is format 5 of format 4, or format 4
+    assert kept.decode() == (recs_encoding._format_5(four.decode()) or four.decode())
     assert decode_compact(four.decode()) == decode_compact(three.decode())
     if len(items) > 1:
         assert len(four) <= len(three) + 1  # at worst one more byte: the empty prefix field
@@ -79,6 +83,7 @@ def test_format_5_ids_keep_their_leading_zeros_and_lists_it_cannot_hold_stay_for
         [("i1", 1.5, "trending", None), ("i2", 0.5, "trending", None)],  # a 3-digit score
         [("i1", -0.5, "trending", None), ("i2", 0.5, "trending", None)],  # a negative score
         [("i1", 0.5, "a;b", None), ("i2", 0.5, "trending", None)],  # a ';' in a reason
+        [(f"i{i}", 0.5, "trending", None) for i in (10**19, 2 * 10**19)],  # 20 digits each
     ):
         kept = stored(encode_compact(other, "m", 7, "t"))
         assert kept.startswith(b"4|")
@@ -88,5 +93,7 @@ def test_format_5_ids_keep_their_leading_zeros_and_lists_it_cannot_hold_stay_for
 def test_what_is_not_format_3_is_stored_as_it_is_or_as_format_3_first() -> None:
     assert stored(b"b") == b"b"  # a test writer's bytes: readers judge them
     assert stored(b"3|m|7|p||i1,x") == b"3|m|7|p||i1,x"  # not what encode_compact writes
+    # an item of 3 fields is not what encode_compact writes: format 4 as it is, never 5
+    assert stored(b"3|m|7|p||i1,500,vt|i2,400") == b"4|m|7|p||i|1,dw,vt|2,b4"
     two = encode([("i1", 0.5, "trending", "a/x"), ("i2", 0.25, "trending", "a/x")], "m", 7, "t")
     assert stored(two) == b"5|m|7|t|a/x|i|1|1dw,tr,0;26y"  # format 2 -> 3 -> 4 -> 5
