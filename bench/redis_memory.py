@@ -19,7 +19,9 @@ own keys. One run:
 4. Replicates the users the flow left with a profile to a population of ``--small``
    and ``--large`` synthetic users (ids of the same length, distinct), ``DUMP`` and
    ``RESTORE`` of each source user's keys (so Redis keeps the sink's encodings), the
-   alias keys of its anonymous ids, and an ``SADD`` to each audience it is in.
+   aliases of its anonymous ids (alias keys in the earlier layouts, fields of the alias
+   buckets in the current one: ``--alias-buckets``), and an ``SADD`` to each audience it
+   is in.
 5. Prints, per layout: the ``used_memory`` slope per user between the two populations
    (shared keys cancel out: models, trending, the keyspace's fixed part) and the mean
    ``MEMORY USAGE`` of one user's own keys (``RedisKeys.user_keys``, ``--sample``
@@ -37,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +53,7 @@ from attune.flows.settings import Settings
 from attune.operators import recs_encoding
 from attune.operators.events import Event
 from attune.operators.features import PROFILE_FIELDS
-from attune.operators.redis_keys import RedisKeys, encode_profile_2
+from attune.operators.redis_keys import ALIAS_BUCKETS, RedisKeys, encode_profile_2
 from attune.operators.redis_sink import (
     AliasWrite,
     Command,
@@ -196,10 +199,13 @@ write_legacy = _writer(legacy_commands)
 write_three_keys = _writer(three_key_commands)
 
 
-def write_current(client: redis.Redis, batches: Sequence[Sequence[RedisOp]]) -> None:
+def write_current(
+    client: redis.Redis, batches: Sequence[Sequence[RedisOp]], alias_buckets: int = ALIAS_BUCKETS
+) -> None:
     """Apply ``batches`` through the Redis sink, as the flow does."""
     url = "redis://{host}:{port}/0".format(**client.connection_pool.connection_kwargs)
-    partition = RedisSink(RedisConfig(url, ttl_s=TTL_S)).build("bench", 0, 1)
+    config = RedisConfig(url, ttl_s=TTL_S, alias_buckets=alias_buckets)
+    partition = RedisSink(config).build("bench", 0, 1)
     try:
         for batch in batches:
             partition.write_batch(list(batch))
@@ -212,6 +218,7 @@ LAYOUTS: dict[str, Callable[[redis.Redis, Sequence[Sequence[RedisOp]]], None]] =
     "three keys (string, hash, v3)": write_three_keys,
     "current (one hash per user)": write_current,
 }
+CURRENT = "current (one hash per user)"
 
 
 # --- replication --------------------------------------------------------------------------------
@@ -223,7 +230,8 @@ class UserKeys:
 
     user: str
     dumps: tuple[tuple[str, bytes, int], ...]  # (kind, dump, pttl); kind: USER_KEY_KINDS
-    aliases: tuple[tuple[str, bytes, int], ...]  # (anonymous id, dump, pttl)
+    # (anonymous id, dump, pttl) of alias keys; dump b"" for a field of the alias buckets
+    aliases: tuple[tuple[str, bytes, int], ...]
     audiences: tuple[str, ...]
 
 
@@ -251,8 +259,8 @@ KIND_NAMES = {"": "user hash", ":profile": "profile", ":segments": "segments", "
 
 def snapshot(client: redis.Redis) -> list[UserKeys]:
     """Every user with a profile (a user hash or a profile key), with its keys, its anonymous
-    ids' alias keys and the audiences it is in (ids in this workload need no tag
-    escaping)."""
+    ids' aliases (keys, or fields of the alias buckets) and the audiences it is in (ids in
+    this workload need no tag escaping)."""
     by_user: dict[str, dict[str, tuple[bytes, int]]] = {}
     aliases: dict[str, list[tuple[str, bytes, int]]] = {}
     audiences: dict[str, list[str]] = {}
@@ -268,6 +276,9 @@ def snapshot(client: redis.Redis) -> list[UserKeys]:
             target = client.get(key)
             assert isinstance(target, bytes)
             aliases.setdefault(target.decode(), []).append((_tag_id(key), dump, pttl))
+        elif key.startswith(KEYS.prefix + "alias:"):  # a bucket: one alias per field
+            for field, value in client.hgetall(key).items():
+                aliases.setdefault(_text(value), []).append((_text(field), b"", 0))
         elif "{u:" in key:
             by_user.setdefault(_tag_id(key), {})[_kind(key)] = (dump, pttl)
     return [
@@ -290,17 +301,28 @@ def synthetic_id(source: str, index: int) -> str:
     return digest[: len(source)]
 
 
-def populate(client: redis.Redis, sources: Sequence[UserKeys], count: int) -> None:
+def populate(
+    client: redis.Redis, sources: Sequence[UserKeys], count: int, keys: RedisKeys = KEYS
+) -> None:
     """``count`` synthetic users, user ``i`` a copy of ``sources[i % len(sources)]`` with the
-    id ``synthetic_id(source, i)``."""
+    id ``synthetic_id(source, i)``; an alias of the buckets goes to the bucket ``keys``
+    give its synthetic anonymous id, as the sink would write it now."""
     pipe = client.pipeline(transaction=False)
+    generation = keys.alias_generation(time.time())
+    expires_at = keys.alias_expires_at(generation)
     for index in range(count):
         source = sources[index % len(sources)]
         user = synthetic_id(source.user, index)
         for kind, dump, pttl in source.dumps:
             pipe.restore(_key(user, kind), pttl, dump)
         for anonymous_id, dump, pttl in source.aliases:
-            pipe.restore(KEYS.alias(synthetic_id(anonymous_id, index)), pttl, dump)
+            anon = synthetic_id(anonymous_id, index)
+            if dump:
+                pipe.restore(KEYS.alias(anon), pttl, dump)
+            else:
+                bucket = keys.alias_bucket(anon, generation)
+                pipe.hset(bucket, anon, user)
+                pipe.expireat(bucket, expires_at)
         for audience in source.audiences:
             pipe.sadd(audience, user)
         if len(pipe) >= 2000:
@@ -329,9 +351,9 @@ def used_memory(client: redis.Redis) -> int:
 
 
 #: The parts of a user's cost the breakdown measures alone, besides each kind of per-user
-#: key the layout has: the alias keys of its anonymous ids, its memberships of the shared
+#: key the layout has: the aliases of its anonymous ids, its memberships of the shared
 #: audience sets.
-SHARED_PARTS = ("alias keys", "audience members")
+SHARED_PARTS = ("aliases", "audience members")
 
 
 def parts_of(sources: Sequence[UserKeys]) -> list[str]:
@@ -346,18 +368,23 @@ def _part(source: UserKeys, part: str) -> UserKeys:
     return UserKeys(
         source.user,
         tuple(d for d in source.dumps if KIND_NAMES.get(d[0]) == part),
-        source.aliases if part == "alias keys" else (),
+        source.aliases if part == "aliases" else (),
         source.audiences if part == "audience members" else (),
     )
 
 
-def slope(client: redis.Redis, sources: Sequence[UserKeys], populations: tuple[int, int]) -> float:
+def slope(
+    client: redis.Redis,
+    sources: Sequence[UserKeys],
+    populations: tuple[int, int],
+    keys: RedisKeys = KEYS,
+) -> float:
     """Bytes of ``used_memory`` per user between the two populations of ``sources``' copies."""
     memory: list[int] = []
     for count in populations:
         client.flushall()
         before = used_memory(client)
-        populate(client, sources, count)
+        populate(client, sources, count, keys)
         memory.append(used_memory(client) - before)
     return (memory[1] - memory[0]) / (populations[1] - populations[0])
 
@@ -370,18 +397,20 @@ def measure(
     batches: Sequence[Sequence[RedisOp]],
     populations: tuple[int, int],
     sample: int,
+    keys: RedisKeys = KEYS,
 ) -> Figures:
-    """Write ``batches`` in ``layout``, replicate to both populations and measure."""
+    """Write ``batches`` in ``layout``, replicate to both populations and measure (alias
+    buckets as ``keys`` give them)."""
     client.flushall()
     write(client, batches)
     sources = snapshot(client)
     if not sources:
         raise RuntimeError("the workload left no user with a profile; use more --users")
     parts = {
-        part: slope(client, [_part(s, part) for s in sources], populations)
+        part: slope(client, [_part(s, part) for s in sources], populations, keys)
         for part in parts_of(sources)
     }
-    total = slope(client, sources, populations)  # leaves the larger population in place
+    total = slope(client, sources, populations, keys)  # leaves the larger population in place
     users = [synthetic_id(sources[i % len(sources)].user, i) for i in range(populations[1])]
     step = max(1, len(users) // sample)
     sampled = users[::step][:sample]
@@ -514,6 +543,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=200, help="users MEMORY USAGE samples")
     parser.add_argument("--redis-server", default="redis-server", help="the server binary")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--alias-buckets",
+        type=int,
+        default=ALIAS_BUCKETS,
+        help=f"ATTUNE_REDIS_ALIAS_BUCKETS of the current layout ({ALIAS_BUCKETS})",
+    )
     args = parser.parse_args(argv)
     if not 0 < args.small < args.large:
         parser.error("--small must be positive and below --large")
@@ -521,6 +556,11 @@ def main(argv: list[str] | None = None) -> int:
     batches = flow_writes(args.users, args.days, args.seed)
     with OwnRedis(args.redis_server) as client:
         version = client.info("server")["redis_version"]
+        keys = RedisKeys(alias_buckets=args.alias_buckets, alias_period_s=TTL_S)
+        layouts: dict[str, Callable[[redis.Redis, Sequence[Sequence[RedisOp]]], None]] = {
+            **LAYOUTS,
+            CURRENT: partial(write_current, alias_buckets=args.alias_buckets),
+        }
         figures = [
             measure(
                 client,
@@ -529,8 +569,9 @@ def main(argv: list[str] | None = None) -> int:
                 batches=batches,
                 populations=populations,
                 sample=args.sample,
+                keys=keys,
             )
-            for layout, write in LAYOUTS.items()
+            for layout, write in layouts.items()
         ]
     print(f"redis-server {version}; workload users={args.users} days={args.days} seed={args.seed}")
     print(report(figures, populations))

@@ -5,9 +5,10 @@ trending items per scope; apps read them here with redis-py (docs/redis.md,
 "Recommendations", is the contract):
 
 - ``attune:{u:<user>}``: the user's hash (:mod:`attune.operators.redis_keys`): fields
-  ``R``, ``R1``, ... the recommendations, format 3 (text:
-  ``3|<model_version>|<generated_at>|<source>|<categories>|<item>|...``, items in rank
-  order, :mod:`attune.operators.recs_encoding`; formats 2 and 1, orjson, read too);
+  ``R``, ``R1``, ... the recommendations, format 5 or 4 (text:
+  ``5|<model_version>|<generated_at>|<source>|<categories>|<id prefix>|<digits>|<items>``,
+  items in rank order, :mod:`attune.operators.recs_encoding`; format 3, and formats 2
+  and 1, orjson, read too);
   ``P``, ``P1``, ... the profile, format 3 (``3|<value>|...``,
   :func:`attune.operators.redis_keys.encode_profile`), read by
   :meth:`RecommendationClient.get_profile`; one field per segment the user is in;
@@ -23,7 +24,10 @@ when there is one, else trending, and says which (:class:`Recommendations`:
 ``source``, ``fallback``, ``fallback_reason``, ``scope``). The rules:
 
 1. The user's hash is read (the recommendations and the segments); an anonymous id
-   merged into a user (``alias`` key) reads that user's.
+   merged into a user reads that user's: its alias is looked up in the alias buckets
+   ``attune:alias:<generation>:<bucket>`` (this generation's, then the previous one's:
+   :meth:`attune.operators.redis_keys.RedisKeys.alias_lookup`), and in the earlier
+   layout's ``attune:{u:<anon>}:alias`` key.
 2. Context ``exclude`` (and ``item``, the item on the page) removes items;
    context ``category`` keeps only items in that category (``shoes`` keeps
    ``shoes`` and ``shoes/running``; items without a category are dropped).
@@ -53,6 +57,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
@@ -62,6 +67,8 @@ import redis
 
 from attune.operators import recs_encoding
 from attune.operators.redis_keys import (
+    ALIAS_BUCKETS,
+    ALIAS_PERIOD_S,
     DEFAULT_PREFIX,
     MAX_CHUNKS,
     PROFILE_FIELD,
@@ -159,6 +166,15 @@ class Recommendations:
 # --- pure parts: parsing, filtering, choosing scopes -----------------------------------------
 
 
+def _first_alias(replies: Sequence[Any]) -> Any:
+    """The first alias found among the replies of :meth:`RecommendationClient._alias_reads`
+    (a reply that is an error, a key of another type, counts as none found)."""
+    for reply in replies:
+        if isinstance(reply, bytes | str) and reply:
+            return reply
+    return None
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -170,8 +186,9 @@ def _number(value: Any) -> TypeGuard[int | float]:
 def parse_recs(raw: bytes | str, key: str = "recs") -> StoredRecs:
     """Parse a ``recs`` value; :class:`CorruptRecommendationsError` names what is wrong.
 
-    Reads formats 4 (text, ``4|...``, what Attune stores) and 3 (text, ``3|...``, what the
-    ranking step makes and Redis held before) and the JSON formats 2
+    Reads formats 5 and 4 (text, ``5|...`` and ``4|...``, what Attune stores: 5 when the
+    list's ids and scores allow it) and 3 (text, ``3|...``, what the ranking step makes
+    and Redis held before) and the JSON formats 2
     (``"v": 2``: items ``[item, score, reason code, category index]``) and 1 (no ``v``:
     items as objects), so values written before an upgrade stay readable
     (:mod:`attune.operators.recs_encoding`). Reason codes come back as their reasons.
@@ -181,6 +198,8 @@ def parse_recs(raw: bytes | str, key: str = "recs") -> StoredRecs:
     >>> parse_recs(b"3|m4|7|p|shoes|i1,831,sv,0|i2,500").items[1]
     Recommendation(item='i2', score=0.5, reason='similar-to-viewed', category='shoes')
     >>> parse_recs(b"4|m4|7|p|shoes|i|1,n3,sv,0|2,dw").items[1]
+    Recommendation(item='i2', score=0.5, reason='similar-to-viewed', category='shoes')
+    >>> parse_recs(b"5|m4|7|p|shoes|i|1|1n3,sv,0;2dw").items[1]
     Recommendation(item='i2', score=0.5, reason='similar-to-viewed', category='shoes')
 
     >>> parse_recs(b'{"v":2,"items":[["i1",0.8,"sv",0]],"categories":["shoes"],'
@@ -192,7 +211,7 @@ def parse_recs(raw: bytes | str, key: str = "recs") -> StoredRecs:
     ...     print(exc)
     k: items[0].score is 'high', not a finite number
     """
-    if raw[:2] in (b"3|", "3|", b"4|", "4|"):
+    if raw[:2] in (b"3|", "3|", b"4|", "4|", b"5|", "5|"):
         return _parse_v3(raw, key)
     try:
         value = orjson.loads(raw)
@@ -225,9 +244,9 @@ def parse_recs(raw: bytes | str, key: str = "recs") -> StoredRecs:
 
 
 def _parse_v3(raw: bytes | str, key: str) -> StoredRecs:
-    """Formats 4 and 3, the text :func:`attune.operators.recs_encoding.stored` and
+    """Formats 5, 4 and 3, the text :func:`attune.operators.recs_encoding.stored` and
     :func:`attune.operators.recs_encoding.encode_compact` write."""
-    number = "4" if raw[:1] in (b"4", "4") else "3"
+    number = _text(raw[:1])
     try:
         text = raw.decode() if isinstance(raw, bytes) else raw
         items, model_version, generated_at, source = recs_encoding.decode_compact(text)
@@ -457,12 +476,15 @@ class RecommendationClient:
             shape instead of logging it and falling back.
         segment_priority: segment names in the order their trending lists are
             preferred (a Redis set has no order); other segments follow by name.
+        alias_buckets: the flow's ``ATTUNE_REDIS_ALIAS_BUCKETS`` (default 1024).
+        ttl_s: the flow's ``ATTUNE_REDIS_TTL_S`` (default 30 days): the alias buckets'
+            generation.
 
     Two round trips at most for a known user with a full list (one pipelined
-    ``HGETALL`` of the user's hash with ``GET`` of the alias and of the earlier layout's
-    keys, one pipelined ``ZREVRANGE`` per scope if a top-up is needed), three when an
-    anonymous id is resolved to its user, one more when the user's segments are still a
-    set (the layout before the hash, written before: ``SMEMBERS``).
+    ``HGETALL`` of the user's hash with ``HGET`` of the alias buckets and ``GET`` of the
+    earlier layout's keys, one pipelined ``ZREVRANGE`` per scope if a top-up is
+    needed), three when an anonymous id is resolved to its user, one more when the
+    user's segments are still a set (the layout before the hash, written before: ``SMEMBERS``).
     """
 
     def __init__(
@@ -472,6 +494,8 @@ class RecommendationClient:
         *,
         strict: bool = False,
         segment_priority: Sequence[str] = (),
+        alias_buckets: int = ALIAS_BUCKETS,
+        ttl_s: int = ALIAS_PERIOD_S,
     ) -> None:
         self._owned = isinstance(redis_client_or_url, str)
         self.redis: redis.Redis = (
@@ -479,7 +503,7 @@ class RecommendationClient:
             if isinstance(redis_client_or_url, str)
             else redis_client_or_url
         )
-        self.keys = RedisKeys(prefix)
+        self.keys = RedisKeys(prefix, alias_buckets, ttl_s)
         self.strict = strict
         self.segment_priority = tuple(segment_priority)
 
@@ -507,11 +531,12 @@ class RecommendationClient:
         earlier layout's key)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(self.keys.user(user))
-        pipe.get(self.keys.alias(user))
+        self._alias_reads(pipe, user)
         # The layout before the user's hash, read in the same round trip while one may be left.
         pipe.get(self.keys.recs(user))
         pipe.hkeys(self.keys.segments(user))
-        fields, alias, recs, segments = pipe.execute(raise_on_error=False)
+        fields, *aliases, recs, segments = pipe.execute(raise_on_error=False)
+        alias = _first_alias(aliases)
         key = self.keys.user(user)
         if isinstance(fields, redis.ResponseError):  # the user's key is not a hash
             return CorruptRecommendationsError(key, str(fields)), key, alias, set()
@@ -522,6 +547,27 @@ class RecommendationClient:
                 value = CorruptRecommendationsError(key, f"recs: {exc}")
             return value, key, alias, set(segment_names(fields))
         return recs, self.keys.recs(user), alias, segments
+
+    def resolve_alias(self, anonymous_id: str) -> str | None:
+        """The user ``anonymous_id`` was merged into, ``None`` when it has no alias: one
+        pipelined round trip (``HGET`` of its alias buckets, ``GET`` of the earlier
+        layout's alias key). ``get_recommendations`` and ``get_profile`` follow an alias
+        themselves; this is for apps that need the user id.
+        """
+        if not anonymous_id:
+            raise ValueError("anonymous_id is empty")
+        pipe = self.redis.pipeline(transaction=False)
+        self._alias_reads(pipe, anonymous_id)
+        alias = _first_alias(pipe.execute(raise_on_error=False))
+        return None if alias is None else _text(alias)
+
+    def _alias_reads(self, pipe: Any, anonymous_id: str) -> None:
+        """Queue the reads of ``anonymous_id``'s alias, in the order :func:`_first_alias`
+        prefers them: this generation's bucket, the previous one's, the earlier layout's
+        key."""
+        for bucket in self.keys.alias_lookup(anonymous_id, time.time()):
+            pipe.hget(bucket, anonymous_id)
+        pipe.get(self.keys.alias(anonymous_id))
 
     def _segments(self, user: str, value: Any) -> set[str]:
         if isinstance(value, set):  # from the user's hash
@@ -600,9 +646,10 @@ class RecommendationClient:
         pipe = self.redis.pipeline(transaction=False)
         fields = [chunk_field(PROFILE_FIELD, i) for i in range(MAX_CHUNKS)]
         pipe.hmget(self.keys.user(user), fields)
-        pipe.get(self.keys.alias(user))
+        self._alias_reads(pipe, user)
         pipe.get(self.keys.profile(user))
-        pieces, alias, old = pipe.execute(raise_on_error=False)
+        pieces, *aliases, old = pipe.execute(raise_on_error=False)
+        alias = _first_alias(aliases)
         key = self.keys.user(user)
         if isinstance(pieces, redis.ResponseError):
             return CorruptRecommendationsError(key, str(pieces)), key, alias

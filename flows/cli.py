@@ -7,8 +7,8 @@ creates the design topics; ``attune inspect`` summarises an event file;
 ``attune evaluate`` replays an event file to measure the recommendation and
 propensity models; ``attune config`` prints the settings (secrets masked) or
 their reference; ``attune erase USER`` removes a user's data from Redis
-(docs/privacy.md); ``attune redis-upgrade`` moves users' keys of the three-key Redis
-layout into their hashes (docs/redis.md).
+(docs/privacy.md); ``attune redis-upgrade`` brings Redis written by an earlier Attune to
+the current layout (docs/redis.md).
 Settings come from ``ATTUNE_*`` variables (:mod:`attune.flows.settings`); flags
 override them.
 """
@@ -139,21 +139,22 @@ def _cmd_erase(args: argparse.Namespace) -> int:
 def _cmd_redis_upgrade(args: argparse.Namespace) -> int:
     import redis
 
-    from attune.operators.redis_keys import RedisKeys
     from attune.operators.redis_sink import RedisConfig, upgrade_layout
 
     settings = Settings.from_env().replace(redis_url=args.redis)
     config = RedisConfig.from_settings(settings)
     client = config.client()
     try:
-        report = upgrade_layout(client, RedisKeys(settings.redis_prefix), settings.redis_ttl_s)
+        report = upgrade_layout(client, config.keys(), settings.redis_ttl_s)
     except redis.RedisError as exc:
         raise RuntimeError(f"Redis at {config.safe_url}: {exc}") from exc
     finally:
         client.close()
     print(
         f"redis-upgrade: {report.moved} users moved into their hash, {report.kept} already "
-        "had one (old keys deleted)"
+        f"had one (old keys deleted); {report.aliases_moved} alias keys moved into the alias "
+        f"buckets, {report.aliases_rebucketed} aliases moved to their current bucket; "
+        f"{report.recs_rewritten} lists rewritten in format 5"
     )
     return 0
 
@@ -161,10 +162,13 @@ def _cmd_redis_upgrade(args: argparse.Namespace) -> int:
 def _add_redis_upgrade(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     upg = sub.add_parser(
         "redis-upgrade",
-        help="move users' keys of the three-key Redis layout into their hashes",
+        help="bring Redis written by an earlier Attune to the current layout",
         description="Move every user's :profile, :segments and :recs keys (the layout before "
         "one hash per user) into the user's hash attune:{u:<user>}, TTL kept, and delete "
-        "them. Run once after upgrading, before the upgraded flow starts (docs/redis.md).",
+        "them; move alias keys attune:{u:<anon>}:alias into the alias buckets, and aliases "
+        "into the bucket the current ATTUNE_REDIS_ALIAS_BUCKETS and ATTUNE_REDIS_TTL_S give "
+        "them; rewrite lists stored in format 4 in format 5. Run once after upgrading, "
+        "before the upgraded flow starts (docs/redis.md).",
     )
     upg.add_argument("--redis", help="Redis URL (default: ATTUNE_REDIS_URL)")
     upg.set_defaults(func=_cmd_redis_upgrade)

@@ -6,7 +6,9 @@ profile, segments and recommendations, the alias, the keys of the layout before 
 hash, and any per-user key added later: found by
 ``SCAN MATCH``, not from a list that could miss one), the user's membership in
 every audience set ``<prefix>segment:*``, and the aliases of anonymous ids that
-were merged into the user (with everything under their tags). The flow's own
+were merged into the user (fields of the alias buckets ``<prefix>alias:*`` whose value
+is the user, and the earlier layout's alias keys, with everything under their tags);
+the user's own ids are taken out of the alias buckets too. The flow's own
 per-user state is erased by an ``ErasureRequest`` event on the events topic
 (docs/privacy.md): send one too, or the next event of the user writes a
 profile again.
@@ -18,9 +20,9 @@ key rotation, the pseudonyms under the previous keys
 (``ATTUNE_PSEUDONYM_PREVIOUS_KEYS``) are erased too. The report names the
 pseudonyms and keys, never the raw value given.
 
-Cost: two SCANs over the key space (the user's tag; audiences and aliases), so
-seconds per million keys; meant for requests one at a time, not bulk. Redis
-Cluster: run it against each primary (SCAN is per node).
+Cost: SCANs over the key space (the user's tag; audiences and aliases) and an
+``HGETALL`` of every alias bucket, so seconds per million keys; meant for requests
+one at a time, not bulk. Redis Cluster: run it against each primary (SCAN is per node).
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class ErasureReport:
     audiences: tuple[str, ...]  # audience sets the user was removed from
     aliases: tuple[str, ...]  # anonymous ids merged into the user (their keys deleted)
     dry_run: bool = False
+    # alias buckets the aliases (of the user's anonymous ids, and of its own ids) left
+    alias_buckets: tuple[str, ...] = ()
 
     def render(self) -> str:
         verb = "would remove" if self.dry_run else "removed"
@@ -63,6 +67,8 @@ class ErasureReport:
         lines += [f"    {a}" for a in self.audiences]
         lines.append(f"  {len(self.aliases)} merged anonymous ids")
         lines += [f"    {a}" for a in self.aliases]
+        lines.append(f"  aliases in {len(self.alias_buckets)} alias buckets")
+        lines += [f"    {b}" for b in self.alias_buckets]
         return "\n".join(lines)
 
 
@@ -116,6 +122,37 @@ def _tag_pattern(keys: RedisKeys, user: str) -> str:
     return f"{glob_escape(keys.prefix)}{{u:{glob_escape(escape_tag(user))}}}*"
 
 
+def _keyed_aliases(client: redis.Redis, keys: RedisKeys, wanted: set[bytes]) -> list[str]:
+    """The tags (escaped anonymous ids) of the alias keys of the layout before the alias
+    buckets whose value is one of ``wanted``."""
+    alias_keys = _scan(client, f"{glob_escape(keys.prefix)}{{u:*}}:alias")
+    aliases: list[str] = []
+    if alias_keys:
+        values = client.mget(alias_keys)
+        for key, value in zip(alias_keys, values, strict=True):
+            if value in wanted:
+                aliases.append(key.decode()[len(keys.prefix) + 3 : -len("}:alias")])
+    return aliases
+
+
+def _bucketed_aliases(
+    client: redis.Redis, keys: RedisKeys, wanted: set[bytes]
+) -> list[tuple[bytes, str]]:
+    """The ``(bucket, anonymous id)`` of every alias bucket field whose value is one of
+    ``wanted`` (the user's anonymous ids) or whose field is (the user's own ids, as an
+    anonymous id of someone else)."""
+    found: list[tuple[bytes, str]] = []
+    buckets = _scan(client, keys.alias_pattern())
+    pipe = client.pipeline(transaction=False)
+    for bucket in buckets:
+        pipe.hgetall(bucket)
+    for bucket, fields in zip(buckets, pipe.execute(), strict=True):
+        for field, user in fields.items():
+            if user in wanted or field in wanted:
+                found.append((bucket, field.decode()))
+    return found
+
+
 def erase_user(
     client: redis.Redis, keys: RedisKeys, ids: Iterable[str], *, dry_run: bool = False
 ) -> ErasureReport:
@@ -123,14 +160,10 @@ def erase_user(
     ids = list(dict.fromkeys(ids))
     wanted = {i.encode() for i in ids}
     # Anonymous ids merged into the user: alias keys whose value is one of the ids.
-    alias_keys = _scan(client, f"{glob_escape(keys.prefix)}{{u:*}}:alias")
-    aliases: list[str] = []
-    if alias_keys:
-        values = client.mget(alias_keys)
-        for key, value in zip(alias_keys, values, strict=True):
-            if value in wanted:
-                tag = key.decode()[len(keys.prefix) + 3 : -len("}:alias")]
-                aliases.append(tag)
+    aliases = _keyed_aliases(client, keys, wanted)
+    bucketed = _bucketed_aliases(client, keys, wanted)
+    tags = [escape_tag(anonymous_id) for _, anonymous_id in bucketed if anonymous_id not in ids]
+    aliases += [tag for tag in dict.fromkeys(tags) if tag not in aliases]
     members = ids + [a for a in aliases if a not in ids]
     doomed: set[bytes] = set()
     for member in ids:
@@ -152,12 +185,18 @@ def erase_user(
                 audiences.append(key.decode()[len(keys.audience("")) :])
     if doomed and not dry_run:
         client.delete(*doomed)
+    if bucketed and not dry_run:
+        pipe = client.pipeline(transaction=False)
+        for bucket, field in bucketed:
+            pipe.hdel(bucket, field)
+        pipe.execute()
     return ErasureReport(
         ids=tuple(ids),
         deleted_keys=tuple(sorted(k.decode() for k in doomed)),
         audiences=tuple(audiences),
         aliases=tuple(aliases),
         dry_run=dry_run,
+        alias_buckets=tuple(sorted({bucket.decode() for bucket, _ in bucketed})),
     )
 
 
@@ -179,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
     config = RedisConfig.from_settings(settings)
     client = config.client()
     try:
-        report = erase_user(client, RedisKeys(settings.redis_prefix), ids, dry_run=args.dry_run)
+        report = erase_user(client, config.keys(), ids, dry_run=args.dry_run)
     except redis.RedisError as exc:
         raise RuntimeError(f"Redis at {config.safe_url}: {exc}") from exc
     finally:

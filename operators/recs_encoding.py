@@ -3,22 +3,36 @@
 before it).
 
 Made by the ranking step in format 3 (:func:`attune.operators.ranking.recs_value`,
-:func:`encode_compact`), stored by the Redis sink as format 4 (:func:`stored`, in pieces;
-a format-2 value is made format 3 first, :func:`compact`; :func:`encode_stored` makes
-format 4 directly), read by the client library
-(:func:`attune.clients.recommendations.parse_recs`, formats 1 to 4); docs/redis.md
+:func:`encode_compact`), stored by the Redis sink as format 5, or format 4 when the list's
+ids or scores do not allow 5 (:func:`stored`, in pieces; a format-2 value is made format 3
+first, :func:`compact`, and a format-4 value format 5; :func:`encode_stored` makes what
+Redis keeps directly), read by the client library
+(:func:`attune.clients.recommendations.parse_recs`, formats 1 to 5); docs/redis.md
 ("Recommendations") is the contract. It imports nothing heavier than orjson, so the
 client library can share it.
 
-Format 4 (what Redis keeps) is format 3 below with ``generated_at`` and every score in
-base 36 (:func:`attune.operators.redis_keys.base36`: the same thousandths in 2
-characters instead of 3) and the item ids' common prefix written once, as a 6th field,
-each item then giving its id without it::
+Format 5 (what Redis keeps when it can) is format 4 with fixed-width items and no
+separators between them: after format 4's six fields, the number of decimal digits ``D``
+of the ids (without the common prefix; every one must have ``D`` digits), then all the
+items in one field, each its id as a zero-padded base-36 number of
+``len(base36(10**D - 1))`` digits, its score as 2 zero-padded base-36 digits (scores of
+0 to 1.295) and, when its reason or category differs from the item before,
+``,<reason>,<category index>;`` (:func:`_format_5`)::
+
+    5|<model_version>|<generated_at, base 36>|<source>|<categories>|<id prefix>|<D>|<items>
+
+>>> stored(b"3|m3-5|1767571200000|p|shoes/running|i1,831,sv,0|i3,610|i7,500,bt,")
+b'5|m3-5|mk0e96o0|p|shoes/running|i|1|1n3,sv,0;3gy7dw,bt,;'
+
+Format 4 (what Redis keeps of a list format 5 cannot hold) is format 3 below with
+``generated_at`` and every score in base 36 (:func:`attune.operators.redis_keys.base36`:
+the same thousandths in 2 characters instead of 3) and the item ids' common prefix written
+once, as a 6th field, each item then giving its id without it::
 
     4|<model_version>|<generated_at, base 36>|<source>|<categories>|<id prefix>|<item>...
 
->>> stored(b"3|m3-5|1767571200000|p|shoes/running|i1,831,sv,0|i3,610|i7,500,bt,")
-b'4|m3-5|mk0e96o0|p|shoes/running|i|1,n3,sv,0|3,gy|7,dw,bt,'
+>>> _format_4("3|m3-5|1767571200000|p|shoes/running|i1,831,sv,0|i3,610|i7,500,bt,")
+'4|m3-5|mk0e96o0|p|shoes/running|i|1,n3,sv,0|3,gy|7,dw,bt,'
 
 Format 3 (what Redis held before format 4) is text, not JSON: Redis keeps one value per
 user, and
@@ -92,6 +106,13 @@ SOURCE_CODES: dict[str, str] = {"personalized": "p", "trending": "t"}
 SOURCES_BY_CODE: dict[str, str] = {code: source for source, code in SOURCE_CODES.items()}
 #: The format :func:`stored` writes: what Redis keeps.
 STORED_FORMAT = "4"
+#: The format :func:`stored` writes when a list's ids and scores allow it (format 4
+#: otherwise): fixed-width items, no separators between them.
+FIXED_FORMAT = "5"
+#: Format 5: the width of every score (base-36 thousandths, zero-padded).
+SCORE_WIDTH = 2
+#: Format 5: the most decimal digits an id (without the prefix) may have.
+MAX_ID_DIGITS = 19
 #: How a format-2 value starts (what :func:`compact` converts).
 _FORMAT_2_START = b'{"v":2,'
 
@@ -162,14 +183,14 @@ def encode_compact(
 def encode_stored(
     items: Iterable[Entry], model_version: str, generated_at_ms: int, source: str
 ) -> bytes:
-    """The format-4 value of a user's recommendations (what Redis keeps), ``items`` in rank
+    """What Redis keeps of a user's recommendations (format 5, else 4), ``items`` in rank
     order: the same bytes as ``stored(encode_compact(...))`` without format 3 in between,
     for a ranking step that makes what Redis keeps (the sink then stores it as it is).
 
     >>> rows = [("i1", 0.8312345, "similar-to-viewed", "shoes/running"),
     ...         ("i3", 0.61, "similar-to-viewed", "shoes/running")]
     >>> encode_stored(rows, "m3-5", 7, "personalized")
-    b'4|m3-5|7|p|shoes/running|i|1,n3,sv,0|3,gy'
+    b'5|m3-5|7|p|shoes/running|i|1|1n3,sv,0;3gy'
     """
     categories: dict[str, int] = {}
     rows: list[tuple[str, str, str]] = []  # escaped id, score, reason and category or ""
@@ -193,7 +214,36 @@ def encode_stored(
         ",".join(_escape(c) for c in categories),
         prefix,
     ]
+    fixed = _fixed_items(rows, cut)
+    if fixed is not None:  # format 5 in the same pass (what _format_5 makes of format 4)
+        return "|".join([FIXED_FORMAT, *head[1:], *fixed]).encode()
     return "|".join(head + [f"{i[cut:]},{score}{tail}" for i, score, tail in rows]).encode()
+
+
+def _fixed_items(rows: list[tuple[str, str, str]], cut: int) -> tuple[str, str] | None:
+    """Format 5's last two fields (the ids' digits, the items) of :func:`encode_stored`'s
+    rows, ``None`` when format 5 cannot hold them (the rules of :func:`_format_5`)."""
+    if not rows:
+        return None
+    digits = len(rows[0][0]) - cut
+    if not 0 < digits <= MAX_ID_DIGITS:
+        return None
+    width = len(base36(10**digits - 1))
+    out: list[str] = []
+    for ident, score, tail in rows:
+        suffix = ident[cut:]
+        if len(suffix) != digits or not (suffix.isascii() and suffix.isdigit()):
+            return None
+        if len(score) > SCORE_WIDTH or score[:1] == "-" or ";" in tail:
+            return None
+        if tail and tail.count(",") != 2:  # not <reason>,<category>: format 4 keeps it
+            return None
+        out.append(
+            base36(int(suffix)).rjust(width, "0")
+            + score.rjust(SCORE_WIDTH, "0")
+            + (tail + ";" if tail else "")
+        )
+    return str(digits), "".join(out)
 
 
 def reason_of(code: str) -> str:
@@ -253,7 +303,7 @@ def compact(value: bytes) -> bytes:
 
 
 def decode_compact(text: str) -> tuple[list[tuple[str, float, str, str | None]], str, int, str]:
-    """A format-3 or format-4 value's items ``(id, score, reason code, category path)``,
+    """A format-3, 4 or 5 value's items ``(id, score, reason code, category path)``,
     model version, generation time and source; ``ValueError`` says what is wrong (the
     client turns it into its corrupt-value error).
 
@@ -261,6 +311,10 @@ def decode_compact(text: str) -> tuple[list[tuple[str, float, str, str | None]],
     ('i3', 0.61, 'sv', 'shoes/running')
     """
     parts = text.split("|")
+    if parts[0] == FIXED_FORMAT:
+        if len(parts) != 8:
+            raise ValueError(f"a format-5 value of {len(parts)} fields, not 8")
+        parts = [STORED_FORMAT, *parts[1:6]] + [",".join(i) for i in _items_5(*parts[6:])]
     stored = parts[0] == STORED_FORMAT
     if not (parts[0] == COMPACT_FORMAT or stored) or len(parts) < 5 + stored:
         raise ValueError("not a format-3 value of at least 5 fields, nor a format-4 one of 6")
@@ -296,9 +350,10 @@ def decode_compact(text: str) -> tuple[list[tuple[str, float, str, str | None]],
 
 
 def stored(value: bytes) -> bytes:
-    """What Redis keeps of a list: format 4 of a format-3 value (:func:`compact` of a
-    format-2 one first); another value as it is (a foreign or test writer's, which readers
-    judge).
+    """What Redis keeps of a list: format 5 (:func:`_format_5`), or format 4 when the list
+    does not allow 5, of a format-3 value (:func:`compact` of a format-2 one first), and
+    format 5 of a format-4 value that allows it; another value as it is (a foreign or test
+    writer's, which readers judge).
 
     Format 4 is format 3 with ``generated_at`` and every score written in base 36 and the
     item ids' common prefix written once, as a 6th field, before the items (each item
@@ -306,17 +361,119 @@ def stored(value: bytes) -> bytes:
     share a prefix. A text transform, cheaper than decoding.
 
     >>> stored(b"3|m3-5|7|p|shoes/running|i1,831,sv,0|i3,610|i7,500,bt,")
-    b'4|m3-5|7|p|shoes/running|i|1,n3,sv,0|3,gy|7,dw,bt,'
+    b'5|m3-5|7|p|shoes/running|i|1|1n3,sv,0;3gy7dw,bt,;'
+    >>> stored(b"4|m3-5|7|p||x|a1,n3,sv,|bb2,gy")  # ids of 1 and 2 digits: kept
+    b'4|m3-5|7|p||x|a1,n3,sv,|bb2,gy'
     >>> stored(b"not a list")
     b'not a list'
     """
     value = compact(value)
+    if value.startswith(b"4|"):  # a ranking step that makes format 4 itself
+        try:
+            fixed = _format_5(value.decode())
+        except (ValueError, IndexError):
+            fixed = None
+        return value if fixed is None else fixed.encode()
     if not value.startswith(b"3|"):
         return value
     try:
-        return _format_4(value.decode()).encode()
+        return _stored_of_3(value.decode()).encode()
     except (ValueError, IndexError):  # not what encode_compact writes: kept for readers
         return value
+
+
+def _stored_of_3(text: str) -> str:
+    """Format 5, else 4, of a format-3 text in one pass (what ``_format_5(_format_4(text))
+    or _format_4(text)`` gives)."""
+    parts = text.split("|")
+    if len(parts) < 5:
+        raise ValueError("not format 3")
+    fields = [item.split(",") for item in parts[5:]]
+    prefix = _common_prefix([f[0] for f in fields]) if len(fields) > 1 else ""
+    cut = len(prefix)
+    head = [parts[1], base36(int(parts[2])), parts[3], parts[4], prefix]
+    rows = [(f[0], base36(int(f[1])), "," + ",".join(f[2:]) if len(f) > 2 else "") for f in fields]
+    fixed = _fixed_items(rows, cut)
+    if fixed is not None:
+        return "|".join([FIXED_FORMAT, *head, *fixed])
+    return "|".join([STORED_FORMAT, *head, *(f"{i[cut:]},{sc}{tail}" for i, sc, tail in rows)])
+
+
+def _format_5(text: str) -> str | None:
+    """The format-5 value of a format-4 one, ``None`` when its items do not allow it: item
+    ids (without the common prefix) all of the same number of decimal digits, every score
+    at most :data:`SCORE_WIDTH` base-36 digits, no ``;`` in a reason or category index.
+
+    Format 5 keeps format 4's first six fields, then the number of digits ``D`` of the ids,
+    then all the items in one field, without separators: each item its id as a base-36
+    number of ``len(base36(10**D - 1))`` digits, zero-padded (read back as ``D`` decimal
+    digits, leading zeros kept), its score as :data:`SCORE_WIDTH` base-36 digits,
+    zero-padded, and, when its reason or category differs from the item before,
+    ``,<reason>,<category index>;``. Ten items of five-digit ids take ~30 bytes less.
+
+    >>> _format_5("4|m3-5|7|p|shoes/running|i|1,n3,sv,0|3,gy|7,dw,bt,")
+    '5|m3-5|7|p|shoes/running|i|1|1n3,sv,0;3gy7dw,bt,;'
+    >>> _format_5("4|m|7|p||i|12,n3,sv,|3,gy") is None  # ids of 2 and 1 digits
+    True
+    """
+    parts = text.split("|")
+    if parts[0] != STORED_FORMAT or len(parts) < 7:
+        return None
+    fields = [item.split(",") for item in parts[6:]]
+    digits = len(fields[0][0])
+    if not 0 < digits <= MAX_ID_DIGITS:
+        return None
+    width = len(base36(10**digits - 1))
+    out: list[str] = []
+    for item in fields:
+        ident, score = item[0], item[1]
+        if len(ident) != digits or not (ident.isascii() and ident.isdigit()):
+            return None
+        if len(score) > SCORE_WIDTH or not (score.isascii() and score.isalnum()):
+            return None
+        if len(item) == 4:
+            if ";" in item[2] or ";" in item[3]:
+                return None
+            tail = f",{item[2]},{item[3]};"
+        elif len(item) == 2:
+            tail = ""
+        else:
+            return None
+        out.append(base36(int(ident)).rjust(width, "0") + score.rjust(SCORE_WIDTH, "0") + tail)
+    return "|".join([FIXED_FORMAT, *parts[1:6], str(digits), "".join(out)])
+
+
+def _items_5(digits_field: str, items: str) -> list[list[str]]:
+    """Format 5's items as format 4 writes them (``[id, score]`` or ``[id, score, reason,
+    category index]``, ids without the prefix); ``ValueError`` says what is wrong."""
+    if not (
+        digits_field.isascii() and digits_field.isdigit() and 0 < int(digits_field) <= MAX_ID_DIGITS
+    ):
+        raise ValueError(f"the ids' digits are {digits_field[:16]!r}, not 1 to {MAX_ID_DIGITS}")
+    digits = int(digits_field)
+    width = len(base36(10**digits - 1))
+    out: list[list[str]] = []
+    at = 0
+    while at < len(items):
+        head = items[at : at + width + SCORE_WIDTH]
+        if len(head) != width + SCORE_WIDTH or not (head.isascii() and head.isalnum()):
+            raise ValueError(f"items[{len(out)}] is {head!r}, not {width} + 2 base-36 digits")
+        ident = str(int(head[:width], 36)).rjust(digits, "0")
+        if len(ident) != digits:
+            raise ValueError(f"items[{len(out)}].id {head[:width]!r} has over {digits} digits")
+        item = [ident, head[width:].lstrip("0") or "0"]
+        at += width + SCORE_WIDTH
+        if items[at : at + 1] == ",":
+            end = items.find(";", at)
+            if end < 0:
+                raise ValueError(f"items[{len(out)}]'s reason has no ';' after it")
+            rest = items[at + 1 : end].split(",")
+            if len(rest) != 2:
+                raise ValueError(f"items[{len(out)}]'s reason is not <reason>,<category>")
+            item += rest
+            at = end + 1
+        out.append(item)
+    return out
 
 
 def _format_4(text: str) -> str:

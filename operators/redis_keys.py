@@ -25,6 +25,27 @@ readers building keys themselves must apply it too (:func:`escape_tag`).
 >>> keys.user_keys("u1")[:2]
 ['attune:{u:u1}', 'attune:{u:u1}:alias']
 
+The alias of an anonymous id (the user it was merged into) is a field of a shared
+bucket hash, not a key of its own (a key costs ~150 bytes before its value; a field of
+a listpack hash costs its bytes and ~4 more): ``attune:alias:<generation>:<bucket>``,
+field the anonymous id, value the user id (:meth:`RedisKeys.alias_bucket`). ``bucket``
+is ``crc32(anonymous id as UTF-8) % alias_buckets`` (``ATTUNE_REDIS_ALIAS_BUCKETS``,
+1024: sized so that each bucket stays a listpack, under Redis's
+``hash-max-listpack-entries`` of 128); ``generation`` is ``floor(unix seconds /
+alias_period_s)`` (the per-user TTL, ``ATTUNE_REDIS_TTL_S``). Redis 7.0 has no TTL per
+hash field, so the TTL is the generation's: a bucket expires at the end of the
+generation after its own (``EXPIREAT``, :meth:`RedisKeys.alias_expires_at`), and a
+reader looks an anonymous id up in the current generation, then the previous one
+(:meth:`RedisKeys.alias_lookup`). An alias thus lives at least the TTL after its last
+write and less than twice it. ``attune:{u:<anon>}:alias`` (:meth:`RedisKeys.alias`), a
+string, is the layout before the buckets: still read, deleted by erasure, moved by
+``attune redis-upgrade``.
+
+>>> keys.alias_bucket("anon-1", 0), keys.alias_lookup("anon-1", now_s=30 * 86400 + 5)
+('attune:alias:0:986', ('attune:alias:1:986', 'attune:alias:0:986'))
+>>> keys.alias_expires_at(1)
+7776000
+
 A user's profile, recommendations and segments are one hash, ``attune:{u:<user>}``
 (:meth:`RedisKeys.user`): one key, one TTL, one keyspace entry instead of three (each
 key costs ~150 bytes before its value). Its fields:
@@ -71,6 +92,7 @@ values it knows and ignores the rest. Format 2 (the values written plainly,
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +100,12 @@ from typing import Any
 from attune.operators.features import PROFILE_FIELDS
 
 DEFAULT_PREFIX = "attune:"
+#: Buckets of the aliases of anonymous ids (``ATTUNE_REDIS_ALIAS_BUCKETS``' default): a
+#: bucket stays one listpack up to ``hash-max-listpack-entries`` (128) aliases, so 1024
+#: buckets hold ~65,000 live aliases at 64 a bucket on average (docs/redis.md).
+ALIAS_BUCKETS = 1024
+#: The generation of the alias buckets, as the per-user TTL's default (30 days).
+ALIAS_PERIOD_S = 30 * 24 * 3600
 
 #: Suffixes of the per-user keys after the user's tag, in the order of
 #: :meth:`RedisKeys.user_keys`: the user's hash (no suffix), the alias of an anonymous id,
@@ -116,12 +144,22 @@ class RedisKeys:
     """
 
     prefix: str = DEFAULT_PREFIX
+    #: Buckets of the aliases (``ATTUNE_REDIS_ALIAS_BUCKETS``) and the length of their
+    #: generations in seconds (``ATTUNE_REDIS_TTL_S``); writers and readers must agree.
+    alias_buckets: int = ALIAS_BUCKETS
+    alias_period_s: int = ALIAS_PERIOD_S
 
     def __post_init__(self) -> None:
         if "{" in self.prefix or "}" in self.prefix:
             raise ValueError(
                 f"Redis key prefix {self.prefix!r} contains '{{' or '}}', which would break "
                 "the per-user hash tag; set ATTUNE_REDIS_PREFIX without braces"
+            )
+        if self.alias_buckets < 1 or self.alias_period_s < 1:
+            raise ValueError(
+                f"alias buckets ({self.alias_buckets}) and their period "
+                f"({self.alias_period_s} s) must be positive; set ATTUNE_REDIS_ALIAS_BUCKETS "
+                "and ATTUNE_REDIS_TTL_S to positive numbers"
             )
 
     def _user(self, user: str, kind: str) -> str:
@@ -146,8 +184,39 @@ class RedisKeys:
         return self._user(user, "recs")
 
     def alias(self, anonymous_id: str) -> str:
-        """String: the user id an anonymous id was merged into."""
+        """The layout before the alias buckets: string, the user id an anonymous id was
+        merged into. Still read by the client, deleted by erasure, moved into the buckets
+        by ``attune redis-upgrade``."""
         return self._user(anonymous_id, "alias")
+
+    def alias_generation(self, now_s: float) -> int:
+        """The generation of the alias buckets at ``now_s`` (unix seconds)."""
+        return int(now_s // self.alias_period_s)
+
+    def alias_bucket(self, anonymous_id: str, generation: int) -> str:
+        """Hash: the bucket of ``generation`` holding ``anonymous_id``'s alias (field: the
+        anonymous id, value: the user id)."""
+        bucket = zlib.crc32(anonymous_id.encode()) % self.alias_buckets
+        return f"{self.prefix}alias:{generation}:{bucket}"
+
+    def alias_lookup(self, anonymous_id: str, now_s: float) -> tuple[str, str]:
+        """The buckets a reader looks ``anonymous_id`` up in, in order: the current
+        generation's (where writers write), then the previous one's."""
+        generation = self.alias_generation(now_s)
+        return (
+            self.alias_bucket(anonymous_id, generation),
+            self.alias_bucket(anonymous_id, generation - 1),
+        )
+
+    def alias_expires_at(self, generation: int) -> int:
+        """When the buckets of ``generation`` expire (unix seconds): at the end of the
+        generation after it, so that an alias lives at least one period after its write."""
+        return (generation + 2) * self.alias_period_s
+
+    def alias_pattern(self) -> str:
+        """A ``SCAN`` pattern of every alias bucket (the prefix glob-escaped)."""
+        escaped = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix)
+        return f"{escaped}alias:*"
 
     def audience(self, segment: str) -> str:
         """Set of the users in a segment (shared by all users: no hash tag)."""

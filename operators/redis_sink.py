@@ -16,7 +16,7 @@ What the rest of Attune relies on:
   member, SET, DEL); nothing increments. Replaying a batch after recovery, or a batch
   that failed half-way being sent again, leaves the same bytes in Redis.
 - Whole values, never half: a profile (:func:`~attune.operators.redis_keys.encode_profile`,
-  format 3) or a list of recommendations (format 4,
+  format 3) or a list of recommendations (format 5 or 4,
   :func:`~attune.operators.recs_encoding.stored` of the ranking step's format 3) is written
   whole, all its pieces in one ``HSET`` and its first piece leading with their count
   (:func:`~attune.operators.redis_keys.chunks`), so no reader joins two values.
@@ -59,6 +59,7 @@ What the rest of Attune relies on:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -70,6 +71,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from attune.operators import recs_encoding
 from attune.operators.features import PROFILE_FIELDS, Features, FeatureValue
 from attune.operators.redis_keys import (
+    ALIAS_BUCKETS,
     DEFAULT_PREFIX,
     PROFILE_FIELD,
     PROFILE_ORDER,
@@ -79,6 +81,7 @@ from attune.operators.redis_keys import (
     decode_profile,
     encode_profile,
     is_reserved,
+    joined,
     stale_chunks,
 )
 from attune.operators.redis_retry import OutagePolicy, OutageRetry
@@ -180,7 +183,7 @@ class JsonWrite:
 class RecsWrite:
     """Replace the user's recommendations (the ``R`` fields of the user's hash) with
     ``value``, the format-3 bytes of :func:`attune.operators.ranking.recs_value`, stored
-    as format 4 (:func:`attune.operators.recs_encoding.stored`, which turns another
+    as format 5 or 4 (:func:`attune.operators.recs_encoding.stored`, which turns another
     writer's format 2 into format 3 first; docs/redis.md)."""
 
     user: str
@@ -249,6 +252,7 @@ def plan(
     ttl_s: int = DEFAULT_TTL_S,
     audience_ttl_s: int | None = None,
     profile_fields: Sequence[str] = PROFILE_ORDER,
+    now_s: float | None = None,
 ) -> list[Command]:
     """The Redis commands that apply ``items`` in order, coalesced.
 
@@ -266,6 +270,13 @@ def plan(
     per user (the ``R`` fields, format 3); :class:`TrendingWrite` s of one scope fold into one
     ``ZADD`` (the last score per member), one trim and one ``EXPIRE``.
 
+    An :class:`AliasWrite` is an ``HSET`` of the anonymous id in its alias bucket of the
+    generation of ``now_s`` (unix seconds, default the wall clock; the buckets of
+    :meth:`~attune.operators.redis_keys.RedisKeys.alias_bucket`), one per bucket for all
+    its aliases, with the bucket's ``EXPIREAT``; a :class:`ForgetUser` without
+    ``keep_alias`` also ``HDEL`` s the id from the buckets of this generation and the one
+    before (where readers look), before the batch's alias writes.
+
     Raises ``ValueError`` for a profile field not in ``profile_fields``, and for a segment
     name that is empty or starts with an upper-case letter (those fields are Attune's:
     :func:`~attune.operators.redis_keys.is_reserved`).
@@ -275,6 +286,7 @@ def plan(
     batch = _coalesce(items, profile_fields)
     commands: list[Command] = []
     _user_commands(commands, batch.users, keys, ttl_s, profile_fields)
+    _alias_commands(commands, batch.users, keys, time.time() if now_s is None else now_s)
     _audience_commands(commands, batch.audiences, keys, audience_ttl)
     _trending_commands(commands, batch.trending, keys, audience_ttl)
     _shared_commands(commands, batch.shared)
@@ -366,8 +378,8 @@ def _user_commands(
     ttl_s: int,
     profile_fields: Sequence[str],
 ) -> None:
-    """Append each user's DEL, the HSET/HDEL of its hash's changed fields with the hash's
-    EXPIRE, and its alias SET."""
+    """Append each user's DEL and the HSET/HDEL of its hash's changed fields with the
+    hash's EXPIRE."""
     for user, user_ops in users.items():
         if user_ops.forget:
             doomed = keys.user_keys(user)
@@ -394,8 +406,32 @@ def _user_commands(
                 commands.append(("HDEL", key, *deleted))
             # One TTL for everything of the user: a segment lives as long as the profile.
             commands.append(("EXPIRE", key, ttl_s))
+
+
+def _alias_commands(
+    commands: list[Command], users: dict[str, _UserOps], keys: RedisKeys, now_s: float
+) -> None:
+    """Append the HDEL of the forgotten ids from the alias buckets readers look in, then
+    one HSET per bucket of the batch's aliases with the bucket's EXPIREAT (after the
+    HDELs: a forget followed by an alias write in one batch leaves the alias)."""
+    generation = keys.alias_generation(now_s)
+    deleted: dict[str, list[str]] = {}
+    written: dict[str, list[str]] = {}
+    for user, user_ops in users.items():
+        if user_ops.forget and not user_ops.keep_alias:
+            for bucket in keys.alias_lookup(user, now_s):
+                deleted.setdefault(bucket, []).append(user)
         if user_ops.alias is not None:
-            commands.append(("SET", keys.alias(user), user_ops.alias, "EX", ttl_s))
+            written.setdefault(keys.alias_bucket(user, generation), []).extend(
+                (user, user_ops.alias)
+            )
+    for bucket, ids in deleted.items():
+        commands.append(("HDEL", bucket, *ids))
+    if written:
+        expires_at = keys.alias_expires_at(generation)
+        for bucket, pairs in written.items():
+            commands.append(("HSET", bucket, *pairs))
+            commands.append(("EXPIREAT", bucket, expires_at))
 
 
 def _pieces(written: list[str | bytes], deleted: list[str], first: str, value: str | bytes) -> None:
@@ -466,6 +502,18 @@ redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 return moved
 """
 
+#: Lua: replace a user's list in its hash by a newer format of the same list, unless the
+#: flow wrote another list meanwhile (the first piece is no longer ``ARGV[2]``).
+#: ``KEYS[1]``: the hash; ``ARGV``: the first piece's field and old value, the number of
+#: field, value arguments that follow, then those, then the fields to delete.
+UPGRADE_RECS = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+local n = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + n))
+if #ARGV > 3 + n then redis.call('HDEL', KEYS[1], unpack(ARGV, 4 + n)) end
+return 1
+"""
+
 #: The kinds of key of the layout before the user's hash (suffixes after the user's tag).
 _OLD_KINDS = (":profile", ":segments", ":recs")
 
@@ -473,10 +521,17 @@ _OLD_KINDS = (":profile", ":segments", ":recs")
 @dataclass(frozen=True, slots=True)
 class UpgradeReport:
     """What :func:`upgrade_layout` did: users whose old keys went into a new hash, users
-    whose hash the flow had written already (their old keys only deleted)."""
+    whose hash the flow had written already (their old keys only deleted); alias keys
+    moved into the alias buckets, aliases moved to the bucket the current settings give
+    them (after a change of ``ATTUNE_REDIS_ALIAS_BUCKETS`` or ``ATTUNE_REDIS_TTL_S``);
+    lists in users' hashes rewritten in the current format."""
 
     moved: int
     kept: int
+    aliases_moved: int = 0
+    aliases_rebucketed: int = 0
+    #: users' lists rewritten in the format the sink writes now (format 4 -> 5)
+    recs_rewritten: int = 0
 
 
 def _glob(text: str) -> str:
@@ -502,7 +557,7 @@ def _old_fields(client: redis.Redis, old: Sequence[str], user: str) -> tuple[lis
             members = client.hkeys(key) if kind == "hash" else client.smembers(key)
             names = sorted(_as_text(m) for m in members)
             fields += [f for name in names if not is_reserved(name) for f in (name, "1")]
-        elif kind == "string":  # recs: format 4 (formats 3 and 2 converted; 1 kept)
+        elif kind == "string":  # recs: format 5 or 4 (formats 3 and 2 converted; 1 kept)
             raw = client.get(key) or b""
             value = recs_encoding.stored(raw if isinstance(raw, bytes) else raw.encode())
             fields += [f for pair in chunks(RECS_FIELD, value) for f in pair]
@@ -531,11 +586,15 @@ def _profile_of_hash(raw: Any) -> str:
 
 
 def upgrade_layout(
-    client: redis.Redis, keys: RedisKeys, ttl_s: int = DEFAULT_TTL_S
+    client: redis.Redis, keys: RedisKeys, ttl_s: int = DEFAULT_TTL_S, now_s: float | None = None
 ) -> UpgradeReport:
     """Move every user's keys of the layout before the hash (``:profile``, ``:segments``,
     ``:recs``) into the user's hash (:data:`UPGRADE_USER`), with the longest TTL left of
-    them (``ttl_s`` when none had one).
+    them (``ttl_s`` when none had one); then every alias key ``attune:{u:<anon>}:alias``
+    into the alias buckets of ``keys`` (the generation of ``now_s``, default the wall
+    clock), and every alias in a bucket readers no longer look in (the bucket count or the
+    TTL changed) into the bucket they look in; last, every list in a user's hash in format
+    4 that format 5 can hold is rewritten in format 5.
 
     Run it once after the upgrade, before the upgraded flow starts (``attune redis
     upgrade``): a user the flow has written already keeps only what the flow wrote, and
@@ -557,7 +616,94 @@ def upgrade_layout(
             moved += 1
         else:
             kept += 1
-    return UpgradeReport(moved, kept)
+    now_s = time.time() if now_s is None else now_s
+    aliases_moved = _upgrade_alias_keys(client, keys, now_s)
+    rebucketed = _rebucket_aliases(client, keys, now_s)
+    return UpgradeReport(moved, kept, aliases_moved, rebucketed, _upgrade_recs(client, keys))
+
+
+def _upgrade_recs(client: redis.Redis, keys: RedisKeys) -> int:
+    """Rewrite every user's list stored in an older format than :func:`recs_encoding.stored`
+    makes of it (format 4 -> 5) in the user's hash (:data:`UPGRADE_RECS`: a list the flow
+    wrote meanwhile is left alone); the number rewritten."""
+    rewritten = 0
+    for raw in client.scan_iter(match=_glob(keys.prefix) + "{u:*}", count=1000):
+        key = _as_text(raw)
+        if not key.endswith("}") or _as_text(client.type(key)) != "hash":
+            continue
+        fields = client.hgetall(key)
+        try:
+            value = joined(fields, RECS_FIELD)
+        except ValueError:  # readers report it; not this tool's to repair
+            continue
+        if value is None or not value.startswith(f"{recs_encoding.STORED_FORMAT}|"):
+            continue
+        new = recs_encoding.stored(value.encode())
+        if new == value.encode():
+            continue
+        written: list[str | bytes] = []
+        deleted: list[str] = []
+        _pieces(written, deleted, RECS_FIELD, new)
+        head = fields.get(RECS_FIELD.encode(), fields.get(RECS_FIELD))
+        args = [RECS_FIELD, head, len(written), *written, *deleted]
+        rewritten += int(client.eval(UPGRADE_RECS, 1, key, *args))  # type: ignore[arg-type]
+    return rewritten
+
+
+def _unescape_tag(tag: str) -> str:
+    """The id inside a ``{u:...}`` tag (:func:`~attune.operators.redis_keys.escape_tag`
+    undone)."""
+    return tag.replace("%7D", "}").replace("%25", "%") if "%" in tag else tag
+
+
+def _upgrade_alias_keys(client: redis.Redis, keys: RedisKeys, now_s: float) -> int:
+    """Move every ``attune:{u:<anon>}:alias`` string key (the layout before the alias
+    buckets) into its bucket of the current generation, unless the flow has written that
+    anonymous id's alias there already (``HSETNX``: the flow's is newer), and delete it;
+    the number of alias keys deleted."""
+    generation = keys.alias_generation(now_s)
+    expires_at = keys.alias_expires_at(generation)
+    moved = 0
+    for raw in client.scan_iter(match=_glob(keys.prefix) + "{u:*}:alias", count=1000):
+        key = _as_text(raw)
+        anonymous_id = _unescape_tag(key[len(keys.prefix) + 3 : key.rindex("}")])
+        try:
+            user = client.get(key)
+        except redis.ResponseError:  # not a string: not an alias Attune wrote
+            log.warning("%s is not a string; not moved", key)
+            continue
+        if user:
+            bucket = keys.alias_bucket(anonymous_id, generation)
+            pipe = client.pipeline(transaction=False)
+            pipe.hsetnx(bucket, anonymous_id, user)
+            pipe.expireat(bucket, expires_at)
+            pipe.delete(key)
+            pipe.execute()
+            moved += 1
+    return moved
+
+
+def _rebucket_aliases(client: redis.Redis, keys: RedisKeys, now_s: float) -> int:
+    """Move each alias that is in no bucket a reader looks in under the current settings
+    (:meth:`~attune.operators.redis_keys.RedisKeys.alias_lookup`) to its bucket of the
+    current generation (``HSETNX``: an alias the flow wrote there wins); the number moved."""
+    generation = keys.alias_generation(now_s)
+    expires_at = keys.alias_expires_at(generation)
+    moved = 0
+    for raw in client.scan_iter(match=keys.alias_pattern(), count=1000):
+        bucket = _as_text(raw)
+        for field, user in client.hgetall(bucket).items():
+            anonymous_id = _as_text(field)
+            if bucket in keys.alias_lookup(anonymous_id, now_s):
+                continue
+            target = keys.alias_bucket(anonymous_id, generation)
+            pipe = client.pipeline(transaction=False)
+            pipe.hsetnx(target, anonymous_id, user)
+            pipe.expireat(target, expires_at)
+            pipe.hdel(bucket, anonymous_id)
+            pipe.execute()
+            moved += 1
+    return moved
 
 
 # --- the sink --------------------------------------------------------------------------------
@@ -591,6 +737,8 @@ class _RedisSettings(Protocol):
     def redis_timeout_s(self) -> int: ...
     @property
     def redis_outage_limit_s(self) -> int: ...
+    @property
+    def redis_alias_buckets(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -623,6 +771,8 @@ class RedisConfig:
     #: Seconds Redis may stay silent before the flow stops (redis_retry.py); ``None``: no
     #: holding back (redis-py's few quick retries), as tools and tests want.
     outage_limit_s: float | None = None
+    #: Buckets of the aliases of anonymous ids (``ATTUNE_REDIS_ALIAS_BUCKETS``).
+    alias_buckets: int = ALIAS_BUCKETS
 
     def __post_init__(self) -> None:
         if not self.url:
@@ -642,7 +792,12 @@ class RedisConfig:
                 f"Redis TTLs must be positive seconds (ttl_s={self.ttl_s}, "
                 f"audience_ttl_s={self.audience_ttl_s}); set ATTUNE_REDIS_TTL_S"
             )
-        RedisKeys(self.prefix)  # validates the prefix
+        self.keys()  # validates the prefix and the alias buckets
+
+    def keys(self) -> RedisKeys:
+        """The key builder of this config: its prefix, alias buckets and, as the alias
+        buckets' generation, its per-user TTL."""
+        return RedisKeys(self.prefix, self.alias_buckets, self.ttl_s)
 
     @classmethod
     def from_settings(cls, settings: _RedisSettings, *, hold_back: bool = False) -> RedisConfig:
@@ -660,6 +815,7 @@ class RedisConfig:
             ssl_keyfile=settings.redis_ssl_keyfile,
             socket_timeout_s=float(settings.redis_timeout_s),
             outage_limit_s=float(settings.redis_outage_limit_s) if hold_back else None,
+            alias_buckets=settings.redis_alias_buckets,
         )
 
     def __repr__(self) -> str:
@@ -748,7 +904,8 @@ def _bulk(arg: str | bytes | int) -> bytes:
 
 #: The commands :func:`plan` emits; all reply with one integer or simple string.
 COMMANDS = (
-    "SET", "EX", "EXPIRE", "HSET", "HDEL", "SADD", "SREM", "DEL", "ZADD", "ZREMRANGEBYRANK"
+    "SET", "EX", "EXPIRE", "EXPIREAT", "HSET", "HDEL", "SADD", "SREM", "DEL", "ZADD",
+    "ZREMRANGEBYRANK",
 )  # fmt: skip
 
 
@@ -756,7 +913,7 @@ class _RedisPartition(StatelessSinkPartition[RedisOp]):
     def __init__(self, config: RedisConfig, client: redis.Redis) -> None:
         self._config = config
         self._client = client
-        self._keys = RedisKeys(config.prefix)
+        self._keys = config.keys()
         ttls = {config.ttl_s, config.audience_ttl_s or config.ttl_s}
         self._packer = RespPacker([*COMMANDS, "1", *ttls])
         self._policy = config.outage_policy()
@@ -767,6 +924,7 @@ class _RedisPartition(StatelessSinkPartition[RedisOp]):
             keys=self._keys,
             ttl_s=self._config.ttl_s,
             audience_ttl_s=self._config.audience_ttl_s,
+            now_s=time.time(),
         )
         if not commands:
             return

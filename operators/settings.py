@@ -87,6 +87,12 @@ class Settings:
     redis_ssl_keyfile: str = _setting("", "Private key (PEM) of the Redis client certificate.")
     redis_prefix: str = _setting("attune:", "Prefix of every Redis key Attune writes.")
     redis_ttl_s: int = _setting(30 * 24 * 3600, "TTL in seconds of every per-user Redis key.")
+    redis_alias_buckets: int = _setting(
+        1024,
+        "Buckets (hashes) holding the aliases of anonymous ids; about the live aliases / 64, so "
+        "that each stays a compact listpack (docs/redis.md). Readers must use the same number; "
+        "after a change run `attune redis-upgrade`.",
+    )
     redis_timeout_s: int = _setting(
         30, "Seconds one Redis request of the flow may wait for its answer before it is retried."
     )

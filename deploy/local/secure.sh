@@ -62,16 +62,17 @@ CLIENT_ENV=$DIR/client.env
 readonly CLIENT_USER=attune
 
 # The Redis commands Attune runs, and nothing else: the flow's sink (SET/EXPIRE, hashes,
-# audience sets, trending sorted sets, EVAL of the one-off segments conversion and the
+# the alias buckets' EXPIREAT, audience sets, trending sorted sets, EVAL of the one-off segments conversion and the
 # commands inside it), the model board (GETRANGE of a snapshot's header, GET), the stream
 # clock (HSET/EXPIRE/HGETALL), the clients' reads (GET/MGET, HGETALL/HMGET/HKEYS, SMEMBERS,
-# ZREVRANGE, pipelines), `attune erase` (SCAN, MGET, SREM/SMISMEMBER, DEL) and a
+# ZREVRANGE, pipelines), `attune erase` (SCAN, MGET, SREM/SMISMEMBER, DEL, HDEL),
+# `attune redis-upgrade` (HSETNX into the alias buckets) and a
 # connection's own (AUTH, HELLO, PING, CLIENT SETNAME). A command the
 # code starts to use must be added here, or the secure tests fail with NOPERM.
 readonly REDIS_COMMANDS=(
     ping auth hello select client\|setname
-    get getrange mget set del unlink exists type ttl pttl expire pexpire scan
-    hset hdel hget hmget hgetall hkeys hlen
+    get getrange mget set del unlink exists type ttl pttl expire pexpire expireat scan
+    hset hsetnx hdel hget hmget hgetall hkeys hlen
     sadd srem smembers smismember sismember
     zadd zrem zrevrange zrange zremrangebyrank zscore
     eval

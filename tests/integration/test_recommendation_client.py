@@ -5,6 +5,7 @@ before it did, read back through the client."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import orjson
@@ -166,6 +167,34 @@ def test_anonymous_id_reads_its_user(redis_client: redis.Redis, redis_url: str) 
     with RecommendationClient(redis_url) as client:  # built from a URL, closed on exit
         r = client.get_recommendations("anon-7", k=1)
     assert (r.user, r.resolved_user, r.fallback, r.item_ids) == ("anon-7", "u1", False, ["i1"])
+
+
+#: Generations of ~12 days: the test does not cross from one to the next.
+PERIOD = 10**6
+
+
+def test_an_alias_is_found_in_this_and_the_previous_generation_and_the_old_key(
+    redis_client: redis.Redis,
+) -> None:
+    write_contract(redis_client, RedisKeys())
+    keys = RedisKeys(alias_period_s=PERIOD)
+    now = time.time()
+    generation = keys.alias_generation(now)
+    redis_client.hset(keys.alias_bucket("anon-prev", generation - 1), "anon-prev", "u1")
+    redis_client.hset(keys.alias_bucket("anon-old", generation - 2), "anon-old", "u1")
+    redis_client.set(keys.alias("anon-key"), "u1")  # the layout before the alias buckets
+    # this generation's wins over the previous one's and the old key
+    redis_client.hset(keys.alias_bucket("anon-both", generation), "anon-both", "u2")
+    redis_client.hset(keys.alias_bucket("anon-both", generation - 1), "anon-both", "u1")
+    redis_client.set(keys.alias("anon-both"), "u1")
+    client = RecommendationClient(redis_client, ttl_s=PERIOD)
+    resolved = {a: client.resolve_alias(a) for a in ("anon-prev", "anon-key", "anon-both")}
+    assert resolved == {"anon-prev": "u1", "anon-key": "u1", "anon-both": "u2"}
+    assert client.resolve_alias("anon-old") is None  # expired in all but name
+    assert client.get_recommendations("anon-prev", k=1).resolved_user == "u1"
+    assert client.get_recommendations("anon-old", k=1).resolved_user == "anon-old"
+    with pytest.raises(ValueError, match="empty"):
+        client.resolve_alias("")
 
 
 def test_corrupt_values_fall_back_logged_or_raise_when_strict(

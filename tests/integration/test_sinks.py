@@ -24,13 +24,14 @@ from bytewax.outputs import DynamicSink
 from bytewax.testing import TestingSource, run_main
 from kafka import KafkaConsumer
 
-from attune.clients.recommendations import RecommendationClient, parse_profile
+from attune.clients.recommendations import RecommendationClient, parse_profile, parse_recs
+from attune.operators import recs_encoding
 from attune.operators.codec import Codec
 from attune.operators.events import SegmentChange
 from attune.operators.features import PROFILE_FIELDS
 from attune.operators.kafka_sink import CheckedKafkaSink, DeliveryError, KafkaOut, to_kafka
 from attune.operators.recs_encoding import encode, encode_compact
-from attune.operators.redis_keys import RedisKeys, joined, segment_names
+from attune.operators.redis_keys import RedisKeys, chunks, joined, segment_names
 from attune.operators.redis_sink import (
     AliasWrite,
     ForgetUser,
@@ -48,6 +49,18 @@ from attune.operators.redis_sink import (
 
 KEYS = RedisKeys()
 TTL_S = 3600
+#: The keys of the sink of these tests: alias buckets of generations of TTL_S.
+SINK_KEYS = RedisKeys(alias_period_s=TTL_S)
+
+
+def alias_of(client: redis.Redis, anonymous_id: str) -> bytes | None:
+    """The alias the sink of these tests wrote for ``anonymous_id`` (this generation's)."""
+    bucket = SINK_KEYS.alias_lookup(anonymous_id, time.time())[0]
+    value = client.hget(bucket, anonymous_id)
+    assert value is None or isinstance(value, bytes)
+    return value
+
+
 WAIT_S = 30.0
 
 
@@ -144,15 +157,17 @@ def test_dataflow_writes_profiles_segments_aliases_each_with_a_ttl(
     assert redis_client.smembers(KEYS.audience("vip")) == vip
     browsers = {f"user-{i}".encode() for i in range(200) if i % 3}
     assert redis_client.smembers(KEYS.audience("browsers")) == browsers
-    assert redis_client.get(KEYS.alias("anon-1")) == b"user-1"
+    assert alias_of(redis_client, "anon-1") == b"user-1"
     assert redis_client.get(KEYS.model("kmeans")) == b'{"k":4}'
 
     keys = all_keys(redis_client)
-    assert len(keys) == 200 + 2 + 1 + 1  # users' hashes, audiences, alias, model
+    assert len(keys) == 200 + 2 + 1 + 1  # users' hashes, audiences, alias bucket, model
     for key in keys:
         ttl = redis_client.ttl(key)
         if key == KEYS.model("kmeans").encode():
             assert ttl == -1  # shared model parameters: kept until replaced
+        elif key.startswith(b"attune:alias:"):
+            assert TTL_S <= ttl <= 2 * TTL_S, key  # the end of the next generation
         else:
             assert 0 < ttl <= TTL_S, key
 
@@ -205,9 +220,11 @@ def test_forget_user_removes_every_key_and_audience_membership(
                     RecsWrite(user, b"3|m1|7|p||i1,500,tr,"),
                 ]
             )
-            # a key of the layout before the user's hash, left from before an upgrade
+            # keys of the layouts before the user's hash and the alias buckets, left from
+            # before an upgrade
             redis_client.set(KEYS.recs(user), b"3|m0|1|p|", ex=TTL_S)
-        assert len(all_keys(redis_client)) == 2 * 3 + 2
+            redis_client.set(KEYS.alias(user), b"someone", ex=TTL_S)
+        assert alias_of(redis_client, awkward) == alias_of(redis_client, "other") == b"someone"
 
         part.write_batch([ForgetUser(awkward, audiences=("vip", "loyal"))])
     finally:
@@ -215,10 +232,13 @@ def test_forget_user_removes_every_key_and_audience_membership(
 
     left = all_keys(redis_client)
     assert not set(KEYS.user_keys(awkward)) & {k.decode() for k in left}
+    bucket = SINK_KEYS.alias_lookup("other", time.time())[0]
     assert sorted(left) == sorted(
         [k.encode() for k in (KEYS.user("other"), KEYS.alias("other"), KEYS.recs("other"))]
-        + [KEYS.audience("vip").encode(), KEYS.audience("loyal").encode()]
+        + [KEYS.audience("vip").encode(), KEYS.audience("loyal").encode(), bucket.encode()]
     )
+    assert alias_of(redis_client, awkward) is None
+    assert alias_of(redis_client, "other") == b"someone"
     for segment in ("vip", "loyal"):
         assert redis_client.smembers(KEYS.audience(segment)) == {b"other"}
 
@@ -242,6 +262,15 @@ def test_a_refused_command_fails_the_batch_loudly(
     assert segment_names(redis_client.hgetall(KEYS.user("u1"))) == ["vip"]
 
 
+def write_format_4_list(client: redis.Redis, user: str) -> str:
+    """A hash of ``user`` with a list in format 4 (what the sink wrote before format 5)."""
+    items = [(f"i{i:05d}", 0.9 - i / 20, "similar-content", "a/x") for i in range(10)]
+    four = recs_encoding._format_4(encode_compact(items, "m", 7, "p").decode())
+    client.hset(KEYS.user(user), mapping=dict(chunks("R", four)))
+    client.expire(KEYS.user(user), TTL_S)
+    return four
+
+
 @pytest.mark.integration
 def test_keys_of_the_three_key_layout_are_moved_into_the_users_hash(
     redis_client: redis.Redis, redis_config: RedisConfig
@@ -262,13 +291,38 @@ def test_keys_of_the_three_key_layout_are_moved_into_the_users_hash(
     # u3: old keys, and a hash the upgraded flow has written already: the flow's values win
     redis_client.set(KEYS.profile("u3"), "2|1", ex=TTL_S)
     redis_client.sadd(KEYS.segments("u3"), "old")
+    # alias keys (the layout before the alias buckets): a1 moved; a2 the flow has written
+    # since (its value wins); an alias in a bucket of 4 buckets, where readers of 1024 do
+    # not look (the bucket count changed)
+    redis_client.set(KEYS.alias("a}1"), "u1", ex=50)
+    redis_client.set(KEYS.alias("a2"), "old", ex=50)
+    now = time.time()
+    four_buckets = RedisKeys(alias_buckets=4, alias_period_s=TTL_S)
+    misplaced = four_buckets.alias_bucket("a3", four_buckets.alias_generation(now))
+    assert misplaced not in SINK_KEYS.alias_lookup("a3", now)
+    redis_client.hset(misplaced, "a3", "u2")
     part = RedisSink(redis_config).build("redis", 0, 1)
     try:
-        part.write_batch([profile("u3", events=9)])
+        part.write_batch([profile("u3", events=9), AliasWrite("a2", "u3")])
     finally:
         part.close()
 
-    assert upgrade_layout(redis_client, KEYS, TTL_S) == UpgradeReport(moved=2, kept=1)
+    four = write_format_4_list(redis_client, "u4")  # which upgrade rewrites in format 5
+
+    assert upgrade_layout(redis_client, SINK_KEYS, TTL_S, now_s=now) == UpgradeReport(
+        moved=2, kept=1, aliases_moved=2, aliases_rebucketed=1, recs_rewritten=1
+    )
+    u4 = joined(redis_client.hgetall(KEYS.user("u4")), "R")
+    assert u4 is not None and u4.startswith("5|") and len(u4) == len(four) - 16
+    assert parse_recs(u4) == parse_recs(four)
+    assert [alias_of(redis_client, a) for a in ("a}1", "a2", "a3")] == [b"u1", b"u3", b"u2"]
+    with RecommendationClient(redis_client, ttl_s=TTL_S) as client:
+        assert client.get_profile("a}1") == client.get_profile("u1")
+        assert client.resolve_alias("a3") == "u2"
+    buckets = {SINK_KEYS.alias_lookup(a, now)[0] for a in ("a}1", "a2", "a3")}
+    for bucket in buckets:
+        assert redis_client.ttl(bucket) >= TTL_S
+        redis_client.delete(bucket)  # the users' hashes are checked below
 
     with RecommendationClient(redis_client) as client:
         p1, p2, p3 = (client.get_profile(u) or {} for u in ("u1", "u2", "u3"))
@@ -286,9 +340,9 @@ def test_keys_of_the_three_key_layout_are_moved_into_the_users_hash(
     assert 40 < redis_client.ttl(KEYS.user("u1")) <= 50  # the longest TTL left of its keys
     assert redis_client.object("encoding", KEYS.user("u2")) == b"listpack"
     assert {k for k in all_keys(redis_client)} == {
-        KEYS.user(u).encode() for u in ("u1", "u2", "u3")
+        KEYS.user(u).encode() for u in ("u1", "u2", "u3", "u4")
     }
-    assert upgrade_layout(redis_client, KEYS) == UpgradeReport(moved=0, kept=0)  # idempotent
+    assert upgrade_layout(redis_client, SINK_KEYS) == UpgradeReport(0, 0, 0, 0)  # idempotent
 
 
 @pytest.mark.integration
@@ -310,11 +364,19 @@ def test_the_sink_needs_no_scripting_under_an_acl(
     config = RedisConfig(redis_url, username=user, password=password, ttl_s=TTL_S)
     part = RedisSink(config).build("redis", 0, 1)
     try:
-        part.write_batch([SegmentsWrite("u1", ("vip",)), profile("u1", events=3)])
+        part.write_batch(
+            [
+                SegmentsWrite("u1", ("vip",)),
+                profile("u1", events=3),
+                ForgetUser("a0"),
+                AliasWrite("a1", "u1"),
+            ]
+        )
     finally:
         part.close()
         redis_client.execute_command("ACL", "DELUSER", user)
     assert segment_names(redis_client.hgetall(KEYS.user("u1"))) == ["vip"]
+    assert alias_of(redis_client, "a1") == b"u1"
 
 
 @pytest.mark.integration

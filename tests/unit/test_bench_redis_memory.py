@@ -24,6 +24,7 @@ def test_the_bench_measures_both_layouts_and_judges_them(
 ) -> None:
     out = tmp_path / "memory.json"
     argv = ["--users", "12", "--days", "1", "--small", "20", "--large", "60", "--sample", "5"]
+    argv += ["--alias-buckets", "1"]  # at 60 users, more buckets would mostly be new keys
     assert redis_memory.main([*argv, "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert list(redis_memory.LAYOUTS) == [
@@ -47,6 +48,9 @@ def test_the_bench_measures_both_layouts_and_judges_them(
     assert current["keys_per_user"] == 1 and three["keys_per_user"] > 1
     # every sampled hash is a listpack: no value longer than hash-max-listpack-value
     assert set(current["encodings"]) == {"user hash: listpack"}
+    # an alias is a key in the earlier layouts, a field of an alias bucket in the current
+    assert three["part_slope_b"]["aliases"] > 100
+    assert current["part_slope_b"]["aliases"] < three["part_slope_b"]["aliases"] / 2
 
 
 def test_synthetic_ids_are_distinct_and_as_long_as_their_source() -> None:

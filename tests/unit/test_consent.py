@@ -619,10 +619,15 @@ def test_every_user_key_written_gets_a_ttl() -> None:
         ForgetUser("u2", ("vip",)),
         ProfileWrite("u2", {"events": "1"}),
     ]
-    commands = plan(ops, keys=keys, ttl_s=77)
+    commands = plan(ops, keys=keys, ttl_s=77, now_s=1_767_000_000.0)
     written = {c[1] for c in commands if c[0] in {"HSET", "SADD", "SET"}}
     assert written
+    alias_bucket = keys.alias_bucket("a1", keys.alias_generation(1_767_000_000.0))
+    assert alias_bucket in written
     for key in written:
-        assert ("EXPIRE", key, 77) in commands or any(
-            c[0] == "SET" and c[1] == key and c[-2:] == ("EX", 77) for c in commands
+        assert (
+            ("EXPIRE", key, 77) in commands
+            or any(c[0] == "SET" and c[1] == key and c[-2:] == ("EX", 77) for c in commands)
+            # an alias bucket: until the end of the generation after its own
+            or any(c[:2] == ("EXPIREAT", key) and int(c[2]) > 1_767_000_000 for c in commands)
         ), key

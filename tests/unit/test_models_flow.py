@@ -272,7 +272,8 @@ def test_recs_writes_coalesce_per_user_and_forget_drops_them() -> None:
         ("HSET", "attune:{u:u2}", "R", b"1x"),
     ]
     commands = plan([RecsWrite("u1", b"a"), ForgetUser("u1")], ttl_s=9)
-    assert [c[0] for c in commands] == ["DEL"] and "attune:{u:u1}" in commands[0]
+    # the DEL of the user's keys, then the HDEL of the id from the alias buckets
+    assert [c[0] for c in commands] == ["DEL", "HDEL", "HDEL"] and "attune:{u:u1}" in commands[0]
 
 
 def test_trending_writes_fold_per_scope_and_trim() -> None:

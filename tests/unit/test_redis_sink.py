@@ -8,6 +8,7 @@ the same keys and values, with a TTL on every key the sink wrote.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,9 @@ from attune.operators.redis_sink import (
 
 KEYS = RedisKeys()
 TTL = 3600
+#: The sink's wall clock in these tests: generation 681 of the default 30-day alias period.
+NOW = 1_767_000_000.0
+GENERATION = KEYS.alias_generation(NOW)
 FIELDS = ("events", "device_top")
 STALE_P = stale_chunks("P", 0)
 STALE_R = stale_chunks("R", 0)
@@ -95,11 +99,12 @@ def test_profile_values_with_separators_round_trip() -> None:
         decode_profile("4|1")
 
 
-def test_recommendations_are_stored_in_format_4() -> None:
+def test_recommendations_are_stored_in_format_5() -> None:
     value = encode([("i1", 0.5, "trending", "a/x"), ("i2", 0.25, "trending", "a/x")], "m1", 7, "t")
     (hset, hdel, expire) = plan([RecsWrite("u1", value)], ttl_s=TTL)
-    # format 2 -> 3 -> 4: scores in base 36, the ids' common prefix "i" once
-    assert hset == ("HSET", "attune:{u:u1}", "R", b"14|m1|7|t|a/x|i|1,dw,tr,0|2,6y")
+    # format 2 -> 3 -> 4 -> 5: scores in base 36, the ids' common prefix "i" once, the ids
+    # of 1 digit and the scores of 2 base-36 digits without separators
+    assert hset == ("HSET", "attune:{u:u1}", "R", b"15|m1|7|t|a/x|i|1|1dw,tr,0;26y")
     assert hdel == ("HDEL", "attune:{u:u1}", "R1", "R2", "R3", "R4", "R5", "R6", "R7")
     assert expire == ("EXPIRE", "attune:{u:u1}", TTL)
 
@@ -210,12 +215,17 @@ def test_forget_drops_the_users_earlier_operations() -> None:
         ],
         ttl_s=TTL,
         profile_fields=FIELDS,
+        now_s=NOW,
     )
+    current, previous = KEYS.alias_lookup("anon", NOW)
     assert commands == [
         ("DEL", *KEYS.user_keys("anon")),
         ("HSET", "attune:{u:u2}", "P", b"13|4"),
         ("HDEL", "attune:{u:u2}", *STALE_P[1:]),
         ("EXPIRE", "attune:{u:u2}", TTL),
+        # Its alias, if one was written before, goes from the buckets readers look in.
+        ("HDEL", current, "anon"),
+        ("HDEL", previous, "anon"),
         # The entry made earlier in the batch is undone, with the given audiences.
         ("SREM", "attune:segment:browsers", "anon"),
         ("EXPIRE", "attune:segment:browsers", TTL),
@@ -233,12 +243,14 @@ def test_operations_after_forget_apply_after_the_delete() -> None:
         ],
         ttl_s=TTL,
         profile_fields=FIELDS,
+        now_s=NOW,
     )
     assert commands == [
         ("DEL", *KEYS.user_keys("u1")),
         ("HSET", "attune:{u:u1}", "P", b"13|1", "vip", "1"),
         ("HDEL", "attune:{u:u1}", *STALE_P[1:]),
         ("EXPIRE", "attune:{u:u1}", TTL),
+        *(("HDEL", bucket, "u1") for bucket in KEYS.alias_lookup("u1", NOW)),
         ("SADD", "attune:segment:vip", "u1"),
         ("EXPIRE", "attune:segment:vip", TTL),
     ]
@@ -246,11 +258,32 @@ def test_operations_after_forget_apply_after_the_delete() -> None:
 
 def test_merging_an_anonymous_id_forgets_it_then_writes_its_alias() -> None:
     merge: list[RedisOp] = [ForgetUser("anon-1", ("browsers",)), AliasWrite("anon-1", "u9")]
-    commands = plan(merge, ttl_s=TTL)
+    commands = plan(merge, ttl_s=TTL, now_s=NOW)
+    bucket = KEYS.alias_bucket("anon-1", GENERATION)
+    assert bucket == f"attune:alias:{GENERATION}:{zlib.crc32(b'anon-1') % 1024}"
     assert commands[0] == ("DEL", *KEYS.user_keys("anon-1"))
-    assert commands[1] == ("SET", "attune:{u:anon-1}:alias", "u9", "EX", TTL)
+    # The forget's HDELs come before the alias's HSET (the same bucket, the same field).
+    assert commands[1:5] == [
+        ("HDEL", bucket, "anon-1"),
+        ("HDEL", KEYS.alias_bucket("anon-1", GENERATION - 1), "anon-1"),
+        ("HSET", bucket, "anon-1", "u9"),
+        ("EXPIREAT", bucket, (GENERATION + 2) * KEYS.alias_period_s),
+    ]
     # The other order deletes the alias it just wrote: forget first.
-    assert ("SET", "attune:{u:anon-1}:alias", "u9", "EX", TTL) not in plan(merge[::-1])
+    assert ("HSET", bucket, "anon-1", "u9") not in plan(merge[::-1], now_s=NOW)
+
+
+def test_aliases_of_one_bucket_are_one_hset_and_live_a_period_to_two() -> None:
+    keys = RedisKeys(alias_buckets=1, alias_period_s=100)
+    commands = plan([AliasWrite("a1", "u1"), AliasWrite("a2", "u2")], keys=keys, now_s=250.0)
+    assert commands == [
+        ("HSET", "attune:alias:2:0", "a1", "u1", "a2", "u2"),
+        ("EXPIREAT", "attune:alias:2:0", 400),  # written at 250: lives 150 s, in [100, 200)
+    ]
+    # A reader at 399 still finds it (the previous generation); at 400 it is gone.
+    assert "attune:alias:2:0" in keys.alias_lookup("a1", 399.0)
+    assert "attune:alias:2:0" not in keys.alias_lookup("a1", 400.0)
+    assert plan([AliasWrite("a1", "u1")], keys=keys, now_s=299.0)[1][2] == 400
 
 
 def test_json_writes_last_value_per_key_wins() -> None:
@@ -339,7 +372,7 @@ class RedisModel:
             self.data.setdefault(key, set()).update(args)
         elif name == "SREM":
             self.remove(key, args)
-        elif name == "EXPIRE":
+        elif name in {"EXPIRE", "EXPIREAT"}:
             if key in self.data:
                 self.ttl.add(key)
         elif name == "SET":
@@ -406,8 +439,11 @@ def reference(ops: list[RedisOp]) -> dict[str, Any]:
                 state.pop(key, None)
             for segment in op.audiences:
                 srem(KEYS.audience(segment), op.user)
+            for bucket in KEYS.alias_lookup(op.user, NOW):
+                srem(bucket, op.user)
         elif isinstance(op, AliasWrite):
-            state[KEYS.alias(op.anonymous_id)] = op.user
+            bucket = KEYS.alias_bucket(op.anonymous_id, GENERATION)
+            state.setdefault(bucket, {})[op.anonymous_id] = op.user
         elif isinstance(op, JsonWrite):
             state[op.key] = op.value
     return state
@@ -457,7 +493,8 @@ def test_plan_in_any_batches_equals_applying_each_operation(
     i = 0
     while start < len(ops):
         size = batch_sizes[i % len(batch_sizes)]
-        for command in plan(ops[start : start + size], ttl_s=TTL, profile_fields=FIELDS):
+        batch = ops[start : start + size]
+        for command in plan(batch, ttl_s=TTL, profile_fields=FIELDS, now_s=NOW):
             model.run(command)
         start += size
         i += 1
@@ -494,7 +531,7 @@ def as_values(data: dict[str, Any]) -> dict[str, Any]:
 @given(operation_sequences())
 def test_replaying_a_batch_changes_nothing(ops: list[RedisOp]) -> None:
     once, twice = RedisModel(), RedisModel()
-    commands = plan(ops, ttl_s=TTL, profile_fields=FIELDS)
+    commands = plan(ops, ttl_s=TTL, profile_fields=FIELDS, now_s=NOW)
     for command in commands:
         once.run(command)
     for command in [*commands, *commands]:
