@@ -47,7 +47,9 @@ import logging
 import math
 import pickle
 import struct
+import sys
 import time
+from array import array
 from bisect import insort
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -64,8 +66,10 @@ from prometheus_client import Gauge
 from attune.operators.content import Catalogue
 from attune.operators.covisit import (
     BOUGHT,
+    HALF_LIFE_MS,
     VIEWED,
     CovisitIndex,
+    ItemNeighbours,
     NeighbourList,
     purchase_pairs,
     session_pairs,
@@ -630,8 +634,37 @@ class SnapshotEncoder:
             lst.at_ms,
             len(lst.viewed),
             len(lst.bought),
-            np.array(self.code([name for name, _ in pairs]), _I4).tobytes(),
-            np.array([score for _, score in pairs], _F8).tobytes(),
+            _le_bytes("i", self.code([name for name, _ in pairs])),
+            _le_bytes("d", [score for _, score in pairs]),
+        )
+
+    def put_state(self, item: str, state: ItemNeighbours, at_ms: int, n: int) -> None:
+        """:meth:`put` of ``state.publish(at_ms, n)``, the same bytes, without building the
+        :class:`NeighbourList` (the learner's publication runs this for every item whose
+        co-visitation changed: ~30,000 times in a 2,000-user week)."""
+        names: list[str] = []
+        scores: list[float] = []
+        counts = [0, 0]
+        t0 = state.t0
+        if t0 is not None:
+            scale = 2.0 ** (-(at_ms - t0) / HALF_LIFE_MS)  # as ItemNeighbours._published
+            for k, kind in enumerate((VIEWED, BOUGHT)):
+                w = state.weights[kind]
+                if w:
+                    top = sorted(w.items(), key=_second, reverse=True)[:n]
+                    counts[k] = len(top)
+                    names.extend(map(_first, top))
+                    scores.extend([round(v * scale, 6) for _, v in top])
+        code = self.codes.get(item)
+        if code is None:
+            code = self.code((item,))[0]
+        self.lists[item] = (
+            code,
+            at_ms,
+            counts[0],
+            counts[1],
+            _le_bytes("i", self.code(names)),
+            _le_bytes("d", scores),
         )
 
     def encode(self, snap: ModelSnapshot) -> bytes:
@@ -681,6 +714,27 @@ class SnapshotEncoder:
                 body,
             )
         )
+
+
+def _le_bytes(typecode: str, values: list[int] | list[float]) -> bytes:
+    """``values`` as little-endian int32 (``"i"``) or float64 (``"d"``) bytes, as
+    ``np.array(values, "<i4" / "<f8").tobytes()`` gives them, at a fraction of its cost
+    for the short lists of one item (the stdlib array, no numpy call per list).
+
+    >>> _le_bytes("i", [1, -2]) == np.array([1, -2], _I4).tobytes()
+    True
+    >>> _le_bytes("d", [0.5, 1e300]) == np.array([0.5, 1e300], _F8).tobytes()
+    True
+    """
+    arr = array(typecode, values)
+    if arr.itemsize != (4 if typecode == "i" else 8):  # a C int that is not 32 bits
+        return np.array(values, _I4 if typecode == "i" else _F8).tobytes()
+    if _BIG_ENDIAN:
+        arr.byteswap()
+    return arr.tobytes()
+
+
+_BIG_ENDIAN: Final = sys.byteorder == "big"
 
 
 def _lens(entry: tuple[int, int, int, int, bytes, bytes]) -> tuple[int, int]:
@@ -818,10 +872,11 @@ class ModelLearner:
 
     def _neighbour_lists(self, at: int) -> None:
         states = self.covisit.states
+        put = self.encoder.put_state
         for item in self.covisit_changed:
             state = states.get(item)
             if state is not None:
-                self.encoder.put(item, state.publish(at, SNAPSHOT_NEIGHBOURS))
+                put(item, state, at, SNAPSHOT_NEIGHBOURS)
         self.covisit_changed = {}
 
 

@@ -411,6 +411,28 @@ def test_learner_snapshots_encoded_incrementally_equal_a_fresh_encoding() -> Non
         }
 
 
+def test_encoder_put_state_writes_the_bytes_of_put_of_the_published_lists() -> None:
+    from attune.operators.covisit import BOUGHT, VIEWED, ItemNeighbours
+    from attune.operators.models import SnapshotEncoder
+
+    state = ItemNeighbours("a")
+    for n in range(80):  # more neighbours than listed; ties; both kinds
+        state.update(f"v{n % 37}", VIEWED, T0 + n * 60_000, 1.0 + (n % 3))
+        if n % 4 == 0:
+            state.update(f"b{n % 5}", BOUGHT, T0 + n * 60_000)
+    empty = ItemNeighbours("e")
+    only_viewed = ItemNeighbours("o")
+    only_viewed.update("x", VIEWED, T0)
+    for nb in (state, empty, only_viewed):
+        for at in (T0, T0 + 3 * 86_400_000):
+            fast, slow = SnapshotEncoder(), SnapshotEncoder()
+            fast.code(["zz"])  # codes already in the table are reused, new ones appended
+            slow.code(["zz"])
+            fast.put_state(nb.item, nb, at, 30)
+            slow.put(nb.item, nb.publish(at, 30))
+            assert fast.lists == slow.lists and fast.table == slow.table
+
+
 def test_learner_publishes_by_count_at_most_every_publish_min_s() -> None:
     logic = ModelLearnerLogic(None, {}, publish_every=1, publish_s=600, publish_min_s=3600)
     out, _ = logic.on_batch([summary(0)])
