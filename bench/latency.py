@@ -162,6 +162,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Redis database the flow writes, flushed before and after (15)",
     )
     runs.add_argument("--json", type=Path, metavar="PATH", help="also write every figure as JSON")
+    runs.add_argument(
+        "--trace",
+        type=Path,
+        metavar="PATH",
+        help="run the flow under attune.bench.flow_trace, writing its slow calls, gaps and "
+        "busy 100 ms windows (JSON lines, wall-clock ms) to PATH",
+    )
 
 
 # --- statistics and the table (pure) ---------------------------------------------------------
@@ -490,6 +497,7 @@ class PingWatch(threading.Thread):
         self.interval_s = interval_s
         self.stop = threading.Event()
         self.rtt: dict[str, list[float]] = {"generate": [], "linger0": []}
+        self.sent_ms: dict[str, list[float]] = {"generate": [], "linger0": []}  # of each rtt
         self.lost = 0
         self.error: str | None = None
 
@@ -512,6 +520,17 @@ class PingWatch(threading.Thread):
                 }
             )
             consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
+            # Each producer's first message waits for its producer id (idempotence,
+            # ~0.5 s) and the consumer's first fetch for its connection: one unmeasured
+            # message per producer, read back, before the round trips.
+            for producer in producers.values():
+                producer.produce(self.topic, b"warm-up", partition=0)
+                producer.flush(5)
+            warm, deadline = 0, time.monotonic() + 10.0
+            while warm < len(producers) and time.monotonic() < deadline:
+                msg = consumer.poll(0.05)
+                if msg is not None and msg.error() is None and msg.value() == b"warm-up":
+                    warm += 1
             turn = 0
             while not self.stop.is_set():
                 name = ("generate", "linger0")[turn % 2]
@@ -530,6 +549,7 @@ class PingWatch(threading.Thread):
                         break
                 if got:
                     self.rtt[name].append((time.monotonic() - t0) * 1000)
+                    self.sent_ms[name].append(time.time() * 1000 - self.rtt[name][-1])
                 else:
                     self.lost += 1
                 self.stop.wait(self.interval_s)
@@ -544,9 +564,15 @@ class PingWatch(threading.Thread):
 
 
 @contextlib.contextmanager
-def background_flow(env: Mapping[str, str], log: IO[bytes]) -> Iterator[subprocess.Popen[bytes]]:
-    """The flow (one process, one worker) running until the block ends; then SIGTERM, SIGKILL."""
+def background_flow(
+    env: Mapping[str, str], log: IO[bytes], trace: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The flow (one process, one worker) running until the block ends; then SIGTERM, SIGKILL.
+
+    With ``trace``, under :mod:`attune.bench.flow_trace` writing to that file."""
     (cmd,) = tp.flow_commands(1, 1, [])
+    if trace is not None:
+        cmd = [cmd[0], "-m", "attune.bench.flow_trace", str(trace), *cmd[3:]]
     proc = subprocess.Popen(
         cmd, env=dict(env), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
     )
@@ -670,10 +696,11 @@ def _measure(
         env = {**os.environ, **tp.settings_env(settings), env_name("kafka_tail"): "true"}
 
         say("starting the flow (tailing) and producing the catalogue + 1 warm-up event")
-        proc = stack.enter_context(background_flow(env, log))
+        proc = stack.enter_context(background_flow(env, log, args.trace))
         codec = Codec()
+        producer = _producer(settings)
         gen.events = iter(live_events(warm, wall_ms))
-        _produce(gen, settings, codec, items=True, rate=None, what="the warm-up")
+        _produce(gen, settings, codec, items=True, rate=None, what="the warm-up", producer=producer)
         ready_s = _wait_ready(bench.redis, proc, log, args.ready_timeout)
         say(f"flow ready: first Redis key {ready_s:.1f}s after the warm-up event")
 
@@ -689,7 +716,15 @@ def _measure(
                 logins.setdefault(event.user_id, []).append(event.event_time)
 
         gen.events = iter(live_events(live, wall_ms, stamped))
-        report = _produce(gen, settings, codec, items=False, rate=args.rate, what="the live events")
+        report = _produce(
+            gen,
+            settings,
+            codec,
+            items=False,
+            rate=args.rate,
+            what="the live events",
+            producer=producer,
+        )
         end_ms = wall_ms()
         say(f"produced {report.events:,} events at {report.events_per_s:,.0f}/s; draining")
         time.sleep(args.drain)
@@ -722,10 +757,20 @@ def _measure(
 
 
 def _produce(
-    gen: Generated, settings: Any, codec: Codec, *, items: bool, rate: float | None, what: str
+    gen: Generated,
+    settings: Any,
+    codec: Codec,
+    *,
+    items: bool,
+    rate: float | None,
+    what: str,
+    producer: Any,
 ) -> ProduceReport:
     """Produce ``gen``'s events (and its catalogue if ``items``) at ``rate`` to the flow's
-    topics; a failure is a :class:`BenchError` naming ``what`` was produced."""
+    topics with ``producer`` (the same one for the warm-up and the live events: a new
+    idempotent producer holds its first messages ~0.5 s until it has a producer id,
+    which in half the runs of session 8 was the "stall" that set every p99); a failure
+    is a :class:`BenchError` naming ``what`` was produced."""
     from attune.flows.generate import ProduceError, produce
 
     try:
@@ -738,9 +783,19 @@ def _produce(
             codec,
             settings=settings,
             progress=False,
+            producer=producer,
         )
     except ProduceError as exc:
         raise BenchError(f"producing {what} failed: {exc}") from None
+
+
+def _producer(settings: Any) -> Any:
+    """The producer of the run's events, with the settings ``attune generate`` uses."""
+    from confluent_kafka import Producer
+
+    from attune.flows.generate import producer_config
+
+    return Producer(producer_config(settings.kafka_bootstrap, settings))
 
 
 def _wait_ready(
@@ -843,10 +898,43 @@ def _write_json(
         "counts": result["counts"],
         "dead_letters": m.dead_letters,
         "errors": m.errors,
+        "slowest": _slowest(m),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=2) + "\n")
     say(f"wrote {args.json}")
+
+
+#: Samples of each kind :func:`_slowest` keeps, with their wall times (to line up with a trace).
+SLOWEST = 20
+
+
+def _slowest(m: _Measured, n: int = SLOWEST) -> dict[str, list[dict[str, float]]]:
+    """The ``n`` slowest samples of each figure with when they happened (wall epoch ms):
+    what a stall looks like from outside, to compare with ``--trace``."""
+    caused = [r for r in m.triggers.got if r.kind in EVENT_CAUSED_KINDS]
+    out: dict[str, list[dict[str, float]]] = {
+        "cause_to_emit": [
+            {"at_ms": r.cause_event_time, "ms": r.emit_time - r.cause_event_time}
+            for r in sorted(caused, key=lambda r: r.cause_event_time - r.emit_time)[:n]
+        ],
+        "emit_to_produced": [
+            {"at_ms": r.emit_time, "ms": r.kafka_timestamp_ms - r.emit_time}
+            for r in sorted(caused, key=lambda r: r.emit_time - r.kafka_timestamp_ms)[:n]
+        ],
+        "event_to_redis": [
+            {"at_ms": t, "ms": v}
+            for v, t in sorted(
+                zip(m.redis.latencies, m.redis.event_times, strict=True), reverse=True
+            )[:n]
+        ],
+    }
+    for name, rtts in m.ping.rtt.items():
+        out[f"ping_{name}"] = [
+            {"at_ms": t, "ms": v}
+            for v, t in sorted(zip(rtts, m.ping.sent_ms[name], strict=True), reverse=True)[:n]
+        ]
+    return out
 
 
 def _judgeable_ms(r: Received, abandon_after_ms: int, logins: Mapping[str, Sequence[int]]) -> int:

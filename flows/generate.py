@@ -274,6 +274,7 @@ def produce(  # noqa: PLR0917 - the positional signature the CLI and tests share
     settings: Settings | None = None,
     flush_timeout_s: float = FLUSH_TIMEOUT_S,
     progress: bool = True,
+    producer: Any = None,
 ) -> ProduceReport:
     """Produce the item updates (keyed by item id) then the events (keyed by user) to Kafka.
 
@@ -281,6 +282,12 @@ def produce(  # noqa: PLR0917 - the positional signature the CLI and tests share
     monotonic clock, sleeping once per ~10 ms worth of events. Raises
     :class:`ProduceError` naming the count and the first error if any delivery
     failed or did not complete within ``flush_timeout_s``.
+
+    ``producer``: a confluent-kafka producer (made with :func:`producer_config`) to use
+    instead of a new one, flushed but kept open. A new idempotent producer holds its
+    first messages until it has a producer id, ~0.5 s on a local broker (librdkafka
+    retries the request after 500 ms): ``attune bench latency`` reuses the producer of
+    its warm-up event so that this start-up is not in the measured period.
     """
     from confluent_kafka import Producer
 
@@ -290,7 +297,8 @@ def produce(  # noqa: PLR0917 - the positional signature the CLI and tests share
         raise ValueError(
             "no Kafka bootstrap servers: pass --kafka HOST:PORT or set ATTUNE_KAFKA_BOOTSTRAP"
         )
-    producer = Producer(producer_config(bootstrap, settings))
+    if producer is None:
+        producer = Producer(producer_config(bootstrap, settings))
     topics = [t for t in (items_topic, topic) if t]
     _check_topics(producer, bootstrap, topics)
     deliveries = _Deliveries()

@@ -581,6 +581,16 @@ def test_stage_of_maps_modules_and_specific_functions() -> None:
     assert fp.stage_of("attune.operators.identity", "snapshot") == "snapshots/pickle"
     assert fp.stage_of("attune.operators.user_logic", "snapshot") == "snapshots/pickle"
     assert fp.stage_of("attune.operators.embeddings", "snapshot") == "models/ranking"
+    # the single-key learners apart from the read side of the same modules
+    assert fp.stage_of("attune.operators.models", "publish") == "model learner"
+    assert fp.stage_of("attune.operators.models", "put_state") == "model learner"
+    assert fp.stage_of("attune.operators.embeddings", "learn_sessions") == "model learner"
+    assert fp.stage_of("attune.operators.propensity", "learn") == "model learner"
+    assert fp.stage_of("attune.operators.models", "snapshot") == "snapshots/pickle"
+    assert fp.stage_of("attune.operators.models", "from_bytes") == "models/ranking"
+    assert fp.stage_of("attune.operators.models", "put") == "models/ranking"  # a board's
+    assert fp.stage_of("attune.operators.clustering", "learn_many") == "cluster learner"
+    assert fp.stage_of("attune.operators.clustering", "assign") == "segments"
     assert fp.stage_of("attune.operators.user_step", "step") == "per-user step"
     assert fp.stage_of("attune.operators.segments", "evaluate") == "segments"
     assert fp.stage_of("attune.operators.trigger_decisions", "judge") == "triggers"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+from typing import Any
 
 import pytest
 
@@ -119,3 +120,34 @@ def test_by_period_medians_per_slice_and_clamps_out_of_range() -> None:
     pairs = [(-5, 1.0), (0, 3.0), (30, 10.0), (70, 20.0), (150, 40.0)]
     assert latency.by_period(pairs, 0, 100, 2) == [3.0, 30.0]
     assert latency.by_period([], 0, 100, 3) == [None, None, None]
+
+
+def test_trace_flag_runs_the_flow_under_the_tracer() -> None:
+    assert _parse().trace is None
+    assert str(_parse("--trace", "out/t.jsonl").trace) == "out/t.jsonl"
+
+
+def test_slowest_samples_keep_their_wall_times() -> None:
+    from types import SimpleNamespace
+
+    from attune.bench.latency import Received, _slowest
+
+    got = [
+        Received("long_dwell", 1_000, 1_020, 1_030, 1_040.0),
+        Received("segment_entered", 2_000, 2_500, 2_510, 2_520.0),  # the stall
+        Received("cart_abandoned", 0, 9_000, 9_999, 10_000.0),  # timer-caused: not a cause
+    ]
+    m: Any = SimpleNamespace(
+        triggers=SimpleNamespace(got=got),
+        redis=SimpleNamespace(latencies=[5.0, 300.0, 7.0], event_times=[10, 20, 30]),
+        ping=SimpleNamespace(
+            rtt={"generate": [21.0, 500.0], "linger0": [1.0]},
+            sent_ms={"generate": [100.0, 200.0], "linger0": [300.0]},
+        ),
+    )
+    out = _slowest(m, n=1)
+    assert out["cause_to_emit"] == [{"at_ms": 2_000, "ms": 500}]
+    assert out["emit_to_produced"] == [{"at_ms": 1_020, "ms": 10}]
+    assert out["event_to_redis"] == [{"at_ms": 20, "ms": 300.0}]
+    assert out["ping_generate"] == [{"at_ms": 200.0, "ms": 500.0}]
+    assert out["ping_linger0"] == [{"at_ms": 300.0, "ms": 1.0}]
