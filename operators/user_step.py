@@ -117,8 +117,11 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
 def hand_over_again(st: UserState, item: HandOverAgain, cfg: ProfileConfig) -> list[Output]:
     """A login's history sent again (its IDENTIFY replayed after a restart, or repeated):
     folded in, then the hand-over marked done, unless this history has reached the user
-    already: the anonymous id was handed over, by this link or a later one (then nothing:
-    per-event dedupe alone would count history older than its window again)."""
+    already (then nothing: per-event dedupe alone would count history older than its
+    window again). Reached: the anonymous id is among the user's hand-overs and the user
+    has seen a link at or after this one. The state records no more than that, so one
+    case is dropped wrongly: a restart that replays a second login from a device whose
+    first hand-over (before its identity state expired) the user still lists."""
     ts = st.trig
     if item.anonymous_id in ts.handed and ts.linked_ms >= item.event_time:
         return []
