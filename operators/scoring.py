@@ -14,7 +14,8 @@ are :mod:`attune.operators.models`.
 - Once per batch: the propensity score and tier (:func:`score`, with a
   ``high_propensity`` trigger candidate for the trigger stage when the tier first turns
   high in a session) and, after a product view, cart change or purchase, the user's
-  recommendations (:func:`recommend`).
+  recommendations (:func:`recommend`); before a batch, a list the gap held back if the
+  user was idle a minute of event time (:func:`held_list`).
 
 Without a :class:`~attune.operators.models.ModelReader` (``cfg.models`` is ``None``) the
 stage does nothing.
