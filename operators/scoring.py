@@ -14,13 +14,16 @@ are :mod:`attune.operators.models`.
 - Once per batch: the propensity score and tier (:func:`score`, with a
   ``high_propensity`` trigger candidate for the trigger stage when the tier first turns
   high in a session) and, after a product view, cart change or purchase, the user's
-  recommendations (:func:`recommend`).
+  recommendations (:func:`recommend`); before a batch, a list the gap held back if the
+  user was idle a minute of event time (:func:`held_list`).
 
 Without a :class:`~attune.operators.models.ModelReader` (``cfg.models`` is ``None``) the
 stage does nothing.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from attune.operators.consent import ANALYTICS
 from attune.operators.events import Event, Trigger
@@ -131,6 +134,29 @@ def recommend(st: UserState, cfg: ProfileConfig, *, flush: bool = False) -> list
         return []  # nothing the list is computed from changed: the stored one stands
     m.recs_key, m.recs_at, m.recs_cart = key, now, False
     return [RecsWrite(st.user_id, reader.recommend(signals, cfg.recs, cfg.clock.now_ms()))]
+
+
+#: A list held back by the gap goes out before a batch of the user whose first event comes
+#: at least this much event time after their latest one, ranked on the state as it was:
+#: in a live stream the per-user idle timer (:data:`~attune.operators.user_logic.IDLE_FREEZE`,
+#: a minute of wall time) has sent that list by then; in a replay, where a minute of wall
+#: time is hours of event time and that timer seldom fires before the user's next batch,
+#: the same list goes out here. So what is written does not depend on whether the wall-clock
+#: timer fired first (it clears ``recs_due``, and nothing is ranked twice).
+RECS_IDLE_MS = 60_000
+
+
+def held_list(st: UserState, items: Sequence[object], cfg: ProfileConfig) -> list[RecsWrite]:
+    """Before a batch (``items``, not yet applied): the list held back by the gap, if the
+    batch's first event comes :data:`RECS_IDLE_MS` or more after the user's latest event
+    (with no gap nothing is ever held back: nothing to do)."""
+    m = st.models
+    if cfg.models is None or not m.recs_due or not st.activity.events:
+        return []
+    first = next((i.event_time for i in items if isinstance(i, Event)), None)
+    if first is None or first - st.activity.max_time < RECS_IDLE_MS:
+        return []
+    return recommend(st, cfg, flush=True)
 
 
 def high_propensity(st: UserState, score: float, cfg: ProfileConfig) -> Trigger:

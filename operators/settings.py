@@ -186,11 +186,12 @@ class Settings:
         10, "Recommendations written per user (the R fields of the hash attune:{u:<user>})."
     )
     recs_min_gap_s: int = _setting(
-        0,
+        30,
         "A user's list is ranked again at most every this many seconds of their event "
         "time (a cart change or purchase: at once); what changed meanwhile is ranked at "
-        "their next batch after it, when they go idle (a minute) or at the end of input. "
-        "0: at every batch with a product view, cart change or purchase.",
+        "their next batch after it, when they go idle (a minute, or before a batch a "
+        "minute or more of event time later) or at the end of input. 0: at every batch "
+        "with a product view, cart change or purchase.",
     )
     recs_allow_categories: str = _setting(
         "",

@@ -143,7 +143,8 @@ def fold_batch(
     order-dependent decisions (caps, cooldowns, a session's first event) repeat. The state
     itself does not depend on order; the hand-over is waited for.
     """
-    out: list[Output] = []
+    items = list(items)
+    out: list[Output] = [*scoring.held_list(st, items, cfg)]  # models: a list the gap held
     before = st.activity.events
     for item in items:
         erased_at = st.erased_at

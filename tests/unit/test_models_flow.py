@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from attune.clients.recommendations import parse_recs
 from attune.flows.personalize import recs_config
 from attune.flows.settings import Settings
+from attune.operators import scoring
 from attune.operators.clock import MINUTE_MS, FixedClock
 from attune.operators.content import Catalogue
 from attune.operators.covisit import NeighbourList
@@ -242,6 +243,37 @@ def test_a_list_at_most_once_per_gap_and_what_changed_meanwhile_later() -> None:
     assert lists(run(logic, [view(T0 + 60_000, 5)])) == []
     out, _ = logic.on_eof()
     assert len(lists(list(out))) == 1
+
+
+def test_a_held_list_is_the_same_whether_the_idle_timer_sent_it_or_the_next_batch() -> None:
+    """What is written is decided by event time: a list the gap held back goes out before
+    the user's next batch a minute or more of event time later (ranked on the state as it
+    was), exactly as the wall-clock idle timer would have sent it before that batch."""
+
+    def written(idle_timer_fires: bool) -> list[tuple[str, ...]]:
+        board = LocalModelBoard()
+        board.put(snapshot(version=4).to_bytes())
+        wall = FixedClock(T0)
+        logic = UserLogic(
+            None, config(board, recs=recs_config(Settings(recs_min_gap_s=30)), clock=wall)
+        )
+        out = run(logic, [view(T0, 0)])
+        out += run(logic, [view(T0 + 10_000, 1)])  # held back by the gap
+        if idle_timer_fires:
+            wall.advance(int(IDLE_FREEZE.total_seconds() * 1000))
+            out += list(logic.on_notify()[0])
+        out += run(logic, [view(T0 + 10_000 + scoring.RECS_IDLE_MS, 2)])
+        out += list(logic.on_eof()[0])
+        return [
+            tuple(r.item for r in parse_recs(o.value).items)
+            for o in out
+            if isinstance(o, RecsWrite)
+        ]
+
+    by_timer, by_batch = written(True), written(False)
+    assert by_timer == by_batch and len(by_batch) == 3
+    held, latest = by_batch[1], by_batch[2]  # i001 seen in the held one, i002 in the latest
+    assert not {"i000", "i001"} & set(held) and not {"i000", "i001", "i002"} & set(latest)
 
 
 def test_recommendations_favour_the_viewed_category_and_respect_filters() -> None:
