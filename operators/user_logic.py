@@ -114,7 +114,7 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         """The user's state, thawed from its snapshot bytes if it was frozen."""
         if self._frozen is not None:
             self._state = snapshots.loads(self._frozen)
-            self._frozen = None
+            self._frozen = self._wake_ms = None
         return self._state
 
     @state.setter
