@@ -11,7 +11,7 @@ peak, ``VmHWM``):
    memory one more active user costs, start-up and shared models excluded.
 2. **One user**: 100,000 events in one session (100 ms apart: views, dwells, searches,
    adds and removes), beside a run of 10,000 events of the same user. The per-user caps
-   (docs/reliability.md, "Hostile input") must make the two peaks equal up to noise:
+   (docs/reliability.md, "Memory under abuse") must make the two peaks equal up to noise:
    a user's state does not grow with its event count.
 
 Input: an Avro container file (``FileEventSource``, what ``attune run --input`` reads),
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: The documented bounds (docs/reliability.md, "Hostile input"): worker memory per active
+#: The documented bounds (docs/reliability.md, "Memory under abuse"): worker memory per active
 #: user (the design's target) and the growth of one user's flood from 10k to 100k events.
 BOUND_PER_USER_BYTES = 4 * 1024
 BOUND_ONE_USER_GROWTH_BYTES = 1024 * 1024

@@ -490,6 +490,7 @@ class KafkaEventSource(FixedPartitionedSource[Item, PartitionState]):
             "group.id": "attune-unused",  # assign() only: no group coordination
             "enable.auto.commit": False,
             "enable.partition.eof": not self.tail,
+            **CONSUMER_PREFETCH,
             **self.extra,
         }
 
@@ -521,7 +522,21 @@ class KafkaEventSource(FixedPartitionedSource[Item, PartitionState]):
         )
 
 
-_CONSUMER_ONLY = frozenset({"group.id", "enable.auto.commit", "enable.partition.eof"})
+#: How much librdkafka reads ahead of the flow, per consumer (one per Kafka partition):
+#: its defaults (``queued.min.messages`` 100,000 messages, ``queued.max.messages.kbytes``
+#: 64 MiB) hold the first 100,000 messages of a backlog in the consumer's queue, ~100 MB
+#: of a worker's memory with librdkafka's bookkeeping per message, before the flow has
+#: taken a batch (docs/reliability.md, "Memory under abuse"). Ten batches of the source
+#: (1,000 events each, ~2 MB) keep it fed: a fetch from the broker takes milliseconds,
+#: the flow takes a batch in tens. The source's ``config`` overrides these.
+CONSUMER_PREFETCH: dict[str, Any] = {
+    "queued.min.messages": 10_000,
+    "queued.max.messages.kbytes": 8_192,
+}
+
+_CONSUMER_ONLY = frozenset(
+    {"group.id", "enable.auto.commit", "enable.partition.eof", *CONSUMER_PREFETCH}
+)
 
 
 # --- file and generator ----------------------------------------------------------------------

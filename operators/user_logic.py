@@ -82,10 +82,12 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
     __slots__ = (
         "_active_ms",
         "_check_ms",
+        "_due_ms",
         "_freeze_ms",
         "_frozen",
         "_state",
         "_ttl_ms",
+        "_wake_ms",
         "cfg",
     )
 
@@ -102,18 +104,22 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         self._ttl_ms = int(cfg.state_ttl.total_seconds() * 1000)
         self._freeze_ms = int(idle_freeze.total_seconds() * 1000)
         self._check_ms = _REPLAY_CHECK_MS  # doubles at each look that finds it busy
+        # Frozen while only a cart waits (_freeze_waiting): the stream clock reading past
+        # which the cart may be due (thaw then), and when it is due (the live poll's wait).
+        self._wake_ms: int | None = None
+        self._due_ms: int | None = None
 
     @property
     def state(self) -> UserState | None:
         """The user's state, thawed from its snapshot bytes if it was frozen."""
         if self._frozen is not None:
             self._state = snapshots.loads(self._frozen)
-            self._frozen = None
+            self._frozen = self._wake_ms = None
         return self._state
 
     @state.setter
     def state(self, value: UserState | None) -> None:
-        self._state, self._frozen = value, None
+        self._state, self._frozen, self._wake_ms = value, None, None
 
     def on_batch(self, values: list[Keyed]) -> tuple[Iterable[Output], bool]:
         st = self.state
@@ -155,9 +161,9 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
                 return [], StatefulBatchLogic.DISCARD
             gone = evict(st.membership, st.user_id, st.activity.max_time, self.cfg)
             return gone, StatefulBatchLogic.DISCARD
-        if self._frozen is not None:
-            return [], StatefulBatchLogic.RETAIN  # frozen: nothing waits for time
-        st = self._state
+        if self._frozen is not None and not self._cart_may_be_due():
+            return [], StatefulBatchLogic.RETAIN  # frozen: nothing due yet
+        st = self.state  # thawed if a frozen cart may be due
         if st is None:
             return [], StatefulBatchLogic.DISCARD
         out = due(st, self.cfg)
@@ -165,8 +171,12 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
             out.extend(went_idle(st, self.cfg))  # e.g. a list held back by the gap, now
             if not pending(st, self.cfg):
                 self._freeze(st)
+            else:
+                self._freeze_waiting(st)
         elif self._idle_in_event_time(st):
             self._freeze(st)
+        elif self._freeze_waiting(st):
+            return out, StatefulBatchLogic.RETAIN  # frozen while only its cart waits
         elif self.cfg.clock.now_ms() >= st.active_ms + self._check_ms:
             self._check_ms *= 2  # still busy by the stream clock: look again later
         return out, StatefulBatchLogic.RETAIN
@@ -205,13 +215,59 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
     def _freeze(self, st: UserState) -> None:
         """Keep ``st`` as its snapshot bytes (nothing of it waits for time)."""
         self._frozen, self._state, self._active_ms = snapshots.dumps(st), None, st.active_ms
+        self._wake_ms = None
+
+    def _freeze_waiting(self, st: UserState) -> bool:
+        """Keep ``st`` as its snapshot bytes if all that waits for time is its cart, and
+        the stream clock alone tells when the cart may be due; whether it did.
+
+        A replay of many users holds each user's cart for ``abandon_after`` of event time,
+        thawed and polled every :data:`TIMER_POLL`: every poll woke the key and Bytewax
+        snapshotted it again (new bytes per user per epoch, beside the state's objects:
+        ~7 KB of RSS a user at 50,000 users, docs/reliability.md "Memory under abuse").
+        Frozen, a poll reads the stream clock only, and the snapshot is the frozen bytes.
+
+        Conditions, so that :func:`~attune.operators.trigger_decisions.due` would find
+        nothing until the clock passes ``cart.wake_ms``: no deferred trigger, no
+        hand-over awaited, the cart's next look known (``wake_ms``, set by the last
+        ``due``), the user's own settled time (at most its latest event less the
+        settling time) not past it, and no list held back (``recs_due``, for
+        :func:`~attune.operators.user_step.went_idle`)."""
+        cart, trig, cfg = st.cart, st.trig, self.cfg
+        wake = cart.wake_ms
+        if (
+            wake is None
+            or not trig.known
+            or trig.deferred
+            or trig.awaiting
+            or st.models.recs_due
+            or st.activity.max_time - cfg.triggers.settle_ms > wake
+        ):
+            return False
+        due_ms = cart.next_due_ms(cfg.triggers.abandon_after_ms)
+        if due_ms is None:
+            return False  # nothing waits: the other freezes' business
+        self._freeze(st)
+        self._wake_ms, self._due_ms = wake, due_ms
+        return True
+
+    def _cart_may_be_due(self) -> bool:
+        """Whether a user frozen while its cart waits must thaw to be judged: the stream
+        clock passed the cart's next look (``due`` then may find it due)."""
+        if self._wake_ms is None:
+            return False
+        now = self.cfg.stream_clock.now_ms()
+        return now is not None and now > self._wake_ms
 
     def notify_at(self) -> datetime | None:
         # Wake times are rounded up to a grid so that many users wake in one activation:
         # Bytewax scans every key's timer on each activation of the step, so each distinct
         # wake time costs a pass over all users.
         if self._frozen is not None and self._active_ms is not None:
-            # frozen only when nothing waited for time (see on_notify): the TTL is next
+            if self._wake_ms is not None:  # frozen while its cart waits: poll the clock
+                poll, grid = self._poll_cart(self._due_ms)
+                return _on_grid(time.time() * 1000 + poll / timedelta(milliseconds=1), grid)
+            # frozen when nothing waited for time (see on_notify): the TTL is next
             return _on_grid(self._active_ms + self._ttl_ms, IDLE_GRID_MS)
         st = self.state
         if st is not None and pending(st, self.cfg):  # poll the stream clock while these wait
@@ -232,9 +288,12 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         the grid (ms) its wake time is rounded up to."""
         if st.trig.deferred:
             return DEFERRED_POLL, DEFERRED_GRID_MS
+        return self._poll_cart(st.cart.next_due_ms(self.cfg.triggers.abandon_after_ms))
+
+    def _poll_cart(self, due_ms: int | None) -> tuple[timedelta, int]:
+        """:meth:`_poll` for a user whose cart is next due at ``due_ms`` (event time)."""
         clock = self.cfg.stream_clock
         if clock.live():  # event time keeps pace with the wall: sleep until it is due
-            due_ms = st.cart.next_due_ms(self.cfg.triggers.abandon_after_ms)
             now_ms = clock.now_ms()
             if due_ms is not None and now_ms is not None and due_ms >= now_ms:
                 # judged once the settled time is strictly past the due time

@@ -81,3 +81,21 @@ def test_a_consumer_error_is_a_source_error_and_the_partition_end_stops_the_batc
     assert (offset, eof) == (6, True)
     tailing, _, still = decode_messages(batch, codec, Watermark(60_000), TOPIC, 3, tail=True)
     assert len(tailing) == 3 and not still
+
+
+def test_the_kafka_consumer_reads_ahead_a_bounded_queue_that_its_config_overrides() -> None:
+    """librdkafka's defaults read 100,000 messages ahead per consumer (~100 MB of a
+    worker's memory on a backlog); the source bounds it, librdkafka accepts the names, and
+    the source's own ``config`` still wins."""
+    from confluent_kafka import Consumer
+
+    from attune.operators.sources import CONSUMER_PREFETCH, KafkaEventSource
+
+    config = KafkaEventSource("127.0.0.1:1", "events", allowed_lateness_ms=0)._config()
+    assert config["queued.min.messages"] == CONSUMER_PREFETCH["queued.min.messages"] < 100_000
+    assert config["queued.max.messages.kbytes"] < 65_536
+    Consumer(config).close()  # an unknown or invalid property would raise here
+    mine = KafkaEventSource(
+        "127.0.0.1:1", "events", allowed_lateness_ms=0, config={"queued.min.messages": 50}
+    )
+    assert mine._config()["queued.min.messages"] == 50

@@ -28,6 +28,7 @@ from attune.operators.user_logic import (
     Keyed,
     UserLogic,
 )
+from attune.operators.user_state import UserState
 from attune.workload.generator import GeneratorConfig, generate
 
 T0 = 1_767_571_200_000
@@ -254,3 +255,56 @@ def test_a_live_stream_never_takes_the_replay_freeze() -> None:
     wake = logic.notify_at()  # the wall-clock idle freeze only
     assert wake is not None
     assert wake.timestamp() * 1000 >= wall.ms + IDLE_FREEZE.total_seconds() * 1000
+
+
+class _NeverFreezesAWaitingCart(UserLogic):
+    """The reference for the freeze while a cart waits: the same logic without it."""
+
+    __slots__ = ()
+
+    def _freeze_waiting(self, st: UserState) -> bool:
+        return False
+
+
+def test_a_user_whose_cart_waits_stays_frozen_until_the_clock_reaches_it() -> None:
+    """In a replay a user holds its cart for the abandonment wait of event time: it
+    freezes at its first poll (a poll then reads the stream clock only, and its snapshot is
+    the frozen bytes, not new ones), thaws when the clock may have reached the cart, and
+    gives what a user never frozen gives."""
+    day = 86_400_000
+    wall = _Wall(T0 + 30 * day)  # a replay: never live
+    clock = StreamClock(wall_ms=wall.wall_ms, monotonic=wall.monotonic)
+    clock.reset(lateness_ms=600_000, live_within_ms=30_000)
+    clock.expect(["events:0"])
+    cfg = ProfileConfig(stream_clock=clock, clock=FixedClock(wall.ms))
+    assert isinstance(cfg.clock, FixedClock)
+    ref, logic = _NeverFreezesAWaitingCart(None, cfg, NEVER), UserLogic(None, cfg, NEVER)
+    batches = [
+        [_event(0, ConsentUpdate(True, True, True), EventType.CONSENT)],
+        [_event(60_000, AddToCart("i1", 1, 1500, "EUR"), EventType.ADD_TO_CART)],
+    ]
+    for batch in batches:
+        assert list(logic.on_batch(batch)[0]) == list(ref.on_batch(batch)[0])
+    frozen_polls = fired = 0
+    for minute in range(1, 120):
+        clock.advance("events:0", T0 + 60_000 * minute)
+        cfg.clock.advance(int(TIMER_POLL.total_seconds() * 1000))
+        out_ref, keep_ref = ref.on_notify()
+        out, keep = logic.on_notify()
+        assert list(out) == list(out_ref) and keep is keep_ref
+        fired += sum(isinstance(o, Trigger) and o.kind == "cart_abandoned" for o in out)
+        assert ref.state is not None
+        if pending(ref.state, cfg):
+            assert logic._frozen is not None  # waits frozen
+            assert logic.snapshot() is logic.snapshot()  # no new bytes per poll
+            before = datetime.now(UTC)
+            wake = logic.notify_at()  # and polls the clock as a thawed one would
+            grid = timedelta(milliseconds=POLL_GRID_MS)
+            assert wake is not None
+            assert before + TIMER_POLL <= wake <= datetime.now(UTC) + TIMER_POLL + grid
+            frozen_polls += 1
+        assert snapshots.loads(logic.snapshot()) == ref.state
+    assert fired == 1 and frozen_polls > 10
+    nxt = [_event(200 * 60_000, AddToCart("i2", 1, 900, "EUR"), EventType.ADD_TO_CART)]
+    assert list(logic.on_batch(nxt)[0]) == list(ref.on_batch(nxt)[0])
+    assert logic.state == ref.state
