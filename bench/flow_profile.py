@@ -607,21 +607,33 @@ def _profiled(real: Callable[..., Any], out: Path) -> Callable[..., Any]:
     return cli_main
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m attune.bench.flow_profile OUT.pstats IMPORT [flags]``: bytewax.run, profiled."""
+def run_wrapped(
+    argv: Sequence[str] | None,
+    wrap: Callable[[Callable[..., Any], Path], Callable[..., Any]],
+    usage: str,
+) -> None:
+    """``bytewax.run IMPORT_STR [flags]`` with Bytewax's native ``cli_main`` replaced by
+    ``wrap(cli_main, OUT)``: the first argument is ``OUT``, the rest go to bytewax.run
+    (shared by this module and :mod:`attune.bench.flow_trace`)."""
     import runpy
 
     import bytewax._bytewax as native
 
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) < 2:
-        raise SystemExit(
-            "usage: python -m attune.bench.flow_profile OUT.pstats IMPORT_STR [bytewax.run flags]"
-        )
-    out = Path(args[0])
-    native.cli_main = _profiled(native.cli_main, out)
+        raise SystemExit(f"usage: {usage}")
+    native.cli_main = wrap(native.cli_main, Path(args[0]))
     sys.argv = ["bytewax.run", *args[1:]]
     runpy.run_module("bytewax.run", run_name="__main__", alter_sys=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m attune.bench.flow_profile OUT.pstats IMPORT [flags]``: bytewax.run, profiled."""
+    run_wrapped(
+        argv,
+        _profiled,
+        "python -m attune.bench.flow_profile OUT.pstats IMPORT_STR [bytewax.run flags]",
+    )
 
 
 if __name__ == "__main__":

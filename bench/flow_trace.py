@@ -38,7 +38,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -233,18 +232,13 @@ def _traced(real: Callable[..., Any], out: Path) -> Callable[..., Any]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m attune.bench.flow_trace OUT.jsonl IMPORT [flags]``: bytewax.run, traced."""
-    import runpy
+    from attune.bench.flow_profile import run_wrapped
 
-    import bytewax._bytewax as native
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) < 2:
-        raise SystemExit(
-            "usage: python -m attune.bench.flow_trace OUT.jsonl IMPORT_STR [bytewax.run flags]"
-        )
-    native.cli_main = _traced(native.cli_main, Path(args[0]))
-    sys.argv = ["bytewax.run", *args[1:]]
-    runpy.run_module("bytewax.run", run_name="__main__", alter_sys=True)
+    run_wrapped(
+        argv,
+        _traced,
+        "python -m attune.bench.flow_trace OUT.jsonl IMPORT_STR [bytewax.run flags]",
+    )
 
 
 if __name__ == "__main__":
