@@ -11,6 +11,7 @@ docs/architecture.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sqlite3
 import sys
@@ -311,7 +312,7 @@ def _snapshot_steps(parts: list[Path]) -> set[str]:
     steps: set[str] = set()
     for part in parts:
         try:
-            with sqlite3.connect(f"file:{part}?mode=ro", uri=True) as db:
+            with contextlib.closing(sqlite3.connect(f"file:{part}?mode=ro", uri=True)) as db:
                 steps.update(row[0] for row in db.execute("SELECT DISTINCT step_id FROM snaps"))
         except sqlite3.Error as exc:
             raise ValueError(

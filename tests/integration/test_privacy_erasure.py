@@ -25,6 +25,7 @@ import pickle
 import sqlite3
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -243,7 +244,7 @@ def flow_state(db: Path, step: str, key: str) -> Any:
     ``None`` when the state was discarded (or never existed)."""
     rows: list[tuple[int, bytes | None]] = []
     for part in sorted(db.glob("*.sqlite3")):
-        with sqlite3.connect(part) as conn:
+        with closing(sqlite3.connect(part)) as conn:
             rows += conn.execute(
                 "SELECT snap_epoch, ser_change FROM snaps WHERE step_id = ? AND state_key = ?",
                 (f"attune_personalize.{step}", key),
@@ -260,7 +261,7 @@ def flow_state(db: Path, step: str, key: str) -> Any:
 def all_flow_state_keys(db: Path, step: str) -> set[str]:
     keys: set[str] = set()
     for part in sorted(db.glob("*.sqlite3")):
-        with sqlite3.connect(part) as conn:
+        with closing(sqlite3.connect(part)) as conn:
             keys |= {
                 r[0]
                 for r in conn.execute(

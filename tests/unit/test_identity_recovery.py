@@ -17,6 +17,7 @@ from __future__ import annotations
 import pickle
 import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def new_store(path: Path) -> Path:
 
 def identity_row(db: Path, key: str) -> tuple[int, bytes]:
     """The newest snapshot of ``key`` in the identity step: ``(epoch, serialized change)``."""
-    with sqlite3.connect(db / "part-0.sqlite3") as conn:
+    with closing(sqlite3.connect(db / "part-0.sqlite3")) as conn, conn:
         row = conn.execute(
             "SELECT snap_epoch, ser_change FROM snaps WHERE step_id = ? AND state_key = ?"
             " ORDER BY snap_epoch DESC LIMIT 1",
@@ -91,7 +92,7 @@ def identity_row(db: Path, key: str) -> tuple[int, bytes]:
 
 def put_identity_row(db: Path, key: str, change: bytes) -> None:
     """``change`` as the identity step's newest snapshot of ``key`` before the resume epoch."""
-    with sqlite3.connect(db / "part-0.sqlite3") as conn:
+    with closing(sqlite3.connect(db / "part-0.sqlite3")) as conn, conn:
         (epoch,) = conn.execute(
             "SELECT MAX(snap_epoch) FROM snaps WHERE step_id = ? AND state_key = ?",
             (IDENTITY_STEP, key),

@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import bytewax.operators as op
@@ -334,7 +335,7 @@ def test_a_recovery_store_of_another_dataflow_is_refused(
     keyed = op.key_on("key", op.input("in", flow, TestingSource([("a", 1), ("b", 2)])), str)
     op.output("out", op.stateful_map("count", keyed, _counter), _Collect())
     run_main(flow, recovery_config=RecoveryConfig(db))
-    with sqlite3.connect(db / "part-0.sqlite3") as conn:
+    with closing(sqlite3.connect(db / "part-0.sqlite3")) as conn:
         steps = {row[0] for row in conn.execute("SELECT step_id FROM snaps")}
     assert steps and all(step.startswith("other_flow.") for step in steps)
     code, line = run_cli(capsys, "run", *SMALL, "--recovery-dir", str(db))
