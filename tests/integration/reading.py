@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from attune.clients.subscriber import ActOnce, Delivery, MemoryOnceStore, TriggerSubscriber
 from attune.flows.settings import Settings
@@ -47,8 +47,8 @@ def read_all(settings: Settings, kind: str) -> tuple[list[Trigger], list[Trigger
     return delivered, acted
 
 
-def consume_records(settings: Settings, topic: str) -> list[tuple[bytes, bytes]]:
-    """Every ``(key, value)`` on ``topic`` now, all partitions read to their end (60 s at most)."""
+def consume_messages(settings: Settings, topic: str) -> list[Message]:
+    """Every message on ``topic`` now, all partitions read to their end (60 s at most)."""
     consumer = Consumer(
         {
             "bootstrap.servers": settings.kafka_bootstrap,
@@ -59,17 +59,22 @@ def consume_records(settings: Settings, topic: str) -> list[tuple[bytes, bytes]]
     meta = consumer.list_topics(topic, timeout=10).topics[topic]
     consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
     done: set[int] = set()
-    out: list[tuple[bytes, bytes]] = []
+    out: list[Message] = []
     deadline = time.monotonic() + 60
     while len(done) < len(meta.partitions) and time.monotonic() < deadline:
         for msg in consumer.consume(1000, 1.0):
             if msg.error() is not None:
                 done.add(msg.partition() or 0)
             else:
-                out.append((msg.key() or b"", msg.value() or b""))
+                out.append(msg)
     consumer.close()
     assert len(done) == len(meta.partitions), f"{topic} not read to its end within 60 s"
     return out
+
+
+def consume_records(settings: Settings, topic: str) -> list[tuple[bytes, bytes]]:
+    """Every ``(key, value)`` on ``topic`` now (:func:`consume_messages`)."""
+    return [(m.key() or b"", m.value() or b"") for m in consume_messages(settings, topic)]
 
 
 def consume_all(settings: Settings, topic: str) -> list[bytes]:

@@ -32,7 +32,6 @@ from typing import Any
 import pytest
 import redis
 from bytewax.testing import run_main
-from confluent_kafka import Consumer, TopicPartition
 
 from attune.bench.chaos import read_profiles
 from attune.flows import topics
@@ -42,7 +41,7 @@ from attune.operators.codec import Codec
 from attune.operators.events import DeadLetter, ErrorClass, Event
 from attune.operators.sources import KEPT_OF_OVERSIZED, MAX_MESSAGE_BYTES
 from attune.workload.truth import GroundTruth
-from tests.integration.reading import consume_all, fresh_topics
+from tests.integration.reading import consume_all, consume_messages, fresh_topics
 from tests.truth import profile_mismatches
 
 pytestmark = pytest.mark.integration
@@ -117,27 +116,10 @@ class Message:
 
 def read_topic(settings: Settings, topic: str) -> list[Message]:
     """Every message of ``topic`` with its partition and offset (each partition to its end)."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"check-{uuid.uuid4().hex}",
-            "enable.partition.eof": True,
-        }
-    )
-    meta = consumer.list_topics(topic, timeout=10).topics[topic]
-    consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
-    out: list[Message] = []
-    done: set[int] = set()
-    while len(done) < len(meta.partitions):
-        batch = consumer.consume(1000, 10.0)
-        assert batch, f"{topic} not read to its end"
-        for msg in batch:
-            if msg.error() is not None:
-                done.add(msg.partition() or 0)
-            else:
-                out.append(Message(msg.partition() or 0, msg.offset() or 0, msg.value()))
-    consumer.close()
-    return out
+    return [
+        Message(m.partition() or 0, m.offset() or 0, m.value())
+        for m in consume_messages(settings, topic)
+    ]
 
 
 @dataclass(frozen=True)
