@@ -8,8 +8,11 @@ import uuid
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from attune.clients.subscriber import ActOnce, Delivery, MemoryOnceStore, TriggerSubscriber
+from attune.flows.generate import ProduceReport, produce
 from attune.flows.settings import Settings
+from attune.operators.codec import Codec
 from attune.operators.events import Trigger
+from attune.workload.generator import Generated
 
 
 def fresh_topics(prefix: str) -> dict[str, str]:
@@ -80,3 +83,17 @@ def consume_records(settings: Settings, topic: str) -> list[tuple[bytes, bytes]]
 def consume_all(settings: Settings, topic: str) -> list[bytes]:
     """Every value on ``topic`` now (:func:`consume_records`)."""
     return [value for _, value in consume_records(settings, topic)]
+
+
+def produce_generated(settings: Settings, g: Generated) -> ProduceReport:
+    """The generated workload ``g`` on the settings' events and items topics (project codec,
+    no schema registry, no progress lines)."""
+    return produce(
+        g,
+        settings.kafka_bootstrap,
+        settings.topic_events,
+        settings.topic_items,
+        None,
+        Codec(),
+        progress=False,
+    )

@@ -28,12 +28,10 @@ import pytest
 import redis
 
 from attune.flows import topics
-from attune.flows.generate import produce
 from attune.flows.settings import Settings, env_name
-from attune.operators.codec import Codec
 from attune.workload.generator import GeneratorConfig, generate
 from attune.workload.truth import GroundTruth
-from tests.integration.reading import fresh_topics
+from tests.integration.reading import fresh_topics, produce_generated
 from tests.integration.test_personalize import (
     assert_profiles_match,
     deterministic,
@@ -65,15 +63,7 @@ def stream(integration_settings: Settings) -> Iterator[Stream]:
     names = topics.design_topics(settings)
     topics.ensure_topics(settings.kafka_bootstrap, names, 2)
     g = generate(GeneratorConfig(users=400, days=6, seed=15))
-    report = produce(
-        g,
-        settings.kafka_bootstrap,
-        settings.topic_events,
-        settings.topic_items,
-        None,
-        Codec(),
-        progress=False,
-    )
+    report = produce_generated(settings, g)
     yield Stream(settings, g.truth, report.events)
     topics.delete_topics(settings.kafka_bootstrap, names)
 

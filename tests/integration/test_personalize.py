@@ -28,7 +28,6 @@ from confluent_kafka import Producer
 from attune.bench.chaos import read_profiles
 from attune.clients.recommendations import RecommendationClient, parse_profile
 from attune.flows import topics
-from attune.flows.generate import produce
 from attune.flows.personalize import build_flow
 from attune.flows.settings import Settings, env_name
 from attune.operators.clustering import ClusterParams
@@ -37,7 +36,7 @@ from attune.operators.events import ErrorClass, SegmentChange, Trigger
 from attune.operators.redis_keys import PROFILE_FIELD, RedisKeys, joined, segment_names
 from attune.workload.generator import GeneratorConfig, generate
 from attune.workload.truth import GroundTruth
-from tests.integration.reading import consume_all, fresh_topics
+from tests.integration.reading import consume_all, fresh_topics, produce_generated
 from tests.truth import profile_mismatches
 
 pytestmark = pytest.mark.integration
@@ -63,15 +62,7 @@ def stream(integration_settings: Settings) -> Iterator[Input]:
     names = topics.design_topics(settings)  # the flow publishes to all of them
     topics.ensure_topics(settings.kafka_bootstrap, names, 3)
     g = generate(GeneratorConfig(users=400, days=6, seed=21))
-    report = produce(
-        g,
-        settings.kafka_bootstrap,
-        settings.topic_events,
-        settings.topic_items,
-        None,
-        Codec(),
-        progress=False,
-    )
+    report = produce_generated(settings, g)
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
     for i, junk in enumerate(GARBAGE):
         producer.produce(settings.topic_events, junk, key=f"junk{i}".encode())

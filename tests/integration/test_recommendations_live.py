@@ -27,14 +27,13 @@ from confluent_kafka import Producer
 
 from attune.clients.recommendations import RecommendationClient, Recommendations
 from attune.flows import topics
-from attune.flows.generate import produce
 from attune.flows.settings import Settings, env_name
 from attune.operators.codec import Codec
 from attune.operators.events import Event, EventType, ItemUpdate, ProductView
 from attune.operators.ranking import REASONS
 from attune.operators.redis_keys import RedisKeys
 from attune.workload.generator import GeneratorConfig, generate
-from tests.integration.reading import fresh_topics
+from tests.integration.reading import fresh_topics, produce_generated
 from tests.integration.test_personalize import flow_env as personalize_env
 
 pytestmark = pytest.mark.integration
@@ -81,15 +80,7 @@ def live_flow(
     config = GeneratorConfig(users=150, days=3, seed=5)
     end = max(e.event_time for e in generate(config).events)  # events are a one-shot iterator
     g = generate(config)
-    produce(
-        g,
-        settings.kafka_bootstrap,
-        settings.topic_events,
-        settings.topic_items,
-        None,
-        Codec(),
-        progress=False,
-    )
+    produce_generated(settings, g)
     proc = subprocess.Popen(
         [sys.executable, "-m", "bytewax.run", "attune.flows.personalize:flow"],
         env=flow_env(settings),

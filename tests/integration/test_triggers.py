@@ -17,14 +17,12 @@ import pytest
 from bytewax.testing import run_main
 
 from attune.flows import topics
-from attune.flows.generate import produce
 from attune.flows.personalize import build_flow
 from attune.flows.settings import Settings
-from attune.operators.codec import Codec
 from attune.operators.triggers import KINDS
 from attune.workload.generator import GeneratorConfig, generate
 from attune.workload.truth import GroundTruth
-from tests.integration.reading import fresh_topics, read_all
+from tests.integration.reading import fresh_topics, produce_generated, read_all
 from tests.truth import cart_expectations, check_cart_triggers
 
 pytestmark = pytest.mark.integration
@@ -50,15 +48,7 @@ def ran(integration_settings: Settings) -> Iterator[tuple[Settings, GroundTruth]
     ]
     topics.ensure_topics(settings.kafka_bootstrap, names, 3)
     g = generate(GeneratorConfig(users=300, days=5, seed=3))
-    produce(
-        g,
-        settings.kafka_bootstrap,
-        settings.topic_events,
-        settings.topic_items,
-        None,
-        Codec(),
-        progress=False,
-    )
+    produce_generated(settings, g)
     run_main(build_flow(settings))
     run_main(build_flow(settings))  # the same input again: a replay
     yield settings, g.truth
