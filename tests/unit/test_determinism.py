@@ -32,11 +32,8 @@ _BATCHED = {
     "redis.trending",
     "redis.users",  # recommendations, propensity score and tier
     "triggers.high_propensity",
-    # the point where a login's anonymous history reaches the user's state
-    "segment_changes",
-    "triggers.segment_entered",
-    "triggers.segment_exited",
-    "triggers.cart_abandoned",  # the rule that chose it reads segments
+    # the rule that chose it reads segments when the cart is judged, after the batch
+    "triggers.cart_abandoned",
 }
 DEPENDS_ON_BATCHING: dict[str, set[str]] = {"a": _BATCHED, "b": _BATCHED}
 
