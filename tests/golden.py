@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from bytewax.testing import run_main
+from bytewax.testing import cluster_main, run_main
 
 from attune.flows.embedded import LocalStore
 from attune.flows.personalize import build_flow
@@ -211,9 +211,12 @@ def _settings() -> Settings:
     )
 
 
-def run(users: int, days: int, seed: int, batch_size: int = 1000) -> RecordingStore:
+def run(
+    users: int, days: int, seed: int, batch_size: int = 1000, workers: int = 1
+) -> RecordingStore:
     """The flow over the generated workload, the source handing it ``batch_size`` events
-    at a time; returns the store with everything it wrote."""
+    at a time, on ``workers`` worker threads of this process; returns the store with
+    everything it wrote."""
     settings = _settings()
     g = generate(GeneratorConfig(users=users, days=days, seed=seed))
     events = tuple(g.events)
@@ -225,7 +228,11 @@ def run(users: int, days: int, seed: int, batch_size: int = 1000) -> RecordingSt
     source = EventListSource(
         make, allowed_lateness_ms=settings.allowed_lateness_s * 1000, batch_size=batch_size
     )
-    run_main(build_flow(settings, source=source, sinks=store.sinks("m"), items=g.items))
+    flow = build_flow(settings, source=source, sinks=store.sinks("m"), items=g.items)
+    if workers == 1:
+        run_main(flow)
+    else:
+        cluster_main(flow, [], 0, worker_count_per_proc=workers)
     return store
 
 
@@ -299,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batch-size", type=int, default=1000, help="events per source batch (1000)"
     )
+    parser.add_argument("--workers", type=int, default=1, help="worker threads (1)")
     parser.add_argument(
         "--outcome",
         action="store_true",
@@ -308,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result: dict[str, Any] = {}
     for name, (users, days, seed) in WORKLOADS.items():
-        store = run(users, days, seed, args.batch_size)
+        store = run(users, days, seed, args.batch_size, args.workers)
         if args.outcome:
             groups = outcome(store)
         else:
