@@ -451,7 +451,7 @@ def plain_inputs(items: list[UserInput]) -> bool:
 
 
 def handover_order(
-    wait: HandoverWait | None, items: list[UserInput], now_ms: int
+    wait: HandoverWait | None, items: list[UserInput], now_ms: int, *, hold: bool = True
 ) -> tuple[HandoverWait | None, list[UserInput]]:
     """A user's inputs in the order to fold them: each login's history (its
     :class:`HandedOver` or :class:`HandOverAgain`) right after the IDENTIFY that made the
@@ -469,6 +469,13 @@ def handover_order(
     reaches the step gets exactly one hand-over (:func:`identity_step`, also for a link
     repeated or to a shared device), matched by anonymous id and link time.
 
+    ``hold=False`` (the flow passes it while the stream is live, tailing within seconds of
+    the wall clock): nothing is held, every input is folded as it comes, and what a wait
+    held goes now. Holding costs a login's next events the hand-over's trip through the
+    identity step (hundreds of ms at the p99 of ``attune bench latency``), and a live
+    stream's outputs depend on processing time anyway (cart judgements); a replay is
+    never live, so it is held and repeats exactly.
+
     >>> from attune.operators.events import Identify, PageView
     >>> login = Event("e1", EventType.IDENTIFY, 10, Identify(), user_id="u1", anonymous_id="a1")
     >>> later = Event("e2", EventType.PAGE_VIEW, 20, PageView(), user_id="u1")
@@ -479,10 +486,10 @@ def handover_order(
     >>> [getattr(i, "event_id", "history") for i in now], wait
     (['history', 'e2'], None)
     """
-    if wait is None and plain_inputs(items):
+    if wait is None and (not hold or plain_inputs(items)):
         return None, items
     w = wait or HandoverWait()
-    if w.closed:
+    if w.closed or not hold:
         return None, [*(h for _, _, h in w.arrived), *w.held, *items]
     ready: list[UserInput] = []
     pending = list(reversed(items))  # a stack: held inputs go back on top, in order

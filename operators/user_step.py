@@ -177,7 +177,8 @@ def fold_batch(
     """
     items = list(items)
     if st.handover is not None or not plain_inputs(items):  # identity: a login's history first
-        st.handover, items = handover_order(st.handover, items, cfg.clock.now_ms())
+        hold = not cfg.stream_clock.live()  # live: folded as they come (latency)
+        st.handover, items = handover_order(st.handover, items, cfg.clock.now_ms(), hold=hold)
     out: list[Output] = [*scoring.held_list(st, items, cfg)]  # models: a list the gap held
     before = st.activity.events
     for item in items:

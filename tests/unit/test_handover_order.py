@@ -125,3 +125,15 @@ def test_a_link_sent_again_is_placed_like_the_first() -> None:
     again = HandOverAgain("a1", "u1", T0 + 2 * MINUTE_MS, ())
     wait, ready = handover_order(None, [again, own(1), login(2, "a1"), own(3)], 0)
     assert names(ready) == ["u1", "l2", "history:a1", "u3"] and wait is None
+
+
+def test_a_live_stream_folds_every_input_as_it_comes() -> None:
+    """Live (``hold=False``): no wait for the history, and what a replay's wait held goes
+    at once, before the new inputs."""
+    batch: list[UserInput] = [login(1, "a1"), own(2), history("a1", 1, 1)]
+    wait, ready = handover_order(None, batch, 0, hold=False)
+    assert ready == batch and wait is None
+    wait, ready = handover_order(None, [login(1, "a1"), own(2)], 0)
+    assert wait is not None
+    wait, ready = handover_order(wait, [own(3)], 0, hold=False)
+    assert names(ready) == ["u2", "u3"] and wait is None
