@@ -180,7 +180,7 @@ def fold_batch(
         hold = not cfg.stream_clock.live()  # live: folded as they come (latency)
         st.handover, items = handover_order(st.handover, items, cfg.clock.now_ms(), hold=hold)
     out: list[Output] = [*scoring.held_list(st, items, cfg)]  # models: a list the gap held
-    before = st.activity.events
+    before, wait = st.activity.events, st.handover
     for item in items:
         erased_at = st.erased_at
         out.extend(apply(st, item, cfg))
@@ -188,6 +188,7 @@ def fold_batch(
             return None, out
         if st.erased_at != erased_at:  # an erasure: keep a tombstone, not the data
             st = tombstone(st)
+            st.handover = wait  # identity: inputs after it, held for a login, still come
             before = 0
         elif st.activity.events < before:  # consent withdrawn: the state was emptied
             before = 0

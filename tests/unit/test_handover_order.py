@@ -137,3 +137,17 @@ def test_a_live_stream_folds_every_input_as_it_comes() -> None:
     assert wait is not None
     wait, ready = handover_order(wait, [own(3)], 0, hold=False)
     assert names(ready) == ["u2", "u3"] and wait is None
+
+
+def test_inputs_held_for_a_login_after_an_erasure_are_not_lost() -> None:
+    """The erasure leaves a tombstone (a new state): the wait it did not hold moves with it."""
+    from attune.operators.events import ErasureRequest
+
+    cfg = ProfileConfig(rules=load_rules())
+    erase = Event("x1", EventType.ERASURE, T0, ErasureRequest("r1"), "u1")
+    st, _ = fold_batch(UserState("u1"), [erase, login(1, "a1"), own(2)], cfg)
+    assert st is not None and st.handover is not None and st.handover.held == [own(2)]
+    st, _ = fold_batch(st, [history("a1", 1, 2)], cfg)
+    assert st is not None and st.handover is None
+    # the login, the one held, and a1's event after the erasure (the other is at its time)
+    assert st.activity.events == 3 and "u2" in st.seen and "a1-1" in st.seen
