@@ -15,11 +15,12 @@ anonymous visitor's history waits until it has an owner:
   kept here.
 - On the link this step emits a :class:`Forget` for the anonymous key (its
   state and Redis keys go, an alias points to the user) and sends the kept
-  events to the user's key, so the user's state counts the anonymous activity
-  once (per-user dedupe by event id absorbs any overlap), then a
-  :class:`HandedOver` marker: the user's trigger judgements wait from the
-  IDENTIFY until it arrives, so they see the whole history whichever batch it
-  lands in.
+  events to the user's key in one :class:`HandedOver`, so the user's state counts
+  the anonymous activity once (per-user dedupe by event id absorbs any overlap).
+  The user's step folds it right after the IDENTIFY, holding the user's later
+  inputs until it comes (:func:`handover_order`), so the history lands at the
+  same point of the user's stream however the stream is batched (issue 15:
+  segment changes and triggers must not move with batching).
 - Afterwards, anonymous-only events go straight to the user. The copies stay for
   :data:`HANDOVER_KEEP` of the process's wall time: the same link arriving again (its
   IDENTIFY replayed after a restart from the recovery store, or repeated in the stream)
@@ -59,7 +60,9 @@ erasure or a withdrawal deletes their keys) and writes an ``IDENTIFY``'s alias
 [('a1', 'Event')]
 >>> state, out = identity_step(state, Link("a1", "u1", 1_767_571_260_000))
 >>> [(key, type(item).__name__) for key, item in out]
-[('a1', 'Forget'), ('u1', 'Event'), ('u1', 'HandedOver')]
+[('a1', 'Forget'), ('u1', 'HandedOver')]
+>>> out[1][1].events  # the history travels in the HandedOver
+1
 >>> identity_step(state, pv)[1][0][0]  # later anonymous events go to the user
 'u1'
 """
@@ -129,13 +132,17 @@ class Forget:
 
 @dataclass(frozen=True, slots=True)
 class HandedOver:
-    """Sent to ``user_id`` after the history of ``anonymous_id`` (on every link, even with
-    no history): the user's judgements (cart abandonment) waited for it since the IDENTIFY."""
+    """The history of ``anonymous_id``, sent to ``user_id`` on every link (empty when none
+    is kept): the consent events and the kept copies, in that order (:func:`buffered`
+    reads one back), ``events`` of them. One item, so that the user's step places the
+    whole history at one point of its own stream, right after the IDENTIFY
+    (:func:`handover_order`); the user's judgements (cart abandonment) wait for it."""
 
     anonymous_id: str
     user_id: str
     event_time: int
     events: int
+    history: tuple[Event | bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,11 +265,9 @@ def identity_step(
     if isinstance(item, Link):
         if st.user_id is None:
             out: list[Routed] = [
-                (item.anonymous_id, Forget(item.anonymous_id, item.user_id, item.event_time))
+                (item.anonymous_id, Forget(item.anonymous_id, item.user_id, item.event_time)),
+                _handed_over(item, (*st.consents, *st.buffer)),
             ]
-            out.extend((item.user_id, e) for e in st.consents)
-            out.extend((item.user_id, buffered(e)) for e in st.buffer)
-            out.append(_handed_over(item, len(st.consents) + len(st.buffer)))
             # The copies stay (IdentityLogic drops them HANDOVER_KEEP later): a restart
             # may load this state with user states that never received them.
             st.consent = ConsentState()
@@ -272,7 +277,7 @@ def identity_step(
             return st, _hand_over_again(st, item)
         st.user_id = item.user_id  # a shared device: the newest user, no history
         st.buffer, st.consents = [], []
-        return st, [_handed_over(item, 0)]
+        return st, [_handed_over(item, ())]
     if st.user_id is not None:
         return st, [(st.user_id, item)]
     if st.erased_at is not None and item.event_time <= st.erased_at:
@@ -321,7 +326,7 @@ def _hand_over_again(st: IdentityState, link: Link) -> list[Routed]:
     if st.buffer or st.consents:
         out.append((user, HandOverAgain(anon, user, t, (*st.consents, *st.buffer))))
     else:
-        out.append(_handed_over(link, 0))
+        out.append(_handed_over(link, ()))
     return out
 
 
@@ -334,8 +339,9 @@ def buffered(kept: bytes | Event) -> Event:
     return unflatten(found) if type(found) is tuple else found
 
 
-def _handed_over(link: Link, events: int) -> Routed:
-    return link.user_id, HandedOver(link.anonymous_id, link.user_id, link.event_time, events)
+def _handed_over(link: Link, history: tuple[Event | bytes, ...]) -> Routed:
+    anon, user, t = link.anonymous_id, link.user_id, link.event_time
+    return user, HandedOver(anon, user, t, len(history), history)
 
 
 class IdentityLogic(StatefulBatchLogic[Event | Link, Routed, bytes]):
@@ -398,3 +404,153 @@ class IdentityLogic(StatefulBatchLogic[Event | Link, Routed, bytes]):
 
     def snapshot(self) -> bytes:
         return snapshots.dumps(self.state or IdentityState())
+
+
+# --- the order of a login's history in the user's stream (the per-user step) ----------------
+
+#: How long (wall clock) a user's inputs wait for a login's history at most, and a history
+#: for its IDENTIFY: as long as trigger judgements wait for it
+#: (:data:`attune.operators.triggers.HANDOVER_WAIT_MS`). In a replay it comes within the
+#: same epoch; only a lost hand-over (its identity state gone) ever waits this long.
+HANDOVER_HOLD_MS = 60_000
+#: At most this many inputs are held for one login; past it they go in without waiting.
+MAX_HELD = 2_000
+_GAVE_UP_KEPT = 16
+
+HandOver = HandedOver | HandOverAgain
+_LinkKey = tuple[str, int]  # (anonymous id, event time of the link)
+
+
+@dataclass(slots=True)
+class HandoverWait:
+    """What a user's step holds so that a login's history lands at the same point of the
+    user's stream however the stream is cut into batches (:func:`handover_order`).
+    Pickles; bounded (:data:`MAX_HELD`)."""
+
+    blocked_on: _LinkKey | None = None  # the IDENTIFY whose history the inputs wait for
+    since_ms: int = 0  # wall clock when that wait began
+    held: list[UserInput] = field(default_factory=list)  # inputs that came during it
+    # Hand-overs that came before their IDENTIFY, with the wall clock of their arrival.
+    arrived: list[tuple[_LinkKey, int, HandOver]] = field(default_factory=list)
+    gave_up: list[_LinkKey] = field(default_factory=list)  # waits that timed out
+    closed: bool = False  # end of input: nothing waits any more
+
+    def idle(self) -> bool:
+        return self.blocked_on is None and not self.held and not self.arrived
+
+    def overdue(self, now_ms: int) -> bool:
+        """Whether a wait has lasted :data:`HANDOVER_HOLD_MS` (the idle timer asks)."""
+        if self.blocked_on is not None and now_ms - self.since_ms >= HANDOVER_HOLD_MS:
+            return True
+        return any(now_ms - at >= HANDOVER_HOLD_MS for _, at, _ in self.arrived)
+
+
+def plain_inputs(items: list[UserInput]) -> bool:
+    """Whether no input is an IDENTIFY or a hand-over (the common batch: nothing to order)."""
+    return all(type(item) is Event and item.event_type is not _IDENTIFY for item in items)
+
+
+def handover_order(
+    wait: HandoverWait | None, items: list[UserInput], now_ms: int, *, hold: bool = True
+) -> tuple[HandoverWait | None, list[UserInput]]:
+    """A user's inputs in the order to fold them: each login's history (its
+    :class:`HandedOver` or :class:`HandOverAgain`) right after the IDENTIFY that made the
+    link, whatever came in between. Returns the wait to keep (``None``: nothing waits) and
+    the inputs to fold now.
+
+    Why. The IDENTIFY comes to the user's key straight from the source; its history goes
+    through the identity step (keyed by the anonymous id) and comes later, how much later
+    depending on how the stream is cut into batches. Folded as they came, the user's
+    events between the two would see the state without the history in one run and with it
+    in another, and segment changes and triggers would move (issue 15). So after an
+    IDENTIFY the user's inputs are held until its history comes (a history that comes
+    first waits for its IDENTIFY), each at most :data:`HANDOVER_HOLD_MS` of wall time
+    (``now_ms``); then the held inputs follow in the order they came. Every IDENTIFY that
+    reaches the step gets exactly one hand-over (:func:`identity_step`, also for a link
+    repeated or to a shared device), matched by anonymous id and link time.
+
+    ``hold=False`` (the flow passes it while the stream is live, tailing within seconds of
+    the wall clock): nothing is held, every input is folded as it comes, and what a wait
+    held goes now. Holding costs a login's next events the hand-over's trip through the
+    identity step (hundreds of ms at the p99 of ``attune bench latency``), and a live
+    stream's outputs depend on processing time anyway (cart judgements); a replay is
+    never live, so it is held and repeats exactly.
+
+    >>> from attune.operators.events import Identify, PageView
+    >>> login = Event("e1", EventType.IDENTIFY, 10, Identify(), user_id="u1", anonymous_id="a1")
+    >>> later = Event("e2", EventType.PAGE_VIEW, 20, PageView(), user_id="u1")
+    >>> wait, now = handover_order(None, [login, later], 0)
+    >>> [getattr(i, "event_id", "history") for i in now], len(wait.held)
+    (['e1'], 1)
+    >>> wait, now = handover_order(wait, [HandedOver("a1", "u1", 10, 0)], 5)
+    >>> [getattr(i, "event_id", "history") for i in now], wait
+    (['history', 'e2'], None)
+    """
+    if wait is None and (not hold or plain_inputs(items)):
+        return None, items
+    w = wait or HandoverWait()
+    if w.closed or not hold:
+        return None, [*(h for _, _, h in w.arrived), *w.held, *items]
+    ready: list[UserInput] = []
+    pending = list(reversed(items))  # a stack: held inputs go back on top, in order
+    if w.arrived:  # histories whose IDENTIFY did not come in time: folded as they are
+        late = [h for key, at, h in w.arrived if now_ms - at >= HANDOVER_HOLD_MS]
+        w.arrived = [a for a in w.arrived if now_ms - a[1] < HANDOVER_HOLD_MS]
+        ready.extend(late)
+    if w.blocked_on is not None and now_ms - w.since_ms >= HANDOVER_HOLD_MS:
+        _give_up(w, pending)
+    while pending:
+        item = pending.pop()
+        if isinstance(item, (HandedOver, HandOverAgain)):
+            _hand_over_came(w, item, ready, pending, now_ms)
+        elif w.blocked_on is not None:
+            w.held.append(item)
+            if len(w.held) > MAX_HELD:
+                _give_up(w, pending)
+        else:
+            ready.append(item)
+            link = link_of(item) if type(item) is Event and item.event_type is _IDENTIFY else None
+            if link is not None:
+                key = (link.anonymous_id, link.event_time)
+                found = next((i for i, a in enumerate(w.arrived) if a[0] == key), None)
+                if found is not None:
+                    ready.append(w.arrived.pop(found)[2])
+                else:
+                    w.blocked_on, w.since_ms = key, now_ms
+    return (None if w.idle() and not w.gave_up else w), ready
+
+
+def _hand_over_came(
+    w: HandoverWait, item: HandOver, ready: list[UserInput], pending: list[UserInput], now_ms: int
+) -> None:
+    key = (item.anonymous_id, item.event_time)
+    if key == w.blocked_on:  # the wait is over: the history, then what was held
+        ready.append(item)
+        w.blocked_on = None
+        pending.extend(reversed(w.held))
+        w.held = []
+    elif key in w.gave_up:  # too late to be placed: folded as it comes
+        w.gave_up.remove(key)
+        ready.append(item)
+    else:  # before its IDENTIFY (or before a held one's): it waits for it
+        w.arrived.append((key, now_ms, item))
+
+
+def _give_up(w: HandoverWait, pending: list[UserInput]) -> None:
+    """Stop waiting for the history of ``w.blocked_on``: the held inputs go on (its
+    history, if it still comes, is folded when it comes)."""
+    if w.blocked_on is not None:
+        w.gave_up.append(w.blocked_on)
+        del w.gave_up[:-_GAVE_UP_KEPT]
+    w.blocked_on = None
+    pending.extend(reversed(w.held))
+    w.held = []
+
+
+def close_handovers(wait: HandoverWait | None) -> HandoverWait | None:
+    """End of input: nothing more will come, so nothing waits; the next
+    :func:`handover_order` releases what was held and what arrived."""
+    if wait is None or wait.idle():
+        return None
+    wait.blocked_on, wait.closed = None, True
+    return wait

@@ -39,7 +39,7 @@ import importlib
 import io
 import pickle
 import threading
-from dataclasses import fields, is_dataclass
+from dataclasses import MISSING, fields, is_dataclass
 from enum import Enum
 from operator import attrgetter
 from typing import Any
@@ -121,7 +121,39 @@ def _set(cls: type, values: Any) -> Any:
     maker = _MAKERS.get(cls)
     if maker is None:
         maker = _MAKERS[cls] = _maker(cls)
-    return maker(values)
+    try:
+        return maker(values)
+    except ValueError:  # fewer values than fields: a snapshot from before a field was added
+        return _with_defaults(cls, values)
+
+
+def _with_defaults(cls: type, values: Any) -> Any:
+    """An instance of ``cls`` from the values of its first fields, the fields added since
+    set to their defaults: a snapshot written before a class gained a field (at its end,
+    with a default) still restores. Anything else is an error that names the class.
+
+    >>> from attune.operators.user_state import UserState
+    >>> old = tuple(getattr(UserState("u1"), n) for n in _names(UserState)[:-1])
+    >>> _with_defaults(UserState, old) == UserState("u1")
+    True
+    """
+    names = _names(cls)
+    given = values if type(values) is tuple else (values,)
+    found = {f.name: f for f in fields(cls)}
+    if len(given) > len(names):
+        raise ValueError(f"a snapshot of {cls.__qualname__} has more values than its fields")
+    rest = []
+    for name in names[len(given) :]:
+        f = found.get(name)
+        if f is not None and f.default is not MISSING:
+            rest.append(f.default)
+        elif f is not None and f.default_factory is not MISSING:
+            rest.append(f.default_factory())
+        else:
+            raise ValueError(
+                f"a snapshot of {cls.__qualname__} lacks {name!r}, which has no default"
+            )
+    return _set_by_name(cls, names, (*given, *rest))
 
 
 #: Per class: the function :func:`_set` builds its instances with (:func:`_maker`).
@@ -184,7 +216,10 @@ def restore(name: str, values: Any) -> Any:
         if maker is None:
             maker = _MAKERS[cls] = _maker(cls)
         _MAKERS_BY_NAME[name] = maker
-    return maker(values)
+    try:
+        return maker(values)
+    except ValueError:  # fewer values than fields: a snapshot from before a field was added
+        return _with_defaults(_class(name), values)
 
 
 #: ``"module:QualName"`` -> the maker of that class, for :func:`restore`.

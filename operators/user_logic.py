@@ -23,7 +23,7 @@ from attune.operators.membership import evict
 from attune.operators.trigger_decisions import due, pending
 from attune.operators.user_config import ProfileConfig
 from attune.operators.user_state import Output, UserState
-from attune.operators.user_step import end_of_input, fold_batch, went_idle
+from attune.operators.user_step import end_of_input, fold_batch, handover_overdue, went_idle
 
 #: How often a user with a pending cart looks at the stream clock (wall time).
 TIMER_POLL = timedelta(seconds=1)
@@ -166,7 +166,7 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         st = self.state  # thawed if a frozen cart may be due
         if st is None:
             return [], StatefulBatchLogic.DISCARD
-        out = due(st, self.cfg)
+        out = [*handover_overdue(st, self.cfg), *due(st, self.cfg)]
         if self.cfg.clock.now_ms() >= st.active_ms + self._freeze_ms:  # idle
             out.extend(went_idle(st, self.cfg))  # e.g. a list held back by the gap, now
             if not pending(st, self.cfg):
@@ -198,6 +198,7 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
             and settled >= st.activity.max_time + self.cfg.session_gap_ms
             and not st.models.recs_due
             and not pending(st, self.cfg)
+            and (st.handover is None or st.handover.idle())  # inputs held for a login
         )
 
     def on_eof(self) -> tuple[Iterable[Output], bool]:

@@ -39,6 +39,7 @@ from attune.operators.cart import CartTimeline
 from attune.operators.clustering import ClusterVector
 from attune.operators.consent import ConsentState
 from attune.operators.events import ErasureConfirmation, SegmentChange, Trigger
+from attune.operators.identity import HandoverWait
 from attune.operators.membership import Membership
 from attune.operators.models import SessionSummary, UserModels
 from attune.operators.redis_sink import (
@@ -113,6 +114,9 @@ class UserState:
     # the wrapper's bookkeeping
     withheld: int = 0  # events withheld since UserLogic last counted them (0 between batches)
     active_ms: int = 0  # wall clock of the latest batch: idle eviction after state_ttl
+    # identity: inputs held for a login's history (last: fields are added at the end, so
+    # that a snapshot from before them restores, attune.operators.snapshots)
+    handover: HandoverWait | None = None
 
     max_time = _Shortcut[int]("activity")  # the user's "now": their latest event time
     first_seen_ms = _Shortcut[int]("activity")

@@ -53,7 +53,10 @@ from attune.operators.identity import (
     UserInput,
     alias_writes,
     buffered,
+    close_handovers,
+    handover_order,
     note_alias,
+    plain_inputs,
 )
 from attune.operators.profiles import FeatureView, changed, marks, profile_write
 from attune.operators.triggers import handover_done
@@ -65,8 +68,7 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
     """Fold one input into ``st`` through the stages; returns their outputs (profile writes
     are the batch's, :func:`fold_batch`)."""
     if isinstance(item, HandedOver):  # identity: a login's history has arrived
-        handover_done(st.trig, item.anonymous_id, item.event_time)
-        return []
+        return hand_over(st, item, cfg)
     if isinstance(item, Forget):  # identity: this anonymous key merged into its user
         return forget_merged(st, item, cfg)
     if isinstance(item, HandOverAgain):  # identity: a login's history, sent again
@@ -114,6 +116,36 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
     return out
 
 
+def hand_over(st: UserState, item: HandedOver, cfg: ProfileConfig) -> list[Output]:
+    """A login's history (consent events first, then the anonymous id's kept events),
+    folded in right after the IDENTIFY (:func:`~attune.operators.identity.handover_order`),
+    then the hand-over marked done: the user's judgements waited for it."""
+    out: list[Output] = []
+    for kept in item.history:
+        out.extend(apply(st, buffered(kept), cfg))
+    handover_done(st.trig, item.anonymous_id, item.event_time)
+    return out
+
+
+def handover_release(st: UserState, cfg: ProfileConfig) -> list[Output]:
+    """What a login's wait held, folded now that the wait is over (timed out, or the
+    input ended: :func:`~attune.operators.identity.close_handovers`)."""
+    if st.handover is None:
+        return []
+    kept, out = fold_batch(st, [], cfg)
+    assert kept is st  # no Forget is ever held (they go to anonymous keys)
+    return out
+
+
+def handover_overdue(st: UserState, cfg: ProfileConfig) -> list[Output]:
+    """The wrapper's timer: inputs held for a login's history that has not come within
+    :data:`~attune.operators.identity.HANDOVER_HOLD_MS` (lost: its identity state gone)
+    are folded without it."""
+    if st.handover is None or not st.handover.overdue(cfg.clock.now_ms()):
+        return []
+    return handover_release(st, cfg)
+
+
 def hand_over_again(st: UserState, item: HandOverAgain, cfg: ProfileConfig) -> list[Output]:
     """A login's history sent again (its IDENTIFY replayed after a restart, or repeated):
     folded in, then the hand-over marked done, unless this history has reached the user
@@ -144,8 +176,11 @@ def fold_batch(
     itself does not depend on order; the hand-over is waited for.
     """
     items = list(items)
+    if st.handover is not None or not plain_inputs(items):  # identity: a login's history first
+        hold = not cfg.stream_clock.live()  # live: folded as they come (latency)
+        st.handover, items = handover_order(st.handover, items, cfg.clock.now_ms(), hold=hold)
     out: list[Output] = [*scoring.held_list(st, items, cfg)]  # models: a list the gap held
-    before = st.activity.events
+    before, wait = st.activity.events, st.handover
     for item in items:
         erased_at = st.erased_at
         out.extend(apply(st, item, cfg))
@@ -153,6 +188,7 @@ def fold_batch(
             return None, out
         if st.erased_at != erased_at:  # an erasure: keep a tombstone, not the data
             st = tombstone(st)
+            st.handover = wait  # identity: inputs after it, held for a login, still come
             before = 0
         elif st.activity.events < before:  # consent withdrawn: the state was emptied
             before = 0
@@ -177,4 +213,10 @@ def went_idle(st: UserState, cfg: ProfileConfig) -> list[Output]:
 def end_of_input(st: UserState, cfg: ProfileConfig) -> list[Output]:
     """End of a bounded input: event time is over, every pending judgement is made, and
     the open session is summarised for the shared models (it will not be continued)."""
-    return [*trigger_decisions.due(st, cfg, end_of_input=True), *scoring.end_of_input(st, cfg)]
+    st.handover = close_handovers(st.handover)  # identity: nothing waits any more
+    held = handover_release(st, cfg)
+    return [
+        *held,
+        *trigger_decisions.due(st, cfg, end_of_input=True),
+        *scoring.end_of_input(st, cfg),
+    ]

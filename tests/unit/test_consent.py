@@ -435,16 +435,14 @@ def test_consent_given_while_anonymous_carries_over_at_login() -> None:
         assert routed == [("a1", e)]  # the anonymous key gets them (and withholds them)
     assert st is not None and st.buffer == [] and st.consents == [deny]  # no copies kept
     st, routed = identity_step(st, Link("a1", "u1", T0 + 5 * MINUTE_MS), policy)
-    assert routed == [
-        ("a1", Forget("a1", "u1", T0 + 5 * MINUTE_MS)),
-        ("u1", deny),
-        ("u1", HandedOver("a1", "u1", T0 + 5 * MINUTE_MS, 1)),
-    ]
+    handed = HandedOver("a1", "u1", T0 + 5 * MINUTE_MS, 1, (deny,))
+    assert routed == [("a1", Forget("a1", "u1", T0 + 5 * MINUTE_MS)), ("u1", handed)]
     # the user's step: the login arrives, then the handed-over consent: the denial wins
     lg = logic(policy)
     login = ev(5 * MINUTE_MS, Identify(), anon="a1", ctx=US)  # US: opt-out, processed
     assert of(batch(lg, login), ProfileWrite)
-    out = batch(lg, deny)  # the visitor's denial is the latest statement
+    out, _ = lg.on_batch([("u1", handed)])  # the visitor's denial is the latest statement
+    out = list(out)
     assert ForgetUser("u1", ("every_audience", "new_visitor")) in out
     assert lg.state is not None and lg.state.events == 0
     assert of(batch(lg, ev(6 * MINUTE_MS, ProductView("i9"), ctx=US)), ProfileWrite) == []

@@ -51,13 +51,17 @@ def test_the_same_link_again_sends_a_forget_and_the_history_again() -> None:
     st, _ = identity_step(st, consent)
     st, first = identity_step(st, LINK)
     assert first[0] == ("a1", Forget("a1", "u1", LINK.event_time))
-    assert first[-1] == ("u1", HandedOver("a1", "u1", LINK.event_time, 4))
+    key, handed = first[-1]
+    assert key == "u1" and isinstance(handed, HandedOver) and len(first) == 2
+    assert (handed.anonymous_id, handed.event_time, handed.events) == ("a1", LINK.event_time, 4)
+    # consent events first, then the kept copies in their order
+    assert [buffered(kept) for kept in handed.history] == [consent, *(view(i) for i in range(3))]
     st, again = identity_step(st, LINK)
     assert again[0] == ("a1", Forget("a1", "u1", LINK.event_time, again=True))
     key, item = again[1]
     assert key == "u1" and isinstance(item, HandOverAgain) and len(again) == 2
-    # the same inputs as the first hand-over, in its order (consent events first)
-    assert [buffered(kept) for kept in item.history] == [e for _, e in first[1:-1]]
+    # the same inputs as the first hand-over, in its order
+    assert item.history == handed.history
 
 
 def test_a_link_to_another_user_hands_nothing_over_and_drops_the_copies() -> None:
@@ -74,20 +78,23 @@ def cfg() -> ProfileConfig:
 
 
 def handed_over_twice(user: UserState) -> tuple[UserState | None, UserState | None]:
-    """The user's state after the first hand-over, then after the same history again."""
+    """The user's state after the first hand-over, then after the same history again (each
+    after its IDENTIFY, which the user's step waits for: every hand-over has one)."""
+    login = Event("login", EventType.IDENTIFY, LINK.event_time, Identify(), "u1", "a1")
     st, routed = identity_step(anonymous(4), LINK)
     to_user = [item for key, item in routed if key == "u1"]
-    once, _ = fold_batch(user, to_user, cfg())
-    assert once is not None
+    once, _ = fold_batch(user, [login, *to_user], cfg())
+    assert once is not None and once.handover is None
     _, again = identity_step(st, LINK)
-    twice, _ = fold_batch(once, [item for key, item in again if key == "u1"], cfg())
+    twice, _ = fold_batch(once, [login, *(item for key, item in again if key == "u1")], cfg())
+    assert twice is not None and twice.handover is None
     return once, twice
 
 
 def test_a_user_state_that_has_the_history_drops_it_when_it_comes_again() -> None:
     once, twice = handed_over_twice(UserState("u1"))
     assert once is twice and twice is not None
-    assert twice.activity.events == 4 and twice.duplicates == 0
+    assert twice.activity.events == 5 and twice.duplicates == 1  # the IDENTIFY
 
 
 def test_a_user_state_that_lacks_the_history_takes_it_when_it_comes_again() -> None:

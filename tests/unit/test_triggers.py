@@ -234,9 +234,8 @@ def test_anonymous_events_read_after_the_login_still_count_before_any_judgement(
     add_y = event(3 * HOUR_MS, AddToCart("y", 1, 20, "EUR"), user=None, anon="a1")
     login = event(5 * HOUR_MS, Identify(), anon="a1")
     remove_y = event(3 * HOUR_MS + 10 * MINUTE_MS, RemoveFromCart("y", 1), anon="a1")
-    out = list(
-        logic.on_batch([("u1", login), ("u1", add), ("u1", HandedOver("a1", "u1", 0, 1))])[0]
-    )
+    handed = HandedOver("a1", "u1", login.event_time, 1, (add,))  # the history: the add
+    out = list(logic.on_batch([("u1", login), ("u1", handed)])[0])
     stream.ms = T0 + HOUR_MS
     out += logic.on_batch([("u1", remove_y), ev(9 * HOUR_MS, PageView())])[0]
     out += logic.on_batch([("u1", order), ("u1", add_y)])[0]
@@ -292,11 +291,11 @@ def test_consent_given_while_anonymous_counts_for_triggers_caused_before_it_arri
     login cause a long dwell before the hand-over brings that consent: the dwell waits
     for it, and fires as it does when the history comes first."""
     login: Keyed = ("u1", event(HOUR_MS, Identify(), anon="a1"))
-    consent: Keyed = ("u1", event(0, ConsentUpdate(True, True, True), user=None, anon="a1"))
-    handed: Keyed = ("u1", HandedOver("a1", "u1", T0 + HOUR_MS, 1))
+    consent = event(0, ConsentUpdate(True, True, True), user=None, anon="a1")
+    handed: Keyed = ("u1", HandedOver("a1", "u1", T0 + HOUR_MS, 1, (consent,)))
     beats = [ev(HOUR_MS + s * 10_000, Dwell(s * 10_000, "i1", "pv1")) for s in range(1, 5)]
     fired: list[list[str]] = []
-    for order in ([login, consent, handed, *beats], [login, *beats, consent, handed]):
+    for order in ([login, handed, *beats], [login, *beats, handed]):
         clock = FakeClock()
         logic = UserLogic(None, ProfileConfig(stream_clock=clock))  # no consent of its own
         out: list[Any] = []
