@@ -23,7 +23,8 @@ these two kinds of objects:
 - a dataclass with fields annotated ``list[X]``, ``X`` such a dataclass (a user's recent
   interactions and session touches: most of the objects of a state), becomes
   ``(restore_packed, ("module:QualName", field values))`` where each such list is
-  ``(0, [X's field values, ...])`` (a list of ``X`` alone) or ``(1, the value)``: the rows
+  ``(0, [X's field values, ...])`` (a list of ``X`` alone; ``X`` frozen) or ``(1, the
+  value)``: the rows
   are read by ``X``'s getter mapped in C and rebuilt by ``X``'s maker, instead of one
   :meth:`reducer_override <_Pickler.reducer_override>` and one :func:`restore` call per
   item (~25 items per active user, every snapshot and thaw).
@@ -107,8 +108,10 @@ def _entry(cls: type) -> tuple[Any, str, Any] | None:
 
 
 def _packed_fields(cls: type) -> tuple[tuple[int, type, Any], ...]:
-    """The fields of ``cls`` annotated ``list[X]`` with ``X`` a class :func:`_entry` packs
-    as its field values (and none of its own lists): (field index, ``X``, ``X``'s getter).
+    """The fields of ``cls`` annotated ``list[X]`` with ``X`` a frozen class :func:`_entry`
+    packs as its field values (and none of its own lists): (field index, ``X``, ``X``'s
+    getter). Frozen: the rows restore as one object per row, so an item in two lists (or
+    twice in one) comes back as equal objects, not the same one; immutable, that is the same.
     None for a class of one field (its getter gives the value, not a tuple of values)."""
     if len(_names(cls)) < 2:
         return ()
@@ -124,6 +127,8 @@ def _packed_fields(cls: type) -> tuple[tuple[int, type, Any], ...]:
         (item,) = typing.get_args(hint) or (None,)
         if not isinstance(item, type) or item is cls:
             continue
+        if not getattr(getattr(item, "__dataclass_params__", None), "frozen", False):
+            continue  # a mutable item shared by two lists must stay one object: not packed
         entry = _ENTRIES[item] if item in _ENTRIES else _entry(item)
         if entry is not None and entry[0] is restore:
             out.append((i, item, entry[2]))

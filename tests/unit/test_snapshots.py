@@ -244,3 +244,22 @@ def test_a_snapshot_of_unpacked_rows_still_restores() -> None:
     # the format before packing: restore(name, values) with the list as a list
     restore, args = pickle.loads(old)
     assert restore(*args) == models
+
+
+@dataclass(slots=True)
+class _Box:
+    n: int
+    m: int = 0
+
+
+@dataclass(slots=True)
+class _Boxes:
+    first: list[_Box]
+    second: list[_Box]
+
+
+def test_lists_of_a_mutable_dataclass_are_not_packed_so_a_shared_item_stays_one() -> None:
+    box = _Box(1)
+    back = snapshots.loads(snapshots.dumps(_Boxes([box], [box])))
+    assert back.first[0] is back.second[0]  # one object, as the default pickling keeps it
+    assert b"restore_packed" not in snapshots.dumps(_Boxes([box], []))
