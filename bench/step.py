@@ -16,7 +16,14 @@ without Bytewax, Kafka or Redis, the way Bytewax drives it:
   (:meth:`UserLogic.on_batch`), each key awoken asks :meth:`UserLogic.notify_at` again,
   and every key awoken that was not discarded is snapshotted (Bytewax 0.21 snapshots
   every key touched in an epoch, recovery on or not);
-- models are off (no model or cluster board), the rules are the shipped defaults.
+- models are off (no model or cluster board), the rules are the shipped defaults; with
+  ``--models`` they are on, over boards that hold fixed parameters: one untimed run with
+  models on but nothing published gives the session summaries and persona vectors, the
+  shared learners (:class:`~attune.operators.models.ModelLearner`,
+  :class:`~attune.operators.clustering.ClusterModel`) learn them all and publish once, and
+  the timed runs read those parameters (the propensity score, the persona, the session
+  summaries and the recommendations all run, as in the flow, with parameters that do not
+  move during a run, so that the outputs repeat).
 
 The wall clock starts at :data:`WALL_START_MS` (2100), after any real time, so a key whose
 judgement is pending (its timer polls every ``TIMER_POLL``, real time) is notified at the
@@ -59,8 +66,10 @@ from bytewax.operators import StatefulBatchLogic
 from attune.flows.personalize import profile_config
 from attune.flows.settings import Settings
 from attune.operators.clock import FixedClock
+from attune.operators.clustering import ClusterModel, ClusterVector, LocalBoard
 from attune.operators.events import Event, ItemUpdate
 from attune.operators.identity import IdentityState, Link, identity_input, identity_step
+from attune.operators.models import LocalModelBoard, ModelLearner, SessionSummary
 from attune.operators.stream_clock import StreamClock
 from attune.operators.user_config import ProfileConfig
 from attune.operators.user_logic import Keyed, UserLogic
@@ -91,11 +100,13 @@ class Workload:
     cfg: ProfileConfig
 
 
-def workload(users: int, days: int, seed: int) -> Workload:
+def workload(users: int, days: int, seed: int, *, models: bool = False) -> Workload:
     """The generated events, routed as the flow routes them to the ``user_state`` step,
-    and the step's configuration (default settings, the generated catalogue, models off)."""
+    and the step's configuration (default settings, the generated catalogue; models off,
+    or on over parameters learnt from the workload itself: :func:`trained`)."""
     generated = generate(GeneratorConfig(users=users, days=days, seed=seed))
-    cfg = config(list(generated.items))
+    items = list(generated.items)
+    cfg = config(items)
     identity: dict[str, IdentityState] = {}
     inputs: list[Keyed] = []
     watermarks: list[int] = []
@@ -118,12 +129,43 @@ def workload(users: int, days: int, seed: int) -> Workload:
                 stitch(linked)
         watermark = max(watermark, event.event_time)
         watermarks.extend([watermark] * (len(inputs) - len(watermarks)))
-    return Workload(inputs, watermarks, events, cfg)
+    work = Workload(inputs, watermarks, events, cfg)
+    return trained(work, items) if models else work
 
 
 def config(items: list[ItemUpdate]) -> ProfileConfig:
     """The flow's per-user configuration from default settings, models off."""
     return profile_config(Settings(), items, None, None)
+
+
+def trained(work: Workload, items: list[ItemUpdate]) -> Workload:
+    """``work`` with models on: the boards hold the parameters the shared learners learn
+    from one run of the workload with models on and nothing published (every session
+    summary and persona vector it emits), published once. Deterministic: the learners are
+    seeded, and the first run's outputs repeat."""
+    settings = Settings()
+    models, personas = LocalModelBoard(), LocalBoard()
+    first = replace(work, cfg=profile_config(settings, items, personas, models))
+    summaries: list[SessionSummary] = []
+    vectors: list[tuple[float, ...]] = []
+    for out in run(first, DEFAULT_EPOCH_EVENTS, keep=True).kept:
+        if isinstance(out, SessionSummary):
+            summaries.append(out)
+        elif isinstance(out, ClusterVector):
+            vectors.append(out.vector)
+    learner = ModelLearner({i.item_id: "/".join(i.category_path) for i in items}, 0)
+    for summary in summaries:
+        learner.learn(summary)
+    models.put(learner.publish().snapshot)
+    clusters = ClusterModel(k=settings.cluster_k, seed=settings.cluster_seed)
+    clusters.learn_many(vectors)
+    personas.put(clusters.params())
+    if not summaries or not vectors or not personas.params or not personas.params.ready:
+        raise RuntimeError(
+            f"--models: the workload gave {len(summaries)} session summaries and "
+            f"{len(vectors)} persona vectors, too few to train on: give more --users or --days"
+        )
+    return first
 
 
 # --- one run ---------------------------------------------------------------------------------
@@ -144,9 +186,10 @@ class Result:
     step_s: float  # process CPU seconds: batches, timers, notify_at
     snapshot_s: float  # process CPU seconds: snapshots
     digest: str  # SHA-256 of the outputs' reprs
+    kept: tuple[object, ...] = ()  # the outputs themselves, with ``run(keep=True)``
 
 
-def run(work: Workload, epoch_events: int) -> Result:
+def run(work: Workload, epoch_events: int, *, keep: bool = False) -> Result:
     """The workload through fresh :class:`UserLogic` states, epoch by epoch."""
     base = work.cfg
     wall = FixedClock(WALL_START_MS)
@@ -214,6 +257,7 @@ def run(work: Workload, epoch_events: int) -> Result:
         step_s,
         snapshot_s,
         digest,
+        tuple(outputs) if keep else (),
     )
 
 
@@ -271,19 +315,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="runs over the whole workload; the table shows min and median (default %(default)s)",
     )
     parser.add_argument(
+        "--models",
+        action="store_true",
+        help="models on (propensity, personas, session summaries, recommendations) over "
+        "parameters learnt from the workload, published once before the timed runs",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="also print a cProfile of one more run"
     )
     parser.add_argument("--json", type=Path, help="write every figure to this file")
 
 
 def main_run(args: argparse.Namespace) -> int:
-    work = workload(args.users, args.days, args.seed)
+    work = workload(args.users, args.days, args.seed, models=args.models)
     results = [run(work, args.epoch_events) for _ in range(args.repeats)]
     first = results[0]
     if any(r.digest != first.digest for r in results):
         raise AssertionError("the step's outputs differ between runs of the same workload")
     print(
         f"attune bench step: {args.users} users x {args.days} days (seed {args.seed}), "
+        f"models {'on' if args.models else 'off'}, "
         f"{first.events:,} events, {first.inputs:,} inputs, epochs of {args.epoch_events} "
         f"inputs; {args.repeats} repeats; Python {platform.python_version()}, "
         f"{os.cpu_count()} CPUs, load average {[round(x, 2) for x in os.getloadavg()]}"

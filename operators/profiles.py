@@ -200,6 +200,58 @@ class FeatureView(Mapping[str, FeatureValue]):
         return len(_FEATURE_FNS)
 
 
+#: Features :class:`BatchView` computes on every read: the outputs stage scores the
+#: propensity between reads (:func:`attune.operators.scoring.score`).
+_UNCACHED: frozenset[str] = frozenset({"propensity_score", "propensity_tier"})
+
+
+class BatchView(FeatureView):
+    """A :class:`FeatureView` that computes each feature once: the outputs stage of a batch
+    (:func:`attune.operators.user_step.fold_batch`) reads the persona vector, the propensity
+    inputs and the profile from the same state, and those overlap (the cart features fold
+    the cart timeline, the 7-day category features count the views). Only for reads
+    between which nothing but the propensity score changes (:data:`_UNCACHED`).
+
+    >>> from attune.operators.events import Event, EventType, ProductView
+    >>> from attune.operators.sessions import PriceBands, count, place
+    >>> st = UserState("u1")
+    >>> view = Event("e1", EventType.PRODUCT_VIEW, 1_000, ProductView("i1", "shoes"), user_id="u1")
+    >>> place(st.activity, view.event_time, gap_ms=1_800_000)
+    True
+    >>> count(st.activity, view, PriceBands())
+    >>> batch = BatchView(st, st.max_time)
+    >>> batch["top_category_7d"], batch.get("top_category_7d"), batch.get("nope", 0)
+    ('shoes', 'shoes', 0)
+    """
+
+    __slots__ = ("memo",)
+
+    def __init__(self, st: UserState, now: int) -> None:
+        super().__init__(st, now)
+        self.memo: dict[str, FeatureValue] = {}
+
+    def __getitem__(self, name: str) -> FeatureValue:
+        memo = self.memo
+        if name in memo:
+            return memo[name]
+        value = _FEATURE_FNS[name](self.st, self.now)
+        if name not in _UNCACHED:
+            memo[name] = value
+        return value
+
+    def get(self, name: str, default: FeatureValue = None) -> FeatureValue:  # type: ignore[override]
+        memo = self.memo
+        if name in memo:
+            return memo[name]
+        fn = _FEATURE_FNS.get(name)
+        if fn is None:
+            return default
+        value = fn(self.st, self.now)
+        if name not in _UNCACHED:
+            memo[name] = value
+        return value
+
+
 #: What each kind of event changes of the features (:data:`attune.operators.features.CHANGED_BY`)
 #: besides time, sessions, window trims and context; a kind not listed: all of it.
 _CHANGED_BY_PAYLOAD: dict[type, int] = {
@@ -274,13 +326,23 @@ _PROFILE_FNS: tuple[tuple[str, Callable[[UserState, int], FeatureValue]], ...] =
 )
 
 
-def profile_write(st: UserState) -> ProfileWrite:
+def profile_write(st: UserState, features: BatchView | None = None) -> ProfileWrite:
     """A user's Redis profile: :data:`~attune.operators.features.PROFILE_FIELDS`, latest.
 
     What ``ProfileWrite.from_features(user, FeatureView(st, max_time), PROFILE_FIELDS)``
     gives, with the getters called directly: once per batch of every user, the lookups
-    through the view were a good part of the cost."""
+    through the view were a good part of the cost. ``features``: the batch's
+    :class:`BatchView` at the latest event, whose values computed already are reused."""
     now = st.activity.max_time
+    if features is not None and features.st is st and features.now == now:
+        memo = features.memo
+        return ProfileWrite(
+            st.user_id,
+            {
+                name: encode_value(memo[name] if name in memo else fn(st, now))
+                for name, fn in _PROFILE_FNS
+            },
+        )
     return ProfileWrite(st.user_id, {name: encode_value(fn(st, now)) for name, fn in _PROFILE_FNS})
 
 

@@ -79,13 +79,17 @@ def observe(st: UserState, event: Event, cfg: ProfileConfig) -> None:
         st.models.observe(event, in_current_session(st.activity, event.event_time))
 
 
-def score(st: UserState, cfg: ProfileConfig) -> list[Trigger]:
+def score(st: UserState, cfg: ProfileConfig, features: FeatureView | None = None) -> list[Trigger]:
     """Once per batch: the propensity score and tier from the latest published model;
-    a ``high_propensity`` candidate when the tier first turns high in a session."""
+    a ``high_propensity`` candidate when the tier first turns high in a session.
+    ``features``: the state's view at its latest event (the outputs stage's, whose values
+    computed already are reused), by default a new one."""
     reader = cfg.models
     if reader is None:
         return []
-    scored = reader.propensity(FeatureView(st, st.activity.max_time))
+    if features is None:
+        features = FeatureView(st, st.activity.max_time)
+    scored = reader.propensity(features)
     if scored is None:
         return []
     m = st.models

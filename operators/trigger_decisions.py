@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from attune.operators.cart import MAX_WAKE
 from attune.operators.consent import MARKETING, PERSONALIZATION
 from attune.operators.events import MAX_EVENT_TIME_MS, Dwell, Event, SegmentChange, Trigger
 from attune.operators.membership import Change, audiences
@@ -298,6 +299,30 @@ def due(st: UserState, cfg: ProfileConfig, end_of_input: bool = False) -> list[O
         now = max(settled_own_time(st, st.activity.max_time, cfg) or 0, clock)
     fired = check_cart(st, now, cfg)
     return out + publishable(st, fired, cfg) if fired else out
+
+
+def quiet(st: UserState) -> bool:
+    """Whether :func:`due` is known to find nothing and to change nothing, at any time:
+    an anonymous id, or a known user with no deferred trigger, no hand-over awaited and a
+    cart judged with nothing left to wait for (``wake_ms`` at
+    :data:`~attune.operators.cart.MAX_WAKE`). The wrapper then keeps the snapshot bytes it
+    has of the state (:class:`~attune.operators.user_logic.UserLogic`).
+
+    >>> from attune.operators.user_state import UserState
+    >>> st = UserState("u1")
+    >>> quiet(st), st.trig.known
+    (True, False)
+    >>> st.trig.known = True
+    >>> quiet(st)  # the cart not judged yet
+    False
+    >>> st.cart.wake_ms = MAX_WAKE
+    >>> quiet(st)
+    True
+    """
+    trig = st.trig
+    return not trig.known or (
+        not trig.deferred and not trig.awaiting and st.cart.wake_ms == MAX_WAKE
+    )
 
 
 def pending(st: UserState, cfg: ProfileConfig) -> bool:

@@ -20,7 +20,7 @@ from attune.operators import snapshots
 from attune.operators.consent import EVENTS_WITHHELD
 from attune.operators.identity import Forget, UserInput
 from attune.operators.membership import evict
-from attune.operators.trigger_decisions import due, pending
+from attune.operators.trigger_decisions import due, pending, quiet
 from attune.operators.user_config import ProfileConfig
 from attune.operators.user_state import Output, UserState
 from attune.operators.user_step import end_of_input, fold_batch, handover_overdue, went_idle
@@ -85,6 +85,7 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         "_due_ms",
         "_freeze_ms",
         "_frozen",
+        "_snap",
         "_state",
         "_ttl_ms",
         "_wake_ms",
@@ -99,6 +100,11 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         # ``_active_ms`` answers the TTL check without thawing.
         self._state: UserState | None = None
         self._frozen = resume
+        # Snapshot bytes of the thawed ``_state`` as it is (None: not known): taken by
+        # :meth:`snapshot` or kept from a thaw, dropped by whatever may change the state
+        # (a batch, a judgement that is not :func:`quiet`, the end of input), so that a
+        # freeze or a snapshot of a state nothing changed since does not pickle it again.
+        self._snap: bytes | None = None
         self._active_ms: int | None = None
         self.cfg = cfg
         self._ttl_ms = int(cfg.state_ttl.total_seconds() * 1000)
@@ -114,15 +120,16 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         """The user's state, thawed from its snapshot bytes if it was frozen."""
         if self._frozen is not None:
             self._state = snapshots.loads(self._frozen)
-            self._frozen = self._wake_ms = None
+            self._snap, self._frozen, self._wake_ms = self._frozen, None, None
         return self._state
 
     @state.setter
     def state(self, value: UserState | None) -> None:
-        self._state, self._frozen, self._wake_ms = value, None, None
+        self._state, self._frozen, self._wake_ms, self._snap = value, None, None, None
 
     def on_batch(self, values: list[Keyed]) -> tuple[Iterable[Output], bool]:
         st = self.state
+        self._snap = None  # the batch changes the state
         if st is None:
             # A Forget sent again (a link that arrived again) for a key with no state: the
             # first one forgot it, or it never had one. Nothing to do, nothing to write.
@@ -166,8 +173,12 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         st = self.state  # thawed if a frozen cart may be due
         if st is None:
             return [], StatefulBatchLogic.DISCARD
+        if st.handover is not None or not quiet(st):
+            self._snap = None  # a held hand-over or a judgement may change the state
         out = [*handover_overdue(st, self.cfg), *due(st, self.cfg)]
         if self.cfg.clock.now_ms() >= st.active_ms + self._freeze_ms:  # idle
+            if st.models.recs_due:
+                self._snap = None  # went_idle ranks the list held back
             out.extend(went_idle(st, self.cfg))  # e.g. a list held back by the gap, now
             if not pending(st, self.cfg):
                 self._freeze(st)
@@ -206,6 +217,7 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         st = self.state
         if st is None:
             return [], StatefulBatchLogic.RETAIN
+        self._snap = None  # the end of input judges and summarises
         out = end_of_input(st, self.cfg)
         if was_frozen and not pending(st, self.cfg):
             # Frozen again: every user gets this call at once, and thawing all of them
@@ -214,9 +226,11 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         return out, StatefulBatchLogic.RETAIN
 
     def _freeze(self, st: UserState) -> None:
-        """Keep ``st`` as its snapshot bytes (nothing of it waits for time)."""
-        self._frozen, self._state, self._active_ms = snapshots.dumps(st), None, st.active_ms
-        self._wake_ms = None
+        """Keep ``st`` as its snapshot bytes (nothing of it waits for time); those of the
+        latest snapshot or thaw if nothing changed the state since."""
+        frozen = self._snap if self._snap is not None else snapshots.dumps(st)
+        self._frozen, self._state, self._active_ms = frozen, None, st.active_ms
+        self._wake_ms = self._snap = None
 
     def _freeze_waiting(self, st: UserState) -> bool:
         """Keep ``st`` as its snapshot bytes if all that waits for time is its cart, and
@@ -307,4 +321,6 @@ class UserLogic(StatefulBatchLogic[Keyed, Output, bytes]):
         # snapshots.dumps pickles the state's dataclasses by their field values.
         if self._frozen is not None:
             return self._frozen
-        return snapshots.dumps(self._state)
+        if self._snap is None:
+            self._snap = snapshots.dumps(self._state)
+        return self._snap

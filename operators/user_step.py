@@ -58,7 +58,7 @@ from attune.operators.identity import (
     note_alias,
     plain_inputs,
 )
-from attune.operators.profiles import FeatureView, changed, marks, profile_write
+from attune.operators.profiles import BatchView, FeatureView, changed, marks, profile_write
 from attune.operators.triggers import handover_done
 from attune.operators.user_config import ProfileConfig
 from attune.operators.user_state import Output, UserState
@@ -193,14 +193,15 @@ def fold_batch(
         elif st.activity.events < before:  # consent withdrawn: the state was emptied
             before = 0
     if st.activity.events != before and st.activity.events:  # the outputs stage
-        features = FeatureView(st, st.activity.max_time)
+        # one view for the stage: persona, score and profile read overlapping features
+        features = BatchView(st, st.activity.max_time)
         persona = membership.assign_persona(
             st.membership, st.user_id, st.activity.max_time, features, cfg
         )
         out.extend(persona)
-        out.extend(trigger_decisions.publishable(st, scoring.score(st, cfg), cfg))
+        out.extend(trigger_decisions.publishable(st, scoring.score(st, cfg, features), cfg))
         out.extend(scoring.recommend(st, cfg))
-        out.append(profile_write(st))
+        out.append(profile_write(st, features))
     return st, out
 
 

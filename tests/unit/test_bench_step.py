@@ -36,3 +36,20 @@ def test_the_workload_routes_every_event_to_a_key() -> None:
     assert len(work.inputs) == len(work.watermarks) >= work.events
     assert all(key for key, _ in work.inputs)
     assert work.watermarks == sorted(work.watermarks)
+
+
+def test_with_models_the_step_runs_them_over_parameters_learnt_from_the_workload(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    work = step.workload(users=60, days=3, seed=3, models=True)
+    assert work.cfg.models is not None and work.cfg.board is not None
+    assert work.cfg.board.get() is not None  # personas published before the timed runs
+    snap = work.cfg.models.board.get()
+    assert snap is not None and snap.propensity is not None
+    first, again = step.run(work, 50), step.run(work, 50)
+    assert first.digest == again.digest  # fixed parameters: the same outputs every run
+    off = step.run(step.workload(users=60, days=3, seed=3), 50)
+    assert first.outputs > off.outputs  # recommendations, summaries, personas, scores
+    argv = ["--users", "60", "--days", "3", "--epoch-events", "50", "--repeats", "1"]
+    assert step.main([*argv, "--models"]) == 0
+    assert "models on" in capsys.readouterr().out

@@ -19,6 +19,7 @@ from attune.operators.identity import (
     handover_order,
 )
 from attune.operators.rule_files import load_rules
+from attune.operators.stream_clock import StreamClock
 from attune.operators.user_config import ProfileConfig
 from attune.operators.user_state import UserState
 from attune.operators.user_step import end_of_input, fold_batch
@@ -73,7 +74,9 @@ def test_every_history_lands_right_after_its_identify_however_it_arrives() -> No
 
 
 def test_the_user_state_is_the_same_however_the_history_arrives() -> None:
-    cfg = ProfileConfig(rules=load_rules())
+    # clocks of their own (here and below): the process-wide one keeps what an earlier test's flow read
+    # (a flow run live would make this one fold as it comes, not hold)
+    cfg = ProfileConfig(rules=load_rules(), stream_clock=StreamClock())
     states = set()
     for seed in range(30):
         st: UserState | None = UserState("u1")
@@ -113,7 +116,7 @@ def test_a_history_whose_identify_never_comes_is_folded_after_the_hold() -> None
 
 
 def test_the_end_of_input_folds_what_was_held() -> None:
-    cfg = ProfileConfig(rules=load_rules())
+    cfg = ProfileConfig(rules=load_rules(), stream_clock=StreamClock())
     st, _ = fold_batch(UserState("u1"), [login(1, "a1"), own(2), own(3)], cfg)
     assert st is not None and st.handover is not None and st.activity.events == 1
     end_of_input(st, cfg)
@@ -143,7 +146,7 @@ def test_inputs_held_for_a_login_after_an_erasure_are_not_lost() -> None:
     """The erasure leaves a tombstone (a new state): the wait it did not hold moves with it."""
     from attune.operators.events import ErasureRequest
 
-    cfg = ProfileConfig(rules=load_rules())
+    cfg = ProfileConfig(rules=load_rules(), stream_clock=StreamClock())
     erase = Event("x1", EventType.ERASURE, T0, ErasureRequest("r1"), "u1")
     st, _ = fold_batch(UserState("u1"), [erase, login(1, "a1"), own(2)], cfg)
     assert st is not None and st.handover is not None and st.handover.held == [own(2)]

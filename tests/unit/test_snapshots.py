@@ -207,3 +207,71 @@ def test_restored_objects_equal_their_originals_without_init_or_setattr() -> Non
     assert (back.value, back.derived) == (-1, 8)  # set as kept: no __setattr__, no __post_init__
     with pytest.raises(AttributeError):  # still frozen after a restore
         snapshots.loads(snapshots.dumps(_Frozen(5))).a = 6
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    item: str
+    at: int
+
+
+@dataclass(slots=True)
+class _Rows:
+    name: str
+    rows: list[_Row] = field(default_factory=list)
+    other: list[int] = field(default_factory=list)
+
+
+def test_lists_of_a_plain_dataclass_are_packed_as_rows_and_restore_equal() -> None:
+    from attune.operators.models import UserModels
+    from attune.operators.ranking import Interaction
+
+    value = _Rows("a", [_Row("i1", 1), _Row("i2", 2)], [3])
+    blob = snapshots.dumps(value)
+    assert b"restore_packed" in blob and blob.count(b"_Row") == 1  # "_Rows": no object a row
+    assert snapshots.loads(blob) == value
+    assert snapshots.loads(snapshots.dumps(_Rows("b"))) == _Rows("b")  # empty list
+    models = UserModels()
+    models.recent = [Interaction("i1", 5), Interaction("i2", 6, "cart")]
+    assert snapshots.loads(snapshots.dumps(models)) == models
+
+
+def test_a_list_that_holds_other_objects_pickles_as_it_is() -> None:
+    odd = _Rows("c", [_Row("i1", 1), 7])  # type: ignore[list-item]
+    assert snapshots.loads(snapshots.dumps(odd)) == odd
+    not_a_list = _Rows("d", (_Row("i1", 1),))  # type: ignore[arg-type]
+    back = snapshots.loads(snapshots.dumps(not_a_list))
+    assert back == not_a_list and type(back.rows) is tuple
+
+
+def test_a_snapshot_of_unpacked_rows_still_restores() -> None:
+    from attune.operators.models import UserModels
+    from attune.operators.ranking import Interaction
+
+    models = UserModels()
+    models.recent = [Interaction("i1", 5)]
+    names = snapshots._names(UserModels)
+    values = tuple(getattr(models, n) for n in names)
+    old = pickle.dumps((snapshots.restore, ("attune.operators.models:UserModels", values)))
+    # the format before packing: restore(name, values) with the list as a list
+    restore, args = pickle.loads(old)
+    assert restore(*args) == models
+
+
+@dataclass(slots=True)
+class _Box:
+    n: int
+    m: int = 0
+
+
+@dataclass(slots=True)
+class _Boxes:
+    first: list[_Box]
+    second: list[_Box]
+
+
+def test_lists_of_a_mutable_dataclass_are_not_packed_so_a_shared_item_stays_one() -> None:
+    box = _Box(1)
+    back = snapshots.loads(snapshots.dumps(_Boxes([box], [box])))
+    assert back.first[0] is back.second[0]  # one object, as the default pickling keeps it
+    assert b"restore_packed" not in snapshots.dumps(_Boxes([box], []))

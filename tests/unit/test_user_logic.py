@@ -308,3 +308,51 @@ def test_a_user_whose_cart_waits_stays_frozen_until_the_clock_reaches_it() -> No
     nxt = [_event(200 * 60_000, AddToCart("i2", 1, 900, "EUR"), EventType.ADD_TO_CART)]
     assert list(logic.on_batch(nxt)[0]) == list(ref.on_batch(nxt)[0])
     assert logic.state == ref.state
+
+
+def test_a_state_nothing_changed_since_its_snapshot_is_frozen_with_those_bytes() -> None:
+    """The freeze reuses the snapshot's bytes when nothing may have changed the state since
+    (no batch, a judgement known to find nothing); a batch in between pickles it again."""
+    wall = FixedClock(T0)
+    cfg = ProfileConfig(clock=wall)
+    reused = repickled = 0
+    for user, events in _by_user().items():
+        live, thawing = UserLogic(None, cfg, NEVER), UserLogic(None, cfg)
+        batch: list[Keyed] = [(user, e) for e in events[:10]]
+        _, keep = live.on_batch(batch)
+        thawing.on_batch(batch)
+        if keep is StatefulBatchLogic.DISCARD:
+            continue
+        taken = thawing.snapshot()
+        assert thawing.snapshot() is taken  # nothing changed: not pickled twice
+        wall.advance(int(IDLE_FREEZE.total_seconds() * 1000))
+        live.on_notify()
+        thawing.on_notify()
+        if thawing._frozen is None:
+            continue  # something waits for time: never frozen
+        if thawing._frozen is taken:
+            reused += 1
+        else:
+            repickled += 1
+        assert snapshots.loads(thawing._frozen) == live.state
+        # thawed by a batch, changed: the next snapshot is new bytes of the new state
+        more: list[Keyed] = [(user, e) for e in events[10:12]]
+        live.on_batch(more)
+        thawing.on_batch(more)
+        assert thawing._frozen is None
+        assert snapshots.loads(thawing.snapshot()) == live.state
+    assert reused > 0  # the path under test was taken
+
+
+def test_a_judgement_that_may_change_the_state_drops_the_kept_snapshot() -> None:
+    wall = FixedClock(T0)
+    cfg = ProfileConfig(clock=wall, stream_clock=StreamClock())
+    logic = UserLogic(None, cfg)
+    logic.on_batch([_event(0, ConsentUpdate(True, True, True), EventType.CONSENT)])
+    logic.on_batch([_event(60_000, AddToCart("i1", 1, 1500, "EUR"), EventType.ADD_TO_CART)])
+    taken = logic.snapshot()
+    st = logic.state
+    assert st is not None and pending(st, cfg)  # a cart waits: due() may judge it
+    logic.on_notify()
+    assert logic._snap is None  # not known to be the state's bytes any more
+    assert logic.snapshot() is not taken
