@@ -108,6 +108,7 @@ __all__ = [
     "Weights",
     "rank",
     "rank_full",
+    "rank_many",
     "recs_value",
 ]
 
@@ -1447,6 +1448,18 @@ def rank(
         k=k,
         mmr_lambda=w.mmr_lambda,
     )
+
+
+def rank_many(
+    signals: Sequence[UserSignals],
+    models: Models,
+    k: int = 10,
+    filters: Filters | None = None,
+    weights: Weights | None = None,
+) -> list[list[Recommendation]]:
+    """:func:`rank` of each user of ``signals`` over the same models, k and filters: the
+    same lists (items, order, scores, reasons)."""
+    return [rank(s, models, k, filters, weights) for s in signals]
 
 
 def _covisit_scores(parts: Sequence[tuple[I64, F64, float]], n: int) -> tuple[F64, I64]:
