@@ -1523,15 +1523,46 @@ def rank_many(
     if batch:
         got = _mmr_many([cast(_Scored, scored[i]) for i in batch], k, lam)
         picks = dict(zip(batch, got, strict=True))
-    out: list[list[Recommendation]] = []
+    chosen: list[tuple[_Scored, list[int]] | None] = []
     for i, c in enumerate(scored):
         if c is None:
-            out.append([])
+            chosen.append(None)
             continue
         in_pool = picks.get(i)
         if in_pool is None:
             in_pool = _mmr(c.pool_score, c.pool_vectors, k, lam)
-        out.append(c.listed(cat, c.picked(in_pool)))
+        chosen.append((c, c.picked(in_pool)))
+    return _listed_many(cat, chosen)
+
+
+def _listed_many(
+    cat: Catalogue, chosen: Sequence[tuple[_Scored, list[int]] | None]
+) -> list[list[Recommendation]]:
+    """:meth:`_Scored.listed` of each user's picks (``None``: no list): the picks' rows,
+    scores and weighted components gathered per user, the reasons (an element-wise
+    product and a column ``argmax``: the same values) of all the users at once."""
+    users = [c for c in chosen if c is not None and c[1]]
+    if not users:
+        return [[] for _ in chosen]
+    comps = np.concatenate([c.comps[:, p] for c, p in users], axis=1)
+    factor = np.repeat(np.stack([c.factor for c, _ in users]).T, [len(p) for _, p in users], axis=1)
+    reasons = iter((factor * comps).argmax(axis=0).tolist())
+    rows = iter(np.concatenate([c.rows_c[p] for c, p in users]).tolist())
+    scores = iter(np.concatenate([c.score[p] for c, p in users]).tolist())
+    ids, categories = cat.ids, cat.categories
+    out: list[list[Recommendation]] = []
+    for got in chosen:
+        if got is None:
+            out.append([])
+            continue
+        c, picked = got
+        recs = []
+        for _ in picked:
+            r, value, reason = next(rows), next(scores), REASONS[_COMPONENTS[next(reasons)]]
+            if reason == "trending":
+                reason = c.trend_reason
+            recs.append(Recommendation(ids[r], round(value, 6), reason, categories[r]))
+        out.append(recs)
     return out
 
 
@@ -1676,6 +1707,16 @@ def _score_many(
     emb = models.aligned_embeddings()
     recs, n_known = _recent_many(signals, cat)
     profiles = _profiles(cat, consts, recs, n_known)
+    # the embedding neighbours of every user's seeds in one block (one fill per batch)
+    user_vecs = [_user_vectors(emb, rec) for rec in recs]
+    sources = [_sources(rec) if rec.any_known else [] for rec in recs]
+    seeds = [
+        _seed_rows(rec, src) if vecs is not None else []
+        for rec, src, vecs in zip(recs, sources, user_vecs, strict=True)
+    ]
+    n_seeds = [len(x) for x in seeds]
+    block = models.neighbour_block(list(chain.from_iterable(seeds))) if any(n_seeds) else None
+    seed_at = 0
     pending: list[_Pending] = []
     for u, sig in enumerate(signals):
         mask, dropped, rec = masks[u], n_drop[u], recs[u]
@@ -1687,16 +1728,15 @@ def _score_many(
         got = _category_candidates(trend, cat, aff, codes, (key, base, mask, dropped))
         if got is not None:
             cand.append(got)
-        user_vecs = _user_vectors(emb, rec)
-        sources = _sources(rec) if rec.any_known else []
-        if user_vecs is not None:
-            cand.append(models.neighbour_block(_seed_rows(rec, sources)).ravel())
+        if user_vecs[u] is not None and block is not None:
+            cand.append(block[seed_at : seed_at + n_seeds[u]].ravel())
+            seed_at += n_seeds[u]
         profile = profiles[u]
         if profile is not None:
             got = _cold_candidates(consts, profile, codes, mask)
             if got is not None:
                 cand.append(got)
-        pending.append(_Pending(cand, aff, trend, user_vecs, rec, sources, sig.now_ms))
+        pending.append(_Pending(cand, aff, trend, user_vecs[u], rec, sources[u], sig.now_ms))
     width = n + 1
     covisit = _covisit_many(models, pending, width)
     if covisit is not None:
@@ -1732,8 +1772,24 @@ def _content_many(
     units[with_profile] = [profiles[u] for u in with_profile]
     sel = has[user_of]
     r, uo = rows[sel], user_of[sel]
-    values: F32 = np.maximum((units[uo[:, None], idx[r]] * val[r]).sum(axis=1), 0.0)
+    gathered = units.ravel()[(uo * units.shape[1])[:, None] + idx[r]]
+    values: F32 = np.maximum((gathered * val[r]).sum(axis=1), 0.0)
     return sel, values
+
+
+def _trend_columns(pending: Sequence[_Pending], user_of: I64, rows: I64, n: int) -> tuple[F64, F64]:
+    """Each candidate's share within its category and its trending share, from its
+    user's trending shares (the arrays of the batch's distinct segment combinations one
+    after the other: one gather)."""
+    distinct = {id(p.trend): p.trend for p in pending}
+    if len(distinct) == 1:
+        t = pending[0].trend
+        return t.in_cat[rows], t.share[rows]
+    tids = {t: i * n for i, t in enumerate(distinct)}
+    at = np.asarray([tids[id(p.trend)] for p in pending])[user_of] + rows
+    in_cat = np.concatenate([t.in_cat for t in distinct.values()])[at]
+    share = np.concatenate([t.share for t in distinct.values()])[at]
+    return in_cat, share
 
 
 def _components_many(
@@ -1754,9 +1810,9 @@ def _components_many(
     n_users, width = masks.shape
     flags = np.zeros((n_users, width), np.bool_)
     sizes = [sum(len(c) for c in p.cand) for p in pending]
-    flags[
-        np.repeat(np.arange(n_users), sizes), np.concatenate([c for p in pending for c in p.cand])
-    ] = True
+    cand = np.concatenate([c for p in pending for c in p.cand])
+    # (flat indices: a 1-d scatter or gather costs a fraction of a 2-d one)
+    flags.ravel()[np.repeat(np.arange(n_users) * width, sizes) + cand] = True
     flags &= masks
     user_of, rows = np.divmod(np.flatnonzero(flags), width)
     counts = np.bincount(user_of, minlength=n_users)
@@ -1768,19 +1824,14 @@ def _components_many(
     step = counts[user_of]
     pos = n_comp * lo + (np.arange(len(rows)) - lo)
     if sums_of is not None:
-        buf[pos + step] = sums_of[user_of, rows]
-        buf[pos + 2 * step] = sums_of[user_of, rows + width]
-    distinct = {id(p.trend): p.trend for p in pending}
-    if len(distinct) == 1:
-        t = pending[0].trend
-        in_cat, share = t.in_cat[rows], t.share[rows]
-    else:
-        tids = {t: i for i, t in enumerate(distinct)}
-        tid = np.asarray([tids[id(p.trend)] for p in pending])[user_of]
-        in_cat = np.stack([t.in_cat for t in distinct.values()])[tid, rows]
-        share = np.stack([t.share for t in distinct.values()])[tid, rows]
-    affs = np.stack([p.aff for p in pending])
-    buf[pos + 3 * step] = affs[user_of, cat.codes[rows]] * in_cat
+        at = user_of * (2 * width) + rows
+        flat_sums = sums_of.ravel()
+        buf[pos + step] = flat_sums[at]
+        buf[pos + 2 * step] = flat_sums[at + width]
+    in_cat, share = _trend_columns(pending, user_of, rows, width - 1)
+    affs = np.concatenate([p.aff for p in pending])
+    n_codes = len(pending[0].aff)
+    buf[pos + 3 * step] = affs[user_of * n_codes + cat.codes[rows]] * in_cat
     buf[pos + 4 * step] = share
     content = _content_many(profiles, user_of, rows, (idx, val))
     if content is not None:
