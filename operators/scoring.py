@@ -15,7 +15,9 @@ are :mod:`attune.operators.models`.
   ``high_propensity`` trigger candidate for the trigger stage when the tier first turns
   high in a session) and, after a product view, cart change or purchase, the user's
   recommendations (:func:`recommend`); before a batch, a list the gap held back if the
-  user was idle a minute of event time (:func:`held_list`).
+  user was idle a minute of event time (:func:`held_list`). A list is emitted as a
+  :class:`~attune.operators.models.RecsRequest`, ranked after the step with the batch's
+  other lists (:func:`~attune.operators.models.resolve_recs`).
 
 Without a :class:`~attune.operators.models.ModelReader` (``cfg.models`` is ``None``) the
 stage does nothing.
@@ -102,7 +104,10 @@ def recommend(st: UserState, cfg: ProfileConfig, *, flush: bool = False) -> list
     (:meth:`~attune.operators.models.ModelReader.recs_key`: the snapshot, the items
     seeding the candidates, cart, purchases, top categories, segments) or they are
     older than :data:`~attune.operators.models.RECS_MAX_AGE_MS` of event time. When
-    nothing is recomputed nothing is written: the stored list stands.
+    nothing is recomputed nothing is written: the stored list stands. The list is a
+    :class:`~attune.operators.models.RecsRequest` on the snapshot read now, ranked after
+    the step (the state keeps only ``recs_key`` / ``recs_at``: nothing pending is in a
+    recovery snapshot).
 
     Not within ``cfg.recs.min_gap_ms`` of event time of the user's last list, unless the
     cart changed or they bought: the list then stays due, for the next batch after the
