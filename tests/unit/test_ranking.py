@@ -329,7 +329,7 @@ def test_rank_many_gives_ranks_lists_exactly(
     one = Models(cat, covisit, trending, emb)
     expected = [rank(u, one, k, filters, weights) for u in users]
     assert sum(bool(e) for e in expected) > 60
-    for size in (1, 7, 70):
+    for size in (1, 3, 7, 70):
         many = Models(cat, covisit, trending, emb)
         got = []
         for at in range(0, len(users), size):
