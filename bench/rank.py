@@ -6,9 +6,11 @@ recent items, the snapshot's co-visitation lists, embeddings and trending. So
 this bench does not invent inputs; it records them:
 
 1. **Capture**: the flow runs in process (embedded sinks, one worker) on a
-   generated workload, with :func:`attune.operators.models.rank` replaced by a
-   recorder that keeps each call's :class:`~attune.operators.ranking.UserSignals`,
-   the snapshot's :class:`~attune.operators.ranking.Models`, ``k`` and filters.
+   generated workload, with :func:`attune.operators.models.rank_many` replaced by a
+   recorder that keeps each user's :class:`~attune.operators.ranking.UserSignals`,
+   the snapshot's :class:`~attune.operators.ranking.Models`, ``k``, filters and which
+   ``rank_many`` call (the flow's group: one snapshot and config of one Bytewax batch)
+   it came in.
 2. **Replay**: every recorded call again, in order, against *fresh* copies of
    the models (one per snapshot, the co-visitation row cache handed from one
    snapshot to the next as :class:`~attune.operators.models.ModelReader` does),
@@ -18,7 +20,10 @@ this bench does not invent inputs; it records them:
    the CPU (a run on a loaded 2-CPU box read 17 ms median at 20,000 items by the
    wall clock, 5 ms in CPU time).
 
-It does so for :func:`~attune.operators.ranking.rank` and for the
+It does so for :func:`~attune.operators.ranking.rank`, for
+:func:`~attune.operators.ranking.rank_many` (the calls grouped as the flow grouped
+them, and in chunks of 1, 10 and 60 consecutive calls of one snapshot; CPU time per
+user, and how many lists are equal to rank's: items, order, scores, reasons) and for the
 full-catalogue reference :func:`~attune.operators.ranking.rank_full`, in the
 same run, over a 2,000-item and a 20,000-item catalogue, and prints median and
 p99 microseconds per call, the ratio rank / rank_full and how many of rank's
@@ -37,6 +42,7 @@ single-threaded as in the flow (numpy timings are 1.7-2x worse otherwise).
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import time
@@ -61,6 +67,7 @@ from attune.operators.ranking import (
     UserSignals,
     rank,
     rank_full,
+    rank_many,
 )
 from attune.operators.sources import EventListSource
 from attune.workload.generator import GeneratorConfig, generate
@@ -72,12 +79,13 @@ Ranker = Callable[[UserSignals, Models, int, Filters | None], list[Recommendatio
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """One recorded ``rank`` call of the flow."""
+    """One recorded user of a ``rank_many`` call of the flow (``group``: which call)."""
 
     signals: UserSignals
     models: Models
     k: int
     filters: Filters | None
+    group: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,20 +110,23 @@ def _quantile(values: Sequence[int], q: float) -> float:
 
 
 def capture(config: GeneratorConfig) -> list[Call]:
-    """Run the flow in process on the generated workload and record every ``rank`` call."""
+    """Run the flow in process on the generated workload and record every user ranked."""
     g = generate(config)
     events = tuple(g.events)
     settings = Settings.from_env().replace(kafka_bootstrap="", redis_url="", input_file=None)
     calls: list[Call] = []
 
+    groups = itertools.count()
+
     def record(
-        signals: UserSignals,
+        signals: Sequence[UserSignals],
         models: Models,
         k: int = 10,
         filters: Filters | None = None,
-    ) -> list[Recommendation]:
-        calls.append(Call(signals, models, k, filters))
-        return rank(signals, models, k, filters)
+    ) -> list[list[Recommendation]]:
+        group = next(groups)
+        calls.extend(Call(s, models, k, filters, group) for s in signals)
+        return rank_many(signals, models, k, filters)
 
     def make() -> Iterator[Event]:
         return iter(events)
@@ -123,7 +134,7 @@ def capture(config: GeneratorConfig) -> list[Call]:
     store = LocalStore()
     source = EventListSource(make, allowed_lateness_ms=settings.allowed_lateness_s * 1000)
     flow = build_flow(settings, source=source, sinks=store.sinks("bench-rank"), items=g.items)
-    with mock.patch.object(models_module, "rank", record):
+    with mock.patch.object(models_module, "rank_many", record):
         run_main(flow)
     return calls
 
@@ -156,6 +167,98 @@ def replay(calls: Sequence[Call], name: str, ranker: Ranker) -> Timing:
         ns.append(clock() - t0)
         lists.append([r.item for r in recs])
     return Timing(name, ns, lists)
+
+
+def chunks(calls: Sequence[Call], size: int | None) -> list[list[int]]:
+    """Indices of ``calls`` in the groups ``rank_many`` gets: the flow's own groups
+    (``size`` ``None``), else runs of at most ``size`` consecutive calls of one snapshot,
+    k and filters."""
+    out: list[list[int]] = []
+    last: tuple[object, ...] | None = None
+    for i, c in enumerate(calls):
+        key = (c.group,) if size is None else (id(c.models), c.k, c.filters)
+        if key != last or (size is not None and len(out[-1]) >= size):
+            out.append([])
+            last = key
+        out[-1].append(i)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class BatchTiming:
+    """CPU time of ``rank_many`` over the groups of one chunking, and its lists."""
+
+    name: str
+    ns: int
+    users: int
+    groups: int
+    lists: list[list[Recommendation]]
+
+    def per_user_us(self) -> float:
+        return self.ns / self.users / 1e3 if self.users else 0.0
+
+
+def replay_many(calls: Sequence[Call], name: str, size: int | None) -> BatchTiming:
+    """:func:`rank_many` over the ``chunks`` of ``calls``, in order, against fresh models
+    per snapshot (as :func:`replay`), each call timed."""
+    fresh: dict[int, Models] = {}
+    rows = CovisitRows()
+    total = 0
+    groups = chunks(calls, size)
+    lists: list[list[Recommendation]] = [[] for _ in calls]
+    clock = time.thread_time_ns
+    for idx in groups:
+        c = calls[idx[0]]
+        m = fresh.get(id(c.models))
+        if m is None:
+            m = fresh[id(c.models)] = _fresh(c.models, rows)
+        signals = [calls[i].signals for i in idx]
+        t0 = clock()
+        got = rank_many(signals, m, c.k, c.filters)
+        total += clock() - t0
+        for i, recs in zip(idx, got, strict=True):
+            lists[i] = recs
+    return BatchTiming(name, total, len(calls), len(groups), lists)
+
+
+def report_many(calls: Sequence[Call]) -> str:
+    """rank against rank_many (per user, CPU) and how many lists are equal, as table rows."""
+    fast = replay_full_lists(calls)
+    rows = [
+        f"| rank, one call per user | {len(calls):,} | {sum(fast[0]) / len(calls) / 1e3:,.0f} "
+        f"| {len(calls):,} | - |"
+    ]
+    for name, size in (("flow's groups", None), ("1", 1), ("10", 10), ("60", 60)):
+        t = replay_many(calls, name, size)
+        equal = sum(a == b for a, b in zip(fast[1], t.lists, strict=True))
+        rows.append(
+            f"| rank_many, {name} | {t.users:,} | {t.per_user_us():,.0f} | {t.groups:,} | "
+            f"{equal:,} of {len(calls):,} |"
+        )
+    return "\n".join(rows)
+
+
+def replay_full_lists(calls: Sequence[Call]) -> tuple[list[int], list[list[Recommendation]]]:
+    """:func:`replay` of :func:`rank` keeping the whole recommendations (for equality)."""
+    fresh: dict[int, Models] = {}
+    rows = CovisitRows()
+    ns: list[int] = []
+    lists: list[list[Recommendation]] = []
+    clock = time.thread_time_ns
+    for c in calls:
+        m = fresh.get(id(c.models))
+        if m is None:
+            m = fresh[id(c.models)] = _fresh(c.models, rows)
+        t0 = clock()
+        lists.append(rank(c.signals, m, c.k, c.filters))
+        ns.append(clock() - t0)
+    return ns, lists
+
+
+MANY_HEADER = (
+    "| ranker, grouping | users | mean CPU us per user | calls | lists equal to rank's |\n"
+    "|---|---|---|---|---|"
+)
 
 
 def overlap(a: Sequence[Sequence[str]], b: Sequence[Sequence[str]]) -> float:
@@ -215,14 +318,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("20,000 items", GeneratorConfig(args.big_users, args.big_days, args.seed, items=20000))
         )
     rows = []
+    many = []
     for label, config in runs:
         t0 = time.perf_counter()
         calls = capture(config)
         print(f"{label}: captured {len(calls):,} calls in {time.perf_counter() - t0:.1f}s",
               file=sys.stderr)  # fmt: skip
         rows.append(report(label, calls, args.full_calls))
+        many.append(f"{label}:\n\n{MANY_HEADER}\n{report_many(calls)}")
     print(HEADER)
     print("\n".join(rows))
+    for table in many:
+        print()
+        print(table)
     return 0
 
 

@@ -10,8 +10,8 @@ bench shows it:
 1. the flow runs in process (embedded sinks, one worker, the generator's events handed
    over ``--batch-sizes`` events at a time: 1,000 is a replay's batch, where one batch
    of a user often holds a whole session; a small batch is closer to a live stream, one
-   or two events of a user per batch) with :func:`attune.operators.models.rank` replaced
-   by a recorder of each call's user, event time (``UserSignals.now_ms``, the latest
+   or two events of a user per batch) with :func:`attune.operators.models.rank_many`
+   replaced by a recorder of each ranked user's user, event time (``UserSignals.now_ms``, the latest
    event time the list saw) and items, and the models stage's
    :func:`~attune.operators.scoring.observe` by one that also notes each product view,
    add to cart and purchased line, with its user and event time;
@@ -56,7 +56,7 @@ from attune.flows.settings import Settings
 from attune.operators import models as models_module
 from attune.operators import scoring
 from attune.operators.events import AddToCart, Event, ProductView, Purchase
-from attune.operators.ranking import Filters, Models, Recommendation, UserSignals, rank
+from attune.operators.ranking import Filters, Models, Recommendation, UserSignals, rank_many
 from attune.operators.sources import EventListSource
 from attune.operators.user_config import ProfileConfig
 from attune.operators.user_state import UserState
@@ -145,13 +145,17 @@ def measure(
     calls = 0
 
     def record(
-        signals: UserSignals, models: Models, k: int = 10, filters: Filters | None = None
-    ) -> list[Recommendation]:
+        signals: Sequence[UserSignals],
+        models: Models,
+        k: int = 10,
+        filters: Filters | None = None,
+    ) -> list[list[Recommendation]]:
         nonlocal calls
-        calls += 1
-        recs = rank(signals, models, k, filters)
-        hr.add_list(signals.user, signals.now_ms, [r.item for r in recs])
-        return recs
+        calls += len(signals)
+        lists = rank_many(signals, models, k, filters)
+        for sig, recs in zip(signals, lists, strict=True):
+            hr.add_list(sig.user, sig.now_ms, [r.item for r in recs])
+        return lists
 
     observe = scoring.observe
 
@@ -178,7 +182,7 @@ def measure(
     flow = build_flow(settings, source=source, sinks=store.sinks("recs-quality"), items=g.items)
     t0 = time.process_time()
     with (
-        mock.patch.object(models_module, "rank", record),
+        mock.patch.object(models_module, "rank_many", record),
         mock.patch.object(scoring, "observe", noting),
     ):
         run_main(flow)

@@ -71,6 +71,7 @@ from attune.operators.models import (
     RecsConfig,
     SessionSummary,
     catalogue_of,
+    resolve_recs,
 )
 from attune.operators.privacy import Pseudonymiser, ephemeral, load_key, parse_previous_keys
 from attune.operators.ranking import Filters
@@ -229,8 +230,11 @@ def _known(events: list[Event]) -> list[tuple[str, Keyed]]:
     return out
 
 
-def _unkey(kv: tuple[str, Output]) -> Output:
-    return kv[1]
+def _unkey_and_rank(batch: list[tuple[str, Output]]) -> list[Output]:
+    """The step's outputs without their keys, its recommendation requests
+    (:class:`~attune.operators.models.RecsRequest`) ranked into ``RecsWrite`` s, in
+    place, one ``rank_many`` per snapshot and config."""
+    return resolve_recs([kv[1] for kv in batch])
 
 
 def _is_redis_op(out: Output) -> bool:
@@ -283,7 +287,9 @@ def build_flow(
     known = op.flat_map_batch("known_user", anon.falses, _known)
     to_users = op.merge("to_users", known, from_identity)
     user_out = op.stateful_batch("user_state", to_users, partial(_user_logic, cfg))
-    outputs = op.map("unkey", user_out, _unkey)
+    # The recommendation lists the step left due are ranked here, all those of a batch
+    # together (models.resolve_recs): most of a ranking's cost is fixed per numpy call.
+    outputs = op.flat_map_batch("unkey", user_out, _unkey_and_rank)
 
     redis_or_not = op.branch("redis_ops", outputs, _is_redis_op)
     segment_changes = op.filter_map("segment_changes", redis_or_not.falses, _segment_change_or_none)

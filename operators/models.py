@@ -96,11 +96,11 @@ from attune.operators.ranking import (
     Interaction,
     Models,
     UserSignals,
-    rank,
+    rank_many,
     recs_value,
     source_of,
 )
-from attune.operators.redis_sink import TrendingWrite
+from attune.operators.redis_sink import RecsWrite, TrendingWrite
 from attune.operators.trending import (
     BUY_W,
     CART_W,
@@ -1150,6 +1150,60 @@ class LiveModels:
     propensity: PropensityScorer | None
 
 
+@dataclass(frozen=True, slots=True)
+class RecsRequest:
+    """A user's recommendation list, due but not ranked yet: what the per-user step emits
+    instead of the :class:`~attune.operators.redis_sink.RecsWrite` bytes, so that one
+    stateless step after it ranks all the lists of a Bytewax batch together
+    (:func:`resolve_recs`, :func:`~attune.operators.ranking.rank_many`): most of the cost
+    of one ranking is numpy's fixed cost per call, which a batch shares.
+
+    ``live``: the snapshot :meth:`ModelReader.current` gave when the step decided the
+    list (the one it would have been ranked on at once); ``now_ms`` the wall-clock time of
+    the list (``generated_at``). An output, never state: the per-user state keeps only
+    ``recs_key`` / ``recs_at``, so nothing pending is in a recovery snapshot, and a
+    request lives only from the step to the end of its batch (it does not pickle cheaply:
+    it holds the snapshot's models, shared by reference)."""
+
+    signals: UserSignals
+    live: LiveModels
+    cfg: RecsConfig
+    now_ms: int
+
+    @property
+    def user(self) -> str:
+        return self.signals.user
+
+
+def resolve_recs(outputs: list[Any]) -> list[Any]:
+    """``outputs`` with every :class:`RecsRequest` replaced in place by its
+    :class:`~attune.operators.redis_sink.RecsWrite` (the order kept: the Redis sink
+    applies a user's writes in order, an erasure after a list included). The requests
+    are ranked per snapshot and config, in one :func:`~attune.operators.ranking.rank_many`
+    call each; the same lists as :func:`~attune.operators.ranking.rank` one at a time."""
+    at = [i for i, o in enumerate(outputs) if type(o) is RecsRequest]
+    if not at:
+        return outputs
+    groups: dict[tuple[int, int, Filters], list[int]] = {}
+    for i in at:
+        r: RecsRequest = outputs[i]
+        groups.setdefault((id(r.live), r.cfg.k, r.cfg.filters), []).append(i)
+    out = list(outputs)
+    for members in groups.values():
+        first: RecsRequest = outputs[members[0]]
+        live, cfg = first.live, first.cfg
+        models = live.models
+        signals = [outputs[i].signals for i in members]
+        for i, sig, recs in zip(
+            members, signals, rank_many(signals, models, cfg.k, cfg.filters), strict=True
+        ):
+            req: RecsRequest = outputs[i]
+            out[i] = RecsWrite(
+                sig.user, recs_value(recs, live.version, req.now_ms, source_of(sig, models))
+            )
+    return out
+
+
 def catalogue_of(items: Iterable[ItemUpdate]) -> Catalogue:
     """The catalogue the per-user path ranks over (latest version of each item)."""
     cat = Catalogue()
@@ -1226,12 +1280,12 @@ class ModelReader:
             signals.segments,
         )
 
-    def recommend(self, signals: UserSignals, cfg: RecsConfig, now_ms: int) -> bytes:
-        """The Redis value of the user's recommendations (:func:`~.ranking.recs_value`)."""
-        live = self.current()
-        recs = rank(signals, live.models, cfg.k, cfg.filters)
-        source = source_of(signals, live.models)
-        return recs_value(recs, live.version, now_ms, source)
+    def request(self, signals: UserSignals, cfg: RecsConfig, now_ms: int) -> RecsRequest:
+        """The user's recommendations to rank (:func:`resolve_recs` ranks them, with the
+        batch's other requests): the snapshot is the one :meth:`current` gives now, kept
+        in the request, so the list is ranked on the models it would have been ranked on
+        at once. ``now_ms``: the wall-clock time the list is generated at."""
+        return RecsRequest(signals, self.current(), cfg, now_ms)
 
     def propensity(self, features: Mapping[str, FeatureValue]) -> tuple[float, str] | None:
         """Score and tier of the user's current session, ``None`` before a model is published."""

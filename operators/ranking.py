@@ -77,7 +77,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from itertools import chain
+from typing import Any, Final, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -108,6 +109,7 @@ __all__ = [
     "Weights",
     "rank",
     "rank_full",
+    "rank_many",
     "recs_value",
 ]
 
@@ -1068,6 +1070,59 @@ def _recommendations(
     (in :data:`_COMPONENTS` order) over the candidates, each scaled here to [0, 1] by its
     maximum (all rows in a few calls: the same floats as one row at a time).
     ``vectors``: the candidates' content vectors if already gathered."""
+    c = _scored(cat, rows_c, comps, wts, trend_reason=trend_reason, k=k, vectors=vectors)
+    return c.listed(cat, c.picked(_mmr(c.pool_score, c.pool_vectors, k, mmr_lambda)))
+
+
+@dataclass(slots=True)
+class _Scored:
+    """One user's scored candidates, before the MMR pick: the candidates ``rows_c``, their
+    components and hybrid ``score``, the weight / maximum per component (``factor``), and
+    the MMR pool (``pool``: indices into the candidates, ``None``: all of them) with its
+    scores and content vectors."""
+
+    rows_c: I64
+    comps: F64
+    factor: F64
+    score: F64
+    pool: I64 | None
+    pool_score: F64
+    pool_vectors: F32
+    trend_reason: str
+
+    def picked(self, in_pool: list[int]) -> list[int]:
+        """The MMR picks (indices into the pool) as indices into the candidates."""
+        if self.pool is None:
+            return in_pool
+        got: list[int] = self.pool[in_pool].tolist()
+        return got
+
+    def listed(self, cat: Catalogue, picked: list[int]) -> list[Recommendation]:
+        """The picked candidates as recommendations, each with its reason."""
+        comps, factor, score = self.comps, self.factor, self.score
+        reasons = (factor[:, None] * comps[:, picked]).argmax(axis=0).tolist()
+        ids, categories = cat.ids, cat.categories
+        out = []
+        rows = self.rows_c[picked].tolist()
+        for r, value, c in zip(rows, score[picked].tolist(), reasons, strict=True):
+            reason = REASONS[_COMPONENTS[c]]
+            if reason == "trending":
+                reason = self.trend_reason
+            out.append(Recommendation(ids[r], round(value, 6), reason, categories[r]))
+        return out
+
+
+def _scored(
+    cat: Catalogue,
+    rows_c: I64,
+    comps: F64,
+    wts: dict[str, float],
+    *,
+    trend_reason: str,
+    k: int,
+    vectors: F32 | None = None,
+) -> _Scored:
+    """The hybrid score of the candidates and the MMR pool (see :func:`_recommendations`)."""
     # weight / maximum per component (0 for a component without a positive value): the
     # score is one product, and the weighted components are only taken for the picks
     top = comps.max(axis=1)
@@ -1077,21 +1132,10 @@ def _recommendations(
     if len(score) <= MMR_POOL_PER_PICK * k:  # the pool is every candidate
         if vectors is None:
             vectors = cat.vectors[rows_c]
-        picked = _mmr(score, vectors, k, mmr_lambda)
-    else:
-        pool = _mmr_pool(score, k)
-        pool_vectors = vectors[pool] if vectors is not None else cat.vectors[rows_c[pool]]
-        in_pool = _mmr(score[pool], pool_vectors, k, mmr_lambda)
-        picked = pool[in_pool].tolist()
-    reasons = (factor[:, None] * comps[:, picked]).argmax(axis=0).tolist()
-    ids, categories = cat.ids, cat.categories
-    out = []
-    for r, value, c in zip(rows_c[picked].tolist(), score[picked].tolist(), reasons, strict=True):
-        reason = REASONS[_COMPONENTS[c]]
-        if reason == "trending":
-            reason = trend_reason
-        out.append(Recommendation(ids[r], round(value, 6), reason, categories[r]))
-    return out
+        return _Scored(rows_c, comps, factor, score, None, score, vectors, trend_reason)
+    pool = _mmr_pool(score, k)
+    pool_vectors = vectors[pool] if vectors is not None else cat.vectors[rows_c[pool]]
+    return _Scored(rows_c, comps, factor, score, pool, score[pool], pool_vectors, trend_reason)
 
 
 def rank_full(
@@ -1378,13 +1422,23 @@ def rank(
     Per call the cost grows with the candidates (a few hundred), not with the catalogue
     (but for a few catalogue-sized boolean and float arrays, cheap next to the rest).
     """
-    filters = filters or Filters()
     w = weights or Weights()
+    got = _score_user(signals, models, k, filters or Filters(), w)
+    if got is None:
+        return []
+    cat = models.catalogue
+    return got.listed(cat, got.picked(_mmr(got.pool_score, got.pool_vectors, k, w.mmr_lambda)))
+
+
+def _score_user(
+    signals: UserSignals, models: Models, k: int, filters: Filters, w: Weights
+) -> _Scored | None:
+    """:func:`rank` up to the MMR pick: the user's scored candidates (``None``: none)."""
     cat = models.catalogue
     cat.ensure_fresh()
     n = len(cat)
     if n == 0 or k <= 0:
-        return []
+        return None
     now = signals.now_ms
     consts = models.constants()
     base = consts.base_mask(filters)
@@ -1423,7 +1477,7 @@ def rank(
     rows_c = np.flatnonzero(flags)
     m = len(rows_c)
     if m == 0:
-        return []
+        return None
 
     comps = _components(
         rows_c,
@@ -1438,15 +1492,417 @@ def rank(
         wts = {name: float(getattr(w, name)) for name in _COMPONENTS}
     else:
         wts = dict.fromkeys(_COMPONENTS, 0.0) | dict(FALLBACK_WEIGHTS)
-    return _recommendations(
+    return _scored(cat, rows_c, comps, wts, trend_reason=trend.reason, k=k)
+
+
+#: Fewer users than this are ranked one by one (:func:`rank`): the batched stages of
+#: :func:`rank_many` cost a fixed ~250 us per call, so one user costs ~1.4x :func:`rank`,
+#: two about 1.1x, three the same (rank bench, 2,000 items: what a live stream's small
+#: batches hand it).
+RANK_MANY_MIN: Final = 3
+
+
+def rank_many(
+    signals: Sequence[UserSignals],
+    models: Models,
+    k: int = 10,
+    filters: Filters | None = None,
+    weights: Weights | None = None,
+) -> list[list[Recommendation]]:
+    """:func:`rank` of each user of ``signals`` over the same models, k and filters: the
+    same lists (items, order, scores, reasons). Most of :func:`rank`'s cost is numpy's
+    fixed cost per call (a few hundred small calls per user), so the stages whose floats
+    do not depend on the batch run once for all the users: the filter masks, the union
+    of the candidates, most components (:func:`_score_many`) and the MMR picks
+    (:func:`_mmr_many`); what goes through BLAS is computed per user with :func:`rank`'s
+    shapes."""
+    if len(signals) < RANK_MANY_MIN:
+        return [rank(s, models, k, filters, weights) for s in signals]
+    f = filters or Filters()
+    w = weights or Weights()
+    scored = _score_many(signals, models, k, f, w)
+    cat = models.catalogue
+    lam = w.mmr_lambda
+    batch = [
+        i
+        for i, c in enumerate(scored)
+        if c is not None and lam < 1.0 and min(k, len(c.pool_score)) > 1
+    ]
+    picks: dict[int, list[int]] = {}
+    if batch:
+        got = _mmr_many([cast(_Scored, scored[i]) for i in batch], k, lam)
+        picks = dict(zip(batch, got, strict=True))
+    chosen: list[tuple[_Scored, list[int]] | None] = []
+    for i, c in enumerate(scored):
+        if c is None:
+            chosen.append(None)
+            continue
+        in_pool = picks.get(i)
+        if in_pool is None:
+            in_pool = _mmr(c.pool_score, c.pool_vectors, k, lam)
+        chosen.append((c, c.picked(in_pool)))
+    return _listed_many(cat, chosen)
+
+
+def _listed_many(
+    cat: Catalogue, chosen: Sequence[tuple[_Scored, list[int]] | None]
+) -> list[list[Recommendation]]:
+    """:meth:`_Scored.listed` of each user's picks (``None``: no list): the picks' rows,
+    scores and weighted components gathered per user, the reasons (an element-wise
+    product and a column ``argmax``: the same values) of all the users at once."""
+    users = [c for c in chosen if c is not None and c[1]]
+    if not users:
+        return [[] for _ in chosen]
+    comps = np.concatenate([c.comps[:, p] for c, p in users], axis=1)
+    factor = np.repeat(np.stack([c.factor for c, _ in users]).T, [len(p) for _, p in users], axis=1)
+    reasons = iter((factor * comps).argmax(axis=0).tolist())
+    rows = iter(np.concatenate([c.rows_c[p] for c, p in users]).tolist())
+    scores = iter(np.concatenate([c.score[p] for c, p in users]).tolist())
+    ids, categories = cat.ids, cat.categories
+    out: list[list[Recommendation]] = []
+    for got in chosen:
+        if got is None:
+            out.append([])
+            continue
+        c, picked = got
+        recs = []
+        for _ in picked:
+            r, value, reason = next(rows), next(scores), REASONS[_COMPONENTS[next(reasons)]]
+            if reason == "trending":
+                reason = c.trend_reason
+            recs.append(Recommendation(ids[r], round(value, 6), reason, categories[r]))
+        out.append(recs)
+    return out
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One user of :func:`_score_many` between the per-user stages and the batched ones."""
+
+    cand: list[I64]
+    aff: F64
+    trend: _TrendShares
+    user_vecs: tuple[F32, F64] | None
+    rec: _Recent
+    sources: list[tuple[str, int, int]]
+    now_ms: int
+
+
+def _recent_many(signals: Sequence[UserSignals], cat: Catalogue) -> tuple[list[_Recent], I64]:
+    """:func:`_recent` of each user: the arrays of all of them made in one pass, each
+    user's a slice of them (the same element-wise operations: the same floats), and the
+    number of known interactions per user."""
+    latest = [s.recent[-MAX_RECENT:] for s in signals]
+    get = cat.index.get
+    flat = [i for lst in latest for i in lst]
+    lengths = [len(lst) for lst in latest]
+    rows = np.asarray([get(i.item, -1) for i in flat], np.int64)
+    times = np.asarray([i.time_ms for i in flat], np.int64)
+    kind_w = np.asarray([_KIND_WEIGHT.get(i.kind, 1.0) for i in flat], np.float64)
+    now = np.repeat(np.asarray([s.now_ms for s in signals], np.int64), lengths)
+    known = rows >= 0
+    neg_age = -np.maximum(now - times, 0).astype(np.float64)
+    wt_s = np.exp2(neg_age / SHORT_HALF_LIFE_MS) * kind_w
+    wt_l = np.exp2(neg_age / LONG_HALF_LIFE_MS) * kind_w
+    user = np.repeat(np.arange(len(signals)), lengths)
+    n_known = np.bincount(user[known], minlength=len(signals))
+    k_rows, k_s, k_l = rows[known], wt_s[known], wt_l[known]
+    out = []
+    lo = k_lo = 0
+    for u, lst in enumerate(latest):
+        hi, k_hi = lo + lengths[u], k_lo + int(n_known[u])
+        rec = _Recent(
+            lst, rows[lo:hi], times[lo:hi], kind_w[lo:hi], known[lo:hi], k_hi > k_lo,
+            wt_s[lo:hi], wt_l[lo:hi], k_rows[k_lo:k_hi], k_s[k_lo:k_hi], k_l[k_lo:k_hi],
+        )  # fmt: skip
+        out.append(rec)
+        lo, k_lo = hi, k_hi
+    return out, n_known
+
+
+def _profiles(
+    cat: Catalogue, consts: _Constants, recs: Sequence[_Recent], n_known: I64
+) -> list[F32 | None]:
+    """:func:`_content_profile` of each user: the sums of all the users in one
+    ``np.bincount`` (each user's bins offset by the vector width: each bin adds the same
+    terms in the same order), the norm one dot product per user as there."""
+    dim = cat.vectors.shape[1]
+    out: list[F32 | None] = [None] * len(recs)
+    if not int(n_known.sum()):
+        return out
+    idx, val = consts.sparse()
+    rows = np.concatenate([r.known_rows for r in recs])
+    long = np.concatenate([r.known_long for r in recs])
+    user = np.repeat(np.arange(len(recs)), n_known)
+    weights = (long[:, None] * val[rows]).ravel()
+    bins = (idx[rows] + (user * dim)[:, None]).ravel()
+    sums = np.bincount(bins, weights=weights, minlength=len(recs) * dim).reshape(len(recs), dim)
+    norms = np.zeros(len(recs))
+    for u, r in enumerate(recs):
+        if r.any_known:
+            p = sums[u]
+            norms[u] = math.sqrt(float(p @ p))
+    ok = norms > 0
+    units = (sums[ok] / norms[ok][:, None]).astype(np.float32)
+    for j, u in enumerate(np.flatnonzero(ok).tolist()):
+        out[u] = units[j]
+    return out
+
+
+def _covisit_many(
+    models: Models, pending: Sequence[_Pending], width: int
+) -> tuple[F64, list[I64]] | None:
+    """:func:`_covisit_sums` of each user: one row of sums per user (``2 * width`` bins)
+    and each user's listed rows. The blocks of all the users' sources in one gather, the
+    sums in one ``np.bincount`` (each user's bins offset: the same additions in the same
+    order). ``None`` when no user has a source."""
+    counts = [len(p.sources) for p in pending]
+    if not any(counts):
+        return None
+    if models.covisit.states:  # live learner states (the evaluator): per user, at its time
+        blocks = [
+            models.covisit_block([(i, r) for i, r, _ in p.sources], p.now_ms)
+            for p in pending
+            if p.sources
+        ]
+        rows = np.concatenate([b[0] for b in blocks])
+        bins = np.concatenate([b[1] for b in blocks])
+        ratio = np.concatenate([b[2] for b in blocks])
+    else:
+        # (the time matters only for live states: a published list's ratios do not decay)
+        rows, bins, ratio = models.covisit_block(
+            [(i, r) for p in pending for i, r, _ in p.sources], pending[0].now_ms
+        )
+    wt = []
+    for p in pending:
+        wt_s, wt_l = p.rec.wt_short.tolist(), p.rec.wt_long.tolist()
+        wt += [(wt_s[i] + 0.1 * wt_l[i], wt_l[i]) for _, _, i in p.sources]
+    weight = np.repeat(np.asarray(wt), N_COVISIT, axis=1)  # one column per neighbour
+    n_bins = 2 * width
+    offset = np.repeat(np.arange(len(pending)) * n_bins, counts)
+    sums = np.bincount(
+        (bins + offset[:, None]).ravel(),
+        weights=(weight * ratio).ravel(),
+        minlength=len(pending) * n_bins,
+    ).reshape(len(pending), n_bins)
+    listed = np.split(rows, np.cumsum(counts)[:-1])
+    return sums.astype(np.float64, copy=False), [x.ravel() for x in listed]
+
+
+def _score_many(
+    signals: Sequence[UserSignals], models: Models, k: int, filters: Filters, w: Weights
+) -> list[_Scored | None]:
+    """:func:`_score_user` of each user. What is a gather, an element-wise operation or
+    a ``np.bincount`` runs once for all the users (each element the same operation on
+    the same operands, each bin the same additions in the same order: the same floats):
+    the recent arrays, the filter masks, the content profiles, the co-visitation sums,
+    the candidate union and most components. Reductions and BLAS products stay per user
+    with :func:`rank`'s shapes (their summation order depends on the shape)."""
+    cat = models.catalogue
+    cat.ensure_fresh()
+    n = len(cat)
+    n_users = len(signals)
+    if n == 0 or k <= 0 or n_users == 0:
+        return [None] * n_users
+    consts = models.constants()
+    base = consts.base_mask(filters)
+    key: _FilterKey = (filters.in_stock_only, filters.allow_categories, filters.deny_categories)
+    drops = [_dropped_rows(sig, cat, filters) for sig in signals]
+    masks = np.repeat(base[None, :], n_users, axis=0)  # each user's mask: a row
+    n_drop = [len(d) for d in drops]
+    if any(n_drop):
+        at = np.repeat(np.arange(n_users), n_drop)
+        masks[at, np.fromiter(chain.from_iterable(drops), np.int64, len(at))] = False
+    emb = models.aligned_embeddings()
+    recs, n_known = _recent_many(signals, cat)
+    profiles = _profiles(cat, consts, recs, n_known)
+    # the embedding neighbours of every user's seeds in one block (one fill per batch)
+    user_vecs = [_user_vectors(emb, rec) for rec in recs]
+    sources = [_sources(rec) if rec.any_known else [] for rec in recs]
+    seeds = [
+        _seed_rows(rec, src) if vecs is not None else []
+        for rec, src, vecs in zip(recs, sources, user_vecs, strict=True)
+    ]
+    n_seeds = [len(x) for x in seeds]
+    block = models.neighbour_block(list(chain.from_iterable(seeds))) if any(n_seeds) else None
+    seed_at = 0
+    pending: list[_Pending] = []
+    for u, sig in enumerate(signals):
+        mask, dropped, rec = masks[u], n_drop[u], recs[u]
+        seg = tuple(s for s in sig.segments if s in models.trending.segments)
+        trend = models.trend_shares(seg)
+        aff = _category_affinity(sig, cat, rec)
+        codes = np.flatnonzero(aff > 0).tolist()
+        cand: list[I64] = [_head(trend.allowed_order(key, base), mask, N_TREND, dropped)]
+        got = _category_candidates(trend, cat, aff, codes, (key, base, mask, dropped))
+        if got is not None:
+            cand.append(got)
+        if user_vecs[u] is not None and block is not None:
+            cand.append(block[seed_at : seed_at + n_seeds[u]].ravel())
+            seed_at += n_seeds[u]
+        profile = profiles[u]
+        if profile is not None:
+            got = _cold_candidates(consts, profile, codes, mask)
+            if got is not None:
+                cand.append(got)
+        pending.append(_Pending(cand, aff, trend, user_vecs[u], rec, sources[u], sig.now_ms))
+    width = n + 1
+    covisit = _covisit_many(models, pending, width)
+    if covisit is not None:
+        for p, listed in zip(pending, covisit[1], strict=True):
+            if p.sources:
+                p.cand.append(listed)
+    return _components_many(
         cat,
-        rows_c,
-        comps,
-        wts,
-        trend_reason=trend.reason,
+        pending,
+        masks,
+        (emb, covisit[0] if covisit is not None else None, profiles, consts.sparse()),
         k=k,
-        mmr_lambda=w.mmr_lambda,
+        w=w,
     )
+
+
+def _content_many(
+    profiles: list[F32 | None],
+    user_of: I64,
+    rows: I64,
+    sparse: tuple[npt.NDArray[np.int32], F32],
+) -> tuple[npt.NDArray[np.bool_], F32] | None:
+    """The content component of the candidates ``rows`` (of the users ``user_of``) whose
+    user has a profile: which ones, and the values (:func:`_components`' row sums, one
+    row per candidate of the same width: the same floats)."""
+    with_profile = [u for u, p in enumerate(profiles) if p is not None]
+    if not with_profile:
+        return None
+    idx, val = sparse
+    has = np.zeros(len(profiles), np.bool_)
+    has[with_profile] = True
+    units = np.zeros((len(profiles), len(cast(F32, profiles[with_profile[0]]))), np.float32)
+    units[with_profile] = [profiles[u] for u in with_profile]
+    sel = has[user_of]
+    r, uo = rows[sel], user_of[sel]
+    gathered = units.ravel()[(uo * units.shape[1])[:, None] + idx[r]]
+    values: F32 = np.maximum((gathered * val[r]).sum(axis=1), 0.0)
+    return sel, values
+
+
+def _trend_columns(pending: Sequence[_Pending], user_of: I64, rows: I64, n: int) -> tuple[F64, F64]:
+    """Each candidate's share within its category and its trending share, from its
+    user's trending shares (the arrays of the batch's distinct segment combinations one
+    after the other: one gather)."""
+    distinct = {id(p.trend): p.trend for p in pending}
+    if len(distinct) == 1:
+        t = pending[0].trend
+        return t.in_cat[rows], t.share[rows]
+    tids = {t: i * n for i, t in enumerate(distinct)}
+    at = np.asarray([tids[id(p.trend)] for p in pending])[user_of] + rows
+    in_cat = np.concatenate([t.in_cat for t in distinct.values()])[at]
+    share = np.concatenate([t.share for t in distinct.values()])[at]
+    return in_cat, share
+
+
+def _components_many(
+    cat: Catalogue,
+    pending: Sequence[_Pending],
+    masks: npt.NDArray[np.bool_],
+    inputs: tuple[F32 | None, F64 | None, list[F32 | None], tuple[npt.NDArray[np.int32], F32]],
+    *,
+    k: int,
+    w: Weights,
+) -> list[_Scored | None]:
+    """The candidates of each user (its union, masked, in row order: one 2-d flag
+    array), their components (:func:`_components`: each user's a contiguous block of one
+    buffer, laid out as there) and the scored users (:func:`_scored`). ``inputs``: the
+    aligned embeddings, the co-visitation sums (a row per user), the content profiles
+    and the sparse content vectors."""
+    emb, sums_of, profiles, (idx, val) = inputs
+    n_users, width = masks.shape
+    flags = np.zeros((n_users, width), np.bool_)
+    sizes = [sum(len(c) for c in p.cand) for p in pending]
+    cand = np.concatenate([c for p in pending for c in p.cand])
+    # (flat indices: a 1-d scatter or gather costs a fraction of a 2-d one)
+    flags.ravel()[np.repeat(np.arange(n_users) * width, sizes) + cand] = True
+    flags &= masks
+    user_of, rows = np.divmod(np.flatnonzero(flags), width)
+    counts = np.bincount(user_of, minlength=n_users)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    # component c of flat candidate f (user u, the o-th of its m) is buf[6 lo + c m + o]
+    n_comp = len(_COMPONENTS)
+    buf = np.zeros(n_comp * len(rows))
+    lo = starts[user_of]
+    step = counts[user_of]
+    pos = n_comp * lo + (np.arange(len(rows)) - lo)
+    if sums_of is not None:
+        at = user_of * (2 * width) + rows
+        flat_sums = sums_of.ravel()
+        buf[pos + step] = flat_sums[at]
+        buf[pos + 2 * step] = flat_sums[at + width]
+    in_cat, share = _trend_columns(pending, user_of, rows, width - 1)
+    affs = np.concatenate([p.aff for p in pending])
+    n_codes = len(pending[0].aff)
+    buf[pos + 3 * step] = affs[user_of * n_codes + cat.codes[rows]] * in_cat
+    buf[pos + 4 * step] = share
+    content = _content_many(profiles, user_of, rows, (idx, val))
+    if content is not None:
+        sel, values = content
+        buf[(pos + 5 * step)[sel]] = values
+
+    out: list[_Scored | None] = []
+    fallback = dict.fromkeys(_COMPONENTS, 0.0) | dict(FALLBACK_WEIGHTS)
+    weighted = {name: float(getattr(w, name)) for name in _COMPONENTS}
+    for u, p in enumerate(pending):
+        m = int(counts[u])
+        if m == 0:
+            out.append(None)
+            continue
+        first = int(starts[u])
+        rows_c = rows[first : first + m]
+        comps = buf[n_comp * first : n_comp * (first + m)].reshape(n_comp, m)
+        if p.user_vecs is not None and emb is not None:
+            unit, shares = p.user_vecs
+            comps[0] = np.maximum(emb[rows_c] @ unit, 0.0) @ shares
+        wts = weighted if p.rec.any_known else fallback
+        out.append(_scored(cat, rows_c, comps, wts, trend_reason=p.trend.reason, k=k))
+    return out
+
+
+def _mmr_many(users: Sequence[_Scored], k: int, lam: float) -> list[list[int]]:
+    """:func:`_mmr` of each user's pool (``lam`` < 1, at least two picks each), all users
+    in one loop over picks: the pools padded to the largest (relevance ``-inf``,
+    similarity 0), so that a pick is one ``argmax`` along the rows and one row-wise
+    minimum for all the users. Each user's values are the very floats of :func:`_mmr`
+    (the same element-wise operations; the similarities one product per user, with
+    :func:`_mmr`'s shapes, so BLAS sums them in the same order), so are the picks; a
+    user with fewer picks than the largest ignores the extra rounds."""
+    n_users = len(users)
+    sizes = [len(u.pool_score) for u in users]
+    width = max(sizes)
+    ks = [min(k, m) for m in sizes]
+    k_max = max(ks)
+    scores = np.zeros((n_users, width))
+    sims = np.zeros((n_users, width, width), np.float32)
+    for i, u in enumerate(users):
+        m = sizes[i]
+        scores[i, :m] = u.pool_score
+        v = u.pool_vectors
+        sims[i, :m, :m] = v @ v.T
+    np.maximum(sims, 0.0, out=sims)
+    best = scores.max(axis=1)  # the scores are >= 0: the padding changes no maximum
+    rel = lam * np.divide(scores, best[:, None], out=np.zeros_like(scores), where=best[:, None] > 0)
+    rel[np.arange(width)[None, :] >= np.asarray(sizes)[:, None]] = -np.inf
+    after = rel[:, None, :] - (1.0 - lam) * sims
+    value = rel
+    at = np.arange(n_users)
+    picked = np.empty((n_users, k_max), np.int64)
+    minimum, neg_inf = np.minimum, -np.inf
+    for t in range(k_max - 1):
+        j = value.argmax(axis=1)
+        picked[:, t] = j
+        minimum(value, after[at, j], out=value)
+        value[at, j] = neg_inf
+    picked[:, k_max - 1] = value.argmax(axis=1)
+    rows = picked.tolist()
+    return [rows[i][: ks[i]] for i in range(n_users)]
 
 
 def _covisit_scores(parts: Sequence[tuple[I64, F64, float]], n: int) -> tuple[F64, I64]:

@@ -15,7 +15,9 @@ are :mod:`attune.operators.models`.
   ``high_propensity`` trigger candidate for the trigger stage when the tier first turns
   high in a session) and, after a product view, cart change or purchase, the user's
   recommendations (:func:`recommend`); before a batch, a list the gap held back if the
-  user was idle a minute of event time (:func:`held_list`).
+  user was idle a minute of event time (:func:`held_list`). A list is emitted as a
+  :class:`~attune.operators.models.RecsRequest`, ranked after the step with the batch's
+  other lists (:func:`~attune.operators.models.resolve_recs`).
 
 Without a :class:`~attune.operators.models.ModelReader` (``cfg.models`` is ``None``) the
 stage does nothing.
@@ -28,10 +30,9 @@ from collections.abc import Sequence
 from attune.operators.consent import ANALYTICS
 from attune.operators.events import Event, Trigger
 from attune.operators.membership import audiences
-from attune.operators.models import RECS_MAX_AGE_MS, SessionSummary
+from attune.operators.models import RECS_MAX_AGE_MS, RecsRequest, SessionSummary
 from attune.operators.profiles import FeatureView, cart_of, compute
 from attune.operators.propensity import HIGH, is_outcome_boundary
-from attune.operators.redis_sink import RecsWrite
 from attune.operators.sessions import in_current_session
 from attune.operators.triggers import trigger_id
 from attune.operators.user_config import ProfileConfig
@@ -100,14 +101,17 @@ def score(st: UserState, cfg: ProfileConfig, features: FeatureView | None = None
     return []
 
 
-def recommend(st: UserState, cfg: ProfileConfig, *, flush: bool = False) -> list[RecsWrite]:
+def recommend(st: UserState, cfg: ProfileConfig, *, flush: bool = False) -> list[RecsRequest]:
     """Once per batch: the user's recommendations, if the batch had a product view, cart
     change or purchase, and either the batch changed the cart or bought, or what they
     are computed from changed since the last ones
     (:meth:`~attune.operators.models.ModelReader.recs_key`: the snapshot, the items
     seeding the candidates, cart, purchases, top categories, segments) or they are
     older than :data:`~attune.operators.models.RECS_MAX_AGE_MS` of event time. When
-    nothing is recomputed nothing is written: the stored list stands.
+    nothing is recomputed nothing is written: the stored list stands. The list is a
+    :class:`~attune.operators.models.RecsRequest` on the snapshot read now, ranked after
+    the step (the state keeps only ``recs_key`` / ``recs_at``: nothing pending is in a
+    recovery snapshot).
 
     Not within ``cfg.recs.min_gap_ms`` of event time of the user's last list, unless the
     cart changed or they bought: the list then stays due, for the next batch after the
@@ -137,7 +141,7 @@ def recommend(st: UserState, cfg: ProfileConfig, *, flush: bool = False) -> list
     if not m.recs_cart and key == m.recs_key and 0 <= now - m.recs_at < RECS_MAX_AGE_MS:
         return []  # nothing the list is computed from changed: the stored one stands
     m.recs_key, m.recs_at, m.recs_cart = key, now, False
-    return [RecsWrite(st.user_id, reader.recommend(signals, cfg.recs, cfg.clock.now_ms()))]
+    return [reader.request(signals, cfg.recs, cfg.clock.now_ms())]
 
 
 #: A list held back by the gap goes out before a batch of the user whose first event comes
@@ -150,7 +154,7 @@ def recommend(st: UserState, cfg: ProfileConfig, *, flush: bool = False) -> list
 RECS_IDLE_MS = 60_000
 
 
-def held_list(st: UserState, items: Sequence[object], cfg: ProfileConfig) -> list[RecsWrite]:
+def held_list(st: UserState, items: Sequence[object], cfg: ProfileConfig) -> list[RecsRequest]:
     """Before a batch (``items``, not yet applied): the list held back by the gap, if the
     batch's first event comes :data:`RECS_IDLE_MS` or more after the user's latest event
     (with no gap nothing is ever held back: nothing to do)."""
@@ -177,12 +181,12 @@ def high_propensity(st: UserState, score: float, cfg: ProfileConfig) -> Trigger:
     )
 
 
-def end_of_input(st: UserState, cfg: ProfileConfig) -> list[SessionSummary | RecsWrite]:
+def end_of_input(st: UserState, cfg: ProfileConfig) -> list[SessionSummary | RecsRequest]:
     """End of a bounded input: a list still due is ranked, and the open session is
     summarised (it will not be continued), once."""
     if not st.activity.events or cfg.models is None:
         return []
-    out: list[SessionSummary | RecsWrite] = [*recommend(st, cfg, flush=True)]
+    out: list[SessionSummary | RecsRequest] = [*recommend(st, cfg, flush=True)]
     out += close_session(st, cfg)
     st.models.summarised_start = st.activity.session_start_ms
     return out

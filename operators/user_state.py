@@ -41,7 +41,7 @@ from attune.operators.consent import ConsentState
 from attune.operators.events import ErasureConfirmation, SegmentChange, Trigger
 from attune.operators.identity import HandoverWait
 from attune.operators.membership import Membership
-from attune.operators.models import SessionSummary, UserModels
+from attune.operators.models import RecsRequest, SessionSummary, UserModels
 from attune.operators.redis_sink import (
     AliasWrite,
     ForgetUser,
@@ -65,6 +65,7 @@ Output = (
     | ClusterVector
     | SessionSummary
     | RecsWrite
+    | RecsRequest  # ranked after the step, per batch (models.resolve_recs)
     | Trigger
     | ErasureConfirmation
 )

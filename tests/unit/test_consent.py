@@ -49,7 +49,13 @@ from attune.operators.identity import (
     identity_input,
     identity_step,
 )
-from attune.operators.models import LocalModelBoard, ModelReader, ModelSnapshot, catalogue_of
+from attune.operators.models import (
+    LocalModelBoard,
+    ModelReader,
+    ModelSnapshot,
+    catalogue_of,
+    resolve_recs,
+)
 from attune.operators.redis_keys import RedisKeys
 from attune.operators.redis_sink import (
     AliasWrite,
@@ -132,7 +138,9 @@ def batch(lg: UserLogic, *events: Event, key: str | None = None) -> list[Any]:
 
 
 def of(out: list[Any], cls: type) -> list[Any]:
-    return [o for o in out if isinstance(o, cls)]
+    """The outputs of type ``cls``, the recommendation requests ranked first as the flow
+    ranks them after the step."""
+    return [o for o in resolve_recs(out) if isinstance(o, cls)]
 
 
 GRANT = ConsentUpdate(True, True, True)

@@ -51,6 +51,7 @@ from attune.operators.models import (
     SessionTouch,
     UserModels,
     catalogue_of,
+    resolve_recs,
 )
 from attune.operators.propensity import FEATURES as PROPENSITY_FEATURES
 from attune.operators.ranking import MAX_RECENT, REASONS
@@ -116,8 +117,10 @@ def config(board: LocalModelBoard | None = None, **kw: Any) -> ProfileConfig:
 
 
 def run(logic: UserLogic, events: list[Event]) -> list[Any]:
+    """One batch of the step, its recommendation requests ranked as the flow ranks them
+    after the step (:func:`resolve_recs`)."""
     out, _ = logic.on_batch([("u1", e) for e in events])
-    return list(out)
+    return resolve_recs(list(out))
 
 
 # --- per-user state ---------------------------------------------------------------------------
@@ -237,12 +240,12 @@ def test_a_list_at_most_once_per_gap_and_what_changed_meanwhile_later() -> None:
     assert lists(run(logic, [view(T0 + 40_000, 3)])) == []
     wall.advance(int(IDLE_FREEZE.total_seconds() * 1000))
     out, _ = logic.on_notify()
-    assert len(lists(list(out))) == 1
+    assert len(lists(resolve_recs(list(out)))) == 1
     # held back at the end of a bounded input: sent then
     assert lists(run(logic, [view(T0 + 50_000, 4)])) == []  # 10 s after the idle one
     assert lists(run(logic, [view(T0 + 60_000, 5)])) == []
     out, _ = logic.on_eof()
-    assert len(lists(list(out))) == 1
+    assert len(lists(resolve_recs(list(out)))) == 1
 
 
 def test_a_held_list_is_the_same_whether_the_idle_timer_sent_it_or_the_next_batch() -> None:
@@ -261,9 +264,9 @@ def test_a_held_list_is_the_same_whether_the_idle_timer_sent_it_or_the_next_batc
         out += run(logic, [view(T0 + 10_000, 1)])  # held back by the gap
         if idle_timer_fires:
             wall.advance(int(IDLE_FREEZE.total_seconds() * 1000))
-            out += list(logic.on_notify()[0])
+            out += resolve_recs(list(logic.on_notify()[0]))
         out += run(logic, [view(T0 + 10_000 + scoring.RECS_IDLE_MS, 2)])
-        out += list(logic.on_eof()[0])
+        out += resolve_recs(list(logic.on_eof()[0]))
         return [
             tuple(r.item for r in parse_recs(o.value).items)
             for o in out

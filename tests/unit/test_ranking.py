@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ from attune.operators.ranking import (
     _covisit_scores,
     _mmr,
     rank,
+    rank_many,
     recs_value,
     source_of,
 )
@@ -300,6 +302,56 @@ def test_cached_ranking_equals_a_fresh_models_every_time() -> None:
         if step == 100:  # a new item: the catalogue refreshes, and its version changes
             cat.update(ItemUpdate("i200", "t", ("a", "x"), 500, "EUR", True, 0, 0))
     assert warm.constants().trend_version == trending.version
+
+
+@pytest.mark.parametrize(
+    ("filters", "k", "weights"),
+    [
+        (Filters(), 8, None),
+        (Filters(deny_categories=("b",), exclude=frozenset({"i3", "i5"})), 5, None),
+        (Filters(allow_categories=("a/x", "c"), in_stock_only=False, exclude_seen=False), 1, None),
+        (Filters(), 12, Weights(mmr_lambda=1.0)),
+        (Filters(), 30, Weights(mmr_lambda=0.3, content=0.0)),
+    ],
+)
+def test_rank_many_gives_ranks_lists_exactly(
+    filters: Filters, k: int, weights: Weights | None
+) -> None:
+    """Users of all kinds ranked together (no recent item, unknown items only, carts and
+    purchases, segments with and without trending, many and few candidates) get exactly
+    rank's lists, scores and reasons included, whatever their order and batch size; the
+    embedding neighbours of a batch are filled together, rank's one call at a time."""
+    cat, covisit, trending, emb = _world(7)
+    rng = np.random.default_rng(8)
+    users = [_signals(rng) for _ in range(70)]
+    users[3] = replace(users[3], recent=(Interaction("nope", NOW - 5),))  # unknown only
+    users[4] = replace(users[4], in_cart=frozenset({"i2", "i4"}), purchased=frozenset({"i6"}))
+    one = Models(cat, covisit, trending, emb)
+    expected = [rank(u, one, k, filters, weights) for u in users]
+    assert sum(bool(e) for e in expected) > 60
+    for size in (1, 3, 7, 70):
+        many = Models(cat, covisit, trending, emb)
+        got = []
+        for at in range(0, len(users), size):
+            got += rank_many(users[at : at + size], many, k, filters, weights)
+        assert got == expected, size
+    assert rank_many([], one, k) == []
+    assert rank_many(users[:3], Models(Catalogue()), k) == [[], [], []]
+
+
+def test_rank_many_with_live_learner_states_ranks_each_user_at_its_time() -> None:
+    """With live co-visitation states (the evaluator's models) the lists decay with each
+    user's time: rank_many reads them per user, as rank does."""
+    cat, _, trending, emb = _world(9)
+    covisit = CovisitIndex()
+    rng = np.random.default_rng(10)
+    for i in range(40):
+        state = covisit.states.setdefault(f"i{i}", ItemNeighbours(f"i{i}"))
+        for j in rng.integers(120, size=8):
+            state.update(f"i{int(j)}", VIEWED if j % 2 else BOUGHT, NOW - int(rng.integers(10**8)))
+    users = [replace(_signals(rng), now_ms=NOW + int(rng.integers(10**8))) for _ in range(30)]
+    models = Models(cat, covisit, trending, emb)
+    assert rank_many(users, models, 6) == [rank(u, models, 6) for u in users]
 
 
 def test_covisit_rows_match_the_neighbour_lists() -> None:
