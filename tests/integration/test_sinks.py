@@ -28,6 +28,7 @@ from bytewax.testing import TestingSource, run_main
 from kafka import KafkaConsumer
 
 from attune.clients.recommendations import RecommendationClient, parse_profile, parse_recs
+from attune.flows import topics
 from attune.operators import recs_encoding
 from attune.operators.codec import Codec
 from attune.operators.events import SegmentChange
@@ -557,20 +558,13 @@ def test_an_epoch_whose_messages_failed_is_not_committed_and_is_replayed(
         run_flow(outs, CheckedKafkaSink(kafka_bootstrap, config=config), 10, recovery=recovery)
     assert isinstance(raised.value.__cause__, DeliveryError)
 
-    create_topic(kafka_bootstrap, late_topic)
+    topics.ensure_topics(kafka_bootstrap, [late_topic], 1)
     run_flow(outs, CheckedKafkaSink(kafka_bootstrap, config=config), 10, recovery=recovery)
 
     late = read_back(kafka_bootstrap, late_topic, 30)
     assert Counter(late) == Counter((o.key, o.value) for o in outs[30:])  # none lost
     ok = read_back(kafka_bootstrap, ok_topic, 30)
     assert set(ok) == {(o.key, o.value) for o in outs[:30]}  # at least once
-
-
-def create_topic(bootstrap: str, name: str) -> None:
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(name, 1, 1)])[name].result(timeout=30)
 
 
 # --- Kafka sink without a broker: configuration and local failures ----------------------------
