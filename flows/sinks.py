@@ -112,9 +112,11 @@ class EncodingKafkaSink(FixedPartitionedSink[KafkaOut, None]):
         self.topic = topic
         self.codec = codec
 
-    def encode(self, item: Any) -> tuple[str, KafkaOut]:
-        """``item`` encoded for its topic, with the key Bytewax routes it by."""
-        return keyed(to_kafka(item, self.codec, self.topic(item)))
+    def encode(self, items: list[Any]) -> list[tuple[str, KafkaOut]]:
+        """``items`` encoded for their topics, each with the key Bytewax routes it by (a
+        batch at a time: one Python call per batch, not per output)."""
+        codec, topic = self.codec, self.topic
+        return [keyed(to_kafka(item, codec, topic(item))) for item in items]
 
     def list_parts(self) -> list[str]:
         return self.inner.list_parts()
@@ -132,5 +134,5 @@ def output(step_id: str, up: Stream[Any], sink: Sink[Any]) -> None:
     """``op.output``, with the outputs encoded and keyed first for an :class:`EncodingKafkaSink`
     (any other sink, e.g. a test's ``TestingSink``, takes the stream as it is)."""
     if isinstance(sink, EncodingKafkaSink):
-        up = op.map(f"{step_id}_encode", up, sink.encode)
+        up = op.flat_map_batch(f"{step_id}_encode", up, sink.encode)
     op.output(step_id, up, sink)

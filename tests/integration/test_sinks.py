@@ -481,6 +481,33 @@ def part_of(sink: CheckedKafkaSink) -> Any:
 
 
 @pytest.mark.integration
+def test_the_flow_s_kafka_outputs_are_encoded_keyed_and_delivered(
+    kafka_bootstrap: str, fresh_topic: Callable[..., str]
+) -> None:
+    """The wiring build_flow uses (flows/sinks.output): typed outputs encoded and keyed in
+    one batch step in front of the partitioned sink, every one delivered once."""
+    from attune.flows.settings import Settings
+    from attune.flows.sinks import EncodingKafkaSink, output
+
+    topic = fresh_topic(partitions=2)
+    codec = Codec()
+    sink = EncodingKafkaSink(Settings(kafka_bootstrap=kafka_bootstrap), lambda change: topic, codec)
+    changes = [
+        SegmentChange(f"user-{i % 13}", "vip", "ENTERED", "RULE", 1_700_000_000_000 + i, 0)
+        for i in range(300)
+    ]
+    flow = Dataflow("encoding_sink_test")
+    output("out", op.input("in", flow, TestingSource(changes, batch_size=64)), sink)
+    run_main(flow, epoch_interval=timedelta(0))
+
+    got = read_back(kafka_bootstrap, topic, len(changes))
+    decoded = [(key, codec.decode_segment_change(value)) for key, value in got]
+    assert all(isinstance(c, SegmentChange) and key == c.user_id.encode() for key, c in decoded)
+    times = sorted(c.event_time for _, c in decoded if isinstance(c, SegmentChange))
+    assert times == [c.event_time for c in changes]
+
+
+@pytest.mark.integration
 def test_missing_topic_raises_delivery_error_at_the_end_of_the_epoch(kafka_bootstrap: str) -> None:
     missing = f"test.missing.{uuid.uuid4().hex[:12]}"  # the broker does not auto-create topics
     sink = CheckedKafkaSink(kafka_bootstrap, config={"message.timeout.ms": 3000})
