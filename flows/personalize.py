@@ -44,6 +44,7 @@ from attune.flows import tune_gc
 from attune.flows.embedded import LocalStore
 from attune.flows.settings import Settings
 from attune.flows.sinks import Sinks, clusters_key, models_key, server_sinks
+from attune.flows.sinks import output as sinks_output
 from attune.operators.clustering import (
     ClusterLearnerLogic,
     ClusterVector,
@@ -320,13 +321,13 @@ def build_flow(
     )
     redis_ops = op.merge("all_redis_ops", redis_or_not.trues, params_write, model_writes)
     op.output("redis", redis_ops, sinks.redis)
-    op.output("segments_out", segment_changes, sinks.segments)
+    sinks_output("segments_out", segment_changes, sinks.segments)
     triggers = op.filter_map("triggers", redis_or_not.falses, _trigger_or_none)
-    op.output("triggers_out", triggers, sinks.triggers)
-    op.output("dead_letters_out", dead, sinks.dead_letters)
+    sinks_output("triggers_out", triggers, sinks.triggers)
+    sinks_output("dead_letters_out", dead, sinks.dead_letters)
     erasures = op.filter_map("erasures", redis_or_not.falses, _erasure_or_none)
     if sinks.erasures is not None:
-        op.output("erasures_out", erasures, sinks.erasures)
+        sinks_output("erasures_out", erasures, sinks.erasures)
     else:
         log.warning("no sink for erasure confirmations: they are not published")
     return flow

@@ -20,13 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
+import bytewax.operators as op
+from bytewax.dataflow import Stream
+from bytewax.outputs import FixedPartitionedSink, Sink, StatefulSinkPartition
 
 from attune.flows.settings import Settings
 from attune.operators.clustering import ParamsBoard, RedisBoard
 from attune.operators.codec import Codec
 from attune.operators.events import Trigger
-from attune.operators.kafka_sink import CheckedKafkaSink, KafkaOut, to_kafka
+from attune.operators.kafka_sink import CheckedKafkaSink, KafkaOut, keyed, to_kafka
 from attune.operators.models import ModelBoard, RedisModelBoard
 from attune.operators.redis_keys import RedisKeys
 from attune.operators.redis_sink import RedisConfig, RedisSink
@@ -96,33 +98,41 @@ class _TriggerTopic:
         return f"{self.prefix}{out.kind}"
 
 
-class EncodingKafkaSink(DynamicSink[Any]):
+class EncodingKafkaSink(FixedPartitionedSink[KafkaOut, None]):
     """Typed outputs (segment changes, dead letters, triggers) encoded for their topic, then
-    delivered through a :class:`CheckedKafkaSink` (every delivery checked)."""
+    delivered through a :class:`CheckedKafkaSink` (every epoch's messages confirmed before
+    Bytewax commits it).
+
+    A partitioned sink writes a keyed stream: :func:`output` puts :meth:`encode` in front
+    of it, which encodes and keys each output in one step.
+    """
 
     def __init__(self, settings: Settings, topic: Callable[[Any], str], codec: Codec) -> None:
         self.inner = CheckedKafkaSink(settings.kafka_bootstrap, security=client_options(settings))
         self.topic = topic
         self.codec = codec
 
-    def build(
-        self, step_id: str, worker_index: int, worker_count: int
-    ) -> StatelessSinkPartition[Any]:
-        return _EncodingPartition(
-            self.inner.build(step_id, worker_index, worker_count), self.codec, self.topic
-        )
+    def encode(self, items: list[Any]) -> list[tuple[str, KafkaOut]]:
+        """``items`` encoded for their topics, each with the key Bytewax routes it by (a
+        batch at a time: one Python call per batch, not per output)."""
+        codec, topic = self.codec, self.topic
+        return [keyed(to_kafka(item, codec, topic(item))) for item in items]
+
+    def list_parts(self) -> list[str]:
+        return self.inner.list_parts()
+
+    def part_fn(self, item_key: str) -> int:
+        return self.inner.part_fn(item_key)
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: None
+    ) -> StatefulSinkPartition[KafkaOut, None]:
+        return self.inner.build_part(step_id, for_part, resume_state)
 
 
-class _EncodingPartition(StatelessSinkPartition[Any]):
-    def __init__(
-        self, inner: StatelessSinkPartition[KafkaOut], codec: Codec, topic: Callable[[Any], str]
-    ) -> None:
-        self.inner = inner
-        self.codec = codec
-        self.topic = topic
-
-    def write_batch(self, items: list[Any]) -> None:
-        self.inner.write_batch([to_kafka(item, self.codec, self.topic(item)) for item in items])
-
-    def close(self) -> None:
-        self.inner.close()
+def output(step_id: str, up: Stream[Any], sink: Sink[Any]) -> None:
+    """``op.output``, with the outputs encoded and keyed first for an :class:`EncodingKafkaSink`
+    (any other sink, e.g. a test's ``TestingSink``, takes the stream as it is)."""
+    if isinstance(sink, EncodingKafkaSink):
+        up = op.flat_map_batch(f"{step_id}_encode", up, sink.encode)
+    op.output(step_id, up, sink)

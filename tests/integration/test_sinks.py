@@ -14,22 +14,33 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
 import pytest
 import redis
 from bytewax.dataflow import Dataflow
-from bytewax.outputs import DynamicSink
+from bytewax.outputs import FixedPartitionedSink, Sink
+from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSource, run_main
 from kafka import KafkaConsumer
 
 from attune.clients.recommendations import RecommendationClient, parse_profile, parse_recs
+from attune.flows import topics
 from attune.operators import recs_encoding
 from attune.operators.codec import Codec
 from attune.operators.events import SegmentChange
 from attune.operators.features import PROFILE_FIELDS
-from attune.operators.kafka_sink import CheckedKafkaSink, DeliveryError, KafkaOut, to_kafka
+from attune.operators.kafka_sink import (
+    SINK_PARTS,
+    CheckedKafkaSink,
+    DeliveryError,
+    KafkaOut,
+    keyed,
+    to_kafka,
+)
 from attune.operators.recs_encoding import encode, encode_compact
 from attune.operators.redis_keys import RedisKeys, chunks, joined, segment_names
 from attune.operators.redis_sink import (
@@ -64,11 +75,21 @@ def alias_of(client: redis.Redis, anonymous_id: str) -> bytes | None:
 WAIT_S = 30.0
 
 
-def run_flow(items: Iterable[Any], sink: DynamicSink[Any], batch_size: int = 50) -> None:
+def run_flow(
+    items: Iterable[Any],
+    sink: Sink[Any],
+    batch_size: int = 50,
+    *,
+    recovery: RecoveryConfig | None = None,
+) -> None:
+    """``items`` through ``sink`` in a dataflow (keyed first for the partitioned Kafka sink),
+    one epoch per batch."""
     flow = Dataflow("sink_test")
     stream = op.input("in", flow, TestingSource(list(items), batch_size=batch_size))
+    if isinstance(sink, FixedPartitionedSink):
+        stream = op.map("key", stream, keyed)
     op.output("out", stream, sink)
-    run_main(flow)
+    run_main(flow, epoch_interval=timedelta(0), recovery_config=recovery)
 
 
 def profile(user: str, events: int, device: str | None = "mobile") -> ProfileWrite:
@@ -454,19 +475,57 @@ def test_dataflow_delivers_every_message_exactly(
     assert sorted(decoded, key=lambda c: getattr(c, "event_time", 0)) == changes
 
 
+def part_of(sink: CheckedKafkaSink) -> Any:
+    """One partition of ``sink``, as Bytewax builds it (no resume state: there is none)."""
+    return sink.build_part("kafka", "00", None)
+
+
 @pytest.mark.integration
-def test_missing_topic_raises_delivery_error_with_count_and_reason(kafka_bootstrap: str) -> None:
+def test_the_flow_s_kafka_outputs_are_encoded_keyed_and_delivered(
+    kafka_bootstrap: str, fresh_topic: Callable[..., str]
+) -> None:
+    """The wiring build_flow uses (flows/sinks.output): typed outputs encoded and keyed in
+    one batch step in front of the partitioned sink, every one delivered once."""
+    from attune.flows.settings import Settings
+    from attune.flows.sinks import EncodingKafkaSink, output
+
+    topic = fresh_topic(partitions=2)
+    codec = Codec()
+    sink = EncodingKafkaSink(Settings(kafka_bootstrap=kafka_bootstrap), lambda change: topic, codec)
+    changes = [
+        SegmentChange(f"user-{i % 13}", "vip", "ENTERED", "RULE", 1_700_000_000_000 + i, 0)
+        for i in range(300)
+    ]
+    flow = Dataflow("encoding_sink_test")
+    output("out", op.input("in", flow, TestingSource(changes, batch_size=64)), sink)
+    run_main(flow, epoch_interval=timedelta(0))
+
+    got = read_back(kafka_bootstrap, topic, len(changes))
+    decoded = [(key, codec.decode_segment_change(value)) for key, value in got]
+    assert all(isinstance(c, SegmentChange) and key == c.user_id.encode() for key, c in decoded)
+    times = sorted(c.event_time for _, c in decoded if isinstance(c, SegmentChange))
+    assert times == [c.event_time for c in changes]
+
+
+@pytest.mark.integration
+def test_missing_topic_raises_delivery_error_at_the_end_of_the_epoch(kafka_bootstrap: str) -> None:
     missing = f"test.missing.{uuid.uuid4().hex[:12]}"  # the broker does not auto-create topics
     sink = CheckedKafkaSink(kafka_bootstrap, config={"message.timeout.ms": 3000})
-    part = sink.build("kafka", 0, 1)
+    part = part_of(sink)
     started = time.monotonic()
+    # Producing does not wait for the broker: the batch returns at once...
+    part.write_batch([KafkaOut(missing, b"u1", b"v%d" % i) for i in range(5)])
+    assert time.monotonic() - started < 2.0
+    # ... and the end of the epoch (before Bytewax commits it) confirms or raises.
     with pytest.raises(DeliveryError) as raised:
-        part.write_batch([KafkaOut(missing, b"u1", b"v%d" % i) for i in range(5)])
+        part.snapshot()
     message = str(raised.value)
-    assert "batch of 5 messages: 5 failed" in message
+    assert "5 messages produced since the last check: 5 failed" in message
     assert missing in message
     assert "Unknown topic or partition" in message, message
+    assert "before the epoch is committed" in message
     assert time.monotonic() - started < WAIT_S
+    part.close()  # after the error: no second wait
 
 
 @pytest.mark.integration
@@ -477,15 +536,18 @@ def test_too_large_message_raises_delivery_error(
     big = KafkaOut(topic, b"u1", b"x" * 2_000_000)
     small = [KafkaOut(topic, b"u1", b"small %d" % i) for i in range(3)]
 
-    # Refused by the producer itself (its message.max.bytes is 1 MB by default)...
-    part = CheckedKafkaSink(kafka_bootstrap).build("kafka", 0, 1)
+    # Refused by the producer itself (its message.max.bytes is 1 MB by default), so the
+    # batch raises at once...
+    part = part_of(CheckedKafkaSink(kafka_bootstrap))
     with pytest.raises(DeliveryError, match=f"1 failed .*too large.* on topic {topic}"):
         part.write_batch([small[0], big, small[1]])
-    # ... or, with a larger producer limit, by the broker (message.max.bytes ~1 MB).
+    # ... or, with a larger producer limit, by the broker (message.max.bytes ~1 MB): at the
+    # end of the epoch, or at the next batch if the report is in by then.
     lenient = CheckedKafkaSink(kafka_bootstrap, config={"message.max.bytes": 10_000_000})
-    part = lenient.build("kafka", 0, 1)
+    part = part_of(lenient)
     with pytest.raises(DeliveryError, match=f"1 failed .*too large.* on topic {topic}"):
         part.write_batch([big, small[2]])
+        part.snapshot()
 
     # The small ones went through.
     assert Counter(read_back(kafka_bootstrap, topic, 3)) == Counter((o.key, o.value) for o in small)
@@ -496,11 +558,40 @@ def test_delivery_failure_stops_the_dataflow(kafka_bootstrap: str) -> None:
     missing = f"test.missing.{uuid.uuid4().hex[:12]}"
     outs = [KafkaOut(missing, None, b"v%d" % i) for i in range(10)]
     sink = CheckedKafkaSink(kafka_bootstrap, config={"message.timeout.ms": 2000})
-    with pytest.raises(Exception, match="error writing output batch") as raised:
+    with pytest.raises(Exception, match="error snapshotting StatefulSink") as raised:
         run_flow(outs, sink, batch_size=10)
     cause = raised.value.__cause__
     assert isinstance(cause, DeliveryError)
-    assert "batch of 10 messages: 10 failed" in str(cause)
+    assert "10 messages produced since the last check: 10 failed" in str(cause)
+
+
+@pytest.mark.integration
+def test_an_epoch_whose_messages_failed_is_not_committed_and_is_replayed(
+    kafka_bootstrap: str, fresh_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """At least once across a failed delivery: the epoch that produced a message the
+    broker refused is not committed, so the restart from the recovery store produces it
+    again. Were an epoch committed before its messages were confirmed (a sink that
+    checked later, or never), the restart would resume after it and lose them."""
+    ok_topic = fresh_topic(partitions=1)
+    late_topic = f"test.late.{uuid.uuid4().hex[:12]}"  # created only before the restart
+    # 6 epochs of 10 (epoch interval 0: one batch each): 3 deliverable, then 3 that fail.
+    outs = [KafkaOut(ok_topic, b"u%d" % (i % 7), b"ok %d" % i) for i in range(30)]
+    outs += [KafkaOut(late_topic, b"u%d" % (i % 7), b"late %d" % i) for i in range(30)]
+    init_db_dir(tmp_path, 1)
+    recovery = RecoveryConfig(str(tmp_path), backup_interval=timedelta(0))
+    config = {"message.timeout.ms": 2000}
+    with pytest.raises(Exception, match="error snapshotting StatefulSink") as raised:
+        run_flow(outs, CheckedKafkaSink(kafka_bootstrap, config=config), 10, recovery=recovery)
+    assert isinstance(raised.value.__cause__, DeliveryError)
+
+    topics.ensure_topics(kafka_bootstrap, [late_topic], 1)
+    run_flow(outs, CheckedKafkaSink(kafka_bootstrap, config=config), 10, recovery=recovery)
+
+    late = read_back(kafka_bootstrap, late_topic, 30)
+    assert Counter(late) == Counter((o.key, o.value) for o in outs[30:])  # none lost
+    ok = read_back(kafka_bootstrap, ok_topic, 30)
+    assert set(ok) == {(o.key, o.value) for o in outs[:30]}  # at least once
 
 
 # --- Kafka sink without a broker: configuration and local failures ----------------------------
@@ -520,7 +611,7 @@ def test_security_options_are_translated_from_client_options() -> None:
         kafka_ssl_cafile="/etc/ca.pem",
     )
     sink = CheckedKafkaSink(NO_BROKER, security=client_options(settings))
-    config = sink.producer_config("out", 3)
+    config = sink.producer_config()
     assert {k: config[k] for k in sink.security} == {
         "security.protocol": "SASL_SSL",
         "sasl.mechanism": "SCRAM-SHA-256",
@@ -529,7 +620,7 @@ def test_security_options_are_translated_from_client_options() -> None:
         "ssl.ca.location": "/etc/ca.pem",
     }
     assert config["acks"] == "all" and config["enable.idempotence"] is True
-    assert config["client.id"] == "attune-out-3"
+    assert config["client.id"] == "attune-sinks"
     assert CheckedKafkaSink(NO_BROKER, security=client_options(Settings())).security == {}
 
 
@@ -558,23 +649,45 @@ def test_outputs_are_keyed_by_user_and_dead_letters_have_no_key() -> None:
 
 
 def test_message_larger_than_the_producer_accepts_fails_without_a_broker() -> None:
-    part = CheckedKafkaSink(NO_BROKER).build("kafka", 0, 1)
+    part = part_of(CheckedKafkaSink(NO_BROKER))
     with pytest.raises(DeliveryError, match=r"1 failed .*too large.* on topic t"):
         part.write_batch([KafkaOut("t", None, b"x" * 2_000_000)])
 
 
-def test_unconfirmed_messages_fail_the_batch_after_the_flush_bound() -> None:
-    part = CheckedKafkaSink(NO_BROKER, flush_timeout_s=0.5).build("kafka", 0, 1)
+def test_unconfirmed_messages_fail_the_epoch_after_the_flush_bound() -> None:
+    part = part_of(CheckedKafkaSink(NO_BROKER, flush_timeout_s=0.5))
     started = time.monotonic()
+    part.write_batch([KafkaOut("t", b"k", b"v")] * 3)  # queued, not waited for
     with pytest.raises(DeliveryError, match=r"3 still undelivered after waiting 0\.5s"):
-        part.write_batch([KafkaOut("t", b"k", b"v")] * 3)
+        part.snapshot()
     assert time.monotonic() - started < 5
+
+
+def test_partitions_share_one_producer_and_close_releases_it() -> None:
+    sink = CheckedKafkaSink(NO_BROKER, config={"client.id": "shared-test"})
+    first, second = part_of(sink), sink.build_part("kafka", "01", None)
+    assert first._producer is second._producer
+    other = part_of(CheckedKafkaSink(NO_BROKER, config={"client.id": "shared-test-2"}))
+    assert other._producer is not first._producer
+    for part in (first, second, other):
+        part.close()  # nothing produced: nothing to wait for
+    assert part_of(sink)._producer is not first._producer  # released with its last user
+
+
+def test_keys_route_a_user_to_one_partition_and_spread_dead_letters() -> None:
+    sink = CheckedKafkaSink(NO_BROKER)
+    assert len(sink.list_parts()) == SINK_PARTS and len(set(sink.list_parts())) == SINK_PARTS
+    key, out = keyed(KafkaOut("t", b"u7", b"v"))
+    assert (key, out.key) == ("u7", b"u7")
+    letters = {keyed(KafkaOut("dlq", None, b"bad %d" % i))[0] for i in range(100)}
+    parts = {sink.part_fn(k) % SINK_PARTS for k in letters}
+    assert len(parts) > SINK_PARTS // 2  # not one partition (one worker) for all of them
 
 
 def test_a_full_local_queue_fails_the_batch_after_the_bound() -> None:
     sink = CheckedKafkaSink(
         NO_BROKER, config={"queue.buffering.max.messages": 10}, flush_timeout_s=0.5
     )
-    part = sink.build("kafka", 0, 1)
+    part = part_of(sink)
     with pytest.raises(DeliveryError, match=r"local queue stayed full for 0\.5s"):
         part.write_batch([KafkaOut("t", b"k", b"v")] * 20)
