@@ -74,8 +74,8 @@ def test_every_history_lands_right_after_its_identify_however_it_arrives() -> No
 
 
 def test_the_user_state_is_the_same_however_the_history_arrives() -> None:
-    # clocks of their own (here and below): the process-wide one keeps what an earlier test's flow read
-    # (a flow run live would make this one fold as it comes, not hold)
+    # clocks of their own (here and below): the process-wide one keeps what an earlier
+    # test's flow read (a flow run live would make this one fold as it comes, not hold)
     cfg = ProfileConfig(rules=load_rules(), stream_clock=StreamClock())
     states = set()
     for seed in range(30):
