@@ -466,6 +466,35 @@ def test_encoder_put_state_writes_the_bytes_of_put_of_the_published_lists() -> N
             assert fast.lists == slow.lists and fast.table == slow.table
 
 
+def test_encoder_put_states_writes_the_bytes_of_put_state_of_each() -> None:
+    from attune.operators.covisit import BOUGHT, VIEWED, ItemNeighbours
+    from attune.operators.models import SnapshotEncoder
+
+    states = []
+    for k in range(6):  # more neighbours than listed, ties, one kind only, none at all
+        st = ItemNeighbours(f"s{k}")
+        for n in range(k * 17):
+            st.update(f"v{(n * 7 + k) % 41}", VIEWED, T0 + n * 60_000, 1.0 + (n % 3))
+            if k % 2 and n % 3 == 0:
+                st.update(f"b{n % 9}", BOUGHT, T0 + n * 90_000)
+        states.append(st)
+    states.append(ItemNeighbours("never"))
+    for at in (T0, T0 + 3 * 86_400_000):
+        for n in (30, 5):
+            bulk, one = SnapshotEncoder(), SnapshotEncoder()
+            for enc in (bulk, one):
+                enc.code(["zz", "v3"])  # codes already in the table are reused
+                enc.put_state("s1", states[1], T0, n)  # an item listed before: replaced
+            bulk.put_states(states, at, n)
+            for st in states:
+                one.put_state(st.item, st, at, n)
+            assert bulk.lists == one.lists
+            assert list(bulk.lists) == list(one.lists) and bulk.table == one.table
+    empty = SnapshotEncoder()
+    empty.put_states([], T0, 30)
+    assert empty.lists == {} and empty.table == []
+
+
 def test_a_pickled_learner_keeps_every_state_in_order_and_publishes_the_same() -> None:
     learner = ModelLearner({"i000": "home/kitchen"}, seed=5)
     for n in range(12):
