@@ -149,7 +149,7 @@ class Item2Vec:
     window: int = 3
     negatives: int = 5
     lr: float = 0.2
-    epochs: int = 2
+    epochs: int = 1
     seed: int = 0
     max_items: int = MAX_ITEMS
     batch_pairs: int = 128
