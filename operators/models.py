@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from itertools import chain
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any, Final, Protocol
 
 import numpy as np
@@ -697,10 +697,17 @@ class SnapshotEncoder:
         names = list(chain.from_iterable(ws))
         values = np.fromiter(chain.from_iterable(map(dict.values, ws)), _F8, total)
         group = np.repeat(np.arange(len(ws)), lengths)
-        order = np.lexsort((-values, group))  # stable: ties keep the dict's order
-        rank = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        keep = order[rank < n]
-        counts = np.minimum(lengths, n).tolist()
+        starts = np.cumsum(lengths) - lengths
+        # One row per list, padded (a list holds at most 2 * TOP_N weights): numpy sorts
+        # each short row (stable: ties keep the dict's order), ~2x faster than one
+        # lexsort of (list, weight) over all of them.
+        width = int(lengths.max()) if total else 0
+        rows = np.full((len(ws), width), np.inf)
+        rows[group, np.arange(total) - starts[group]] = -values
+        top = np.argsort(rows, axis=1, kind="stable")[:, :n]
+        counts_arr = np.minimum(lengths, n)
+        keep = (top + starts[:, None])[np.arange(top.shape[1]) < counts_arr[:, None]]
+        counts = counts_arr.tolist()
         scores = np.round(values[keep] * np.asarray(scale)[group[keep] // 2], 6)
         kept = list(map(names.__getitem__, keep.tolist()))
         # the item ids in the order put_state codes them: each item, then its neighbours
@@ -809,6 +816,7 @@ def _lens(entry: tuple[int, int, int, int, bytes, bytes]) -> tuple[int, int]:
 
 
 _first: Final = itemgetter(0)
+_score_of: Final = attrgetter("score")
 _second: Final = itemgetter(1)
 _nb_codes: Final = itemgetter(4)
 _nb_scores: Final = itemgetter(5)
@@ -959,26 +967,34 @@ class ModelLearner:
         caches (a category's scopes, a segment's scope): a publication runs this for
         every changed item (~650), with ~2 segments each."""
         scopes: dict[str, list[tuple[str, float]]] = {}
-        scores, segment_scores, trends = self.scores, self.segment_scores, self.trends
-        for item in self.changed:
-            trend = trends[item]
-            score = trend.score
+        segment_scores = self.segment_scores
+        changed = list(self.changed)
+        trends = list(map(self.trends.__getitem__, changed))
+        pairs = list(zip(changed, map(_score_of, trends), strict=True))
+        self.scores.update(pairs)  # new items arrive in the order of self.trends
+        for pair, trend in zip(pairs, trends, strict=True):
             for scope in scope_names(trend.category):
                 members = scopes.get(scope)
                 if members is None:
-                    members = scopes[scope] = []
-                members.append((item, score))
-            scores[item] = score  # new items arrive in the order of self.trends
-            for seg, score in trend.segments.items():
+                    scopes[scope] = [pair]
+                else:
+                    members.append(pair)
+            segments = trend.segments
+            if not segments:
+                continue
+            item = pair[0]
+            for seg, score in segments.items():
                 scope = segment_scope(seg)
                 members = scopes.get(scope)
                 if members is None:
-                    members = scopes[scope] = []
-                members.append((item, score))
+                    scopes[scope] = [(item, score)]
+                else:
+                    members.append((item, score))
                 by_item = segment_scores.get(seg)
                 if by_item is None:
-                    by_item = segment_scores[seg] = {}
-                by_item[item] = score
+                    segment_scores[seg] = {item: score}
+                else:
+                    by_item[item] = score
         return scopes
 
     def _neighbour_lists(self, at: int) -> None:

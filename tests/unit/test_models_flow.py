@@ -493,6 +493,11 @@ def test_encoder_put_states_writes_the_bytes_of_put_state_of_each() -> None:
     empty = SnapshotEncoder()
     empty.put_states([], T0, 30)
     assert empty.lists == {} and empty.table == []
+    bulk, one = SnapshotEncoder(), SnapshotEncoder()
+    bulk.put_states([states[0], states[-1]], T0, 30)  # no weights at all
+    for st in (states[0], states[-1]):
+        one.put_state(st.item, st, T0, 30)
+    assert bulk.lists == one.lists and bulk.table == one.table
 
 
 def test_a_pickled_learner_keeps_every_state_in_order_and_publishes_the_same() -> None:
