@@ -726,3 +726,29 @@ def test_decoding_after_a_previous_snapshot_reuses_its_unchanged_lists_only() ->
     alien = ModelSnapshot.from_bytes(other.publish(now_ms=50).snapshot)
     assert same(ModelSnapshot.from_bytes(second, alien), fresh)
     assert same(ModelSnapshot.from_bytes(first, fresh), prev)  # an older one decodes too
+
+
+def test_covisit_learn_folds_pairs_as_item_neighbours_update_does() -> None:
+    import random
+
+    from attune.operators.covisit import BOUGHT, HALF_LIFE_MS, VIEWED, CovisitIndex, ItemNeighbours
+
+    rng = random.Random(4)
+    index = CovisitIndex()
+    by_hand: dict[str, ItemNeighbours] = {}
+    t = T0
+    for step in range(3000):  # > 2 * TOP_N neighbours (pruning) and > 40 half-lives (rebase)
+        t += rng.randint(0, HALF_LIFE_MS // 30)
+        kind = BOUGHT if step % 7 == 0 else VIEWED
+        pairs = [(f"a{rng.randint(0, 3)}", f"b{rng.randint(0, 150)}") for _ in range(3)]
+        index.learn(pairs, kind, t)
+        for a, b in pairs:
+            by_hand.setdefault(a, ItemNeighbours(a)).update(b, kind, t)
+    assert t - T0 > 41 * HALF_LIFE_MS
+    assert list(index.states) == list(by_hand)
+    for item, want in by_hand.items():
+        got = index.states[item]
+        assert (got.t0, got.updates) == (want.t0, want.updates) and got.t0 != T0
+        assert [list(w.items()) for w in got.weights.values()] == [
+            list(w.items()) for w in want.weights.values()
+        ]
