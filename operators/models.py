@@ -897,15 +897,29 @@ class ModelLearner:
         (trained at the next publish), one propensity example."""
         seen: list[str] = []
         segments = s.segments
+        states, learn_pairs = self.covisit.states, self.covisit.learn
+        trends, changed, categories = self.trends, self.changed, self.categories
         for touch in s.touches:
-            if touch.kind != PURCHASE:
-                if len(self.covisit.states) < MAX_ITEMS or touch.item in self.covisit.states:
-                    self.covisit.learn(session_pairs(seen, touch.item), VIEWED, touch.time_ms)
-                if not seen or seen[-1] != touch.item:
-                    seen.append(touch.item)
-            self._trend(touch, segments)
+            item, kind = touch.item, touch.kind
+            if kind != PURCHASE:
+                if not seen:
+                    seen.append(item)
+                else:
+                    if len(states) < MAX_ITEMS or item in states:
+                        learn_pairs(session_pairs(seen, item), VIEWED, touch.time_ms)
+                    if seen[-1] != item:
+                        seen.append(item)
+            # trends, inline (one per touch): views 1, carts 3, bought units 5
+            trend = trends.get(item)
+            if trend is None:
+                if len(trends) >= MAX_ITEMS:
+                    continue
+                trend = trends[item] = ItemTrend(item, categories.get(item) or touch.category)
+            weight = _WEIGHT[kind] * (touch.quantity if kind == PURCHASE else 1)
+            trend.update(touch.time_ms, weight, segments)
+            changed[item] = None
         for t, items in s.orders:
-            self.covisit.learn(purchase_pairs(items), BOUGHT, t)
+            learn_pairs(purchase_pairs(items), BOUGHT, t)
             self.covisit_changed.update(dict.fromkeys(items))
         self.covisit_changed.update(dict.fromkeys(seen))
         if seen:
@@ -913,17 +927,6 @@ class ModelLearner:
         self.propensity.learn(s.features, s.purchased)
         self.sessions += 1
         self.latest_ms = max(self.latest_ms, s.end_ms)
-
-    def _trend(self, touch: SessionTouch, segments: tuple[str, ...]) -> None:
-        trend = self.trends.get(touch.item)
-        if trend is None:
-            if len(self.trends) >= MAX_ITEMS:
-                return
-            category = self.categories.get(touch.item) or touch.category
-            trend = self.trends[touch.item] = ItemTrend(touch.item, category)
-        weight = _WEIGHT[touch.kind] * (touch.quantity if touch.kind == PURCHASE else 1)
-        trend.update(touch.time_ms, weight, segments)
-        self.changed[touch.item] = None
 
     def publish(self, now_ms: int | None = None) -> PublishModels:
         """Train item2vec on the pending sessions, then the snapshot and the changed trends."""
