@@ -191,11 +191,22 @@ class CovisitIndex:
     published: dict[str, NeighbourList] = field(default_factory=dict)
 
     def learn(self, pairs: Sequence[tuple[str, str]], kind: str, t_ms: int) -> None:
+        """:meth:`ItemNeighbours.update` of each pair ``(a, b)`` at ``t_ms`` (weight 1), in
+        order; the common case inlined (the one learner folds ~30 pairs per session)."""
+        states = self.states
         for a, b in pairs:
-            st = self.states.get(a)
+            st = states.get(a)
             if st is None:
-                st = self.states[a] = ItemNeighbours(a)
-            st.update(b, kind, t_ms)
+                st = states[a] = ItemNeighbours(a)
+            t0 = st.t0
+            if t0 is None or (t_ms - t0) / HALF_LIFE_MS > _REBASE_EXP:
+                st.update(b, kind, t_ms)  # the first update, or a rebase
+                continue
+            w = st.weights[kind]
+            w[b] = w.get(b, 0.0) + 2.0 ** ((t_ms - t0) / HALF_LIFE_MS)  # as update(weight=1)
+            st.updates += 1
+            if len(w) > 2 * TOP_N:
+                st.weights[kind] = dict(_strongest(w, TOP_N))
 
     def put(self, lst: NeighbourList) -> None:
         self.published[lst.item] = lst

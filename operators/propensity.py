@@ -1,8 +1,16 @@
 """Purchase propensity: will this session end in a purchase? Learned online, validated online.
 
-A River pipeline (``StandardScaler | LogisticRegression``) learns from
-**session outcomes**: one example per session, the user's features at the
-session's *decision point* (below) -> whether the session ended in a purchase.
+A standardised logistic regression (the running mean and variance of each
+input, then SGD on the log loss, as River's ``StandardScaler | LogisticRegression``
+with ``optim.SGD(lr)``, ``l2=1e-4``) learns from **session outcomes**: one example
+per session, the user's features at the session's *decision point* (below) ->
+whether the session ended in a purchase. It learns in mini-batches of
+:data:`MINI_BATCH` sessions, one numpy step each (the summed gradients of the
+batch at its starting parameters, the scaler updated with the batch's moments):
+River's per-example ``learn_one`` cost ~25 us of Python per session on the one
+learner key, the step ~1 us per session. Batches are cut by count, never by
+Bytewax's batches or the clock, so the model depends on the order of the
+sessions only.
 
 Leakage. The features must be what the per-user state knew before the outcome
 was visible. The decision point of a session is the moment just **before** its
@@ -18,12 +26,12 @@ Features (:data:`FEATURES`) are the per-user profile features of
 counts and money, device/channel one-hot, missing -> 0 plus an indicator).
 
 Progressive validation: :meth:`PropensityModel.learn` scores the example
-first, records ``(label, score)`` in a rolling window of
+first (with the parameters of the last step), records ``(label, score)`` in a rolling window of
 :data:`METRIC_WINDOW` sessions (ROC AUC and log loss over it) and in
 lifetime totals, feeds the example's log loss to an ADWIN drift detector,
 then learns. Drift reaction (warm retrain): when ADWIN flags a change in the
 loss and the loss went **up** (ADWIN flags improvements too; those are kept),
-after the first ``window`` sessions, the pipeline is replaced by a fresh one
+after the first ``window`` sessions, the model is replaced by a fresh one
 trained on the most recent ``min(ADWIN window width, buffer)`` sessions of a bounded buffer
 (:data:`BUFFER` sessions), i.e. on data from after the change only; the
 rolling metrics keep running, ``drifts`` counts resets.
@@ -52,7 +60,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from river import compose, drift, linear_model, optim, preprocessing
+import numpy as np
+from river import drift
 
 from attune.operators.events import Event, PageView, Purchase
 from attune.operators.features import FeatureValue
@@ -63,6 +72,7 @@ __all__ = [
     "HIGH",
     "INPUTS",
     "MEDIUM",
+    "MINI_BATCH",
     "PropensityModel",
     "PropensityScorer",
     "feature_vector",
@@ -77,6 +87,8 @@ MEDIUM = 0.2
 METRIC_WINDOW = 1000
 #: Recent sessions kept for a warm retrain after drift.
 BUFFER = 2000
+#: Sessions learnt together in one vectorised step.
+MINI_BATCH = 32
 #: Profile features the model reads (names from attune.operators.features.FEATURES).
 COUNT_FEATURES: tuple[str, ...] = (
     "session_events",
@@ -197,11 +209,11 @@ def tier(score: float) -> str:
     return "high" if score >= HIGH else "medium" if score >= MEDIUM else "low"
 
 
-def _pipeline(lr: float) -> compose.Pipeline:
-    return compose.Pipeline(
-        preprocessing.StandardScaler(),
-        linear_model.LogisticRegression(optimizer=optim.SGD(lr), l2=1e-4),
-    )
+def _sigmoid(z: float) -> float:
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
 
 
 @dataclass(slots=True)
@@ -211,7 +223,9 @@ class PropensityModel:
     One instance learns from every session end (one message per session, to one
     learner key, like the persona learner) and publishes :meth:`publish` (JSON
     parameters and :meth:`metrics`) for the per-user path's
-    :class:`PropensityScorer`.
+    :class:`PropensityScorer`. ``means``, ``vars`` (population variances) and
+    ``weights`` are in the order of :data:`INPUTS`; ``pending`` holds the inputs
+    scored but not yet learnt (fewer than ``mini_batch``).
     """
 
     lr: float = 0.005
@@ -219,34 +233,80 @@ class PropensityModel:
     buffer_size: int = BUFFER
     drift_delta: float = 0.002
     seed: int = 0
-    model: compose.Pipeline = field(init=False)
+    l2: float = 1e-4
+    intercept_lr: float = 0.01  # River's LogisticRegression default
+    mini_batch: int = MINI_BATCH
+    count: int = 0  # examples the scaler has seen
+    means: list[float] = field(default_factory=lambda: [0.0] * len(INPUTS))
+    vars: list[float] = field(default_factory=lambda: [0.0] * len(INPUTS))
+    weights: list[float] = field(default_factory=lambda: [0.0] * len(INPUTS))
+    intercept: float = 0.0
+    pending: list[tuple[list[float], bool]] = field(default_factory=list)
     detector: drift.ADWIN = field(init=False)
     recent: deque[tuple[float, float]] = field(init=False)  # (label, score) window
-    buffer: deque[tuple[dict[str, float], bool]] = field(init=False)
+    buffer: deque[tuple[list[float], bool]] = field(init=False)
     n: int = 0
     positives: int = 0
     loss_sum: float = 0.0
     drifts: int = 0
     last_drift_at: int | None = None
     version: int = 0
+    #: ``(position in INPUTS, weight, mean, std)`` of the inputs with a spread: what
+    #: :meth:`score` sums (as :class:`PropensityScorer` does), rebuilt at each step.
+    terms: list[tuple[int, float, float, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.model = _pipeline(self.lr)
+        if self.mini_batch < 1:
+            raise ValueError(f"propensity mini-batch must be >= 1, got {self.mini_batch}")
         self.detector = drift.ADWIN(delta=self.drift_delta)  # type: ignore[no-untyped-call]
         self.recent = deque(maxlen=self.window)
         self.buffer = deque(maxlen=self.buffer_size)
 
+    def __setstate__(self, state: tuple[Any, dict[str, Any]] | dict[str, Any]) -> None:
+        """Also reads the state of a model pickled before session 10 (a River pipeline
+        in ``model``, inputs as dicts): its scaler and weights become the lists."""
+        slots = state[1] if isinstance(state, tuple) else state
+        pipeline = slots.pop("model", None)
+        for name, value in slots.items():
+            setattr(self, name, value)
+        if pipeline is not None:
+            self._adopt(pipeline)
+
+    def _adopt(self, pipeline: Any) -> None:
+        scaler, logreg = pipeline.steps.values()
+        self.count = max((int(c) for c in scaler.counts.values()), default=0)
+        self.means = [float(scaler.means.get(name, 0.0)) for name in INPUTS]
+        self.vars = [float(scaler.vars.get(name, 0.0)) for name in INPUTS]
+        weights = logreg.weights
+        self.weights = [float(weights.get(name, 0.0)) for name in INPUTS]
+        self.intercept = float(logreg.intercept)
+        for name, default in (("l2", 1e-4), ("intercept_lr", 0.01), ("mini_batch", MINI_BATCH)):
+            if not hasattr(self, name):
+                setattr(self, name, default)
+        self.pending = []
+        self.buffer = deque(((_as_inputs(x), y) for x, y in self.buffer), maxlen=self.buffer_size)
+        self._terms()
+
     def score(self, features: Mapping[str, FeatureValue]) -> float:
         """P(this session ends in a purchase), from profile features."""
-        return self._score(feature_vector(features))
+        return self._score(inputs(features))
 
-    def _score(self, x: dict[str, float]) -> float:
-        p: dict[bool, float] = self.model.predict_proba_one(x)
-        return float(p.get(True, 0.0))
+    def _score(self, x: list[float]) -> float:
+        z = self.intercept
+        for i, w, m, s in self.terms:
+            z += w * (x[i] - m) / s
+        return _sigmoid(z)
+
+    def _terms(self) -> None:
+        self.terms = [
+            (i, w, m, v**0.5)
+            for i, (w, m, v) in enumerate(zip(self.weights, self.means, self.vars, strict=True))
+            if v > 0
+        ]
 
     def learn(self, features: Mapping[str, FeatureValue], purchased: bool) -> float:
         """Score (before learning), validate, check drift, learn; returns the pre-learning score."""
-        x = feature_vector(features)
+        x = inputs(features)
         p = self._score(x)
         y = 1.0 if purchased else 0.0
         self.recent.append((y, p))
@@ -262,17 +322,51 @@ class PropensityModel:
         if self.detector.drift_detected and worse and self.n > self.window:
             self._warm_retrain(int(self.detector.width))
         else:
-            self.model.learn_one(x, purchased)
+            self.pending.append((x, purchased))
+            if len(self.pending) >= self.mini_batch:
+                self._step(self.pending)
+                self.pending = []
         self.version += 1
         return p
+
+    def _step(self, batch: list[tuple[list[float], bool]]) -> None:
+        """Learn ``batch`` at once: the scaler takes each example in turn (River's running
+        mean and variance, every input at once: a constant input keeps a variance of
+        exactly 0, which a batch formula would not), then one SGD step on the sum of the
+        batch's log-loss gradients (and ``l2`` once per example) at the scaled inputs."""
+        x = np.array([row for row, _ in batch], np.float64)
+        y = np.array([1.0 if label else 0.0 for _, label in batch])
+        n = self.count
+        mean, var = np.array(self.means), np.array(self.vars)
+        for row in x:
+            n += 1
+            old = row - mean
+            mean += old / n
+            var += (old * (row - mean) - var) / n
+        k = len(batch)
+        std = np.sqrt(var)
+        scaled = np.divide(x - mean, std, out=np.zeros_like(x), where=std > 0)
+        w = np.array(self.weights)
+        z = scaled @ w + self.intercept
+        g = 1.0 / (1.0 + np.exp(-np.clip(z, -500.0, 500.0))) - y  # d(log loss)/dz
+        w -= self.lr * (scaled.T @ g + (self.l2 * k) * w)
+        self.intercept -= self.intercept_lr * float(g.sum())
+        self.count = n
+        self.means, self.vars, self.weights = mean.tolist(), var.tolist(), w.tolist()
+        self._terms()
 
     def _warm_retrain(self, width: int) -> None:
         self.drifts += 1
         self.last_drift_at = self.n
-        self.model = _pipeline(self.lr)
+        self.count, self.intercept, self.pending = 0, 0.0, []
+        self.means = [0.0] * len(INPUTS)
+        self.vars = [0.0] * len(INPUTS)
+        self.weights = [0.0] * len(INPUTS)
         keep = min(max(width, 1), len(self.buffer))
-        for x, y in list(self.buffer)[-keep:]:
-            self.model.learn_one(x, y)
+        recent = list(self.buffer)[-keep:]
+        for start in range(0, len(recent), self.mini_batch):
+            self._step(recent[start : start + self.mini_batch])
+        self._terms()
 
     def publish(self, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
         """The parameters the per-user path scores with (JSON for ``attune:model:propensity``).
@@ -280,17 +374,16 @@ class PropensityModel:
         ``{"version", "mean": {feature: m}, "std": {feature: s}, "weights": {feature: w},
         "intercept", "metrics"}``: a scaled logistic regression, read back by
         :class:`PropensityScorer` (no pickle crosses Redis). ``metrics``: :meth:`metrics`
-        if the caller has just computed them (a window's ROC AUC is not free).
+        if the caller has just computed them (a window's ROC AUC is not free). Before the
+        first step the lists are empty (River's were: nothing seen).
         """
-        scaler, logreg = self.model.steps.values()
-        means = {k: float(v) for k, v in scaler.means.items()}
-        std = {k: float(v) ** 0.5 for k, v in scaler.vars.items()}
+        seen = self.count > 0
         return {
             "version": self.version,
-            "mean": means,
-            "std": std,
-            "weights": {k: float(v) for k, v in logreg.weights.items()},
-            "intercept": float(logreg.intercept),
+            "mean": dict(zip(INPUTS, self.means, strict=True)) if seen else {},
+            "std": {k: v**0.5 for k, v in zip(INPUTS, self.vars, strict=True)} if seen else {},
+            "weights": dict(zip(INPUTS, self.weights, strict=True)) if seen else {},
+            "intercept": self.intercept,
             "metrics": self.metrics() if metrics is None else metrics,
         }
 
@@ -309,6 +402,13 @@ class PropensityModel:
             "last_drift_at_session": self.last_drift_at,
             "version": self.version,
         }
+
+
+def _as_inputs(x: Mapping[str, float] | list[float]) -> list[float]:
+    """A buffered input of a pre-session-10 model (a dict by input name) as a list."""
+    if isinstance(x, list):
+        return x
+    return [float(x.get(name, 0.0)) for name in INPUTS]
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,13 +34,23 @@ True
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["EPOCH_MS", "HALF_LIFE_MS", "ItemTrend", "TrendingBoard", "logaddexp2", "scopes_of"]
+__all__ = [
+    "EPOCH_MS",
+    "HALF_LIFE_MS",
+    "ItemTrend",
+    "TrendingBoard",
+    "logaddexp2",
+    "scope_names",
+    "scopes_of",
+    "segment_scope",
+]
 
 #: Reference time of the forward decay: 2020-01-01T00:00Z.
 EPOCH_MS = 1_577_836_800_000
@@ -98,6 +108,27 @@ def scopes_of(category: str | None) -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=4096)
+def scope_names(category: str | None) -> tuple[str, ...]:
+    """:func:`scopes_of`, cached (the learner's publication asks for every changed item;
+    categories are few).
+
+    >>> scope_names("home/decor") == tuple(scopes_of("home/decor"))
+    True
+    """
+    return tuple(scopes_of(category))
+
+
+@functools.lru_cache(maxsize=4096)
+def segment_scope(segment: str) -> str:
+    """The scope of a segment's trending set: ``segment:<name>`` (cached, as :func:`scope_names`).
+
+    >>> segment_scope("vip")
+    'segment:vip'
+    """
+    return f"segment:{segment}"
+
+
 @dataclass(slots=True)
 class ItemTrend:
     """One item's trend scores (a Bytewax key per item). Pickles; bounded by the segment count."""
@@ -117,7 +148,7 @@ class ItemTrend:
     def publish(self) -> list[tuple[str, str, float]]:
         """``(scope, item, score)`` for a ZADD each: global, its categories and segments."""
         out = [(scope, self.item, self.score) for scope in scopes_of(self.category)]
-        out.extend((f"segment:{s}", self.item, v) for s, v in self.segments.items())
+        out.extend((segment_scope(s), self.item, v) for s, v in self.segments.items())
         return out
 
 

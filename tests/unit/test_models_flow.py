@@ -469,6 +469,40 @@ def test_encoder_put_state_writes_the_bytes_of_put_of_the_published_lists() -> N
             assert fast.lists == slow.lists and fast.table == slow.table
 
 
+def test_encoder_put_states_writes_the_bytes_of_put_state_of_each() -> None:
+    from attune.operators.covisit import BOUGHT, VIEWED, ItemNeighbours
+    from attune.operators.models import SnapshotEncoder
+
+    states = []
+    for k in range(6):  # more neighbours than listed, ties, one kind only, none at all
+        st = ItemNeighbours(f"s{k}")
+        for n in range(k * 17):
+            st.update(f"v{(n * 7 + k) % 41}", VIEWED, T0 + n * 60_000, 1.0 + (n % 3))
+            if k % 2 and n % 3 == 0:
+                st.update(f"b{n % 9}", BOUGHT, T0 + n * 90_000)
+        states.append(st)
+    states.append(ItemNeighbours("never"))
+    for at in (T0, T0 + 3 * 86_400_000):
+        for n in (30, 5):
+            bulk, one = SnapshotEncoder(), SnapshotEncoder()
+            for enc in (bulk, one):
+                enc.code(["zz", "v3"])  # codes already in the table are reused
+                enc.put_state("s1", states[1], T0, n)  # an item listed before: replaced
+            bulk.put_states(states, at, n)
+            for st in states:
+                one.put_state(st.item, st, at, n)
+            assert bulk.lists == one.lists
+            assert list(bulk.lists) == list(one.lists) and bulk.table == one.table
+    empty = SnapshotEncoder()
+    empty.put_states([], T0, 30)
+    assert empty.lists == {} and empty.table == []
+    bulk, one = SnapshotEncoder(), SnapshotEncoder()
+    bulk.put_states([states[0], states[-1]], T0, 30)  # no weights at all
+    for st in (states[0], states[-1]):
+        one.put_state(st.item, st, T0, 30)
+    assert bulk.lists == one.lists and bulk.table == one.table
+
+
 def test_a_pickled_learner_keeps_every_state_in_order_and_publishes_the_same() -> None:
     learner = ModelLearner({"i000": "home/kitchen"}, seed=5)
     for n in range(12):
@@ -695,3 +729,29 @@ def test_decoding_after_a_previous_snapshot_reuses_its_unchanged_lists_only() ->
     alien = ModelSnapshot.from_bytes(other.publish(now_ms=50).snapshot)
     assert same(ModelSnapshot.from_bytes(second, alien), fresh)
     assert same(ModelSnapshot.from_bytes(first, fresh), prev)  # an older one decodes too
+
+
+def test_covisit_learn_folds_pairs_as_item_neighbours_update_does() -> None:
+    import random
+
+    from attune.operators.covisit import BOUGHT, HALF_LIFE_MS, VIEWED, CovisitIndex, ItemNeighbours
+
+    rng = random.Random(4)
+    index = CovisitIndex()
+    by_hand: dict[str, ItemNeighbours] = {}
+    t = T0
+    for step in range(3000):  # > 2 * TOP_N neighbours (pruning) and > 40 half-lives (rebase)
+        t += rng.randint(0, HALF_LIFE_MS // 30)
+        kind = BOUGHT if step % 7 == 0 else VIEWED
+        pairs = [(f"a{rng.randint(0, 3)}", f"b{rng.randint(0, 150)}") for _ in range(3)]
+        index.learn(pairs, kind, t)
+        for a, b in pairs:
+            by_hand.setdefault(a, ItemNeighbours(a)).update(b, kind, t)
+    assert t - T0 > 41 * HALF_LIFE_MS
+    assert list(index.states) == list(by_hand)
+    for item, want in by_hand.items():
+        got = index.states[item]
+        assert (got.t0, got.updates) == (want.t0, want.updates) and got.t0 != T0
+        assert [list(w.items()) for w in got.weights.values()] == [
+            list(w.items()) for w in want.weights.values()
+        ]

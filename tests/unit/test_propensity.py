@@ -10,12 +10,15 @@ import pytest
 from attune.operators.events import Event, EventType, LineItem, PageView, ProductView, Purchase
 from attune.operators.features import FEATURES as PROFILE_FEATURES
 from attune.operators.propensity import (
+    BUFFER,
     FEATURES,
     HIGH,
+    INPUTS,
     MEDIUM,
     PropensityModel,
     PropensityScorer,
     feature_vector,
+    inputs,
     is_outcome_boundary,
     tier,
 )
@@ -136,3 +139,67 @@ def test_published_parameters_score_like_the_model() -> None:
         assert scorer.score(features) == pytest.approx(m.score(features), abs=1e-9)
     with pytest.raises(ValueError, match="not propensity parameters"):
         PropensityScorer.from_params({"version": 1, "mean": {}})
+
+
+def test_learns_in_mini_batches_cut_by_count_only() -> None:
+    rng = random.Random(11)
+    sessions = [_session(rng) for _ in range(200)]
+    one, other = PropensityModel(), PropensityModel()
+    for features, bought in sessions:
+        one.learn(features, bought)
+    for features, bought in sessions[:77]:
+        other.learn(features, bought)
+    other = pickle.loads(pickle.dumps(other))  # a snapshot between two examples
+    for features, bought in sessions[77:]:
+        other.learn(features, bought)
+    assert one.count == other.count == 192  # six steps of MINI_BATCH; 8 sessions wait
+    assert len(one.pending) == 200 - 192
+    assert (one.weights, one.means, one.vars) == (other.weights, other.means, other.vars)
+    assert one.metrics() == other.metrics()
+    with pytest.raises(ValueError, match="mini-batch"):
+        PropensityModel(mini_batch=0)
+
+
+def test_a_constant_input_keeps_no_spread() -> None:
+    m = PropensityModel(mini_batch=4)
+    for i in range(40):
+        m.learn({"cart_lines": i % 2, "sessions": 3}, bool(i % 2))
+    spread = {INPUTS[i] for i, *_ in m.terms}
+    assert spread == {"cart_lines", "has_cart"}  # sessions is always 3: no term, no blow-up
+    assert m.score({"cart_lines": 1, "sessions": 3}) > 0.5 > m.score({"sessions": 3})
+
+
+def test_reads_a_model_pickled_with_a_river_pipeline() -> None:
+    from collections import deque
+
+    from river import compose, linear_model, optim, preprocessing
+
+    rng = random.Random(2)
+    pipeline = compose.Pipeline(
+        preprocessing.StandardScaler(),
+        linear_model.LogisticRegression(optimizer=optim.SGD(0.005), l2=1e-4),
+    )
+    old = PropensityModel()
+    for _ in range(300):
+        features, bought = _session(rng)
+        x = feature_vector(features)
+        pipeline.learn_one(x, bought)
+        old.recent.append((float(bought), 0.5))
+        old.n += 1
+    # the slots of a model pickled before session 10: a pipeline, buffered input dicts
+    got_state: tuple[None, dict[str, object]] = old.__getstate__()  # type: ignore[assignment]
+    state = got_state[1]
+    for name in ("l2", "intercept_lr", "mini_batch", "count", "means", "vars", "weights"):
+        del state[name]
+    del state["intercept"], state["pending"], state["terms"]
+    state["model"] = pipeline
+    state["buffer"] = deque([(feature_vector({"cart_lines": 1}), True)], maxlen=BUFFER)
+    got = PropensityModel.__new__(PropensityModel)
+    got.__setstate__((None, state))
+    for _ in range(20):
+        probe, _ = _session(rng)
+        want = pipeline.predict_proba_one(feature_vector(probe))[True]
+        assert got.score(probe) == pytest.approx(want, abs=1e-9)
+    assert got.buffer[0] == (inputs({"cart_lines": 1}), True)
+    assert got.n == 300 and got.count == 300
+    got.learn(*_session(rng))  # and learns on
