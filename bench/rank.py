@@ -153,20 +153,8 @@ def _fresh(models: Models, rows: CovisitRows) -> Models:
 
 def replay(calls: Sequence[Call], name: str, ranker: Ranker) -> Timing:
     """Every call in order against fresh models per snapshot, each call timed."""
-    fresh: dict[int, Models] = {}
-    rows = CovisitRows()
-    ns: list[int] = []
-    lists: list[list[str]] = []
-    clock = time.thread_time_ns
-    for c in calls:
-        m = fresh.get(id(c.models))
-        if m is None:
-            m = fresh[id(c.models)] = _fresh(c.models, rows)
-        t0 = clock()
-        recs = ranker(c.signals, m, c.k, c.filters)
-        ns.append(clock() - t0)
-        lists.append([r.item for r in recs])
-    return Timing(name, ns, lists)
+    ns, lists = replay_full_lists(calls, ranker)
+    return Timing(name, ns, [[r.item for r in recs] for recs in lists])
 
 
 def chunks(calls: Sequence[Call], size: int | None) -> list[list[int]]:
@@ -238,8 +226,12 @@ def report_many(calls: Sequence[Call]) -> str:
     return "\n".join(rows)
 
 
-def replay_full_lists(calls: Sequence[Call]) -> tuple[list[int], list[list[Recommendation]]]:
-    """:func:`replay` of :func:`rank` keeping the whole recommendations (for equality)."""
+def replay_full_lists(
+    calls: Sequence[Call], ranker: Ranker = rank
+) -> tuple[list[int], list[list[Recommendation]]]:
+    """Every call in order against fresh models per snapshot (the co-visitation row
+    cache handed on), each call timed in CPU time of the thread, keeping the whole
+    recommendations (for equality)."""
     fresh: dict[int, Models] = {}
     rows = CovisitRows()
     ns: list[int] = []
@@ -250,8 +242,9 @@ def replay_full_lists(calls: Sequence[Call]) -> tuple[list[int], list[list[Recom
         if m is None:
             m = fresh[id(c.models)] = _fresh(c.models, rows)
         t0 = clock()
-        lists.append(rank(c.signals, m, c.k, c.filters))
+        recs = ranker(c.signals, m, c.k, c.filters)
         ns.append(clock() - t0)
+        lists.append(recs)
     return ns, lists
 
 
