@@ -329,8 +329,9 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - a few lines pe
 
 #: Loggers of libraries whose lines are noise on a terminal: kafka-python logs ~20 INFO
 #: lines of connection chatter per admin call, and a line per retry of an unreachable
-#: broker, whose failure the command's own error line then reports. Shown with --verbose.
-QUIET_LOGGERS = ("kafka",)
+#: broker, whose failure the command's own error line then reports; the Kafka sinks'
+#: librdkafka lines likewise. Shown with --verbose.
+QUIET_LOGGERS = ("kafka", "attune.kafka_sink.librdkafka")
 
 #: Commands whose native libraries write to the process's stderr (file descriptor 2)
 #: behind Python's back: librdkafka's connection errors (a line per retry) and Rust's

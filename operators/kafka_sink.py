@@ -53,6 +53,12 @@ from attune.operators.codec import Codec
 from attune.operators.events import DeadLetter, ErasureConfirmation, SegmentChange, Trigger
 
 log = logging.getLogger(__name__)
+#: librdkafka's own log lines of the sinks' producer (a line per reconnect attempt), through
+#: Python logging instead of the process's stderr: the producer is shared and lives as long
+#: as a flow of the process uses it, so its lines must not land on whatever prints after
+#: (the CLI shows them with --verbose only, ``flows.cli.QUIET_LOGGERS``). Errors that matter
+#: reach ``error_cb`` and the delivery reports.
+LIBRDKAFKA_LOG = "attune.kafka_sink.librdkafka"
 
 #: How long the end-of-epoch flush may wait for delivery reports.
 FLUSH_TIMEOUT_S = 30.0
@@ -191,7 +197,12 @@ def _acquire(config: dict[str, Any]) -> _SharedProducer:
         # One that raised belongs to a flow that stopped (and may not have closed it).
         if shared is None or shared.failed:
             failures = _Failures()
-            full = {**config, "on_delivery": failures, "error_cb": _log_client_error}
+            full = {
+                **config,
+                "on_delivery": failures,
+                "error_cb": _log_client_error,
+                "logger": logging.getLogger(LIBRDKAFKA_LOG),
+            }
             shared = _SHARED[key] = _SharedProducer(key, Producer(full), failures)
         shared.users += 1
         return shared
