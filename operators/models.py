@@ -1273,10 +1273,6 @@ class RecsRequest:
     cfg: RecsConfig
     now_ms: int
 
-    @property
-    def user(self) -> str:
-        return self.signals.user
-
 
 def resolve_recs(outputs: list[Any]) -> list[Any]:
     """``outputs`` with every :class:`RecsRequest` replaced in place by its

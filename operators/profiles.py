@@ -240,16 +240,7 @@ class BatchView(FeatureView):
         return value
 
     def get(self, name: str, default: FeatureValue = None) -> FeatureValue:  # type: ignore[override]
-        memo = self.memo
-        if name in memo:
-            return memo[name]
-        fn = _FEATURE_FNS.get(name)
-        if fn is None:
-            return default
-        value = fn(self.st, self.now)
-        if name not in _UNCACHED:
-            memo[name] = value
-        return value
+        return self[name] if name in _FEATURE_FNS else default
 
 
 #: What each kind of event changes of the features (:data:`attune.operators.features.CHANGED_BY`)

@@ -179,9 +179,7 @@ def _class(name: str) -> type:
 
 def _set(cls: type, values: Any) -> Any:
     """An instance of ``cls`` (no ``__init__``) with its field values set from ``values``."""
-    maker = _MAKERS.get(cls)
-    if maker is None:
-        maker = _MAKERS[cls] = _maker(cls)
+    maker = _maker_of(cls)
     try:
         return maker(values)
     except ValueError:  # fewer values than fields: a snapshot from before a field was added
@@ -219,6 +217,14 @@ def _with_defaults(cls: type, values: Any) -> Any:
 
 #: Per class: the function :func:`_set` builds its instances with (:func:`_maker`).
 _MAKERS: dict[type, Any] = {}
+
+
+def _maker_of(cls: type) -> Any:
+    """The maker of ``cls`` (:func:`_maker`), compiled on first use."""
+    maker = _MAKERS.get(cls)
+    if maker is None:
+        maker = _MAKERS[cls] = _maker(cls)
+    return maker
 
 
 def _slot_setter(cls: type, name: str) -> Any:
@@ -273,9 +279,7 @@ def restore(name: str, values: Any) -> Any:
     maker = _MAKERS_BY_NAME.get(name)
     if maker is None:
         cls = _class(name)
-        maker = _MAKERS.get(cls)
-        if maker is None:
-            maker = _MAKERS[cls] = _maker(cls)
+        maker = _maker_of(cls)
         _MAKERS_BY_NAME[name] = maker
     try:
         return maker(values)
@@ -293,15 +297,10 @@ def restore_packed(name: str, values: tuple[Any, ...]) -> Any:
     unpack = _UNPACKERS.get(name)
     if unpack is None:
         cls = _class(name)
-        maker = _MAKERS.get(cls)
-        if maker is None:
-            maker = _MAKERS[cls] = _maker(cls)
+        maker = _maker_of(cls)
         makers = []
         for i, item, _ in _packed_fields(cls):
-            item_maker = _MAKERS.get(item)
-            if item_maker is None:
-                item_maker = _MAKERS[item] = _maker(item)
-            makers.append((i, item_maker))
+            makers.append((i, _maker_of(item)))
         unpack = _UNPACKERS[name] = (maker, tuple(makers))
     maker, items = unpack
     out = list(values)

@@ -116,7 +116,7 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
     return out
 
 
-def hand_over(st: UserState, item: HandedOver, cfg: ProfileConfig) -> list[Output]:
+def hand_over(st: UserState, item: HandedOver | HandOverAgain, cfg: ProfileConfig) -> list[Output]:
     """A login's history (consent events first, then the anonymous id's kept events),
     folded in right after the IDENTIFY (:func:`~attune.operators.identity.handover_order`),
     then the hand-over marked done: the user's judgements waited for it."""
@@ -157,11 +157,7 @@ def hand_over_again(st: UserState, item: HandOverAgain, cfg: ProfileConfig) -> l
     ts = st.trig
     if item.anonymous_id in ts.handed and ts.linked_ms >= item.event_time:
         return []
-    out: list[Output] = []
-    for kept in item.history:
-        out.extend(apply(st, buffered(kept), cfg))
-    handover_done(st.trig, item.anonymous_id, item.event_time)
-    return out
+    return hand_over(st, item, cfg)
 
 
 def fold_batch(
