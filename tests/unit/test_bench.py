@@ -26,6 +26,7 @@ from attune.bench.throughput import (
     EVENTS_PER_PROCESS_TARGET,
     RATIO_TARGET,
     REDIS_BYTES_PER_USER_TARGET,
+    REDIS_OWN_KEYS_TARGET,
     DecodeResult,
     FlowRun,
     RedisMemory,
@@ -169,6 +170,14 @@ def test_targets_are_the_design_numbers() -> None:
         400,
         False,
     )
+    assert (REDIS_OWN_KEYS_TARGET.bound, REDIS_OWN_KEYS_TARGET.at_least) == (300, False)
+
+
+def test_each_redis_row_is_judged_against_its_own_target() -> None:
+    targets = {row[0]: row[3] for row in tp.FIGURES}
+    assert targets["redis_bytes_per_user"] is REDIS_BYTES_PER_USER_TARGET
+    assert targets["redis_sample_bytes_per_user"] is REDIS_OWN_KEYS_TARGET
+    assert tp.verdict(338, targets["redis_sample_bytes_per_user"]) == "FAIL"
 
 
 def test_ratio() -> None:
