@@ -75,7 +75,8 @@ def _plain_state(cls: type) -> bool:
     """Whether ``cls`` pickles as its field values and nothing else: a slotted dataclass
     (no ``__dict__`` for extra attributes) whose pickling is the default (``object``'s or
     ``dataclasses``' own state), or
-    ``(cls, field values)`` (:func:`attune.operators.events._fast_pickle`)."""
+    its field values in another shape (a reduce marked ``state_is_fields``:
+    :func:`attune.operators.events._fast_pickle`, ``Event.__reduce__``)."""
     if not is_dataclass(cls) or cls.__dictoffset__ != 0:
         return False
     slots = {s for c in cls.__mro__ for s in getattr(c, "__slots__", ())} - {"__weakref__"}
@@ -85,7 +86,7 @@ def _plain_state(cls: type) -> bool:
     reduce = cls.__reduce__
     default_state = getstate is object.__getstate__
     return (default_state or getattr(getstate, "__qualname__", "") == "_dataclass_getstate") and (
-        reduce is object.__reduce__ or reduce.__qualname__ == "_fast_pickle.<locals>.reduce"
+        reduce is object.__reduce__ or getattr(reduce, "state_is_fields", False)
     )
 
 

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attune.operators import schemas
+from attune.operators import schemas, snapshots
 from attune.operators.clock import FixedClock
 from attune.operators.codec import Codec
 from attune.operators.container import read_container, read_events_file, write_container
@@ -592,6 +592,32 @@ def test_events_pickle_to_equal_values(ev: Event) -> None:
     import pickle
 
     assert pickle.loads(pickle.dumps(ev, protocol=pickle.HIGHEST_PROTOCOL)) == ev
+    again = snapshots.loads(snapshots.dumps([ev, ev]))  # a state's buffer: field values
+    assert again == [ev, ev] and type(again[0].event_type) is EventType
+
+
+def test_an_event_pickles_as_one_flat_row_and_earlier_pickles_still_load() -> None:
+    """Bytewax pickles each item it sends to another process on its own: the row names one
+    function, not the event's four to five classes; pickles of earlier code
+    (``(Event, field values)``) still load (recovery snapshots)."""
+    import pickle
+    import pickletools
+
+    from attune.operators.events import Context, Purchase
+
+    ev = make_event(
+        event_type=EventType.PURCHASE,
+        payload=Purchase("o1", (LineItem("i1", 2, 500),), 1000, "EUR"),
+        context=Context(device="MOBILE", country="DE"),
+    )
+    data = pickle.dumps(ev, protocol=pickle.HIGHEST_PROTOCOL)
+    names = [arg for op, arg, _ in pickletools.genops(data) if op.name == "SHORT_BINUNICODE"]
+    assert "_event_of_row" in names
+    assert not {"Event", "EventType", "Purchase", "Context"} & set(names)
+    assert pickle.loads(data) == ev
+    old = pickle.dumps((Event, tuple(getattr(ev, f) for f in Event.__dataclass_fields__)))
+    cls, values = pickle.loads(old)
+    assert cls(*values) == ev
 
 
 def test_outputs_pickle_to_equal_values(codec: Codec) -> None:
