@@ -247,76 +247,27 @@ class Event:
         """The id this event is keyed by before identity stitching: user id, else anonymous id."""
         return self.user_id or self.anonymous_id or ""
 
-    def __reduce__(self) -> tuple[Callable[[EventRow], Event], tuple[EventRow]]:
-        """One flat row of plain values, rebuilt by :func:`_event_of_row`.
+    def __reduce__(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        """Its flat form (:func:`flatten`), rebuilt by :func:`unflatten`; one without a flat
+        form (a purchase) as ``(Event, field values)``.
 
         Bytewax pickles every item it moves to another process on its own (``pickle.dumps``
-        per item, so nothing is memoised between items): with ``(cls, field values)`` an
-        event names four to five classes (the event, its type, payload and context), each
-        looked up by module and name when it is loaded, and its type goes through the
-        enum's constructor. A row names one function: a round trip takes ~40% less
-        (bench/README.md, session 12). Pickles of earlier code, ``(Event, values)``,
-        still load.
+        per item, so nothing is memoised between items): ``(Event, field values)`` names
+        four to five classes (the event, its type, payload and context), each looked up by
+        module and name when it is loaded, and its type goes through the enum's
+        constructor; the flat form names one function. A round trip of a keyed event takes
+        ~40% less (bench/README.md, session 12). Pickles of earlier code still load.
         """
-        p = self.payload
-        kind = _PAYLOAD_INDEX.get(type(p))
-        ctx = self.context
-        row: EventRow = (
-            self.event_id,
-            self.event_type.value,
-            self.event_time,
-            -1 if kind is None else kind,
-            p if kind is None else _PAYLOAD_VALUES[kind](p),
-            self.user_id,
-            self.anonymous_id,
-            self.session_id,
-            None if ctx is None else _CONTEXT_VALUES(ctx),
-        )
-        return _event_of_row, (row,)
+        flat = flatten(self)
+        if flat is None:
+            return Event, _EVENT_VALUES(self)
+        return unflatten, (flat,)
 
 
 # Snapshots (attune.operators.snapshots) may pickle an event as its field values: the
-# row is those values, in another shape.
+# flat form is those values, in another shape.
 Event.__reduce__.state_is_fields = True  # type: ignore[attr-defined]
-
-
-def _values_of(cls: type[Any]) -> Callable[[Any], tuple[Any, ...]]:
-    """The getter of a dataclass's field values, as a tuple even for one field."""
-    names = [f.name for f in fields(cls)]
-    get = attrgetter(*names)
-    if len(names) > 1:
-        return get
-    return lambda obj: (get(obj),)
-
-
-#: The payload classes an event row (:meth:`Event.__reduce__`) names by index.
-_PAYLOAD_CLASSES: tuple[type[Any], ...] = tuple(PAYLOAD_OF_TYPE.values())
-_PAYLOAD_INDEX: dict[type[Any], int] = {cls: i for i, cls in enumerate(_PAYLOAD_CLASSES)}
-_PAYLOAD_VALUES: tuple[Callable[[Any], tuple[Any, ...]], ...] = tuple(
-    _values_of(cls) for cls in _PAYLOAD_CLASSES
-)
-_CONTEXT_VALUES: Callable[[Any], tuple[Any, ...]] = _values_of(Context)
-_EVENT_TYPE_OF_VALUE: dict[str, EventType] = {t.value: t for t in EventType}
-
-#: An event as plain values (:meth:`Event.__reduce__`): id, type, time, payload class index
-#: (-1: the payload itself follows), payload values, user, anonymous id, session, context
-#: values (or ``None``).
-EventRow = tuple[str, str, int, int, Any, str | None, str | None, str | None, Any]
-
-
-def _event_of_row(row: EventRow) -> Event:
-    """The event of a row of :meth:`Event.__reduce__`."""
-    event_id, type_value, event_time, kind, payload, user_id, anonymous_id, session, ctx = row
-    return Event(
-        event_id,
-        _EVENT_TYPE_OF_VALUE.get(type_value) or EventType(type_value),
-        event_time,
-        payload if kind < 0 else _PAYLOAD_CLASSES[kind](*payload),
-        user_id,
-        anonymous_id,
-        session,
-        None if ctx is None else Context(*ctx),
-    )
+_EVENT_VALUES: Callable[[Event], tuple[Any, ...]] = attrgetter(*[f.name for f in fields(Event)])
 
 
 @_fast_pickle
