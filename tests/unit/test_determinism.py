@@ -34,12 +34,9 @@ MODELS = {
     "redis.users",  # recommendations, propensity score and tier
     "triggers.high_propensity",
 }
-_BATCHED = {
-    *MODELS,
-    # the rule that chose it reads segments when the cart is judged, after the batch
-    "triggers.cart_abandoned",
-}
-DEPENDS_ON_BATCHING: dict[str, set[str]] = {"a": _BATCHED, "b": _BATCHED}
+#: (The rule that chose a cart trigger reads the segments as of the cart's due time, and
+#: ``triggers.cart_abandoned`` is equal: tests/unit/test_cart_rule_as_of.py.)
+DEPENDS_ON_BATCHING: dict[str, set[str]] = {"a": MODELS, "b": MODELS}
 
 Digest = dict[str, dict[str, dict[str, object]]]
 
@@ -101,8 +98,7 @@ def test_the_outcome_does_not_depend_on_the_batch_size(
 def test_two_workers_change_nothing_that_batching_does_not(runs: dict[Run, Digest]) -> None:
     """Two worker threads split the keyed steps and interleave by the threads' timing
     (a user's batches are cut by it), so this asserts a bound, not an exact set: nothing
-    differs but the groups of :data:`DEPENDS_ON_BATCHING` (in one run here: the
-    model groups only, the cart rule choices equal)."""
+    differs but the groups of :data:`DEPENDS_ON_BATCHING` (the model groups)."""
     differing = _differing(runs[("0", 1000, 1)], runs[("1", 1000, 2)])
     beyond = {w: groups - DEPENDS_ON_BATCHING[w] for w, groups in differing.items()}
     assert beyond == {"a": set(), "b": set()}
