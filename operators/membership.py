@@ -154,7 +154,7 @@ def observe(
     out: list[Change] = []
     if boundary and cfg.board is not None and cfg.consent.allowed(consent, ANALYTICS):
         m.vectors += 1
-        out.append(ClusterVector(user, vector(features)))
+        out.append(ClusterVector(user, vector(features), t))
     rules = cfg.rules
     if rules is not None:
         if m.rules == rules.fingerprint:
