@@ -642,8 +642,9 @@ class RedisBoard:
 
 #: The learner publishes after this many new vectors (and at end of input).
 PUBLISH_EVERY = 200
-#: Vectors a replay's learner keeps waiting for the stream clock, at most.
-MAX_WAITING = 100_000
+#: Vectors a replay's learner keeps waiting for the stream clock, at most (as
+#: :data:`attune.operators.models.MAX_WAITING`; beyond it the oldest are learnt at once).
+MAX_WAITING = 20_000
 
 
 class ClusterLearnerLogic(StatefulBatchLogic[ClusterVector, PublishParams, bytes]):
@@ -709,10 +710,11 @@ class ClusterLearnerLogic(StatefulBatchLogic[ClusterVector, PublishParams, bytes
         if not final:  # the end of input's at the learner's own end of input only
             through_ms = min(through_ms, MAX_EVENT_TIME_MS - 1)
         n = bisect_right(waiting, through_ms, key=_closed_of)
-        if len(waiting) - n > MAX_WAITING:
-            n = len(waiting) - MAX_WAITING
         if not final:
             n -= n % PUBLISH_EVERY
+        over = len(waiting) - MAX_WAITING
+        if over > n:  # whole mini-batches of the oldest, until no more than that wait
+            n = min(len(waiting), -(-over // PUBLISH_EVERY) * PUBLISH_EVERY)
         out: list[PublishParams] = []
         for at in range(0, n, PUBLISH_EVERY):
             chunk = waiting[at : min(n, at + PUBLISH_EVERY)]

@@ -148,8 +148,12 @@ SNAPSHOT_TRENDING: Final = 20_000
 #: Items the learner tracks trends and co-visitation for (bounded memory).
 MAX_ITEMS: Final = 500_000
 #: Summaries a replay's learner keeps waiting for the stream clock, at most
-#: (:meth:`ModelLearner.wait`): about 10 minutes of sessions of 3 million active users.
-MAX_WAITING: Final = 100_000
+#: (:meth:`ModelLearner.wait`); beyond it the oldest are learnt at once (and the order is
+#: no longer the replay's). A summary takes ~2.6 KB in memory and ~500 bytes in the
+#: learner's snapshot, which Bytewax takes every epoch: 20,000 are ~50 MB and ~10 MB.
+#: The learner waits for the allowed lateness and the clock's lag: 10 minutes of a shop
+#: closing 2 million sessions a day are ~14,000.
+MAX_WAITING: Final = 20_000
 #: Sessions learnt before the propensity model is published for scoring.
 PROPENSITY_MIN_SESSIONS: Final = 100
 #: Neighbours per item and kind in the snapshot (what ranking reads, ranking.N_COVISIT).

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from attune.operators import clustering, models
 from attune.operators.clustering import PUBLISH_EVERY as CLUSTER_EVERY
 from attune.operators.clustering import ClusterLearnerLogic, ClusterVector, PublishParams
 from attune.operators.events import MAX_EVENT_TIME_MS
@@ -247,3 +248,18 @@ def test_the_end_of_inputs_summaries_wait_for_the_learners_own_end_of_input() ->
     (published,), _ = logic.on_eof()
     assert logic.learner.sessions == 4 and not logic.learner.waiting
     assert published.through_ms == MAX_EVENT_TIME_MS
+
+
+def test_what_waits_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clock that stands still does not hold more than MAX_WAITING: the oldest are learnt
+    (out of the replay's order, the one case where it is lost)."""
+    monkeypatch.setattr(models, "MAX_WAITING", 10)
+    monkeypatch.setattr(clustering, "MAX_WAITING", 2 * CLUSTER_EVERY)
+    logic = _models(Clock(settled=T0 - 1))
+    logic.on_batch(SUMMARIES[:25])
+    assert len(logic.learner.waiting) == 10 and logic.learner.sessions == 15
+    assert logic.learner.waiting == sorted(SUMMARIES, key=SessionSummary.order_key)[15:25]
+    clusters = _clusters(Clock(settled=T0 - 1))
+    clusters.on_batch(VECTORS[: 3 * CLUSTER_EVERY + 5])
+    assert len(clusters.waiting) == CLUSTER_EVERY + 5  # whole mini-batches learnt
+    assert clusters.model.n_learned == 2 * CLUSTER_EVERY
