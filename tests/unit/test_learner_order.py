@@ -263,3 +263,34 @@ def test_what_waits_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     clusters.on_batch(VECTORS[: 3 * CLUSTER_EVERY + 5])
     assert len(clusters.waiting) == CLUSTER_EVERY + 5  # whole mini-batches learnt
     assert clusters.model.n_learned == 2 * CLUSTER_EVERY
+
+
+@dataclass
+class LiveClock(Clock):
+    """A stream clock that turns live (read to within seconds of the wall clock)."""
+
+    is_live: bool = False
+
+    def live(self) -> bool:
+        return self.is_live
+
+
+def test_tailing_live_the_learners_learn_as_messages_come_and_what_waited_first() -> None:
+    """Live: learnt at once, published by count as before; the summaries that waited while
+    the clock was not live are learnt first, in order."""
+    clock = LiveClock(settled=T0 - 1)
+    logic = _models(clock)
+    logic.on_batch(list(reversed(SUMMARIES[:5])))
+    assert logic.learner.sessions == 0
+    clock.is_live = True
+    later = list(reversed(SUMMARIES[5:9]))
+    out = list(logic.on_batch(later)[0])
+    assert logic.learner.sessions == 9 and not logic.learner.waiting
+    reference = ModelLearner({})
+    for s in [*sorted(SUMMARIES[:5], key=SessionSummary.order_key), *later]:
+        reference.learn(s)
+    # one publication, by count (7 or more unpublished), without an event-time stamp
+    assert _publications(out) == _publications([reference.publish()])
+    clusters = _clusters(LiveClock(settled=T0 - 1, is_live=True))
+    clusters.on_batch(VECTORS[:3])
+    assert clusters.model.n_learned == 3 and not clusters.waiting
