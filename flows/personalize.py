@@ -354,7 +354,7 @@ def _learner_key(_: ClusterVector) -> str:
 
 
 def _learner_logic(k: int, seed: int, resume: bytes | None) -> ClusterLearnerLogic:
-    return ClusterLearnerLogic(resume, k, seed)
+    return ClusterLearnerLogic(resume, k, seed, clock=STREAM_CLOCK)  # a replay: in order
 
 
 def _summary_or_none(out: Output) -> SessionSummary | None:
@@ -374,6 +374,7 @@ def _model_learner_logic(
         publish_every=settings.models_publish_every,
         publish_s=settings.models_publish_s,
         publish_min_s=settings.models_publish_min_s,
+        clock=STREAM_CLOCK,  # in a replay: learnt in event-time order
     )
 
 

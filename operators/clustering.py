@@ -43,9 +43,11 @@ import math
 import pickle
 import random
 import time
+from bisect import bisect_right, insort
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from operator import mul
 from typing import Any, Final, Protocol
 
@@ -53,6 +55,7 @@ import orjson
 from bytewax.operators import StatefulBatchLogic
 from river import cluster, preprocessing
 
+from attune.operators.events import MAX_EVENT_TIME_MS
 from attune.operators.features import FEATURES, Features
 from attune.operators.segments import cluster_segment
 
@@ -572,10 +575,16 @@ class ClusterModel:
 
 @dataclass(frozen=True, slots=True)
 class ClusterVector:
-    """A user's behaviour at a session boundary, sent to the one learner."""
+    """A user's behaviour at a session boundary, sent to the one learner; ``closed_ms``:
+    the event time of the event that closed the session (the learner's replay order)."""
 
     user: str
     vector: tuple[float, ...]
+    closed_ms: int = MAX_EVENT_TIME_MS
+
+    def order_key(self) -> tuple[int, str]:
+        """Where the vector stands in the learner's replay order: (closed, user)."""
+        return (self.closed_ms, self.user)
 
 
 @dataclass(frozen=True, slots=True)
@@ -633,6 +642,9 @@ class RedisBoard:
 
 #: The learner publishes after this many new vectors (and at end of input).
 PUBLISH_EVERY = 200
+#: Vectors a replay's learner keeps waiting for the stream clock, at most (as
+#: :data:`attune.operators.models.MAX_WAITING`; beyond it the oldest are learnt at once).
+MAX_WAITING = 20_000
 
 
 class ClusterLearnerLogic(StatefulBatchLogic[ClusterVector, PublishParams, bytes]):
@@ -640,21 +652,89 @@ class ClusterLearnerLogic(StatefulBatchLogic[ClusterVector, PublishParams, bytes
 
     It receives one vector per user session, not per event, so it stays far
     below the per-event rate (design.md's scaling rule).
+
+    Tailing live (or without a ``clock``) it learns each batch of vectors as one
+    mini-batch. In a replay (a ``clock``, the stream clock, that is not live) it keeps
+    the vectors until the clock's settled time has passed their closing time (every
+    vector closed before it has then arrived), and learns them in
+    :meth:`ClusterVector.order_key` order in mini-batches of :data:`PUBLISH_EVERY`,
+    publishing after each: the versions are the same in every batching of a replay.
+    At the end of input the rest, in order, as one mini-batch. When the clock turns
+    live, what waits is learnt first.
     """
 
-    def __init__(self, resume: bytes | None, k: int, seed: int) -> None:
-        self.model: ClusterModel = pickle.loads(resume) if resume else ClusterModel(k=k, seed=seed)
+    def __init__(self, resume: bytes | None, k: int, seed: int, clock: Any = None) -> None:
+        state = pickle.loads(resume) if resume else ClusterModel(k=k, seed=seed)
+        #: Vectors waiting for the clock in a replay, in order (at most MAX_WAITING).
+        self.waiting: list[ClusterVector] = []
+        if isinstance(state, tuple):  # (model, waiting)
+            state, self.waiting = state
+        self.model: ClusterModel = state
         self.unpublished = 0
+        self.clock = clock
+
+    def _replaying(self) -> bool:
+        """A clock that is not live, or at the end of time (a bounded input read to its
+        end: the clock calls that live, but its last messages are still on their way)."""
+        clock = self.clock
+        return clock is not None and (
+            not clock.live() or (clock.now_ms() or 0) >= MAX_EVENT_TIME_MS
+        )
 
     def on_batch(self, values: list[ClusterVector]) -> tuple[Iterable[PublishParams], bool]:
+        if self._replaying():
+            self._wait(values)
+            return self._learn_through(self.clock.now_ms()), StatefulBatchLogic.RETAIN
+        out = self._learn_through(MAX_EVENT_TIME_MS, final=True) if self.waiting else []
         self.model.learn_many([v.vector for v in values])
         self.unpublished += len(values)
         if self.unpublished >= PUBLISH_EVERY:
-            return self._publish(), StatefulBatchLogic.RETAIN
-        return [], StatefulBatchLogic.RETAIN
+            out += self._publish()
+        return out, StatefulBatchLogic.RETAIN
+
+    def _wait(self, values: list[ClusterVector]) -> None:
+        waiting = self.waiting
+        for v in values:
+            if not waiting or v.order_key() >= waiting[-1].order_key():
+                waiting.append(v)
+            else:
+                insort(waiting, v, key=ClusterVector.order_key)
+
+    def _learn_through(self, through_ms: int | None, final: bool = False) -> list[PublishParams]:
+        """Learn the waiting vectors closed at or before ``through_ms`` in whole
+        mini-batches of :data:`PUBLISH_EVERY` (``final``: the rest too), publishing after
+        each; beyond :data:`MAX_WAITING` waiting, the oldest whole mini-batches anyway."""
+        if through_ms is None:
+            return []
+        waiting = self.waiting
+        if not final:  # the end of input's at the learner's own end of input only
+            through_ms = min(through_ms, MAX_EVENT_TIME_MS - 1)
+        n = bisect_right(waiting, through_ms, key=_closed_of)
+        if not final:
+            n -= n % PUBLISH_EVERY
+        over = len(waiting) - MAX_WAITING
+        if over > n:  # whole mini-batches of the oldest, until no more than that wait
+            n = min(len(waiting), -(-over // PUBLISH_EVERY) * PUBLISH_EVERY)
+        out: list[PublishParams] = []
+        for at in range(0, n, PUBLISH_EVERY):
+            chunk = waiting[at : min(n, at + PUBLISH_EVERY)]
+            self.model.learn_many([v.vector for v in chunk])
+            self.unpublished += len(chunk)
+            out += self._publish()
+        del waiting[:n]
+        return out
+
+    def on_notify(self) -> tuple[Iterable[PublishParams], bool]:
+        if self._replaying():  # a poll of the clock
+            return self._learn_through(self.clock.now_ms()), StatefulBatchLogic.RETAIN
+        return self._learn_through(MAX_EVENT_TIME_MS, final=True), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        return datetime.now(UTC) + timedelta(seconds=1) if self.waiting else None
 
     def on_eof(self) -> tuple[Iterable[PublishParams], bool]:
-        return (self._publish() if self.unpublished else []), StatefulBatchLogic.RETAIN
+        out = self._learn_through(MAX_EVENT_TIME_MS, final=True) if self.waiting else []
+        return out + (self._publish() if self.unpublished else []), StatefulBatchLogic.RETAIN
 
     def _publish(self) -> list[PublishParams]:
         params = self.model.params()
@@ -664,4 +744,9 @@ class ClusterLearnerLogic(StatefulBatchLogic[ClusterVector, PublishParams, bytes
         return [PublishParams(params)]
 
     def snapshot(self) -> bytes:
-        return pickle.dumps(self.model, protocol=pickle.HIGHEST_PROTOCOL)
+        state = (self.model, self.waiting) if self.waiting else self.model
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _closed_of(v: ClusterVector) -> int:
+    return v.closed_ms

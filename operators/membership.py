@@ -12,6 +12,11 @@ changes into ``segment_entered``/``segment_exited`` candidates. At a session bou
 the stage also sends the shared persona learner one :class:`ClusterVector` of the
 user's features (with analytics consent).
 
+The rule segments are also kept as they stood in event time, from each change on
+(:attr:`Membership.past`), so that a judgement made later than its time (an abandoned
+cart, judged once the stream has settled past its due time, at the end of a batch) reads
+them as they were then (:func:`segments_as_of`), whatever the batching.
+
 >>> from attune.operators.user_config import ProfileConfig
 >>> m = Membership(segments=frozenset({"vip"}), cluster=2)
 >>> audiences(m)
@@ -22,7 +27,8 @@ user's features (with analytics consent).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from bisect import bisect_right
+from dataclasses import dataclass, field
 
 from attune.operators.clustering import ClusterVector, vector
 from attune.operators.consent import ANALYTICS, ConsentState
@@ -33,6 +39,11 @@ from attune.operators.segments import cluster_segment, membership_changes
 from attune.operators.user_config import ProfileConfig
 
 Change = SegmentChange | SegmentsWrite | ClusterVector
+
+#: Rule-segment states kept for judgements as of an earlier time (:attr:`Membership.past`),
+#: at most; beyond it the oldest is dropped (its time given to the next).
+MAX_PAST = 32
+_EARLIEST = -(2**62)
 
 
 @dataclass(slots=True)
@@ -45,12 +56,77 @@ class Membership:
     rules: int = 0
     cluster: int | None = None  # persona assigned from the published cluster parameters
     vectors: int = 0  # session vectors sent to the shared persona learner
+    #: The rule segments as they stood in event time: ``(t, segments from t on)`` sorted
+    #: by ``t`` (ties in arrival order), one entry per change not yet settled, the first
+    #: one the segments before them; empty: ``segments`` throughout
+    #: (:func:`segments_as_of`). Bounded by :data:`MAX_PAST`; emptied as judgements
+    #: settle (:func:`settle`).
+    past: list[tuple[int, frozenset[str]]] = field(default_factory=list)
+
+
+def _time(entry: tuple[int, frozenset[str]]) -> int:
+    return entry[0]
+
+
+def _record(m: Membership, t: int, before: frozenset[str], after: frozenset[str]) -> None:
+    """The rule segments changed from ``before`` to ``after`` at an event at ``t``."""
+    past = m.past
+    if not past:
+        past.append((_EARLIEST, before))
+    if t >= past[-1][0]:
+        past.append((t, after))
+    else:  # an event older than the latest change (a login's history, a late event)
+        past.insert(bisect_right(past, t, key=_time), (t, after))
+    if len(past) > MAX_PAST:
+        del past[0]
+        past[0] = (_EARLIEST, past[0][1])
+
+
+def segments_as_of(m: Membership, t: int) -> frozenset[str]:
+    """The rule segments as they stood at event time ``t``: those recorded at the latest
+    change at or before ``t`` (in event time). Exact for any ``t`` not before the last
+    :func:`settle`.
+
+    >>> m = Membership()
+    >>> _record(m, 1_000, frozenset(), frozenset({"vip"}))
+    >>> m.segments = frozenset({"vip"})
+    >>> segments_as_of(m, 999), segments_as_of(m, 1_000)
+    (frozenset(), frozenset({'vip'}))
+    >>> settle(m, 2_000); m.past  # nothing earlier asked for: no history needed
+    []
+    """
+    past = m.past
+    if not past:
+        return m.segments
+    i = bisect_right(past, t, key=_time)
+    return past[i - 1][1] if i else past[0][1]
+
+
+def settle(m: Membership, t: int) -> None:
+    """No judgement will ask for a time before ``t`` any more: what only such a judgement
+    would read is dropped."""
+    past = m.past
+    if not past:
+        return
+    i = bisect_right(past, t, key=_time) - 1
+    if i > 0:
+        del past[:i]
+    if len(past) == 1 and past[0][1] == m.segments:
+        past.clear()
 
 
 def audiences(m: Membership) -> tuple[str, ...]:
     """Every audience the user is in: rule segments and the persona."""
     persona = () if m.cluster is None else (cluster_segment(m.cluster),)
     return tuple(sorted((*m.segments, *persona)))
+
+
+def audiences_as_of(m: Membership, t: int) -> frozenset[str]:
+    """The audiences for a judgement as of event time ``t``: the rule segments as they
+    stood then (:func:`segments_as_of`) and the persona now (assigned per batch from the
+    shared model, not kept in event time)."""
+    segments = segments_as_of(m, t)
+    return segments if m.cluster is None else segments | {cluster_segment(m.cluster)}
 
 
 def every_audience(m: Membership, cfg: ProfileConfig) -> tuple[str, ...]:
@@ -78,7 +154,7 @@ def observe(
     out: list[Change] = []
     if boundary and cfg.board is not None and cfg.consent.allowed(consent, ANALYTICS):
         m.vectors += 1
-        out.append(ClusterVector(user, vector(features)))
+        out.append(ClusterVector(user, vector(features), t))
     rules = cfg.rules
     if rules is not None:
         if m.rules == rules.fingerprint:
@@ -88,6 +164,7 @@ def observe(
             m.rules = rules.fingerprint
         if after != m.segments:
             before, m.segments = m.segments, after
+            _record(m, t, before, after)
             changes = rules.membership_changes(user, before, after, t, cfg.clock.now_ms())
             entered = tuple(sorted(after - before))
             exited = tuple(sorted(before - after))

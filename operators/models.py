@@ -50,7 +50,7 @@ import struct
 import sys
 import time
 from array import array
-from bisect import insort
+from bisect import bisect_right, insort
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
@@ -76,6 +76,7 @@ from attune.operators.covisit import (
 )
 from attune.operators.embeddings import EmbeddingSnapshot, Item2Vec
 from attune.operators.events import (
+    MAX_EVENT_TIME_MS,
     AddToCart,
     Event,
     ItemUpdate,
@@ -146,6 +147,13 @@ PUBLISH_S: Final = 10.0
 SNAPSHOT_TRENDING: Final = 20_000
 #: Items the learner tracks trends and co-visitation for (bounded memory).
 MAX_ITEMS: Final = 500_000
+#: Summaries a replay's learner keeps waiting for the stream clock, at most
+#: (:meth:`ModelLearner.wait`); beyond it the oldest are learnt at once (and the order is
+#: no longer the replay's). A summary takes ~2.6 KB in memory and ~500 bytes in the
+#: learner's snapshot, which Bytewax takes every epoch: 20,000 are ~50 MB and ~10 MB.
+#: The learner waits for the allowed lateness and the clock's lag: 10 minutes of a shop
+#: closing 2 million sessions a day are ~14,000.
+MAX_WAITING: Final = 20_000
 #: Sessions learnt before the propensity model is published for scoring.
 PROPENSITY_MIN_SESSIONS: Final = 100
 #: Neighbours per item and kind in the snapshot (what ranking reads, ranking.N_COVISIT).
@@ -194,7 +202,10 @@ class SessionSummary:
     the session's orders as ``(time, item ids)``, ``features`` the propensity
     features at the decision point (before the first cart/checkout page or
     purchase, else at the session's last event), ``purchased`` the label,
-    ``segments`` the user's audiences (trending per segment).
+    ``segments`` the user's audiences (trending per segment), ``closed_ms`` the event
+    time of the event that closed the session (the next session's first event;
+    :data:`~attune.operators.events.MAX_EVENT_TIME_MS`: the end of a bounded input), by
+    which the learner orders what it learns in a replay (:class:`ModelLearnerLogic`).
     """
 
     user: str
@@ -205,6 +216,11 @@ class SessionSummary:
     features: Mapping[str, FeatureValue]
     purchased: bool
     segments: tuple[str, ...] = ()
+    closed_ms: int = MAX_EVENT_TIME_MS
+
+    def order_key(self) -> tuple[int, str, int]:
+        """Where the summary stands in the learner's replay order: (closed, user, start)."""
+        return (self.closed_ms, self.user, self.start_ms)
 
     def items(self) -> list[str]:
         """The session's viewed/carted items in order, repeats in a row collapsed (item2vec)."""
@@ -295,8 +311,11 @@ class UserModels:
         end_ms: int,
         features: Mapping[str, FeatureValue],
         segments: tuple[str, ...],
+        *,
+        closed_ms: int = MAX_EVENT_TIME_MS,
     ) -> SessionSummary:
-        """The summary of the session that just closed; the session part is reset."""
+        """The summary of the session that just closed (by an event at ``closed_ms``); the
+        session part is reset."""
         decision = self.decision
         if decision is None:
             decision = {name: features.get(name) for name in PROPENSITY_FEATURES}
@@ -309,6 +328,7 @@ class UserModels:
             decision,
             self.bought,
             segments,
+            closed_ms,
         )
         self.new_session()
         self.summaries += 1
@@ -396,6 +416,10 @@ class ModelSnapshot:
     segment_trending: dict[str, dict[str, float]]
     propensity: dict[str, Any] | None  # PropensityModel.publish() parameters
     metrics: dict[str, Any]
+    #: In a replay, the summaries it holds are every one closed up to this event time
+    #: (:meth:`SessionSummary.order_key`) and some closed at it; ``None``: learnt as they
+    #: came (tailing live), or a snapshot from before the field.
+    through_ms: int | None = None
     #: The decoded co-visitation arrays (item table, ``cv_item``, ``cv_at``, ``cv_end``,
     #: ``cv_nb``, ``cv_score`` as int64 bits) when made by :meth:`from_bytes`: what the
     #: next snapshot's decoding compares its lists with, to reuse the unchanged ones.
@@ -502,6 +526,7 @@ class ModelSnapshot:
             },
             meta["propensity"],
             dict(meta["metrics"]),
+            meta.get("through_ms"),
             cv_arrays,
         )
 
@@ -768,6 +793,7 @@ class SnapshotEncoder:
             {
                 "created_ms": snap.created_ms,
                 "sessions": snap.sessions,
+                "through_ms": snap.through_ms,
                 "propensity": snap.propensity,
                 "metrics": snap.metrics,
                 "items": self.table,
@@ -829,6 +855,7 @@ class PublishModels:
     snapshot: bytes
     trending: tuple[TrendingWrite, ...]
     metrics: bytes
+    through_ms: int | None = None  # ModelSnapshot.through_ms
 
 
 # --- the one learner ---------------------------------------------------------------------------
@@ -864,6 +891,10 @@ class ModelLearner:
     scores: dict[str, float] = field(default_factory=dict)
     segment_scores: dict[str, dict[str, float]] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)  # the last publication's
+    #: In a replay: summaries received and not learnt yet, in their order
+    #: (:meth:`SessionSummary.order_key`), learnt once the stream clock has settled past
+    #: their closing time (:meth:`settled`). Bounded by :data:`MAX_WAITING`.
+    waiting: list[SessionSummary] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.item2vec = Item2Vec(seed=self.seed)
@@ -889,6 +920,7 @@ class ModelLearner:
             raise ValueError(f"not a model learner state: {tag!r}")
         state["covisit"] = _unpack_covisit(state["covisit"])
         state["trends"] = _unpack_trends(state["trends"])
+        state.setdefault("waiting", [])  # added in session 12
         for name in _LEARNER_FIELDS:
             setattr(self, name, state[name])
 
@@ -928,8 +960,35 @@ class ModelLearner:
         self.sessions += 1
         self.latest_ms = max(self.latest_ms, s.end_ms)
 
-    def publish(self, now_ms: int | None = None) -> PublishModels:
-        """Train item2vec on the pending sessions, then the snapshot and the changed trends."""
+    def wait(self, summaries: Iterable[SessionSummary]) -> None:
+        """Keep ``summaries`` for :meth:`settled`, in their order (the oldest beyond
+        :data:`MAX_WAITING` are learnt at once: a stream clock that stands still must not
+        hold the learner's memory)."""
+        waiting = self.waiting
+        for s in summaries:
+            key = s.order_key()
+            if not waiting or key >= waiting[-1].order_key():
+                waiting.append(s)
+            else:
+                insort(waiting, s, key=SessionSummary.order_key)
+
+    def settled(self, through_ms: int, final: bool = False) -> list[SessionSummary]:
+        """The waiting summaries closed at or before ``through_ms``, in order, taken out;
+        and the oldest beyond :data:`MAX_WAITING`. Those of the end of input only when
+        ``final`` (the learner's own end of input): a clock at the end of time does not
+        say that every worker's last summaries have arrived."""
+        waiting = self.waiting
+        if not final:
+            through_ms = min(through_ms, MAX_EVENT_TIME_MS - 1)
+        n = bisect_right(waiting, through_ms, key=_closed_of)
+        n = max(n, len(waiting) - MAX_WAITING)
+        out = waiting[:n]
+        del waiting[:n]
+        return out
+
+    def publish(self, now_ms: int | None = None, through_ms: int | None = None) -> PublishModels:
+        """Train item2vec on the pending sessions, then the snapshot and the changed trends
+        (``through_ms``: :attr:`ModelSnapshot.through_ms`)."""
         at = self.latest_ms if now_ms is None else now_ms
         if self.pending:
             self.item2vec.learn_sessions(self.pending)
@@ -955,12 +1014,14 @@ class ModelLearner:
                 else None
             ),
             metrics=metrics,
+            through_ms=through_ms,
         )
         return PublishModels(
             self.version,
             self.encoder.encode(snapshot),
             tuple(TrendingWrite(scope, tuple(m)) for scope, m in scopes.items()),
             orjson.dumps({**metrics, "model_version": self.version, "at": at}),
+            through_ms,
         )
 
     def _changed_trends(self) -> dict[str, list[tuple[str, float]]]:
@@ -1004,6 +1065,10 @@ class ModelLearner:
         changed = [st for st in map(states.get, self.covisit_changed) if st is not None]
         self.encoder.put_states(changed, at, SNAPSHOT_NEIGHBOURS)
         self.covisit_changed = {}
+
+
+def _closed_of(s: SessionSummary) -> int:
+    return s.closed_ms
 
 
 _LEARNER_STATE: Final = "attune-model-learner-1"
@@ -1110,11 +1175,23 @@ def _best(scores: dict[str, float], n: int) -> dict[str, float]:
 class ModelLearnerLogic(StatefulBatchLogic[SessionSummary, PublishModels, bytes]):
     """The one model learner (a single key): learns per batch, publishes periodically.
 
-    Publishes after ``publish_every`` new summaries, after ``publish_s`` wall
+    Tailing live (or without a ``clock``), it learns the summaries as they come and
+    publishes after ``publish_every`` new summaries, after ``publish_s`` wall
     seconds with unpublished ones (a quiet stream still gets fresh models), and at
     the end of input; never twice within ``publish_min_s`` seconds (a publication
     costs O(items): at high session rates the count alone would publish many
     times per board refresh). One message per user session reaches it, not per event.
+
+    In a replay (a ``clock``, the stream clock, that is not live) what it learns and
+    publishes does not depend on batching or timing: it keeps the summaries
+    (:meth:`ModelLearner.wait`) until the clock's settled time has passed their closing
+    time (in a replay every summary closed before it has then arrived: the event that
+    closed it was read), learns them in :meth:`SessionSummary.order_key` order, and
+    publishes after every ``publish_every`` summaries of that order, so each version
+    holds the same summaries in every run, with the time it was learnt through
+    (:attr:`PublishModels.through_ms`); at the end of input the rest, in order, then
+    what is left. The wall-clock publications and ``publish_min_s`` do not apply
+    there. When the clock turns live, what waits is learnt first, in order.
     """
 
     def __init__(
@@ -1126,6 +1203,7 @@ class ModelLearnerLogic(StatefulBatchLogic[SessionSummary, PublishModels, bytes]
         publish_every: int = PUBLISH_EVERY,
         publish_s: float = PUBLISH_S,
         publish_min_s: float = 0.0,
+        clock: Any = None,
     ) -> None:
         if publish_every < 1 or publish_s < 0:
             raise ValueError(
@@ -1147,36 +1225,76 @@ class ModelLearnerLogic(StatefulBatchLogic[SessionSummary, PublishModels, bytes]
         self.published_at = -math.inf  # the last publication (monotonic), for publish_min_s
         self.unpublished = 0
         self.last_publish = time.monotonic()
+        #: The stream clock (``now_ms()``: settled time, ``live()``); ``None``: as they come.
+        self.clock = clock
+
+    def _replaying(self) -> bool:
+        """A clock that is not live, or at the end of time (a bounded input read to its
+        end: the clock calls that live, but its last messages are still on their way)."""
+        clock = self.clock
+        return clock is not None and (
+            not clock.live() or (clock.now_ms() or 0) >= MAX_EVENT_TIME_MS
+        )
 
     def on_batch(self, values: list[SessionSummary]) -> tuple[Iterable[PublishModels], bool]:
+        learner = self.learner
+        if self._replaying():
+            learner.wait(values)
+            return self._learn_through(self.clock.now_ms()), StatefulBatchLogic.RETAIN
+        out = self._learn_through(MAX_EVENT_TIME_MS, True) if learner.waiting else []
         for summary in values:
-            self.learner.learn(summary)
+            learner.learn(summary)
         self.unpublished += len(values)
         if self.unpublished >= self.publish_every and self._since_publish() >= self.publish_min_s:
-            return self._publish(), StatefulBatchLogic.RETAIN
-        return [], StatefulBatchLogic.RETAIN
+            out += self._publish()
+        return out, StatefulBatchLogic.RETAIN
+
+    def _learn_through(self, through_ms: int | None, final: bool = False) -> list[PublishModels]:
+        """Learn the waiting summaries closed at or before ``through_ms`` (``None``: none
+        yet), in order, publishing after every ``publish_every`` of them: learnt sessions
+        a multiple of it (a version's summaries are the same in every replay). ``final``:
+        those of the end of input too (:meth:`ModelLearner.settled`)."""
+        if through_ms is None:
+            return []
+        learner = self.learner
+        out: list[PublishModels] = []
+        every = self.publish_every
+        for summary in learner.settled(through_ms, final):
+            learner.learn(summary)
+            self.unpublished += 1
+            if learner.sessions % every == 0:
+                out += self._publish(summary.closed_ms)
+        return out
 
     def _since_publish(self) -> float:
         return time.monotonic() - self.published_at
 
     def on_notify(self) -> tuple[Iterable[PublishModels], bool]:
-        return (self._publish() if self.unpublished else []), StatefulBatchLogic.RETAIN
+        if self._replaying():  # a poll of the clock
+            return self._learn_through(self.clock.now_ms()), StatefulBatchLogic.RETAIN
+        out = self._learn_through(MAX_EVENT_TIME_MS, True) if self.learner.waiting else []
+        return out + (self._publish() if self.unpublished else []), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[PublishModels], bool]:
-        return (self._publish() if self.unpublished else []), StatefulBatchLogic.RETAIN
+        out = self._learn_through(MAX_EVENT_TIME_MS, True) if self.learner.waiting else []
+        if self.unpublished:  # the end of input: everything is learnt
+            out += self._publish(MAX_EVENT_TIME_MS if self.clock is not None else None)
+        return out, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        if not self.unpublished:
+        if self._replaying():  # poll the clock while summaries wait for it
+            return datetime.now(UTC) + timedelta(seconds=1) if self.learner.waiting else None
+        if not self.unpublished and not self.learner.waiting:
             return None
         wait = self.publish_s - (time.monotonic() - self.last_publish)
         if self.unpublished >= self.publish_every:  # held back by publish_min_s only
             wait = min(wait, self.publish_min_s - self._since_publish())
         return datetime.now(UTC) + timedelta(seconds=max(0.0, wait))
 
-    def _publish(self) -> list[PublishModels]:
+    def _publish(self, through_ms: int | None = None) -> list[PublishModels]:
         self.unpublished = 0
         self.last_publish = self.published_at = time.monotonic()
-        out = self.learner.publish()
+        out = self.learner.publish(through_ms=through_ms)
         m = self.learner.metrics
         MODEL_VERSION.set(out.version)
         MODEL_SESSIONS.set(self.learner.sessions)

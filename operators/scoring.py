@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from attune.operators.consent import ANALYTICS
-from attune.operators.events import Event, Trigger
+from attune.operators.events import MAX_EVENT_TIME_MS, Event, Trigger
 from attune.operators.membership import audiences
 from attune.operators.models import RECS_MAX_AGE_MS, RecsRequest, SessionSummary
 from attune.operators.profiles import FeatureView, cart_of, compute
@@ -39,11 +39,13 @@ from attune.operators.user_config import ProfileConfig
 from attune.operators.user_state import UserState
 
 
-def close_session(st: UserState, cfg: ProfileConfig) -> list[SessionSummary]:
+def close_session(
+    st: UserState, cfg: ProfileConfig, closed_ms: int = MAX_EVENT_TIME_MS
+) -> list[SessionSummary]:
     """The latest session is over: one :class:`SessionSummary` for the shared models, only
     with analytics consent (a shared aggregate, like the persona vectors); the per-user
     session part is reset either way. Taken on the state as it was before the event that
-    ended the session."""
+    ended the session, at ``closed_ms`` (the end of a bounded input: the default)."""
     if cfg.models is None:
         return []
     a = st.activity
@@ -59,6 +61,7 @@ def close_session(st: UserState, cfg: ProfileConfig) -> list[SessionSummary]:
         a.session_ends[-1],
         FeatureView(st, st.activity.max_time),
         audiences(st.membership),
+        closed_ms=closed_ms,
     )
     return [summary]
 

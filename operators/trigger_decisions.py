@@ -24,7 +24,7 @@ from collections.abc import Callable
 from attune.operators.cart import MAX_WAKE
 from attune.operators.consent import MARKETING, PERSONALIZATION
 from attune.operators.events import MAX_EVENT_TIME_MS, Dwell, Event, SegmentChange, Trigger
-from attune.operators.membership import Change, audiences
+from attune.operators.membership import Change, audiences, audiences_as_of, settle
 from attune.operators.profiles import FeatureView
 from attune.operators.rules import TriggerContext
 from attune.operators.triggers import (
@@ -223,6 +223,9 @@ def check_cart(
     if not final and now_ms < MAX_EVENT_TIME_MS and judgements_wait(st, cfg):
         return []
     due = st.cart.take_due(now_ms, cfg.triggers.abandon_after_ms)
+    # the rules read the segments as of each cart's due time (publishable); a later
+    # judgement reads a due time at or after now_ms
+    settle(st.membership, min((a.due_ms for a in due), default=now_ms))
     if not due:
         return []
     emit = cfg.clock.now_ms()
@@ -254,7 +257,14 @@ def publishable(
     kind and every rule purpose: the rules read its answer
     (``TriggerContext.marketing_consent``) under that floor (``consent_floor``) and hold
     back what it does not allow. ``channel`` and ``timezone`` (of the causing event)
-    override the user's latest ones when given."""
+    override the user's latest ones when given.
+
+    A cart reminder's rules read the user's rule segments as they stood at its due time
+    (:func:`~attune.operators.membership.audiences_as_of`): it is judged once the stream
+    has settled past that time, at an event or at the end of a batch, and a bigger batch
+    would otherwise let later events (a purchase that makes the user ``high_value``)
+    choose the rule. The features, the persona, the channel and the time zone the rules
+    read are the latest (the shipped cart rules read segments only)."""
     if not candidates:
         return []
     policy, cs = cfg.consent, st.consent
@@ -265,7 +275,8 @@ def publishable(
     out: list[Output] = []
     for trigger in candidates:
         start = trigger.cause_event_time
-        end = start + (wait if trigger.kind == "cart_abandoned" else 0)
+        cart = trigger.kind == "cart_abandoned"
+        end = start + (wait if cart else 0)
         if not policy.allowed(cs, PERSONALIZATION, start, end):
             continue
         marketing = policy.allowed(cs, MARKETING, start, end)
@@ -275,7 +286,7 @@ def publishable(
             continue
         ctx = TriggerContext(
             features=features,
-            segments=segments,
+            segments=audiences_as_of(st.membership, end) if cart else segments,
             marketing_consent=marketing,
             consent_floor=True,
             timezone=timezone or st.trig.timezone,

@@ -90,7 +90,7 @@ def apply(st: UserState, item: UserInput, cfg: ProfileConfig) -> list[Output]:
     models = cfg.models is not None  # models off: their stage is skipped whole
     boundary = sessions.ends_latest(activity, t, cfg.session_gap_ms)
     if boundary and models:
-        out += scoring.close_session(st, cfg)
+        out += scoring.close_session(st, cfg, t)
     before = marks(activity)
     sessions.place(activity, t, cfg.session_gap_ms)
     if models:
