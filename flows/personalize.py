@@ -372,6 +372,7 @@ def _model_learner_logic(
         resume,
         categories,
         publish_every=settings.models_publish_every,
+        replay_publish_every=settings.models_replay_publish_every,
         publish_s=settings.models_publish_s,
         publish_min_s=settings.models_publish_min_s,
         clock=STREAM_CLOCK,  # in a replay: learnt in event-time order

@@ -1187,7 +1187,8 @@ class ModelLearnerLogic(StatefulBatchLogic[SessionSummary, PublishModels, bytes]
     (:meth:`ModelLearner.wait`) until the clock's settled time has passed their closing
     time (in a replay every summary closed before it has then arrived: the event that
     closed it was read), learns them in :meth:`SessionSummary.order_key` order, and
-    publishes after every ``publish_every`` summaries of that order, so each version
+    publishes after every ``replay_publish_every`` summaries of that order (default
+    ``publish_every``; the flow's ``ATTUNE_MODELS_REPLAY_PUBLISH_EVERY``), so each version
     holds the same summaries in every run, with the time it was learnt through
     (:attr:`PublishModels.through_ms`); at the end of input the rest, in order, then
     what is left. The wall-clock publications and ``publish_min_s`` do not apply
@@ -1204,7 +1205,13 @@ class ModelLearnerLogic(StatefulBatchLogic[SessionSummary, PublishModels, bytes]
         publish_s: float = PUBLISH_S,
         publish_min_s: float = 0.0,
         clock: Any = None,
+        replay_publish_every: int | None = None,
     ) -> None:
+        if replay_publish_every is not None and replay_publish_every < 1:
+            raise ValueError(
+                f"the model learner publishes every {replay_publish_every} summaries in a "
+                "replay: set ATTUNE_MODELS_REPLAY_PUBLISH_EVERY >= 1"
+            )
         if publish_every < 1 or publish_s < 0:
             raise ValueError(
                 f"the model learner publishes every {publish_every} summaries and "
@@ -1220,6 +1227,8 @@ class ModelLearnerLogic(StatefulBatchLogic[SessionSummary, PublishModels, bytes]
             pickle.loads(resume) if resume else ModelLearner(categories, seed)
         )
         self.publish_every = publish_every
+        #: In a replay: after every this many summaries of event-time order.
+        self.replay_every = replay_publish_every or publish_every
         self.publish_s = publish_s
         self.publish_min_s = publish_min_s
         self.published_at = -math.inf  # the last publication (monotonic), for publish_min_s
@@ -1251,14 +1260,14 @@ class ModelLearnerLogic(StatefulBatchLogic[SessionSummary, PublishModels, bytes]
 
     def _learn_through(self, through_ms: int | None, final: bool = False) -> list[PublishModels]:
         """Learn the waiting summaries closed at or before ``through_ms`` (``None``: none
-        yet), in order, publishing after every ``publish_every`` of them: learnt sessions
+        yet), in order, publishing after every ``replay_every`` of them: learnt sessions
         a multiple of it (a version's summaries are the same in every replay). ``final``:
         those of the end of input too (:meth:`ModelLearner.settled`)."""
         if through_ms is None:
             return []
         learner = self.learner
         out: list[PublishModels] = []
-        every = self.publish_every
+        every = self.replay_every
         for summary in learner.settled(through_ms, final):
             learner.learn(summary)
             self.unpublished += 1

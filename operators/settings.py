@@ -206,6 +206,14 @@ class Settings:
         "The model learner publishes its snapshot after this many session summaries "
         "(and at the end of input).",
     )
+    models_replay_publish_every: int = _setting(
+        200,
+        "In a replay (the stream clock not live: a bounded input, a catch-up) the model "
+        "learner learns summaries in event-time order and publishes after every this many "
+        "of that order, whatever the wall clock, so each version holds the same summaries "
+        "in every run. Each publication costs O(items) and is read by every process: a "
+        "long backfill may raise it (fewer, staler versions).",
+    )
     models_publish_s: int = _setting(
         10,
         "... and at the latest this many seconds after it learnt something new (a quiet "

@@ -147,6 +147,25 @@ def test_the_model_learner_publishes_the_same_versions_in_any_batching(
     assert [s.through_ms for s in snaps][-1] == MAX_EVENT_TIME_MS
 
 
+def test_a_replay_publishes_at_its_own_cadence_and_tailing_live_at_the_other() -> None:
+    """``replay_publish_every`` (the flow's ``ATTUNE_MODELS_REPLAY_PUBLISH_EVERY``) sets
+    the versions of a replay; ``publish_every`` those of a live stream."""
+
+    def make(clock: Clock) -> ModelLearnerLogic:
+        return ModelLearnerLogic(
+            None, {}, publish_every=EVERY, replay_publish_every=25, publish_s=3600.0, clock=clock
+        )
+
+    got = replay(make, SUMMARIES, lambda s: s.closed_ms, [13], random.Random(5))
+    sessions = [ModelSnapshot.from_bytes(p.snapshot).sessions for p in got]
+    assert sessions == [25, 50, len(SUMMARIES)]
+    live = make(LiveClock(settled=T0, is_live=True))
+    published, _ = live.on_batch(SUMMARIES[:EVERY])
+    assert [ModelSnapshot.from_bytes(p.snapshot).sessions for p in published] == [EVERY]
+    with pytest.raises(ValueError, match="ATTUNE_MODELS_REPLAY_PUBLISH_EVERY"):
+        ModelLearnerLogic(None, {}, replay_publish_every=0)
+
+
 def test_summaries_wait_for_the_settled_time_and_survive_a_restart() -> None:
     """Nothing closed after the settled time is learnt; a snapshot taken while summaries
     wait restores them, and the run goes on as if uninterrupted."""
