@@ -1187,8 +1187,10 @@ class ModelLearnerLogic(StatefulBatchLogic[SessionSummary, PublishModels, bytes]
     (:meth:`ModelLearner.wait`) until the clock's settled time has passed their closing
     time (in a replay every summary closed before it has then arrived: the event that
     closed it was read), learns them in :meth:`SessionSummary.order_key` order, and
-    publishes after every ``replay_publish_every`` summaries of that order (default
-    ``publish_every``; the flow's ``ATTUNE_MODELS_REPLAY_PUBLISH_EVERY``), so each version
+    publishes after the first ``publish_every`` summaries of that order, then after every
+    ``replay_publish_every`` (default ``publish_every``; the flow's
+    ``ATTUNE_MODELS_REPLAY_PUBLISH_EVERY``: fewer versions than tailing live, as each costs
+    O(items), but the first as soon), so each version
     holds the same summaries in every run, with the time it was learnt through
     (:attr:`PublishModels.through_ms`); at the end of input the rest, in order, then
     what is left. The wall-clock publications and ``publish_min_s`` do not apply
@@ -1260,18 +1262,19 @@ class ModelLearnerLogic(StatefulBatchLogic[SessionSummary, PublishModels, bytes]
 
     def _learn_through(self, through_ms: int | None, final: bool = False) -> list[PublishModels]:
         """Learn the waiting summaries closed at or before ``through_ms`` (``None``: none
-        yet), in order, publishing after every ``replay_every`` of them: learnt sessions
-        a multiple of it (a version's summaries are the same in every replay). ``final``:
+        yet), in order, publishing after the first ``publish_every`` of them and then after
+        every ``replay_every``: at counts of learnt sessions that do not depend on batching
+        (a version's summaries are the same in every replay). ``final``:
         those of the end of input too (:meth:`ModelLearner.settled`)."""
         if through_ms is None:
             return []
         learner = self.learner
         out: list[PublishModels] = []
-        every = self.replay_every
+        every, first = self.replay_every, self.publish_every
         for summary in learner.settled(through_ms, final):
             learner.learn(summary)
             self.unpublished += 1
-            if learner.sessions % every == 0:
+            if learner.sessions % every == 0 or learner.sessions == first:
                 out += self._publish(summary.closed_ms)
         return out
 

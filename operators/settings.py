@@ -207,12 +207,12 @@ class Settings:
         "(and at the end of input).",
     )
     models_replay_publish_every: int = _setting(
-        200,
+        500,
         "In a replay (the stream clock not live: a bounded input, a catch-up) the model "
-        "learner learns summaries in event-time order and publishes after every this many "
-        "of that order, whatever the wall clock, so each version holds the same summaries "
-        "in every run. Each publication costs O(items) and is read by every process: a "
-        "long backfill may raise it (fewer, staler versions).",
+        "learner learns summaries in event-time order and publishes after the first "
+        "ATTUNE_MODELS_PUBLISH_EVERY of that order, then after every this many, whatever the "
+        "wall clock, so each version holds the same summaries in every run. Each "
+        "publication costs O(items) and every process reads it.",
     )
     models_publish_s: int = _setting(
         10,

@@ -148,8 +148,9 @@ def test_the_model_learner_publishes_the_same_versions_in_any_batching(
 
 
 def test_a_replay_publishes_at_its_own_cadence_and_tailing_live_at_the_other() -> None:
-    """``replay_publish_every`` (the flow's ``ATTUNE_MODELS_REPLAY_PUBLISH_EVERY``) sets
-    the versions of a replay; ``publish_every`` those of a live stream."""
+    """A replay publishes after the first ``publish_every`` summaries, then after every
+    ``replay_publish_every`` (the flow's ``ATTUNE_MODELS_REPLAY_PUBLISH_EVERY``); a live
+    stream after every ``publish_every``."""
 
     def make(clock: Clock) -> ModelLearnerLogic:
         return ModelLearnerLogic(
@@ -158,7 +159,7 @@ def test_a_replay_publishes_at_its_own_cadence_and_tailing_live_at_the_other() -
 
     got = replay(make, SUMMARIES, lambda s: s.closed_ms, [13], random.Random(5))
     sessions = [ModelSnapshot.from_bytes(p.snapshot).sessions for p in got]
-    assert sessions == [25, 50, len(SUMMARIES)]
+    assert sessions == [EVERY, 25, 50, len(SUMMARIES)]
     live = make(LiveClock(settled=T0, is_live=True))
     published, _ = live.on_batch(SUMMARIES[:EVERY])
     assert [ModelSnapshot.from_bytes(p.snapshot).sessions for p in published] == [EVERY]
