@@ -58,6 +58,7 @@ from river import cluster, preprocessing
 from attune.operators.events import MAX_EVENT_TIME_MS
 from attune.operators.features import FEATURES, Features
 from attune.operators.segments import cluster_segment
+from attune.operators.stream_clock import replaying
 
 __all__ = [
     "CLUSTER_FEATURES",
@@ -674,12 +675,8 @@ class ClusterLearnerLogic(StatefulBatchLogic[ClusterVector, PublishParams, bytes
         self.clock = clock
 
     def _replaying(self) -> bool:
-        """A clock that is not live, or at the end of time (a bounded input read to its
-        end: the clock calls that live, but its last messages are still on their way)."""
-        clock = self.clock
-        return clock is not None and (
-            not clock.live() or (clock.now_ms() or 0) >= MAX_EVENT_TIME_MS
-        )
+        """In a replay (:func:`~attune.operators.stream_clock.replaying`)."""
+        return replaying(self.clock)
 
     def on_batch(self, values: list[ClusterVector]) -> tuple[Iterable[PublishParams], bool]:
         if self._replaying():

@@ -102,6 +102,7 @@ from attune.operators.ranking import (
     source_of,
 )
 from attune.operators.redis_sink import RecsWrite, TrendingWrite
+from attune.operators.stream_clock import replaying
 from attune.operators.trending import (
     BUY_W,
     CART_W,
@@ -1240,12 +1241,8 @@ class ModelLearnerLogic(StatefulBatchLogic[SessionSummary, PublishModels, bytes]
         self.clock = clock
 
     def _replaying(self) -> bool:
-        """A clock that is not live, or at the end of time (a bounded input read to its
-        end: the clock calls that live, but its last messages are still on their way)."""
-        clock = self.clock
-        return clock is not None and (
-            not clock.live() or (clock.now_ms() or 0) >= MAX_EVENT_TIME_MS
-        )
+        """In a replay (:func:`~attune.operators.stream_clock.replaying`)."""
+        return replaying(self.clock)
 
     def on_batch(self, values: list[SessionSummary]) -> tuple[Iterable[PublishModels], bool]:
         learner = self.learner

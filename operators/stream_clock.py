@@ -376,3 +376,10 @@ class RedisClockBoard:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def replaying(clock: Any) -> bool:
+    """Whether a learner reading ``clock`` (``None``: none, learn as things come) is in a
+    replay: a clock that is not live, or at the end of time (a bounded input read to its
+    end: the clock calls that live, but its last messages are still on their way)."""
+    return clock is not None and (not clock.live() or (clock.now_ms() or 0) >= MAX_EVENT_TIME_MS)
