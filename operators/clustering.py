@@ -43,7 +43,6 @@ import math
 import pickle
 import random
 import time
-from bisect import bisect_right, insort
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,7 +57,7 @@ from river import cluster, preprocessing
 from attune.operators.events import MAX_EVENT_TIME_MS
 from attune.operators.features import FEATURES, Features
 from attune.operators.segments import cluster_segment
-from attune.operators.stream_clock import replaying
+from attune.operators.stream_clock import replaying, settled_count, wait_in_order
 
 __all__ = [
     "CLUSTER_FEATURES",
@@ -680,7 +679,7 @@ class ClusterLearnerLogic(StatefulBatchLogic[ClusterVector, PublishParams, bytes
 
     def on_batch(self, values: list[ClusterVector]) -> tuple[Iterable[PublishParams], bool]:
         if self._replaying():
-            self._wait(values)
+            wait_in_order(self.waiting, values)
             return self._learn_through(self.clock.now_ms()), StatefulBatchLogic.RETAIN
         out = self._learn_through(MAX_EVENT_TIME_MS, final=True) if self.waiting else []
         self.model.learn_many([v.vector for v in values])
@@ -689,14 +688,6 @@ class ClusterLearnerLogic(StatefulBatchLogic[ClusterVector, PublishParams, bytes
             out += self._publish()
         return out, StatefulBatchLogic.RETAIN
 
-    def _wait(self, values: list[ClusterVector]) -> None:
-        waiting = self.waiting
-        for v in values:
-            if not waiting or v.order_key() >= waiting[-1].order_key():
-                waiting.append(v)
-            else:
-                insort(waiting, v, key=ClusterVector.order_key)
-
     def _learn_through(self, through_ms: int | None, final: bool = False) -> list[PublishParams]:
         """Learn the waiting vectors closed at or before ``through_ms`` in whole
         mini-batches of :data:`PUBLISH_EVERY` (``final``: the rest too), publishing after
@@ -704,9 +695,7 @@ class ClusterLearnerLogic(StatefulBatchLogic[ClusterVector, PublishParams, bytes
         if through_ms is None:
             return []
         waiting = self.waiting
-        if not final:  # the end of input's at the learner's own end of input only
-            through_ms = min(through_ms, MAX_EVENT_TIME_MS - 1)
-        n = bisect_right(waiting, through_ms, key=_closed_of)
+        n = settled_count(waiting, through_ms, final)
         if not final:
             n -= n % PUBLISH_EVERY
         over = len(waiting) - MAX_WAITING
@@ -743,7 +732,3 @@ class ClusterLearnerLogic(StatefulBatchLogic[ClusterVector, PublishParams, bytes
     def snapshot(self) -> bytes:
         state = (self.model, self.waiting) if self.waiting else self.model
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _closed_of(v: ClusterVector) -> int:
-    return v.closed_ms

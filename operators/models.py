@@ -50,7 +50,7 @@ import struct
 import sys
 import time
 from array import array
-from bisect import bisect_right, insort
+from bisect import insort
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
@@ -102,7 +102,7 @@ from attune.operators.ranking import (
     source_of,
 )
 from attune.operators.redis_sink import RecsWrite, TrendingWrite
-from attune.operators.stream_clock import replaying
+from attune.operators.stream_clock import replaying, settled_count, wait_in_order
 from attune.operators.trending import (
     BUY_W,
     CART_W,
@@ -965,13 +965,7 @@ class ModelLearner:
         """Keep ``summaries`` for :meth:`settled`, in their order (the oldest beyond
         :data:`MAX_WAITING` are learnt at once: a stream clock that stands still must not
         hold the learner's memory)."""
-        waiting = self.waiting
-        for s in summaries:
-            key = s.order_key()
-            if not waiting or key >= waiting[-1].order_key():
-                waiting.append(s)
-            else:
-                insort(waiting, s, key=SessionSummary.order_key)
+        wait_in_order(self.waiting, summaries)
 
     def settled(self, through_ms: int, final: bool = False) -> list[SessionSummary]:
         """The waiting summaries closed at or before ``through_ms``, in order, taken out;
@@ -979,10 +973,7 @@ class ModelLearner:
         ``final`` (the learner's own end of input): a clock at the end of time does not
         say that every worker's last summaries have arrived."""
         waiting = self.waiting
-        if not final:
-            through_ms = min(through_ms, MAX_EVENT_TIME_MS - 1)
-        n = bisect_right(waiting, through_ms, key=_closed_of)
-        n = max(n, len(waiting) - MAX_WAITING)
+        n = max(settled_count(waiting, through_ms, final), len(waiting) - MAX_WAITING)
         out = waiting[:n]
         del waiting[:n]
         return out
@@ -1066,10 +1057,6 @@ class ModelLearner:
         changed = [st for st in map(states.get, self.covisit_changed) if st is not None]
         self.encoder.put_states(changed, at, SNAPSHOT_NEIGHBOURS)
         self.covisit_changed = {}
-
-
-def _closed_of(s: SessionSummary) -> int:
-    return s.closed_ms
 
 
 _LEARNER_STATE: Final = "attune-model-learner-1"

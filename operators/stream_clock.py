@@ -38,10 +38,12 @@ from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_right, insort
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from operator import attrgetter, methodcaller
+from typing import Any, Protocol, TypeVar
 
 from attune.operators.events import MAX_EVENT_TIME_MS
 
@@ -383,3 +385,37 @@ def replaying(clock: Any) -> bool:
     replay: a clock that is not live, or at the end of time (a bounded input read to its
     end: the clock calls that live, but its last messages are still on their way)."""
     return clock is not None and (not clock.live() or (clock.now_ms() or 0) >= MAX_EVENT_TIME_MS)
+
+
+class Closed(Protocol):
+    """What a learner keeps waiting in a replay: a session summary or a persona vector,
+    with the event time of the event that closed its session and its place in the
+    learner's order."""
+
+    @property
+    def closed_ms(self) -> int: ...
+
+    def order_key(self) -> tuple[Any, ...]: ...
+
+
+C = TypeVar("C", bound=Closed)
+_ORDER_KEY = methodcaller("order_key")
+_CLOSED_MS = attrgetter("closed_ms")
+
+
+def wait_in_order(waiting: list[C], items: Iterable[C]) -> None:
+    """Add ``items`` to ``waiting``, kept in ``order_key`` order (most come in order)."""
+    for item in items:
+        if not waiting or item.order_key() >= waiting[-1].order_key():
+            waiting.append(item)
+        else:
+            insort(waiting, item, key=_ORDER_KEY)
+
+
+def settled_count(waiting: Sequence[C], through_ms: int, final: bool) -> int:
+    """How many of ``waiting`` (in order) closed at or before ``through_ms``; those of the
+    end of input only when ``final`` (the learner's own end of input: a clock at the end
+    of time does not say that every worker's last messages have arrived)."""
+    if not final:
+        through_ms = min(through_ms, MAX_EVENT_TIME_MS - 1)
+    return bisect_right(waiting, through_ms, key=_CLOSED_MS)
