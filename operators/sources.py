@@ -71,8 +71,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
@@ -405,6 +406,14 @@ def decode_messages(
     return out, offset, False
 
 
+#: How long a tailing partition waits after a poll that found nothing before it polls
+#: again without waiting, while the flow drains (:data:`DRAINED_POLLS`).
+IDLE_POLL: Final = timedelta(milliseconds=2)
+#: Empty polls in a row after which a tailing partition's poll may wait (5 ms): by then
+#: every item read has crossed the flow's steps (one step per worker pass).
+DRAINED_POLLS: Final = 10
+
+
 class _KafkaPartition(StatefulSourcePartition[Item, PartitionState]):
     def __init__(
         self,
@@ -431,15 +440,24 @@ class _KafkaPartition(StatefulSourcePartition[Item, PartitionState]):
         self.wm = wm
         self.clock = ClockFeed(f"{topic}:{partition}", wm)
         self.eof = False
+        self.empty_polls = 0
 
     def next_batch(self) -> list[Item]:
         if self.eof:
             if self.clock.at_end():
                 raise StopIteration
             return []
-        # consume() waits out its timeout unless a full batch is there: keep it short so
-        # a quiet partition adds at most a few ms of latency.
-        msgs = self.consumer.consume(self.batch_size, 0.005)
+        # Tailing, the poll waits only once the flow has drained. The worker is one
+        # thread, and a poll that waits out its timeout holds back every step downstream
+        # of it (an item crosses a step per worker pass, and each pass polls), so a wait
+        # while items are on their way is paid again at each step. After an empty poll
+        # Bytewax calls again after IDLE_POLL (next_awake); after DRAINED_POLLS empty
+        # polls in a row nothing is on its way, and the poll may wait (a quiet stream
+        # then costs a sleeping thread, not a Python call a millisecond). A replay waits a
+        # little: its messages are there, and a short wait fills a batch at the start.
+        wait = 0.005 if not self.tail or self.empty_polls >= DRAINED_POLLS else 0.0
+        msgs = self.consumer.consume(self.batch_size, wait)
+        self.empty_polls = 0 if msgs else self.empty_polls + 1
         out, offset, self.eof = decode_messages(
             msgs, self.codec, self.wm, self.topic, self.partition, tail=self.tail
         )
@@ -448,6 +466,13 @@ class _KafkaPartition(StatefulSourcePartition[Item, PartitionState]):
         _count(out)
         self.clock.after_batch(caught_up=self.tail and not msgs)
         return out
+
+    def next_awake(self) -> datetime | None:
+        """After an empty poll while tailing, the next in :data:`IDLE_POLL` (an event
+        that comes meanwhile waits at most that); otherwise at once."""
+        if self.tail and 0 < self.empty_polls < DRAINED_POLLS:
+            return datetime.now(UTC) + IDLE_POLL
+        return None
 
     def snapshot(self) -> PartitionState:
         return PartitionState(self.offset, self.wm.max_time, tuple(self.wm.recent.items()))
