@@ -73,6 +73,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from time import monotonic
 from typing import Any, Final
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -412,6 +413,10 @@ IDLE_POLL: Final = timedelta(milliseconds=2)
 #: Empty polls in a row after which a tailing partition's poll may wait (5 ms): by then
 #: every item read has crossed the flow's steps (one step per worker pass).
 DRAINED_POLLS: Final = 10
+#: ... and no partition of the process has read a message for this many seconds.
+DRAINED_S: Final = 0.02
+#: When a Kafka partition of this process last read messages (``time.monotonic``).
+_LAST_READ: list[float] = [0.0]
 
 
 class _KafkaPartition(StatefulSourcePartition[Item, PartitionState]):
@@ -451,13 +456,17 @@ class _KafkaPartition(StatefulSourcePartition[Item, PartitionState]):
         # thread, and a poll that waits out its timeout holds back every step downstream
         # of it (an item crosses a step per worker pass, and each pass polls), so a wait
         # while items are on their way is paid again at each step. After an empty poll
-        # Bytewax calls again after IDLE_POLL (next_awake); after DRAINED_POLLS empty
-        # polls in a row nothing is on its way, and the poll may wait (a quiet stream
+        # Bytewax calls again after IDLE_POLL (next_awake); once drained (_drained)
+        # nothing is on its way, and the poll may wait (a quiet stream
         # then costs a sleeping thread, not a Python call a millisecond). A replay waits a
         # little: its messages are there, and a short wait fills a batch at the start.
-        wait = 0.005 if not self.tail or self.empty_polls >= DRAINED_POLLS else 0.0
+        wait = 0.005 if not self.tail or self._drained() else 0.0
         msgs = self.consumer.consume(self.batch_size, wait)
-        self.empty_polls = 0 if msgs else self.empty_polls + 1
+        if msgs:
+            self.empty_polls = 0
+            _LAST_READ[0] = monotonic()
+        else:
+            self.empty_polls += 1
         out, offset, self.eof = decode_messages(
             msgs, self.codec, self.wm, self.topic, self.partition, tail=self.tail
         )
@@ -470,9 +479,16 @@ class _KafkaPartition(StatefulSourcePartition[Item, PartitionState]):
     def next_awake(self) -> datetime | None:
         """After an empty poll while tailing, the next in :data:`IDLE_POLL` (an event
         that comes meanwhile waits at most that); otherwise at once."""
-        if self.tail and 0 < self.empty_polls < DRAINED_POLLS:
+        if self.tail and self.empty_polls and not self._drained():
             return datetime.now(UTC) + IDLE_POLL
         return None
+
+    def _drained(self) -> bool:
+        """Nothing read is still crossing the flow: this partition's last
+        :data:`DRAINED_POLLS` polls were empty, and no partition of the process has read
+        anything for :data:`DRAINED_S` (a partition of the same worker that waits would
+        hold back the items of one that reads)."""
+        return self.empty_polls >= DRAINED_POLLS and monotonic() - _LAST_READ[0] >= DRAINED_S
 
     def snapshot(self) -> PartitionState:
         return PartitionState(self.offset, self.wm.max_time, tuple(self.wm.recent.items()))

@@ -48,6 +48,7 @@ def _partition(
     part.consumer.close()
     stub = RecordingConsumer(batches)
     part.consumer = stub  # type: ignore[assignment]
+    sources._LAST_READ[0] = 0.0  # no partition of the process has read anything
     return part, stub
 
 
@@ -55,6 +56,7 @@ def test_tailing_polls_without_waiting_until_the_flow_has_drained(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     part, consumer = _partition(monkeypatch, tail=True, batches=[["m"], ["m"]])
+    monkeypatch.setattr(sources, "DRAINED_S", 0.0)  # the polls alone decide here
     awake: list[Any] = []
     for _ in range(2 + DRAINED_POLLS + 2):
         part.next_batch()
@@ -78,6 +80,7 @@ def test_a_message_after_a_quiet_spell_makes_the_polls_stop_waiting(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     part, consumer = _partition(monkeypatch, tail=True, batches=[])
+    monkeypatch.setattr(sources, "DRAINED_S", 0.0)  # the polls alone decide here
     for _ in range(DRAINED_POLLS):
         part.next_batch()
     consumer.batches = [["m"]]
@@ -93,3 +96,16 @@ def test_a_replay_always_waits_a_little(monkeypatch: pytest.MonkeyPatch) -> None
     part.next_batch()
     assert consumer.timeouts == [0.005, 0.005]
     assert part.next_awake() is None
+
+
+def test_a_quiet_partition_does_not_wait_while_another_of_the_process_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    quiet, quiet_consumer = _partition(monkeypatch, tail=True, batches=[])
+    for _ in range(DRAINED_POLLS):
+        quiet.next_batch()
+    busy, _ = _partition(monkeypatch, tail=True, batches=[["m"]])
+    busy.next_batch()  # the other partition reads: items are crossing the flow
+    quiet.next_batch()
+    assert quiet_consumer.timeouts[-1] == 0.0
+    assert isinstance(quiet.next_awake(), datetime)
