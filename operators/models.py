@@ -85,8 +85,7 @@ from attune.operators.events import (
     RemoveFromCart,
 )
 from attune.operators.features import FeatureValue
-from attune.operators.propensity import FEATURES as PROPENSITY_FEATURES
-from attune.operators.propensity import PropensityModel, PropensityScorer, tier
+from attune.operators.propensity import FeatureRow, PropensityModel, PropensityScorer, tier
 from attune.operators.ranking import (
     CART,
     COVISIT_SOURCES,
@@ -247,7 +246,7 @@ class UserModels:
     purchased: dict[str, None] = field(default_factory=dict)  # insertion ordered, bounded
     touches: list[SessionTouch] = field(default_factory=list)
     orders: list[tuple[int, tuple[str, ...]]] = field(default_factory=list)
-    decision: dict[str, FeatureValue] | None = None
+    decision: Mapping[str, FeatureValue | None] | None = None
     bought: bool = False
     recs_due: bool = False  # a relevant event since the last recommendations
     summarised_start: int | None = None  # the session a summary was sent for at end of input
@@ -303,7 +302,7 @@ class UserModels:
     def decide(self, features: Mapping[str, FeatureValue]) -> None:
         """The session reached its outcome funnel: keep its decision-point features (once)."""
         if self.decision is None:
-            self.decision = {name: features.get(name) for name in PROPENSITY_FEATURES}
+            self.decision = FeatureRow.of(features)
 
     def close(
         self,
@@ -319,7 +318,7 @@ class UserModels:
         session part is reset."""
         decision = self.decision
         if decision is None:
-            decision = {name: features.get(name) for name in PROPENSITY_FEATURES}
+            decision = FeatureRow.of(features)
         out = SessionSummary(
             user,
             start_ms,

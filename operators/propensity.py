@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +73,7 @@ __all__ = [
     "INPUTS",
     "MEDIUM",
     "MINI_BATCH",
+    "FeatureRow",
     "PropensityModel",
     "PropensityScorer",
     "feature_vector",
@@ -120,6 +121,57 @@ FEATURES: tuple[str, ...] = (
     *CATEGORICAL,
 )
 _OUTCOME_PAGES = frozenset({"CART", "CHECKOUT"})
+_INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURES)}
+
+
+class FeatureRow(Mapping[str, FeatureValue | None]):
+    """The features :data:`FEATURES` as they stood at a decision point, as a row in that
+    order: what a dict of them holds, in half the memory (~240 bytes against ~470, the
+    values aside) and with a pickle a few times smaller (no names in it). A user whose
+    session reached its outcome funnel keeps one until the session closes, and each
+    session summary carries one, so the model learner's replay waiting list (up to
+    20,000 summaries) holds as many. Every name is present (its value ``None`` if
+    the user had none), as in the dict it replaces; an unknown name is missing.
+
+    >>> row = FeatureRow.of({"cart_lines": 2, "device_top": "MOBILE"})
+    >>> row["cart_lines"], row.get("purchases"), row.get("nope", -1), len(row) == len(FEATURES)
+    (2, None, -1, True)
+    >>> import pickle
+    >>> row == {name: row[name] for name in FEATURES}, pickle.loads(pickle.dumps(row)) == row
+    (True, True)
+    """
+
+    __slots__ = ("row",)
+
+    def __init__(self, values: tuple[FeatureValue | None, ...]) -> None:
+        if len(values) != len(FEATURES):
+            raise ValueError(f"a feature row has {len(FEATURES)} values, got {len(values)}")
+        self.row = values
+
+    @classmethod
+    def of(cls, features: Mapping[str, FeatureValue | None]) -> FeatureRow:
+        """The row of ``features`` (each name read once: a view computes it on a read)."""
+        get = features.get
+        return cls(tuple([get(name) for name in FEATURES]))
+
+    def __getitem__(self, name: str) -> FeatureValue | None:
+        return self.row[_INDEX[name]]
+
+    def get(self, name: str, default: Any = None) -> Any:  # the hot path: no KeyError
+        i = _INDEX.get(name)
+        return default if i is None else self.row[i]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(FEATURES)
+
+    def __len__(self) -> int:
+        return len(FEATURES)
+
+    def __reduce__(self) -> tuple[type[FeatureRow], tuple[tuple[FeatureValue | None, ...]]]:
+        return (FeatureRow, (self.row,))
+
+    def __repr__(self) -> str:
+        return f"FeatureRow({dict(zip(FEATURES, self.row, strict=True))!r})"
 
 
 def is_outcome_boundary(event: Event) -> bool:
