@@ -4,7 +4,7 @@ ranking step's format 3, in fewer bytes, and every reader reads all three."""
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from attune.clients.recommendations import parse_recs
@@ -36,6 +36,11 @@ ENTRIES = st.lists(
 
 @settings(max_examples=300)
 @given(ENTRIES, st.text(max_size=10), st.sampled_from(["personalized", "trending", "x|y"]))
+@example(  # found by hypothesis on a fresh clone: format 5 is 3 bytes longer here
+    [("i00600", 0.0, "similar-to-viewed", None), ("i00601", 0.0, "viewed-together", None)],
+    "",
+    "personalized",
+)
 def test_formats_4_and_5_hold_what_format_3_holds(
     items: list[recs_encoding.Entry], version: str, source: str
 ) -> None:
@@ -52,7 +57,9 @@ def test_formats_4_and_5_hold_what_format_3_holds(
     assert decode_compact(four.decode()) == decode_compact(three.decode())
     if len(items) > 1:
         assert len(four) <= len(three) + 1  # at worst one more byte: the empty prefix field
-        assert len(kept) <= len(four) + 2  # format 5 at worst 2 more: "|<digits>" and pads
+        # format 5 at worst 3 more: "|<digits>", its pads and a separator (two items that
+        # share a long prefix, scores 0: 39 bytes against format 4's 36)
+        assert len(kept) <= len(four) + 3
     if kept.startswith(b"5|") and len(items) >= 4:
         assert len(kept) < len(four)
 
